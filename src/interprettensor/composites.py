@@ -1,0 +1,228 @@
+"""Composites: which rule each layer of a model gets, as data.
+
+A :class:`Composite` assigns rules by layer name (glob patterns), by position (the first layer with
+weights, the last ``n`` layers with weights), by layer type, and by category defaults. Named presets
+follow Zennit's composites and iNNvestigate's sequential presets:
+
+================================  ==========================================================
+preset                            rules (dense = Dense/Linear, conv = all convolutions)
+================================  ==========================================================
+``epsilon_plus``                  dense: epsilon, conv: z+ (Kohlbrenner et al. 2020)
+``epsilon_plus_flat``             as above, flat on the first layer
+``epsilon_gamma_box``             dense: epsilon, conv: gamma, first layer: z^B(low, high)
+``epsilon_alpha2_beta1``          dense: epsilon, conv: alpha2-beta1
+``epsilon_alpha2_beta1_flat``     as above, flat on the first layer
+``preset_a``                      dense: epsilon (0.1), conv: alpha1-beta0 (Montavon et al. 2019;
+                                  iNNvestigate's LRPSequentialCompositeA)
+``preset_b``                      dense: epsilon (0.1), conv: alpha2-beta1 (iNNvestigate's ...B)
+``preset_a_flat``, ``preset_b_flat``  as above, flat on the first layer
+================================  ==========================================================
+
+Layers without weights get category defaults: sums, average pooling, standalone BatchNorm and
+upsampling split relevance in proportion to their inputs with the stabiliser of the composite's
+main rule (:meth:`~interprettensor.rules.Rule.merge_rule`); max pooling is winner-takes-all;
+reshapes, activations, dropout and gates pass relevance through.
+
+Example::
+
+    composite = it.Composite(default="epsilon", layer_map={"conv": "gamma"},
+                             name_map={"block5_*": it.rules.Epsilon(0.25)}, first="flat")
+    R = it.lrp(model, x, rule=composite)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Mapping, Sequence
+
+import keras
+
+from . import handlers as H
+from . import layers as itl
+from .graph import Graph, Step
+from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WinnerTakesAll, ZBox, ZPlus,
+                    get_rule)
+
+__all__ = ["Composite", "PRESETS", "get_composite", "register_preset"]
+
+RuleLike = Rule | str
+
+
+def _dense_types() -> tuple[type, ...]:
+    return (keras.layers.Dense, keras.layers.EinsumDense, itl.Linear)
+
+
+def layer_kind(step: Step) -> str:
+    """``'dense'`` or ``'conv'`` for layers with weights, else the handler's category."""
+    if step.category == H.WEIGHTED:
+        return "dense" if isinstance(step.layer, _dense_types()) else "conv"
+    return step.category
+
+
+class Composite:
+    """Assign rules to the layers of a model.
+
+    Args:
+        default: rule for layers with weights that nothing else matches (name or Rule).
+        layer_map: ``{key: rule}``; a key is a layer class, a class-name glob (``'Conv*'``) or a kind:
+            ``'dense'``, ``'conv'``, ``'weighted'`` (both), ``'linear'`` (sums, average pooling,
+            standalone BatchNorm), ``'maxpool'``.
+        name_map: ``{glob: rule}`` on layer names (nested layers are named ``'inner/layer'``).
+        first: rule for the first layer(s) with weights after each model input.
+        last: ``(n, rule)``: rule for the last ``n`` layers with weights.
+        merge: rule for sums, average pooling and standalone BatchNorm (default:
+            ``default.merge_rule()``).
+        params: keyword parameters passed to rules given by name (``epsilon=0.1``, ``gamma=0.5``, ...).
+    """
+
+    def __init__(self, default: RuleLike = "epsilon", layer_map: Mapping[Any, RuleLike] | None = None,
+                 name_map: Mapping[str, RuleLike] | None = None, first: RuleLike | None = None,
+                 last: tuple[int, RuleLike] | None = None, merge: RuleLike | None = None,
+                 name: str = "composite", **params: Any):
+        self.params = params
+        self.default = self._rule(default)
+        self.layer_map = [(k, self._rule(v)) for k, v in (layer_map or {}).items()]
+        self.name_map = [(k, self._rule(v)) for k, v in (name_map or {}).items()]
+        self.first = None if first is None else self._rule(first)
+        if last is not None and (not isinstance(last, tuple) or len(last) != 2):
+            raise ValueError(f"last must be a pair (n, rule), got {last!r}")
+        self.last = None if last is None else (int(last[0]), self._rule(last[1]))
+        self.merge = self.default.merge_rule() if merge is None else self._rule(merge)
+        self.name = name
+
+    def _rule(self, rule: RuleLike) -> Rule:
+        if isinstance(rule, Rule):
+            return rule
+        from .rules import rule_params_from_kwargs
+
+        return get_rule(rule, **rule_params_from_kwargs(str(rule).lower(), self.params))
+
+    def __repr__(self) -> str:
+        return f"Composite({self.name})"
+
+    # ------------------------------------------------------------------ assignment
+    def _match_type(self, step: Step) -> Rule | None:
+        kind = layer_kind(step)
+        for key, rule in self.layer_map:
+            if isinstance(key, type):
+                if isinstance(step.layer, key):
+                    return rule
+            elif key == kind or (key == "weighted" and step.category == H.WEIGHTED):
+                return rule
+            elif isinstance(key, str) and any(fnmatch.fnmatchcase(c.__name__, key)
+                                              for c in type(step.layer).__mro__):
+                return rule
+        return None
+
+    def assign(self, graph: Graph) -> list[Rule]:
+        """One rule per step of ``graph``."""
+        weighted = [s for s in graph.steps if s.category == H.WEIGHTED]
+        firsts = set(first_layers(graph)) if self.first is not None else set()
+        lasts = set(weighted[-self.last[0]:]) if (self.last is not None and self.last[0] > 0) else set()
+        rules = []
+        for step in graph.steps:
+            rule = next((r for pat, r in self.name_map
+                         if any(fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(n.split("/")[-1], pat)
+                                for n in step.names())), None)
+            if rule is None and step in firsts:
+                rule = self.first
+            if rule is None and step in lasts:
+                rule = self.last[1]
+            if rule is None:
+                rule = self._match_type(step)
+            if rule is None:
+                rule = self._category_default(step)
+            rules.append(rule)
+        return rules
+
+    def _category_default(self, step: Step) -> Rule:
+        c = step.category
+        if c == H.WEIGHTED:
+            return self.default
+        if c == H.LINEAR:
+            return self.merge
+        if c == H.MAXPOOL:
+            return WinnerTakesAll()
+        return Pass()
+
+
+def first_layers(graph: Graph) -> list[Step]:
+    """The layers with weights that the model inputs reach without crossing another such layer."""
+    consumers = graph.consumers()
+    seen, out, stack = set(), [], list(graph.inputs)
+    while stack:
+        k = stack.pop()
+        for s in consumers.get(k, []):
+            if s in seen:
+                continue
+            seen.add(s)
+            if s.category == H.WEIGHTED:
+                out.append(s)
+            else:
+                stack.extend(s.outputs)
+    return out
+
+
+def _preset(dense: Callable[[dict], Rule], conv: Callable[[dict], Rule],
+            first: Callable[[dict], Rule] | None = None, name: str = "") -> Callable[..., Composite]:
+    def make(**params: Any) -> Composite:
+        d = dense(params)
+        return Composite(default=d, layer_map={"conv": conv(params)},
+                         first=None if first is None else first(params), name=name, **params)
+
+    make.__name__ = name
+    return make
+
+
+def _eps(default: float) -> Callable[[dict], Rule]:
+    return lambda p: Epsilon(p.get("epsilon", default))
+
+
+def _box(p: dict) -> Rule:
+    return ZBox(p.get("low", -1.0), p.get("high", 1.0))
+
+
+PRESETS: dict[str, Callable[..., Composite]] = {
+    "epsilon_plus": _preset(_eps(1e-6), lambda p: ZPlus(), name="epsilon_plus"),
+    "epsilon_plus_flat": _preset(_eps(1e-6), lambda p: ZPlus(), lambda p: Flat(), name="epsilon_plus_flat"),
+    "epsilon_gamma_box": _preset(_eps(1e-6), lambda p: Gamma(p.get("gamma", 0.25)), _box,
+                                 name="epsilon_gamma_box"),
+    "epsilon_alpha2_beta1": _preset(_eps(1e-6), lambda p: AlphaBeta(2.0, 1.0), name="epsilon_alpha2_beta1"),
+    "epsilon_alpha2_beta1_flat": _preset(_eps(1e-6), lambda p: AlphaBeta(2.0, 1.0), lambda p: Flat(),
+                                         name="epsilon_alpha2_beta1_flat"),
+    "preset_a": _preset(_eps(0.1), lambda p: AlphaBeta(1.0, 0.0), name="preset_a"),
+    "preset_b": _preset(_eps(0.1), lambda p: AlphaBeta(2.0, 1.0), name="preset_b"),
+    "preset_a_flat": _preset(_eps(0.1), lambda p: AlphaBeta(1.0, 0.0), lambda p: Flat(), name="preset_a_flat"),
+    "preset_b_flat": _preset(_eps(0.1), lambda p: AlphaBeta(2.0, 1.0), lambda p: Flat(), name="preset_b_flat"),
+}
+
+
+def register_preset(name: str, factory: Callable[..., Composite]) -> None:
+    """Make a composite factory available by name (it receives the keyword parameters)."""
+    PRESETS[name] = factory
+
+
+def get_composite(rule: RuleLike | Composite, **params: Any) -> Composite:
+    """A composite from a preset name, a rule name (applied to every layer with weights), a Rule
+    object, or a Composite (returned as is)."""
+    if isinstance(rule, Composite):
+        return rule
+    if isinstance(rule, Rule):
+        return Composite(default=rule, name=rule.name)
+    if isinstance(rule, str):
+        key = rule.lower()
+        if key in PRESETS:
+            return PRESETS[key](**params)
+        try:
+            base = get_rule(rule, **params)
+        except ValueError as e:
+            if "unknown rule" in str(e):
+                raise ValueError(f"unknown rule or preset {rule!r}; rules: {', '.join(sorted(RULES))}; "
+                                 f"presets: {', '.join(sorted(PRESETS))}") from None
+            raise
+        return Composite(default=base, name=key)
+    raise TypeError(f"rule must be a name, a Rule or a Composite, got {type(rule).__name__}")
+
+
+def rules_for_sequence(steps: Sequence[Step], rules: Sequence[Rule]) -> dict[str, Rule]:
+    return {s.name: r for s, r in zip(steps, rules)}

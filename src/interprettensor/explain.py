@@ -1,0 +1,275 @@
+"""``it.lrp`` and :class:`Explainer`: LRP on any Keras 3 Sequential or Functional model.
+
+The explainer flattens the model once (:mod:`interprettensor.graph`), assigns rules with a composite
+(:mod:`interprettensor.composites`) and compiles forward and backward pass into one
+``tf.function`` per input signature; calling it again with inputs of the same shape never retraces.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .composites import Composite, get_composite
+from .graph import Graph, Step, backward, build_graph, explained_output, forward
+from .handlers import WEIGHTED, ExplainError
+from .rules import Rule, ZBox
+
+__all__ = ["Explainer", "lrp"]
+
+ArrayLike = Any
+
+
+def _model_dtype(model: Any) -> tf.DType:
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        try:
+            return tf.as_dtype(inputs[0].dtype)
+        except TypeError:
+            pass
+    for layer in getattr(model, "layers", []):
+        dt = getattr(layer, "compute_dtype", None)
+        if dt:
+            return tf.as_dtype(dt)
+    return tf.float32
+
+
+def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[tf.Tensor]:
+    """Convert ``x`` (array, tensor, or list of them for multi-input models) and check its shape
+    against the model's inputs."""
+    xs = list(x) if (n_inputs > 1 and isinstance(x, (list, tuple))) else [x]
+    if len(xs) != n_inputs:
+        raise ExplainError(f"the model takes {n_inputs} inputs, got {len(xs)}")
+    out = []
+    expected = [tuple(kt.shape) for kt in model.inputs] if getattr(model, "inputs", None) else [None] * n_inputs
+    for i, (xi, exp) in enumerate(zip(xs, expected)):
+        t = tf.convert_to_tensor(np.asarray(xi) if not tf.is_tensor(xi) else xi)
+        if not t.dtype.is_floating:
+            t = tf.cast(t, dtype)
+        elif t.dtype != dtype:
+            t = tf.cast(t, dtype)
+        if exp is not None:
+            ok = t.shape.rank == len(exp) and all(e is None or e == s for e, s in zip(exp[1:], t.shape[1:]))
+            if not ok:
+                raise ExplainError(f"input {i} has shape {tuple(t.shape)} but the model's input "
+                                   f"{model.inputs[i].name!r} expects {exp} (None = any size)")
+        out.append(t)
+    return out
+
+
+class Explainer:
+    """A compiled LRP explainer for one model and one rule or composite.
+
+    Args:
+        model: a Keras 3 Sequential or Functional model (nested models are fine), or an
+            :class:`interprettensor.Sequential`.
+        rule: a rule name (``'epsilon'``, ``'alphabeta'``, ``'gamma'``, ...), a preset name
+            (``'epsilon_gamma_box'``, ``'preset_a'``, ...), a :class:`~interprettensor.rules.Rule` or a
+            :class:`~interprettensor.Composite`. A rule name applies to the layers with weights;
+            other layers get the composite's category defaults.
+        layer: explain a unit of this hidden layer instead of the model output.
+        output: which output of a multi-output model (index or layer name).
+        canonize: merge BatchNormalization into the preceding layer.
+        jit_compile: compile with XLA.
+        batch_size: split larger inputs into batches of this size.
+        **params: rule parameters (``epsilon=``, ``alpha=``, ``beta=``, ``gamma=``, ``low=``, ``high=``).
+
+    Example::
+
+        explainer = it.Explainer(model, rule="epsilon_gamma_box", low=0.0, high=1.0)
+        R = explainer(x)                  # relevance for the predicted classes, shaped like x
+        R = explainer(x, target=3)        # for class 3
+        R, per_layer = explainer(x, layerwise=True)
+    """
+
+    def __init__(self, model: keras.Model, rule: str | Rule | Composite = "epsilon", *,
+                 layer: str | None = None, output: int | str | None = None, canonize: bool = True,
+                 jit_compile: bool = False, batch_size: int | None = None, **params: Any):
+        if keras.backend.backend() != "tensorflow":
+            raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
+                               f"got {keras.backend.backend()!r}")
+        self.model = model
+        self.graph: Graph = build_graph(model, canonize=canonize)
+        self.composite = get_composite(rule, **params)
+        self.rules: list[Rule] = self.composite.assign(self.graph)
+        self.layer = layer
+        if layer is not None:
+            self.start_step: Step | None = self.graph.find(layer)
+            self.start_key = self.start_step.outputs[0]
+        else:
+            self.start_key, self.start_step = explained_output(self.graph, output)
+        self.jit_compile = jit_compile
+        self.batch_size = batch_size
+        self.dtype = _model_dtype(model)
+        self._functions: dict = {}
+        self.trace_count = 0
+
+    # ------------------------------------------------------------------ introspection
+    def rule_map(self) -> dict[str, Rule]:
+        """The rule each layer gets: ``{layer name: rule}``."""
+        return {s.name: r for s, r in zip(self.graph.steps, self.rules)}
+
+    # ------------------------------------------------------------------ compiled core
+    def _bounds_rules(self, xs: Sequence[tf.Tensor]) -> list[Rule]:
+        """ZBox bounds are given for the model input; map them through the layers before the first
+        layer with weights (rescaling, normalisation, padding) by running those layers on them."""
+        rules = list(self.rules)
+        for i, (step, rule) in enumerate(zip(self.graph.steps, rules)):
+            if not isinstance(rule, ZBox) or step.inputs[0] in self.graph.inputs:
+                continue
+            mapped = []
+            for bound in (rule.low, rule.high):
+                filled = [tf.broadcast_to(tf.cast(bound, x.dtype), tf.shape(x)) for x in xs]
+                values, _ = forward(self._prefix(step), filled)
+                mapped.append(values[step.inputs[0]])
+            rules[i] = ZBox(mapped[0], mapped[1])
+        return rules
+
+    def _prefix(self, step: Step) -> Graph:
+        needed, producer = set(step.inputs), self.graph.producer()
+        order = []
+        for s in reversed(self.graph.steps[: self.graph.steps.index(step)]):
+            if any(k in needed for k in s.outputs):
+                order.append(s)
+                needed.update(s.inputs)
+        return Graph(self.graph.inputs, list(step.inputs), order[::-1], [], [])
+
+    def _core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor | None, R0: tf.Tensor | None,
+              layerwise: bool) -> tuple:
+        self.trace_count += 1
+        values, records = forward(self.graph, xs)
+        out = values[self.start_key]
+        size = int(np.prod(out.shape[1:]))
+        flat = tf.reshape(out, (-1, size))
+        if R0 is not None:
+            R = tf.reshape(tf.cast(R0, out.dtype), tf.shape(out))
+        elif self.layer is not None and out.shape.rank > 2:
+            # a channel of a hidden layer: every position of channel ``target``
+            depth = int(out.shape[-1])
+            axes = list(range(1, out.shape.rank - 1))
+            pred = tf.argmax(tf.reduce_sum(out, axis=axes), axis=-1, output_type=tf.int32)
+            t = tf.where(targets < 0, pred, targets)
+            tf.debugging.assert_less(t, depth, message=f"target out of range: layer {self.layer!r} has "
+                                                       f"{depth} channels, valid targets are 0..{depth - 1}")
+            mask = tf.one_hot(t, depth, dtype=out.dtype)
+            R = out * tf.reshape(mask, [-1] + [1] * len(axes) + [depth])
+        else:
+            depth = int(flat.shape[-1])
+            pred = tf.argmax(flat, axis=-1, output_type=tf.int32)
+            t = tf.where(targets < 0, pred, targets)
+            where = f"layer {self.layer!r}" if self.layer else "the model output"
+            tf.debugging.assert_less(t, depth, message=f"target out of range: {where} has {depth} "
+                                                       f"units, valid targets are 0..{depth - 1}")
+            R = tf.reshape(flat * tf.one_hot(t, depth, dtype=flat.dtype), tf.shape(out))
+        rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise)
+        result = [rel[k] if k in rel else tf.zeros_like(x) for k, x in zip(self.graph.inputs, xs)]
+        if layerwise:
+            for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
+                lw[name] = rel.get(k, tf.zeros_like(x))
+        return result, lw, out
+
+    def _function(self, xs: Sequence[tf.Tensor], mode: str, layerwise: bool):
+        sig = tuple(tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
+        key = (mode, layerwise, sig)
+        fn = self._functions.get(key)
+        if fn is None:
+            if mode == "target":
+                def run(xs, targets):
+                    return self._core(xs, targets, None, layerwise)
+
+                spec = (sig, tf.TensorSpec((None,), tf.int32))
+            else:
+                def run(xs, R0):
+                    return self._core(xs, None, R0, layerwise)
+
+                spec = (sig, tf.TensorSpec(None, self.dtype))
+            fn = tf.function(run, input_signature=spec, jit_compile=self.jit_compile, autograph=False)
+            self._functions[key] = fn
+        return fn
+
+    # ------------------------------------------------------------------ public call
+    def __call__(self, x: ArrayLike, target: ArrayLike | None = None, *, relevance: ArrayLike | None = None,
+                 layerwise: bool = False, batch_size: int | None = None, return_output: bool = False):
+        """Relevance of ``x`` (an array shaped like ``x``; a list for multi-input models).
+
+        Args:
+            x: input batch (or list of batches for multi-input models).
+            target: ``None`` (predicted class, or the most active channel of ``layer``), an int, or
+                one int per sample.
+            relevance: a custom starting relevance shaped like the explained output (overrides target).
+            layerwise: also return ``{layer name: relevance of that layer's output}`` (and the
+                inputs' relevance under the input names), from the same backward pass.
+            batch_size: split the input into batches of this size.
+            return_output: also return the explained output (logits).
+        """
+        n_inputs = len(self.graph.inputs)
+        xs = as_inputs(self.model, x, n_inputs, self.dtype)
+        n = int(xs[0].shape[0])
+        if any(int(t.shape[0]) != n for t in xs):
+            raise ExplainError(f"all inputs need the same batch size, got {[int(t.shape[0]) for t in xs]}")
+        targets = self._targets(target, n)
+        R0 = None if relevance is None else tf.convert_to_tensor(np.asarray(relevance), self.dtype)
+        if R0 is not None and int(R0.shape[0]) != n:
+            raise ExplainError(f"relevance has batch size {int(R0.shape[0])}, the input {n}")
+        bs = batch_size or self.batch_size or n
+        chunks = []
+        for lo in range(0, max(n, 1), bs):
+            hi = min(lo + bs, n)
+            part = [t[lo:hi] for t in xs]
+            try:
+                if R0 is None:
+                    res = self._function(part, "target", layerwise)(tuple(part), targets[lo:hi])
+                else:
+                    res = self._function(part, "relevance", layerwise)(tuple(part), R0[lo:hi])
+            except tf.errors.InvalidArgumentError as e:
+                msg = e.message.splitlines()[0] if e.message else str(e)
+                if "target out of range" in msg:
+                    raise ExplainError(msg[msg.index("target out of range"):]) from None
+                if R0 is not None:
+                    raise ExplainError(f"relevance of shape {tuple(R0.shape)} does not fit the explained "
+                                       f"output: {msg}") from None
+                raise
+            chunks.append(res)
+        rel = [np.concatenate([c[0][i].numpy() for c in chunks]) for i in range(n_inputs)]
+        result: Any = rel[0] if n_inputs == 1 else rel
+        extra = []
+        if layerwise:
+            extra.append({k: np.concatenate([np.asarray(c[1][k]) for c in chunks]) for k in chunks[0][1]})
+        if return_output:
+            extra.append(np.concatenate([c[2].numpy() for c in chunks]))
+        return (result, *extra) if extra else result
+
+    def _targets(self, target: ArrayLike | None, n: int) -> tf.Tensor:
+        if target is None:
+            return tf.fill((n,), -1)
+        t = np.asarray(target)
+        if t.ndim == 0:
+            t = np.full((n,), int(t))
+        if t.shape != (n,):
+            raise ExplainError(f"target must be an int or one int per sample ({n}), got shape {t.shape}")
+        if not np.issubdtype(t.dtype, np.integer):
+            raise ExplainError(f"target must be integer class indices, got {t.dtype}")
+        if (t < 0).any():
+            raise ExplainError(f"target out of range: negative class index {int(t.min())}")
+        return tf.constant(t, tf.int32)
+
+
+def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilon", target: ArrayLike | None = None,
+        *, layer: str | None = None, output: int | str | None = None, relevance: ArrayLike | None = None,
+        layerwise: bool = False, batch_size: int | None = None, canonize: bool = True, **params: Any):
+    """Explain ``model``'s prediction for ``x`` with LRP; returns relevance shaped like ``x``.
+
+    A final softmax is skipped: the chosen class's logit is the starting relevance. See
+    :class:`Explainer` for the arguments; ``it.lrp`` builds one and calls it once (build an
+    :class:`Explainer` yourself to reuse the compiled pass).
+
+    Example::
+
+        R = it.lrp(model, x, rule="epsilon", epsilon=0.01)
+        R = it.lrp(model, x, rule="epsilon_gamma_box", low=0.0, high=1.0, target=7)
+    """
+    explainer = Explainer(model, rule, layer=layer, output=output, canonize=canonize, **params)
+    return explainer(x, target, relevance=relevance, layerwise=layerwise, batch_size=batch_size)

@@ -1,0 +1,320 @@
+"""The graph walk: a Keras model (Sequential, Functional, nested) as a flat list of steps.
+
+:func:`build_graph` flattens a model into :class:`Step` objects in topological order, each with the
+handler that knows the layer's linear map or routing, and the keys of the tensors it reads and
+writes. Nested models are inlined. :func:`forward` runs the steps and records what relevance needs;
+:func:`backward` walks them in reverse, summing the relevance that reaches a tensor from all of its
+consumers (skip connections, shared inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any, Callable, Hashable, Sequence
+
+import keras
+import tensorflow as tf
+from keras import tree
+
+from .handlers import ELEMENTWISE, ExplainError, Handler, LinearHandler, SeparableHandler, handler_for
+from .rules import Rule
+
+Key = Hashable
+
+
+@dataclasses.dataclass(eq=False)
+class Step:
+    """One layer (or keras operation) call in the flattened model."""
+
+    name: str
+    layer: Any
+    handler: Handler
+    inputs: list
+    outputs: list
+    call: Callable[[Sequence[tf.Tensor]], list]
+    strip_activation: bool = False
+    fused: tuple = ()
+    aliases: tuple = ()
+
+    @property
+    def type_name(self) -> str:
+        return type(self.layer).__name__
+
+    @property
+    def category(self) -> str:
+        return self.handler.category
+
+    def names(self) -> tuple[str, ...]:
+        return (self.name,) + tuple(self.aliases)
+
+
+@dataclasses.dataclass(eq=False)
+class Graph:
+    inputs: list
+    outputs: list
+    steps: list
+    input_names: list
+    output_names: list
+
+    def producer(self) -> dict:
+        return {k: s for s in self.steps for k in s.outputs}
+
+    def consumers(self) -> dict:
+        out: dict = {}
+        for s in self.steps:
+            for k in s.inputs:
+                out.setdefault(k, []).append(s)
+        return out
+
+    def layer_names(self) -> list[str]:
+        return [n for s in self.steps for n in s.names()]
+
+    def find(self, name: str) -> Step:
+        """The step of a layer by name (exact, then the last path component, then a glob)."""
+        for s in self.steps:
+            if name in s.names():
+                return s
+        hits = [s for s in self.steps if any(n.split("/")[-1] == name for n in s.names())]
+        if not hits:
+            hits = [s for s in self.steps if any(fnmatch.fnmatchcase(n, name) for n in s.names())]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ExplainError(f"layer name {name!r} is ambiguous: {[h.name for h in hits]}")
+        raise ExplainError(f"the model has no layer {name!r}; its layers are: {', '.join(self.layer_names())}")
+
+
+class _Keys:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def new(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def _is_model(op: Any) -> bool:
+    return isinstance(op, keras.Model)
+
+
+def _layer_call(layer: Any) -> Callable:
+    def call(xs: Sequence[tf.Tensor]) -> list:
+        return tree.flatten(layer(xs[0] if len(xs) == 1 else list(xs)))
+
+    return call
+
+
+def _node_call(op: Any, node: Any) -> Callable:
+    ids = [id(kt) for kt in node.input_tensors]
+
+    def call(xs: Sequence[tf.Tensor]) -> list:
+        args, kwargs = node.arguments.fill_in(dict(zip(ids, xs)))
+        kwargs.pop("training", None)
+        return tree.flatten(op(*args, **kwargs))
+
+    return call
+
+
+def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable) -> Step:
+    handler = handler_for(op)
+    if handler is None:
+        raise ExplainError(
+            f"layer {name!r} of type {type(op).__name__} cannot be explained: no LRP handler is "
+            f"registered for it. Register one with interprettensor.register_handler({type(op).__name__}, "
+            f"handler) (see the README section 'Adding a rule or a layer').")
+    if handler.category == "linear" and not isinstance(op, keras.layers.Layer) and len(ins) == 1:
+        from .handlers import ElementwiseHandler  # ``x + constant``: an element-wise shift
+
+        handler = ElementwiseHandler()
+    return Step(name, op, handler, ins, outs, call)
+
+
+def _add_chain(g: Graph, layers: Sequence[Any], in_keys: list, prefix: str, keys: _Keys) -> list:
+    cur = in_keys
+    for layer in layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if _is_model(layer):
+            cur = _add_model(g, layer, cur, prefix + layer.name + "/", keys)
+            continue
+        outs = [keys.new()]
+        g.steps.append(_make_step(layer, prefix + layer.name, cur, outs, _layer_call(layer)))
+        cur = outs
+    return cur
+
+
+def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Keys) -> list:
+    if len(in_keys) != len(model.inputs):
+        raise ExplainError(f"model {model.name!r} takes {len(model.inputs)} inputs, got {len(in_keys)}")
+    kmap = {id(kt): k for kt, k in zip(model.inputs, in_keys)}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            if op is None or node.is_input:
+                continue
+            if any(id(kt) not in kmap for kt in node.input_tensors):
+                continue
+            ins = [kmap[id(kt)] for kt in node.input_tensors]
+            if _is_model(op):
+                outs = _add_model(g, op, ins, prefix + op.name + "/", keys)
+            else:
+                outs = [keys.new() for _ in node.outputs]
+                g.steps.append(_make_step(op, prefix + op.name, ins, outs, _node_call(op, node)))
+            for kt, k in zip(node.outputs, outs):
+                kmap[id(kt)] = k
+    return [kmap[id(kt)] for kt in model.outputs]
+
+
+def _chain_layers(model: Any) -> list | None:
+    from .sequential import Sequential as ItSequential
+
+    if isinstance(model, ItSequential):
+        return list(model.modules)
+    if isinstance(model, keras.Sequential):
+        return list(model.layers)
+    return None
+
+
+def _add_model(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Keys) -> list:
+    chain = _chain_layers(model)
+    if chain is not None:
+        return _add_chain(g, chain, in_keys, prefix, keys)
+    if hasattr(model, "_nodes_by_depth") and getattr(model, "inputs", None):
+        return _add_functional(g, model, in_keys, prefix, keys)
+    raise ExplainError(
+        f"model {model.name!r} ({type(model).__name__}) is a subclassed Keras model whose layers cannot be "
+        f"traced; explain a Sequential or Functional model (e.g. rebuild it with keras.Input)")
+
+
+def _is_softmax(step: Step) -> bool:
+    layer = step.layer
+    if isinstance(layer, keras.layers.Softmax) or type(layer).__name__ == "Softmax":
+        return True
+    act = getattr(layer, "activation", None) or getattr(layer, "act_fn", None)
+    return getattr(act, "__name__", "") == "softmax" or getattr(layer, "act", None) == "softmax"
+
+
+def _is_linear_activation(layer: Any) -> bool:
+    act = getattr(layer, "activation", None)
+    if hasattr(layer, "act_fn"):
+        return getattr(layer, "act", None) in (None, "linear") and getattr(layer, "bn", None) is None
+    return act is None or getattr(act, "__name__", "") == "linear"
+
+
+def fuse_batchnorm(g: Graph) -> None:
+    """Canonisation: merge each inference BatchNormalization into the Dense/convolution before it
+    (when that layer has no activation and feeds only the BatchNorm). Other BatchNorms stay as
+    affine layers explained under the active rule."""
+    producer = g.producer()
+    consumers = g.consumers()
+    removed = set()
+    for step in g.steps:
+        if not isinstance(step.layer, keras.layers.BatchNormalization) or len(step.inputs) != 1:
+            continue
+        k = step.inputs[0]
+        prev = producer.get(k)
+        if prev is None or prev in removed or len(consumers.get(k, [])) != 1 or k in g.outputs:
+            continue
+        if not isinstance(prev.handler, (LinearHandler, SeparableHandler)):
+            continue
+        if getattr(prev.handler, "channel_axis", None) is None or not _is_linear_activation(prev.layer):
+            continue
+        axis = step.layer.axis if isinstance(step.layer.axis, int) else step.layer.axis[0]
+        try:
+            rank = len(step.layer.input.shape)
+        except Exception:  # noqa: BLE001 - a BN that was never called symbolically
+            rank = None
+        if axis != -1 and (rank is None or axis != rank - 1):
+            continue
+        prev.fused = prev.fused + (step.layer,)
+        prev.aliases = prev.aliases + step.names()
+        prev.outputs = step.outputs
+        for kk in step.outputs:
+            producer[kk] = prev
+        removed.add(step)
+    g.steps = [s for s in g.steps if s not in removed]
+
+
+def build_graph(model: Any, canonize: bool = True) -> Graph:
+    """Flatten ``model`` into steps. With ``canonize``, BatchNorm layers are merged (see
+    :func:`fuse_batchnorm`)."""
+    if not isinstance(model, keras.Model):
+        raise ExplainError(f"expected a Keras model, got {type(model).__name__}")
+    keys = _Keys()
+    chain = _chain_layers(model)
+    if chain is not None:
+        inputs = [keys.new()]
+        input_names = [f"{model.name}_input"]
+    else:
+        if not getattr(model, "inputs", None):
+            raise ExplainError(f"model {model.name!r} has no defined inputs; call it once or build it "
+                               f"with keras.Input before explaining it")
+        inputs = [keys.new() for _ in model.inputs]
+        input_names = [getattr(kt, "name", f"input_{i}") for i, kt in enumerate(model.inputs)]
+    g = Graph(inputs, [], [], input_names, [])
+    g.outputs = _add_model(g, model, inputs, "", keys)
+    producer = g.producer()
+    g.output_names = [producer[k].name if k in producer else f"output_{i}" for i, k in enumerate(g.outputs)]
+    if canonize:
+        fuse_batchnorm(g)
+    return g
+
+
+def explained_output(g: Graph, output: int | str | None) -> tuple[Any, Step | None]:
+    """The key of the tensor whose value starts the relevance, skipping a final softmax."""
+    if output is None:
+        idx = 0
+    elif isinstance(output, int):
+        if not -len(g.outputs) <= output < len(g.outputs):
+            raise ExplainError(f"output index {output} out of range: the model has {len(g.outputs)} outputs")
+        idx = output
+    else:
+        if output not in g.output_names:
+            raise ExplainError(f"the model has no output {output!r}; its outputs: {g.output_names}")
+        idx = g.output_names.index(output)
+    key = g.outputs[idx]
+    step = g.producer().get(key)
+    if step is not None and _is_softmax(step):
+        if step.handler.category == ELEMENTWISE:
+            return step.inputs[0], step
+        step.strip_activation = True
+    return key, step
+
+
+def forward(g: Graph, xs: Sequence[tf.Tensor]) -> tuple[dict, list]:
+    values = dict(zip(g.inputs, xs))
+    records = []
+    for step in g.steps:
+        ins = [values[k] for k in step.inputs]
+        try:
+            outs, state = step.handler.forward(step.layer, ins, step)
+        except ExplainError:
+            raise
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+            raise ExplainError(f"layer {step.name!r} ({step.type_name}) failed on inputs of shape "
+                               f"{[tuple(x.shape) for x in ins]}: {e}") from e
+        for k, v in zip(step.outputs, outs):
+            values[k] = v
+        records.append((ins, outs, state))
+    return values, records
+
+
+def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
+             keep: bool = False) -> tuple[dict, dict]:
+    """Relevance at every tensor reached from ``start`` (key -> relevance). Returns
+    ``(relevance by key, relevance of each layer's output by layer name)``."""
+    rel = dict(start)
+    layerwise: dict = {}
+    for step, (ins, outs, state), rule in zip(reversed(g.steps), reversed(records), reversed(rules)):
+        Rs = [rel.get(k) for k in step.outputs]
+        if all(r is None for r in Rs):
+            continue
+        Rs = [tf.zeros_like(o) if r is None else r for r, o in zip(Rs, outs)]
+        if keep:
+            for n in step.names():
+                layerwise[n] = Rs[0] if len(Rs) == 1 else Rs
+        R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step)
+        for k, r in zip(step.inputs, R_in):
+            rel[k] = r if k not in rel else rel[k] + r
+    return rel, layerwise

@@ -1,0 +1,511 @@
+"""How each layer type takes part in LRP: its linear map (for rules) or how it routes relevance.
+
+A :class:`Handler` does two things for a layer: the forward computation (recording what the
+backward pass needs, e.g. the pre-activation), and the relevance pass given the rule that the
+composite assigned to the layer. Layers with weights, pooling, sums and standalone BatchNorm expose a
+:class:`~interprettensor.core.LinearMap` and share :func:`~interprettensor.core.linear_relevance`;
+reshapes and concatenation route relevance by their (exact, permutation-like) gradient; element-wise
+activations pass it through.
+
+Register a handler for your own layer type with :func:`register_handler`::
+
+    it.register_handler(MyDense, it.handlers.LinearHandler(
+        params=lambda layer: {"kernel": layer.w, "bias": layer.b},
+        fn=lambda layer, xs, p: tf.matmul(xs[0], p["kernel"]) + p.get("bias", 0.0)))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from . import layers as itl
+from .core import LinearMap, linear_relevance
+from .rules import LinearRule, Pass, Rule, WinnerTakesAll
+
+# categories decide which rule a composite gives a layer by default
+WEIGHTED = "weighted"    # dense, convolutions: the composite's main rules
+LINEAR = "linear"        # sums, average pooling, standalone BatchNorm, upsampling: rule.merge_rule()
+MAXPOOL = "maxpool"      # winner-takes-all unless a rule says otherwise
+ROUTE = "route"          # reshapes, padding, cropping, concatenation: exact routing
+ELEMENTWISE = "elementwise"  # activations, dropout, rescaling: relevance passes unchanged
+GATE = "gate"            # multiply: relevance to the signal input
+
+
+class ExplainError(ValueError):
+    """A model or layer that the engine cannot explain, or bad input to an explanation."""
+
+
+class Handler:
+    """Base class. ``forward`` returns ``(outputs, state)``; ``relevance`` returns one relevance per
+    input of the layer."""
+
+    category: str = ELEMENTWISE
+
+    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
+        return step.call(xs), {}
+
+    def relevance(self, layer: Any, xs: Sequence[tf.Tensor], ys: Sequence[tf.Tensor], state: dict,
+                  Rs: Sequence[tf.Tensor], rule: Rule, step: Any) -> list[tf.Tensor]:
+        raise NotImplementedError
+
+
+def _cast_params(params: dict, dtype: tf.DType) -> dict:
+    return {k: tf.cast(ops.convert_to_tensor(v), dtype) for k, v in params.items() if v is not None}
+
+
+def _check_linear_rule(rule: Rule, step: Any) -> LinearRule:
+    if not isinstance(rule, LinearRule):
+        raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule {rule!r}: it needs a "
+                           f"rule that modifies inputs/weights (epsilon, alphabeta, gamma, ...)")
+    return rule
+
+
+def _pass(xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor], step: Any) -> list[tf.Tensor]:
+    if len(xs) != 1 or len(Rs) != 1 or xs[0].shape.rank != Rs[0].shape.rank:
+        raise ExplainError(f"rule 'pass' needs a layer whose input and output have the same shape; "
+                           f"layer {step.name!r} ({step.type_name}) maps {[tuple(x.shape) for x in xs]} "
+                           f"to {[tuple(r.shape) for r in Rs]}")
+    return [tf.reshape(Rs[0], tf.shape(xs[0]))]
+
+
+class LinearHandler(Handler):
+    """A layer ``act(f(x; W, b))`` with weights. ``params(layer)`` gives the weights (``'bias'`` for
+    the bias) and ``fn(layer, xs, params)`` the pre-activation; ``activation(layer)`` the activation."""
+
+    category = WEIGHTED
+
+    def __init__(self, params: Callable[[Any], dict], fn: Callable[[Any, Sequence[tf.Tensor], dict], tf.Tensor],
+                 activation: Callable[[Any], Callable | None] = lambda layer: getattr(layer, "activation", None),
+                 channel_axis: int | None = -1):
+        self._params, self._fn, self._activation = params, fn, activation
+        #: axis of the kernel that indexes output channels (for BatchNorm merging); None: cannot merge
+        self.channel_axis = channel_axis
+
+    def linear_map(self, layer: Any, step: Any, dtype: tf.DType) -> LinearMap:
+        params = _cast_params(self._params(layer), dtype)
+        for bn in getattr(step, "fused", ()):
+            params = merge_batchnorm(params, bn, self.channel_axis, dtype)
+
+        def fn(xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+            return self._fn(layer, xs, p)
+
+        return LinearMap(fn, params)
+
+    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
+        lm = self.linear_map(layer, step, xs[0].dtype)
+        z = lm(xs)
+        act = self._activation(layer)
+        y = z if (act is None or step.strip_activation) else act(z)
+        return [y], {"z": z}
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if isinstance(rule, Pass):
+            return _pass(xs, Rs, step)
+        rule = _check_linear_rule(rule, step)
+        R = tf.reshape(Rs[0], tf.shape(state["z"]))
+        return linear_relevance(self.linear_map(layer, step, xs[0].dtype), xs, R, rule, state["z"])
+
+
+def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.DType) -> dict:
+    """Fold an inference-mode BatchNormalization into the preceding layer's kernel and bias:
+    ``W' = W * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``."""
+    mean = tf.cast(ops.convert_to_tensor(bn.moving_mean), dtype)
+    var = tf.cast(ops.convert_to_tensor(bn.moving_variance), dtype)
+    gamma = tf.cast(ops.convert_to_tensor(bn.gamma), dtype) if bn.scale else tf.ones_like(mean)
+    beta = tf.cast(ops.convert_to_tensor(bn.beta), dtype) if bn.center else tf.zeros_like(mean)
+    s = gamma * tf.math.rsqrt(var + tf.cast(bn.epsilon, dtype))
+    out = dict(params)
+    weight_names = [k for k in params if k != "bias"]
+    name = weight_names[-1]  # the last weight produces the output channels (pointwise for separable)
+    kernel = params[name]
+    rank = kernel.shape.rank
+    axis = channel_axis % rank
+    if kernel.shape[axis] == s.shape[0]:
+        shape = [1] * rank
+        shape[axis] = -1
+        out[name] = kernel * tf.reshape(s, shape)
+    else:  # depthwise (kh, kw, in, multiplier): output channel c*mult + m
+        shape = [1] * (rank - 2) + list(kernel.shape[-2:])
+        out[name] = kernel * tf.reshape(s, shape)
+    bias = params.get("bias")
+    out["bias"] = (beta - mean * s) if bias is None else (bias - mean) * s + beta
+    return out
+
+
+def _bias_add(z: tf.Tensor, p: dict, channels_first: bool = False) -> tf.Tensor:
+    b = p.get("bias")
+    if b is None:
+        return z
+    if channels_first:
+        b = tf.reshape(b, [1, -1] + [1] * (z.shape.rank - 2))
+    return z + b
+
+
+def _kernel_params(layer: Any, *names: str) -> dict:
+    p = {n: getattr(layer, n) for n in names}
+    p["bias"] = layer.bias if getattr(layer, "use_bias", True) else None
+    return p
+
+
+def _dense_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    return _bias_add(ops.matmul(xs[0], p["kernel"]), p)
+
+
+def _conv_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    x = xs[0]
+    if getattr(layer, "padding", None) == "causal":  # Conv1D causal: left padding, then valid
+        pad = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+        x = ops.pad(x, [[0, 0], [pad, 0], [0, 0]] if layer.data_format == "channels_last" else [[0, 0], [0, 0], [pad, 0]])
+        z = ops.conv(x, p["kernel"], strides=list(layer.strides), padding="valid",
+                     dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+    else:
+        z = layer.convolution_op(x, p["kernel"])
+    return _bias_add(z, p, layer.data_format == "channels_first")
+
+
+def _depthwise_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = ops.depthwise_conv(xs[0], p["kernel"], strides=layer.strides, padding=layer.padding,
+                           dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+    return _bias_add(z, p, layer.data_format == "channels_first")
+
+
+def _conv_transpose_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = ops.conv_transpose(xs[0], p["kernel"], strides=list(layer.strides), padding=layer.padding,
+                           output_padding=layer.output_padding, dilation_rate=layer.dilation_rate,
+                           data_format=layer.data_format)
+    return _bias_add(z, p, layer.data_format == "channels_first")
+
+
+def _einsum_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = ops.einsum(layer.equation, xs[0], p["kernel"])
+    return z if p.get("bias") is None else z + p["bias"]
+
+
+class SeparableHandler(Handler):
+    """SeparableConv: depthwise then pointwise convolution, the rule applied to each in turn."""
+
+    category = WEIGHTED
+    channel_axis = -1
+
+    def maps(self, layer: Any, step: Any, dtype: tf.DType) -> tuple[LinearMap, LinearMap]:
+        params = _cast_params({"kernel": layer.pointwise_kernel,
+                               "bias": layer.bias if layer.use_bias else None}, dtype)
+        for bn in getattr(step, "fused", ()):
+            params = merge_batchnorm(params, bn, -1, dtype)
+        dw = LinearMap(lambda xs_, p: ops.depthwise_conv(
+            xs_[0], p["kernel"], strides=layer.strides, padding=layer.padding,
+            dilation_rate=layer.dilation_rate, data_format=layer.data_format),
+            _cast_params({"kernel": layer.depthwise_kernel}, dtype))
+        pw = LinearMap(lambda xs_, p: _bias_add(ops.conv(xs_[0], p["kernel"], strides=1, padding="valid",
+                                                         data_format=layer.data_format), p,
+                                                layer.data_format == "channels_first"), params)
+        return dw, pw
+
+    def forward(self, layer, xs, step):
+        dw, pw = self.maps(layer, step, xs[0].dtype)
+        t = dw(xs)
+        z = pw([t])
+        y = z if (layer.activation is None or step.strip_activation) else layer.activation(z)
+        return [y], {"t": t, "z": z}
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        rule = _check_linear_rule(rule, step)
+        dw, pw = self.maps(layer, step, xs[0].dtype)
+        R = tf.reshape(Rs[0], tf.shape(state["z"]))
+        Rt = linear_relevance(pw, [state["t"]], R, rule, state["z"])[0]
+        return linear_relevance(dw, xs, Rt, rule, state["t"])
+
+
+class FixedLinearHandler(Handler):
+    """A linear layer without trainable weights (sums, average pooling, upsampling, affine BatchNorm).
+    ``fn(layer, xs, params)`` with ``params = weights(layer, xs)``."""
+
+    category = LINEAR
+
+    def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[tf.Tensor]], dict] | None = None):
+        self._fn = fn
+        self._weights = weights or (lambda layer, xs: {"kernel": tf.ones((), xs[0].dtype)})
+
+    def linear_map(self, layer: Any, xs: Sequence[tf.Tensor]) -> LinearMap:
+        return LinearMap(lambda xs_, p: self._fn(layer, xs_, p), self._weights(layer, xs))
+
+    def forward(self, layer, xs, step):
+        z = self.linear_map(layer, xs)(xs)
+        return [z], {"z": z}
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if isinstance(rule, Pass):
+            return _pass(xs, Rs, step)
+        rule = _check_linear_rule(rule, step)
+        return linear_relevance(self.linear_map(layer, xs), xs, Rs[0], rule, state["z"])
+
+
+class MaxPoolHandler(Handler):
+    """Max pooling: winner-takes-all (the gradient routes each window's relevance to its maximum);
+    under a rule with ``uniform_max_pool`` (flat, w^2) the window's relevance spreads uniformly, via
+    the average-pooling map ``avg_fn`` with the same windows."""
+
+    category = MAXPOOL
+
+    def __init__(self, avg_fn: Callable[[Any, tf.Tensor], tf.Tensor]):
+        self._avg_fn = avg_fn
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if isinstance(rule, Pass):
+            return _pass(xs, Rs, step)
+        if isinstance(rule, LinearRule) and rule.uniform_max_pool:
+            lm = LinearMap(lambda xs_, p: p["kernel"] * self._avg_fn(layer, xs_[0]),
+                           {"kernel": tf.ones((), xs[0].dtype)})
+            return linear_relevance(lm, xs, Rs[0], rule)
+        if not isinstance(rule, (LinearRule, WinnerTakesAll)):
+            _check_linear_rule(rule, step)
+        return route(step, xs, Rs)
+
+
+def route(step: Any, xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Relevance through a map that moves, copies or selects values: its vector-Jacobian product."""
+    xs = list(xs)
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        ys = step.call(xs)
+    grads = tape.gradient(ys, xs, output_gradients=list(Rs)[: len(ys)],
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return list(grads)
+
+
+class RouteHandler(Handler):
+    """Reshape, Flatten, Permute, padding, cropping, Concatenate: relevance follows the values."""
+
+    category = ROUTE
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        return route(step, xs, Rs)
+
+
+class ElementwiseHandler(Handler):
+    """Activations, dropout and noise, rescaling: relevance passes through unchanged."""
+
+    category = ELEMENTWISE
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        return [tf.reshape(Rs[0], tf.shape(xs[0]))] + [tf.zeros_like(x) for x in xs[1:]]
+
+
+class GateHandler(Handler):
+    """Multiply treated as a gate: the relevance goes to the signal input, i.e. the first input whose
+    shape equals the output's (the gate, e.g. a squeeze-excitation or attention weight, is broadcast);
+    the other inputs get none."""
+
+    category = GATE
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        out_shape = ys[0].shape
+        signal = next((i for i, x in enumerate(xs) if x.shape == out_shape), 0)
+        return [tf.reshape(Rs[0], tf.shape(x)) if i == signal else tf.zeros_like(x)
+                for i, x in enumerate(xs)]
+
+
+# ----------------------------------------------------------------------------- registry
+
+_REGISTRY: list[tuple[type, Handler]] = []
+
+
+def register_handler(layer_type: type, handler: Handler) -> None:
+    """Tell the engine how ``layer_type`` (and its subclasses) takes part in LRP. Later
+    registrations win over earlier ones for the same type."""
+    _REGISTRY.insert(0, (layer_type, handler))
+
+
+def get_handler(layer: Any) -> Handler | None:
+    best: tuple[int, Handler] | None = None
+    for layer_type, handler in _REGISTRY:
+        if isinstance(layer, layer_type):
+            depth = type(layer).__mro__.index(layer_type)
+            if best is None or depth < best[0]:
+                best = (depth, handler)
+    return None if best is None else best[1]
+
+
+def _bn_affine_weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
+    dtype = xs[0].dtype
+    mean = tf.cast(ops.convert_to_tensor(layer.moving_mean), dtype)
+    var = tf.cast(ops.convert_to_tensor(layer.moving_variance), dtype)
+    gamma = tf.cast(ops.convert_to_tensor(layer.gamma), dtype) if layer.scale else tf.ones_like(mean)
+    beta = tf.cast(ops.convert_to_tensor(layer.beta), dtype) if layer.center else tf.zeros_like(mean)
+    s = gamma * tf.math.rsqrt(var + tf.cast(layer.epsilon, dtype))
+    rank = xs[0].shape.rank
+    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return {"kernel": tf.reshape(s, shape), "bias": tf.reshape(beta - mean * s, shape)}
+
+
+def _affine_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = xs[0] * p["kernel"]
+    return z if p.get("bias") is None else z + p["bias"]
+
+
+def _merge_weights(signs: Callable[[int], list[float]]) -> Callable:
+    def weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
+        return {"kernel": tf.constant(signs(len(xs)), xs[0].dtype)}
+
+    return weights
+
+
+def _merge_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = None
+    for i, x in enumerate(xs):
+        t = p["kernel"][i] * x
+        z = t if z is None else z + t
+    return z
+
+
+def _avg_pool_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    return p["kernel"] * layer(xs[0])
+
+
+def _keras_avg_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
+    return ops.average_pool(x, layer.pool_size, layer.strides, layer.padding, layer.data_format)
+
+
+def _global_mean_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
+    rank = x.shape.rank
+    axes = list(range(1, rank - 1)) if layer.data_format == "channels_last" else list(range(2, rank))
+    return ops.mean(x, axis=axes, keepdims=layer.keepdims)
+
+
+def _upsampling_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    return p["kernel"] * layer(xs[0])
+
+
+L = keras.layers
+_dense = LinearHandler(lambda l: _kernel_params(l, "kernel"), _dense_fn)
+_conv = LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_fn)
+_depthwise = LinearHandler(lambda l: _kernel_params(l, "kernel"), _depthwise_fn)
+_conv_transpose = LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_transpose_fn, channel_axis=-2)
+_it_weighted = LinearHandler(
+    lambda l: {"kernel": l.kernel, "bias": l.bias},
+    lambda l, xs, p: l.linear(xs[0], p["kernel"], p.get("bias")),
+    activation=lambda l: l.act_fn)
+
+
+class _ModuleHandler(LinearHandler):
+    """interprettensor's Linear/Convolution: their own batch norm is merged for LRP."""
+
+    def linear_map(self, layer, step, dtype):
+        lm = super().linear_map(layer, step, dtype)
+        if layer.bn is not None:
+            return LinearMap(lm.fn, merge_batchnorm(dict(lm.params), layer.bn, -1, dtype))
+        return lm
+
+
+_it_weighted = _ModuleHandler(_it_weighted._params, _it_weighted._fn, _it_weighted._activation)
+
+for _t, _h in [
+    # layers with weights
+    (L.Dense, _dense),
+    (L.EinsumDense, LinearHandler(lambda l: _kernel_params(l, "kernel") if getattr(l, "bias", None) is not None
+                                  else {"kernel": l.kernel}, _einsum_fn, channel_axis=None)),
+    (keras.src.layers.convolutional.base_conv.BaseConv, _conv),
+    (keras.src.layers.convolutional.base_depthwise_conv.BaseDepthwiseConv, _depthwise),
+    (keras.src.layers.convolutional.base_conv_transpose.BaseConvTranspose, _conv_transpose),
+    (keras.src.layers.convolutional.base_separable_conv.BaseSeparableConv, SeparableHandler()),
+    (itl.Linear, _it_weighted),
+    (itl.Convolution, _it_weighted),
+    # linear maps without trainable weights
+    (L.BatchNormalization, FixedLinearHandler(_affine_fn, _bn_affine_weights)),
+    (L.Add, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n))),
+    (L.Average, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0 / n] * n))),
+    (L.Subtract, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]))),
+    (keras.src.layers.pooling.base_pooling.BasePooling, FixedLinearHandler(_avg_pool_fn)),
+    (keras.src.layers.pooling.base_global_pooling.BaseGlobalPooling, FixedLinearHandler(_avg_pool_fn)),
+    (itl.AvgPool, FixedLinearHandler(_avg_pool_fn)),
+    (L.UpSampling1D, FixedLinearHandler(_upsampling_fn)),
+    (L.UpSampling2D, FixedLinearHandler(_upsampling_fn)),
+    (L.UpSampling3D, FixedLinearHandler(_upsampling_fn)),
+    # max pooling
+    (L.MaxPooling1D, MaxPoolHandler(_keras_avg_for_max)),
+    (L.MaxPooling2D, MaxPoolHandler(_keras_avg_for_max)),
+    (L.MaxPooling3D, MaxPoolHandler(_keras_avg_for_max)),
+    (L.GlobalMaxPooling1D, MaxPoolHandler(_global_mean_for_max)),
+    (L.GlobalMaxPooling2D, MaxPoolHandler(_global_mean_for_max)),
+    (L.GlobalMaxPooling3D, MaxPoolHandler(_global_mean_for_max)),
+    (itl.MaxPool, MaxPoolHandler(lambda l, x: tf.nn.avg_pool2d(x, l.pool_size, l.pool_stride, l.pad))),
+    # routing
+    (L.Flatten, RouteHandler()),
+    (L.Reshape, RouteHandler()),
+    (L.Permute, RouteHandler()),
+    (L.ZeroPadding1D, RouteHandler()),
+    (L.ZeroPadding2D, RouteHandler()),
+    (L.ZeroPadding3D, RouteHandler()),
+    (L.Cropping1D, RouteHandler()),
+    (L.Cropping2D, RouteHandler()),
+    (L.Cropping3D, RouteHandler()),
+    (L.Concatenate, RouteHandler()),
+    (L.RepeatVector, RouteHandler()),
+    (L.Identity, RouteHandler()),
+    (itl.Flatten, RouteHandler()),
+    # element-wise: relevance unchanged
+    (L.Activation, ElementwiseHandler()),
+    (L.ReLU, ElementwiseHandler()),
+    (L.LeakyReLU, ElementwiseHandler()),
+    (L.ELU, ElementwiseHandler()),
+    (L.PReLU, ElementwiseHandler()),
+    (L.Softmax, ElementwiseHandler()),
+    (L.Dropout, ElementwiseHandler()),
+    (L.SpatialDropout1D, ElementwiseHandler()),
+    (L.SpatialDropout2D, ElementwiseHandler()),
+    (L.SpatialDropout3D, ElementwiseHandler()),
+    (L.GaussianNoise, ElementwiseHandler()),
+    (L.GaussianDropout, ElementwiseHandler()),
+    (L.AlphaDropout, ElementwiseHandler()),
+    (L.ActivityRegularization, ElementwiseHandler()),
+    (L.Rescaling, ElementwiseHandler()),
+    (L.Normalization, ElementwiseHandler()),
+    (itl.Softmax, ElementwiseHandler()),
+    (itl.Relu, ElementwiseHandler()),
+    (itl.Tanh, ElementwiseHandler()),
+    (itl.Sigmoid, ElementwiseHandler()),
+    (itl.Elu, ElementwiseHandler()),
+    # gates
+    (L.Multiply, GateHandler()),
+]:
+    register_handler(_t, _h)
+
+# keras.ops called on symbolic tensors inside functional models (``x + y``, ``ops.reshape`` ...)
+_OPS_BY_NAME: dict[str, Handler] = {
+    "Add": FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n)),
+    "Subtract": FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0])),
+    "Multiply": GateHandler(),
+    "Reshape": RouteHandler(),
+    "Transpose": RouteHandler(),
+    "ExpandDims": RouteHandler(),
+    "Squeeze": RouteHandler(),
+    "Concatenate": RouteHandler(),
+    "Flatten": RouteHandler(),
+    "Relu": ElementwiseHandler(),
+    "Relu6": ElementwiseHandler(),
+    "Sigmoid": ElementwiseHandler(),
+    "Silu": ElementwiseHandler(),
+    "Swish": ElementwiseHandler(),
+    "Tanh": ElementwiseHandler(),
+    "Gelu": ElementwiseHandler(),
+    "Elu": ElementwiseHandler(),
+    "LeakyRelu": ElementwiseHandler(),
+    "Softmax": ElementwiseHandler(),
+    "Cast": ElementwiseHandler(),
+}
+
+
+def handler_for(op: Any) -> Handler | None:
+    """The handler of a layer or keras operation, or None if the engine cannot explain it."""
+    h = get_handler(op)
+    if h is not None:
+        return h
+    if not isinstance(op, keras.layers.Layer):
+        return _OPS_BY_NAME.get(type(op).__name__)
+    return None

@@ -1,0 +1,466 @@
+"""LRP rules, each written once from three parts: input modifiers, parameter modifiers and a stabiliser.
+
+A rule explains one *linear* map ``z = f(x; W, b)`` (a dense layer, a convolution, a pooling window
+seen as a linear map, the sum of an ``Add`` layer, ...). The layer supplies ``f``; the rule says how to
+modify its inputs and parameters. Relevance ``R`` at the output is redistributed as
+
+.. math::
+
+    R_i = \\sum_g c_g \\sum_{t \\in g} x^{(t)}_i \\cdot
+          \\Big[ \\frac{\\partial}{\\partial x^{(t)}} \\sum_{t' \\in g} f(x^{(t')}; W^{(t')}, b^{(t')})
+          \\Big]^\\top \\frac{R}{\\mathrm{stab}(z_g)},
+    \\qquad z_g = \\sum_{t \\in g} f(x^{(t)}; W^{(t)}, b^{(t)})
+
+i.e. one forward pass per modified term and one vector-Jacobian product (a transposed convolution
+for a convolution) per group. Every rule in the literature that this library offers is a choice of
+groups ``g`` (with coefficient ``c_g``), terms ``t`` (input and parameter modifiers) and a stabiliser.
+
+Custom rules: subclass :class:`LinearRule` and implement :meth:`LinearRule.groups`, or build one
+directly from :class:`Term` and :class:`Group` with :class:`CustomRule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import tensorflow as tf
+
+__all__ = [
+    "TINY",
+    "Term",
+    "Group",
+    "Rule",
+    "LinearRule",
+    "CustomRule",
+    "Epsilon",
+    "Z",
+    "Flat",
+    "WSquare",
+    "AlphaBeta",
+    "Gamma",
+    "ZPlus",
+    "ZPlusFast",
+    "ZBox",
+    "Pass",
+    "WinnerTakesAll",
+    "RULES",
+    "get_rule",
+    "rule_from_variant",
+    "register_rule",
+]
+
+#: Stabiliser of rules that have no epsilon of their own: large enough to keep ``R / z`` finite when
+#: ``z == 0`` (all numerators are then 0 too), small enough not to change any result in float32.
+TINY = 1e-12
+
+Modifier = Callable[[tf.Tensor], tf.Tensor]
+
+
+def identity(t: tf.Tensor) -> tf.Tensor:
+    return t
+
+
+def positive(t: tf.Tensor) -> tf.Tensor:
+    return tf.maximum(t, tf.zeros_like(t))
+
+
+def negative(t: tf.Tensor) -> tf.Tensor:
+    return tf.minimum(t, tf.zeros_like(t))
+
+
+def ones(t: tf.Tensor) -> tf.Tensor:
+    return tf.ones_like(t)
+
+
+def square(t: tf.Tensor) -> tf.Tensor:
+    return tf.square(t)
+
+
+def sign0(z: tf.Tensor) -> tf.Tensor:
+    """+1 where ``z >= 0``, -1 elsewhere (the sign convention of all stabilisers)."""
+    return tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
+
+
+def stabilize(z: tf.Tensor, epsilon: float) -> tf.Tensor:
+    """``z + epsilon * sign0(z)``: moves the denominator away from zero, keeping its sign."""
+    return z + tf.cast(epsilon, z.dtype) * sign0(z)
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One modified copy of the layer: ``f(input(x); kernel(W), bias(b))``.
+
+    ``bias=None`` drops the bias from this term. ``kernel`` modifies every weight parameter of the
+    layer (kernels, depthwise kernels, fixed pooling weights).
+    """
+
+    input: Modifier = identity
+    kernel: Modifier = identity
+    bias: Modifier | None = identity
+
+    @property
+    def is_identity(self) -> bool:
+        return self.input is identity and self.kernel is identity and self.bias is identity
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Terms that share one denominator ``z_g``; the group's result is scaled by ``coefficient``."""
+
+    terms: tuple[Term, ...]
+    coefficient: float = 1.0
+
+
+class Rule:
+    """Base class of everything that says how relevance passes one layer.
+
+    Subclasses either are :class:`LinearRule` (handled by the generic linear engine) or special rules
+    (:class:`Pass`, :class:`WinnerTakesAll`) that layers treat directly.
+    """
+
+    name: str = "rule"
+    #: Under this rule, max pooling distributes relevance uniformly over each window (LRP Toolbox
+    #: semantics of flat and w^2) instead of winner-takes-all.
+    uniform_max_pool: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.params() == other.params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted((k, repr(v)) for k, v in self.params().items()))))
+
+    def merge_rule(self) -> "LinearRule":
+        """Rule for layers without weights that mix inputs (sums, average pooling, standalone
+        BatchNorm) when this rule is applied to a whole model: proportional split (z-rule) with this
+        rule's stabiliser."""
+        return Z()
+
+
+class LinearRule(Rule):
+    """A rule given by groups of modified terms and a stabiliser (see module docstring)."""
+
+    epsilon: float = TINY
+
+    def groups(self) -> tuple[Group, ...]:
+        raise NotImplementedError
+
+    def stabilize(self, z: tf.Tensor) -> tf.Tensor:
+        return stabilize(z, self.epsilon)
+
+
+class CustomRule(LinearRule):
+    """A rule assembled from data, for users who want their own.
+
+    Example: the z+ rule on non-negative inputs::
+
+        rule = it.rules.CustomRule(
+            [it.rules.Group((it.rules.Term(kernel=it.rules.positive, bias=None),))],
+            epsilon=1e-9, name="my_zplus")
+    """
+
+    def __init__(self, groups: Sequence[Group], epsilon: float = TINY, name: str = "custom",
+                 uniform_max_pool: bool = False):
+        self._groups = tuple(groups)
+        self.epsilon = epsilon
+        self.name = name
+        self.uniform_max_pool = uniform_max_pool
+
+    def groups(self) -> tuple[Group, ...]:
+        return self._groups
+
+    def params(self) -> dict[str, Any]:
+        return {"groups": self._groups, "epsilon": self.epsilon, "name": self.name}
+
+
+class Epsilon(LinearRule):
+    """LRP-epsilon (Bach et al. 2015, eq. 58; Montavon et al. 2019, eq. 5):
+    ``R_i = sum_j x_i w_ij / (z_j + eps * sign(z_j)) R_j`` with ``z_j = sum_i x_i w_ij + b_j``.
+
+    ``bias=False`` leaves the bias out of ``z_j`` (iNNvestigate's "IgnoreBias" variants).
+    """
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6, bias: bool = True):
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+        self.bias = bool(bias)
+
+    def params(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon, "bias": self.bias}
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term(bias=identity if self.bias else None),)),)
+
+    def merge_rule(self) -> LinearRule:
+        return Epsilon(self.epsilon)
+
+
+class Z(Epsilon):
+    """The z-rule, the LRP Toolbox's ``'simple'`` (Bach et al. 2015, eq. 56): epsilon with a tiny,
+    sign-matched stabiliser; the bias stays in the denominator and absorbs its share."""
+
+    name = "simple"
+
+    def __init__(self, bias: bool = True):
+        super().__init__(TINY, bias)
+
+    def params(self) -> dict[str, Any]:
+        return {"bias": self.bias}
+
+    def merge_rule(self) -> LinearRule:
+        return Z()
+
+
+class Flat(LinearRule):
+    """The flat rule (Lapuschkin et al. 2019): ``R_i = sum_j 1 / (sum_i' 1) R_j``; each output's
+    relevance spreads uniformly over its receptive field. Inputs and weights are ignored."""
+
+    name = "flat"
+    uniform_max_pool = True
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term(input=ones, kernel=ones, bias=None),)),)
+
+
+class WSquare(LinearRule):
+    """The w^2 rule (Montavon et al. 2017, Deep Taylor): ``R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j``."""
+
+    name = "ww"
+    uniform_max_pool = True
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term(input=ones, kernel=square, bias=None),)),)
+
+
+class AlphaBeta(LinearRule):
+    """LRP-alpha-beta (Bach et al. 2015, eq. 60):
+    ``R_i = sum_j (alpha * z_ij^+ / z_j^+ - beta * z_ij^- / z_j^-) R_j`` with ``z_ij = x_i w_ij``.
+
+    Positive contributions are ``x^+ w^+ + x^- w^-``, negative ones ``x^+ w^- + x^- w^+``; each part's
+    denominator takes the bias of its own sign (unless ``bias=False``). ``beta`` defaults to
+    ``alpha - 1`` so that relevance is conserved (alpha=2: alpha2-beta1; alpha=1: alpha1-beta0).
+    """
+
+    name = "alphabeta"
+
+    def __init__(self, alpha: float = 2.0, beta: float | None = None, bias: bool = True):
+        alpha = float(alpha)
+        beta = alpha - 1.0 if beta is None else float(beta)
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.bias = alpha, beta, bool(bias)
+
+    def params(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "beta": self.beta, "bias": self.bias}
+
+    def groups(self) -> tuple[Group, ...]:
+        b_pos = positive if self.bias else None
+        b_neg = negative if self.bias else None
+        groups = []
+        if self.alpha != 0:
+            groups.append(Group((Term(positive, positive, b_pos), Term(negative, negative, None)), self.alpha))
+        if self.beta != 0:
+            groups.append(Group((Term(positive, negative, b_neg), Term(negative, positive, None)), -self.beta))
+        return tuple(groups)
+
+
+class Gamma(LinearRule):
+    """LRP-gamma (Montavon et al. 2019, eq. 7): ``R_i = sum_j x_i (w_ij + gamma w_ij^+) /
+    sum_i' x_i' (w_i'j + gamma w_i'j^+) R_j``; the bias is modified the same way (``b + gamma b^+``)."""
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25, bias: bool = True):
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        self.gamma, self.bias = float(gamma), bool(bias)
+
+    def params(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "bias": self.bias}
+
+    def groups(self) -> tuple[Group, ...]:
+        g = self.gamma
+
+        def mod(t: tf.Tensor) -> tf.Tensor:
+            return t + tf.cast(g, t.dtype) * positive(t)
+
+        return (Group((Term(identity, mod, mod if self.bias else None),)),)
+
+
+class ZPlus(AlphaBeta):
+    """The z+ rule (Montavon et al. 2017, Deep Taylor): alpha1-beta0 without bias."""
+
+    name = "zplus"
+
+    def __init__(self) -> None:
+        super().__init__(1.0, 0.0, bias=False)
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+class ZPlusFast(LinearRule):
+    """z+ for non-negative inputs only (``x w^+``, no bias): one forward term instead of two."""
+
+    name = "zplus_fast"
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term(identity, positive, None),)),)
+
+
+class ZBox(LinearRule):
+    """The z^B rule for inputs in a box ``[low, high]`` (Montavon et al. 2017, Deep Taylor):
+    ``R_i = sum_j (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) / sum_i' (...) R_j``; no bias.
+
+    ``low`` and ``high`` are scalars or arrays broadcastable to the layer input.
+    """
+
+    name = "zbox"
+
+    def __init__(self, low: Any = -1.0, high: Any = 1.0):
+        self.low, self.high = low, high
+
+    def params(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def groups(self) -> tuple[Group, ...]:
+        low, high = self.low, self.high
+
+        def fill(value: Any) -> Modifier:
+            def mod(x: tf.Tensor) -> tf.Tensor:
+                return tf.broadcast_to(tf.cast(value, x.dtype), tf.shape(x))
+
+            return mod
+
+        def neg_pos(w: tf.Tensor) -> tf.Tensor:
+            return -positive(w)
+
+        def neg_neg(w: tf.Tensor) -> tf.Tensor:
+            return -negative(w)
+
+        return (Group((Term(identity, identity, None), Term(fill(low), neg_pos, None),
+                       Term(fill(high), neg_neg, None))),)
+
+
+class Pass(Rule):
+    """Pass relevance through unchanged (layers whose input and output have the same shape)."""
+
+    name = "pass"
+
+
+class WinnerTakesAll(Rule):
+    """Max pooling's default: each window's relevance goes to the input that won the max."""
+
+    name = "winner_takes_all"
+
+
+def _alpha_beta(alpha: float = 2.0, beta: float | None = None, bias: bool = True) -> AlphaBeta:
+    return AlphaBeta(alpha, beta, bias)
+
+
+#: Rule names and the factories they stand for. Keyword parameters of :func:`get_rule` are passed on.
+RULES: dict[str, Callable[..., Rule]] = {
+    "simple": Z,
+    "z": Z,
+    "epsilon": Epsilon,
+    "flat": Flat,
+    "ww": WSquare,
+    "wsquare": WSquare,
+    "alphabeta": _alpha_beta,
+    "alpha1beta0": lambda bias=True: AlphaBeta(1.0, 0.0, bias),
+    "alpha2beta1": lambda bias=True: AlphaBeta(2.0, 1.0, bias),
+    "gamma": Gamma,
+    "zplus": ZPlus,
+    "zplus_fast": ZPlusFast,
+    "zbox": ZBox,
+    "pass": Pass,
+    "winner_takes_all": WinnerTakesAll,
+}
+
+
+def register_rule(name: str, factory: Callable[..., Rule]) -> None:
+    """Make ``factory`` available under ``name`` wherever rules are given by name."""
+    RULES[name] = factory
+
+
+def get_rule(rule: Rule | str, **params: Any) -> Rule:
+    """Return a :class:`Rule` from a rule object or a name with keyword parameters.
+
+    A name ending in ``_ignore_bias`` (or ``_nobias``) gives the rule with ``bias=False``.
+    """
+    if isinstance(rule, Rule):
+        return rule
+    if not isinstance(rule, str):
+        raise TypeError(f"a rule is a Rule object or one of the names {sorted(RULES)}, got {rule!r}")
+    key = rule.lower()
+    for suffix in ("_ignore_bias", "_nobias", "ignorebias"):
+        if key.endswith(suffix) and key[: -len(suffix)] in RULES:
+            key = key[: -len(suffix)]
+            params = {**params, "bias": False}
+            break
+    if key not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(sorted(RULES))}")
+    try:
+        return RULES[key](**params)
+    except TypeError as e:
+        raise ValueError(f"rule {rule!r} does not take the parameters {sorted(params)}: {e}") from None
+
+
+VARIANTS = ("simple", "epsilon", "flat", "ww", "alphabeta")
+
+
+def rule_from_variant(lrp_var: str | Rule | None, param: float | None = None) -> Rule:
+    """The original API's ``(lrp_var, param)`` pair as a :class:`Rule`.
+
+    ``'epsilon'``: param is epsilon; ``'alphabeta'``: param is alpha and beta = alpha - 1.
+    Other rule names (and Rule objects) are accepted too.
+    """
+    if isinstance(lrp_var, Rule):
+        return lrp_var
+    if lrp_var is None:
+        lrp_var = "simple"
+    if not isinstance(lrp_var, str):
+        raise TypeError(f"lrp_var must be a string or Rule, got {lrp_var!r}")
+    key = lrp_var.lower()
+    if key == "epsilon":
+        return Epsilon(1e-6 if param is None else float(param))
+    if key == "alphabeta":
+        alpha = 2.0 if param is None else float(param)
+        return AlphaBeta(alpha, alpha - 1.0)
+    if key in ("simple", "z", "flat", "ww", "wsquare"):
+        return get_rule(key)
+    if key in RULES:
+        return get_rule(key)
+    raise ValueError(
+        f"unknown LRP variant {lrp_var!r}; valid variants: {', '.join(VARIANTS)} "
+        f"(and the rule names {', '.join(sorted(set(RULES) - set(VARIANTS)))})")
+
+
+def rule_params_from_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword parameters that the factory of rule ``name`` accepts (used by composites)."""
+    import inspect
+
+    factory = RULES.get(name)
+    if factory is None:
+        return {}
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in kwargs.items() if k in sig.parameters}

@@ -1,0 +1,298 @@
+"""The original ``Sequential`` API: forward, fit, lrp and lrp_layerwise, as a Keras 3 model.
+
+``net.forward(x)`` runs the network and caches every module's input and pre-activation;
+``net.lrp(R, variant, param)`` propagates ``R`` back to the input with the shared LRP engine
+(:mod:`interprettensor.graph`, :mod:`interprettensor.handlers`), compiled with ``tf.function``.
+A variant given to the call applies to every module (LRP Toolbox semantics: max pooling is
+uniform under ``'flat'``/``'ww'``, winner-takes-all otherwise); without one, each module's preset
+(:meth:`~interprettensor.layers.Module.set_lrp_parameters`) applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence as Seq
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .graph import Graph, backward, build_graph, forward
+from .handlers import ExplainError
+from .layers import Module
+from .rules import Pass, Rule, rule_from_variant
+
+__all__ = ["Sequential"]
+
+_LOSSES = {
+    "softmax_crossentropy": lambda last_is_softmax: keras.losses.CategoricalCrossentropy(from_logits=not last_is_softmax),
+    "sigmoid_crossentropy": lambda last_is_sigmoid: keras.losses.BinaryCrossentropy(from_logits=not last_is_sigmoid),
+    "mse": lambda _: keras.losses.MeanSquaredError(),
+}
+_OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "rmsprop": keras.optimizers.RMSprop,
+    "grad_descent": keras.optimizers.SGD,
+    "sgd": keras.optimizers.SGD,
+    "adagrad": keras.optimizers.Adagrad,
+    "adadelta": keras.optimizers.Adadelta,
+}
+
+
+@keras.saving.register_keras_serializable(package="interprettensor")
+class Sequential(keras.Model):
+    """A stack of interprettensor modules (or any Keras layers with an LRP handler).
+
+    Example::
+
+        net = it.Sequential([it.Linear(1296, input_dim=784, act='relu'), it.Linear(10), it.Softmax()])
+        y = net.forward(x)
+        R = net.lrp(y, 'epsilon', 0.01)
+    """
+
+    def __init__(self, modules: Iterable[keras.layers.Layer], name: str | None = None, **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.modules = list(modules)
+        if not self.modules:
+            raise ValueError("Sequential needs at least one module")
+        self._cache: dict | None = None
+        self._graph: Graph | None = None
+        self._lrp_fns: dict = {}
+        first = self.modules[0]
+        input_dim = getattr(first, "input_dim", None)
+        if isinstance(input_dim, int):
+            self.build((None, input_dim))
+        elif isinstance(input_dim, tuple) and getattr(first, "input_depth", None):
+            self.build((None,) + input_dim + (first.input_depth,))
+
+    # ------------------------------------------------------------------ keras plumbing
+    def build(self, input_shape: Any) -> None:
+        shape = tuple(input_shape)
+        for m in self.modules:
+            if not m.built:
+                m.build(shape)
+            shape = tuple(m.compute_output_shape(shape))
+        self.built = True
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        for m in self.modules:
+            if isinstance(m, Module) and "training" in m.call.__code__.co_varnames:
+                x = m(x, training=training)
+            else:
+                x = m(x)
+        return x
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        shape = tuple(input_shape)
+        for m in self.modules:
+            shape = tuple(m.compute_output_shape(shape))
+        return shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name,
+                "modules": [keras.saving.serialize_keras_object(m) for m in self.modules]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "Sequential":
+        modules = [keras.saving.deserialize_keras_object(m, custom_objects=custom_objects)
+                   for m in config["modules"]]
+        return cls(modules, name=config.get("name"))
+
+    # ------------------------------------------------------------------ the original API
+    @property
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = build_graph(self, canonize=False)
+        return self._graph
+
+    def _input(self, x: Any) -> tf.Tensor:
+        t = x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x))
+        if not t.dtype.is_floating or t.dtype != tf.as_dtype(self.compute_dtype):
+            t = tf.cast(t, self.compute_dtype)
+        if t.shape.rank is None or t.shape.rank < 2:
+            raise ExplainError(f"input must be a batch (N, ...), got shape {tuple(t.shape)}")
+        first = self.modules[0]
+        if not self.built:
+            self.build(tuple(t.shape))
+        expected = _expected_input(first)
+        if expected is not None and not _fits(expected, tuple(t.shape)):
+            raise ExplainError(f"input of shape {tuple(t.shape)} does not fit the first layer "
+                               f"{first.name!r} ({type(first).__name__}), which expects {expected}")
+        return t
+
+    def forward(self, x: Any) -> tf.Tensor:
+        """Run the network on ``x`` (numpy array or tensor) and cache what LRP needs."""
+        t = self._input(x)
+        fn = self._lrp_fns.get("forward")
+        if fn is None:
+            def run(t: tf.Tensor) -> tuple:
+                values, records = forward(self.graph, [t])
+                return values[self.graph.outputs[0]], records
+            fn = self._lrp_fns["forward"] = tf.function(run, autograph=False)
+        try:
+            out, records = fn(t)
+        except ExplainError:
+            raise
+        self._cache = {"x": t, "records": records, "output": out}
+        return out
+
+    def _rules(self, lrp_var: str | Rule | None, param: float | None) -> tuple[Rule, ...]:
+        if lrp_var is not None:
+            rule = rule_from_variant(lrp_var, param)
+            return tuple(rule for _ in self.graph.steps)
+        out = []
+        for step in self.graph.steps:
+            m = step.layer
+            out.append(m.preset_rule() if isinstance(m, Module) else rule_from_variant(None))
+        return tuple(out)
+
+    def _check_cache(self, what: str) -> dict:
+        if self._cache is None:
+            raise ExplainError(f"{what} needs a forward pass first: call net.forward(x) before net.{what}(R)")
+        return self._cache
+
+    def _check_R(self, R: Any, shape: tf.TensorShape, where: str) -> tf.Tensor:
+        R = tf.convert_to_tensor(np.asarray(R) if not tf.is_tensor(R) else R)
+        R = tf.cast(R, self.compute_dtype)
+        if tuple(R.shape) != tuple(shape):
+            raise ExplainError(f"relevance of shape {tuple(R.shape)} does not match {where} of shape "
+                               f"{tuple(shape)}")
+        return R
+
+    def lrp(self, R: Any, lrp_var: str | Rule | None = None, param: float | None = None) -> tf.Tensor:
+        """Propagate relevance ``R`` (shaped like the last output) to the input of the last forward.
+
+        Args:
+            R: starting relevance, usually the output masked to one class.
+            lrp_var: ``'simple'``, ``'epsilon'``, ``'flat'``, ``'ww'``, ``'alphabeta'`` (or a Rule);
+                ``None`` uses each module's preset.
+            param: epsilon for ``'epsilon'``, alpha for ``'alphabeta'`` (beta = alpha - 1).
+        """
+        cache = self._check_cache("lrp")
+        R = self._check_R(R, cache["output"].shape, "the network output")
+        rules = self._rules(lrp_var, param)
+        key = ("lrp", rules)
+        fn = self._lrp_fns.get(key)
+        if fn is None:
+            graph = self.graph
+
+            def run(records: Any, R: tf.Tensor) -> tf.Tensor:
+                rel, _ = backward(graph, records, {graph.outputs[0]: R}, rules)
+                return rel.get(graph.inputs[0], tf.zeros_like(records[0][0][0]))
+            fn = self._lrp_fns[key] = tf.function(run, autograph=False)
+        return fn(cache["records"], R)
+
+    def lrp_layerwise(self, layer: keras.layers.Layer | str, R: Any, lrp_var: str | Rule | None = None,
+                      param: float | None = None) -> tf.Tensor:
+        """Relevance at the input of one module, given relevance ``R`` at its output (from the last
+        forward). Looping over ``net.modules[::-1]`` reproduces :meth:`lrp`."""
+        cache = self._check_cache("lrp_layerwise")
+        steps = self.graph.steps
+        idx = next((i for i, s in enumerate(steps) if s.layer is layer or s.name == layer), None)
+        if idx is None:
+            raise ExplainError(f"{layer!r} is not a module of this network; modules: "
+                               f"{[s.name for s in steps]}")
+        step = steps[idx]
+        ins, outs, state = cache["records"][idx]
+        R = self._check_R(R, outs[0].shape, f"the output of layer {step.name!r}")
+        if lrp_var is not None:
+            rule = rule_from_variant(lrp_var, param)
+        elif isinstance(step.layer, Module):
+            rule = step.layer.preset_rule()
+        else:
+            rule = rule_from_variant(None)
+        key = ("layer", idx, rule)
+        fn = self._lrp_fns.get(key)
+        if fn is None:
+            def run(record: Any, R: tf.Tensor) -> tf.Tensor:
+                ins, outs, state = record
+                return step.handler.relevance(step.layer, ins, outs, state, [R], rule, step)[0]
+            fn = self._lrp_fns[key] = tf.function(run, autograph=False)
+        return fn(cache["records"][idx], R)
+
+    def set_lrp_parameters(self, lrp_var: str | None = None, param: float | None = None) -> None:
+        """Preset the LRP variant and parameter of every module."""
+        rule_from_variant(lrp_var, param)
+        for m in self.modules:
+            if isinstance(m, Module):
+                m.set_lrp_parameters(lrp_var, param)
+
+    def fit(self, x: Any = None, y: Any = None, loss: str | Any = None, optimizer: str | Any = None,
+            opt_params: Seq[float] | None = None, epochs: int = 1, batch_size: int | None = None,
+            **kwargs: Any) -> keras.callbacks.History:
+        """Train the network. With the original arguments (``loss='softmax_crossentropy'|
+        'sigmoid_crossentropy'|'MSE'``, ``optimizer='adam'|'rmsprop'|'grad_descent'|'adagrad'|
+        'adadelta'``, ``opt_params=[learning_rate]``) the net is compiled first; otherwise this is
+        Keras' ``fit`` on a compiled model. Integer labels are one-hot encoded. Returns Keras'
+        History: ``history.history['loss']`` and ``['accuracy']`` per epoch."""
+        if loss is not None or optimizer is not None or not self.compiled:
+            self.compile_lrp_style(loss or "softmax_crossentropy", optimizer or "adam", opt_params)
+        y_arr = np.asarray(y) if y is not None else None
+        if y_arr is not None and y_arr.ndim == 1 and np.issubdtype(y_arr.dtype, np.integer):
+            n_out = self.compute_output_shape((None,) + tuple(np.asarray(x).shape[1:]))[-1]
+            y_arr = keras.utils.to_categorical(y_arr, int(n_out))
+        self._cache = None
+        kwargs.setdefault("verbose", 0)
+        return super().fit(x, y_arr if y_arr is not None else y, epochs=epochs, batch_size=batch_size, **kwargs)
+
+    def compile_lrp_style(self, loss: str | Any, optimizer: str | Any, opt_params: Seq[float] | None = None) -> None:
+        """Compile with the original library's loss and optimizer names."""
+        last = self.modules[-1]
+        if isinstance(loss, str):
+            key = loss.lower()
+            if key not in _LOSSES:
+                raise ValueError(f"unknown loss {loss!r}; valid: softmax_crossentropy, sigmoid_crossentropy, MSE")
+            from .layers import Sigmoid, Softmax
+            flag = isinstance(last, Sigmoid) if key == "sigmoid_crossentropy" else isinstance(last, Softmax)
+            loss_obj = _LOSSES[key](flag)
+        else:
+            loss_obj = loss
+        if isinstance(optimizer, str):
+            key = optimizer.lower()
+            if key not in _OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(_OPTIMIZERS)}")
+            lr = float(opt_params[0]) if opt_params else 1e-3
+            opt = _OPTIMIZERS[key](learning_rate=lr)
+        else:
+            opt = optimizer
+        if isinstance(loss, str) and loss.lower() == "sigmoid_crossentropy":
+            metric = keras.metrics.BinaryAccuracy(name="accuracy")
+        else:
+            metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+        self.compile(loss=loss_obj, optimizer=opt, metrics=[metric])
+
+    def load_numpy(self, path: str) -> None:
+        """Load a pickled list of numpy arrays (kernel, bias per layer), e.g. the original project's
+        ``model.npy``, into this network."""
+        try:
+            arrays = np.load(path, allow_pickle=True, encoding="bytes")
+        except (OSError, ValueError) as e:
+            raise ExplainError(f"cannot read weights from {path}: {e}") from None
+        self.set_weights(list(arrays))
+
+    def set_weights(self, weights: Seq[Any]) -> None:
+        """Set weights in the order kernel, bias per layer (as :meth:`get_weights` returns them)."""
+        own = self.weights
+        weights = list(weights)
+        if len(weights) != len(own):
+            raise ValueError(f"{self.name}: expected {len(own)} arrays "
+                             f"({', '.join(v.path for v in own)}), got {len(weights)}")
+        for v, w in zip(own, weights):
+            w = np.asarray(w)
+            if tuple(v.shape) != w.shape:
+                raise ValueError(f"{self.name}: weight {v.path} has shape {tuple(v.shape)}, got {w.shape}")
+            v.assign(w.astype(v.dtype))
+        self._cache = None
+
+
+def _expected_input(first: Any) -> tuple | None:
+    dim = getattr(first, "input_dim", None)
+    if isinstance(dim, int):
+        return ("N", dim)
+    return None
+
+
+def _fits(expected: tuple, shape: tuple) -> bool:
+    d = 1
+    for s in shape[1:]:
+        d *= int(s)
+    return d == expected[1]
