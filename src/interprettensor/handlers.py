@@ -16,7 +16,9 @@ Register a handler for your own layer type with :func:`register_handler`::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -33,6 +35,31 @@ MAXPOOL = "maxpool"      # winner-takes-all unless a rule says otherwise
 ROUTE = "route"          # reshapes, padding, cropping, concatenation: exact routing
 ELEMENTWISE = "elementwise"  # activations, dropout, rescaling: relevance passes unchanged
 GATE = "gate"            # multiply: relevance to the signal input
+
+
+_ACTIVATION_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("activation_override", default=None)
+
+
+@contextlib.contextmanager
+def override_activations(fn: Callable[[Any, Callable | None, tf.Tensor], tf.Tensor | None]) -> Iterator[None]:
+    """Within this context, the graph's forward pass asks ``fn(layer, activation, z)`` for every
+    activation (the ``activation=`` of layers with weights, and element-wise activation layers, with
+    ``activation=None`` for those); a tensor it returns replaces the activation's output, ``None``
+    keeps it. Gradient baselines (guided backprop, deconvnet) use this to change ReLU's gradient."""
+    token = _ACTIVATION_OVERRIDE.set(fn)
+    try:
+        yield
+    finally:
+        _ACTIVATION_OVERRIDE.reset(token)
+
+
+def apply_activation(layer: Any, act: Callable | None, z: tf.Tensor) -> tf.Tensor:
+    override = _ACTIVATION_OVERRIDE.get()
+    if override is not None:
+        out = override(layer, act, z)
+        if out is not None:
+            return out
+    return z if act is None else act(z)
 
 
 class ExplainError(ValueError):
@@ -99,7 +126,7 @@ class LinearHandler(Handler):
         lm = self.linear_map(layer, step, xs[0].dtype)
         z = lm(xs)
         act = self._activation(layer)
-        y = z if (act is None or step.strip_activation) else act(z)
+        y = z if step.strip_activation else apply_activation(layer, act, z)
         return [y], {"z": z}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
@@ -209,7 +236,7 @@ class SeparableHandler(Handler):
         dw, pw = self.maps(layer, step, xs[0].dtype)
         t = dw(xs)
         z = pw([t])
-        y = z if (layer.activation is None or step.strip_activation) else layer.activation(z)
+        y = z if step.strip_activation else apply_activation(layer, layer.activation, z)
         return [y], {"t": t, "z": z}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
@@ -290,6 +317,13 @@ class ElementwiseHandler(Handler):
     """Activations, dropout and noise, rescaling: relevance passes through unchanged."""
 
     category = ELEMENTWISE
+
+    def forward(self, layer, xs, step):
+        if _ACTIVATION_OVERRIDE.get() is not None and len(xs) == 1:
+            out = _ACTIVATION_OVERRIDE.get()(layer, None, xs[0])
+            if out is not None:
+                return [out], {}
+        return step.call(xs), {}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         return [tf.reshape(Rs[0], tf.shape(xs[0]))] + [tf.zeros_like(x) for x in xs[1:]]
