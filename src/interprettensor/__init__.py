@@ -13,13 +13,51 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+
+def _configured_backend() -> str:
+    """Keras' backend as configured (KERAS_BACKEND, else keras.json), read before importing Keras so
+    that a missing JAX or PyTorch does not hide the real problem."""
+    import json
+
+    env = _os.environ.get("KERAS_BACKEND")
+    if env:
+        return env
+    home = _os.environ.get("KERAS_HOME", _os.path.join(_os.path.expanduser("~"), ".keras"))
+    try:
+        with open(_os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _refuse(backend: str) -> None:
+    raise ImportError(
+        f"interprettensor needs Keras' TensorFlow backend, but Keras is set to {backend!r} "
+        f"(KERAS_BACKEND or keras.json). Set KERAS_BACKEND=tensorflow.")
+
+
+if _configured_backend() != "tensorflow":
+    _refuse(_configured_backend())
+
 import keras as _keras  # noqa: E402
 
 if _keras.backend.backend() != "tensorflow":
-    raise ImportError(
-        f"interprettensor needs Keras' TensorFlow backend, but Keras is set to "
-        f"{_keras.backend.backend()!r} (KERAS_BACKEND or ~/.keras/keras.json). "
-        f"Set KERAS_BACKEND=tensorflow.")
+    _refuse(_keras.backend.backend())
+
+import logging as _logging  # noqa: E402
+
+
+class _OwnRetracingFilter(_logging.Filter):
+    """The library compiles one function per rule set and input signature on purpose; TensorFlow's
+    'triggered tf.function retracing' warning about those functions is noise for users."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("tf.function retracing" in msg and ("Sequential." in msg or "Explainer." in msg))
+
+
+_logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
 
 from . import rules  # noqa: E402
 from .composites import PRESETS, Composite, get_composite, register_preset  # noqa: E402

@@ -99,8 +99,10 @@ class _Weighted(Module):
             raise ValueError(f"{type(self).__name__}: keep_prob must be in (0, 1], got {keep_prob}")
         self.keep_prob = float(keep_prob)
         self.batch_norm = bool(batch_norm)
-        self.bn = keras.layers.BatchNormalization(name="batch_norm") if self.batch_norm else None
-        self.dropout = keras.layers.Dropout(1.0 - self.keep_prob) if self.keep_prob < 1.0 else None
+        self.bn = (keras.layers.BatchNormalization(name="batch_norm", dtype=self.dtype_policy)
+                   if self.batch_norm else None)
+        self.dropout = (keras.layers.Dropout(1.0 - self.keep_prob, dtype=self.dtype_policy)
+                        if self.keep_prob < 1.0 else None)
 
     def _finish(self, z: tf.Tensor, training: bool | None) -> tf.Tensor:
         if self.bn is not None:

@@ -116,7 +116,8 @@ class Sequential(keras.Model):
         expected = _expected_input(first)
         if expected is not None and not _fits(expected, tuple(t.shape)):
             raise ExplainError(f"input of shape {tuple(t.shape)} does not fit the first layer "
-                               f"{first.name!r} ({type(first).__name__}), which expects {expected}")
+                               f"{first.name!r} ({type(first).__name__}), which expects "
+                               f"{' or '.join(str(e).replace(chr(39), '') for e in expected)}")
         return t
 
     def forward(self, x: Any) -> tf.Tensor:
@@ -200,14 +201,8 @@ class Sequential(keras.Model):
             rule = step.layer.preset_rule()
         else:
             rule = rule_from_variant(None)
-        key = ("layer", idx, rule)
-        fn = self._lrp_fns.get(key)
-        if fn is None:
-            def run(record: Any, R: tf.Tensor) -> tf.Tensor:
-                ins, outs, state = record
-                return step.handler.relevance(step.layer, ins, outs, state, [R], rule, step)[0]
-            fn = self._lrp_fns[key] = tf.function(run, autograph=False)
-        return fn(cache["records"][idx], R)
+        # one layer: a handful of ops, run eagerly (the full backward pass in lrp() is compiled)
+        return step.handler.relevance(step.layer, ins, outs, state, [R], rule, step)[0]
 
     def set_lrp_parameters(self, lrp_var: str | None = None, param: float | None = None) -> None:
         """Preset the LRP variant and parameter of every module."""
@@ -285,14 +280,27 @@ class Sequential(keras.Model):
 
 
 def _expected_input(first: Any) -> tuple | None:
-    dim = getattr(first, "input_dim", None)
-    if isinstance(dim, int):
-        return ("N", dim)
+    """The input shapes the first module accepts, as a tuple of alternatives (None: unknown)."""
+    from .layers import Convolution, Linear
+
+    if isinstance(first, Linear) and first.input_dim is not None:
+        return (("N", first.input_dim),)
+    if isinstance(first, Convolution) and first.input_depth is not None:
+        if first.input_dim is not None:
+            h, w = first.input_dim
+            return (("N", h * w * first.input_depth), ("N", h, w, first.input_depth))
+        return (("N", "H", "W", first.input_depth),)
     return None
 
 
 def _fits(expected: tuple, shape: tuple) -> bool:
-    d = 1
-    for s in shape[1:]:
-        d *= int(s)
-    return d == expected[1]
+    for alt in expected:
+        if len(alt) == 2 and len(shape) >= 2:
+            d = 1
+            for s in shape[1:]:
+                d *= int(s)
+            if d == alt[1] and (len(shape) == 2 or alt is expected[0]):
+                return True
+        elif len(alt) == len(shape) and all(isinstance(a, str) or a == s for a, s in zip(alt[1:], shape[1:])):
+            return True
+    return False
