@@ -225,9 +225,11 @@ class Explainer:
                 else:
                     res = self._function(part, "relevance", layerwise)(tuple(part), R0[lo:hi])
             except tf.errors.InvalidArgumentError as e:
-                msg = e.message.splitlines()[0] if e.message else str(e)
+                msg = e.message or str(e)
                 if "target out of range" in msg:
-                    raise ExplainError(msg[msg.index("target out of range"):]) from None
+                    detail = msg[msg.index("target out of range"):].split("]")[0]
+                    raise ExplainError(detail) from None
+                msg = msg.strip().splitlines()[0]
                 if R0 is not None:
                     raise ExplainError(f"relevance of shape {tuple(R0.shape)} does not fit the explained "
                                        f"output: {msg}") from None
