@@ -1,0 +1,166 @@
+"""TensorBoard summaries: loss and accuracy per epoch, relevance histograms per layer, heatmap images.
+
+The summaries are written with TensorFlow's own ``tf.summary.write`` and the metadata of TensorBoard's
+scalar, histogram and image plugins, so that the ``tensorboard`` package is needed only to *view*
+the logs (``pip install tensorboard``; ``tensorboard --logdir=LOGDIR``), not to write them.
+
+Example::
+
+    from interprettensor.summaries import SummaryWriter, EpochSummaries
+    with SummaryWriter("logs/train") as w:
+        net.fit(x, y, epochs=5, callbacks=[EpochSummaries(w)])
+        w.relevance_histograms(per_layer, step=5)
+        w.heatmaps("relevance", R, x, step=5)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["SummaryWriter", "EpochSummaries", "read_events"]
+
+
+def _metadata(plugin: str, data_class: str, description: str = ""):
+    from tensorflow.core.framework import summary_pb2
+
+    md = summary_pb2.SummaryMetadata()
+    md.plugin_data.plugin_name = plugin
+    md.plugin_data.content = b""  # version 0 of the plugin's data, as TensorBoard writes it
+    md.summary_description = description
+    md.data_class = getattr(summary_pb2, data_class)
+    return md
+
+
+def _histogram_buckets(values: np.ndarray, bins: int) -> np.ndarray:
+    """TensorBoard's histogram tensor: ``(bins, 3)`` rows of (left edge, right edge, count)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.zeros((0, 3), np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    if lo == hi:
+        return np.array([[lo - 0.5, hi + 0.5, float(v.size)]], np.float64)
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
+
+
+class SummaryWriter:
+    """Write TensorBoard event files into ``logdir`` (created if needed).
+
+    Methods take a ``step`` (epoch or training step). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, logdir: str):
+        os.makedirs(logdir, exist_ok=True)
+        self.logdir = logdir
+        self._writer = tf.summary.create_file_writer(logdir)
+
+    def scalar(self, tag: str, value: float, step: int, description: str = "") -> None:
+        """One scalar (shown in TensorBoard's *Scalars* tab)."""
+        with self._writer.as_default():
+            tf.summary.write(tag, tf.constant(float(value), tf.float32), step=int(step),
+                             metadata=_metadata("scalars", "DATA_CLASS_SCALAR", description))
+
+    def histogram(self, tag: str, values: Any, step: int, bins: int = 30, description: str = "") -> None:
+        """A histogram of ``values`` (shown in the *Histograms* and *Distributions* tabs)."""
+        buckets = _histogram_buckets(np.asarray(values), bins)
+        with self._writer.as_default():
+            tf.summary.write(tag, tf.constant(buckets, tf.float64), step=int(step),
+                             metadata=_metadata("histograms", "DATA_CLASS_TENSOR", description))
+
+    def images(self, tag: str, images: np.ndarray, step: int, max_outputs: int = 16,
+               description: str = "") -> None:
+        """RGB or grey images ``(N, H, W, C)`` (or ``(N, H, W)``) in [0, 1] (the *Images* tab)."""
+        imgs = np.asarray(images, dtype=np.float64)
+        if imgs.ndim == 3:
+            imgs = imgs[..., None]
+        if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"images must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {imgs.shape}")
+        imgs = (np.clip(imgs[:max_outputs], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        encoded = [tf.io.encode_png(tf.constant(im)) for im in imgs]
+        h, w = imgs.shape[1:3]
+        tensor = tf.stack([tf.constant(str(w)), tf.constant(str(h))] + encoded)
+        with self._writer.as_default():
+            tf.summary.write(tag, tensor, step=int(step),
+                             metadata=_metadata("images", "DATA_CLASS_BLOB_SEQUENCE", description))
+
+    def relevance_histograms(self, per_layer: Mapping[str, Any], step: int, prefix: str = "relevance") -> None:
+        """One histogram per layer, ``{layer name: relevance}`` as ``Explainer(..., layerwise=True)``
+        returns it; tags are ``prefix/layer name``."""
+        for name, values in per_layer.items():
+            self.histogram(f"{prefix}/{name}", values, step)
+
+    def heatmaps(self, tag: str, R: np.ndarray, x: np.ndarray | None, step: int, cmap: str = "bwr",
+                 max_outputs: int = 16, scale: int = 3) -> None:
+        """Heatmap images of relevance ``R`` (``(N, H, W, C)``); with ``x``, drawn over the inputs."""
+        from . import render
+
+        rgb = render.relevance_to_rgb(R, cmap) if x is None else render.overlay(R, x, cmap)
+        self.images(tag, render.enlarge(rgb[:max_outputs], scale), step, max_outputs)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.flush()
+        self._writer.close()
+
+    def __enter__(self) -> "SummaryWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """Keras callback: every epoch's logs (``loss``, ``accuracy``, ``val_*``) as scalars.
+
+    ``val_``-prefixed values go to ``val_writer`` (under the name without the prefix) when given.
+    """
+
+    def __init__(self, writer: SummaryWriter, val_writer: SummaryWriter | None = None):
+        super().__init__()
+        self.writer = writer
+        self.val_writer = val_writer
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            if key.startswith("val_") and self.val_writer is not None:
+                self.val_writer.scalar(key[4:], value, epoch)
+            else:
+                self.writer.scalar(key, value, epoch)
+        self.writer.flush()
+
+
+def read_events(logdir: str) -> dict[str, list[tuple[int, Any]]]:
+    """Read the event files under ``logdir`` (recursively) back: ``{tag: [(step, value), ...]}``.
+
+    Scalars are floats, histograms ``(bins, 3)`` arrays, images lists of PNG bytes. Tags of
+    subfolders are prefixed with the subfolder (``'train/loss'``).
+    """
+    from tensorflow.core.util import event_pb2
+
+    out: dict[str, list[tuple[int, Any]]] = {}
+    files = sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True))
+    for path in files:
+        sub = os.path.relpath(os.path.dirname(path), logdir)
+        prefix = "" if sub == "." else sub.replace(os.sep, "/") + "/"
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            for v in event.summary.value:
+                t = tf.make_ndarray(v.tensor) if v.HasField("tensor") else np.asarray(v.simple_value)
+                plugin = v.metadata.plugin_data.plugin_name
+                if plugin == "images":
+                    value: Any = [bytes(b) for b in t[2:]]
+                elif t.ndim == 0:
+                    value = float(t)
+                else:
+                    value = t
+                out.setdefault(prefix + v.tag, []).append((int(event.step), value))
+    return out
