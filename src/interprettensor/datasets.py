@@ -159,7 +159,7 @@ def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> dict[
                 continue
             except Exception as e:  # noqa: BLE001 - keras raises a bare Exception on URL errors
                 _remove(target)
-                errors.append(f"{url}: {e}")
+                errors.append(f"{url}: {str(e).replace(f'URL fetch failure on {url}: ', '')}")
                 continue
             if _md5(got) != md5:
                 _remove(got)

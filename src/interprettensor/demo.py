@@ -47,7 +47,8 @@ def _input_layers(pad: int) -> list[keras.layers.Layer]:
 def build_network(arch: str = "convolutional", keep_prob: float = 1.0, n_classes: int = 10):
     """One of the original examples' networks, for (N, 28, 28, 1) inputs in [0, 1].
 
-    ``'linear'``: ``mnist_linear.py``'s 784-1296-1296-1296-10 ReLU network with a softmax;
+    ``'linear'``: ``mnist_linear.py``'s 784-1296-1296-1296-10 ReLU network with a softmax (the
+    logits are linear: the original's ReLU on them often stops training at chance level);
     ``'convolutional'``: ``mnist_convolutional.py``'s network (conv 5x5x10, avg pool, conv 5x5x25,
     avg pool, conv 4x4x100, avg pool, conv 1x1x10) with a softmax. ``keep_prob`` < 1 adds dropout to
     the hidden layers (the original ``--dropout`` flag).
@@ -59,7 +60,7 @@ def build_network(arch: str = "convolutional", keep_prob: float = 1.0, n_classes
             it.Linear(1296, input_dim=784, act="relu", keep_prob=keep_prob),
             it.Linear(1296, act="relu", keep_prob=keep_prob),
             it.Linear(1296, act="relu", keep_prob=keep_prob),
-            it.Linear(n_classes, act="relu"),
+            it.Linear(n_classes),  # the original had act='relu' here, which stalls training
             it.Softmax(),
         ]
     elif arch == "convolutional":
@@ -212,7 +213,6 @@ def run_demo(out: str = "output/demo", epochs: int = 10, n: int = 8, pretrained:
         echo(f"training the original convolutional network on {len(x_train)} digits, {epochs} epochs ...")
         train_network(net, x_train, y_train, epochs, batch_size, learning_rate, x_test, y_test, logdir, quiet)
     acc = accuracy(net, x_test, y_test)
-    echo(f"test accuracy: {acc:.4f} ({len(x_test)} test digits)")
 
     idx = pick_examples(y_test, n)
     xs, ys = x_test[idx], y_test[idx]

@@ -1,0 +1,7 @@
+"""``python -m interprettensor``: the same as the ``interprettensor`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

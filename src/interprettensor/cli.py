@@ -1,0 +1,522 @@
+"""The ``interprettensor`` command (also ``python -m interprettensor``).
+
+Subcommands:
+
+* ``demo``: train the original convolutional network on the embedded digits (or load the pretrained
+  one with ``--pretrained``), explain test digits with the five original variants and a composite,
+  write ``OUT/demo_heatmaps.png`` and TensorBoard logs in ``OUT/logs``;
+* ``train``: train one of the original examples' networks and save it as ``.keras``;
+* ``explain``: explain a saved Keras model on image files, folders or ``.npy`` arrays; writes heatmap
+  PNGs and ``relevances.npz``.
+
+Errors are reported as ``error: <message>`` on stderr with exit status 1 (2 for usage errors); use
+``--debug`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+RULE_PARAMS = ("epsilon", "alpha", "beta", "gamma", "low", "high")
+
+
+class CLIError(Exception):
+    """An expected failure: reported as ``error: <message>`` without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``interprettensor`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress messages")
+    common.add_argument("--debug", action="store_true", help="show the traceback of errors")
+
+    p = argparse.ArgumentParser(
+        prog="interprettensor",
+        description="Layer-wise Relevance Propagation (LRP) for TensorFlow 2 / Keras 3.",
+        epilog="Run 'interprettensor COMMAND --help' for the options of a command.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"interprettensor {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", parents=[common], help="train (or load) the original CNN and explain test digits",
+                       description="Train the original convolutional network on scikit-learn's 8x8 digits "
+                                   "(prepared into the MNIST frame; no download), or load the original "
+                                   "pretrained MNIST CNN with --pretrained; explain a grid of test digits "
+                                   "with the five original LRP variants and the epsilon-gamma-box composite; "
+                                   "write OUT/demo_heatmaps.png and TensorBoard logs in OUT/logs; print the "
+                                   "test accuracy and each method's relevance sum against the explained output.")
+    d.add_argument("--out", default="output/demo", help="output folder (default: %(default)s)")
+    d.add_argument("--pretrained", action="store_true", help="use the original project's pretrained CNN")
+    d.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default: %(default)s)")
+    d.add_argument("--n", type=_positive_int, default=8, help="test digits to explain (default: %(default)s)")
+    d.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (default: %(default)s)")
+    d.add_argument("--learning-rate", type=_positive_float, default=3e-3, help="Adam learning rate (default: %(default)s)")
+    d.add_argument("--cmap", default="bwr", help="colour map: bwr, coldnhot or a matplotlib name (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", parents=[common], help="train one of the original example networks",
+                       description="Train the original examples' linear or convolutional network and save "
+                                   "it as a Keras model (.keras) that 'explain' (or keras.models.load_model) "
+                                   "reads. The model takes 28x28x1 images in [0, 1].")
+    t.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist"],
+                   help="digits: embedded, no download (default); mnist, fashion_mnist: downloaded into "
+                        "--data-dir and checked against their official checksums")
+    t.add_argument("--arch", default="convolutional", choices=["linear", "convolutional"],
+                   help="network (default: %(default)s)")
+    t.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default: %(default)s)")
+    t.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default: %(default)s)")
+    t.add_argument("--learning-rate", type=_positive_float, default=None,
+                   help="Adam learning rate (default: 3e-3 convolutional, 1e-3 linear)")
+    t.add_argument("--dropout", type=_keep_prob, default=1.0,
+                   help="keep probability of the hidden layers' dropout, as in the original (default: 1, none)")
+    t.add_argument("--out", default="model.keras", help="where to save the model, a .keras file (default: %(default)s)")
+    t.add_argument("--data-dir", default=None, help="download cache for mnist/fashion_mnist "
+                                                    "(default: $INTERPRETTENSOR_CACHE or ~/.cache/interprettensor)")
+    t.add_argument("--logdir", default=None, help="also write TensorBoard logs (loss, accuracy per epoch) here")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("explain", parents=[common], help="explain a saved Keras model on images or arrays",
+                       description="Explain a saved Keras model (.keras or .h5) with LRP. INPUTS are image "
+                                   "files (PNG, JPEG, ...), folders of them, or .npy arrays (one sample or a "
+                                   "batch, used as they are). Writes NAME_heatmap.png and NAME_overlay.png "
+                                   "per input and OUT/relevances.npz (relevance, names, target, output).")
+    e.add_argument("model", help="a saved Keras model (.keras, .h5)")
+    e.add_argument("inputs", nargs="+", help="image files, folders, or .npy arrays")
+    e.add_argument("--rule", default="epsilon",
+                   help="rule (simple, epsilon, flat, ww, alphabeta, gamma, zplus, ...) or preset "
+                        "(epsilon_gamma_box, epsilon_plus, preset_a, ...); default: %(default)s")
+    for name, hlp in [("epsilon", "epsilon of the epsilon rule"), ("alpha", "alpha of alpha-beta"),
+                      ("beta", "beta of alpha-beta"), ("gamma", "gamma of the gamma rule"),
+                      ("low", "lowest input value (z^B box rule / epsilon_gamma_box)"),
+                      ("high", "highest input value (z^B box rule / epsilon_gamma_box)")]:
+        e.add_argument(f"--{name}", type=float, default=None, help=hlp)
+    e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    e.add_argument("--out", default="explanations", help="output folder (default: %(default)s)")
+    e.add_argument("--batch-size", type=_positive_int, default=64, help="inputs per LRP pass (default: %(default)s)")
+    e.add_argument("--input-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="image pixels 0..255 are mapped to LOW..HIGH (default: 0 1); .npy arrays are used as they are")
+    e.add_argument("--color-mode", choices=["auto", "grayscale", "rgb"], default="auto",
+                   help="auto: the image must have the model's channel count; grayscale/rgb: convert")
+    e.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    e.add_argument("--cmap", default="bwr", help="colour map: bwr, coldnhot or a matplotlib name (default: %(default)s)")
+    e.add_argument("--normalize", choices=["maxabs", "percentile"], default="maxabs",
+                   help="per-sample heatmap scaling (default: %(default)s)")
+    e.add_argument("--percentile", type=float, default=99.5, help="for --normalize percentile (default: %(default)s)")
+    e.add_argument("--scale", type=_positive_int, default=None,
+                   help="enlarge heatmap PNGs by this factor (default: up to about 224 pixels)")
+    e.add_argument("--no-png", action="store_true", help="write only relevances.npz")
+    e.set_defaults(func=cmd_explain)
+    return p
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _keep_prob(s: str) -> float:
+    v = _positive_float(s)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"a keep probability is in (0, 1], got {s!r}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _say(args: argparse.Namespace, msg: str) -> None:
+    if not args.quiet:
+        print(msg, flush=True)
+
+
+def prepare_out_dir(path: str) -> str:
+    """Create ``path`` and check that files can be written into it."""
+    import tempfile
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise CLIError(f"cannot write to the output folder {path!r}: {e.strerror or e}") from None
+    return path
+
+
+def load_model(path: str) -> Any:
+    """``keras.models.load_model`` with clean errors for missing and unreadable files."""
+    import keras
+
+    import interprettensor  # noqa: F401 - registers the library's layers for deserialisation
+
+    if not os.path.exists(path):
+        raise CLIError(f"model file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CLIError(f"model path {path!r} is a folder; give a .keras or .h5 file")
+    if path.lower().endswith(".keras"):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise CLIError(f"cannot load the model {path!r}: not a Keras .keras archive (corrupt, truncated "
+                           f"or another kind of file)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - keras raises many kinds for a corrupt file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"cannot load the model {path!r} (is it a Keras .keras or .h5 file?): "
+                       f"{type(e).__name__}: {msg[:300]}") from None
+
+
+def model_input_shape(model: Any) -> tuple | None:
+    """The model's input shape ``(None, H, W, C)`` (None entries: any size), if it can be known."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        if len(inputs) > 1:
+            raise CLIError(f"the model has {len(inputs)} inputs; 'explain' supports single-input models")
+        return tuple(inputs[0].shape)
+    try:
+        cfg = model.get_build_config() or {}
+    except Exception:  # noqa: BLE001
+        cfg = {}
+    shape = cfg.get("input_shape")
+    if shape and not isinstance(shape[0], (list, tuple, dict)):
+        return tuple(shape)
+    return None
+
+
+def _shape_str(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join("any" if s is None else str(int(s)) for s in shape) + ")"
+
+
+class _Item:
+    __slots__ = ("name", "path", "array", "index")
+
+    def __init__(self, name: str, path: str, array: Any = None, index: int | None = None):
+        self.name, self.path, self.array, self.index = name, path, array, index
+
+
+def _npy_samples(path: str, expected: tuple | None) -> tuple[Any, bool]:
+    """Open a .npy array; returns (array as a batch, added_channel) after checking its shape."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot read the array {path!r}: {e}") from None
+    if expected is None:
+        return (arr if arr.ndim >= 2 else arr[None]), False
+    sample = tuple(expected[1:])
+
+    def fits(shape: tuple) -> bool:
+        return len(shape) == len(sample) and all(e is None or e == s for e, s in zip(sample, shape))
+
+    if fits(arr.shape):
+        return arr[None], False
+    if arr.ndim >= 1 and fits(arr.shape[1:]):
+        return arr, False
+    if sample and sample[-1] == 1 and arr.ndim >= 1 and fits(arr.shape[1:] + (1,)):
+        return arr, True
+    if sample and sample[-1] == 1 and fits(arr.shape + (1,)):
+        return arr[None], True
+    raise CLIError(f"array {path!r} has shape {_shape_str(arr.shape)}, but the model expects one sample of "
+                   f"shape {_shape_str(sample)} or a batch (N, {_shape_str(sample)[1:]}")
+
+
+def collect_inputs(paths: Sequence[str], expected: tuple | None) -> list[_Item]:
+    """Expand files, folders and .npy arrays into a list of named inputs (checked to exist)."""
+    items: list[_Item] = []
+    for p in paths:
+        if not os.path.exists(p):
+            raise CLIError(f"input {p!r} does not exist")
+        if os.path.isdir(p):
+            files = sorted(f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS + (".npy",)))
+            if not files:
+                raise CLIError(f"folder {p!r} has no images ({', '.join(IMAGE_EXTS)}) or .npy arrays")
+            for f in files:
+                items.extend(_file_items(os.path.join(p, f), expected))
+        else:
+            items.extend(_file_items(p, expected))
+    seen: dict[str, int] = {}
+    for it in items:
+        k = seen.get(it.name, 0)
+        seen[it.name] = k + 1
+        if k:
+            it.name = f"{it.name}_{k + 1}"
+    return items
+
+
+def _file_items(path: str, expected: tuple | None) -> list[_Item]:
+    stem, ext = os.path.splitext(os.path.basename(path))
+    ext = ext.lower()
+    if ext == ".npy":
+        arr, added = _npy_samples(path, expected)
+        if added:
+            arr = arr[..., None]
+        if len(arr) == 1:
+            return [_Item(stem, path, arr, 0)]
+        width = len(str(len(arr) - 1))
+        return [_Item(f"{stem}_{i:0{width}d}", path, arr, i) for i in range(len(arr))]
+    if ext in IMAGE_EXTS:
+        return [_Item(stem, path)]
+    raise CLIError(f"input {path!r}: unsupported file type {ext or '(none)'}; give images "
+                   f"({', '.join(IMAGE_EXTS)}), folders or .npy arrays")
+
+
+def load_image(path: str, expected: tuple | None, color_mode: str, input_range: Sequence[float],
+               resize: bool) -> Any:
+    """Read an image file as ``(H, W, C)`` float32 scaled from 0..255 to ``input_range``, checked
+    against the model's expected input shape."""
+    import keras
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode, size = im.mode, im.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise CLIError(f"cannot read the image {path!r}: {e}") from None
+    native_c = 1 if (mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;")) else 3
+    native_shape = (size[1], size[0], native_c)
+    want_c = expected[-1] if expected is not None and len(expected) == 4 else None
+    if expected is not None and len(expected) != 4:
+        raise CLIError(f"the model expects inputs of shape {_shape_str(expected[1:])}, not images; "
+                       f"give a .npy array")
+    if color_mode == "auto":
+        if want_c is not None and want_c != native_c:
+            raise CLIError(f"image {path!r} has shape {_shape_str(native_shape)} ({native_c} channel"
+                           f"{'s' if native_c > 1 else ''}), but the model expects "
+                           f"{_shape_str(expected[1:])}; use --color-mode {'rgb' if want_c == 3 else 'grayscale'} "
+                           f"to convert")
+        c = want_c or native_c
+    else:
+        c = 1 if color_mode == "grayscale" else 3
+        if want_c is not None and want_c != c:
+            raise CLIError(f"--color-mode {color_mode} gives {c} channel(s), but the model expects "
+                           f"{_shape_str(expected[1:])}")
+    target = None
+    if expected is not None:
+        h, w = expected[1], expected[2]
+        if (h is not None and h != native_shape[0]) or (w is not None and w != native_shape[1]):
+            if not resize or h is None or w is None:
+                raise CLIError(f"image {path!r} has shape {_shape_str(native_shape[:2] + (c,))}, but the "
+                               f"model expects {_shape_str(expected[1:])}" + ("" if resize else
+                                                                              "; use --resize to resize"))
+            target = (int(h), int(w))
+    try:
+        img = keras.utils.load_img(path, color_mode="grayscale" if c == 1 else "rgb", target_size=target)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot read the image {path!r}: {e}") from None
+    arr = keras.utils.img_to_array(img, dtype="float32")
+    lo, hi = input_range
+    return (lo + (hi - lo) * arr / 255.0).astype("float32")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``interprettensor demo``."""
+    from .demo import format_table, run_demo
+    from .render import get_cmap
+
+    get_cmap(args.cmap)
+    prepare_out_dir(args.out)
+    res = run_demo(args.out, epochs=args.epochs, n=args.n, pretrained=args.pretrained, batch_size=args.batch_size,
+                   learning_rate=args.learning_rate, cmap=args.cmap, quiet=args.quiet, seed=args.seed,
+                   echo=lambda m: _say(args, m))
+    print(f"test accuracy: {res.accuracy:.4f}")
+    print(f"relevance sum vs explained output (mean over {args.n} test digits):")
+    print(format_table(res.rows))
+    print(f"heatmaps: {res.png}")
+    print(f"TensorBoard logs: {res.logdir}  (view with: tensorboard --logdir={res.logdir})")
+    _say(args, f"done in {res.seconds:.1f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``interprettensor train``."""
+    import keras
+
+    from .datasets import load
+    from .demo import accuracy, build_network, train_network
+
+    if not args.out.endswith(".keras"):
+        raise CLIError(f"--out must end with .keras (Keras' model format), got {args.out!r}")
+    prepare_out_dir(os.path.dirname(os.path.abspath(args.out)))
+    if args.logdir:
+        prepare_out_dir(args.logdir)
+    lr = args.learning_rate or (1e-3 if args.arch == "linear" else 3e-3)
+    _say(args, f"loading {args.dataset} ...")
+    x_train, y_train, x_test, y_test = load(args.dataset, cache_dir=args.data_dir, quiet=args.quiet, seed=args.seed)
+    keras.utils.set_random_seed(args.seed)
+    net = build_network(args.arch, keep_prob=args.dropout)
+    _say(args, f"training the {args.arch} network on {len(x_train)} {args.dataset} images, {args.epochs} epochs ...")
+    t0 = time.time()
+    train_network(net, x_train, y_train, args.epochs, args.batch_size, lr, x_test, y_test, args.logdir, args.quiet)
+    acc = accuracy(net, x_test, y_test)
+    try:
+        net.save(args.out)
+    except OSError as e:
+        raise CLIError(f"cannot save the model to {args.out!r}: {e.strerror or e}") from None
+    print(f"test accuracy: {acc:.4f} ({len(x_test)} test images)")
+    print(f"saved model: {args.out}  (trained in {time.time() - t0:.1f} s)")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``interprettensor explain``."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    import interprettensor as it
+    from . import render
+
+    params = {k: getattr(args, k) for k in RULE_PARAMS if getattr(args, k) is not None}
+    it.get_composite(args.rule, **params)  # unknown rules fail here, before any work
+    render.get_cmap(args.cmap)
+    if args.target is not None and args.target < 0:
+        raise CLIError(f"--target must be a class index >= 0, got {args.target}")
+    out = prepare_out_dir(args.out)
+    model = load_model(args.model)
+    expected = model_input_shape(model)
+    items = collect_inputs(args.inputs, expected)
+    explainer = it.Explainer(model, args.rule, **params)
+    lo, hi = args.input_range
+
+    results: dict[str, list] = {"names": [], "relevance": [], "target": [], "output": []}
+    npz_path = os.path.join(out, "relevances.npz")
+    last_save = [0.0]
+
+    def save_npz(force: bool = False) -> None:
+        if not results["names"] or (not force and time.time() - last_save[0] < 2.0):
+            return
+        tmp = npz_path + ".tmp.npz"
+        np.savez(tmp, names=np.array(results["names"]), relevance=np.concatenate(results["relevance"]),
+                 target=np.array(results["target"]), output=np.array(results["output"]))
+        os.replace(tmp, npz_path)
+        last_save[0] = time.time()
+
+    bar = tqdm(total=len(items), desc="explaining", unit="input", disable=args.quiet, file=sys.stderr, leave=False)
+
+    def flush(pending: list) -> None:
+        if not pending:
+            return
+        xs = np.stack([x for _, x in pending]).astype("float32")
+        target = None if args.target is None else np.full(len(xs), args.target)
+        R, logits = explainer(xs, target, return_output=True)
+        flat = np.asarray(logits).reshape(len(xs), -1)
+        tgt = flat.argmax(-1) if args.target is None else np.full(len(xs), args.target)
+        if not args.no_png and R.ndim == 4:
+            scale = args.scale or max(1, 224 // max(R.shape[1], R.shape[2]))
+            heat = render.relevance_to_rgb(R, args.cmap, args.normalize, args.percentile)
+            over = render.overlay(R, xs, args.cmap, normalization=args.normalize, percentile=args.percentile,
+                                  vmin=lo, vmax=hi)
+            for i, (name, _) in enumerate(pending):
+                render.save_png(os.path.join(out, f"{name}_heatmap.png"), heat[i], scale)
+                render.save_png(os.path.join(out, f"{name}_overlay.png"), over[i], scale)
+        results["names"] += [n for n, _ in pending]
+        results["relevance"].append(R.astype("float32"))
+        results["target"] += [int(t) for t in tgt]
+        results["output"] += [float(flat[i, t]) for i, t in enumerate(tgt)]
+        save_npz()
+        bar.update(len(pending))
+        pending.clear()
+
+    pending: list = []
+    ok = False
+    try:
+        for item in items:
+            try:
+                if item.array is not None:
+                    x = np.asarray(item.array[item.index], dtype="float32")
+                else:
+                    x = load_image(item.path, expected, args.color_mode, (lo, hi), args.resize)
+            except CLIError:
+                flush(pending)  # what came before the bad input is still written
+                raise
+            pending.append((item.name, x))
+            if len(pending) >= args.batch_size:
+                flush(pending)
+        flush(pending)
+        ok = True
+    finally:
+        bar.close()
+        save_npz(force=True)
+        if not ok and results["names"]:
+            print(f"wrote the outputs of the first {len(results['names'])} input(s) to {out}", file=sys.stderr)
+    print(f"explained {len(results['names'])} input(s) with {args.rule}: "
+          f"{'heatmap PNGs and ' if not args.no_png else ''}{npz_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        from .datasets import DatasetError
+        from .handlers import ExplainError
+
+        try:
+            return int(args.func(args) or 0)
+        except (CLIError, ExplainError, DatasetError) as e:
+            _error(str(e), args)
+        except (ValueError, TypeError, OSError) as e:
+            _error(_describe(e), args)
+        except Exception as e:  # noqa: BLE001 - no traceback for users; --debug shows it
+            _error(f"unexpected {type(e).__name__}: {_first_line(e)} (run with --debug for the traceback)", args)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e).strip() or type(e).__name__
+
+
+def _error(msg: str, args: argparse.Namespace) -> None:
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
