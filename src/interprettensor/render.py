@@ -43,7 +43,7 @@ def get_cmap(name: str = "bwr"):
     from matplotlib.colors import LinearSegmentedColormap
 
     if name in COLORMAPS:
-        return LinearSegmentedColormap.from_list(f"interprettensor_{name}", COLORMAPS[name], N=256)
+        return LinearSegmentedColormap.from_list(f"interprettensor_{name}", COLORMAPS[name], N=257)  # odd: 0 hits the centre
     try:
         return matplotlib.colormaps[name]
     except KeyError:
