@@ -59,7 +59,7 @@ class _OwnRetracingFilter(_logging.Filter):
 
 _logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
 
-from . import rules  # noqa: E402
+from . import render, rules  # noqa: E402
 from .composites import PRESETS, Composite, get_composite, register_preset  # noqa: E402
 from .explain import Explainer, lrp  # noqa: E402
 from .handlers import ExplainError, register_handler  # noqa: E402
