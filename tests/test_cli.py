@@ -211,3 +211,26 @@ def test_example_scripts_write_tensorboard_logs(tmp_path):
     p = run(os.path.join(ROOT, "examples", "mnist_linear.py"), "--max_steps=3", "--test_every=2",
             "--quiet", cwd=tmp_path, module=False)
     assert "Accuracy at step 2" in p.stdout
+
+
+def test_explain_plain_keras_model(work, capsys, monkeypatch):
+    """A model trained anywhere (plain Keras layers, RGB input) and saved as .keras."""
+    import keras
+    from PIL import Image
+
+    d, _ = work
+    monkeypatch.chdir(d)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12, 10, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.save("plain.keras")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save("c.png")
+    code, out, err = cli(capsys, "explain", "plain.keras", "c.png", "rgb.png", "--out", "plain_ex",
+                         "--input-range", "-1", "1", "--rule", "epsilon_plus", "-q")
+    assert code == 1 and "rgb.png" in err and "(12, 10, 3)" in err  # wrong size, after c.png was written
+    z = np.load("plain_ex/relevances.npz")
+    assert list(z["names"]) == ["c"] and z["relevance"].shape == (1, 12, 10, 3)
+    x = np.asarray(Image.open("c.png"), "float32")[None] / 255.0 * 2 - 1
+    import interprettensor as it
+
+    np.testing.assert_allclose(z["relevance"], it.lrp(model, x, rule="epsilon_plus"), rtol=1e-4, atol=1e-6)
