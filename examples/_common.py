@@ -104,7 +104,7 @@ def _run(arch: str, flags: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
     n_test = min(flags.batch_size, len(x_test))
-    x_tb, y_tb = x_test[:n_test], y_test[:n_test]
+    x_tb = x_test[:n_test]
     rule, params = METHODS[flags.relevance_method]
     explainer = it.Explainer(net, rule, **params) if flags.relevance else None
     order = rng.permutation(len(x_train))

@@ -293,7 +293,6 @@ def load_image(path: str, expected: tuple | None, color_mode: str, input_range: 
     """Read an image file as ``(H, W, C)`` float32 scaled from 0..255 to ``input_range``, checked
     against the model's expected input shape."""
     import keras
-    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
