@@ -20,7 +20,8 @@ preset                            rules (dense = Dense/Linear, conv = all convol
 
 Layers without weights get category defaults: sums, average pooling, standalone BatchNorm and
 upsampling split relevance in proportion to their inputs with the stabiliser of the composite's
-main rule (:meth:`~interprettensor.rules.Rule.merge_rule`); max pooling is winner-takes-all;
+main rule (:meth:`~interprettensor.rules.Rule.merge_rule`; the presets above use the plain z-rule
+there, as iNNvestigate and Zennit do); max pooling is winner-takes-all;
 reshapes, activations, dropout and gates pass relevance through.
 
 Example::
@@ -40,7 +41,7 @@ import keras
 from . import handlers as H
 from . import layers as itl
 from .graph import Graph, Step
-from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WinnerTakesAll, ZBox, ZPlus,
+from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
                     get_rule)
 
 __all__ = ["Composite", "PRESETS", "get_composite", "register_preset"]
@@ -167,8 +168,10 @@ def _preset(dense: Callable[[dict], Rule], conv: Callable[[dict], Rule],
             first: Callable[[dict], Rule] | None = None, name: str = "") -> Callable[..., Composite]:
     def make(**params: Any) -> Composite:
         d = dense(params)
+        # sums and average pooling: the z-rule, not the dense layers' epsilon (iNNvestigate's
+        # AveragePooling/Add reverse layers, Zennit's Norm rule)
         return Composite(default=d, layer_map={"conv": conv(params)},
-                         first=None if first is None else first(params), name=name, **params)
+                         first=None if first is None else first(params), merge=Z(), name=name, **params)
 
     make.__name__ = name
     return make

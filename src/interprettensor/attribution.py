@@ -1,0 +1,455 @@
+"""Attribution baselines to compare with LRP, called the same way as :func:`interprettensor.lrp`.
+
+Every function takes ``(model, x, target=None, ...)`` and returns an array shaped like ``x`` (a list
+for multi-input models). ``target`` follows :func:`~interprettensor.lrp`: ``None`` explains the
+predicted class, an int or one int per sample a given class; the explained score is the
+*pre-softmax* output (a final softmax is skipped), found by the same graph machinery as LRP.
+
+================================  ================================================================
+``gradient``                      d f_t / d x (Simonyan et al. 2014)
+``input_x_gradient``              x * d f_t / d x (Shrikumar et al. 2016)
+``smoothgrad``                    mean gradient over noisy copies of x (Smilkov et al. 2017)
+``integrated_gradients``          path integral of the gradient from a baseline (Sundararajan et
+                                  al. 2017)
+``guided_backprop``               ReLU backward passes only positive gradients where z > 0
+                                  (Springenberg et al. 2015)
+``deconvnet``                     ReLU backward passes only positive gradients (Zeiler & Fergus
+                                  2014)
+``deep_taylor``                   Deep Taylor decomposition, z+ on layers with weights (Montavon
+                                  et al. 2017), the preset ``'deep_taylor'``
+``bounded_deep_taylor``           as above with z^B(low, high) on the first layer, the preset
+                                  ``'bounded_deep_taylor'``
+================================  ================================================================
+
+:func:`attribute` runs any of them, or any LRP rule or preset, by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import layers as itl
+from .composites import Composite, register_preset
+from .explain import Explainer, _model_dtype, as_inputs, lrp
+from .graph import build_graph, explained_output, forward
+from .handlers import ExplainError, override_activations
+from .rules import Group, LinearRule, Term, ZBox, ZPlus, ones
+
+__all__ = [
+    "gradient",
+    "input_x_gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "guided_backprop",
+    "deconvnet",
+    "deep_taylor",
+    "bounded_deep_taylor",
+    "attribute",
+    "METHODS",
+    "GradientMap",
+]
+
+ArrayLike = Any
+
+#: rows per compiled call when a method evaluates many copies of the input (SmoothGrad, IG)
+_MAX_ROWS = 256
+
+
+# ----------------------------------------------------------------------------- ReLU overrides
+
+def _is_relu_fn(act: Callable | None) -> bool:
+    return act is not None and (act is keras.activations.relu or act is tf.nn.relu
+                                or getattr(act, "__name__", "") == "relu")
+
+
+def _is_relu_layer(layer: Any) -> bool:
+    if isinstance(layer, keras.layers.ReLU):
+        return (layer.max_value is None and float(layer.negative_slope) == 0.0
+                and float(layer.threshold) == 0.0)
+    if isinstance(layer, keras.layers.Activation):
+        return _is_relu_fn(layer.activation)
+    if isinstance(layer, itl.Relu):
+        return True
+    return type(layer).__name__ == "Relu"  # keras.ops.relu inside a functional model
+
+
+@tf.custom_gradient
+def _guided_relu(z: tf.Tensor):
+    def grad(g: tf.Tensor) -> tf.Tensor:
+        return tf.where(z > 0, tf.nn.relu(g), tf.zeros_like(g))
+
+    return tf.nn.relu(z), grad
+
+
+@tf.custom_gradient
+def _deconv_relu(z: tf.Tensor):
+    def grad(g: tf.Tensor) -> tf.Tensor:
+        return tf.nn.relu(g)
+
+    return tf.nn.relu(z), grad
+
+
+def _relu_override(relu: Callable[[tf.Tensor], tf.Tensor]) -> Callable:
+    def fn(layer: Any, act: Callable | None, z: tf.Tensor) -> tf.Tensor | None:
+        if act is not None:
+            return relu(z) if _is_relu_fn(act) else None
+        return relu(z) if _is_relu_layer(layer) else None
+
+    return fn
+
+
+_OVERRIDES: dict[str, Callable | None] = {
+    "plain": None,
+    "guided": _relu_override(_guided_relu),
+    "deconvnet": _relu_override(_deconv_relu),
+}
+
+
+# ----------------------------------------------------------------------------- gradient engine
+
+class _GradientExplainer:
+    """Compiled ``d f_t(x) / d x`` of a model's explained output (softmax skipped), with an optional
+    ReLU override (guided backprop, deconvnet). One trace per input signature."""
+
+    def __init__(self, model: keras.Model, mode: str = "plain", output: int | str | None = None,
+                 times_output: bool = False):
+        if keras.backend.backend() != "tensorflow":
+            raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
+                               f"got {keras.backend.backend()!r}")
+        self.model = model
+        self.graph = build_graph(model, canonize=False)
+        self.key, _ = explained_output(self.graph, output)
+        self.override = _OVERRIDES[mode]
+        self.times_output = bool(times_output)
+        self.dtype = _model_dtype(model)
+        self.n_inputs = len(self.graph.inputs)
+        self._fns: dict = {}
+
+    def inputs(self, x: ArrayLike) -> list[tf.Tensor]:
+        xs = as_inputs(self.model, x, self.n_inputs, self.dtype)
+        n = int(xs[0].shape[0])
+        if any(int(t.shape[0]) != n for t in xs):
+            raise ExplainError(f"all inputs need the same batch size, got {[int(t.shape[0]) for t in xs]}")
+        return xs
+
+    def _core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor):
+        xs = list(xs)
+        ctx = override_activations(self.override) if self.override is not None else contextlib.nullcontext()
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            with ctx:
+                values, _ = forward(self.graph, xs)
+            out = values[self.key]
+            size = int(np.prod(out.shape[1:]))
+            flat = tf.reshape(out, (-1, size))
+            pred = tf.argmax(flat, axis=-1, output_type=tf.int32)
+            t = tf.where(targets < 0, pred, targets)
+            tf.debugging.assert_less(t, size, message=f"target out of range: the model output has {size} "
+                                                      f"units, valid targets are 0..{size - 1}")
+            seed = tf.one_hot(t, size, dtype=flat.dtype)
+            if self.times_output:  # the backward pass starts from f_t instead of 1
+                seed = seed * tf.stop_gradient(flat)
+            score = tf.reduce_sum(flat * seed, axis=-1)
+        grads = tape.gradient(score, xs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads, flat, t
+
+    def __call__(self, xs: Sequence[tf.Tensor], targets: tf.Tensor):
+        sig = tuple(tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
+        fn = self._fns.get(sig)
+        if fn is None:
+            fn = tf.function(self._core, input_signature=(sig, tf.TensorSpec((None,), tf.int32)),
+                             autograph=False)
+            self._fns[sig] = fn
+        try:
+            return fn(tuple(xs), targets)
+        except tf.errors.InvalidArgumentError as e:
+            msg = e.message or str(e)
+            if "target out of range" in msg:
+                msg = msg[msg.index("target out of range"):]
+                raise ExplainError(msg.split("]")[0]) from None
+            raise
+
+    def predicted(self, xs: Sequence[tf.Tensor], targets: tf.Tensor) -> tf.Tensor:
+        """The targets with ``-1`` (predicted class) resolved on ``xs``."""
+        return self(xs, targets)[2]
+
+
+def _targets(target: ArrayLike | None, n: int) -> tf.Tensor:
+    if target is None:
+        return tf.fill((n,), -1)
+    t = np.asarray(target)
+    if t.ndim == 0:
+        t = np.full((n,), int(t))
+    if t.shape != (n,):
+        raise ExplainError(f"target must be an int or one int per sample ({n}), got shape {t.shape}")
+    if not np.issubdtype(t.dtype, np.integer):
+        raise ExplainError(f"target must be integer class indices, got {t.dtype}")
+    if (t < 0).any():
+        raise ExplainError(f"target out of range: negative class index {int(t.min())}")
+    return tf.constant(t, tf.int32)
+
+
+def _result(arrays: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    return arrays[0] if len(arrays) == 1 else list(arrays)
+
+
+def _grad(model: keras.Model, x: ArrayLike, target: ArrayLike | None, mode: str,
+          output: int | str | None, times_output: bool = False) -> tuple[list[tf.Tensor], list[np.ndarray]]:
+    g = _GradientExplainer(model, mode, output, times_output)
+    xs = g.inputs(x)
+    grads, _, _ = g(xs, _targets(target, int(xs[0].shape[0])))
+    return xs, [gr.numpy() for gr in grads]
+
+
+# ----------------------------------------------------------------------------- public baselines
+
+def gradient(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, *,
+             output: int | str | None = None) -> np.ndarray | list[np.ndarray]:
+    """The gradient ``d f_t / d x`` of the explained (pre-softmax) output (Simonyan, Vedaldi &
+    Zisserman 2014, "Deep inside convolutional networks")."""
+    return _result(_grad(model, x, target, "plain", output)[1])
+
+
+def input_x_gradient(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, *,
+                     output: int | str | None = None) -> np.ndarray | list[np.ndarray]:
+    """Input times gradient ``x * d f_t / d x`` (Shrikumar et al. 2016, "Not just a black box");
+    equals LRP-z (``'simple'``) on bias-free ReLU networks."""
+    xs, grads = _grad(model, x, target, "plain", output)
+    return _result([x_.numpy() * g for x_, g in zip(xs, grads)])
+
+
+def guided_backprop(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, *,
+                    times_output: bool = False, output: int | str | None = None) -> np.ndarray | list[np.ndarray]:
+    """Guided backpropagation (Springenberg et al. 2015, "Striving for simplicity"): the gradient,
+    but each ReLU passes back ``relu'(z) * max(g, 0)``.
+
+    ``times_output=True`` starts the backward pass from the target's output value ``f_t`` instead of
+    1, as iNNvestigate's ``GuidedBackprop`` does."""
+    return _result(_grad(model, x, target, "guided", output, times_output)[1])
+
+
+def deconvnet(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, *,
+              times_output: bool = False, output: int | str | None = None) -> np.ndarray | list[np.ndarray]:
+    """Deconvnet (Zeiler & Fergus 2014, "Visualizing and understanding convolutional networks"):
+    the gradient, but each ReLU passes back ``max(g, 0)`` regardless of its forward input.
+
+    ``times_output=True`` starts the backward pass from the target's output value ``f_t`` instead of
+    1, as iNNvestigate's ``Deconvnet`` does."""
+    return _result(_grad(model, x, target, "deconvnet", output, times_output)[1])
+
+
+def _augmented_mean(g: _GradientExplainer, xs: list[tf.Tensor], targets: tf.Tensor, n: int,
+                    make: Callable[[int, int], list[np.ndarray]], batch_size: int | None,
+                    weights: np.ndarray | None = None) -> list[np.ndarray]:
+    """(Weighted) mean gradient over ``n`` modified copies of ``xs``; ``make(lo, hi)`` returns copies
+    ``lo..hi-1`` stacked copy-major (``(hi - lo) * batch`` rows per input)."""
+    b = int(xs[0].shape[0])
+    per_call = max(1, (batch_size or _MAX_ROWS) // max(b, 1))
+    sums = [np.zeros(x.shape, np.float64) for x in xs]
+    t_rep = None
+    for lo in range(0, n, per_call):
+        hi = min(lo + per_call, n)
+        if t_rep is None or int(t_rep.shape[0]) != (hi - lo) * b:
+            t_rep = tf.tile(targets, [hi - lo])
+        copies = [tf.convert_to_tensor(c, x.dtype) for c, x in zip(make(lo, hi), xs)]
+        grads, _, _ = g(copies, t_rep)
+        for s, gr, x in zip(sums, grads, xs):
+            gr = gr.numpy().reshape((hi - lo,) + tuple(x.shape))
+            if weights is not None:
+                gr = gr * weights[lo:hi].reshape((hi - lo,) + (1,) * x.shape.rank)
+            s += gr.sum(axis=0)
+    return [(s / n).astype(x.dtype.as_numpy_dtype) for s, x in zip(sums, xs)]
+
+
+def smoothgrad(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, n: int = 64,
+               noise_scale: float = 1.0, seed: int | None = None, *, batch_size: int | None = None,
+               output: int | str | None = None) -> np.ndarray | list[np.ndarray]:
+    """SmoothGrad (Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"): the mean
+    gradient over ``n`` copies of ``x`` with Gaussian noise of standard deviation ``noise_scale``
+    (absolute, in input units; iNNvestigate's defaults ``n=64``, ``noise_scale=1``).
+
+    The target class is chosen on the clean input. ``batch_size`` caps the rows per compiled call.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    g = _GradientExplainer(model, "plain", output)
+    xs = g.inputs(x)
+    targets = g.predicted(xs, _targets(target, int(xs[0].shape[0])))
+    rng = np.random.default_rng(seed)
+    base = [x_.numpy() for x_ in xs]
+
+    def make(lo: int, hi: int) -> list[np.ndarray]:
+        return [np.concatenate([b_ + rng.normal(0.0, noise_scale, b_.shape).astype(b_.dtype)
+                                for _ in range(hi - lo)]) for b_ in base]
+
+    return _result(_augmented_mean(g, xs, targets, n, make, batch_size))
+
+
+def _alphas(steps: int, method: str) -> np.ndarray:
+    k = np.arange(steps, dtype=np.float64)
+    if method == "left":
+        return k / steps
+    if method == "right":
+        return (k + 1) / steps
+    if method == "middle":
+        return (k + 0.5) / steps
+    if method == "trapezoid":
+        return np.linspace(0.0, 1.0, steps)
+    raise ValueError(f"method must be 'left', 'right', 'middle' or 'trapezoid', got {method!r}")
+
+
+def integrated_gradients(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None,
+                         steps: int = 64, baseline: ArrayLike | None = None, *, method: str = "left",
+                         batch_size: int | None = None,
+                         output: int | str | None = None) -> np.ndarray | list[np.ndarray]:
+    """Integrated gradients (Sundararajan, Taly & Yan 2017, "Axiomatic attribution for deep
+    networks"): ``(x - x0) * mean_k grad f_t(x0 + a_k (x - x0))`` over ``steps`` points ``a_k``.
+
+    ``baseline`` ``x0``: ``None`` (zeros), a scalar, an array broadcastable to ``x`` (a list for
+    multi-input models). ``method='left'`` takes ``a_k = k / steps``, ``k = 0..steps-1`` (the left
+    Riemann sum, as iNNvestigate); ``'right'``, ``'middle'``; ``'trapezoid'`` averages
+    ``linspace(0, 1, steps)``. The target class is chosen on ``x``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    g = _GradientExplainer(model, "plain", output)
+    xs = g.inputs(x)
+    targets = g.predicted(xs, _targets(target, int(xs[0].shape[0])))
+    base = [x_.numpy() for x_ in xs]
+    if baseline is None:
+        refs = [np.zeros_like(b_) for b_ in base]
+    else:
+        bl = list(baseline) if (len(base) > 1 and isinstance(baseline, (list, tuple))) else [baseline] * len(base)
+        if len(bl) != len(base):
+            raise ExplainError(f"baseline: the model takes {len(base)} inputs, got {len(bl)} baselines")
+        refs = [np.broadcast_to(np.asarray(r, b_.dtype), b_.shape) for r, b_ in zip(bl, base)]
+    alphas = _alphas(steps, method)
+    weights = None
+    if method == "trapezoid" and steps > 1:
+        weights = np.ones(steps)
+        weights[[0, -1]] = 0.5
+        weights *= steps / weights.sum()
+
+    def make(lo: int, hi: int) -> list[np.ndarray]:
+        return [np.concatenate([r + a * (b_ - r) for a in alphas[lo:hi]]).astype(b_.dtype)
+                for b_, r in zip(base, refs)]
+
+    mean = _augmented_mean(g, xs, targets, steps, make, batch_size, weights)
+    return _result([(m * (b_ - r)).astype(b_.dtype) for m, b_, r in zip(mean, base, refs)])
+
+
+# ----------------------------------------------------------------------------- Deep Taylor
+
+class GradientMap(LinearRule):
+    """Relevance through a linear map by its transposed Jacobian, ``R_in = J^T R`` (no division by
+    the layer's output): iNNvestigate's "gradient" mapping, which Deep Taylor uses at pooling, sums
+    and upsampling. On average pooling each input of a window receives an equal share."""
+
+    name = "gradient_map"
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term(input=ones, bias=None),)),)
+
+    def stabilize(self, z: tf.Tensor) -> tf.Tensor:
+        return tf.ones_like(z)
+
+
+def _deep_taylor_preset(**params: Any) -> Composite:
+    return Composite(default=ZPlus(), merge=GradientMap(), name="deep_taylor")
+
+
+def _bounded_deep_taylor_preset(low: Any = -1.0, high: Any = 1.0, **params: Any) -> Composite:
+    return Composite(default=ZPlus(), merge=GradientMap(), first=ZBox(low, high), name="bounded_deep_taylor")
+
+
+register_preset("deep_taylor", _deep_taylor_preset)
+register_preset("bounded_deep_taylor", _bounded_deep_taylor_preset)
+
+
+def _deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None, rule: Composite,
+                 output: int | str | None, batch_size: int | None) -> np.ndarray | list[np.ndarray]:
+    explainer = Explainer(model, rule, output=output)
+    R, out = explainer(x, target, batch_size=batch_size, return_output=True)
+    flat = out.reshape(out.shape[0], -1)
+    t = np.argmax(flat, axis=-1) if target is None else np.broadcast_to(np.asarray(target), (flat.shape[0],))
+    # Deep Taylor explains relu(f_t): a non-positive score has no relevance (all rules are linear in R)
+    keep = (flat[np.arange(flat.shape[0]), t] > 0)
+    Rs = R if isinstance(R, list) else [R]
+    Rs = [r * keep.reshape((-1,) + (1,) * (r.ndim - 1)).astype(r.dtype) for r in Rs]
+    return _result(Rs)
+
+
+def deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, *,
+                output: int | str | None = None, batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
+    """Deep Taylor decomposition for ReLU networks with unbounded inputs (Montavon et al. 2017,
+    "Explaining nonlinear classification decisions with deep Taylor decomposition"), as
+    iNNvestigate's ``DeepTaylor``: the z+ rule on every layer with weights, relevance through
+    pooling, sums and upsampling by their transposed Jacobian (:class:`GradientMap`), max pooling
+    winner-takes-all; the explained score is ``relu(f_t)``. The same rules as the preset
+    ``'deep_taylor'`` (``it.lrp(model, x, rule='deep_taylor')``, without the final ReLU)."""
+    return _deep_taylor(model, x, target, _deep_taylor_preset(), output, batch_size)
+
+
+def bounded_deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None,
+                        low: Any = -1.0, high: Any = 1.0, *, output: int | str | None = None,
+                        batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
+    """Deep Taylor decomposition for inputs in a box ``[low, high]`` (Montavon et al. 2017): as
+    :func:`deep_taylor` with the z^B rule on the first layer(s) with weights (iNNvestigate's
+    ``BoundedDeepTaylor``; the preset ``'bounded_deep_taylor'``)."""
+    return _deep_taylor(model, x, target, _bounded_deep_taylor_preset(low, high), output, batch_size)
+
+
+# ----------------------------------------------------------------------------- dispatcher
+
+_BASELINES: dict[str, Callable[..., Any]] = {
+    "gradient": gradient,
+    "input_x_gradient": input_x_gradient,
+    "smoothgrad": smoothgrad,
+    "integrated_gradients": integrated_gradients,
+    "guided_backprop": guided_backprop,
+    "deconvnet": deconvnet,
+    "deep_taylor": deep_taylor,
+    "bounded_deep_taylor": bounded_deep_taylor,
+}
+
+_ALIASES = {
+    "saliency": "gradient",
+    "input_times_gradient": "input_x_gradient",
+    "inputxgradient": "input_x_gradient",
+    "gradient_x_input": "input_x_gradient",
+    "smooth_grad": "smoothgrad",
+    "ig": "integrated_gradients",
+    "integratedgradients": "integrated_gradients",
+    "guidedbackprop": "guided_backprop",
+    "guided_backpropagation": "guided_backprop",
+    "deeptaylor": "deep_taylor",
+    "boundeddeeptaylor": "bounded_deep_taylor",
+}
+
+#: names of the baselines accepted by :func:`attribute` (besides every LRP rule and preset name)
+METHODS: tuple[str, ...] = tuple(_BASELINES)
+
+
+def attribute(model: keras.Model, x: ArrayLike, method: str, target: ArrayLike | None = None,
+              **kw: Any) -> np.ndarray | list[np.ndarray]:
+    """Run an attribution method by name: a baseline of :data:`METHODS` (or an alias such as
+    ``'saliency'``, ``'ig'``), or any LRP rule or preset name (``'epsilon'``, ``'alpha2beta1'``,
+    ``'preset_a'``, ...; also a Rule or Composite object), which goes to :func:`interprettensor.lrp`.
+    Keyword arguments go to the method.
+
+    Example::
+
+        for m in ["gradient", "integrated_gradients", "epsilon", "preset_a"]:
+            R = it.attribution.attribute(model, x, m, target=3)
+    """
+    if isinstance(method, str):
+        key = method.lower().replace("-", "_")
+        key = _ALIASES.get(key, key)
+        if key in _BASELINES:
+            return _BASELINES[key](model, x, target, **kw)
+    return lrp(model, x, rule=method, target=target, **kw)
