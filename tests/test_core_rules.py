@@ -166,9 +166,9 @@ def test_simple_equals_gradient_times_input_on_bias_free_relu_network():
     gxi = (tape.gradient(sel, x) * x).numpy()
     out = net.forward(x)
     R = net.lrp(np.asarray(out) * np.eye(4)[np.argmax(out, 1)], "simple")
-    np.testing.assert_allclose(R, gxi, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(R, gxi, rtol=1e-6, atol=1e-12)  # z-rule stabiliser: 1e-12 / |z|
     # the Keras path gives the same
-    np.testing.assert_allclose(it.lrp(net, x.numpy(), rule="simple"), gxi, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(it.lrp(net, x.numpy(), rule="simple"), gxi, rtol=1e-6, atol=1e-12)
 
 
 @pytest.mark.parametrize("var", ["simple", "epsilon", "alphabeta", "flat"])

@@ -49,8 +49,10 @@ def ref_layers(model):
 @pytest.fixture(autouse=True)
 def float64():
     keras.backend.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.backend.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
 
 
 def _randomize(model, rng):

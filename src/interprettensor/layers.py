@@ -334,7 +334,10 @@ class Flatten(Module):
     """Reshape ``(N, ...)`` to ``(N, -1)``; relevance is reshaped back."""
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(x, (tf.shape(x)[0], -1))
+        size = 1
+        for d in x.shape[1:]:
+            size = None if (d is None or size is None) else size * int(d)
+        return tf.reshape(x, (-1, size) if size is not None else (tf.shape(x)[0], -1))
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         d = 1
