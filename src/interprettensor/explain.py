@@ -37,6 +37,41 @@ def _model_dtype(model: Any) -> tf.DType:
     return tf.float32
 
 
+#: ``dtype=`` values of :class:`Explainer`: (forward dtype, backward dtype)
+_DTYPES = {"float64": ("float64", "float64"), "float32": ("float32", "float32"),
+           "float16": ("float16", "float16"), "bfloat16": ("bfloat16", "bfloat16"),
+           "mixed_float16": ("float16", "float32"), "mixed_bfloat16": ("bfloat16", "float32")}
+
+
+def _resolve_dtype(model: Any, dtype: Any) -> tuple[tf.DType, tf.DType]:
+    """(forward dtype, backward dtype) from ``dtype=`` or, when None, from the model: a Keras
+    ``mixed_float16``/``mixed_bfloat16`` policy on its layers gives the matching mixed mode."""
+    if dtype is None:
+        for layer in getattr(model, "layers", []):
+            name = getattr(getattr(layer, "dtype_policy", None), "name", "")
+            if name in ("mixed_float16", "mixed_bfloat16"):
+                dtype = name
+                break
+        else:
+            d = _model_dtype(model)
+            return d, d
+    key = getattr(dtype, "name", dtype)
+    key = str(key)
+    if key not in _DTYPES:
+        raise ExplainError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    fwd, bwd = _DTYPES[key]
+    return tf.as_dtype(fwd), tf.as_dtype(bwd)
+
+
+def _cast_floats(structure: Any, dtype: tf.DType) -> Any:
+    def cast(t: Any) -> Any:
+        if tf.is_tensor(t) and t.dtype.is_floating and t.dtype != dtype:
+            return tf.cast(t, dtype)
+        return t
+
+    return tf.nest.map_structure(cast, structure)
+
+
 def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[tf.Tensor]:
     """Convert ``x`` (array, tensor, or list of them for multi-input models) and check its shape
     against the model's inputs."""
@@ -75,6 +110,11 @@ class Explainer:
         canonize: merge BatchNormalization into the preceding layer.
         jit_compile: compile with XLA.
         batch_size: split larger inputs into batches of this size.
+        dtype: compute precision: ``'float32'``, ``'float64'``, ``'float16'``/``'bfloat16'`` (forward and
+            backward pass in that precision; stabilisers are kept above the dtype's smallest normal
+            number) or ``'mixed_float16'``/``'mixed_bfloat16'`` (forward pass in low precision, the
+            relevance divisions in float32: the accurate choice). Default: the model's input dtype, or
+            the mixed mode of a Keras mixed-precision policy on the model.
         **params: rule parameters (``epsilon=``, ``alpha=``, ``beta=``, ``gamma=``, ``low=``, ``high=``).
 
     Example::
@@ -87,7 +127,8 @@ class Explainer:
 
     def __init__(self, model: keras.Model, rule: str | Rule | Composite = "epsilon", *,
                  layer: str | None = None, output: int | str | None = None, canonize: bool = True,
-                 jit_compile: bool = False, batch_size: int | None = None, **params: Any):
+                 jit_compile: bool = False, batch_size: int | None = None, dtype: str | tf.DType | None = None,
+                 **params: Any):
         if keras.backend.backend() != "tensorflow":
             raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
                                f"got {keras.backend.backend()!r}")
@@ -103,7 +144,8 @@ class Explainer:
             self.start_key, self.start_step = explained_output(self.graph, output)
         self.jit_compile = jit_compile
         self.batch_size = batch_size
-        self.dtype = _model_dtype(model)
+        #: dtype of the inputs and forward pass; ``backward_dtype``: of the relevance computation
+        self.dtype, self.backward_dtype = _resolve_dtype(model, dtype)
         self._functions: dict = {}
         self.trace_count = 0
 
@@ -142,6 +184,10 @@ class Explainer:
         self.trace_count += 1
         values, records = forward(self.graph, xs)
         out = values[self.start_key]
+        if self.backward_dtype != self.dtype:  # mixed precision: relevance in backward_dtype
+            records = _cast_floats(records, self.backward_dtype)
+            out = tf.cast(out, self.backward_dtype)
+            xs = [tf.cast(x, self.backward_dtype) for x in xs]
         size = int(np.prod(out.shape[1:]))
         flat = tf.reshape(out, (-1, size))
         if R0 is not None:
@@ -189,6 +235,15 @@ class Explainer:
             fn = tf.function(run, input_signature=spec, jit_compile=self.jit_compile, autograph=False)
             self._functions[key] = fn
         return fn
+
+    def compiled(self, specs: Sequence[tf.TensorSpec | tf.Tensor], layerwise: bool = False):
+        """The compiled per-batch function for inputs like ``specs`` (tensors or TensorSpecs, one per
+        model input; the batch dimension is free): ``fn(xs, targets) -> (relevances, layerwise,
+        output)`` with ``xs`` a tuple of tensors in :attr:`dtype`, ``targets`` int32 of shape (N,)
+        (-1: the predicted class), ``relevances`` a list (one per input) and ``output`` the explained
+        output. Usable inside ``tf.distribute.Strategy.run``; repeated calls never retrace."""
+        specs = [tf.TensorSpec((None,) + tuple(s.shape[1:]), self.dtype) for s in specs]
+        return self._function(specs, "target", layerwise)
 
     # ------------------------------------------------------------------ public call
     def __call__(self, x: ArrayLike, target: ArrayLike | None = None, *, relevance: ArrayLike | None = None,

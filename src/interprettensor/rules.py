@@ -82,8 +82,16 @@ def sign0(z: tf.Tensor) -> tf.Tensor:
     return tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
 
 
+#: smallest normal number of the low-precision dtypes: a positive stabiliser is kept at least this
+#: large there, so that e.g. TINY (1e-12) does not underflow to 0 in float16
+_SMALLEST_NORMAL = {tf.float16: 2.0 ** -14, tf.bfloat16: 2.0 ** -126}
+
+
 def stabilize(z: tf.Tensor, epsilon: float) -> tf.Tensor:
-    """``z + epsilon * sign0(z)``: moves the denominator away from zero, keeping its sign."""
+    """``z + epsilon * sign0(z)``: moves the denominator away from zero, keeping its sign. In float16
+    and bfloat16 a positive ``epsilon`` is raised to the dtype's smallest normal number."""
+    if isinstance(epsilon, (int, float)) and epsilon > 0 and z.dtype in _SMALLEST_NORMAL:
+        epsilon = max(float(epsilon), _SMALLEST_NORMAL[z.dtype])
     return z + tf.cast(epsilon, z.dtype) * sign0(z)
 
 
