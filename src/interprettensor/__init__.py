@@ -61,6 +61,7 @@ _logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
 
 from . import render, rules  # noqa: E402
 from . import attribution  # noqa: E402
+from . import evaluate  # noqa: E402
 from .composites import PRESETS, Composite, get_composite, register_preset  # noqa: E402
 from .explain import Explainer, lrp  # noqa: E402
 from .handlers import ExplainError, register_handler  # noqa: E402
@@ -74,5 +75,5 @@ __version__ = "2.0.0.dev0"
 __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
-    "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution",
+    "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
 ]
