@@ -69,6 +69,7 @@ from .layers import (AvgPool, Convolution, Elu, Flatten, Linear, MaxPool, Module
                      Sigmoid, Softmax, Tanh)
 from .rules import register_rule  # noqa: E402
 from .sequential import Sequential  # noqa: E402
+from .stream import explain_dataset, load_relevances  # noqa: E402
 
 __version__ = "2.0.0.dev0"
 
@@ -76,4 +77,5 @@ __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
     "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
+    "explain_dataset", "load_relevances",
 ]
