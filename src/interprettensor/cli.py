@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Explain a saved Keras model (.keras or .h5) with LRP. INPUTS are image "
                                    "files (PNG, JPEG, ...), folders of them, or .npy arrays (one sample or a "
                                    "batch, used as they are). Writes NAME_heatmap.png and NAME_overlay.png "
-                                   "per input and OUT/relevances.npz (relevance, names, target, output).")
+                                   "per input and OUT/relevances.npz (relevance, names, target, output). "
+                                   "With --shard-size N the inputs are streamed and written as "
+                                   "OUT/shard-00000.npz, ... and OUT/manifest.json; an interrupted run "
+                                   "continues with --resume.")
     e.add_argument("model", help="a saved Keras model (.keras, .h5)")
     e.add_argument("inputs", nargs="+", help="image files, folders, or .npy arrays")
     e.add_argument("--rule", default="epsilon",
@@ -116,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scale", type=_positive_int, default=None,
                    help="enlarge heatmap PNGs by this factor (default: up to about 224 pixels)")
     e.add_argument("--no-png", action="store_true", help="write only relevances.npz")
+    e.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
+                   help="stream the inputs and write OUT/shard-00000.npz, ... (N inputs each) and "
+                        "OUT/manifest.json instead of relevances.npz; an interrupted run continues with --resume")
+    e.add_argument("--resume", action="store_true",
+                   help="continue the sharded run in OUT after its last complete shard (same model, rule, inputs)")
+    e.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "mixed_float16",
+                                                     "mixed_bfloat16"],
+                   help="compute precision (default: the model's); mixed_*: low-precision forward, float32 relevance")
     e.set_defaults(func=cmd_explain)
     return p
 
@@ -402,6 +413,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     model = load_model(args.model)
     expected = model_input_shape(model)
+    if args.dtype:
+        params["dtype"] = args.dtype
+    if args.shard_size or args.resume:
+        return _explain_sharded(args, model, params, out)
     items = collect_inputs(args.inputs, expected)
     explainer = it.Explainer(model, args.rule, **params)
     lo, hi = args.input_range
@@ -469,6 +484,46 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"wrote the outputs of the first {len(results['names'])} input(s) to {out}", file=sys.stderr)
     print(f"explained {len(results['names'])} input(s) with {args.rule}: "
           f"{'heatmap PNGs and ' if not args.no_png else ''}{npz_path}")
+    return 0
+
+
+def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: str) -> int:
+    """``interprettensor explain --shard-size N [--resume]``: :func:`interprettensor.explain_dataset`."""
+    from . import render
+    from .stream import MANIFEST, RERUN, StreamError, _read_manifest, explain_dataset
+
+    manifest = _read_manifest(out)
+    if manifest is not None and not args.resume:
+        raise CLIError(f"{out!r} holds a sharded run ({len(manifest['shards'])} shard(s) complete, see "
+                       f"{MANIFEST}); pass --resume to continue it, or choose another --out")
+    if manifest is None and args.resume and not args.shard_size:
+        raise CLIError(f"--resume: {out!r} holds no sharded run to continue; start one with --shard-size N")
+    shard_size = args.shard_size or int(manifest["identity"]["shard_size"])
+    lo, hi = args.input_range
+
+    def write_pngs(k: int, arrays: dict) -> None:
+        R, xs = arrays["relevance"], arrays["x"]
+        if args.no_png or R.ndim != 4:
+            return
+        scale = args.scale or max(1, 224 // max(R.shape[1], R.shape[2]))
+        heat = render.relevance_to_rgb(R, args.cmap, args.normalize, args.percentile)
+        over = render.overlay(R, xs, args.cmap, normalization=args.normalize, percentile=args.percentile,
+                              vmin=lo, vmax=hi)
+        for i, name in enumerate(arrays["names"]):
+            render.save_png(os.path.join(out, f"{name}_heatmap.png"), heat[i], scale)
+            render.save_png(os.path.join(out, f"{name}_overlay.png"), over[i], scale)
+
+    try:
+        res = explain_dataset(model, list(args.inputs), args.rule, out, shard_size=shard_size,
+                              batch_size=args.batch_size, target=args.target, progress=not args.quiet,
+                              input_range=(lo, hi), color_mode=args.color_mode, resize=args.resize,
+                              on_shard=write_pngs, **params)
+    except StreamError as e:
+        msg = str(e).replace(RERUN, "run again with --resume to continue")
+        raise CLIError(msg.replace(" (or start over: resume=False)", "")) from None
+    done = f" ({res.skipped} were complete before)" if res.skipped else ""
+    print(f"explained {res.n_samples} input(s) with {args.rule}: {res.shards} shard(s) in {out}{done}"
+          f"{'' if args.no_png else ' and heatmap PNGs'}")
     return 0
 
 

@@ -40,6 +40,7 @@ __all__ = ["explain_dataset", "load_relevances", "StreamError", "StreamResult"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+RERUN = "run again with the same arguments to continue"
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.npz$")
 
 
@@ -243,7 +244,7 @@ class _FileSource(_Source):
         self.error = []
         first = self._load(0)
         self.sample_shape = _check_sample_shape(tuple(first.shape), expected)
-        listing = "\n".join(f"{it.name}:{os.path.getsize(it.path)}" for it in self.items)
+        listing = "\n".join(it.name for it in self.items)  # names: a corrupt file may be fixed in place
         self.description = (f"files:{self.n}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}:"
                             f"{self.options}")
 
@@ -399,8 +400,8 @@ def _check_identity(out: str, old: dict, new: dict) -> None:
     diffs = [f"{_LABELS.get(k, k)}: the folder has {old.get(k)!r}, this run {new[k]!r}"
              for k in new if old.get(k) != new[k]]
     if diffs:
-        raise StreamError(f"the output folder {out!r} holds shards of another run ({'; '.join(diffs)}). Use the "
-                          f"same arguments to resume it, another output folder, or resume=False to start over")
+        raise StreamError(f"the output folder {out!r} holds shards of another run ({'; '.join(diffs)}). Resume it "
+                          f"with the same arguments, or choose another output folder (or start over: resume=False)")
 
 
 # ---------------------------------------------------------------------------------------------- main entry
@@ -518,8 +519,9 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
     computed = 0
 
     def finished() -> str:
-        return (f"shards 0..{len(shards) - 1} ({done_samples()} samples) are complete in {out!r}; rerun with the "
-                f"same arguments to continue" if shards else "no shard was complete yet")
+        which = "shard 0 is" if len(shards) == 1 else f"shards 0..{len(shards) - 1} are"
+        return (f"{which} complete ({done_samples()} samples) in {out!r}; {RERUN}" if shards
+                else "no shard was complete yet")
 
     def done_samples() -> int:
         return sum(e["count"] for e in shards)
@@ -599,7 +601,7 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
             raise source.error[0]
         emit(final=True)
     except StreamError as e:
-        if "are complete" in str(e) or "no shard was complete" in str(e):
+        if RERUN in str(e) or "no shard was complete" in str(e):
             raise
         raise StreamError(f"{e}; {finished()}") from None
     finally:
