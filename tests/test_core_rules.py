@@ -211,3 +211,23 @@ def test_stabilisers_keep_relevance_finite_for_zero_inputs_and_dead_units():
         R = net.lrp(np.ones_like(out), var)
         assert np.all(np.isfinite(R)), var
         assert np.all(np.isfinite(it.lrp(net, x, rule=var if var != "alphabeta" else "alphabeta"))), var
+
+
+@pytest.mark.parametrize("rule", [it.rules.AlphaBeta(2, 1), it.rules.AlphaBeta(1, 0), it.rules.AlphaBeta(3, 1.5, bias=False),
+                                  it.rules.ZPlus(), it.rules.Gamma(0.5), it.rules.Epsilon(0.1),
+                                  it.rules.Epsilon(0.1, bias=False), it.rules.ZBox(0.0, 2.0), it.rules.Flat()])
+def test_non_negative_input_shortcuts_equal_the_full_rule(rule):
+    """The engine's shortcuts for inputs known to be >= 0 (skipped terms, weights split by linearity,
+    reused pre-activation) give exactly the rule's full computation."""
+    from interprettensor.core import LinearMap, linear_relevance
+
+    rng = np.random.default_rng(8)
+    x = tf.constant(np.abs(rng.normal(size=(3, 7, 7, 4))))
+    W, b = tf.constant(rng.normal(size=(3, 3, 4, 5))), tf.constant(rng.normal(size=5))
+    lm = LinearMap(lambda xs, p: tf.nn.conv2d(xs[0], p["kernel"], 1, "SAME") + p.get("bias", 0.0),
+                   {"kernel": W, "bias": b})
+    z = lm([x])
+    R = tf.constant(rng.normal(size=z.shape))
+    fast = linear_relevance(lm, [x], R, rule, z=z, nonneg=True)[0]
+    full = linear_relevance(lm, [x], R, rule, z=None, nonneg=False)[0]
+    np.testing.assert_allclose(fast, full, rtol=1e-9, atol=1e-12)

@@ -4,8 +4,16 @@ A layer contributes a :class:`LinearMap`: a function ``f(xs, params) -> z`` that
 input for fixed parameters (plus a bias), and its parameters. The transpose needed by LRP is never
 written by hand: it is the vector-Jacobian product of ``f``, which TensorFlow computes as one
 transposed matmul or transposed convolution. Under ``tf.function`` the forward op that the gradient
-tape records for it is pruned when its value is not used, so the plain (unmodified) term costs one
-backward op and reuses the forward pass's pre-activation ``z``.
+tape records for it is pruned (its value is not used), so each term costs exactly one backward op.
+
+Denominators are computed with as few forward passes as the rule allows:
+
+* the unmodified term reuses the forward pass's pre-activation ``z`` (minus the bias if the rule
+  drops it), so LRP-epsilon costs one forward and one backward pass, like gradient x input;
+* on inputs known to be non-negative (after a ReLU, pooling of such, ...) input modifiers
+  ``positive`` and ``negative`` reduce to the identity and to zero, and zero terms are skipped;
+* linearity in the weights gives ``f(x; W^-) = f(x; W) - f(x; W^+)``, so alpha-beta needs one extra
+  forward pass, not two.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from .rules import Group, LinearRule, Term
+from .rules import Group, LinearRule, Term, identity, negative, positive
 
 Params = Mapping[str, tf.Tensor]
 
@@ -24,64 +32,119 @@ Params = Mapping[str, tf.Tensor]
 class LinearMap:
     """``z = fn(xs, params)``; ``params`` holds weight tensors under any name and an optional
     ``'bias'``. Rules modify every weight with their kernel modifier and ``'bias'`` with their bias
-    modifier (dropping it when the modifier is ``None``)."""
+    modifier (dropping it when the modifier is ``None``). ``bias_axis`` is the axis of ``z`` that the
+    bias runs along (``None``: the bias is already broadcastable to ``z``)."""
 
     fn: Callable[[Sequence[tf.Tensor], Params], tf.Tensor]
     params: Params
+    bias_axis: int | None = -1
 
     def __call__(self, xs: Sequence[tf.Tensor], params: Params | None = None) -> tf.Tensor:
         return self.fn(xs, self.params if params is None else params)
 
+    def broadcast_bias(self, b: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+        if self.bias_axis is None or b.shape.rank != 1:
+            return b
+        shape = [1] * z.shape.rank
+        shape[self.bias_axis % z.shape.rank] = -1
+        return tf.reshape(b, shape)
 
-def modify_params(params: Params, term: Term) -> dict[str, tf.Tensor]:
+
+def modify_params(params: Params, term: Term, with_bias: bool = True) -> dict[str, tf.Tensor]:
     out = {}
     for name, value in params.items():
         if name == "bias":
-            if term.bias is not None and value is not None:
+            if with_bias and term.bias is not None and value is not None:
                 out[name] = term.bias(value)
         else:
             out[name] = term.kernel(value)
     return out
 
 
-def _group_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: tf.Tensor, group: Group,
-                     rule: LinearRule, z: tf.Tensor | None) -> list[tf.Tensor]:
-    terms_inputs = [[term.input(x) for x in xs] for term in group.terms]
-    flat_inputs = [x for inputs in terms_inputs for x in inputs]
+def _simplify(term: Term, nonneg: bool) -> Term | None:
+    """On non-negative inputs, ``positive`` is the identity and ``negative`` gives zeros."""
+    if not nonneg:
+        return term
+    if term.input is negative:
+        return None
+    if term.input is positive:
+        return Term(identity, term.kernel, term.bias)
+    return term
+
+
+class _Values:
+    """Bias-free term values ``f(input(x); kernel(W))``, computed once and derived where linearity
+    allows."""
+
+    def __init__(self, linear: LinearMap, xs: Sequence[tf.Tensor], z: tf.Tensor | None):
+        self.linear, self.xs = linear, xs
+        self.cache: dict = {}
+        if z is not None:
+            b = linear.params.get("bias")
+            self.cache[(identity, identity)] = z if b is None else z - linear.broadcast_bias(b, z)
+
+    def get(self, term: Term) -> tf.Tensor:
+        key = (term.input, term.kernel)
+        if key in self.cache:
+            return self.cache[key]
+        whole = self.cache.get((term.input, identity))
+        if term.kernel is negative and whole is not None and (term.input, positive) in self.cache:
+            value = whole - self.cache[(term.input, positive)]
+        elif term.kernel is positive and whole is not None and (term.input, negative) in self.cache:
+            value = whole - self.cache[(term.input, negative)]
+        else:
+            inputs = [term.input(x) for x in self.xs]
+            value = self.linear(inputs, modify_params(self.linear.params, term, with_bias=False))
+        self.cache[key] = value
+        return value
+
+
+def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.Tensor) -> list[tf.Tensor]:
+    """``J^T s`` of ``f(., params)`` for each input (the forward op inside the tape is dead code)."""
+    inputs = list(inputs)
     with tf.GradientTape() as tape:
-        tape.watch(flat_inputs)
-        zg = None
-        for term, inputs in zip(group.terms, terms_inputs):
-            zt = linear(inputs, modify_params(linear.params, term))
-            zg = zt if zg is None else zg + zt
-    # the plain term can reuse the forward pass's pre-activation (then the recomputed one is dead code)
-    denominator = z if (z is not None and len(group.terms) == 1 and group.terms[0].is_identity) else zg
-    s = R / rule.stabilize(tf.cast(denominator, R.dtype))
-    grads = tape.gradient(zg, flat_inputs, output_gradients=tf.cast(s, zg.dtype),
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    out = []
-    n = len(xs)
-    for i in range(n):
-        acc = None
-        for t in range(len(group.terms)):
-            contrib = flat_inputs[t * n + i] * grads[t * n + i]
-            acc = contrib if acc is None else acc + contrib
-        out.append(acc)
-    return out
+        tape.watch(inputs)
+        out = linear(inputs, params)
+    return tape.gradient(out, inputs, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: tf.Tensor, rule: LinearRule,
-                     z: tf.Tensor | None = None) -> list[tf.Tensor]:
+                     z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False) -> list[tf.Tensor]:
     """Relevance at each input of ``linear`` given relevance ``R`` at its (pre-activation) output.
 
-    ``z`` is the forward pass's value of ``linear(xs)``, reused for the unmodified term's denominator.
+    Args:
+        linear: the layer's linear map and parameters.
+        xs: the layer's inputs in the forward pass.
+        R: relevance at the output, shaped like ``z``.
+        rule: the rule (its groups of modified terms and its stabiliser).
+        z: the forward pass's value of ``linear(xs)`` (reused for the unmodified term).
+        nonneg: whether the inputs are known to be non-negative (one flag, or one per input).
     """
+    all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
+    values = _Values(linear, xs, z)
+    bias = linear.params.get("bias")
     result: list[tf.Tensor] | None = None
     for group in rule.groups():
-        part = _group_relevance(linear, xs, R, group, rule, z)
+        terms = [t for t in (_simplify(t, all_nonneg) for t in group.terms) if t is not None]
+        if not terms:
+            continue
+        zg = None
+        for term in terms:
+            v = values.get(term)
+            if term.bias is not None and bias is not None:
+                v = v + linear.broadcast_bias(term.bias(bias), v)
+            zg = v if zg is None else zg + v
+        s = R / rule.stabilize(tf.cast(zg, R.dtype))
         if group.coefficient != 1.0:
-            part = [tf.cast(group.coefficient, p.dtype) * p for p in part]
-        result = part if result is None else [a + b for a, b in zip(result, part)]
+            s = s * tf.cast(group.coefficient, s.dtype)
+        s = tf.cast(s, zg.dtype)
+        part = None
+        for term in terms:
+            inputs = [term.input(x) for x in xs]
+            grads = _vjp(linear, inputs, modify_params(linear.params, term, with_bias=False), s)
+            contrib = [x * g for x, g in zip(inputs, grads)]
+            part = contrib if part is None else [a + c for a, c in zip(part, contrib)]
+        result = part if result is None else [a + c for a, c in zip(result, part)]
     if result is None:
         return [tf.zeros_like(x) for x in xs]
     return result

@@ -36,6 +36,8 @@ class Step:
     strip_activation: bool = False
     fused: tuple = ()
     aliases: tuple = ()
+    #: per input: known to be >= 0 in every forward pass (set by :func:`mark_nonneg`)
+    nonneg: tuple = ()
 
     @property
     def type_name(self) -> str:
@@ -258,7 +260,19 @@ def build_graph(model: Any, canonize: bool = True) -> Graph:
     g.output_names = [producer[k].name if k in producer else f"output_{i}" for i, k in enumerate(g.outputs)]
     if canonize:
         fuse_batchnorm(g)
+    mark_nonneg(g)
     return g
+
+
+def mark_nonneg(g: Graph) -> None:
+    """Mark the inputs of each step that are non-negative by construction (outputs of ReLU-like
+    activations, and pooling, reshaping or summing of such); rules use it to skip terms that would
+    be zero. Model inputs count as signed."""
+    known: set = set()
+    for step in g.steps:
+        step.nonneg = tuple(k in known for k in step.inputs)
+        if step.handler.output_nonneg(step.layer, step.nonneg, step):
+            known.update(step.outputs)
 
 
 def explained_output(g: Graph, output: int | str | None) -> tuple[Any, Step | None]:

@@ -75,9 +75,32 @@ class Handler:
     def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
         return step.call(xs), {}
 
+    def output_nonneg(self, layer: Any, inputs_nonneg: Sequence[bool], step: Any) -> bool:
+        """Whether the layer's output is known to be >= 0 (lets rules skip negative-input terms)."""
+        return False
+
     def relevance(self, layer: Any, xs: Sequence[tf.Tensor], ys: Sequence[tf.Tensor], state: dict,
                   Rs: Sequence[tf.Tensor], rule: Rule, step: Any) -> list[tf.Tensor]:
         raise NotImplementedError
+
+
+_NONNEG_ACTIVATIONS = {"relu", "relu6", "sigmoid", "softmax", "softplus", "exponential", "hard_sigmoid",
+                       "log_sigmoid_never", "Relu", "Relu6", "Sigmoid", "Softmax", "Softplus", "Exp"}
+
+
+def is_nonneg_activation(act: Any) -> bool:
+    """True for activations whose output is never negative (relu, relu6, sigmoid, softmax, ...)."""
+    return act is not None and getattr(act, "__name__", "") in _NONNEG_ACTIVATIONS
+
+
+def _nonneg_layer(layer: Any) -> bool:
+    if isinstance(layer, keras.layers.ReLU):
+        return float(layer.negative_slope) == 0.0 and float(layer.threshold) >= 0.0
+    if isinstance(layer, (keras.layers.Activation,)):
+        return is_nonneg_activation(layer.activation)
+    if isinstance(layer, (keras.layers.Softmax, itl.Relu, itl.Sigmoid, itl.Softmax)):
+        return True
+    return type(layer).__name__ in _NONNEG_ACTIVATIONS
 
 
 def _cast_params(params: dict, dtype: tf.DType) -> dict:
@@ -120,7 +143,7 @@ class LinearHandler(Handler):
         def fn(xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
             return self._fn(layer, xs, p)
 
-        return LinearMap(fn, params)
+        return LinearMap(fn, params, 1 if getattr(layer, "data_format", None) == "channels_first" else -1)
 
     def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
         lm = self.linear_map(layer, step, xs[0].dtype)
@@ -134,7 +157,10 @@ class LinearHandler(Handler):
             return _pass(xs, Rs, step)
         rule = _check_linear_rule(rule, step)
         R = tf.reshape(Rs[0], tf.shape(state["z"]))
-        return linear_relevance(self.linear_map(layer, step, xs[0].dtype), xs, R, rule, state["z"])
+        return linear_relevance(self.linear_map(layer, step, xs[0].dtype), xs, R, rule, state["z"], step.nonneg)
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return not step.strip_activation and is_nonneg_activation(self._activation(layer))
 
 
 def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.DType) -> dict:
@@ -223,13 +249,14 @@ class SeparableHandler(Handler):
                                "bias": layer.bias if layer.use_bias else None}, dtype)
         for bn in getattr(step, "fused", ()):
             params = merge_batchnorm(params, bn, -1, dtype)
+        axis = 1 if layer.data_format == "channels_first" else -1
         dw = LinearMap(lambda xs_, p: ops.depthwise_conv(
             xs_[0], p["kernel"], strides=layer.strides, padding=layer.padding,
             dilation_rate=layer.dilation_rate, data_format=layer.data_format),
-            _cast_params({"kernel": layer.depthwise_kernel}, dtype))
+            _cast_params({"kernel": layer.depthwise_kernel}, dtype), axis)
         pw = LinearMap(lambda xs_, p: _bias_add(ops.conv(xs_[0], p["kernel"], strides=1, padding="valid",
                                                          data_format=layer.data_format), p,
-                                                layer.data_format == "channels_first"), params)
+                                                layer.data_format == "channels_first"), params, axis)
         return dw, pw
 
     def forward(self, layer, xs, step):
@@ -244,7 +271,10 @@ class SeparableHandler(Handler):
         dw, pw = self.maps(layer, step, xs[0].dtype)
         R = tf.reshape(Rs[0], tf.shape(state["z"]))
         Rt = linear_relevance(pw, [state["t"]], R, rule, state["z"])[0]
-        return linear_relevance(dw, xs, Rt, rule, state["t"])
+        return linear_relevance(dw, xs, Rt, rule, state["t"], step.nonneg)
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return not step.strip_activation and is_nonneg_activation(layer.activation)
 
 
 class FixedLinearHandler(Handler):
@@ -253,12 +283,18 @@ class FixedLinearHandler(Handler):
 
     category = LINEAR
 
-    def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[tf.Tensor]], dict] | None = None):
+    def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[tf.Tensor]], dict] | None = None,
+                 sign_preserving: bool = True):
         self._fn = fn
         self._weights = weights or (lambda layer, xs: {"kernel": tf.ones((), xs[0].dtype)})
+        #: non-negative inputs give a non-negative output (pooling, sums; not BatchNorm, Subtract)
+        self.sign_preserving = sign_preserving
 
     def linear_map(self, layer: Any, xs: Sequence[tf.Tensor]) -> LinearMap:
-        return LinearMap(lambda xs_, p: self._fn(layer, xs_, p), self._weights(layer, xs))
+        return LinearMap(lambda xs_, p: self._fn(layer, xs_, p), self._weights(layer, xs), None)
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return self.sign_preserving and all(inputs_nonneg)
 
     def forward(self, layer, xs, step):
         z = self.linear_map(layer, xs)(xs)
@@ -268,7 +304,7 @@ class FixedLinearHandler(Handler):
         if isinstance(rule, Pass):
             return _pass(xs, Rs, step)
         rule = _check_linear_rule(rule, step)
-        return linear_relevance(self.linear_map(layer, xs), xs, Rs[0], rule, state["z"])
+        return linear_relevance(self.linear_map(layer, xs), xs, Rs[0], rule, state["z"], step.nonneg)
 
 
 class MaxPoolHandler(Handler):
@@ -278,18 +314,30 @@ class MaxPoolHandler(Handler):
 
     category = MAXPOOL
 
-    def __init__(self, avg_fn: Callable[[Any, tf.Tensor], tf.Tensor]):
+    def __init__(self, avg_fn: Callable[[Any, tf.Tensor], tf.Tensor],
+                 window: Callable[[Any], tuple] | None = None):
         self._avg_fn = avg_fn
+        #: ``(ksize, strides, padding)`` of a 2-D channels-last pooling: winner-takes-all then uses
+        #: the forward output directly (one MaxPoolGrad op, no recomputed forward)
+        self._window = window
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return all(inputs_nonneg)
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         if isinstance(rule, Pass):
             return _pass(xs, Rs, step)
         if isinstance(rule, LinearRule) and rule.uniform_max_pool:
             lm = LinearMap(lambda xs_, p: p["kernel"] * self._avg_fn(layer, xs_[0]),
-                           {"kernel": tf.ones((), xs[0].dtype)})
+                           {"kernel": tf.ones((), xs[0].dtype)}, None)
             return linear_relevance(lm, xs, Rs[0], rule)
         if not isinstance(rule, (LinearRule, WinnerTakesAll)):
             _check_linear_rule(rule, step)
+        window = self._window(layer) if self._window is not None else None
+        if window is not None and xs[0].dtype in (tf.float32, tf.float16, tf.bfloat16, tf.float64):
+            ksize, strides, padding = window
+            return [tf.raw_ops.MaxPoolGradV2(orig_input=xs[0], orig_output=ys[0], grad=tf.reshape(Rs[0], tf.shape(ys[0])),
+                                             ksize=[1, *ksize, 1], strides=[1, *strides, 1], padding=padding)]
         return route(step, xs, Rs)
 
 
@@ -309,6 +357,9 @@ class RouteHandler(Handler):
 
     category = ROUTE
 
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return all(inputs_nonneg)
+
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         return route(step, xs, Rs)
 
@@ -317,6 +368,14 @@ class ElementwiseHandler(Handler):
     """Activations, dropout and noise, rescaling: relevance passes through unchanged."""
 
     category = ELEMENTWISE
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        if _nonneg_layer(layer):
+            return True
+        identity_at_inference = (keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+                                 keras.layers.SpatialDropout3D, keras.layers.GaussianNoise,
+                                 keras.layers.GaussianDropout, keras.layers.ActivityRegularization)
+        return isinstance(layer, identity_at_inference) and all(inputs_nonneg)
 
     def forward(self, layer, xs, step):
         if _ACTIVATION_OVERRIDE.get() is not None and len(xs) == 1:
@@ -335,6 +394,9 @@ class GateHandler(Handler):
     the other inputs get none."""
 
     category = GATE
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return all(inputs_nonneg)
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         out_shape = ys[0].shape
@@ -406,6 +468,12 @@ def _keras_avg_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
     return ops.average_pool(x, layer.pool_size, layer.strides, layer.padding, layer.data_format)
 
 
+def _keras_window_2d(layer: Any) -> tuple | None:
+    if layer.data_format != "channels_last":
+        return None
+    return tuple(layer.pool_size), tuple(layer.strides), layer.padding.upper()
+
+
 def _global_mean_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
     rank = x.shape.rank
     axes = list(range(1, rank - 1)) if layer.data_format == "channels_last" else list(range(2, rank))
@@ -451,10 +519,10 @@ for _t, _h in [
     (itl.Linear, _it_weighted),
     (itl.Convolution, _it_weighted),
     # linear maps without trainable weights
-    (L.BatchNormalization, FixedLinearHandler(_affine_fn, _bn_affine_weights)),
+    (L.BatchNormalization, FixedLinearHandler(_affine_fn, _bn_affine_weights, sign_preserving=False)),
     (L.Add, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n))),
     (L.Average, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0 / n] * n))),
-    (L.Subtract, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]))),
+    (L.Subtract, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]), sign_preserving=False)),
     (keras.src.layers.pooling.base_pooling.BasePooling, FixedLinearHandler(_avg_pool_fn)),
     (keras.src.layers.pooling.base_global_pooling.BaseGlobalPooling, FixedLinearHandler(_avg_pool_fn)),
     (itl.AvgPool, FixedLinearHandler(_avg_pool_fn)),
@@ -463,12 +531,13 @@ for _t, _h in [
     (L.UpSampling3D, FixedLinearHandler(_upsampling_fn)),
     # max pooling
     (L.MaxPooling1D, MaxPoolHandler(_keras_avg_for_max)),
-    (L.MaxPooling2D, MaxPoolHandler(_keras_avg_for_max)),
+    (L.MaxPooling2D, MaxPoolHandler(_keras_avg_for_max, _keras_window_2d)),
     (L.MaxPooling3D, MaxPoolHandler(_keras_avg_for_max)),
     (L.GlobalMaxPooling1D, MaxPoolHandler(_global_mean_for_max)),
     (L.GlobalMaxPooling2D, MaxPoolHandler(_global_mean_for_max)),
     (L.GlobalMaxPooling3D, MaxPoolHandler(_global_mean_for_max)),
-    (itl.MaxPool, MaxPoolHandler(lambda l, x: tf.nn.avg_pool2d(x, l.pool_size, l.pool_stride, l.pad))),
+    (itl.MaxPool, MaxPoolHandler(lambda l, x: tf.nn.avg_pool2d(x, l.pool_size, l.pool_stride, l.pad),
+                                 lambda l: (l.pool_size, l.pool_stride, l.pad))),
     # routing
     (L.Flatten, RouteHandler()),
     (L.Reshape, RouteHandler()),
@@ -513,7 +582,7 @@ for _t, _h in [
 # keras.ops called on symbolic tensors inside functional models (``x + y``, ``ops.reshape`` ...)
 _OPS_BY_NAME: dict[str, Handler] = {
     "Add": FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n)),
-    "Subtract": FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0])),
+    "Subtract": FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]), sign_preserving=False),
     "Multiply": GateHandler(),
     "Reshape": RouteHandler(),
     "Transpose": RouteHandler(),
