@@ -371,7 +371,7 @@ def _model_fingerprint(model: Any) -> str:
     h.update(cfg.encode())
     for w in model.weights:
         v = np.asarray(keras.ops.convert_to_numpy(w))
-        h.update(f"{w.path}:{v.shape}:{v.dtype}".encode())
+        h.update(f"{v.shape}:{v.dtype}".encode())  # not w.path: it changes when a saved model is loaded
         h.update(np.ascontiguousarray(v).view(np.uint8).reshape(-1).tobytes())
     return h.hexdigest()[:16]
 
@@ -504,7 +504,13 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
     if complete:
         return StreamResult(out, done, len(shards), skipped, 0, explainer)
 
-    ds = source.dataset(done, explainer.dtype).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = source.dataset(done, explainer.dtype)
+    head = -done % batch_size  # batches start at multiples of batch_size, as in an uninterrupted run
+    if head:
+        ds = ds.take(head).batch(head).concatenate(ds.skip(head).batch(batch_size))
+    else:
+        ds = ds.batch(batch_size)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     step = _make_step(explainer, source.sample_shape, strategy)
     if strategy is not None:
         opts = tf.data.Options()

@@ -1,0 +1,306 @@
+"""Compiled reuse, automatic batching and resumable sharded runs (``it.explain_dataset``, ``explain --shard-size``)."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import interprettensor as it
+from interprettensor import cli, stream
+from interprettensor.stream import StreamError
+
+
+def small_cnn(seed=0, classes=5):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                             keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                             keras.layers.Dense(classes)], name=f"cnn{seed}")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_cnn()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(0).random((23, 8, 8, 1), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def reference(model, data):
+    return it.Explainer(model, "epsilon")(data, return_output=True)
+
+
+def shards(out):
+    return sorted(f for f in os.listdir(out) if f.startswith("shard-"))
+
+
+def same_files(a, b):
+    assert shards(a) == shards(b)
+    for f in shards(a):
+        with np.load(os.path.join(a, f)) as x, np.load(os.path.join(b, f)) as y:
+            assert x.files == y.files
+            for k in x.files:
+                np.testing.assert_array_equal(x[k], y[k], err_msg=f"{f}:{k}")
+    ma, mb = (json.load(open(os.path.join(d, "manifest.json"))) for d in (a, b))
+    assert ma == mb
+
+
+# ------------------------------------------------------------------ compiled reuse and batching
+def test_no_retracing_on_repeated_calls(model, data):
+    e = it.Explainer(model, "epsilon_gamma_box", low=0.0, high=1.0)
+    first = e(data[:5])
+    for n in (5, 3, 11, 1):
+        e(data[:n])
+        e(data[:n], target=2)
+    assert e.trace_count == 1
+    np.testing.assert_array_equal(e(data[:5]), first)
+    assert e.trace_count == 1
+
+
+def test_automatic_batching_equals_one_batch(model, data):
+    e = it.Explainer(model, "alphabeta")
+    whole = e(data)
+    np.testing.assert_allclose(e(data, batch_size=4), whole, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(it.Explainer(model, "alphabeta", batch_size=7)(data), whole, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(it.lrp(model, data, "alphabeta", batch_size=5), whole, rtol=1e-5, atol=1e-7)
+    assert e.trace_count == 1
+
+
+def test_compiled_hook_is_the_per_batch_function(model, data, reference):
+    e = it.Explainer(model, "epsilon")
+    fn = e.compiled([tf.TensorSpec((None, 8, 8, 1), tf.float32)])
+    rel, _, out = fn((tf.constant(data),), tf.fill((len(data),), -1))
+    np.testing.assert_allclose(rel[0].numpy(), reference[0], rtol=1e-5, atol=1e-7)
+    assert fn is e.compiled([tf.constant(data[:2])]) and e.trace_count == 1
+
+
+# ------------------------------------------------------------------ explain_dataset
+def test_array_run_equals_explainer(model, data, reference, tmp_path):
+    res = it.explain_dataset(model, data, out=str(tmp_path), shard_size=5, batch_size=4, progress=False)
+    assert (res.n_samples, res.shards, res.skipped, res.computed) == (23, 5, 0, 5)
+    assert res.explainer.trace_count == 1  # 6 batches, the last one shorter: one trace
+    assert shards(tmp_path) == [f"shard-{k:05d}.npz" for k in range(5)]
+    got = it.load_relevances(str(tmp_path))
+    np.testing.assert_allclose(got["relevance"], reference[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(got["indices"], np.arange(23))
+    np.testing.assert_array_equal(got["targets"], reference[1].argmax(-1))
+    np.testing.assert_allclose(got["outputs"], reference[1], rtol=1e-5, atol=1e-6)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    # a finished run is not recomputed
+    again = it.explain_dataset(model, data, out=str(tmp_path), shard_size=5, batch_size=4, progress=False)
+    assert (again.skipped, again.computed, again.n_samples) == (5, 0, 23)
+
+
+@pytest.mark.parametrize("form", ["samples", "batches", "onehot"])
+def test_tf_data_with_labels(model, data, tmp_path, form):
+    labels = np.arange(23) % 5
+    y = np.eye(5, dtype=np.float32)[labels] if form == "onehot" else labels
+    ds = tf.data.Dataset.from_tensor_slices((data, y))
+    if form != "samples":
+        ds = ds.batch(6)
+    it.explain_dataset(model, ds, out=str(tmp_path), shard_size=8, batch_size=5, progress=False)
+    got = it.load_relevances(str(tmp_path))
+    np.testing.assert_array_equal(got["targets"], labels)
+    np.testing.assert_allclose(got["relevance"], it.Explainer(model)(data, target=labels), rtol=1e-5, atol=1e-7)
+    # target= overrides the labels
+    it.explain_dataset(model, ds, out=str(tmp_path / "p"), target="predicted", shard_size=8, progress=False)
+    got = it.load_relevances(str(tmp_path / "p"), keys=["targets"])
+    np.testing.assert_array_equal(got["targets"], it.Explainer(model)(data, return_output=True)[1].argmax(-1))
+
+
+def test_interrupted_and_resumed_gives_the_same_files(model, data, tmp_path, monkeypatch):
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    it.explain_dataset(model, data, out=full, shard_size=5, batch_size=3, progress=False)
+
+    calls = []
+    real = stream._write_npz
+
+    def killed_at_shard_3(path, arrays):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the process dies while writing shard 3
+        real(path, arrays)
+
+    monkeypatch.setattr(stream, "_write_npz", killed_at_shard_3)
+    with pytest.raises(KeyboardInterrupt):
+        it.explain_dataset(model, data, out=cut, shard_size=5, batch_size=3, progress=False)
+    monkeypatch.setattr(stream, "_write_npz", real)
+    assert shards(cut) == shards(full)[:3]
+    assert not [f for f in os.listdir(cut) if f.endswith(".tmp")]
+    written = []
+    res = it.explain_dataset(model, data, out=cut, shard_size=5, batch_size=3, progress=False,
+                             on_shard=lambda k, a: written.append(k))
+    assert written == [3, 4] and (res.skipped, res.computed) == (3, 2)
+    same_files(full, cut)
+
+
+def test_shard_written_but_not_in_manifest_is_kept(model, data, tmp_path, monkeypatch):
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    it.explain_dataset(model, data, out=full, shard_size=5, progress=False)
+    real = stream._commit_manifest
+
+    def killed_after_shard_file(out, state, n):
+        if n == 3:
+            raise KeyboardInterrupt  # shard 2's file is on disk, the manifest does not list it yet
+        real(out, state, n)
+
+    monkeypatch.setattr(stream, "_commit_manifest", killed_after_shard_file)
+    with pytest.raises(KeyboardInterrupt):
+        it.explain_dataset(model, data, out=cut, shard_size=5, progress=False)
+    monkeypatch.setattr(stream, "_commit_manifest", real)
+    written = []
+    res = it.explain_dataset(model, data, out=cut, shard_size=5, progress=False,
+                             on_shard=lambda k, a: written.append(k))
+    assert written == [3, 4] and res.skipped == 3
+    same_files(full, cut)
+
+
+def test_hard_kill_in_a_subprocess_then_resume(model, data, tmp_path):
+    """A real kill (os._exit while shard 2 is being produced), then a resumed run in this process."""
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", data)
+    it.explain_dataset(model, data, out=full, shard_size=5, batch_size=4, progress=False)
+    script = textwrap.dedent(f"""
+        import os, numpy as np, keras, interprettensor as it
+        m = keras.models.load_model({str(tmp_path / 'm.keras')!r})
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        def die(k, arrays):
+            if k == 2:
+                os._exit(3)
+        it.explain_dataset(m, x, out={cut!r}, shard_size=5, batch_size=4, progress=False, on_shard=die)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert shards(cut) == shards(full)[:2]
+    res = it.explain_dataset(keras.models.load_model(tmp_path / "m.keras"), data, out=cut, shard_size=5,
+                             batch_size=4, progress=False)
+    assert (res.skipped, res.computed) == (2, 3)
+    same_files(full, cut)
+
+
+# ------------------------------------------------------------------ bad input
+def test_folder_of_another_model_or_rule_is_refused(model, data, tmp_path):
+    out = str(tmp_path)
+    it.explain_dataset(model, data[:12], out=out, shard_size=5, progress=False, on_shard=lambda k, a: None)
+    before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)}
+    with pytest.raises(StreamError) as e:
+        it.explain_dataset(small_cnn(seed=1), data[:12], out=out, shard_size=5, progress=False)
+    assert "another run" in str(e.value) and "'cnn0 (fingerprint" in str(e.value) and "'cnn1 (fingerprint" in str(e.value)
+    retrained = small_cnn(seed=0)
+    retrained.layers[-1].bias.assign(np.ones(5, np.float32))  # same name and architecture, other weights
+    with pytest.raises(StreamError, match="model: the folder has"):
+        it.explain_dataset(retrained, data[:12], out=out, shard_size=5, progress=False)
+    with pytest.raises(StreamError, match=r"rule: the folder has .*'epsilon'.*this run .*'zplus'"):
+        it.explain_dataset(model, data[:12], "zplus", out=out, shard_size=5, progress=False)
+    with pytest.raises(StreamError, match="shard size: the folder has 5, this run 4"):
+        it.explain_dataset(model, data[:12], out=out, shard_size=4, progress=False)
+    with pytest.raises(StreamError, match="input: "):
+        it.explain_dataset(model, data[1:13], out=out, shard_size=5, progress=False)
+    assert {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} == before
+    # resume=False starts over
+    res = it.explain_dataset(model, data[:12], "zplus", out=out, shard_size=4, progress=False, resume=False)
+    assert (res.skipped, res.computed) == (0, 3) and shards(out) == [f"shard-{k:05d}.npz" for k in range(3)]
+
+
+def test_full_disk_is_a_clear_error_and_keeps_finished_shards(model, data, reference, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    real, calls = stream._write_npz, []
+
+    def disk_full_at_shard_2(path, arrays):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, arrays)
+
+    monkeypatch.setattr(stream, "_write_npz", disk_full_at_shard_2)
+    with pytest.raises(StreamError) as e:
+        it.explain_dataset(model, data, out=out, shard_size=5, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"no space left on device while writing shard 2 to {os.path.join(out, 'shard-00002.npz')!r}")
+    assert "shards 0..1 are complete (10 samples)" in msg
+    assert shards(out) == ["shard-00000.npz", "shard-00001.npz"]
+    got = it.load_relevances(out)
+    np.testing.assert_allclose(got["relevance"], reference[0][:10], rtol=1e-5, atol=1e-7)
+    monkeypatch.setattr(stream, "_write_npz", real)
+    res = it.explain_dataset(model, data, out=out, shard_size=5, progress=False)
+    assert (res.skipped, res.computed) == (2, 3)
+    np.testing.assert_allclose(it.load_relevances(out)["relevance"], reference[0], rtol=1e-5, atol=1e-7)
+
+
+def _png_folder(path, n, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(path, exist_ok=True)
+    for i in range(n):
+        Image.fromarray((rng.random((8, 8)) * 255).astype("uint8")).save(os.path.join(path, f"im{i:02d}.png"))
+
+
+def test_corrupt_image_names_the_file_and_keeps_finished_shards(model, tmp_path):
+    imgs, out, clean = str(tmp_path / "imgs"), str(tmp_path / "out"), str(tmp_path / "clean")
+    _png_folder(imgs, 9)
+    it.explain_dataset(model, imgs, out=clean, shard_size=3, batch_size=2, progress=False)
+    good = open(os.path.join(imgs, "im07.png"), "rb").read()
+    with open(os.path.join(imgs, "im07.png"), "wb") as f:
+        f.write(good[:20])  # truncated
+    with pytest.raises(StreamError) as e:
+        it.explain_dataset(model, imgs, out=out, shard_size=3, batch_size=2, progress=False)
+    assert "im07.png" in str(e.value) and "shards 0..1 are complete (6 samples)" in str(e.value)
+    assert shards(out) == ["shard-00000.npz", "shard-00001.npz"]
+    with open(os.path.join(imgs, "im07.png"), "wb") as f:
+        f.write(good)  # fixed in place: the run continues
+    res = it.explain_dataset(model, imgs, out=out, shard_size=3, batch_size=2, progress=False)
+    assert (res.skipped, res.computed) == (2, 1)
+    same_files(clean, out)
+    assert list(it.load_relevances(out, keys=["names"])["names"]) == [f"im{i:02d}" for i in range(9)]
+
+
+def test_other_bad_input(model, data, tmp_path):
+    with pytest.raises(StreamError, match=r"shape \(8, 8, 3\) per sample, but the model expects \(8, 8, 1\)"):
+        it.explain_dataset(model, np.zeros((4, 8, 8, 3)), out=str(tmp_path / "a"), progress=False)
+    with pytest.raises(StreamError, match="yields x of shape"):
+        it.explain_dataset(model, tf.data.Dataset.from_tensor_slices(np.zeros((4, 8, 8))), out=str(tmp_path / "a"),
+                           progress=False)
+    with pytest.raises(StreamError, match="target out of range"):
+        it.explain_dataset(model, data, out=str(tmp_path / "b"), target=7, progress=False)
+    with pytest.raises(StreamError, match="holds no explain_dataset results"):
+        it.load_relevances(str(tmp_path / "nothing"))
+    os.makedirs(tmp_path / "c")
+    (tmp_path / "c" / "manifest.json").write_text("{not json")
+    with pytest.raises(StreamError, match="manifest.json.*not a manifest written by explain_dataset"):
+        it.explain_dataset(model, data, out=str(tmp_path / "c"), progress=False)
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_sharded_explain_and_resume(model, tmp_path, capsys):
+    imgs, out = str(tmp_path / "imgs"), str(tmp_path / "out")
+    _png_folder(imgs, 5)
+    model.save(tmp_path / "m.keras")
+    os.rename(os.path.join(imgs, "im03.png"), os.path.join(imgs, "im03.bak"))
+    with open(os.path.join(imgs, "im03.png"), "wb") as f:
+        f.write(b"not a png")
+    argv = ["explain", str(tmp_path / "m.keras"), imgs, "--out", out, "--shard-size", "2", "-q"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "im03.png" in err and "shard 0 is complete" in err and "run again with --resume" in err
+    assert cli.main(argv) == 1
+    assert "pass --resume to continue" in capsys.readouterr().err
+    os.replace(os.path.join(imgs, "im03.bak"), os.path.join(imgs, "im03.png"))
+    assert cli.main(argv[:-3] + ["--resume", "-q"]) == 0  # the shard size comes from the manifest
+    assert "explained 5 input(s)" in capsys.readouterr().out
+    assert shards(out) == [f"shard-{k:05d}.npz" for k in range(3)]
+    assert os.path.exists(os.path.join(out, "im04_heatmap.png"))
+    got = it.load_relevances(out)
+    x = np.stack([cli.load_image(os.path.join(imgs, f"im{i:02d}.png"), (None, 8, 8, 1), "auto", (0, 1), False)
+                  for i in range(5)])
+    np.testing.assert_allclose(got["relevance"], it.Explainer(model)(x), rtol=1e-5, atol=1e-7)
