@@ -269,7 +269,7 @@ class Explainer:
         R0 = None if relevance is None else tf.convert_to_tensor(np.asarray(relevance), self.dtype)
         if R0 is not None and int(R0.shape[0]) != n:
             raise ExplainError(f"relevance has batch size {int(R0.shape[0])}, the input {n}")
-        bs = batch_size or self.batch_size or n
+        bs = batch_size or self.batch_size or max(n, 1)
         chunks = []
         for lo in range(0, max(n, 1), bs):
             hi = min(lo + bs, n)

@@ -510,6 +510,13 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
         ds = ds.take(head).batch(head).concatenate(ds.skip(head).batch(batch_size))
     else:
         ds = ds.batch(batch_size)
+    if strategy is not None:
+        # every step gets a full global batch (padding has index -1 and is dropped): no replica gets
+        # an empty batch, and the shapes stay fixed
+        if batch_size < strategy.num_replicas_in_sync:
+            raise StreamError(f"batch_size ({batch_size}) must be at least the number of replicas "
+                              f"({strategy.num_replicas_in_sync})")
+        ds = ds.map(lambda i, x, t: _pad(i, x, t, batch_size))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     step = _make_step(explainer, source.sample_shape, strategy)
     if strategy is not None:
@@ -639,6 +646,13 @@ def _is_chief(strategy: Any) -> bool:
     return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
+def _pad(i: tf.Tensor, x: tf.Tensor, t: tf.Tensor, size: int) -> tuple:
+    k = size - tf.shape(i)[0]
+    return (tf.concat([i, tf.fill([k], tf.constant(-1, tf.int64))], 0),
+            tf.concat([x, tf.zeros(tf.concat([[k], tf.shape(x)[1:]], 0), x.dtype)], 0),
+            tf.concat([t, tf.zeros([k], tf.int32)], 0))
+
+
 def _make_step(explainer: Explainer, sample_shape: tuple, strategy: Any) -> Callable:
     """One batch -> numpy ``(indices, relevance, targets, outputs, x)`` in float32, in sample order."""
     spec = [tf.TensorSpec((None,) + tuple(sample_shape), explainer.dtype)]
@@ -664,8 +678,15 @@ def _make_step(explainer: Explainer, sample_shape: tuple, strategy: Any) -> Call
     def dist_step(i, x, t):
         return strategy.run(replica, args=(i, x, t))
 
+    multi_worker = bool(getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)())
+
     def step(batch):
         res = dist_step(*batch)
-        return tuple(np.asarray(strategy.gather(v, axis=0)) for v in res)
+        if multi_worker:  # every worker's replicas (a collective); sorted by index afterwards
+            got = [np.asarray(strategy.gather(v, axis=0)) for v in res]
+        else:
+            got = [np.concatenate([np.asarray(r) for r in strategy.experimental_local_results(v)]) for v in res]
+        keep = got[0] >= 0  # drop the padding
+        return tuple(v[keep] for v in got)
 
     return step
