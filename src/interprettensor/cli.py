@@ -8,6 +8,9 @@ Subcommands:
 * ``train``: train one of the original examples' networks and save it as ``.keras``;
 * ``explain``: explain a saved Keras model on image files, folders or ``.npy`` arrays; writes heatmap
   PNGs and ``relevances.npz``.
+* ``evaluate``: region perturbation (pixel flipping, AOPC) of several explanation methods on a saved
+  model or the digits CNN; writes ``OUT/curves.png`` and ``OUT/aopc.csv`` (``--sanity``: also the
+  model-randomisation check).
 
 Errors are reported as ``error: <message>`` on stderr with exit status 1 (2 for usage errors); use
 ``--debug`` to see the traceback instead.
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "mixed_bfloat16"],
                    help="compute precision (default: the model's); mixed_*: low-precision forward, float32 relevance")
     e.set_defaults(func=cmd_explain)
+    _evaluate_parser(sub, common)
     return p
 
 
@@ -524,6 +528,202 @@ def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: st
     done = f" ({res.skipped} were complete before)" if res.skipped else ""
     print(f"explained {res.n_samples} input(s) with {args.rule}: {res.shards} shard(s) in {out}{done}"
           f"{'' if args.no_png else ' and heatmap PNGs'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``evaluate`` subcommand's arguments."""
+    from .evaluate import DEFAULT_METHODS
+
+    v = sub.add_parser(
+        "evaluate", parents=[common], help="measure explanation quality: region perturbation (AOPC)",
+        usage="interprettensor evaluate (MODEL | --demo-model) [INPUTS ...] [options]",
+        description="Region perturbation (Samek et al. 2017): explain the inputs with several methods, "
+                    "perturb the most relevant patch x patch regions first (MoRF) and record the model's "
+                    "pre-softmax score of the explained class; the area over the perturbation curve (AOPC) "
+                    "is larger for better explanations. Writes OUT/curves.png and OUT/aopc.csv and prints the "
+                    "AOPC table; --sanity adds the model-randomisation check (Adebayo et al. 2018).")
+    v.add_argument("paths", nargs="*", metavar="MODEL INPUTS",
+                   help="a saved Keras model (.keras, .h5) followed by image files, folders or .npy arrays "
+                        "(with --demo-model: only inputs)")
+    v.add_argument("--demo-model", action="store_true",
+                   help="train the demo's digits CNN for --epochs and evaluate it (saved as OUT/digits_cnn.keras)")
+    v.add_argument("--epochs", type=_positive_int, default=10, help="training epochs of --demo-model (default: %(default)s)")
+    v.add_argument("--digits", type=_positive_int, default=None, metavar="N",
+                   help="evaluate on the first N test digits (28x28x1 in [0, 1]; default with --demo-model "
+                        "and no inputs: 64)")
+    v.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="LRP rules or presets, gradient, input_x_gradient, smoothgrad, integrated_gradients, "
+                        "guided_backprop, deconvnet, deep_taylor, random; parameters as NAME:key=value,... "
+                        f"(default: {' '.join(m[0] for m in DEFAULT_METHODS)})")
+    v.add_argument("--patch", type=_positive_int, default=4, help="region size in pixels (default: %(default)s)")
+    v.add_argument("--steps", type=_positive_int, default=None, help="regions to perturb (default: all)")
+    v.add_argument("--perturbation", default="uniform",
+                   help="uniform (noise in --value-range), mean (image mean), blur, or a number (default: %(default)s)")
+    v.add_argument("--blur-sigma", type=_positive_float, default=None, help="for --perturbation blur (default: patch/2)")
+    v.add_argument("--order", choices=["morf", "lerf"], default="morf",
+                   help="most (morf) or least (lerf) relevant regions first (default: %(default)s)")
+    v.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="input value range: uniform noise and box rules (default: 0 1 for digits, --input-range "
+                        "for images, the data's min and max for .npy arrays)")
+    v.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
+    v.add_argument("--input-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
+                   help="image pixels 0..255 are mapped to LOW..HIGH (default: 0 1)")
+    v.add_argument("--color-mode", choices=["auto", "grayscale", "rgb"], default="auto", help="as for 'explain'")
+    v.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    v.add_argument("--sanity", action="store_true",
+                   help="also run the cascading model-randomisation sanity check on up to 16 inputs; writes "
+                        "OUT/randomisation.png and OUT/randomisation.csv")
+    v.add_argument("--batch-size", type=_positive_int, default=256, help="perturbed inputs per forward pass (default: %(default)s)")
+    v.add_argument("--seed", type=int, default=0, help="random seed of noise and training (default: %(default)s)")
+    v.add_argument("--out", default="evaluation", help="output folder (default: %(default)s)")
+    v.set_defaults(func=cmd_evaluate)
+
+
+def _number(s: str) -> Any:
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def _parse_methods(specs: Sequence[str] | None) -> list[tuple[str, str, dict]] | None:
+    """``NAME`` or ``NAME:key=value,...`` -> (label, method, params); unknown names fail here."""
+    import interprettensor as it
+    from .attribution import METHODS
+    from .evaluate import DEFAULT_METHODS
+
+    if specs is None:
+        return None
+    defaults = {a: (b, c) for a, b, c in DEFAULT_METHODS}
+    out = []
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        params: dict[str, Any] = {}
+        for kv in filter(None, rest.split(",")):
+            k, eq, val = kv.partition("=")
+            if not eq or not k:
+                raise CLIError(f"--methods {spec!r}: parameters are key=value pairs separated by commas")
+            params[k.strip()] = _number(val.strip())
+        if not rest and name in defaults:
+            name, params = defaults[name][0], dict(defaults[name][1])
+        key = name.lower().replace("-", "_")
+        aliases = getattr(it.attribution, "_ALIASES", {})
+        if key != "random" and key not in METHODS and key not in aliases:
+            try:
+                it.get_composite(name, **{k: v for k, v in params.items() if k != "absolute"})
+            except (ValueError, TypeError) as e:
+                raise CLIError(f"--methods {spec!r}: {e}") from None
+        out.append((spec, name, params))
+    return out
+
+
+def _evaluation_inputs(args: argparse.Namespace, model: Any, paths: Sequence[str]) -> tuple[Any, Any]:
+    """The inputs (N, ...) and the default value range."""
+    import numpy as np
+
+    expected = model_input_shape(model)
+    if args.digits is not None or (args.demo_model and not paths):
+        if paths:
+            raise CLIError("give input files or --digits N, not both")
+        from .data import load_digits, train_test_split
+
+        x, y = load_digits()
+        x_test = train_test_split(x, y, test_fraction=0.2, seed=args.seed)[2]
+        if expected is not None and tuple(expected[1:]) != tuple(x_test.shape[1:]):
+            raise CLIError(f"--digits gives 28x28x1 images, but the model expects {_shape_str(expected[1:])}")
+        return x_test[: args.digits or 64], (0.0, 1.0)
+    if not paths:
+        raise CLIError("no inputs: give image files, folders or .npy arrays after the model, or --digits N")
+    items = collect_inputs(paths, expected)
+    arrays, any_image = [], False
+    for item in items:
+        if item.array is not None:
+            arrays.append(np.asarray(item.array[item.index], dtype="float32"))
+        else:
+            any_image = True
+            arrays.append(load_image(item.path, expected, args.color_mode, args.input_range, args.resize))
+    if len({a.shape for a in arrays}) > 1:
+        raise CLIError(f"inputs have different shapes: {sorted({_shape_str(a.shape) for a in arrays})}")
+    return np.stack(arrays), (tuple(args.input_range) if any_image else None)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``interprettensor evaluate``."""
+    from . import evaluate as ev
+
+    if args.perturbation not in ("uniform", "mean", "blur"):
+        try:
+            perturbation: Any = float(args.perturbation)
+        except ValueError:
+            raise CLIError(f"--perturbation must be uniform, mean, blur or a number, got {args.perturbation!r}") from None
+    else:
+        perturbation = args.perturbation
+    if args.target is not None and args.target < 0:
+        raise CLIError(f"--target must be a class index >= 0, got {args.target}")
+    methods = _parse_methods(args.methods)
+    out = prepare_out_dir(args.out)
+    paths = list(args.paths)
+    if args.demo_model:
+        import keras
+
+        from .data import load_digits, train_test_split
+        from .demo import accuracy, build_network, train_network
+
+        x, y = load_digits()
+        x_train, y_train, x_test, y_test = train_test_split(x, y, test_fraction=0.2, seed=args.seed)
+        keras.utils.set_random_seed(args.seed)
+        model = build_network("convolutional")
+        _say(args, f"training the digits CNN on {len(x_train)} digits, {args.epochs} epochs ...")
+        train_network(model, x_train, y_train, args.epochs, 32, 3e-3, quiet=args.quiet)
+        model.save(os.path.join(out, "digits_cnn.keras"))
+        print(f"digits CNN: test accuracy {accuracy(model, x_test, y_test):.4f} "
+              f"(saved as {os.path.join(out, 'digits_cnn.keras')})")
+    else:
+        if not paths:
+            raise CLIError("give a saved Keras model (.keras, .h5) and inputs, or --demo-model")
+        model = load_model(paths.pop(0))
+    xs, default_range = _evaluation_inputs(args, model, paths)
+    value_range = tuple(args.value_range) if args.value_range is not None else default_range
+    target = None if args.target is None else args.target
+    t0 = time.time()
+    cmp = ev.compare(model, xs, methods, target, patch=args.patch, steps=args.steps, perturbation=perturbation,
+                     order=args.order, value_range=value_range, blur_sigma=args.blur_sigma, seed=args.seed,
+                     batch_size=args.batch_size, progress=lambda m: _say(args, f"  {m} ..."))
+    print(cmp.table())
+    csv_path = cmp.to_csv(os.path.join(out, "aopc.csv"))
+    png_path = os.path.join(out, "curves.png")
+    cmp.plot(png_path, title=f"Region perturbation, {len(xs)} inputs ({cmp.results[next(iter(cmp.results))].perturbation})")
+    print(f"curves: {png_path}\ntable: {csv_path}")
+    if args.sanity:
+        import csv
+
+        runs = {}
+        for label, r in cmp.results.items():
+            if cmp.methods.get(label) == "random":
+                continue
+            spec = next(m for m in (methods or [(a, b, c) for a, b, c in ev.DEFAULT_METHODS]) if m[0] == label)
+            _say(args, f"  randomising the model for {label} ...")
+            runs[label] = ev.model_randomisation(model, xs[:16], spec[1], target, seed=args.seed,
+                                                 value_range=value_range or (float(xs.min()), float(xs.max())),
+                                                 **dict(spec[2]))
+            print(runs[label].table().replace(f"({spec[1]})", f"({label})"))
+        if runs:
+            rpath = os.path.join(out, "randomisation.csv")
+            with open(rpath, "w", newline="") as f:
+                wr = csv.writer(f)
+                wr.writerow(["method", "stage", "randomised_layer", "spearman", "spearman_abs", "ssim"])
+                for label, r in runs.items():
+                    for i, s in enumerate(r.stages):
+                        wr.writerow([label, i, s] + [f"{r.mean(m)[i]:.6g}" for m in ("spearman", "spearman_abs", "ssim")])
+            ev.plot_randomisation(runs, os.path.join(out, "randomisation.png"))
+            print(f"sanity check: {os.path.join(out, 'randomisation.png')}, {rpath}")
+    _say(args, f"done in {time.time() - t0:.1f} s")
     return 0
 
 
