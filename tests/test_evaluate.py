@@ -398,13 +398,27 @@ def test_evaluate_command(digits_cnn, tmp_path):
     for f in ("curves.png", "aopc.csv", "randomisation.png", "randomisation.csv"):
         assert (tmp_path / "demo" / f).exists(), f
 
-    for args, msg in [(("m.keras", "x.npy", "--patch", "40"), "larger than the image"),
-                      (("m.keras", "x.npy", "--patch", "7", "--steps", "17"), "exceeds the number of regions"),
-                      (("m.keras", "x.npy", "--methods", "nosuchrule"), "unknown"),
+def test_evaluate_command_errors(tmp_path, capsys, monkeypatch):
+    from interprettensor.cli import main
+
+    model = _linear(4, 4, np.ones(16))
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", _four_patches())
+    monkeypatch.chdir(tmp_path)
+    for args, msg in [(("m.keras", "x.npy", "--patch", "5"), "larger than the image"),
+                      (("m.keras", "x.npy", "--patch", "2", "--steps", "5"), "exceeds the number of regions"),
+                      (("m.keras", "x.npy", "--methods", "nosuchrule"), "unknown rule or preset"),
+                      (("m.keras", "x.npy", "--perturbation", "zeros"), "--perturbation must be"),
                       (("m.keras",), "no inputs"),
+                      (("m.keras", "x.npy", "--digits", "3"), "not both"),
                       (("missing.keras", "x.npy"), "does not exist")]:
-        p = _cli("evaluate", *args, "--out", "bad", cwd=tmp_path)
-        assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr[-2000:])
-        assert "error:" in p.stderr and msg in p.stderr, (args, p.stderr[-2000:])
-    p = _cli("evaluate", "m.keras", "x.npy", "--steps", "0", cwd=tmp_path)
-    assert p.returncode == 2 and "--steps" in p.stderr
+        assert main(["evaluate", *args, "--out", "bad", "-q"]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and msg in err and "Traceback" not in err, (args, err)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "m.keras", "x.npy", "--steps", "0"])
+    assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert main(["evaluate", "m.keras", "x.npy", "--patch", "2", "--perturbation", "0", "--methods", "input_x_gradient",
+                 "--out", "ok", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "input_x_gradient" in out and "5.8000" in out  # the hand-made case: AOPC 5.8
