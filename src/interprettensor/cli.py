@@ -363,10 +363,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                    learning_rate=args.learning_rate, cmap=args.cmap, quiet=args.quiet, seed=args.seed,
                    echo=lambda m: _say(args, m))
     print(f"test accuracy: {res.accuracy:.4f}")
-    print(f"relevance sum vs explained output (mean over {args.n} test digits):")
-    print(format_table(res.rows))
     if res.aopc is not None:
         print(res.aopc.table())
+    print(f"relevance sum vs explained output (mean over {args.n} test digits):")
+    print(format_table(res.rows))
     print(f"heatmaps: {res.png}")
     print(f"TensorBoard logs: {res.logdir}  (view with: tensorboard --logdir={res.logdir})")
     _say(args, f"done in {res.seconds:.1f} s")
