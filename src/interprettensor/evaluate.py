@@ -672,10 +672,9 @@ def _reinitialise(layer: Any, rng: np.random.Generator) -> None:
         seed = int(rng.integers(2 ** 31 - 1))
         if init is not None:
             cfg = keras.initializers.serialize(init)
-            init = keras.initializers.deserialize(cfg)
-            if hasattr(init, "seed"):
-                init.seed = seed
-            value = np.asarray(init(shape, dtype=v.dtype))
+            if isinstance(cfg, dict) and isinstance(cfg.get("config"), dict) and "seed" in cfg["config"]:
+                cfg["config"]["seed"] = seed
+            value = np.asarray(keras.initializers.deserialize(cfg)(shape, dtype=v.dtype))
         elif len(shape) >= 2:
             fan_in = int(np.prod(shape[:-1]))
             value = np.clip(rng.normal(0.0, 1.0, shape), -2, 2) / np.sqrt(fan_in)
@@ -795,7 +794,7 @@ def plot_randomisation(results: Mapping[str, RandomisationResult] | Randomisatio
         results = {results.method: results}
     if not results:
         raise ValueError("nothing to plot")
-    fig = _figure(12, 3.8)
+    fig = _figure(13.5, 3.8)
     axes = fig.subplots(1, 3, sharey=True)
     for ax, (metric, name) in zip(axes, [("spearman", "Spearman rank correlation"),
                                          ("spearman_abs", "Spearman of |R|"), ("ssim", "SSIM")]):
@@ -808,7 +807,7 @@ def plot_randomisation(results: Mapping[str, RandomisationResult] | Randomisatio
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("similarity to the original explanation")
-    axes[0].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.03, 0.5))
     fig.suptitle(title or "Cascading model randomisation (top layer first)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi)
