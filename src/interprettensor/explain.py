@@ -7,7 +7,8 @@ The explainer flattens the model once (:mod:`interprettensor.graph`), assigns ru
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -184,7 +185,9 @@ class Explainer:
         self.trace_count += 1
         values, records = forward(self.graph, xs)
         out = values[self.start_key]
-        if self.backward_dtype != self.dtype:  # mixed precision: relevance in backward_dtype
+        if self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16):
+            # mixed precision: relevance in backward_dtype; low precision: layers of a float32 model
+            # (autocasting their inputs) may have returned float32, so make the dtypes uniform
             records = _cast_floats(records, self.backward_dtype)
             out = tf.cast(out, self.backward_dtype)
             xs = [tf.cast(x, self.backward_dtype) for x in xs]
@@ -224,17 +227,38 @@ class Explainer:
         if fn is None:
             if mode == "target":
                 def run(xs, targets):
-                    return self._core(xs, targets, None, layerwise)
+                    with self._layer_precision():
+                        return self._core(xs, targets, None, layerwise)
 
                 spec = (sig, tf.TensorSpec((None,), tf.int32))
             else:
                 def run(xs, R0):
-                    return self._core(xs, None, R0, layerwise)
+                    with self._layer_precision():
+                        return self._core(xs, None, R0, layerwise)
 
                 spec = (sig, tf.TensorSpec(None, self.dtype))
             fn = tf.function(run, input_signature=spec, jit_compile=self.jit_compile, autograph=False)
             self._functions[key] = fn
         return fn
+
+    @contextlib.contextmanager
+    def _layer_precision(self) -> Iterator[None]:
+        """While tracing in float16/bfloat16 for a float32 model: layers without weights (pooling,
+        activations, ...) compute in the low precision instead of autocasting their inputs to float32,
+        so that every tensor of the pass has one dtype."""
+        changed = []
+        if self.dtype in (tf.float16, tf.bfloat16):
+            for step in self.graph.steps:
+                layer = step.layer
+                if (isinstance(layer, keras.layers.Layer) and not layer.weights and getattr(layer, "autocast", False)
+                        and layer.compute_dtype != self.dtype.name):
+                    layer.autocast = False
+                    changed.append(layer)
+        try:
+            yield
+        finally:
+            for layer in changed:
+                layer.autocast = True
 
     def compiled(self, specs: Sequence[tf.TensorSpec | tf.Tensor], layerwise: bool = False):
         """The compiled per-batch function for inputs like ``specs`` (tensors or TensorSpecs, one per
