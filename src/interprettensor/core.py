@@ -99,6 +99,58 @@ class _Values:
         return value
 
 
+class Product:
+    """Relevance ``x * g`` (an input times its vector-Jacobian product) left unevaluated, so that the
+    next layer's division ``R / stab(z)`` reads ``x`` and ``g`` in the same fused kernel instead of
+    materialising ``R`` first. :func:`materialize` evaluates it."""
+
+    __slots__ = ("x", "g")
+
+    def __init__(self, x: tf.Tensor, g: tf.Tensor):
+        self.x, self.g = x, g
+
+    @property
+    def shape(self) -> tf.TensorShape:
+        return self.x.shape
+
+    @property
+    def dtype(self) -> tf.DType:
+        return self.x.dtype
+
+    def value(self) -> tf.Tensor:
+        return self.x * self.g
+
+
+def materialize(R: "tf.Tensor | Product") -> tf.Tensor:
+    return R.value() if isinstance(R, Product) else R
+
+
+_RATIO_FUNCTIONS: dict = {}
+
+
+def _ratio(rule: LinearRule, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float) -> tf.Tensor:
+    """``coefficient * R / stabilize(z)`` as one fused XLA kernel: on large activations the
+    stabiliser's element-wise ops are memory-bound, and fusing them (with the product that formed
+    ``R``) keeps LRP-epsilon at the cost of gradient x input. Plain ops when running eagerly."""
+    lazy = isinstance(R, Product)
+    key = (rule, coefficient, lazy)
+    fn = _RATIO_FUNCTIONS.get(key)
+    if fn is None:
+        def ratio(*args: tf.Tensor) -> tf.Tensor:
+            *r, z = args
+            num = r[0] * r[1] if len(r) == 2 else r[0]
+            s = num / rule.stabilize(z)
+            return s if coefficient == 1.0 else s * tf.cast(coefficient, s.dtype)
+
+        fn = _RATIO_FUNCTIONS[key] = (tf.function(ratio, jit_compile=True, autograph=False), ratio)
+    args = (R.x, R.g, z) if lazy else (R, z)
+    return fn[0](*args) if _use_xla() else fn[1](*args)
+
+
+def _use_xla() -> bool:
+    return not tf.config.functions_run_eagerly()
+
+
 def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.Tensor) -> list[tf.Tensor]:
     """``J^T s`` of ``f(., params)`` for each input (the forward op inside the tape is dead code)."""
     inputs = list(inputs)
@@ -108,8 +160,9 @@ def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.T
     return tape.gradient(out, inputs, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: tf.Tensor, rule: LinearRule,
-                     z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False) -> list[tf.Tensor]:
+def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: LinearRule,
+                     z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False,
+                     lazy: bool = False) -> list:
     """Relevance at each input of ``linear`` given relevance ``R`` at its (pre-activation) output.
 
     Args:
@@ -119,12 +172,14 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: tf.Tensor, r
         rule: the rule (its groups of modified terms and its stabiliser).
         z: the forward pass's value of ``linear(xs)`` (reused for the unmodified term).
         nonneg: whether the inputs are known to be non-negative (one flag, or one per input).
+        lazy: a single-term result may be returned as a :class:`Product` (see :func:`materialize`).
     """
+    groups = rule.groups()
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
     bias = linear.params.get("bias")
     result: list[tf.Tensor] | None = None
-    for group in rule.groups():
+    for group in groups:
         terms = [t for t in (_simplify(t, all_nonneg) for t in group.terms) if t is not None]
         if not terms:
             continue
@@ -134,10 +189,11 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: tf.Tensor, r
             if term.bias is not None and bias is not None:
                 v = v + linear.broadcast_bias(term.bias(bias), v)
             zg = v if zg is None else zg + v
-        s = R / rule.stabilize(tf.cast(zg, R.dtype))
-        if group.coefficient != 1.0:
-            s = s * tf.cast(group.coefficient, s.dtype)
-        s = tf.cast(s, zg.dtype)
+        s = tf.cast(_ratio(rule, R, tf.cast(zg, R.dtype), float(group.coefficient)), zg.dtype)
+        if lazy and len(groups) == 1 and len(terms) == 1:
+            inputs = [terms[0].input(x) for x in xs]
+            grads = _vjp(linear, inputs, modify_params(linear.params, terms[0], with_bias=False), s)
+            return [Product(x, g) for x, g in zip(inputs, grads)]
         part = None
         for term in terms:
             inputs = [term.input(x) for x in xs]

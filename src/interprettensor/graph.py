@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from .core import materialize
 from .handlers import ELEMENTWISE, ExplainError, Handler, LinearHandler, SeparableHandler, handler_for
 from .rules import Rule
 
@@ -325,10 +326,12 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
         if all(r is None for r in Rs):
             continue
         Rs = [tf.zeros_like(o) if r is None else r for r, o in zip(Rs, outs)]
+        if keep or not step.handler.accepts_lazy:
+            Rs = [materialize(r) for r in Rs]
         if keep:
             for n in step.names():
                 layerwise[n] = Rs[0] if len(Rs) == 1 else Rs
         R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step)
         for k, r in zip(step.inputs, R_in):
-            rel[k] = r if k not in rel else rel[k] + r
-    return rel, layerwise
+            rel[k] = r if k not in rel else materialize(rel[k]) + materialize(r)
+    return {k: materialize(r) for k, r in rel.items()}, layerwise

@@ -25,7 +25,7 @@ import tensorflow as tf
 from keras import ops
 
 from . import layers as itl
-from .core import LinearMap, linear_relevance
+from .core import LinearMap, Product, linear_relevance
 from .rules import LinearRule, Pass, Rule, WinnerTakesAll
 
 # categories decide which rule a composite gives a layer by default
@@ -71,6 +71,8 @@ class Handler:
     input of the layer."""
 
     category: str = ELEMENTWISE
+    #: ``relevance`` accepts unevaluated :class:`~interprettensor.core.Product` relevances
+    accepts_lazy: bool = False
 
     def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
         return step.call(xs), {}
@@ -114,6 +116,17 @@ def _check_linear_rule(rule: Rule, step: Any) -> LinearRule:
     return rule
 
 
+def _like(R: "tf.Tensor | Product", z: tf.Tensor) -> "tf.Tensor | Product":
+    """``R`` shaped like ``z`` (a lazy product stays lazy when the shapes already agree)."""
+    if isinstance(R, Product):
+        if R.shape.is_fully_defined() and z.shape.is_fully_defined() and R.shape == z.shape:
+            return R
+        if R.shape[1:] == z.shape[1:] and R.shape[1:].is_fully_defined():
+            return R
+        R = R.value()
+    return tf.reshape(R, tf.shape(z))
+
+
 def _pass(xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor], step: Any) -> list[tf.Tensor]:
     if len(xs) != 1 or len(Rs) != 1 or xs[0].shape.rank != Rs[0].shape.rank:
         raise ExplainError(f"rule 'pass' needs a layer whose input and output have the same shape; "
@@ -127,6 +140,7 @@ class LinearHandler(Handler):
     the bias) and ``fn(layer, xs, params)`` the pre-activation; ``activation(layer)`` the activation."""
 
     category = WEIGHTED
+    accepts_lazy = True
 
     def __init__(self, params: Callable[[Any], dict], fn: Callable[[Any, Sequence[tf.Tensor], dict], tf.Tensor],
                  activation: Callable[[Any], Callable | None] = lambda layer: getattr(layer, "activation", None),
@@ -156,8 +170,9 @@ class LinearHandler(Handler):
         if isinstance(rule, Pass):
             return _pass(xs, Rs, step)
         rule = _check_linear_rule(rule, step)
-        R = tf.reshape(Rs[0], tf.shape(state["z"]))
-        return linear_relevance(self.linear_map(layer, step, xs[0].dtype), xs, R, rule, state["z"], step.nonneg)
+        R = _like(Rs[0], state["z"])
+        return linear_relevance(self.linear_map(layer, step, xs[0].dtype), xs, R, rule, state["z"], step.nonneg,
+                                lazy=True)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return not step.strip_activation and is_nonneg_activation(self._activation(layer))
@@ -282,6 +297,7 @@ class FixedLinearHandler(Handler):
     ``fn(layer, xs, params)`` with ``params = weights(layer, xs)``."""
 
     category = LINEAR
+    accepts_lazy = True
 
     def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[tf.Tensor]], dict] | None = None,
                  sign_preserving: bool = True):
@@ -304,7 +320,8 @@ class FixedLinearHandler(Handler):
         if isinstance(rule, Pass):
             return _pass(xs, Rs, step)
         rule = _check_linear_rule(rule, step)
-        return linear_relevance(self.linear_map(layer, xs), xs, Rs[0], rule, state["z"], step.nonneg)
+        return linear_relevance(self.linear_map(layer, xs), xs, _like(Rs[0], state["z"]), rule, state["z"],
+                                step.nonneg, lazy=True)
 
 
 class MaxPoolHandler(Handler):
@@ -368,6 +385,7 @@ class ElementwiseHandler(Handler):
     """Activations, dropout and noise, rescaling: relevance passes through unchanged."""
 
     category = ELEMENTWISE
+    accepts_lazy = True
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         if _nonneg_layer(layer):
@@ -385,7 +403,7 @@ class ElementwiseHandler(Handler):
         return step.call(xs), {}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        return [tf.reshape(Rs[0], tf.shape(xs[0]))] + [tf.zeros_like(x) for x in xs[1:]]
+        return [_like(Rs[0], xs[0])] + [tf.zeros_like(x) for x in xs[1:]]
 
 
 class GateHandler(Handler):

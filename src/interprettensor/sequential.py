@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .core import materialize
 from .graph import Graph, backward, build_graph, forward
 from .handlers import ExplainError
 from .layers import Module
@@ -202,7 +203,7 @@ class Sequential(keras.Model):
         else:
             rule = rule_from_variant(None)
         # one layer: a handful of ops, run eagerly (the full backward pass in lrp() is compiled)
-        return step.handler.relevance(step.layer, ins, outs, state, [R], rule, step)[0]
+        return materialize(step.handler.relevance(step.layer, ins, outs, state, [R], rule, step)[0])
 
     def set_lrp_parameters(self, lrp_var: str | None = None, param: float | None = None) -> None:
         """Preset the LRP variant and parameter of every module."""
