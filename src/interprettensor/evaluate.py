@@ -74,7 +74,7 @@ DEFAULT_METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("epsilon", "epsilon", {"epsilon": 0.01}),
     ("gradient", "gradient", {}),
     ("input_x_gradient", "input_x_gradient", {}),
-    ("smoothgrad", "smoothgrad", {"n": 16, "noise_scale": 0.1}),
+    ("smoothgrad", "smoothgrad", {"n": 16, "noise_scale": 0.1, "seed": 0}),
     ("integrated_gradients", "integrated_gradients", {"steps": 32}),
     ("deconvnet", "deconvnet", {}),
     ("random", "random", {}),
