@@ -304,3 +304,15 @@ def test_cli_sharded_explain_and_resume(model, tmp_path, capsys):
     x = np.stack([cli.load_image(os.path.join(imgs, f"im{i:02d}.png"), (None, 8, 8, 1), "auto", (0, 1), False)
                   for i in range(5)])
     np.testing.assert_allclose(got["relevance"], it.Explainer(model)(x), rtol=1e-5, atol=1e-7)
+
+
+def test_damaged_shard_is_recomputed(model, data, tmp_path):
+    full, out = str(tmp_path / "full"), str(tmp_path / "out")
+    for d in (full, out):
+        it.explain_dataset(model, data, out=d, shard_size=5, progress=False)
+    path = os.path.join(out, "shard-00001.npz")
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    res = it.explain_dataset(model, data, out=out, shard_size=5, progress=False)
+    assert res.skipped == 1 and res.computed == 4  # from the first damaged shard on
+    same_files(full, out)
