@@ -551,7 +551,8 @@ def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                         "(with --demo-model: only inputs)")
     v.add_argument("--demo-model", action="store_true",
                    help="train the demo's digits CNN for --epochs and evaluate it (saved as OUT/digits_cnn.keras)")
-    v.add_argument("--epochs", type=_positive_int, default=10, help="training epochs of --demo-model (default: %(default)s)")
+    v.add_argument("--epochs", type=_positive_int, default=10,
+                   help="training epochs of --demo-model (default: %(default)s)")
     v.add_argument("--digits", type=_positive_int, default=None, metavar="N",
                    help="evaluate on the first N test digits (28x28x1 in [0, 1]; default with --demo-model "
                         "and no inputs: 64)")
@@ -563,7 +564,8 @@ def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     v.add_argument("--steps", type=_positive_int, default=None, help="regions to perturb (default: all)")
     v.add_argument("--perturbation", default="uniform",
                    help="uniform (noise in --value-range), mean (image mean), blur, or a number (default: %(default)s)")
-    v.add_argument("--blur-sigma", type=_positive_float, default=None, help="for --perturbation blur (default: patch/2)")
+    v.add_argument("--blur-sigma", type=_positive_float, default=None,
+                   help="for --perturbation blur (default: patch/2)")
     v.add_argument("--order", choices=["morf", "lerf"], default="morf",
                    help="most (morf) or least (lerf) relevant regions first (default: %(default)s)")
     v.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -577,7 +579,8 @@ def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     v.add_argument("--sanity", action="store_true",
                    help="also run the cascading model-randomisation sanity check on up to 16 inputs; writes "
                         "OUT/randomisation.png and OUT/randomisation.csv")
-    v.add_argument("--batch-size", type=_positive_int, default=256, help="perturbed inputs per forward pass (default: %(default)s)")
+    v.add_argument("--batch-size", type=_positive_int, default=256,
+                   help="perturbed inputs per forward pass (default: %(default)s)")
     v.add_argument("--seed", type=int, default=0, help="random seed of noise and training (default: %(default)s)")
     v.add_argument("--out", default="evaluation", help="output folder (default: %(default)s)")
     v.set_defaults(func=cmd_evaluate)
@@ -663,7 +666,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             perturbation: Any = float(args.perturbation)
         except ValueError:
-            raise CLIError(f"--perturbation must be uniform, mean, blur or a number, got {args.perturbation!r}") from None
+            raise CLIError(f"--perturbation must be uniform, mean, blur or a number, "
+                           f"got {args.perturbation!r}") from None
     else:
         perturbation = args.perturbation
     if args.target is not None and args.target < 0:
@@ -700,7 +704,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(cmp.table())
     csv_path = cmp.to_csv(os.path.join(out, "aopc.csv"))
     png_path = os.path.join(out, "curves.png")
-    cmp.plot(png_path, title=f"Region perturbation, {len(xs)} inputs ({cmp.results[next(iter(cmp.results))].perturbation})")
+    first = next(iter(cmp.results.values()))
+    cmp.plot(png_path, title=f"Region perturbation, {len(xs)} inputs ({first.perturbation})")
     print(f"curves: {png_path}\ntable: {csv_path}")
     if args.sanity:
         import csv
@@ -722,7 +727,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 wr.writerow(["method", "stage", "randomised_layer", "spearman", "spearman_abs", "ssim"])
                 for label, r in runs.items():
                     for i, s in enumerate(r.stages):
-                        wr.writerow([label, i, s] + [f"{r.mean(m)[i]:.6g}" for m in ("spearman", "spearman_abs", "ssim")])
+                        wr.writerow([label, i, s] + [f"{r.mean(m)[i]:.6g}"
+                                                     for m in ("spearman", "spearman_abs", "ssim")])
             ev.plot_randomisation(runs, os.path.join(out, "randomisation.png"))
             print(f"sanity check: {os.path.join(out, 'randomisation.png')}, {rpath}")
     _say(args, f"done in {time.time() - t0:.1f} s")
