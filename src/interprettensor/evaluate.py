@@ -31,6 +31,12 @@ Randomness (uniform noise, the random baseline, the breaking of ties between reg
 relevance) is drawn per sample from ``seed`` and the sample's content: the same image gets the same
 noise under every method, in every batch, alone or with others, so methods are compared on identical
 perturbations and batching never changes a number.
+
+The perturbation is part of the measurement: uniform noise (the paper's default) also tests regions
+that hold no signal (a black background), where methods that multiply by the input (input x
+gradient, integrated gradients from a black baseline) assign exactly zero relevance; ``'mean'`` and
+``'blur'`` barely change such regions. Compare methods under the same perturbation, and against
+``'random'``.
 """
 
 from __future__ import annotations
