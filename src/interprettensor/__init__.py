@@ -40,6 +40,37 @@ def _refuse(backend: str) -> None:
 if _configured_backend() != "tensorflow":
     _refuse(_configured_backend())
 
+
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ start-up lines (the oneDNN notice and absl's preamble) reach stderr before any
+    log level applies. Import it once with the stderr file descriptor pointed at /dev/null (set
+    INTERPRETTENSOR_TF_LOGS=1 to see them); any import error surfaces in the real import below."""
+    import sys
+
+    if "tensorflow" in sys.modules or _os.environ.get("INTERPRETTENSOR_TF_LOGS"):
+        return
+    try:
+        fd = sys.stderr.fileno()
+        saved = _os.dup(fd)
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = _os.open(_os.devnull, _os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        _os.dup2(devnull, fd)
+        try:
+            import tensorflow  # noqa: F401
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            _os.dup2(saved, fd)
+    finally:
+        _os.close(devnull)
+        _os.close(saved)
+
+
+_import_tensorflow_quietly()
+
 import keras as _keras  # noqa: E402
 
 if _keras.backend.backend() != "tensorflow":
