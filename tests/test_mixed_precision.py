@@ -56,12 +56,13 @@ def test_dead_units_stay_finite(dtype):
 def test_dtypes_of_the_passes():
     model = small_cnn()
     x = np.random.default_rng(1).random((4, 10, 10, 1), dtype=np.float32)
-    for dt, fwd, bwd in [("float16", "float16", "float16"), ("mixed_float16", "float16", "float32"),
-                         ("mixed_bfloat16", "bfloat16", "float32"), (None, "float32", "float32")]:
+    for dt, fwd, bwd, res in [("float16", "float16", "float16", "float32"), ("bfloat16", "bfloat16", "bfloat16", "bfloat16"),
+                              ("mixed_float16", "float16", "float32", "float32"),
+                              ("mixed_bfloat16", "bfloat16", "float32", "float32"), (None, "float32", "float32", "float32")]:
         e = it.Explainer(model, "epsilon", dtype=dt)
         assert (e.dtype.name, e.backward_dtype.name) == (fwd, bwd)
         R, out = e(x, return_output=True)
-        assert R.dtype == np.dtype(bwd) and R.shape == x.shape and np.isfinite(R).all()
+        assert R.dtype.name == res and R.shape == x.shape and np.isfinite(R).all()
         e(x[:2])
         assert e.trace_count == 1
     with pytest.raises(ExplainError, match="dtype must be one of float64, float32, float16, bfloat16, mixed_float16"):
@@ -113,3 +114,21 @@ def test_explain_dataset_in_mixed_precision(tmp_path):
     np.testing.assert_allclose(got["relevance"], it.Explainer(model, dtype="mixed_bfloat16")(x), rtol=1e-6, atol=1e-7)
     with pytest.raises(it.stream.StreamError, match="dtype: the folder has 'bfloat16/float32', this run 'float32/float32'"):
         it.explain_dataset(model, x, out=str(tmp_path), shard_size=4, progress=False)
+
+
+def test_float16_relevance_does_not_underflow_on_many_input_elements():
+    """A logit spread over 96x96x3 inputs is ~1e-5 per element, subnormal in float16; the starting
+    relevance is scaled by a power of two inside the pass and the result unscaled (in float32)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((96, 96, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    x = np.random.default_rng(4).random((2, 96, 96, 3), dtype=np.float32)
+    R32, out = it.Explainer(model, "epsilon")(x, return_output=True)
+    R16, lw = it.Explainer(model, "epsilon", dtype="float16")(x, target=out.argmax(-1), layerwise=True)
+    assert np.abs(R32).mean() < 2e-5 and R16.dtype == np.float32
+    rel = np.linalg.norm(R16.astype(np.float64) - R32) / np.linalg.norm(R32)
+    Rm = it.Explainer(model, "epsilon", dtype="mixed_float16")(x, target=out.argmax(-1))
+    rel_mixed = np.linalg.norm(Rm.astype(np.float64) - R32) / np.linalg.norm(R32)
+    assert rel < 5e-2 and rel < 1.5 * rel_mixed, (rel, rel_mixed)  # no worse than float32 relevance
+    # layer-wise relevances are unscaled too: the dense layer's output holds the logit
+    np.testing.assert_allclose(np.asarray(lw[model.layers[-1].name], np.float32).max(-1), out.max(-1), rtol=1e-2)

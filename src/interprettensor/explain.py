@@ -113,7 +113,8 @@ class Explainer:
         batch_size: split larger inputs into batches of this size.
         dtype: compute precision: ``'float32'``, ``'float64'``, ``'float16'``/``'bfloat16'`` (forward and
             backward pass in that precision; stabilisers are kept above the dtype's smallest normal
-            number) or ``'mixed_float16'``/``'mixed_bfloat16'`` (forward pass in low precision, the
+            number; in float16 the relevance is scaled by a power of two against underflow and
+            returned as float32) or ``'mixed_float16'``/``'mixed_bfloat16'`` (forward pass in low precision, the
             relevance divisions in float32: the accurate choice). Default: the model's input dtype, or
             the mixed mode of a Keras mixed-precision policy on the model.
         **params: rule parameters (``epsilon=``, ``alpha=``, ``beta=``, ``gamma=``, ``low=``, ``high=``).
@@ -213,11 +214,30 @@ class Explainer:
             tf.debugging.assert_less(t, depth, message=f"target out of range: {where} has {depth} "
                                                        f"units, valid targets are 0..{depth - 1}")
             R = tf.reshape(flat * tf.one_hot(t, depth, dtype=flat.dtype), tf.shape(out))
+        scale = None
+        if R.dtype == tf.float16:
+            # float16 has a narrow range: relevance spread over many input elements would underflow.
+            # LRP is linear in the starting relevance, so scale each sample's by a power of two (exact)
+            # towards a peak of 2**10 and undo it at the end, returning float32 (the unscaled values may
+            # lie outside float16's range). The factor is at most 2**10: the ratios R / z grow with it.
+            axes = list(range(1, R.shape.rank))
+            peak = tf.reduce_max(tf.abs(tf.cast(R, tf.float32)), axis=axes)
+            exponent = tf.round(tf.math.log(1024.0 / tf.maximum(peak, 1e-30)) / tf.math.log(2.0))
+            scale = tf.where(peak > 0, tf.pow(2.0, tf.clip_by_value(exponent, 0.0, 10.0)), 1.0)
+            R = tf.cast(tf.cast(R, tf.float32) * tf.reshape(scale, [-1] + [1] * len(axes)), R.dtype)
         rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise)
         result = [rel[k] if k in rel else tf.zeros_like(x) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
                 lw[name] = rel.get(k, tf.zeros_like(x))
+        if scale is not None:
+            def unscale(t: Any) -> Any:
+                if not tf.is_tensor(t) or not t.dtype.is_floating or t.shape.rank == 0:
+                    return t
+                return tf.cast(t, tf.float32) / tf.reshape(scale, [-1] + [1] * (t.shape.rank - 1))
+
+            result = [unscale(r) for r in result]
+            lw = tf.nest.map_structure(unscale, lw)
         return result, lw, out
 
     def _function(self, xs: Sequence[tf.Tensor], mode: str, layerwise: bool):
