@@ -60,8 +60,6 @@ def best_time(fn, x, repeats: int) -> float:
 
 def lrp_fn(model: keras.Model, rule: str, **params):
     explainer = it.Explainer(model, rule=rule, **params)
-    sig = tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None)
-    del sig
 
     def run(x: tf.Tensor):
         fn = explainer._function([x], "target", False)
@@ -76,11 +74,54 @@ def row(name: str, model: keras.Model, x: np.ndarray, rule: str, repeats: int, *
     return name, rule, t_lrp, t_grad, t_lrp / t_grad
 
 
+BOX = {"low": -130.0, "high": 150.0}
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def memory_child(model_name: str, method: str) -> None:
+    """Run in a fresh process: peak resident memory of one method beyond the model and a forward."""
+    rng = np.random.default_rng(0)
+    if model_name == "vgg16":
+        model = keras.applications.VGG16(weights=None)
+        x = tf.constant(rng.random((8, 224, 224, 3), "float32") * 255 - 120)
+    else:
+        model = mlp()
+        x = tf.constant(rng.random((256, 784), "float32"))
+    fwd = tf.function(lambda t: model(t, training=False))
+    np.asarray(fwd(x))
+    base = _peak_rss_mib()
+    fn = gradient_x_input(model) if method == "gradient" else lrp_fn(model, method, **(BOX if "box" in method else {}))
+    for _ in range(2):
+        np.asarray(fn(x))
+    print(f"{base:.1f} {_peak_rss_mib():.1f}")
+
+
+def peak_memory(model_name: str, method: str) -> tuple[float, float]:
+    """(peak RSS beyond model + forward, absolute peak RSS) in MiB, measured in a fresh process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--memory-child", model_name, method], capture_output=True,
+                         text=True, check=True).stdout.split()
+    base, peak = float(out[-2]), float(out[-1])
+    return peak - base, peak
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the MLP and the small CNN")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows")
+    ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return
     rng = np.random.default_rng(0)
     rows = []
     m = mlp()
@@ -91,18 +132,30 @@ def main() -> None:
     if not args.quick:
         vgg = keras.applications.VGG16(weights=None)
         xv = rng.random((8, 224, 224, 3), "float32") * 255 - 120
-        for rule, kw in [("epsilon", {}), ("epsilon_gamma_box", {"low": -130.0, "high": 150.0}), ("epsilon_plus", {}),
+        for rule, kw in [("epsilon", {}), ("epsilon_gamma_box", BOX), ("epsilon_plus", {}),
                          ("epsilon_alpha2_beta1", {}), ("preset_b", {})]:
             rows.append(row("VGG16 224x224, batch 8", vgg, xv, rule, args.repeats, **kw))
         del vgg
         res = keras.applications.ResNet50(weights=None)
-        rows.append(row("ResNet50 224x224, batch 8", res, xv, "epsilon_gamma_box", args.repeats, low=-130.0, high=150.0))
+        rows.append(row("ResNet50 224x224, batch 8", res, xv, "epsilon_gamma_box", args.repeats, **BOX))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
           f"Keras {keras.__version__}")
     print(f"| workload | rule | LRP (s) | gradient x input (s) | ratio |")
     print(f"| --- | --- | --- | --- | --- |")
     for name, rule, t_lrp, t_grad, ratio in rows:
         print(f"| {name} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {ratio:.2f} |")
+    if not args.no_memory:
+        print()
+        print("| peak memory (fresh process; MiB beyond the model and one forward pass / absolute) "
+              "| LRP | gradient x input | ratio |")
+        print("| --- | --- | --- | --- |")
+        models = ["mlp"] if args.quick else ["mlp", "vgg16"]
+        for model_name in models:
+            g_extra, g_abs = peak_memory(model_name, "gradient")
+            for rule in ["epsilon"] if model_name == "mlp" else ["epsilon", "epsilon_gamma_box", "preset_b"]:
+                l_extra, l_abs = peak_memory(model_name, rule)
+                print(f"| {model_name} {rule} | {l_extra:.0f} / {l_abs:.0f} | {g_extra:.0f} / {g_abs:.0f} "
+                      f"| {l_extra / max(g_extra, 1e-9):.2f} / {l_abs / g_abs:.2f} |")
 
 
 if __name__ == "__main__":

@@ -313,6 +313,12 @@ class Explainer:
         R0 = None if relevance is None else tf.convert_to_tensor(np.asarray(relevance), self.dtype)
         if R0 is not None and int(R0.shape[0]) != n:
             raise ExplainError(f"relevance has batch size {int(R0.shape[0])}, the input {n}")
+        empty = n == 0
+        if empty:  # run one zero sample (XLA kernels reject zero-sized batches) and slice it away
+            xs = [tf.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
+            targets = tf.fill((1,), -1)
+            R0 = None if R0 is None else tf.zeros((1,) + tuple(R0.shape[1:]), R0.dtype)
+            n = 1
         bs = batch_size or self.batch_size or max(n, 1)
         chunks = []
         for lo in range(0, max(n, 1), bs):
@@ -334,6 +340,8 @@ class Explainer:
                                        f"output: {msg}") from None
                 raise
             chunks.append(res)
+        if empty:
+            chunks = [tf.nest.map_structure(lambda t: t[:0], c) for c in chunks]
         rel = [np.concatenate([c[0][i].numpy() for c in chunks]) for i in range(n_inputs)]
         result: Any = rel[0] if n_inputs == 1 else rel
         extra = []

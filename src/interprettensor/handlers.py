@@ -353,7 +353,8 @@ class MaxPoolHandler(Handler):
         window = self._window(layer) if self._window is not None else None
         if window is not None and xs[0].dtype in (tf.float32, tf.float16, tf.bfloat16, tf.float64):
             ksize, strides, padding = window
-            return [tf.raw_ops.MaxPoolGradV2(orig_input=xs[0], orig_output=ys[0], grad=tf.reshape(Rs[0], tf.shape(ys[0])),
+            y = tf.cast(ys[0], xs[0].dtype)
+            return [tf.raw_ops.MaxPoolGrad(orig_input=xs[0], orig_output=y, grad=tf.reshape(tf.cast(Rs[0], y.dtype), tf.shape(y)),
                                              ksize=[1, *ksize, 1], strides=[1, *strides, 1], padding=padding)]
         return route(step, xs, Rs)
 
@@ -479,7 +480,7 @@ def _merge_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
 
 
 def _avg_pool_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
-    return p["kernel"] * layer(xs[0])
+    return p["kernel"] * tf.cast(layer(xs[0]), xs[0].dtype)
 
 
 def _keras_avg_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
@@ -499,7 +500,7 @@ def _global_mean_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
 
 
 def _upsampling_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
-    return p["kernel"] * layer(xs[0])
+    return p["kernel"] * tf.cast(layer(xs[0]), xs[0].dtype)
 
 
 L = keras.layers
