@@ -78,6 +78,12 @@ BOX = {"low": -130.0, "high": 150.0}
 
 
 def _peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it does not carry over the
+    parent's peak across fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
