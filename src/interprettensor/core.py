@@ -77,17 +77,34 @@ class _Values:
     allows."""
 
     def __init__(self, linear: LinearMap, xs: Sequence[tf.Tensor], z: tf.Tensor | None):
-        self.linear, self.xs = linear, xs
+        self.linear, self.xs, self.z = linear, xs, z
         self.cache: dict = {}
-        if z is not None:
-            b = linear.params.get("bias")
-            self.cache[(identity, identity)] = z if b is None else z - linear.broadcast_bias(b, z)
+
+    def with_bias(self, term: Term) -> tf.Tensor:
+        """The term's value including its (modified) bias; the plain term is the forward's ``z``."""
+        bias = self.linear.params.get("bias")
+        if self.z is not None and term.is_identity:
+            return self.z
+        v = self.get(term)
+        if term.bias is not None and bias is not None:
+            v = v + self.linear.broadcast_bias(term.bias(bias), v)
+        return v
+
+    def _whole(self, modifier: object) -> tf.Tensor | None:
+        if modifier is identity and self.z is not None and (identity, identity) not in self.cache:
+            b = self.linear.params.get("bias")
+            self.cache[(identity, identity)] = self.z if b is None else self.z - self.linear.broadcast_bias(b, self.z)
+        return self.cache.get((modifier, identity))
 
     def get(self, term: Term) -> tf.Tensor:
+        """The bias-free value ``f(input(x); kernel(W))``."""
         key = (term.input, term.kernel)
+        if key == (identity, identity) and self._whole(identity) is not None:
+            return self.cache[key]
         if key in self.cache:
             return self.cache[key]
-        whole = self.cache.get((term.input, identity))
+        has_partner = (term.input, positive) in self.cache or (term.input, negative) in self.cache
+        whole = self._whole(term.input) if has_partner else None
         if term.kernel is negative and whole is not None and (term.input, positive) in self.cache:
             value = whole - self.cache[(term.input, positive)]
         elif term.kernel is positive and whole is not None and (term.input, negative) in self.cache:
@@ -177,7 +194,6 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
     groups = rule.groups()
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
-    bias = linear.params.get("bias")
     result: list[tf.Tensor] | None = None
     for group in groups:
         terms = [t for t in (_simplify(t, all_nonneg) for t in group.terms) if t is not None]
@@ -185,9 +201,7 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
             continue
         zg = None
         for term in terms:
-            v = values.get(term)
-            if term.bias is not None and bias is not None:
-                v = v + linear.broadcast_bias(term.bias(bias), v)
+            v = values.with_bias(term)
             zg = v if zg is None else zg + v
         s = tf.cast(_ratio(rule, R, tf.cast(zg, R.dtype), float(group.coefficient)), zg.dtype)
         if lazy and len(groups) == 1 and len(terms) == 1:
