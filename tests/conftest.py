@@ -4,3 +4,17 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 sys.path.insert(0, os.path.dirname(__file__))  # tests import reference_numpy
+
+import interprettensor  # noqa: E402,F401 - imports TensorFlow quietly first
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def float64():
+    """Build and run Keras models in float64 (floatx and the dtype policy), restored afterwards."""
+    keras.backend.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.backend.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")

@@ -46,13 +46,7 @@ def ref_layers(model):
             {"type": "dense", "W": get("out").kernel.numpy(), "b": get("out").bias.numpy(), "act": "linear"}]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    keras.backend.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.backend.set_floatx("float32")
-    keras.config.set_dtype_policy("float32")
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _randomize(model, rng):

@@ -18,13 +18,7 @@ L = keras.layers
 TINY = 1e-12
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    keras.backend.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.backend.set_floatx("float32")
-    keras.config.set_dtype_policy("float32")
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def sign0(z):

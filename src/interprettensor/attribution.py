@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from . import layers as itl
 from .composites import Composite, register_preset
-from .explain import Explainer, _model_dtype, as_inputs, lrp
+from .explain import Explainer, _model_dtype, as_inputs, as_targets, lrp
 from .graph import build_graph, explained_output, forward
 from .handlers import ExplainError, override_activations
 from .rules import Group, LinearRule, Term, ZBox, ZPlus, ones
@@ -179,19 +179,7 @@ class _GradientExplainer:
         return self(xs, targets)[2]
 
 
-def _targets(target: ArrayLike | None, n: int) -> tf.Tensor:
-    if target is None:
-        return tf.fill((n,), -1)
-    t = np.asarray(target)
-    if t.ndim == 0:
-        t = np.full((n,), int(t))
-    if t.shape != (n,):
-        raise ExplainError(f"target must be an int or one int per sample ({n}), got shape {t.shape}")
-    if not np.issubdtype(t.dtype, np.integer):
-        raise ExplainError(f"target must be integer class indices, got {t.dtype}")
-    if (t < 0).any():
-        raise ExplainError(f"target out of range: negative class index {int(t.min())}")
-    return tf.constant(t, tf.int32)
+_targets = as_targets
 
 
 def _result(arrays: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:

@@ -352,18 +352,23 @@ class Explainer:
         return (result, *extra) if extra else result
 
     def _targets(self, target: ArrayLike | None, n: int) -> tf.Tensor:
-        if target is None:
-            return tf.fill((n,), -1)
-        t = np.asarray(target)
-        if t.ndim == 0:
-            t = np.full((n,), int(t))
-        if t.shape != (n,):
-            raise ExplainError(f"target must be an int or one int per sample ({n}), got shape {t.shape}")
-        if not np.issubdtype(t.dtype, np.integer):
-            raise ExplainError(f"target must be integer class indices, got {t.dtype}")
-        if (t < 0).any():
-            raise ExplainError(f"target out of range: negative class index {int(t.min())}")
-        return tf.constant(t, tf.int32)
+        return as_targets(target, n)
+
+
+def as_targets(target: ArrayLike | None, n: int) -> tf.Tensor:
+    """``target`` (None, an int, or one int per sample) as int32 of shape (n,); -1 = predicted."""
+    if target is None:
+        return tf.fill((n,), -1)
+    t = np.asarray(target)
+    if t.ndim == 0:
+        t = np.full((n,), int(t))
+    if t.shape != (n,):
+        raise ExplainError(f"target must be an int or one int per sample ({n}), got shape {t.shape}")
+    if not np.issubdtype(t.dtype, np.integer):
+        raise ExplainError(f"target must be integer class indices, got {t.dtype}")
+    if (t < 0).any():
+        raise ExplainError(f"target out of range: negative class index {int(t.min())}")
+    return tf.constant(t, tf.int32)
 
 
 def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilon", target: ArrayLike | None = None,
