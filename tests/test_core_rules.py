@@ -231,3 +231,17 @@ def test_non_negative_input_shortcuts_equal_the_full_rule(rule):
     fast = linear_relevance(lm, [x], R, rule, z=z, nonneg=True)[0]
     full = linear_relevance(lm, [x], R, rule, z=None, nonneg=False)[0]
     np.testing.assert_allclose(fast, full, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("var,param,kw", RULES, ids=IDS)
+def test_toolbox_presets_equal_the_sequential_api(var, param, kw):
+    """``it.lrp(model, x, rule='toolbox_<variant>')`` applies the variant to every layer, pooling
+    included, exactly as ``Sequential.lrp`` does."""
+    rng = np.random.default_rng(9)
+    net, _, shape = _random_net("cnn", rng, "float64")
+    x = rng.normal(size=shape)
+    out = np.asarray(net.forward(x))
+    R0 = out * np.eye(5)[out.argmax(1)]
+    want = net.lrp(R0, var, param)
+    got = it.lrp(net, x, rule=f"toolbox_{var}", **kw)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -16,6 +16,9 @@ preset                            rules (dense = Dense/Linear, conv = all convol
                                   iNNvestigate's LRPSequentialCompositeA)
 ``preset_b``                      dense: epsilon (0.1), conv: alpha2-beta1 (iNNvestigate's ...B)
 ``preset_a_flat``, ``preset_b_flat``  as above, flat on the first layer
+``toolbox_<variant>``             ``simple``, ``epsilon``, ``flat``, ``ww``, ``alphabeta`` on every
+                                  layer, pooling and sums included (the LRP Toolbox's and
+                                  ``Sequential.lrp``'s semantics)
 ================================  ==========================================================
 
 Layers without weights get category defaults: sums, average pooling, standalone BatchNorm and
@@ -198,6 +201,24 @@ PRESETS: dict[str, Callable[..., Composite]] = {
     "preset_a_flat": _preset(_eps(0.1), lambda p: AlphaBeta(1.0, 0.0), lambda p: Flat(), name="preset_a_flat"),
     "preset_b_flat": _preset(_eps(0.1), lambda p: AlphaBeta(2.0, 1.0), lambda p: Flat(), name="preset_b_flat"),
 }
+
+
+def _toolbox(variant: str) -> Callable[..., Composite]:
+    """The original variant on every layer, as the LRP Toolbox and :meth:`Sequential.lrp` apply it:
+    the rule also covers pooling and sums (max pooling: winner-takes-all, uniform under flat/ww)."""
+
+    def make(**params: Any) -> Composite:
+        from .rules import rule_params_from_kwargs
+
+        rule = get_rule(variant, **rule_params_from_kwargs(variant, params))
+        return Composite(default=rule, merge=rule, layer_map={"maxpool": rule}, name=f"toolbox_{variant}")
+
+    make.__name__ = f"toolbox_{variant}"
+    return make
+
+
+for _variant in ("simple", "epsilon", "flat", "ww", "alphabeta"):
+    PRESETS[f"toolbox_{_variant}"] = _toolbox(_variant)
 
 
 def register_preset(name: str, factory: Callable[..., Composite]) -> None:

@@ -23,10 +23,14 @@ __all__ = ["METHODS", "ARCHS", "build_network", "pretrained_network", "train_net
 #: The five original variants (with the parameters of the original examples) and the recommended
 #: composite, as ``(label, rule, parameters)``.
 METHODS: list[tuple[str, str, dict[str, float]]] = [
+    # the five original variants on the layers with weights; flat and w^2 also spread relevance
+    # uniformly through the pooling layers as the LRP Toolbox did (toolbox_*: every layer), otherwise
+    # the z-rule at average pooling would drop the relevance they assign to inactive units. (The
+    # Toolbox's alpha-beta at average pooling of positive inputs would return alpha * R.)
     ("simple", "simple", {}),
     ("epsilon", "epsilon", {"epsilon": 0.01}),
-    ("flat", "flat", {}),
-    ("ww", "ww", {}),
+    ("flat", "toolbox_flat", {}),
+    ("ww", "toolbox_ww", {}),
     ("alphabeta", "alphabeta", {"alpha": 2.0, "beta": 1.0}),
     ("epsilon_gamma_box", "epsilon_gamma_box", {"low": 0.0, "high": 1.0}),
 ]
