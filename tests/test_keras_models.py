@@ -137,3 +137,22 @@ def test_zero_input_and_dead_units_stay_finite():
     for rule in ["simple", "epsilon", "flat", "ww", "alphabeta", "gamma", "zplus", "epsilon_gamma_box", "preset_b"]:
         R = it.lrp(model, x, rule=rule)
         assert np.all(np.isfinite(R)), rule
+
+
+def test_unbuilt_sequential_is_built_on_the_input():
+    model = keras.Sequential([L.Dense(4, activation="relu"), L.Dense(3)])
+    x = np.random.default_rng(5).normal(size=(2, 5))
+    R = it.lrp(model, x, rule="simple")
+    assert R.shape == x.shape and model.built
+    with pytest.raises(it.ExplainError, match="subclassed Keras model.*Sequential or Functional"):
+        class Sub(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.d = L.Dense(3)
+
+            def call(self, t):
+                return self.d(t)
+
+        sub = Sub()
+        sub(x)
+        it.lrp(sub, x)

@@ -190,3 +190,17 @@ def test_other_keras_backend_is_refused(backend):
     proc = subprocess.run([sys.executable, "-c", "import interprettensor"], env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "needs Keras' TensorFlow backend" in proc.stderr and repr(backend) in proc.stderr
+
+
+def test_repeated_lrp_calls_do_not_retrace():
+    net = small_cnn()
+    x = np.random.default_rng(6).random((4, 64)).astype("float32")
+    out = net.forward(x)
+    first = net.lrp(out, "epsilon", 0.01)
+    fn = net._lrp_fns[("lrp", net._rules("epsilon", 0.01))]
+    traces = fn.experimental_get_tracing_count()
+    for _ in range(3):
+        np.testing.assert_allclose(net.lrp(out, "epsilon", 0.01), first)
+    net.forward(x * 0.5)
+    net.lrp(out, "epsilon", 0.01)
+    assert fn.experimental_get_tracing_count() == traces == 1

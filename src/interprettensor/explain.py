@@ -306,6 +306,12 @@ class Explainer:
         """
         n_inputs = len(self.graph.inputs)
         xs = as_inputs(self.model, x, n_inputs, self.dtype)
+        if not getattr(self.model, "built", True):  # a Sequential without an Input: build it on x
+            try:
+                self.model(xs[0][:1] if n_inputs == 1 else [t[:1] for t in xs])
+            except (ValueError, TypeError) as e:
+                raise ExplainError(f"model {self.model.name!r} is not built and cannot be built on input of shape "
+                                   f"{tuple(xs[0].shape)}: {e}") from None
         n = int(xs[0].shape[0])
         if any(int(t.shape[0]) != n for t in xs):
             raise ExplainError(f"all inputs need the same batch size, got {[int(t.shape[0]) for t in xs]}")

@@ -250,9 +250,13 @@ def build_graph(model: Any, canonize: bool = True) -> Graph:
         inputs = [keys.new()]
         input_names = [f"{model.name}_input"]
     else:
+        if not hasattr(model, "_nodes_by_depth"):
+            raise ExplainError(
+                f"model {model.name!r} ({type(model).__name__}) is a subclassed Keras model whose layers cannot "
+                f"be traced; explain a Sequential or Functional model (e.g. rebuild it with keras.Input)")
         if not getattr(model, "inputs", None):
-            raise ExplainError(f"model {model.name!r} has no defined inputs; call it once or build it "
-                               f"with keras.Input before explaining it")
+            raise ExplainError(f"model {model.name!r} has no defined inputs; build it with keras.Input "
+                               f"before explaining it")
         inputs = [keys.new() for _ in model.inputs]
         input_names = [getattr(kt, "name", f"input_{i}") for i, kt in enumerate(model.inputs)]
     g = Graph(inputs, [], [], input_names, [])
