@@ -67,10 +67,25 @@ def lrp_fn(model: keras.Model, rule: str, **params):
     return run
 
 
+def paired_best_times(fn_a, fn_b, x, repeats: int) -> tuple[float, float]:
+    """Best times of two functions run alternately, so that load changes on a shared machine hit
+    both alike."""
+    for fn in (fn_a, fn_b):  # warm-up / trace
+        fn(x)
+        fn(x)
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            t0 = time.perf_counter()
+            out = fn(x)
+            _ = np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
+            times.append(time.perf_counter() - t0)
+    return min(times_a), min(times_b)
+
+
 def row(name: str, model: keras.Model, x: np.ndarray, rule: str, repeats: int, **params) -> tuple:
     xt = tf.constant(x)
-    t_grad = best_time(gradient_x_input(model), xt, repeats)
-    t_lrp = best_time(lrp_fn(model, rule, **params), xt, repeats)
+    t_lrp, t_grad = paired_best_times(lrp_fn(model, rule, **params), gradient_x_input(model), xt, repeats)
     return name, rule, t_lrp, t_grad, t_lrp / t_grad
 
 
