@@ -18,3 +18,11 @@ def float64():
     yield
     keras.backend.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same random state (Keras initialisers, numpy, TensorFlow), so a
+    result does not depend on which tests ran before it in the same worker."""
+    keras.utils.set_random_seed(1234)
+    yield
