@@ -204,3 +204,15 @@ def test_repeated_lrp_calls_do_not_retrace():
     net.forward(x * 0.5)
     net.lrp(out, "epsilon", 0.01)
     assert fn.experimental_get_tracing_count() == traces == 1
+
+
+def test_modules_named_in_the_readme_are_attributes_of_the_package():
+    import subprocess
+    import sys
+
+    code = ("import interprettensor as it; "
+            "[getattr(it, n) for n in ('pretrained', 'data', 'datasets', 'render', 'summaries', 'attribution', "
+            "'evaluate', 'rules', 'handlers', 'explain_dataset', 'load_relevances')]; "
+            "it.pretrained.mnist_cnn; it.data.load_digits; it.handlers.LinearHandler")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -90,7 +90,7 @@ class _OwnRetracingFilter(_logging.Filter):
 
 _logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
 
-from . import render, rules  # noqa: E402
+from . import data, datasets, pretrained, render, rules, summaries  # noqa: E402
 from . import attribution  # noqa: E402
 from . import evaluate  # noqa: E402
 from .composites import PRESETS, Composite, get_composite, register_preset  # noqa: E402
@@ -108,5 +108,5 @@ __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
     "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
-    "explain_dataset", "load_relevances",
+    "explain_dataset", "load_relevances", "data", "datasets", "pretrained", "render", "summaries",
 ]
