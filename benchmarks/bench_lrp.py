@@ -161,8 +161,8 @@ def main() -> None:
         rows.append(row("ResNet50 224x224, batch 8", res, xv, "epsilon_gamma_box", args.repeats, **BOX))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
           f"Keras {keras.__version__}")
-    print(f"| workload | rule | LRP (s) | gradient x input (s) | ratio |")
-    print(f"| --- | --- | --- | --- | --- |")
+    print("| workload | rule | LRP (s) | gradient x input (s) | ratio |")
+    print("| --- | --- | --- | --- | --- |")
     for name, rule, t_lrp, t_grad, ratio in rows:
         print(f"| {name} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {ratio:.2f} |")
     if not args.no_memory:

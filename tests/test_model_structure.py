@@ -4,7 +4,6 @@ layer-wise relevances, and composites' rule assignment."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import interprettensor as it
 from interprettensor import rules as R_

@@ -37,7 +37,7 @@ Example::
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import keras
 
@@ -45,7 +45,7 @@ from . import handlers as H
 from . import layers as itl
 from .graph import Graph, Step
 from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
-                    get_rule)
+                    get_rule, rule_params_from_kwargs)
 
 __all__ = ["Composite", "PRESETS", "get_composite", "register_preset"]
 
@@ -97,8 +97,6 @@ class Composite:
     def _rule(self, rule: RuleLike) -> Rule:
         if isinstance(rule, Rule):
             return rule
-        from .rules import rule_params_from_kwargs
-
         return get_rule(rule, **rule_params_from_kwargs(str(rule).lower(), self.params))
 
     def __repr__(self) -> str:
@@ -208,8 +206,6 @@ def _toolbox(variant: str) -> Callable[..., Composite]:
     the rule also covers pooling and sums (max pooling: winner-takes-all, uniform under flat/ww)."""
 
     def make(**params: Any) -> Composite:
-        from .rules import rule_params_from_kwargs
-
         rule = get_rule(variant, **rule_params_from_kwargs(variant, params))
         return Composite(default=rule, merge=rule, layer_map={"maxpool": rule}, name=f"toolbox_{variant}")
 
@@ -246,7 +242,3 @@ def get_composite(rule: RuleLike | Composite, **params: Any) -> Composite:
             raise
         return Composite(default=base, name=key)
     raise TypeError(f"rule must be a name, a Rule or a Composite, got {type(rule).__name__}")
-
-
-def rules_for_sequence(steps: Sequence[Step], rules: Sequence[Rule]) -> dict[str, Rule]:
-    return {s.name: r for s, r in zip(steps, rules)}

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from .rules import Group, LinearRule, Term, identity, negative, positive
+from .rules import LinearRule, Term, identity, negative, positive
 
 Params = Mapping[str, tf.Tensor]
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from .composites import Composite, get_composite
 from .graph import Graph, Step, backward, build_graph, explained_output, forward
-from .handlers import WEIGHTED, ExplainError
+from .handlers import ExplainError
 from .rules import Rule, ZBox
 
 __all__ = ["Explainer", "lrp"]
@@ -173,7 +173,7 @@ class Explainer:
         return rules
 
     def _prefix(self, step: Step) -> Graph:
-        needed, producer = set(step.inputs), self.graph.producer()
+        needed = set(step.inputs)
         order = []
         for s in reversed(self.graph.steps[: self.graph.steps.index(step)]):
             if any(k in needed for k in s.outputs):

@@ -87,7 +87,7 @@ class Handler:
 
 
 _NONNEG_ACTIVATIONS = {"relu", "relu6", "sigmoid", "softmax", "softplus", "exponential", "hard_sigmoid",
-                       "log_sigmoid_never", "Relu", "Relu6", "Sigmoid", "Softmax", "Softplus", "Exp"}
+                       "Relu", "Relu6", "Sigmoid", "Softmax", "Softplus", "Exp"}
 
 
 def is_nonneg_activation(act: Any) -> bool:

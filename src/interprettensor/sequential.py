@@ -20,7 +20,7 @@ from .core import materialize
 from .graph import Graph, backward, build_graph, forward
 from .handlers import ExplainError
 from .layers import Module
-from .rules import Pass, Rule, rule_from_variant
+from .rules import Rule, rule_from_variant
 
 __all__ = ["Sequential"]
 
