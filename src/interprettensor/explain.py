@@ -15,11 +15,15 @@ import numpy as np
 import tensorflow as tf
 
 from .composites import Composite, get_composite
-from .graph import Graph, Step, backward, build_graph, explained_output, forward
-from .handlers import ExplainError
+from .graph import Graph, Step, backward, build_graph, explained_output, forward, relu_denominator_steps
+from .handlers import RELU_DENOMINATOR, ExplainError
 from .rules import Rule, ZBox
 
 __all__ = ["Explainer", "lrp"]
+
+#: let layers with a built-in ReLU keep only their activation for the denominators where that is
+#: exact (:func:`~interprettensor.graph.relu_denominator_steps`); a switch for tests and debugging
+FUSE_RELU_DENOMINATORS = True
 
 ArrayLike = Any
 
@@ -150,6 +154,9 @@ class Explainer:
         self.dtype, self.backward_dtype = _resolve_dtype(model, dtype)
         self._functions: dict = {}
         self.trace_count = 0
+        # per mode (True: starting relevance = output x mask; False: a custom relevance)
+        self._relu_steps = {start: relu_denominator_steps(self.graph, self.rules, self.start_key, start)
+                            for start in (True, False)}
 
     # ------------------------------------------------------------------ introspection
     def rule_map(self) -> dict[str, Rule]:
@@ -184,7 +191,12 @@ class Explainer:
     def _core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor | None, R0: tf.Tensor | None,
               layerwise: bool) -> tuple:
         self.trace_count += 1
-        values, records = forward(self.graph, xs)
+        fused = self._relu_steps[R0 is None] if FUSE_RELU_DENOMINATORS else frozenset()
+        token = RELU_DENOMINATOR.set(fused)
+        try:
+            values, records = forward(self.graph, xs)
+        finally:
+            RELU_DENOMINATOR.reset(token)
         out = values[self.start_key]
         if self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16):
             # mixed precision: relevance in backward_dtype; low precision: layers of a float32 model

@@ -339,3 +339,69 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
         for k, r in zip(step.inputs, R_in):
             rel[k] = r if k not in rel else materialize(rel[k]) + materialize(r)
     return {k: materialize(r) for k, r in rel.items()}, layerwise
+
+
+def _maps_zero_to_zero(layer: Any) -> bool:
+    """Element-wise layers with f(0) = 0 (relevance passes them unchanged)."""
+    L = keras.layers
+    if isinstance(layer, L.ReLU):
+        return float(layer.threshold) == 0.0
+    if isinstance(layer, (L.LeakyReLU, L.ELU, L.PReLU, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
+                          L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout, L.ActivityRegularization)):
+        return True
+    if isinstance(layer, L.Activation):
+        return getattr(layer.activation, "__name__", "") in ("relu", "relu6", "leaky_relu", "elu", "tanh", "selu",
+                                                              "silu", "swish", "gelu", "linear")
+    from . import layers as itl
+
+    return isinstance(layer, (itl.Relu, itl.Tanh, itl.Elu))
+
+
+def _is_plain_relu(layer: Any) -> bool:
+    if hasattr(layer, "act_fn"):
+        return getattr(layer, "act", None) == "relu"
+    act = getattr(layer, "activation", None)
+    return act is not None and act in (keras.activations.relu, tf.nn.relu)
+
+
+def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool) -> frozenset:
+    """Layers with a built-in ReLU whose output relevance is provably zero wherever the output is
+    zero: every rule that receives it redistributes in proportion to its inputs (identity, x^+, x^-
+    input modifiers), or moves it exactly (reshapes, winner-takes-all, gates, f(0)=0 activations).
+    For these, relu(z) can replace z in the denominators (they differ only where z <= 0, where the
+    relevance is 0), so the forward pass keeps no pre-activation and TensorFlow fuses convolution,
+    bias and ReLU. ``proportional_start``: the starting relevance is the output times a mask."""
+    from .handlers import (ElementwiseHandler, FixedLinearHandler, GateHandler, LinearHandler, MaxPoolHandler,
+                           RouteHandler, SeparableHandler)
+    from .rules import LinearRule, WinnerTakesAll, identity, negative, positive
+
+    consumers = g.consumers()
+    rule_of = dict(zip(g.steps, rules))
+    memo: dict = {}
+
+    def proportional(rule: Rule) -> bool:
+        return isinstance(rule, LinearRule) and all(
+            t.input in (identity, positive, negative) for grp in rule.groups() for t in grp.terms)
+
+    def ok(c: Step) -> bool:
+        h, rule = c.handler, rule_of[c]
+        if isinstance(h, (LinearHandler, FixedLinearHandler, SeparableHandler)):
+            return proportional(rule)
+        if isinstance(h, MaxPoolHandler):
+            winner = isinstance(rule, WinnerTakesAll) or (isinstance(rule, LinearRule) and not rule.uniform_max_pool)
+            return winner and all(zero(k) for k in c.outputs)
+        if isinstance(h, (RouteHandler, GateHandler)):
+            return all(zero(k) for k in c.outputs)
+        if isinstance(h, ElementwiseHandler):
+            return _maps_zero_to_zero(c.layer) and all(zero(k) for k in c.outputs)
+        return False
+
+    def zero(key: Any) -> bool:
+        if key == start_key:
+            return proportional_start
+        if key not in memo:
+            memo[key] = all(ok(c) for c in consumers.get(key, []))
+        return memo[key]
+
+    return frozenset(s for s in g.steps if isinstance(s.handler, LinearHandler) and not s.strip_activation
+                     and _is_plain_relu(s.layer) and zero(s.outputs[0]))

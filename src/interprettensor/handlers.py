@@ -38,6 +38,9 @@ GATE = "gate"            # multiply: relevance to the signal input
 
 
 _ACTIVATION_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("activation_override", default=None)
+#: steps whose ReLU output may stand in for the pre-activation in denominators (see
+#: :func:`interprettensor.graph.relu_denominator_steps`); set by the Explainer while tracing
+RELU_DENOMINATOR: contextvars.ContextVar = contextvars.ContextVar("relu_denominator", default=frozenset())
 
 
 @contextlib.contextmanager
@@ -164,6 +167,10 @@ class LinearHandler(Handler):
         z = lm(xs)
         act = self._activation(layer)
         y = z if step.strip_activation else apply_activation(layer, act, z)
+        if step in RELU_DENOMINATOR.get():
+            # z and relu(z) differ only where the relevance is provably zero; keeping only the
+            # activation lets the forward pass use the fused convolution + bias + ReLU kernel
+            return [y], {"z": y}
         return [y], {"z": z}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
