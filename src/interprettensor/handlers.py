@@ -187,12 +187,8 @@ class LinearHandler(Handler):
 
 def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.DType) -> dict:
     """Fold an inference-mode BatchNormalization into the preceding layer's kernel and bias:
-    ``W' = W * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``."""
-    mean = tf.cast(ops.convert_to_tensor(bn.moving_mean), dtype)
-    var = tf.cast(ops.convert_to_tensor(bn.moving_variance), dtype)
-    gamma = tf.cast(ops.convert_to_tensor(bn.gamma), dtype) if bn.scale else tf.ones_like(mean)
-    beta = tf.cast(ops.convert_to_tensor(bn.beta), dtype) if bn.center else tf.zeros_like(mean)
-    s = gamma * tf.math.rsqrt(var + tf.cast(bn.epsilon, dtype))
+    ``W' = W * s``, ``b' = b * s + t`` (see :func:`batchnorm_affine`)."""
+    s, t = batchnorm_affine(bn, dtype)
     out = dict(params)
     weight_names = [k for k in params if k != "bias"]
     name = weight_names[-1]  # the last weight produces the output channels (pointwise for separable)
@@ -207,8 +203,19 @@ def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.D
         shape = [1] * (rank - 2) + list(kernel.shape[-2:])
         out[name] = kernel * tf.reshape(s, shape)
     bias = params.get("bias")
-    out["bias"] = (beta - mean * s) if bias is None else (bias - mean) * s + beta
+    out["bias"] = t if bias is None else bias * s + t
     return out
+
+
+def batchnorm_affine(bn: Any, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+    """An inference-mode BatchNormalization as ``y = x * s + t``: ``s = gamma / sqrt(var + eps)``,
+    ``t = beta - mean * s``."""
+    mean = tf.cast(ops.convert_to_tensor(bn.moving_mean), dtype)
+    var = tf.cast(ops.convert_to_tensor(bn.moving_variance), dtype)
+    gamma = tf.cast(ops.convert_to_tensor(bn.gamma), dtype) if bn.scale else tf.ones_like(mean)
+    beta = tf.cast(ops.convert_to_tensor(bn.beta), dtype) if bn.center else tf.zeros_like(mean)
+    s = gamma * tf.math.rsqrt(var + tf.cast(bn.epsilon, dtype))
+    return s, beta - mean * s
 
 
 def _bias_add(z: tf.Tensor, p: dict, channels_first: bool = False) -> tf.Tensor:
@@ -453,17 +460,12 @@ def get_handler(layer: Any) -> Handler | None:
 
 
 def _bn_affine_weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
-    dtype = xs[0].dtype
-    mean = tf.cast(ops.convert_to_tensor(layer.moving_mean), dtype)
-    var = tf.cast(ops.convert_to_tensor(layer.moving_variance), dtype)
-    gamma = tf.cast(ops.convert_to_tensor(layer.gamma), dtype) if layer.scale else tf.ones_like(mean)
-    beta = tf.cast(ops.convert_to_tensor(layer.beta), dtype) if layer.center else tf.zeros_like(mean)
-    s = gamma * tf.math.rsqrt(var + tf.cast(layer.epsilon, dtype))
+    s, t = batchnorm_affine(layer, xs[0].dtype)
     rank = xs[0].shape.rank
     axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
     shape = [1] * rank
     shape[axis % rank] = -1
-    return {"kernel": tf.reshape(s, shape), "bias": tf.reshape(beta - mean * s, shape)}
+    return {"kernel": tf.reshape(s, shape), "bias": tf.reshape(t, shape)}
 
 
 def _affine_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
@@ -515,10 +517,6 @@ _dense = LinearHandler(lambda l: _kernel_params(l, "kernel"), _dense_fn)
 _conv = LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_fn)
 _depthwise = LinearHandler(lambda l: _kernel_params(l, "kernel"), _depthwise_fn)
 _conv_transpose = LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_transpose_fn, channel_axis=-2)
-_it_weighted = LinearHandler(
-    lambda l: {"kernel": l.kernel, "bias": l.bias},
-    lambda l, xs, p: l.linear(xs[0], p["kernel"], p.get("bias")),
-    activation=lambda l: l.act_fn)
 
 
 class _ModuleHandler(LinearHandler):
@@ -531,7 +529,10 @@ class _ModuleHandler(LinearHandler):
         return lm
 
 
-_it_weighted = _ModuleHandler(_it_weighted._params, _it_weighted._fn, _it_weighted._activation)
+_it_weighted = _ModuleHandler(
+    lambda l: {"kernel": l.kernel, "bias": l.bias},
+    lambda l, xs, p: l.linear(xs[0], p["kernel"], p.get("bias")),
+    activation=lambda l: l.act_fn)
 
 for _t, _h in [
     # layers with weights
