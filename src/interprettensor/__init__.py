@@ -5,14 +5,53 @@ Two ways in, one engine:
 * the original API: ``net = it.Sequential([it.Linear(...), ...])``, ``net.forward(x)``,
   ``net.lrp(R, 'epsilon', 0.01)``;
 * any Keras model: ``it.lrp(model, x, rule='epsilon_gamma_box', low=0.0, high=1.0)``.
+
+``import interprettensor`` is light: TensorFlow, Keras and the engine are imported on first use of
+a name (``it.lrp``, ``it.Sequential``, ``it.rules``, ... and ``from interprettensor import lrp``; PEP
+562), so that ``interprettensor --help`` answers at once. That first use checks that Keras runs on
+its TensorFlow backend (an :class:`ImportError` saying how to set it otherwise), imports TensorFlow
+without its C++ start-up lines and registers the library's Keras layers for
+``keras.models.load_model`` (this also happens as soon as Keras is imported, before or after
+``interprettensor``).
 """
 
 from __future__ import annotations
 
+import importlib as _importlib
 import os as _os
+import sys as _sys
+from typing import Any as _Any
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+__version__ = "2.0.0.dev0"
+
+#: public names -> the submodule that defines them
+_NAMES = {
+    "PRESETS": "composites", "Composite": "composites", "get_composite": "composites",
+    "register_preset": "composites",
+    "Explainer": "explain", "lrp": "explain",
+    "ExplainError": "handlers", "register_handler": "handlers",
+    "AvgPool": "layers", "Convolution": "layers", "Elu": "layers", "Flatten": "layers", "Linear": "layers",
+    "MaxPool": "layers", "Module": "layers", "Relu": "layers", "ReLU": "layers", "Sigmoid": "layers",
+    "Softmax": "layers", "Tanh": "layers",
+    "register_rule": "rules",
+    "Sequential": "sequential",
+    "explain_dataset": "stream", "load_relevances": "stream",
+}
+#: submodules reachable as attributes (``it.rules``, ``it.evaluate``, ...)
+_SUBMODULES = ("attribution", "cli", "composites", "core", "data", "datasets", "demo", "evaluate", "explain",
+               "graph", "handlers", "layers", "pretrained", "render", "rules", "sequential", "stream",
+               "summaries")
+#: submodules that need neither TensorFlow nor Keras
+_LIGHT = frozenset({"cli", "render", "__main__"})
+
+__all__ = [
+    "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
+    "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
+    "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
+    "explain_dataset", "load_relevances", "data", "datasets", "pretrained", "render", "summaries",
+]
 
 
 def _configured_backend() -> str:
@@ -27,36 +66,30 @@ def _configured_backend() -> str:
     try:
         with open(_os.path.join(home, "keras.json")) as f:
             return str(json.load(f).get("backend", "tensorflow"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return "tensorflow"
 
 
 def _refuse(backend: str) -> None:
     raise ImportError(
         f"interprettensor needs Keras' TensorFlow backend, but Keras is set to {backend!r} "
-        f"(KERAS_BACKEND or keras.json). Set KERAS_BACKEND=tensorflow.")
-
-
-if _configured_backend() != "tensorflow":
-    _refuse(_configured_backend())
+        f"(KERAS_BACKEND or keras.json); set KERAS_BACKEND=tensorflow")
 
 
 def _import_tensorflow_quietly() -> None:
     """TensorFlow's C++ start-up lines (the oneDNN notice and absl's preamble) reach stderr before any
     log level applies. Import it once with the stderr file descriptor pointed at /dev/null (set
-    INTERPRETTENSOR_TF_LOGS=1 to see them); any import error surfaces in the real import below."""
-    import sys
-
-    if "tensorflow" in sys.modules or _os.environ.get("INTERPRETTENSOR_TF_LOGS"):
+    INTERPRETTENSOR_TF_LOGS=1 to see them); any import error surfaces in the real import after it."""
+    if "tensorflow" in _sys.modules or _os.environ.get("INTERPRETTENSOR_TF_LOGS"):
         return
     try:
-        fd = sys.stderr.fileno()
+        fd = _sys.stderr.fileno()
         saved = _os.dup(fd)
     except (OSError, ValueError, AttributeError):
         return
     devnull = _os.open(_os.devnull, _os.O_WRONLY)
     try:
-        sys.stderr.flush()
+        _sys.stderr.flush()
         _os.dup2(devnull, fd)
         try:
             import tensorflow  # noqa: F401
@@ -69,44 +102,120 @@ def _import_tensorflow_quietly() -> None:
         _os.close(saved)
 
 
-_import_tensorflow_quietly()
-
-import keras as _keras  # noqa: E402
-
-if _keras.backend.backend() != "tensorflow":
-    _refuse(_keras.backend.backend())
-
-import logging as _logging  # noqa: E402
+_prepared = False
+_preparing = False
 
 
-class _OwnRetracingFilter(_logging.Filter):
+def _prepare() -> None:
+    """Everything the engine needs before its first import: the backend check, TensorFlow imported
+    quietly, the retracing-log filter, and the library's layers registered with Keras. Idempotent;
+    raises ImportError (with the fix) for another Keras backend."""
+    global _prepared, _preparing
+    if _prepared or _preparing:
+        return
+    backend = _configured_backend()
+    if backend != "tensorflow" and "keras" not in _sys.modules:
+        _refuse(backend)
+    _preparing = True
+    try:
+        _import_tensorflow_quietly()
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            _refuse(keras.backend.backend())
+        import logging
+
+        if not any(isinstance(f, _OwnRetracingFilter) for f in logging.getLogger("tensorflow").filters):
+            logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
+        # the library's Keras layers and Sequential, registered for keras.models.load_model
+        _importlib.import_module(f"{__name__}.layers")
+        _importlib.import_module(f"{__name__}.sequential")
+        _prepared = True
+    finally:
+        _preparing = False
+    try:
+        _sys.meta_path.remove(_FINDER)
+    except ValueError:
+        pass
+
+
+class _OwnRetracingFilter:
     """The library compiles one function per rule set and input signature on purpose; TensorFlow's
     'triggered tf.function retracing' warning about those functions is noise for users."""
 
-    def filter(self, record: _logging.LogRecord) -> bool:
+    def filter(self, record: _Any) -> bool:
         msg = record.getMessage()
         return not ("tf.function retracing" in msg and ("Sequential." in msg or "Explainer." in msg))
 
 
-_logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
+class _AfterKeras:
+    """Keras' own loader, followed by :func:`_prepare`: a model with the library's layers loads with
+    ``keras.models.load_model`` even when Keras is imported after ``interprettensor``."""
 
-from . import data, datasets, pretrained, render, rules, summaries  # noqa: E402
-from . import attribution  # noqa: E402
-from . import evaluate  # noqa: E402
-from .composites import PRESETS, Composite, get_composite, register_preset  # noqa: E402
-from .explain import Explainer, lrp  # noqa: E402
-from .handlers import ExplainError, register_handler  # noqa: E402
-from .layers import (AvgPool, Convolution, Elu, Flatten, Linear, MaxPool, Module, Relu, ReLU,  # noqa: E402
-                     Sigmoid, Softmax, Tanh)
-from .rules import register_rule  # noqa: E402
-from .sequential import Sequential  # noqa: E402
-from .stream import explain_dataset, load_relevances  # noqa: E402
+    def __init__(self, loader: _Any):
+        self._loader = loader
 
-__version__ = "2.0.0.dev0"
+    def __getattr__(self, name: str) -> _Any:
+        return getattr(self._loader, name)
 
-__all__ = [
-    "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
-    "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
-    "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
-    "explain_dataset", "load_relevances", "data", "datasets", "pretrained", "render", "summaries",
-]
+    def create_module(self, spec: _Any) -> _Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: _Any) -> None:
+        self._loader.exec_module(module)
+        try:
+            _prepare()
+        except Exception:  # noqa: BLE001 - another backend or a broken install: reported on first use
+            pass
+
+
+class _PrepareOnImport:
+    """A meta path finder that finds nothing itself: it runs :func:`_prepare` before the first heavy
+    submodule is imported, whichever way (``it.lrp``, ``from interprettensor.stream import ...``),
+    and after Keras is imported. (A plain class: importlib.abc costs more to import than the package.)"""
+
+    _busy = False
+
+    def find_spec(self, fullname: str, path: _Any, target: _Any = None) -> _Any:
+        if _prepared or self._busy:
+            return None
+        parts = fullname.split(".")
+        if len(parts) >= 2 and parts[0] == __name__ and parts[1] not in _LIGHT:
+            _prepare()
+        elif fullname == "keras":
+            import importlib.util
+
+            self._busy = True
+            try:
+                spec = importlib.util.find_spec("keras")
+            finally:
+                self._busy = False
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _AfterKeras(spec.loader)
+                return spec
+        return None
+
+
+_FINDER = _PrepareOnImport()
+_sys.meta_path.insert(0, _FINDER)
+
+if "keras" in _sys.modules:  # Keras (and TensorFlow) are loaded already: nothing left to save
+    try:
+        _prepare()
+    except ImportError:  # another backend: reported on first use, as without Keras loaded
+        pass
+
+
+def __getattr__(name: str) -> _Any:
+    """Lazy public names and submodules (PEP 562)."""
+    if name in _NAMES:
+        value = getattr(_importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -30,6 +30,12 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 RULE_PARAMS = ("epsilon", "alpha", "beta", "gamma", "low", "high")
 
 
+#: the labels of :data:`interprettensor.evaluate.DEFAULT_METHODS`, for ``evaluate --help`` without
+#: importing TensorFlow (a test keeps the two lists equal)
+DEFAULT_METHOD_NAMES = ("epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1", "epsilon", "gradient",
+                        "input_x_gradient", "smoothgrad", "integrated_gradients", "deconvnet", "random")
+
+
 class CLIError(Exception):
     """An expected failure: reported as ``error: <message>`` without a traceback."""
 
@@ -185,7 +191,9 @@ def load_model(path: str) -> Any:
     """``keras.models.load_model`` with clean errors for missing and unreadable files."""
     import keras
 
-    import interprettensor  # noqa: F401 - registers the library's layers for deserialisation
+    # the library's Keras layers and Sequential must be registered for deserialisation
+    import interprettensor.layers  # noqa: F401
+    import interprettensor.sequential  # noqa: F401
 
     if not os.path.exists(path):
         raise CLIError(f"model file {path!r} does not exist")
@@ -535,9 +543,7 @@ def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: st
 
 # ---------------------------------------------------------------------------------------------- evaluate
 def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    """The ``evaluate`` subcommand's arguments."""
-    from .evaluate import DEFAULT_METHODS
-
+    """The ``evaluate`` subcommand's arguments (built without importing TensorFlow)."""
     v = sub.add_parser(
         "evaluate", parents=[common], help="measure explanation quality: region perturbation (AOPC)",
         usage="interprettensor evaluate (MODEL | --demo-model) [INPUTS ...] [options]",
@@ -559,7 +565,7 @@ def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     v.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="LRP rules or presets, gradient, input_x_gradient, smoothgrad, integrated_gradients, "
                         "guided_backprop, deconvnet, deep_taylor, random; parameters as NAME:key=value,... "
-                        f"(default: {' '.join(m[0] for m in DEFAULT_METHODS)})")
+                        f"(default: {' '.join(DEFAULT_METHOD_NAMES)})")
     v.add_argument("--patch", type=_positive_int, default=4, help="region size in pixels (default: %(default)s)")
     v.add_argument("--steps", type=_positive_int, default=None, help="regions to perturb (default: all)")
     v.add_argument("--perturbation", default="uniform",
@@ -744,9 +750,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        from .datasets import DatasetError
-        from .handlers import ExplainError
-
+        try:  # the first heavy import: checks Keras' backend, imports TensorFlow
+            from .datasets import DatasetError
+            from .handlers import ExplainError
+        except ImportError as e:
+            _error(_first_line(e) if "KERAS_BACKEND" in str(e) else
+                   f"cannot import TensorFlow/Keras ({_first_line(e)}); install interprettensor[cpu] or "
+                   f"interprettensor[gpu]", args)
+            return 1
         try:
             return int(args.func(args) or 0)
         except (CLIError, ExplainError, DatasetError) as e:
