@@ -422,3 +422,83 @@ def test_evaluate_command_errors(tmp_path, capsys, monkeypatch):
                  "--out", "ok", "-q"]) == 0
     out = capsys.readouterr().out
     assert "input_x_gradient" in out and "5.8000" in out  # the hand-made case: AOPC 5.8
+
+
+# ----------------------------------------------------------------------------- region size, baseline, 1-D inputs
+
+def test_default_patch_rule():
+    """The documented rule: about 49 regions or more (values worked out by hand)."""
+    assert E.default_patch((28, 28)) == 4  # 7 x 7 regions, as the README's figures
+    assert E.default_patch((8, 8)) == 1  # 64 regions (4 before: only 2 x 2)
+    assert E.default_patch((224, 224)) == 32
+    assert E.default_patch((20, 30)) == 2
+    assert E.default_patch((6, 6)) == 1
+    assert E.default_patch((100,)) == 2  # 1-D: length // 49 -> 50 regions
+    assert E.default_patch((20,)) == 1
+    assert E.default_patch((16, 16, 16)) == 4  # volumes: min side // 4 -> 64 regions
+
+
+def test_default_patch_is_used_on_small_images():
+    model = _cnn(8, 8)
+    x = np.random.default_rng(0).random((3, 8, 8, 2)).astype(np.float32)
+    res = E.region_perturbation(model, x, "random", value_range=(0.0, 1.0))
+    assert (res.patch, res.steps, res.ranking.shape) == (1, 64, (3, 64))
+    assert res.region == "1x1 regions"
+
+
+def test_compare_always_computes_the_random_baseline():
+    model = _cnn(10, 10)
+    x = np.random.default_rng(1).random((4, 10, 10, 2)).astype(np.float32)
+    kw = dict(patch=2, value_range=(0.0, 1.0), seed=5)
+    cmp = E.compare(model, x, [("eps", "epsilon", {"epsilon": 0.1}), "gradient"], **kw)
+    assert list(cmp.results) == ["eps", "gradient"]  # the baseline is no row of its own
+    rnd = E.region_perturbation(model, x, "random", **kw).aopc  # independent: the baseline by itself
+    for row in cmp.rows():
+        assert row["aopc_minus_random"] == pytest.approx(row["aopc"] - rnd, rel=1e-9, abs=1e-12)
+    text = cmp.table()
+    assert "nan" not in text and "random baseline" in text and f"{rnd:.4f}" in text
+    # with 'random' among the methods, that one is the baseline
+    cmp2 = E.compare(model, x, ["random", "gradient"], **kw)
+    assert cmp2.baseline is None and cmp2.random_result() is cmp2.results["random"]
+    assert "random baseline" not in cmp2.table()
+
+
+def test_compare_checks_patch_and_steps_before_explaining(monkeypatch):
+    model = _cnn(10, 10)
+    x = np.zeros((2, 10, 10, 2), np.float32)
+    monkeypatch.setattr(E, "explain", lambda *a, **k: pytest.fail("explained before checking the regions"))
+    with pytest.raises(ValueError, match="patch 11 is larger than the image"):
+        E.compare(model, x, ["epsilon"], patch=11)
+    with pytest.raises(ValueError, match="steps 26 exceeds the number of regions: 10x10 inputs have 25 2x2 regions"):
+        E.compare(model, x, ["epsilon"], patch=2, steps=26)
+
+
+@pytest.mark.parametrize("shape", [(100,), (60, 3)])
+def test_one_dimensional_inputs(shape):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape)
+    z = keras.layers.Conv1D(4, 3, activation="relu")(inp) if len(shape) == 2 else inp
+    z = keras.layers.Dense(3)(keras.layers.Flatten()(z))
+    model = keras.Model(inp, z)
+    x = np.random.default_rng(2).random((5,) + shape).astype(np.float32)
+    cmp = E.compare(model, x, ["epsilon", "gradient"], value_range=(0.0, 1.0))
+    first = cmp.results["epsilon"]
+    length = shape[0]
+    assert first.patch == max(1, length // 49) and first.steps == -(-length // first.patch)
+    words = f"regions of {first.patch} position{'s' if first.patch > 1 else ''}"
+    head = cmp.table().splitlines()[0]
+    assert words in head and "x" not in head.split(",")[2], head
+    fig = cmp.plot()
+    assert words in fig.axes[0].get_xlabel()
+
+
+def test_model_randomisation_takes_the_methods_seed():
+    model = _cnn(8, 8)
+    x = np.random.default_rng(3).random((3, 8, 8, 2)).astype(np.float32)
+    sg = {"n": 4, "noise_scale": 0.1, "seed": 7}
+    res = E.model_randomisation(model, x, "smoothgrad", seed=1, method_params=sg)
+    again = E.model_randomisation(model, x, "smoothgrad", seed=1, method_params=sg)
+    np.testing.assert_allclose(res.spearman, again.spearman)
+    assert res.spearman.shape == (3, 3)  # original, then 2 layers with weights
+    with pytest.raises(TypeError, match="n given both"):
+        E.model_randomisation(model, x, "smoothgrad", method_params=sg, n=3)

@@ -36,6 +36,17 @@ DEFAULT_METHOD_NAMES = ("epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_bet
                         "input_x_gradient", "smoothgrad", "integrated_gradients", "deconvnet", "random")
 
 
+#: rules and presets that apply the z^B (box) rule and need the input's bounds ``low``/``high``
+BOX_RULES = ("zbox", "epsilon_gamma_box", "bounded_deep_taylor")
+
+
+def needs_box(rule: str) -> bool:
+    """Whether the rule or preset ``rule`` needs ``low``/``high``: the names in :data:`BOX_RULES` and any
+    name containing ``box``."""
+    key = str(rule).lower().replace("-", "_")
+    return key in BOX_RULES or "box" in key
+
+
 class CLIError(Exception):
     """An expected failure: reported as ``error: <message>`` without a traceback."""
 
@@ -110,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(epsilon_gamma_box, epsilon_plus, preset_a, ...); default: %(default)s")
     for name, hlp in [("epsilon", "epsilon of the epsilon rule"), ("alpha", "alpha of alpha-beta"),
                       ("beta", "beta of alpha-beta"), ("gamma", "gamma of the gamma rule"),
-                      ("low", "lowest input value (z^B box rule / epsilon_gamma_box)"),
-                      ("high", "highest input value (z^B box rule / epsilon_gamma_box)")]:
+                      ("low", "lowest input value, for box rules (zbox, epsilon_gamma_box, bounded_deep_taylor, "
+                              "any name with 'box'); default for images: LOW of --input-range; .npy arrays "
+                              "need it"),
+                      ("high", "highest input value, for box rules; default for images: HIGH of --input-range; "
+                               ".npy arrays need it")]:
         e.add_argument(f"--{name}", type=float, default=None, help=hlp)
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     e.add_argument("--out", default="explanations", help="output folder (default: %(default)s)")
@@ -169,6 +183,12 @@ def _keep_prob(s: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _check_range(option: str, pair: Sequence[float]) -> None:
+    lo, hi = (float(v) for v in pair)
+    if not (lo < hi):  # also NaN
+        raise CLIError(f"{option}: the low value must be below the high value, got {lo:g} and {hi:g}")
+
+
 def _say(args: argparse.Namespace, msg: str) -> None:
     if not args.quiet:
         print(msg, flush=True)
@@ -420,13 +440,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from . import render
 
     params = {k: getattr(args, k) for k in RULE_PARAMS if getattr(args, k) is not None}
-    it.get_composite(args.rule, **params)  # unknown rules fail here, before any work
+    _check_range("--input-range", args.input_range)
+    if (args.low is None) != (args.high is None):
+        raise CLIError(f"give both --low and --high (the input's value range), got only "
+                       f"{'--low' if args.low is not None else '--high'}")
+    if args.low is not None:
+        _check_range("--low/--high", (args.low, args.high))
+    box = needs_box(args.rule) and args.low is None
+    if box:  # checked by name now; the bounds follow from the inputs below
+        it.get_composite(args.rule, **dict(params, low=0.0, high=1.0))
+    else:
+        it.get_composite(args.rule, **params)  # unknown rules fail here, before any work
     render.get_cmap(args.cmap)
     if args.target is not None and args.target < 0:
         raise CLIError(f"--target must be a class index >= 0, got {args.target}")
     out = prepare_out_dir(args.out)
     model = load_model(args.model)
     expected = model_input_shape(model)
+    if box:
+        arrays = sorted({item.path for item in collect_inputs(args.inputs, expected) if item.array is not None})
+        if arrays:
+            raise CLIError(f"--rule {args.rule} needs the range of the input values (the box [low, high] of the "
+                           f"z^B rule), and .npy arrays are used as they are: give --low and --high (e.g. "
+                           f"--low 0 --high 1 for values in [0, 1]); arrays: {', '.join(arrays[:3])}"
+                           f"{' ...' if len(arrays) > 3 else ''}")
+        params["low"], params["high"] = (float(v) for v in args.input_range)
+        _say(args, f"{args.rule}: --low {params['low']:g} --high {params['high']:g}, the range images are mapped "
+                   f"into (--input-range)")
     if args.dtype:
         params["dtype"] = args.dtype
     if args.shard_size or args.resume:
@@ -566,7 +606,10 @@ def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="LRP rules or presets, gradient, input_x_gradient, smoothgrad, integrated_gradients, "
                         "guided_backprop, deconvnet, deep_taylor, random; parameters as NAME:key=value,... "
                         f"(default: {' '.join(DEFAULT_METHOD_NAMES)})")
-    v.add_argument("--patch", type=_positive_int, default=4, help="region size in pixels (default: %(default)s)")
+    v.add_argument("--patch", type=_positive_int, default=None,
+                   help="region size in pixels (positions for 1-D inputs); default: from the input size, about "
+                        "49 regions or more: min(H, W) // 7 for images (4 on 28x28), length // 49 for "
+                        "sequences and feature vectors, at least 1")
     v.add_argument("--steps", type=_positive_int, default=None, help="regions to perturb (default: all)")
     v.add_argument("--perturbation", default="uniform",
                    help="uniform (noise in --value-range), mean (image mean), blur, or a number (default: %(default)s)")
@@ -575,8 +618,9 @@ def _evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     v.add_argument("--order", choices=["morf", "lerf"], default="morf",
                    help="most (morf) or least (lerf) relevant regions first (default: %(default)s)")
     v.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="input value range: uniform noise and box rules (default: 0 1 for digits, --input-range "
-                        "for images, the data's min and max for .npy arrays)")
+                   help="input value range: uniform noise and the bounds of box rules (default: 0 1 for digits, "
+                        "--input-range for images; for .npy arrays the data's min and max for the noise, and "
+                        "box rules such as epsilon_gamma_box need it given)")
     v.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     v.add_argument("--input-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
                    help="image pixels 0..255 are mapped to LOW..HIGH (default: 0 1)")
@@ -626,8 +670,12 @@ def _parse_methods(specs: Sequence[str] | None) -> list[tuple[str, str, dict]] |
         key = name.lower().replace("-", "_")
         aliases = getattr(it.attribution, "_ALIASES", {})
         if key != "random" and key not in METHODS and key not in aliases:
+            check = {k: v for k, v in params.items() if k != "absolute"}
+            if needs_box(name):  # the bounds come from --value-range later; only the name is checked here
+                check.setdefault("low", 0.0)
+                check.setdefault("high", 1.0)
             try:
-                it.get_composite(name, **{k: v for k, v in params.items() if k != "absolute"})
+                it.get_composite(name, **check)
             except (ValueError, TypeError) as e:
                 raise CLIError(f"--methods {spec!r}: {e}") from None
         out.append((spec, name, params))
@@ -678,6 +726,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         perturbation = args.perturbation
     if args.target is not None and args.target < 0:
         raise CLIError(f"--target must be a class index >= 0, got {args.target}")
+    _check_range("--input-range", args.input_range)
+    if args.value_range is not None:
+        _check_range("--value-range", args.value_range)
     methods = _parse_methods(args.methods)
     out = prepare_out_dir(args.out)
     paths = list(args.paths)
@@ -703,8 +754,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     xs, default_range = _evaluation_inputs(args, model, paths)
     value_range = tuple(args.value_range) if args.value_range is not None else default_range
     target = None if args.target is None else args.target
+    spatial = ev._spatial(xs.shape)
+    patch, _, n_regions = ev._check_regions(spatial, args.patch, args.steps)
+    if value_range is None:
+        specs = methods or [(a, b, dict(c)) for a, b, c in ev.DEFAULT_METHODS]
+        boxed = [label for label, name, prm in specs if needs_box(name) and not {"low", "high"} <= set(prm)]
+        if boxed:
+            raise CLIError(f"{', '.join(boxed)} need{'s' if len(boxed) == 1 else ''} the range of the input "
+                           f"values (the box [low, high] of the z^B rule), and .npy arrays are used as they are: "
+                           f"give --value-range LOW HIGH (e.g. --value-range 0 1), or leave "
+                           f"{'it' if len(boxed) == 1 else 'them'} out with --methods")
+    how = "--patch" if args.patch is not None else (
+        f"default for {'x'.join(map(str, spatial))} inputs: " + (
+            "min side // 7" if len(spatial) == 2 else "length // 49" if len(spatial) == 1 else "min side // 4"))
+    print(f"{ev.region_label(patch, len(spatial))} ({n_regions} per input; {how})")
     t0 = time.time()
-    cmp = ev.compare(model, xs, methods, target, patch=args.patch, steps=args.steps, perturbation=perturbation,
+    cmp = ev.compare(model, xs, methods, target, patch=patch, steps=args.steps, perturbation=perturbation,
                      order=args.order, value_range=value_range, blur_sigma=args.blur_sigma, seed=args.seed,
                      batch_size=args.batch_size, progress=lambda m: _say(args, f"  {m} ..."))
     print(cmp.table())
@@ -714,31 +779,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cmp.plot(png_path, title=f"Region perturbation, {len(xs)} inputs ({first.perturbation})")
     print(f"curves: {png_path}\ntable: {csv_path}")
     if args.sanity:
-        import csv
-
-        runs = {}
-        for label, r in cmp.results.items():
-            if cmp.methods.get(label) == "random":
-                continue
-            spec = next(m for m in (methods or [(a, b, c) for a, b, c in ev.DEFAULT_METHODS]) if m[0] == label)
-            _say(args, f"  randomising the model for {label} ...")
-            runs[label] = ev.model_randomisation(model, xs[:16], spec[1], target, seed=args.seed,
-                                                 value_range=value_range or (float(xs.min()), float(xs.max())),
-                                                 **dict(spec[2]))
-            print(runs[label].table().replace(f"({spec[1]})", f"({label})"))
-        if runs:
-            rpath = os.path.join(out, "randomisation.csv")
-            with open(rpath, "w", newline="") as f:
-                wr = csv.writer(f)
-                wr.writerow(["method", "stage", "randomised_layer", "spearman", "spearman_abs", "ssim"])
-                for label, r in runs.items():
-                    for i, s in enumerate(r.stages):
-                        wr.writerow([label, i, s] + [f"{r.mean(m)[i]:.6g}"
-                                                     for m in ("spearman", "spearman_abs", "ssim")])
-            ev.plot_randomisation(runs, os.path.join(out, "randomisation.png"))
-            print(f"sanity check: {os.path.join(out, 'randomisation.png')}, {rpath}")
+        _sanity(args, ev, model, xs, cmp, methods, target, value_range, out)
     _say(args, f"done in {time.time() - t0:.1f} s")
     return 0
+
+
+def _sanity(args: argparse.Namespace, ev: Any, model: Any, xs: Any, cmp: Any, methods: list | None, target: Any,
+            value_range: Any, out: str) -> None:
+    """``evaluate --sanity``: model randomisation per method. Each finished method is written to
+    OUT/randomisation.csv and .png at once; a method that fails is reported and the others go on;
+    any failure ends in a CLIError naming the failed methods (exit status 1)."""
+    import csv
+
+    specs = methods or [(a, b, dict(c)) for a, b, c in ev.DEFAULT_METHODS]
+    runs: dict[str, Any] = {}
+    failed: list[str] = []
+    rpath, ppath = os.path.join(out, "randomisation.csv"), os.path.join(out, "randomisation.png")
+    n = min(16, len(xs))
+    for label in cmp.results:
+        if cmp.methods.get(label) == "random":
+            continue
+        spec = next(m for m in specs if m[0] == label)
+        _say(args, f"  randomising the model for {label} ...")
+        try:
+            r = ev.model_randomisation(model, xs[:n], spec[1], target, seed=args.seed,
+                                       value_range=value_range or (float(xs.min()), float(xs.max())),
+                                       method_params=dict(spec[2]))
+        except Exception as e:  # noqa: BLE001 - one method's failure must not lose the others' results
+            if getattr(args, "debug", False):
+                import traceback
+
+                traceback.print_exc()
+            failed.append(label)
+            print(f"error: sanity check of {label!r} failed: {type(e).__name__}: {_first_line(e)}",
+                  file=sys.stderr, flush=True)
+            continue
+        runs[label] = r
+        print(r.table().replace(f"({spec[1]})", f"({label})"))
+        with open(rpath + ".tmp", "w", newline="") as f:  # written after every method
+            wr = csv.writer(f)
+            wr.writerow(["method", "stage", "randomised_layer", "spearman", "spearman_abs", "ssim"])
+            for lab, res in runs.items():
+                for i, stage in enumerate(res.stages):
+                    wr.writerow([lab, i, stage] + [f"{res.mean(m)[i]:.6g}"
+                                                   for m in ("spearman", "spearman_abs", "ssim")])
+        os.replace(rpath + ".tmp", rpath)
+        ev.plot_randomisation(runs, ppath)
+    if runs:
+        print(f"sanity check ({n} inputs): {ppath}, {rpath}")
+    if failed:
+        done = f"; the results of {', '.join(runs)} are in {rpath}" if runs else ""
+        raise CLIError(f"the sanity check failed for {', '.join(failed)} (see above){done}")
 
 
 # ---------------------------------------------------------------------------------------------- main

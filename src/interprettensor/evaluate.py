@@ -3,14 +3,19 @@ sanity checks, with tables and plots.
 
 * :func:`region_perturbation` (Samek, Binder, Montavon, Lapuschkin & Müller 2017, "Evaluating the
   visualization of what a deep neural network has learned", IEEE TNNLS 28(11)): the relevance is
-  summed over non-overlapping ``patch`` x ``patch`` regions (and over channels); regions are replaced,
+  summed over non-overlapping ``patch`` x ``patch`` regions (and over channels; runs of ``patch``
+  positions for sequences ``(N, T, C)`` and feature vectors ``(N, F)``); regions are replaced,
   one per step, in order of decreasing (``'morf'``, most relevant first) or increasing (``'lerf'``)
   relevance, and the model's pre-softmax score for the target class is recorded after each step.
   The area over the perturbation curve ``AOPC = 1/(L+1) sum_{k=0..L} <f(x^(0)) - f(x^(k))>`` is
   larger (MoRF) for explanations that point at what the model uses.
 * :func:`compare` runs several attribution methods (LRP rules and presets, gradient, input x
-  gradient, SmoothGrad, integrated gradients, ..., and a random baseline) through the same
-  perturbation and returns a table (:class:`Comparison`: ``table()``, ``to_csv()``, ``plot()``).
+  gradient, SmoothGrad, integrated gradients, ...) through the same perturbation, always with the
+  random baseline for the ``-random`` column, and returns a table (:class:`Comparison`: ``table()``,
+  ``to_csv()``, ``plot()``).
+* The region size defaults to the input size (:func:`default_patch`): ``max(1, min(H, W) // 7)``
+  for images (7 x 7 = 49 regions or more: 4 on 28 x 28 digits, 1 on 8 x 8 inputs),
+  ``max(1, length // 49)`` for sequences and feature vectors, ``max(1, min(side) // 4)`` for volumes.
 * :func:`model_randomisation` (Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim 2018, "Sanity checks
   for saliency maps", NeurIPS): re-initialise the layers with weights of a copy of the model from
   the top down, cumulatively, and measure how similar each explanation stays to the original one
@@ -21,7 +26,7 @@ sanity checks, with tables and plots.
 Example::
 
     R = it.lrp(model, x, rule="epsilon_gamma_box", low=0.0, high=1.0)
-    res = it.evaluate.region_perturbation(model, x, R, patch=4)
+    res = it.evaluate.region_perturbation(model, x, R)      # 4x4 regions on 28x28 inputs
     res.aopc, res.curve                                   # AOPC and mean score per step
     base = it.evaluate.region_perturbation(model, x, "random", patch=4)
     cmp = it.evaluate.compare(model, x, ["epsilon_gamma_box", "gradient", "random"], value_range=(0, 1))
@@ -58,6 +63,7 @@ from .handlers import ExplainError
 __all__ = [
     "region_perturbation",
     "PerturbationResult",
+    "default_patch",
     "compare",
     "Comparison",
     "DEFAULT_METHODS",
@@ -151,6 +157,48 @@ def _spatial(shape: tuple) -> tuple[int, ...]:
     return tuple(shape[1:-1]) if len(shape) >= 3 else tuple(shape[1:])
 
 
+def default_patch(spatial: Sequence[int]) -> int:
+    """The default region size for inputs of spatial size ``spatial`` (``(H, W)`` for images, ``(T,)``
+    for sequences ``(N, T, C)``, ``(F,)`` for feature vectors ``(N, F)``): about 49 regions or more,
+    ``max(1, min(spatial) // k)`` with ``k = ceil(49 ** (1 / d))`` for ``d`` spatial axes, i.e.
+    ``min(H, W) // 7`` for images, ``length // 49`` for 1-D inputs and ``min(side) // 4`` for volumes."""
+    spatial = tuple(int(s) for s in spatial)
+    if not spatial or min(spatial) < 1:
+        raise ValueError(f"inputs need a spatial size of at least 1, got {spatial}")
+    k = int(np.ceil(49.0 ** (1.0 / len(spatial)) - 1e-9))
+    return max(1, min(spatial) // k)
+
+
+def region_label(patch: int, ndim: int) -> str:
+    """How a region of size ``patch`` reads for inputs with ``ndim`` spatial axes: ``'4x4 regions'``
+    for images, ``'regions of 4 positions'`` for sequences and feature vectors."""
+    if ndim == 1:
+        return f"regions of {patch} position{'s' if patch != 1 else ''}"
+    return "x".join([str(patch)] * max(ndim, 1)) + " regions"
+
+
+def _check_regions(spatial: tuple[int, ...], patch: Any, steps: Any) -> tuple[int, int, int]:
+    """Validate ``patch`` (None: :func:`default_patch`) and ``steps`` (None: all regions) for inputs of
+    spatial size ``spatial``; returns ``(patch, steps, number of regions)``."""
+    if patch is None:
+        patch = default_patch(spatial)
+    if isinstance(patch, bool) or not isinstance(patch, (int, np.integer)) or patch < 1:
+        raise ValueError(f"patch must be a positive integer, got {patch!r}")
+    size = "x".join(map(str, spatial))
+    if patch > min(spatial):
+        raise ValueError(f"patch {patch} is larger than the {'image' if len(spatial) >= 2 else 'input'}: the "
+                         f"inputs have spatial size {size}")
+    n_regions = int(np.prod([-(-s // int(patch)) for s in spatial]))
+    if steps is None:
+        steps = n_regions
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if steps > n_regions:
+        raise ValueError(f"steps {steps} exceeds the number of regions: {size} inputs have {n_regions} "
+                         f"{region_label(int(patch), len(spatial))}")
+    return int(patch), int(steps), n_regions
+
+
 def _region_ids(spatial: tuple[int, ...], patch: int) -> tuple[np.ndarray, int]:
     """The region index of every spatial position (flattened) and the number of regions. Regions
     are a grid of ``patch``-sized blocks; where a size is not a multiple of ``patch``, the last block
@@ -208,6 +256,7 @@ class PerturbationResult:
         target: ``(N,)`` the explained classes.
         ranking: ``(N, steps)`` region indices in the order they were perturbed (row-major grid).
         order, patch, steps, perturbation: the settings.
+        spatial: the inputs' spatial size (``(H, W)``, ``(T,)`` or ``(F,)``).
     """
 
     scores: np.ndarray
@@ -217,6 +266,12 @@ class PerturbationResult:
     patch: int
     steps: int
     perturbation: str
+    spatial: tuple = ()
+
+    @property
+    def region(self) -> str:
+        """The regions in words: ``'4x4 regions'`` (images) or ``'regions of 4 positions'`` (1-D inputs)."""
+        return region_label(self.patch, len(self.spatial) if self.spatial else 2)
 
     @property
     def drops(self) -> np.ndarray:
@@ -252,8 +307,8 @@ class PerturbationResult:
 
 
 def region_perturbation(model: keras.Model, x: ArrayLike, relevance: ArrayLike | str,
-                        target: ArrayLike | None = None, *, patch: int = 4, steps: int | None = None,
-                        perturbation: Perturbation = "uniform", order: str = "morf",
+                        target: ArrayLike | None = None, *, patch: int | None = None,
+                        steps: int | None = None, perturbation: Perturbation = "uniform", order: str = "morf",
                         value_range: tuple[float, float] | None = None, blur_sigma: float | None = None,
                         seed: int = 0, batch_size: int = 256,
                         output: int | str | None = None) -> PerturbationResult:
@@ -267,7 +322,9 @@ def region_perturbation(model: keras.Model, x: ArrayLike, relevance: ArrayLike |
             random relevance per pixel, from ``seed``).
         target: ``None`` (the class predicted for the unperturbed input), an int, or one per sample.
             The score is that class's pre-softmax output (a final softmax is skipped, as in LRP).
-        patch: region size; relevance is summed per ``patch`` x ``patch`` region and over channels.
+        patch: region size; relevance is summed per ``patch`` x ``patch`` region (runs of ``patch``
+            positions for 1-D inputs) and over channels. Default: :func:`default_patch` of the input
+            size (about 49 regions or more).
         steps: number of regions to perturb, one per step (default: all); curves have ``steps + 1``
             points (``k = 0`` is the unperturbed input).
         perturbation: what a region becomes: ``'uniform'`` (noise drawn uniformly from
@@ -288,8 +345,6 @@ def region_perturbation(model: keras.Model, x: ArrayLike, relevance: ArrayLike |
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), "
                          f"got {order!r}")
-    if isinstance(patch, bool) or not isinstance(patch, (int, np.integer)) or patch < 1:
-        raise ValueError(f"patch must be a positive integer, got {patch!r}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     scorer = _Scorer(model, output)
@@ -297,17 +352,8 @@ def region_perturbation(model: keras.Model, x: ArrayLike, relevance: ArrayLike |
     if xs.ndim < 2 or xs.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch (N, ...), got shape {xs.shape}")
     spatial = _spatial(xs.shape)
-    if patch > min(spatial):
-        raise ValueError(f"patch {patch} is larger than the image: the inputs have spatial size "
-                         f"{'x'.join(map(str, spatial))}")
+    patch, steps, _ = _check_regions(spatial, patch, steps)
     ids, n_regions = _region_ids(spatial, int(patch))
-    if steps is None:
-        steps = n_regions
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if steps > n_regions:
-        raise ValueError(f"steps {steps} exceeds the number of regions: {'x'.join(map(str, spatial))} inputs "
-                         f"have {n_regions} regions of {patch}x{patch}")
     n = xs.shape[0]
     keys = [_sample_key(xi) for xi in xs]
 
@@ -358,7 +404,8 @@ def region_perturbation(model: keras.Model, x: ArrayLike, relevance: ArrayLike |
     name = perturbation if isinstance(perturbation, str) else (
         f"constant {float(perturbation):g}" if isinstance(perturbation, (int, float, np.number))
         else getattr(perturbation, "__name__", "custom"))
-    return PerturbationResult(scores, targets, ranking[:, :steps], order, int(patch), int(steps), name)
+    return PerturbationResult(scores, targets, ranking[:, :steps], order, int(patch), int(steps), name,
+                              tuple(int(v) for v in spatial))
 
 
 # ----------------------------------------------------------------------------- comparing methods
@@ -433,16 +480,26 @@ class Comparison:
         results: ``{label: PerturbationResult}`` in the order of the methods.
         seconds: ``{label: seconds spent explaining}``.
         methods: ``{label: method name}``.
+        baseline: the random baseline's result when ``'random'`` is not among the methods (the
+            ``-random`` column is computed against it), else None.
     """
 
     results: dict[str, PerturbationResult]
     seconds: dict[str, float] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)
+    baseline: PerturbationResult | None = None
+
+    def random_result(self) -> PerturbationResult | None:
+        """The random baseline: the ``'random'`` method if it was compared, else :attr:`baseline`."""
+        found = next((r for k, r in self.results.items() if self.methods.get(k, k) == "random"), None)
+        return found if found is not None else self.baseline
 
     def rows(self, sort: bool = True) -> list[dict[str, Any]]:
-        """One dict per method: method, aopc, sem, aopc_over_random, seconds; best first if ``sort``
-        (largest AOPC for MoRF, smallest for LeRF)."""
-        rnd = next((r.aopc for k, r in self.results.items() if self.methods.get(k, k) == "random"), None)
+        """One dict per method: method, aopc, sem, aopc_minus_random, seconds, ...; best first if
+        ``sort`` (largest AOPC for MoRF, smallest for LeRF). ``aopc_minus_random`` is NaN only when
+        no random baseline was computed (a Comparison built by hand)."""
+        base = self.random_result()
+        rnd = base.aopc if base is not None else None
         rows = []
         for label, r in self.results.items():
             rows.append({"method": label, "aopc": r.aopc, "sem": r.aopc_sem,
@@ -459,12 +516,15 @@ class Comparison:
         """The AOPC table as aligned text."""
         first = next(iter(self.results.values()))
         w = max(20, max(len(k) for k in self.results) + 1)
-        head = (f"AOPC ({first.order.upper()}, {first.perturbation}, {first.patch}x{first.patch} regions, "
+        head = (f"AOPC ({first.order.upper()}, {first.perturbation}, {first.region}, "
                 f"{first.steps} steps, {first.scores.shape[0]} samples)")
         lines = [head, f"{'method':<{w}} {'AOPC':>9} {'+-sem':>8} {'-random':>9} {'seconds':>8}"]
         for d in self.rows(sort):
             lines.append(f"{d['method']:<{w}} {d['aopc']:>9.4f} {d['sem']:>8.4f} {d['aopc_minus_random']:>9.4f} "
                          f"{d['seconds']:>8.2f}")
+        if self.baseline is not None and "random" not in self.methods.values():
+            lines.append(f"(-random: minus the AOPC of the random baseline, {self.baseline.aopc:.4f}, computed "
+                         f"on the same inputs and noise)")
         return "\n".join(lines)
 
     def to_csv(self, path: str, sort: bool = True) -> str:
@@ -483,7 +543,7 @@ class Comparison:
 
 
 def compare(model: keras.Model, x: ArrayLike, methods: Sequence[MethodSpec] | Mapping[str, Any] | None = None,
-            target: ArrayLike | None = None, *, patch: int = 4, steps: int | None = None,
+            target: ArrayLike | None = None, *, patch: int | None = None, steps: int | None = None,
             perturbation: Perturbation = "uniform", order: str = "morf",
             value_range: tuple[float, float] | None = None, blur_sigma: float | None = None, seed: int = 0,
             batch_size: int = 256, output: int | str | None = None,
@@ -498,8 +558,12 @@ def compare(model: keras.Model, x: ArrayLike, methods: Sequence[MethodSpec] | Ma
             rules get ``low``/``high`` from ``value_range``; gradient, SmoothGrad, deconvnet and
             guided backprop are ranked by ``|R|`` (``params['absolute']`` overrides).
         target: ``None`` (each sample's predicted class, the same for every method) or classes.
+        patch: region size (default: :func:`default_patch` of the input size); ``patch`` and
+            ``steps`` are checked before any method runs.
         progress: called with each method's label before it runs.
-        Other arguments: as :func:`region_perturbation`; every method sees the same noise.
+        Other arguments: as :func:`region_perturbation`; every method sees the same noise. The random
+        baseline is always computed: as the ``'random'`` method if listed, else as
+        :attr:`Comparison.baseline` (for the ``-random`` column).
 
     Returns:
         a :class:`Comparison` (``table()``, ``rows()``, ``to_csv()``, ``plot()``).
@@ -507,6 +571,9 @@ def compare(model: keras.Model, x: ArrayLike, methods: Sequence[MethodSpec] | Ma
     specs = _method_list(methods)
     scorer = _Scorer(model, output)
     xs = scorer.check(x)
+    if xs.ndim < 2 or xs.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch (N, ...), got shape {xs.shape}")
+    patch, steps, _ = _check_regions(_spatial(xs.shape), patch, steps)
     targets = _resolve_targets(scorer(xs), target)
     if value_range is None:
         value_range = (float(xs.min()), float(xs.max()))
@@ -528,7 +595,10 @@ def compare(model: keras.Model, x: ArrayLike, methods: Sequence[MethodSpec] | Ma
         seconds[label] = time.perf_counter() - t0
         names[label] = method.lower() if isinstance(method, str) else label
         results[label] = region_perturbation(model, xs, R, targets, **kw)
-    return Comparison(results, seconds, names)
+    baseline = None
+    if "random" not in names.values():
+        baseline = region_perturbation(model, xs, "random", targets, **kw)
+    return Comparison(results, seconds, names, baseline)
 
 
 # ----------------------------------------------------------------------------- similarity
@@ -694,7 +764,8 @@ def _reinitialise(layer: Any, rng: np.random.Generator) -> None:
 def model_randomisation(model: keras.Model, x: ArrayLike, method: Any = "epsilon_gamma_box",
                         target: ArrayLike | None = None, *, seed: int = 0,
                         value_range: tuple[float, float] | None = None, absolute: bool | None = None,
-                        output: int | str | None = None, **params: Any) -> RandomisationResult:
+                        output: int | str | None = None, method_params: Mapping[str, Any] | None = None,
+                        **params: Any) -> RandomisationResult:
     """Cascading model-parameter randomisation (Adebayo et al. 2018, "Sanity checks for saliency maps").
 
     A copy of ``model`` has its layers with weights re-initialised one by one from the top (output)
@@ -706,9 +777,19 @@ def model_randomisation(model: keras.Model, x: ArrayLike, method: Any = "epsilon
 
     Args:
         method: any name :func:`compare` accepts (an LRP rule or preset, ``'gradient'``, ...).
+        seed: random seed of the re-initialisation.
         params: parameters of the method; ``value_range`` fills ``low``/``high`` of box rules
             (default: min and max of ``x``); ``absolute`` as in :func:`compare`.
+        method_params: the method's parameters as a mapping, merged with ``params``: use it for
+            parameters whose names this function takes itself, e.g. SmoothGrad's noise ``seed``
+            (``method_params={'seed': 0, 'n': 16}``).
     """
+    if method_params:
+        clash = sorted(set(method_params) & set(params))
+        if clash:
+            raise TypeError(f"model_randomisation: {', '.join(clash)} given both in method_params and as "
+                            f"keyword arguments")
+        params = {**dict(method_params), **params}
     scorer = _Scorer(model, output)
     xs = scorer.check(x)
     targets = _resolve_targets(scorer(xs), target)
@@ -779,7 +860,7 @@ def plot_curves(results: Mapping[str, PerturbationResult] | PerturbationResult, 
         ax1.plot(k, r.curve, linewidth=1.4, **style)
         ax2.plot(k, r.aopc_curve, label=f"{label} ({r.aopc:.3f})", linewidth=1.4, **style)
     first = items[0][1]
-    ax1.set_xlabel(f"perturbation steps ({first.patch}x{first.patch} regions, {first.order.upper()})")
+    ax1.set_xlabel(f"perturbation steps ({first.region}, {first.order.upper()})")
     ax1.set_ylabel("mean target score f(x) (pre-softmax)")
     ax2.set_xlabel("perturbation steps")
     ax2.set_ylabel("AOPC up to step k")
