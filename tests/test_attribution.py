@@ -199,7 +199,9 @@ def test_attribute_dispatches_by_name(data):
     np.testing.assert_allclose(A.attribute(model, data, "preset_a"), it.lrp(model, data, rule="preset_a"), rtol=1e-6)
     for m in A.METHODS:
         assert A.attribute(model, data, m, **({"steps": 4} if m == "integrated_gradients" else
-                                              {"n": 2} if m == "smoothgrad" else {})).shape == data.shape
+                                              {"n": 2} if m == "smoothgrad" else
+                                              {"low": -3.0, "high": 3.0} if m == "bounded_deep_taylor" else {})
+                           ).shape == data.shape
     with pytest.raises(ValueError, match="unknown rule or preset"):
         A.attribute(model, data, "no_such_method")
 

@@ -53,7 +53,8 @@ ident = lambda w: w  # noqa: E731
 
 
 def terms_for(rule, **p):
-    """(coefficient, [(input_fn, kernel_fn, bias_fn)], epsilon) per group, restating each rule."""
+    """(coefficient, [(input_fn, kernel_fn, bias_fn)], epsilon[, outputs]) per group, restating each
+    rule; ``outputs`` 'positive'/'negative' restricts a group to the outputs whose plain z is >= 0 / < 0."""
     if rule == "epsilon":
         return [(1.0, [(ident, ident, ident)], p.get("epsilon", TINY))]
     if rule == "simple":
@@ -64,9 +65,14 @@ def terms_for(rule, **p):
         return [(a, [(pos, pos, pos), (neg, neg, None)], TINY), (-b, [(pos, neg, neg), (neg, pos, None)], TINY)]
     if rule == "zplus":
         return [(1.0, [(pos, pos, None), (neg, neg, None)], TINY)]
-    if rule == "gamma":
+    if rule == "gamma_literal":  # Montavon et al. 2019, eq. 7 as printed
         g = p.get("gamma", 0.25)
         return [(1.0, [(ident, lambda w: w + g * pos(w), lambda w: w + g * pos(w))], TINY)]
+    if rule == "gamma":  # generalised: push weights towards the output's sign (Zennit's Gamma)
+        g = p.get("gamma", 0.25)
+        up, down = (lambda w: w + g * pos(w)), (lambda w: w + g * neg(w))
+        return [(1.0, [(pos, up, up), (neg, down, None)], TINY, "positive"),
+                (1.0, [(pos, down, down), (neg, up, None)], TINY, "negative")]
     if rule == "flat":
         return [(1.0, [(np.ones_like, np.ones_like, None)], TINY)]
     if rule == "ww":
@@ -80,13 +86,16 @@ def terms_for(rule, **p):
 
 def reference_weighted(layer, x, R, rule, **p):
     out = np.zeros_like(x)
-    for coef, terms, eps in terms_for(rule, **p):
+    z_plain = copy_with(layer, ident, ident, x.shape)(tf.constant(x)).numpy()
+    for coef, terms, eps, *select in terms_for(rule, **p):
         copies = [(copy_with(layer, kf, bf, x.shape), tf.constant(inf(x))) for inf, kf, bf in terms]
         with tf.GradientTape() as tape:
             for _, xi in copies:
                 tape.watch(xi)
             z = tf.add_n([c(xi) for c, xi in copies])
         s = tf.stop_gradient(R / (z + eps * sign0(z)))
+        if select:
+            s = s * ((z_plain >= 0) if select[0] == "positive" else (z_plain < 0))
         grads = tape.gradient(z, [xi for _, xi in copies], output_gradients=s)
         out += coef * sum((xi * g).numpy() for (_, xi), g in zip(copies, grads))
     return out
@@ -134,9 +143,10 @@ WEIGHTED = [
 
 @pytest.mark.parametrize("name,make,shape", WEIGHTED, ids=[w[0] for w in WEIGHTED])
 @pytest.mark.parametrize("rule,p", [("epsilon", {"epsilon": 0.1}), ("simple", {}), ("alphabeta", {"alpha": 2.0}),
-                                    ("alphabeta", {"alpha": 1.0}), ("gamma", {"gamma": 0.25}), ("zplus", {}),
+                                    ("alphabeta", {"alpha": 1.0}), ("gamma", {"gamma": 0.25}),
+                                    ("gamma_literal", {"gamma": 0.25}), ("zplus", {}),
                                     ("flat", {}), ("ww", {}), ("zbox", {"low": -1.5, "high": 2.0})],
-                         ids=["eps", "z", "a2b1", "a1b0", "gamma", "zplus", "flat", "ww", "zbox"])
+                         ids=["eps", "z", "a2b1", "a1b0", "gamma", "gamma_literal", "zplus", "flat", "ww", "zbox"])
 def test_weighted_layers(name, make, shape, rule, p):
     rng = np.random.default_rng(zlib.crc32(name.encode()))  # deterministic across processes
     layer = make()

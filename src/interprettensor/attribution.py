@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 
 from . import layers as itl
-from .composites import Composite, register_preset
+from .composites import Composite, _bounded_deep_taylor_preset, _deep_taylor_preset
 from .explain import Explainer, _model_dtype, as_inputs, as_targets, lrp
 from .graph import build_graph, explained_output, forward
 from .handlers import ExplainError, override_activations
-from .rules import Group, LinearRule, Term, ZBox, ZPlus, ones
+from .rules import GradientMap  # noqa: F401 - its historical home
 
 __all__ = [
     "gradient",
@@ -333,32 +333,6 @@ def integrated_gradients(model: keras.Model, x: ArrayLike, target: ArrayLike | N
 
 # ----------------------------------------------------------------------------- Deep Taylor
 
-class GradientMap(LinearRule):
-    """Relevance through a linear map by its transposed Jacobian, ``R_in = J^T R`` (no division by
-    the layer's output): iNNvestigate's "gradient" mapping, which Deep Taylor uses at pooling, sums
-    and upsampling. On average pooling each input of a window receives an equal share."""
-
-    name = "gradient_map"
-
-    def groups(self) -> tuple[Group, ...]:
-        return (Group((Term(input=ones, bias=None),)),)
-
-    def stabilize(self, z: tf.Tensor) -> tf.Tensor:
-        return tf.ones_like(z)
-
-
-def _deep_taylor_preset(**params: Any) -> Composite:
-    return Composite(default=ZPlus(), merge=GradientMap(), name="deep_taylor")
-
-
-def _bounded_deep_taylor_preset(low: Any = -1.0, high: Any = 1.0, **params: Any) -> Composite:
-    return Composite(default=ZPlus(), merge=GradientMap(), first=ZBox(low, high), name="bounded_deep_taylor")
-
-
-register_preset("deep_taylor", _deep_taylor_preset)
-register_preset("bounded_deep_taylor", _bounded_deep_taylor_preset)
-
-
 def _deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None, rule: Composite,
                  output: int | str | None, batch_size: int | None) -> np.ndarray | list[np.ndarray]:
     explainer = Explainer(model, rule, output=output)
@@ -384,12 +358,13 @@ def deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None = Non
 
 
 def bounded_deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None,
-                        low: Any = -1.0, high: Any = 1.0, *, output: int | str | None = None,
+                        low: Any = None, high: Any = None, *, output: int | str | None = None,
                         batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
     """Deep Taylor decomposition for inputs in a box ``[low, high]`` (Montavon et al. 2017): as
     :func:`deep_taylor` with the z^B rule on the first layer(s) with weights (iNNvestigate's
     ``BoundedDeepTaylor``; the preset ``'bounded_deep_taylor'``)."""
-    return _deep_taylor(model, x, target, _bounded_deep_taylor_preset(low, high), output, batch_size)
+    params = {k: v for k, v in (("low", low), ("high", high)) if v is not None}
+    return _deep_taylor(model, x, target, _bounded_deep_taylor_preset(**params), output, batch_size)
 
 
 # ----------------------------------------------------------------------------- dispatcher

@@ -10,6 +10,7 @@ preset                            rules (dense = Dense/Linear, conv = all convol
 ``epsilon_plus``                  dense: epsilon, conv: z+ (Kohlbrenner et al. 2020)
 ``epsilon_plus_flat``             as above, flat on the first layer
 ``epsilon_gamma_box``             dense: epsilon, conv: gamma, first layer: z^B(low, high)
+                                  (``low``, ``high`` required)
 ``epsilon_alpha2_beta1``          dense: epsilon, conv: alpha2-beta1
 ``epsilon_alpha2_beta1_flat``     as above, flat on the first layer
 ``preset_a``                      dense: epsilon (0.1), conv: alpha1-beta0 (Montavon et al. 2019;
@@ -20,6 +21,14 @@ preset                            rules (dense = Dense/Linear, conv = all convol
                                   layer, pooling and sums included (the LRP Toolbox's and
                                   ``Sequential.lrp``'s semantics)
 ================================  ==========================================================
+
+The "first layer" is each layer with weights that a model input reaches without crossing another
+such layer. z^B applies there only when the layer's input *is* the model input through affine
+preprocessing (``Rescaling``, ``Normalization``, padding, cropping, reshapes; the bounds are mapped
+through them): elsewhere (e.g. a layer fed by the input concatenated with computed features) the
+layer gets the preset's rule for its kind, because mapped bounds would not bound its input.
+
+Presets reject parameters they do not use, naming the ones they take.
 
 Layers without weights get category defaults: sums, average pooling, standalone BatchNorm and
 upsampling split relevance in proportion to their inputs with the stabiliser of the composite's
@@ -44,8 +53,8 @@ import keras
 from . import handlers as H
 from . import layers as itl
 from .graph import Graph, Step
-from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
-                    get_rule, rule_params_from_kwargs)
+from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, GradientMap, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
+                    get_rule, rule_param_names, rule_params_from_kwargs)
 
 __all__ = ["Composite", "PRESETS", "get_composite", "register_preset"]
 
@@ -83,6 +92,14 @@ class Composite:
                  name_map: Mapping[str, RuleLike] | None = None, first: RuleLike | None = None,
                  last: tuple[int, RuleLike] | None = None, merge: RuleLike | None = None,
                  name: str = "composite", **params: Any):
+        named = [r for r in [default, first, merge, last[1] if isinstance(last, tuple) and len(last) == 2 else None,
+                             *(layer_map or {}).values(), *(name_map or {}).values()] if isinstance(r, str)]
+        accepted = set().union(*(rule_param_names(r) for r in named)) if named else set()
+        unknown = sorted(set(params) - accepted)
+        if unknown:
+            raise ValueError(f"composite parameters {unknown} are not taken by any of its rules given by name "
+                             f"({', '.join(repr(r) for r in named) or 'none'}); "
+                             f"they take: {', '.join(sorted(accepted)) or 'nothing'}")
         self.params = params
         self.default = self._rule(default)
         self.layer_map = [(k, self._rule(v)) for k, v in (layer_map or {}).items()]
@@ -120,6 +137,13 @@ class Composite:
         """One rule per step of ``graph``."""
         weighted = [s for s in graph.steps if s.category == H.WEIGHTED]
         firsts = set(first_layers(graph)) if self.first is not None else set()
+        boxed = box_input_keys(graph)
+
+        def on_box_input(step: Step) -> bool:
+            return bool(step.inputs) and all(k in boxed for k in step.inputs)
+
+        if isinstance(self.first, ZBox):  # z^B needs an input bounded by the model input's box
+            firsts = {s for s in firsts if on_box_input(s)}
         lasts = set(weighted[-self.last[0]:]) if (self.last is not None and self.last[0] > 0) else set()
         rules = []
         for step in graph.steps:
@@ -134,6 +158,11 @@ class Composite:
                 rule = self._match_type(step)
             if rule is None:
                 rule = self._category_default(step)
+            if isinstance(rule, ZBox) and not on_box_input(step):
+                raise H.ExplainError(
+                    f"layer {step.name!r} ({step.type_name}) is assigned the z^B (box) rule, but its input is not "
+                    f"the model input through affine preprocessing (rescaling, normalisation, padding, "
+                    f"reshapes), so the bounds low/high say nothing about it; give it another rule")
             rules.append(rule)
         return rules
 
@@ -165,17 +194,62 @@ def first_layers(graph: Graph) -> list[Step]:
     return out
 
 
+#: layers that change no value at inference or change it affinely and monotonically per element:
+#: a box on the model input maps through them to a box on their output
+_AFFINE_ELEMENTWISE = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Dropout,
+                       keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D,
+                       keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
+                       keras.layers.ActivityRegularization)
+
+
+def _preserves_box(step: Step) -> bool:
+    if isinstance(step.handler, H.RouteHandler):
+        return True
+    if isinstance(step.handler, H.ElementwiseHandler):
+        return isinstance(step.layer, _AFFINE_ELEMENTWISE) or type(step.layer).__name__ == "Cast"
+    return False
+
+
+def box_input_keys(graph: Graph) -> set:
+    """Keys of the tensors that are a model input through affine preprocessing only (rescaling,
+    normalisation, padding, cropping, reshapes, concatenation of such): where bounds on the model
+    input give bounds on the tensor (z^B's requirement)."""
+    keys = set(graph.inputs)
+    for step in graph.steps:
+        if step.inputs and all(k in keys for k in step.inputs) and _preserves_box(step):
+            keys.update(step.outputs)
+    return keys
+
+
 def _preset(dense: Callable[[dict], Rule], conv: Callable[[dict], Rule],
-            first: Callable[[dict], Rule] | None = None, name: str = "") -> Callable[..., Composite]:
+            first: Callable[[dict], Rule] | None = None, name: str = "",
+            accepts: tuple[str, ...] = ("epsilon",), requires: tuple[str, ...] = ()) -> Callable[..., Composite]:
     def make(**params: Any) -> Composite:
+        check_params(name, params, accepts, requires)
         d = dense(params)
         # sums and average pooling: the z-rule, not the dense layers' epsilon (iNNvestigate's
         # AveragePooling/Add reverse layers, Zennit's Norm rule)
         return Composite(default=d, layer_map={"conv": conv(params)},
-                         first=None if first is None else first(params), merge=Z(), name=name, **params)
+                         first=None if first is None else first(params), merge=Z(), name=name)
 
     make.__name__ = name
+    make.accepts = accepts  # type: ignore[attr-defined]
     return make
+
+
+def check_params(name: str, params: Mapping[str, Any], accepts: tuple[str, ...], requires: tuple[str, ...] = ()) -> None:
+    """Reject parameters that preset ``name`` does not take, and missing required ones."""
+    unknown = sorted(set(params) - set(accepts))
+    if unknown:
+        raise ValueError(f"preset {name!r} does not take the parameters {unknown}; it takes: "
+                         f"{', '.join(accepts) or 'no parameters'}")
+    missing = [p for p in requires if p not in params]
+    if missing:
+        if set(missing) & {"low", "high"}:
+            raise ValueError(f"preset {name!r} applies the z^B (box) rule to the first layer and needs the range "
+                             f"of the input values: pass low= and high= (e.g. low=0.0, high=1.0 for images scaled "
+                             f"to [0, 1], or per-channel arrays); on the command line --low and --high")
+        raise ValueError(f"preset {name!r} needs the parameters {missing}")
 
 
 def _eps(default: float) -> Callable[[dict], Rule]:
@@ -183,14 +257,15 @@ def _eps(default: float) -> Callable[[dict], Rule]:
 
 
 def _box(p: dict) -> Rule:
-    return ZBox(p.get("low", -1.0), p.get("high", 1.0))
+    return ZBox(p["low"], p["high"])
 
 
 PRESETS: dict[str, Callable[..., Composite]] = {
     "epsilon_plus": _preset(_eps(1e-6), lambda p: ZPlus(), name="epsilon_plus"),
     "epsilon_plus_flat": _preset(_eps(1e-6), lambda p: ZPlus(), lambda p: Flat(), name="epsilon_plus_flat"),
     "epsilon_gamma_box": _preset(_eps(1e-6), lambda p: Gamma(p.get("gamma", 0.25)), _box,
-                                 name="epsilon_gamma_box"),
+                                 name="epsilon_gamma_box", accepts=("epsilon", "gamma", "low", "high"),
+                                 requires=("low", "high")),
     "epsilon_alpha2_beta1": _preset(_eps(1e-6), lambda p: AlphaBeta(2.0, 1.0), name="epsilon_alpha2_beta1"),
     "epsilon_alpha2_beta1_flat": _preset(_eps(1e-6), lambda p: AlphaBeta(2.0, 1.0), lambda p: Flat(),
                                          name="epsilon_alpha2_beta1_flat"),
@@ -205,16 +280,40 @@ def _toolbox(variant: str) -> Callable[..., Composite]:
     """The original variant on every layer, as the LRP Toolbox and :meth:`Sequential.lrp` apply it:
     the rule also covers pooling and sums (max pooling: winner-takes-all, uniform under flat/ww)."""
 
+    accepts = tuple(sorted(rule_param_names(variant)))
+
     def make(**params: Any) -> Composite:
-        rule = get_rule(variant, **rule_params_from_kwargs(variant, params))
+        check_params(f"toolbox_{variant}", params, accepts)
+        rule = get_rule(variant, **params)
         return Composite(default=rule, merge=rule, layer_map={"maxpool": rule}, name=f"toolbox_{variant}")
 
     make.__name__ = f"toolbox_{variant}"
+    make.accepts = accepts  # type: ignore[attr-defined]
     return make
 
 
 for _variant in ("simple", "epsilon", "flat", "ww", "alphabeta"):
     PRESETS[f"toolbox_{_variant}"] = _toolbox(_variant)
+
+
+def _deep_taylor_preset(**params: Any) -> Composite:
+    """Deep Taylor (Montavon et al. 2017) as iNNvestigate applies it: z+ on layers with weights,
+    the transposed Jacobian (:class:`~interprettensor.rules.GradientMap`) at sums and pooling."""
+    check_params("deep_taylor", params, ())
+    return Composite(default=ZPlus(), merge=GradientMap(), name="deep_taylor")
+
+
+def _bounded_deep_taylor_preset(**params: Any) -> Composite:
+    """As ``deep_taylor``, with z^B(low, high) on the first layer(s)."""
+    check_params("bounded_deep_taylor", params, ("low", "high"), requires=("low", "high"))
+    return Composite(default=ZPlus(), merge=GradientMap(), first=ZBox(params["low"], params["high"]),
+                     name="bounded_deep_taylor")
+
+
+PRESETS["deep_taylor"] = _deep_taylor_preset
+PRESETS["bounded_deep_taylor"] = _bounded_deep_taylor_preset
+_deep_taylor_preset.accepts = ()  # type: ignore[attr-defined]
+_bounded_deep_taylor_preset.accepts = ("low", "high")  # type: ignore[attr-defined]
 
 
 def register_preset(name: str, factory: Callable[..., Composite]) -> None:
@@ -225,6 +324,9 @@ def register_preset(name: str, factory: Callable[..., Composite]) -> None:
 def get_composite(rule: RuleLike | Composite, **params: Any) -> Composite:
     """A composite from a preset name, a rule name (applied to every layer with weights), a Rule
     object, or a Composite (returned as is)."""
+    if isinstance(rule, (Composite, Rule)) and params:
+        raise ValueError(f"the parameters {sorted(params)} would be ignored: rule is a {type(rule).__name__} "
+                         f"object, which carries its own parameters (set them when creating it)")
     if isinstance(rule, Composite):
         return rule
     if isinstance(rule, Rule):

@@ -12,8 +12,16 @@ Denominators are computed with as few forward passes as the rule allows:
   drops it), so LRP-epsilon costs one forward and one backward pass, like gradient x input;
 * on inputs known to be non-negative (after a ReLU, pooling of such, ...) input modifiers
   ``positive`` and ``negative`` reduce to the identity and to zero, and zero terms are skipped;
-* linearity in the weights gives ``f(x; W^-) = f(x; W) - f(x; W^+)``, so alpha-beta needs one extra
-  forward pass, not two.
+* linearity in the weights gives ``f(x; W^-) = f(x; W) - f(x; W^+)`` and
+  ``f(x; W + g W^+) = f(x; W) + g f(x; W^+)``, so alpha-beta and gamma need one extra forward pass;
+* groups that explain only the negative outputs (``Group(outputs='negative')``) are skipped where the
+  relevance is known to be zero at every output with ``z <= 0`` (a ReLU layer whose consumers all
+  redistribute in proportion to their inputs).
+
+A layer may receive the same tensor more than once (``Add()([h, h])``, ``Concatenate()([h, h])``);
+the vector-Jacobian products are taken with respect to distinct copies, so that each occurrence gets
+its own share and the relevance reaching ``h`` (summed over the occurrences by the graph walk) is
+counted once.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from .rules import LinearRule, Term, identity, negative, positive
+from .rules import Group, LinearRule, Term, WeightSum, identity, negative, positive
 
 Params = Mapping[str, tf.Tensor]
 
@@ -103,6 +111,16 @@ class _Values:
             return self.cache[key]
         if key in self.cache:
             return self.cache[key]
+        if isinstance(term.kernel, WeightSum) and all(m in (identity, positive, negative)
+                                                       for _, m in term.kernel.parts):
+            # f(x; sum_k c_k m_k(W)) = sum_k c_k f(x; m_k(W)): reuse the simple terms' values
+            value = None
+            for c, m in term.kernel.parts:
+                v = self.get(Term(term.input, m, None))
+                v = v if c == 1.0 else v * tf.cast(c, v.dtype)
+                value = v if value is None else value + v
+            self.cache[key] = value
+            return value
         has_partner = (term.input, positive) in self.cache or (term.input, negative) in self.cache
         whole = self._whole(term.input) if has_partner else None
         if term.kernel is negative and whole is not None and (term.input, positive) in self.cache:
@@ -145,22 +163,34 @@ def materialize(R: "tf.Tensor | Product") -> tf.Tensor:
 _RATIO_FUNCTIONS: dict = {}
 
 
-def _ratio(rule: LinearRule, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float) -> tf.Tensor:
+def _ratio(rule: LinearRule, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float,
+           select: str | None = None, z_sign: tf.Tensor | None = None) -> tf.Tensor:
     """``coefficient * R / stabilize(z)`` as one fused XLA kernel: on large activations the
     stabiliser's element-wise ops are memory-bound, and fusing them (with the product that formed
-    ``R``) keeps LRP-epsilon at the cost of gradient x input. Plain ops when running eagerly."""
+    ``R``) keeps LRP-epsilon at the cost of gradient x input. Plain ops when running eagerly.
+    ``select``: keep only the outputs where ``z_sign >= 0`` (``'positive'``) or ``< 0``
+    (``'negative'``), zero elsewhere."""
     lazy = isinstance(R, Product)
-    key = (rule, coefficient, lazy)
+    key = (rule, coefficient, lazy, select)
     fn = _RATIO_FUNCTIONS.get(key)
     if fn is None:
         def ratio(*args: tf.Tensor) -> tf.Tensor:
+            if select is not None:
+                *args, sign = args
             *r, z = args
             num = r[0] * r[1] if len(r) == 2 else r[0]
             s = num / rule.stabilize(z)
-            return s if coefficient == 1.0 else s * tf.cast(coefficient, s.dtype)
+            if coefficient != 1.0:
+                s = s * tf.cast(coefficient, s.dtype)
+            if select is not None:
+                keep = sign >= 0 if select == "positive" else sign < 0
+                s = tf.where(keep, s, tf.zeros_like(s))
+            return s
 
         fn = _RATIO_FUNCTIONS[key] = (tf.function(ratio, jit_compile=True, autograph=False), ratio)
     args = (R.x, R.g, z) if lazy else (R, z)
+    if select is not None:
+        args = args + (tf.cast(z_sign, z.dtype),)
     return fn[0](*args) if _use_xla() else fn[1](*args)
 
 
@@ -168,18 +198,58 @@ def _use_xla() -> bool:
     return not tf.config.functions_run_eagerly()
 
 
+def distinct(inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """The inputs, with repeated tensors replaced by copies: a gradient taken with respect to a list
+    that holds one tensor twice gives both entries the full gradient."""
+    seen: set = set()
+    out = []
+    for x in inputs:
+        out.append(tf.identity(x) if id(x) in seen else x)
+        seen.add(id(x))
+    return out
+
+
 def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.Tensor) -> list[tf.Tensor]:
     """``J^T s`` of ``f(., params)`` for each input (the forward op inside the tape is dead code)."""
-    inputs = list(inputs)
     with tf.GradientTape() as tape:
+        inputs = distinct(inputs)
         tape.watch(inputs)
         out = linear(inputs, params)
     return tape.gradient(out, inputs, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+def interval_bounds(linear: LinearMap, x: tf.Tensor, low: object, high: object) -> tuple[tf.Tensor, tf.Tensor]:
+    """Bounds of ``linear([x])`` for every ``x`` in the box ``[low, high]`` (interval arithmetic):
+    ``l' = f(l; W^+) + f(h; W^-) + b`` and ``h' = f(h; W^+) + f(l; W^-) + b``."""
+    lo = tf.broadcast_to(tf.cast(low, x.dtype), tf.shape(x))
+    hi = tf.broadcast_to(tf.cast(high, x.dtype), tf.shape(x))
+
+    def f(v: tf.Tensor, kernel: object) -> tf.Tensor:
+        return linear([v], modify_params(linear.params, Term(identity, kernel, None), with_bias=False))
+
+    new_lo = f(lo, positive) + f(hi, negative)
+    new_hi = f(hi, positive) + f(lo, negative)
+    b = linear.params.get("bias")
+    if b is not None:
+        new_lo = new_lo + linear.broadcast_bias(b, new_lo)
+        new_hi = new_hi + linear.broadcast_bias(b, new_hi)
+    return new_lo, new_hi
+
+
+def active_groups(rule: LinearRule, positive_outputs_only: bool = False) -> tuple[Group, ...]:
+    """The rule's groups; where the relevance is zero at every output with ``z <= 0``
+    (``positive_outputs_only``), groups for negative outputs are dropped and the selection of positive
+    outputs is dropped as a no-op."""
+    groups = rule.groups()
+    if not positive_outputs_only:
+        return groups
+    return tuple(Group(g.terms, g.coefficient) if g.outputs == "positive" else g
+                 for g in groups if g.outputs != "negative")
+
+
 def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: LinearRule,
                      z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False,
-                     lazy: bool = False) -> list:
+                     lazy: bool = False, positive_outputs_only: bool = False) -> list:
     """Relevance at each input of ``linear`` given relevance ``R`` at its (pre-activation) output.
 
     Args:
@@ -190,8 +260,10 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
         z: the forward pass's value of ``linear(xs)`` (reused for the unmodified term).
         nonneg: whether the inputs are known to be non-negative (one flag, or one per input).
         lazy: a single-term result may be returned as a :class:`Product` (see :func:`materialize`).
+        positive_outputs_only: ``R`` is known to be zero wherever ``z <= 0`` (groups for negative
+            outputs are skipped).
     """
-    groups = rule.groups()
+    groups = active_groups(rule, positive_outputs_only)
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
     result: list[tf.Tensor] | None = None
@@ -203,7 +275,8 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
         for term in terms:
             v = values.with_bias(term)
             zg = v if zg is None else zg + v
-        s = tf.cast(_ratio(rule, R, tf.cast(zg, R.dtype), float(group.coefficient)), zg.dtype)
+        z_sign = values.with_bias(Term()) if group.outputs is not None else None
+        s = tf.cast(_ratio(rule, R, tf.cast(zg, R.dtype), float(group.coefficient), group.outputs, z_sign), zg.dtype)
         if lazy and len(groups) == 1 and len(terms) == 1:
             inputs = [terms[0].input(x) for x in xs]
             grads = _vjp(linear, inputs, modify_params(linear.params, terms[0], with_bias=False), s)

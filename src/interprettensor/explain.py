@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from .composites import Composite, get_composite
 from .graph import Graph, Step, backward, build_graph, explained_output, forward, relu_denominator_steps
-from .handlers import RELU_DENOMINATOR, ExplainError
+from .handlers import KEEP_ACTIVATIONS, RELU_DENOMINATOR, ExplainError
 from .rules import Rule, ZBox
 
 __all__ = ["Explainer", "lrp"]
@@ -77,6 +77,22 @@ def _cast_floats(structure: Any, dtype: tf.DType) -> Any:
     return tf.nest.map_structure(cast, structure)
 
 
+def check_finite(xs: Sequence[tf.Tensor], what: str = "input") -> None:
+    """Stop with an error naming the samples whose values hold NaN or inf (their relevance would be
+    NaN)."""
+    for i, t in enumerate(xs):
+        if not t.dtype.is_floating or int(tf.size(t)) == 0:
+            continue
+        bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.reshape(t, (tf.shape(t)[0], -1))), axis=1))
+        idx = np.flatnonzero(bad.numpy())
+        if idx.size:
+            which = f"{what} {i} " if len(xs) > 1 else f"the {what} "
+            shown = ", ".join(map(str, idx[:10])) + (f", ... ({idx.size} in all)" if idx.size > 10 else "")
+            raise ExplainError(f"{which}holds NaN or inf values in sample(s) {shown}; LRP of such samples is "
+                               f"undefined: remove or repair them (explain_dataset can skip them: "
+                               f"nonfinite='skip')")
+
+
 def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[tf.Tensor]:
     """Convert ``x`` (array, tensor, or list of them for multi-input models) and check its shape
     against the model's inputs."""
@@ -100,6 +116,16 @@ def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[
     return out
 
 
+class _ComputePolicy(keras.DTypePolicy):
+    """A dtype policy that computes in ``compute`` and keeps the variables in ``variable`` (read as
+    ``compute``, like Keras' mixed-precision policies)."""
+
+    def __init__(self, compute: str, variable: str):
+        super().__init__(variable)
+        self._compute_dtype = compute
+        self._name = f"{variable}_computing_in_{compute}"
+
+
 class Explainer:
     """A compiled LRP explainer for one model and one rule or composite.
 
@@ -112,7 +138,13 @@ class Explainer:
             other layers get the composite's category defaults.
         layer: explain a unit of this hidden layer instead of the model output.
         output: which output of a multi-output model (index or layer name).
+        probability: explain a final softmax or sigmoid's output (the probability) instead of the
+            logit before it (the default, as in the LRP literature: the logit is what the network's
+            evidence adds up to; a squashed probability saturates).
         canonize: merge BatchNormalization into the preceding layer.
+        verify: on the first call, check that the forward pass the explainer explains reproduces the
+            model's own output (a handler that computes something other than its layer would otherwise
+            give a silently wrong explanation); stops with an error naming the first layer that differs.
         jit_compile: compile with XLA.
         batch_size: split larger inputs into batches of this size.
         dtype: compute precision: ``'float32'``, ``'float64'``, ``'float16'``/``'bfloat16'`` (forward and
@@ -132,9 +164,9 @@ class Explainer:
     """
 
     def __init__(self, model: keras.Model, rule: str | Rule | Composite = "epsilon", *,
-                 layer: str | None = None, output: int | str | None = None, canonize: bool = True,
-                 jit_compile: bool = False, batch_size: int | None = None, dtype: str | tf.DType | None = None,
-                 **params: Any):
+                 layer: str | None = None, output: int | str | None = None, probability: bool = False,
+                 canonize: bool = True, jit_compile: bool = False, batch_size: int | None = None,
+                 dtype: str | tf.DType | None = None, verify: bool = True, **params: Any):
         if keras.backend.backend() != "tensorflow":
             raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
                                f"got {keras.backend.backend()!r}")
@@ -147,7 +179,10 @@ class Explainer:
             self.start_step: Step | None = self.graph.find(layer)
             self.start_key = self.start_step.outputs[0]
         else:
-            self.start_key, self.start_step = explained_output(self.graph, output)
+            self.start_key, self.start_step = explained_output(self.graph, output, probability)
+        self.probability = bool(probability)
+        self.verify = bool(verify)
+        self._verified = not self.verify
         self.jit_compile = jit_compile
         self.batch_size = batch_size
         #: dtype of the inputs and forward pass; ``backward_dtype``: of the relevance computation
@@ -165,8 +200,10 @@ class Explainer:
 
     # ------------------------------------------------------------------ compiled core
     def _bounds_rules(self, xs: Sequence[tf.Tensor]) -> list[Rule]:
-        """ZBox bounds are given for the model input; map them through the layers before the first
-        layer with weights (rescaling, normalisation, padding) by running those layers on them."""
+        """ZBox bounds are given for the model input; map them through the affine preprocessing layers
+        before the layer (rescaling, normalisation, padding; the composite assigns z^B only where the
+        input is such) by running those layers on them. A decreasing map (a negative scale) swaps
+        them, so the mapped bounds are their element-wise minimum and maximum."""
         rules = list(self.rules)
         for i, (step, rule) in enumerate(zip(self.graph.steps, rules)):
             if not isinstance(rule, ZBox) or step.inputs[0] in self.graph.inputs:
@@ -176,7 +213,7 @@ class Explainer:
                 filled = [tf.broadcast_to(tf.cast(bound, x.dtype), tf.shape(x)) for x in xs]
                 values, _ = forward(self._prefix(step), filled)
                 mapped.append(values[step.inputs[0]])
-            rules[i] = ZBox(mapped[0], mapped[1])
+            rules[i] = ZBox(tf.minimum(mapped[0], mapped[1]), tf.maximum(mapped[0], mapped[1]))
         return rules
 
     def _prefix(self, step: Step) -> Graph:
@@ -192,11 +229,15 @@ class Explainer:
               layerwise: bool) -> tuple:
         self.trace_count += 1
         fused = self._relu_steps[R0 is None] if FUSE_RELU_DENOMINATORS else frozenset()
-        token = RELU_DENOMINATOR.set(fused)
+        token = RELU_DENOMINATOR.set(fused)  # for the forward and the backward pass
         try:
-            values, records = forward(self.graph, xs)
+            return self._pass(xs, targets, R0, layerwise)
         finally:
             RELU_DENOMINATOR.reset(token)
+
+    def _pass(self, xs: Sequence[tf.Tensor], targets: tf.Tensor | None, R0: tf.Tensor | None,
+              layerwise: bool) -> tuple:
+        values, records = forward(self.graph, xs)
         out = values[self.start_key]
         if self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16):
             # mixed precision: relevance in backward_dtype; low precision: layers of a float32 model
@@ -274,22 +315,37 @@ class Explainer:
         return fn
 
     @contextlib.contextmanager
-    def _layer_precision(self) -> Iterator[None]:
-        """While tracing in float16/bfloat16 for a float32 model: layers without weights (pooling,
-        activations, ...) compute in the low precision instead of autocasting their inputs to float32,
-        so that every tensor of the pass has one dtype."""
-        changed = []
-        if self.dtype in (tf.float16, tf.bfloat16):
-            for step in self.graph.steps:
-                layer = step.layer
-                if (isinstance(layer, keras.layers.Layer) and not layer.weights and getattr(layer, "autocast", False)
-                        and layer.compute_dtype != self.dtype.name):
-                    layer.autocast = False
-                    changed.append(layer)
+    def _layer_precision(self, dtype: tf.DType | None = None) -> Iterator[None]:
+        """While tracing in a dtype other than the layers' own, make every tensor of the pass have it:
+
+        * wider (float64 for a float32 model): Keras layers compute in float64 instead of casting
+          their inputs to float32 (which would round the pass at every reshape, pooling or
+          activation); their variables are cast on reading, as under mixed precision;
+        * narrower (float16/bfloat16 for a float32 model): layers without weights (pooling,
+          activations, ...) compute in the low precision instead of autocasting their inputs to
+          float32; layers with weights are computed by their handlers in the low precision.
+        """
+        dtype = self.dtype if dtype is None else dtype
+        changed, unautocast = [], []
+        for step in self.graph.steps:
+            layer = step.layer
+            if not isinstance(layer, keras.layers.Layer) or layer.compute_dtype == dtype.name \
+                    or not keras.backend.is_float_dtype(layer.compute_dtype):
+                continue
+            policy = getattr(layer, "dtype_policy", None)
+            if dtype.size > tf.as_dtype(layer.compute_dtype).size:
+                if type(policy) is keras.DTypePolicy:
+                    changed.append((layer, policy))
+                    layer.dtype_policy = _ComputePolicy(dtype.name, policy.variable_dtype)
+            elif not layer.weights and getattr(layer, "autocast", False):
+                layer.autocast = False
+                unautocast.append(layer)
         try:
             yield
         finally:
-            for layer in changed:
+            for layer, policy in reversed(changed):
+                layer.dtype_policy = policy
+            for layer in unautocast:
                 layer.autocast = True
 
     def compiled(self, specs: Sequence[tf.TensorSpec | tf.Tensor], layerwise: bool = False):
@@ -327,10 +383,22 @@ class Explainer:
         n = int(xs[0].shape[0])
         if any(int(t.shape[0]) != n for t in xs):
             raise ExplainError(f"all inputs need the same batch size, got {[int(t.shape[0]) for t in xs]}")
+        check_finite(xs)
         targets = self._targets(target, n)
         R0 = None if relevance is None else tf.convert_to_tensor(np.asarray(relevance), self.dtype)
-        if R0 is not None and int(R0.shape[0]) != n:
-            raise ExplainError(f"relevance has batch size {int(R0.shape[0])}, the input {n}")
+        if R0 is not None:
+            if R0.shape.rank == 0 or int(R0.shape[0]) != n:
+                raise ExplainError(f"relevance has shape {tuple(R0.shape)}: it needs one row per input sample "
+                                   f"({n}), shaped like the explained output")
+            check_finite([R0], "relevance")
+        if n and not self._verified:
+            self.verify_forward(xs)
+        if R0 is not None and n:
+            want = self.explained_shape(xs)
+            if tuple(R0.shape[1:]) != want:
+                where = f"layer {self.layer!r}" if self.layer else "the explained model output"
+                raise ExplainError(f"relevance has shape {tuple(R0.shape)}, but {where} has shape "
+                                   f"{(n,) + want}: give one relevance per output value")
         empty = n == 0
         if empty:  # run one zero sample (XLA kernels reject zero-sized batches) and slice it away
             xs = [tf.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
@@ -369,8 +437,93 @@ class Explainer:
             extra.append(np.concatenate([c[2].numpy() for c in chunks]))
         return (result, *extra) if extra else result
 
+    # ------------------------------------------------------------------ forward-pass check
+    def _reference_dtype(self) -> tf.DType:
+        return _model_dtype(self.model)
+
+    def _eager_values(self, xs: Sequence[tf.Tensor], keep_activations: bool) -> dict:
+        token = KEEP_ACTIVATIONS.set(keep_activations)
+        try:
+            with self._layer_precision(self._reference_dtype()):
+                values, _ = forward(self.graph, xs)
+        finally:
+            KEEP_ACTIVATIONS.reset(token)
+        return values
+
+    def explained_shape(self, xs: Sequence[tf.Tensor]) -> tuple:
+        """The per-sample shape of the explained output (a custom ``relevance`` has this shape)."""
+        if getattr(self, "_start_shape", None) is None:
+            probe = [tf.cast(t[:1], self._reference_dtype()) for t in xs]
+            self._start_shape = tuple(int(d) for d in self._eager_values(probe, False)[self.start_key].shape[1:])
+        return self._start_shape
+
+    def verify_forward(self, xs: Sequence[tf.Tensor]) -> None:
+        """Check, on up to two samples of ``xs``, that the forward pass the explainer explains (each layer
+        as its LRP handler computes it) reproduces the model's own output; raise an
+        :class:`ExplainError` naming the first layer whose handler computes something else than the
+        layer. Runs once per explainer, on its first call (``verify=False`` skips it)."""
+        dtype = self._reference_dtype()
+        sample = [tf.cast(t[:2], dtype) for t in xs]
+        try:
+            expected = self.model(sample[0] if len(sample) == 1 else list(sample), training=False)
+        except Exception:  # noqa: BLE001 - the model cannot run eagerly on its own: nothing to compare with
+            self._verified = True
+            return
+        from keras import tree
+
+        expected = [np.asarray(e, np.float64) for e in tree.flatten(expected)]
+        values = self._eager_values(sample, True)
+        self._start_shape = tuple(int(d) for d in values[self.start_key].shape[1:])
+        got = [np.asarray(tf.cast(values[k], tf.float64)) for k in self.graph.outputs]
+        rtol = 1e-3 if all(getattr(layer, "compute_dtype", "float32") in ("float32", "float64")
+                           for layer in (s.layer for s in self.graph.steps)) else 3e-2
+        if len(got) == len(expected) and all(_close(a, b, rtol) for a, b in zip(got, expected)):
+            self._verified = True
+            return
+        self._locate_mismatch(sample, rtol)
+        worst = max((float(np.max(np.abs(a - b))) for a, b in zip(got, expected) if a.shape == b.shape), default=None)
+        raise ExplainError(f"the forward pass that the explanation follows does not reproduce the model's output "
+                           f"(largest difference {worst!r}); every layer matched its own call, so the model's "
+                           f"wiring was not followed. Please report this (Explainer(..., verify=False) skips the "
+                           f"check)")
+
+    def _locate_mismatch(self, sample: Sequence[tf.Tensor], rtol: float) -> None:
+        """Run the steps one by one, comparing each handler's forward with the layer's own call."""
+        token = KEEP_ACTIVATIONS.set(True)
+        try:
+            with self._layer_precision(self._reference_dtype()):
+                values = dict(zip(self.graph.inputs, sample))
+                for step in self.graph.steps:
+                    ins = [values[k] for k in step.inputs]
+                    outs, _ = step.handler.forward(step.layer, ins, step)
+                    ref = step.call(ins)
+                    for bn in step.fused:
+                        ref = [bn(ref[0], training=False)]
+                    for a, b in zip(outs, ref):
+                        a64, b64 = np.asarray(tf.cast(a, tf.float64)), np.asarray(tf.cast(b, tf.float64))
+                        if a64.shape != b64.shape or not _close(a64, b64, rtol):
+                            diff = (float(np.max(np.abs(a64 - b64))) if a64.shape == b64.shape
+                                    else f"shape {a64.shape} instead of {b64.shape}")
+                            raise ExplainError(
+                                f"layer {step.name!r} ({step.type_name}): its LRP handler "
+                                f"({type(step.handler).__name__}) computes another output than the layer itself "
+                                f"(largest difference {diff}), so its explanation would be wrong. Register a handler "
+                                f"that computes what {step.type_name} computes (interprettensor.register_handler), "
+                                f"or explain the model without it (Explainer(..., verify=False) skips this check)")
+                    values.update(zip(step.outputs, outs))
+        finally:
+            KEEP_ACTIVATIONS.reset(token)
+
     def _targets(self, target: ArrayLike | None, n: int) -> tf.Tensor:
         return as_targets(target, n)
+
+
+def _close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
+    """Equal up to ``rtol`` of each value's magnitude plus ``rtol`` of the largest magnitude."""
+    if a.shape != b.shape:
+        return False
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    return bool(np.all(np.abs(a - b) <= rtol * (np.abs(b) + scale) + 1e-30))
 
 
 def as_targets(target: ArrayLike | None, n: int) -> tf.Tensor:

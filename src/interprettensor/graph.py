@@ -18,7 +18,8 @@ import tensorflow as tf
 from keras import tree
 
 from .core import materialize
-from .handlers import ELEMENTWISE, ExplainError, Handler, LinearHandler, SeparableHandler, handler_for
+from .handlers import (ELEMENTWISE, ExplainError, Handler, LinearHandler, SeparableHandler, handler_for,
+                       overridden_parent)
 from .rules import Rule
 
 Key = Hashable
@@ -122,9 +123,12 @@ def _node_call(op: Any, node: Any) -> Callable:
 def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable) -> Step:
     handler = handler_for(op)
     if handler is None:
+        parent = overridden_parent(op)
+        why = (f" (it subclasses {parent.__name__} but overrides call, so {parent.__name__}'s handler would "
+               f"explain another computation)" if parent is not None else "")
         raise ExplainError(
             f"layer {name!r} of type {type(op).__name__} cannot be explained: no LRP handler is "
-            f"registered for it. Register one with interprettensor.register_handler({type(op).__name__}, "
+            f"registered for it{why}. Register one with interprettensor.register_handler({type(op).__name__}, "
             f"handler) (see the README section 'Adding a rule or a layer').")
     if handler.category == "linear" and not isinstance(op, keras.layers.Layer) and len(ins) == 1:
         from .handlers import ElementwiseHandler  # ``x + constant``: an element-wise shift
@@ -190,12 +194,17 @@ def _add_model(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Keys) ->
         f"traced; explain a Sequential or Functional model (e.g. rebuild it with keras.Input)")
 
 
-def _is_softmax(step: Step) -> bool:
+_SQUASHING = ("softmax", "sigmoid")
+
+
+def _is_squashing(step: Step) -> bool:
+    """A softmax or sigmoid: as the layer itself (``Softmax``, ``Activation('sigmoid')``, a keras op)
+    or as the activation of a layer with weights."""
     layer = step.layer
-    if isinstance(layer, keras.layers.Softmax) or type(layer).__name__ == "Softmax":
+    if isinstance(layer, keras.layers.Softmax) or type(layer).__name__ in ("Softmax", "Sigmoid"):
         return True
     act = getattr(layer, "activation", None) or getattr(layer, "act_fn", None)
-    return getattr(act, "__name__", "") == "softmax" or getattr(layer, "act", None) == "softmax"
+    return getattr(act, "__name__", "") in _SQUASHING or getattr(layer, "act", None) in _SQUASHING
 
 
 def _is_linear_activation(layer: Any) -> bool:
@@ -280,11 +289,12 @@ def mark_nonneg(g: Graph) -> None:
             known.update(step.outputs)
 
 
-def explained_output(g: Graph, output: int | str | None) -> tuple[Any, Step | None]:
-    """The key of the tensor whose value starts the relevance, skipping a final softmax."""
+def explained_output(g: Graph, output: int | str | None, probability: bool = False) -> tuple[Any, Step | None]:
+    """The key of the tensor whose value starts the relevance. A final softmax or sigmoid is skipped
+    (the logit is explained) unless ``probability``."""
     if output is None:
         idx = 0
-    elif isinstance(output, int):
+    elif isinstance(output, int) and not isinstance(output, bool):
         if not -len(g.outputs) <= output < len(g.outputs):
             raise ExplainError(f"output index {output} out of range: the model has {len(g.outputs)} outputs")
         idx = output
@@ -294,7 +304,7 @@ def explained_output(g: Graph, output: int | str | None) -> tuple[Any, Step | No
         idx = g.output_names.index(output)
     key = g.outputs[idx]
     step = g.producer().get(key)
-    if step is not None and _is_softmax(step):
+    if step is not None and not probability and _is_squashing(step):
         if step.handler.category == ELEMENTWISE:
             return step.inputs[0], step
         step.strip_activation = True

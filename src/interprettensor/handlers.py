@@ -25,8 +25,8 @@ import tensorflow as tf
 from keras import ops
 
 from . import layers as itl
-from .core import LinearMap, Product, linear_relevance
-from .rules import LinearRule, Pass, Rule, WinnerTakesAll
+from .core import LinearMap, Product, distinct, interval_bounds, linear_relevance
+from .rules import LinearRule, Pass, Rule, WinnerTakesAll, ZBox
 
 # categories decide which rule a composite gives a layer by default
 WEIGHTED = "weighted"    # dense, convolutions: the composite's main rules
@@ -38,9 +38,19 @@ GATE = "gate"            # multiply: relevance to the signal input
 
 
 _ACTIVATION_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("activation_override", default=None)
-#: steps whose ReLU output may stand in for the pre-activation in denominators (see
-#: :func:`interprettensor.graph.relu_denominator_steps`); set by the Explainer while tracing
+#: steps with a built-in ReLU whose output relevance is provably zero wherever the pre-activation is
+#: ``<= 0`` (see :func:`interprettensor.graph.relu_denominator_steps`): their ReLU output stands in for
+#: the pre-activation in denominators, and rule groups for negative outputs are skipped; set by the
+#: Explainer while tracing
 RELU_DENOMINATOR: contextvars.ContextVar = contextvars.ContextVar("relu_denominator", default=frozenset())
+#: while set, layers keep a final activation that the explanation strips (used to check the graph's
+#: forward pass against the model's own)
+KEEP_ACTIVATIONS: contextvars.ContextVar = contextvars.ContextVar("keep_activations", default=False)
+
+
+def strips_activation(step: Any) -> bool:
+    """Whether ``step`` leaves out its activation in this forward pass (a final softmax/sigmoid)."""
+    return bool(step.strip_activation) and not KEEP_ACTIVATIONS.get()
 
 
 @contextlib.contextmanager
@@ -166,7 +176,7 @@ class LinearHandler(Handler):
         lm = self.linear_map(layer, step, xs[0].dtype)
         z = lm(xs)
         act = self._activation(layer)
-        y = z if step.strip_activation else apply_activation(layer, act, z)
+        y = z if strips_activation(step) else apply_activation(layer, act, z)
         if step in RELU_DENOMINATOR.get():
             # z and relu(z) differ only where the relevance is provably zero; keeping only the
             # activation lets the forward pass use the fused convolution + bias + ReLU kernel
@@ -179,7 +189,7 @@ class LinearHandler(Handler):
         rule = _check_linear_rule(rule, step)
         R = _like(Rs[0], state["z"])
         return linear_relevance(self.linear_map(layer, step, xs[0].dtype), xs, R, rule, state["z"], step.nonneg,
-                                lazy=True)
+                                lazy=True, positive_outputs_only=step in RELU_DENOMINATOR.get())
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return not step.strip_activation and is_nonneg_activation(self._activation(layer))
@@ -292,14 +302,19 @@ class SeparableHandler(Handler):
         dw, pw = self.maps(layer, step, xs[0].dtype)
         t = dw(xs)
         z = pw([t])
-        y = z if step.strip_activation else apply_activation(layer, layer.activation, z)
+        y = z if strips_activation(step) else apply_activation(layer, layer.activation, z)
         return [y], {"t": t, "z": z}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         rule = _check_linear_rule(rule, step)
         dw, pw = self.maps(layer, step, xs[0].dtype)
         R = tf.reshape(Rs[0], tf.shape(state["z"]))
-        Rt = linear_relevance(pw, [state["t"]], R, rule, state["z"])[0]
+        pw_rule = rule
+        if isinstance(rule, ZBox):
+            # the depthwise output's values lie in the interval image of the input's box: the pointwise
+            # factor gets those bounds, not the input's (its input has other channels)
+            pw_rule = ZBox(*interval_bounds(dw, xs[0], rule.low, rule.high))
+        Rt = linear_relevance(pw, [state["t"]], R, pw_rule, state["z"])[0]
         return linear_relevance(dw, xs, Rt, rule, state["t"], step.nonneg)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
@@ -346,11 +361,14 @@ class MaxPoolHandler(Handler):
     category = MAXPOOL
 
     def __init__(self, avg_fn: Callable[[Any, tf.Tensor], tf.Tensor],
-                 window: Callable[[Any], tuple] | None = None):
+                 window: Callable[[Any], tuple] | None = None,
+                 winner: Callable[[Any, tf.Tensor, tf.Tensor], tf.Tensor] | None = None):
         self._avg_fn = avg_fn
         #: ``(ksize, strides, padding)`` of a 2-D channels-last pooling: winner-takes-all then uses
         #: the forward output directly (one MaxPoolGrad op, no recomputed forward)
         self._window = window
+        #: ``winner(layer, x, R)``: winner-takes-all by another route than the layer's gradient
+        self._winner = winner
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return all(inputs_nonneg)
@@ -364,6 +382,8 @@ class MaxPoolHandler(Handler):
             return linear_relevance(lm, xs, Rs[0], rule)
         if not isinstance(rule, (LinearRule, WinnerTakesAll)):
             _check_linear_rule(rule, step)
+        if self._winner is not None:
+            return [self._winner(layer, xs[0], Rs[0])]
         window = self._window(layer) if self._window is not None else None
         if window is not None and xs[0].dtype in (tf.float32, tf.float16, tf.bfloat16, tf.float64):
             ksize, strides, padding = window
@@ -375,8 +395,8 @@ class MaxPoolHandler(Handler):
 
 def route(step: Any, xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """Relevance through a map that moves, copies or selects values: its vector-Jacobian product."""
-    xs = list(xs)
     with tf.GradientTape() as tape:
+        xs = distinct(xs)
         tape.watch(xs)
         ys = step.call(xs)
     grads = tape.gradient(ys, xs, output_gradients=list(Rs)[: len(ys)],
@@ -444,19 +464,46 @@ _REGISTRY: list[tuple[type, Handler]] = []
 
 
 def register_handler(layer_type: type, handler: Handler) -> None:
-    """Tell the engine how ``layer_type`` (and its subclasses) takes part in LRP. Later
-    registrations win over earlier ones for the same type."""
+    """Tell the engine how ``layer_type`` takes part in LRP. The handler also serves subclasses of
+    ``layer_type`` that do not override ``call`` (a subclass that computes something else needs its own
+    handler). Later registrations win over earlier ones for the same type."""
     _REGISTRY.insert(0, (layer_type, handler))
 
 
+def _inherits_call(cls: type, base: type) -> bool:
+    """``cls`` computes what ``base`` computes: it is ``base`` or no class between them defines
+    ``call``."""
+    return cls is base or getattr(cls, "call", None) is getattr(base, "call", None)
+
+
 def get_handler(layer: Any) -> Handler | None:
+    """The handler registered for ``type(layer)``, or for the nearest base class whose ``call`` the
+    layer inherits unchanged; ``None`` if there is none."""
+    cls = type(layer)
     best: tuple[int, Handler] | None = None
     for layer_type, handler in _REGISTRY:
-        if isinstance(layer, layer_type):
-            depth = type(layer).__mro__.index(layer_type)
+        if isinstance(layer, layer_type) and _inherits_call(cls, layer_type):
+            depth = cls.__mro__.index(layer_type)
             if best is None or depth < best[0]:
                 best = (depth, handler)
     return None if best is None else best[1]
+
+
+def overridden_parent(layer: Any) -> type | None:
+    """The registered class that ``layer`` subclasses while overriding its ``call`` (for errors)."""
+    for layer_type, _ in _REGISTRY:
+        if isinstance(layer, layer_type) and not _inherits_call(type(layer), layer_type):
+            return layer_type
+    return None
+
+
+def _public_keras_subclasses(base: type) -> list[type]:
+    """The classes of ``keras.layers`` that derive from ``base`` (Keras' own layers: their handlers
+    know their variants, e.g. Conv1D's causal padding, even where they override ``call``)."""
+    import inspect
+
+    return [c for c in vars(keras.layers).values()
+            if inspect.isclass(c) and issubclass(c, base) and c is not base]
 
 
 def _bn_affine_weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
@@ -502,6 +549,44 @@ def _keras_window_2d(layer: Any) -> tuple | None:
     return tuple(layer.pool_size), tuple(layer.strides), layer.padding.upper()
 
 
+def _argmax_pool_2d(x: tf.Tensor, R: tf.Tensor, ksize: Sequence[int], strides: Sequence[int], padding: str,
+                    ) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+    """2-D max pooling of ``x`` (N, H, W, C) with its argmax, and the map that sends a relevance shaped
+    like the output to the one winner of each window."""
+    y, argmax = tf.nn.max_pool_with_argmax(x, [1, *ksize, 1], [1, *strides, 1], padding,
+                                           include_batch_in_index=True)
+
+    def back(r: tf.Tensor) -> tf.Tensor:
+        return tf.raw_ops.MaxPoolGradWithArgmax(input=x, grad=tf.reshape(tf.cast(r, x.dtype), tf.shape(y)),
+                                                argmax=argmax, ksize=[1, *ksize, 1], strides=[1, *strides, 1],
+                                                padding=padding, include_batch_in_index=True)
+
+    return y, back
+
+
+def _winner_takes_all_3d(layer: Any, x: tf.Tensor, R: tf.Tensor) -> tf.Tensor:
+    """Winner-takes-all through a 3-D max pooling, exactly: TensorFlow's MaxPool3DGrad kernel gives
+    a window's relevance to every input *close* to the maximum (seen on CPU: two values 6e-6 apart
+    both received it). The maximum over a box is the maximum over depth of the maxima over height
+    and width, so two 2-D poolings with argmax route each window's relevance to one input."""
+    channels_first = layer.data_format == "channels_first"
+    if channels_first:
+        x = tf.transpose(x, [0, 2, 3, 4, 1])
+    (kd, kh, kw), (sd, sh, sw) = layer.pool_size, layer.strides
+    padding = layer.padding.upper()
+    shape = tf.shape(x)
+    n, d, c = shape[0], shape[1], shape[4]
+    planes = tf.reshape(x, tf.concat([[n * d], shape[2:]], 0))            # (N*D, H, W, C)
+    t, back_hw = _argmax_pool_2d(planes, None, (kh, kw), (sh, sw), padding)
+    hw = tf.shape(t)[1:3]
+    cols = tf.reshape(t, tf.stack([n, d, 1, hw[0] * hw[1] * c]))        # (N, D, 1, H'W'C)
+    y, back_d = _argmax_pool_2d(cols, None, (kd, 1), (sd, 1), padding)
+    r = R if not channels_first else tf.transpose(R, [0, 2, 3, 4, 1])
+    r_t = tf.reshape(back_d(tf.reshape(r, tf.shape(y))), tf.shape(t))
+    out = tf.reshape(back_hw(r_t), shape)
+    return tf.transpose(out, [0, 4, 1, 2, 3]) if channels_first else out
+
+
 def _global_mean_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
     rank = x.shape.rank
     axes = list(range(1, rank - 1)) if layer.data_format == "channels_last" else list(range(2, rank))
@@ -513,6 +598,7 @@ def _upsampling_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
 
 
 L = keras.layers
+_KERAS_SUBCLASSES: list[tuple[type, Handler]] = []
 _dense = LinearHandler(lambda l: _kernel_params(l, "kernel"), _dense_fn)
 _conv = LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_fn)
 _depthwise = LinearHandler(lambda l: _kernel_params(l, "kernel"), _depthwise_fn)
@@ -559,7 +645,7 @@ for _t, _h in [
     # max pooling
     (L.MaxPooling1D, MaxPoolHandler(_keras_avg_for_max)),
     (L.MaxPooling2D, MaxPoolHandler(_keras_avg_for_max, _keras_window_2d)),
-    (L.MaxPooling3D, MaxPoolHandler(_keras_avg_for_max)),
+    (L.MaxPooling3D, MaxPoolHandler(_keras_avg_for_max, winner=_winner_takes_all_3d)),
     (L.GlobalMaxPooling1D, MaxPoolHandler(_global_mean_for_max)),
     (L.GlobalMaxPooling2D, MaxPoolHandler(_global_mean_for_max)),
     (L.GlobalMaxPooling3D, MaxPoolHandler(_global_mean_for_max)),
@@ -605,6 +691,12 @@ for _t, _h in [
     (L.Multiply, GateHandler()),
 ]:
     register_handler(_t, _h)
+    _KERAS_SUBCLASSES.extend((c, _h) for c in _public_keras_subclasses(_t))
+_registered = {t for t, _ in _REGISTRY}
+for _t, _h in reversed(_KERAS_SUBCLASSES):  # explicit registrations of a subclass keep priority
+    if _t not in _registered:
+        _REGISTRY.append((_t, _h))
+        _registered.add(_t)
 
 # keras.ops called on symbolic tensors inside functional models (``x + y``, ``ops.reshape`` ...)
 _OPS_BY_NAME: dict[str, Handler] = {

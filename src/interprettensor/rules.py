@@ -14,6 +14,9 @@ modify its inputs and parameters. Relevance ``R`` at the output is redistributed
 i.e. one forward pass per modified term and one vector-Jacobian product (a transposed convolution
 for a convolution) per group. Every rule in the literature that this library offers is a choice of
 groups ``g`` (with coefficient ``c_g``), terms ``t`` (input and parameter modifiers) and a stabiliser.
+A group may also select the outputs it explains by the sign of the unmodified pre-activation ``z``
+(``Group(..., outputs='positive')``: only where ``z >= 0``; ``'negative'``: where ``z < 0``): the
+generalised gamma rule uses one group for each sign, so that its denominator never changes sign.
 
 Custom rules: subclass :class:`LinearRule` and implement :meth:`LinearRule.groups`, or build one
 directly from :class:`Term` and :class:`Group` with :class:`CustomRule`.
@@ -28,6 +31,7 @@ import tensorflow as tf
 
 __all__ = [
     "TINY",
+    "WeightSum",
     "Term",
     "Group",
     "Rule",
@@ -42,6 +46,7 @@ __all__ = [
     "ZPlus",
     "ZPlusFast",
     "ZBox",
+    "GradientMap",
     "Pass",
     "WinnerTakesAll",
     "RULES",
@@ -77,22 +82,43 @@ def square(t: tf.Tensor) -> tf.Tensor:
     return tf.square(t)
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightSum:
+    """A parameter modifier that is a sum of scaled simple ones: ``sum_k c_k * m_k(W)``.
+
+    Being a linear combination, the layer's output under it is the same combination of the outputs
+    under each ``m_k`` (``f(x; W + g W^+) = f(x; W) + g f(x; W^+)``), which the engine uses to
+    share forward passes between terms. Example: the gamma rule's ``W + gamma * W^+`` is
+    ``WeightSum(((1.0, identity), (gamma, positive)))``.
+    """
+
+    parts: tuple[tuple[float, Modifier], ...]
+
+    def __call__(self, t: tf.Tensor) -> tf.Tensor:
+        out = None
+        for c, m in self.parts:
+            v = m(t) if c == 1.0 else tf.cast(c, t.dtype) * m(t)
+            out = v if out is None else out + v
+        return out
+
+
 def sign0(z: tf.Tensor) -> tf.Tensor:
     """+1 where ``z >= 0``, -1 elsewhere (the sign convention of all stabilisers)."""
     return tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
 
 
-#: smallest normal number of the low-precision dtypes: a positive stabiliser is kept at least this
-#: large there, so that e.g. TINY (1e-12) does not underflow to 0 in float16
-_SMALLEST_NORMAL = {tf.float16: 2.0 ** -14, tf.bfloat16: 2.0 ** -126}
+#: smallest normal number of each float dtype: a stabiliser is kept at least this large, so that
+#: e.g. TINY (1e-12) does not underflow to 0 in float16 and ``R / stab(0)`` is never ``0 / 0``
+_SMALLEST_NORMAL = {tf.float16: 2.0 ** -14, tf.bfloat16: 2.0 ** -126, tf.float32: 2.0 ** -126,
+                    tf.float64: 2.0 ** -1022}
 
 
 def stabilize(z: tf.Tensor, epsilon: float) -> tf.Tensor:
-    """``z + epsilon * sign0(z)``: moves the denominator away from zero, keeping its sign. In float16
-    and bfloat16 a positive ``epsilon`` is raised to the dtype's smallest normal number."""
-    if isinstance(epsilon, (int, float)) and epsilon > 0 and z.dtype in _SMALLEST_NORMAL:
+    """``z + epsilon * sign0(z)``: moves the denominator away from zero, keeping its sign. ``epsilon``
+    is raised to at least the dtype's smallest normal number, so the result is never zero."""
+    if isinstance(epsilon, (int, float)) and z.dtype in _SMALLEST_NORMAL:
         epsilon = max(float(epsilon), _SMALLEST_NORMAL[z.dtype])
-    return z + tf.cast(epsilon, z.dtype) * sign0(z)
+    return z + tf.constant(epsilon, z.dtype) * sign0(z)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +140,19 @@ class Term:
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """Terms that share one denominator ``z_g``; the group's result is scaled by ``coefficient``."""
+    """Terms that share one denominator ``z_g``; the group's result is scaled by ``coefficient``.
+
+    ``outputs``: ``None`` (the group explains every output), ``'positive'`` (only the outputs whose
+    unmodified pre-activation ``z`` is ``>= 0``) or ``'negative'`` (``z < 0``).
+    """
 
     terms: tuple[Term, ...]
     coefficient: float = 1.0
+    outputs: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outputs not in (None, "positive", "negative"):
+            raise ValueError(f"Group outputs must be None, 'positive' or 'negative', got {self.outputs!r}")
 
 
 class Rule:
@@ -193,14 +228,17 @@ class Epsilon(LinearRule):
     ``R_i = sum_j x_i w_ij / (z_j + eps * sign(z_j)) R_j`` with ``z_j = sum_i x_i w_ij + b_j``.
 
     ``bias=False`` leaves the bias out of ``z_j`` (iNNvestigate's "IgnoreBias" variants).
+    ``epsilon=0`` is LRP-0, the z-rule: it gets the z-rule's stabiliser :data:`TINY` (1e-12), so
+    that units with ``z_j = 0`` give 0 instead of ``0 / 0``.
     """
 
     name = "epsilon"
 
     def __init__(self, epsilon: float = 1e-6, bias: bool = True):
-        if not epsilon >= 0:
-            raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
-        self.epsilon = float(epsilon)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0 \
+                or epsilon == float("inf"):
+            raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+        self.epsilon = float(epsilon) if epsilon > 0 else TINY
         self.bias = bool(bias)
 
     def params(self) -> dict[str, Any]:
@@ -283,26 +321,42 @@ class AlphaBeta(LinearRule):
 
 
 class Gamma(LinearRule):
-    """LRP-gamma (Montavon et al. 2019, eq. 7): ``R_i = sum_j x_i (w_ij + gamma w_ij^+) /
-    sum_i' x_i' (w_i'j + gamma w_i'j^+) R_j``; the bias is modified the same way (``b + gamma b^+``)."""
+    """LRP-gamma (Montavon et al. 2019, eq. 7), in its generalised, sign-aware form by default.
+
+    Generalised (``generalized=True``, as Zennit's ``Gamma``; Andeol et al. 2021): the weights are
+    pushed towards the output's own sign, so the denominator never changes sign. Where the
+    pre-activation ``z_j >= 0``::
+
+        R_i = sum_j (x_i^+ (w_ij + g w_ij^+) + x_i^- (w_ij + g w_ij^-)) / d_j^+ R_j,
+        d_j^+ = z_j + g (sum_i x_i^+ w_ij^+ + x_i^- w_ij^- + b_j^+)
+
+    and where ``z_j < 0`` the same with ``w^+`` and ``w^-`` (and ``b^+``, ``b^-``) swapped, so that
+    ``d_j^- <= z_j < 0``. On non-negative inputs and positive outputs this is exactly eq. 7.
+
+    Literal (``generalized=False``, rule name ``'gamma_literal'``): eq. 7 as printed, ``w + g w^+`` and
+    ``b + g b^+`` for every output and input. Montavon et al. state it for ReLU inputs and positive
+    outputs; where a unit's output is negative while carrying relevance (a conv-BN before a residual
+    sum, a linear bottleneck), ``z + g * (positive part)`` can change sign and the relevance explodes.
+    """
 
     name = "gamma"
 
-    def __init__(self, gamma: float = 0.25, bias: bool = True):
-        if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
-        self.gamma, self.bias = float(gamma), bool(bias)
+    def __init__(self, gamma: float = 0.25, bias: bool = True, generalized: bool = True):
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < float("inf"):
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        self.gamma, self.bias, self.generalized = float(gamma), bool(bias), bool(generalized)
 
     def params(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "bias": self.bias}
+        return {"gamma": self.gamma, "bias": self.bias, "generalized": self.generalized}
 
     def groups(self) -> tuple[Group, ...]:
-        g = self.gamma
-
-        def mod(t: tf.Tensor) -> tf.Tensor:
-            return t + tf.cast(g, t.dtype) * positive(t)
-
-        return (Group((Term(identity, mod, mod if self.bias else None),)),)
+        up = WeightSum(((1.0, identity), (self.gamma, positive)))
+        down = WeightSum(((1.0, identity), (self.gamma, negative)))
+        if not self.generalized:
+            return (Group((Term(identity, up, up if self.bias else None),)),)
+        return (Group((Term(positive, up, up if self.bias else None), Term(negative, down, None)), outputs="positive"),
+                Group((Term(positive, down, down if self.bias else None), Term(negative, up, None)),
+                      outputs="negative"))
 
 
 class ZPlus(AlphaBeta):
@@ -330,12 +384,20 @@ class ZBox(LinearRule):
     """The z^B rule for inputs in a box ``[low, high]`` (Montavon et al. 2017, Deep Taylor):
     ``R_i = sum_j (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) / sum_i' (...) R_j``; no bias.
 
-    ``low`` and ``high`` are scalars or arrays broadcastable to the layer input.
+    ``low`` and ``high`` are required: scalars or arrays broadcastable to the model input (for
+    images in [0, 1]: ``low=0.0, high=1.0``), with ``low <= high`` everywhere. In composites they
+    are given for the model input and mapped through affine preprocessing layers before the layer.
     """
 
     name = "zbox"
 
-    def __init__(self, low: Any = -1.0, high: Any = 1.0):
+    def __init__(self, low: Any = None, high: Any = None):
+        if low is None or high is None:
+            raise ValueError(
+                "the z^B (box) rule needs the range of the input values: pass low= and high= (e.g. "
+                "low=0.0, high=1.0 for images scaled to [0, 1], or per-channel arrays); on the command "
+                "line --low and --high")
+        check_bounds(low, high)
         self.low, self.high = low, high
 
     def params(self) -> dict[str, Any]:
@@ -366,6 +428,41 @@ class ZBox(LinearRule):
                        Term(fill(high), neg_neg, None))),)
 
 
+def check_bounds(low: Any, high: Any) -> None:
+    """``low`` and ``high`` must be finite numbers (or arrays of them) with ``low <= high``."""
+    import numpy as np
+
+    if tf.is_tensor(low) or tf.is_tensor(high):  # mapped bounds inside a traced pass
+        return
+    try:
+        lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"low and high must be numbers or arrays of numbers, got {low!r} and {high!r}") from None
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError(f"low and high must be finite, got {low!r} and {high!r}")
+    try:
+        ok = bool(np.all(lo <= hi))
+    except ValueError:
+        raise ValueError(f"low and high must broadcast against each other, got shapes {lo.shape} and "
+                         f"{hi.shape}") from None
+    if not ok:
+        raise ValueError(f"low must be <= high, got low={low!r} and high={high!r}")
+
+
+class GradientMap(LinearRule):
+    """Relevance through a linear map by its transposed Jacobian, ``R_in = J^T R`` (no division by
+    the layer's output): iNNvestigate's "gradient" mapping, which Deep Taylor uses at pooling, sums
+    and upsampling. On average pooling each input of a window receives an equal share."""
+
+    name = "gradient_map"
+
+    def groups(self) -> tuple[Group, ...]:
+        return (Group((Term(input=ones, bias=None),)),)
+
+    def stabilize(self, z: tf.Tensor) -> tf.Tensor:
+        return tf.ones_like(z)
+
+
 class Pass(Rule):
     """Pass relevance through unchanged (layers whose input and output have the same shape)."""
 
@@ -394,6 +491,7 @@ RULES: dict[str, Callable[..., Rule]] = {
     "alpha1beta0": lambda bias=True: AlphaBeta(1.0, 0.0, bias),
     "alpha2beta1": lambda bias=True: AlphaBeta(2.0, 1.0, bias),
     "gamma": Gamma,
+    "gamma_literal": lambda gamma=0.25, bias=True: Gamma(gamma, bias, generalized=False),
     "zplus": ZPlus,
     "zplus_fast": ZPlusFast,
     "zbox": ZBox,
@@ -424,6 +522,11 @@ def get_rule(rule: Rule | str, **params: Any) -> Rule:
             break
     if key not in RULES:
         raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(sorted(RULES))}")
+    accepted = _signature_params(RULES[key])
+    unknown = sorted(set(params) - accepted) if accepted is not None else []
+    if unknown:
+        raise ValueError(f"rule {rule!r} does not take the parameters {unknown}; it takes: "
+                         f"{', '.join(sorted(accepted)) or 'no parameters'}")
     try:
         return RULES[key](**params)
     except TypeError as e:
@@ -458,6 +561,29 @@ def rule_from_variant(lrp_var: str | Rule | None, param: float | None = None) ->
     raise ValueError(
         f"unknown LRP variant {lrp_var!r}; valid variants: {', '.join(VARIANTS)} "
         f"(and the rule names {', '.join(sorted(set(RULES) - set(VARIANTS)))})")
+
+
+def _signature_params(factory: Callable[..., Rule]) -> set[str] | None:
+    """The keyword parameters ``factory`` takes; ``None`` if it takes any (``**kwargs``) or cannot tell."""
+    import inspect
+
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def rule_param_names(name: str) -> set[str]:
+    """The keyword parameters that the rule named ``name`` takes (empty if unknown)."""
+    key = name.lower()
+    for suffix in ("_ignore_bias", "_nobias", "ignorebias"):
+        if key.endswith(suffix) and key[: -len(suffix)] in RULES:
+            key = key[: -len(suffix)]
+    factory = RULES.get(key)
+    return (_signature_params(factory) or set()) if factory is not None else set()
 
 
 def rule_params_from_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
