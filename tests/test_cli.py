@@ -134,8 +134,10 @@ def test_train_then_explain_all_formats(work):
     np.testing.assert_allclose(z["relevance"][idx], R, rtol=1e-4, atol=1e-6)
     # the PNG digit reads back to (almost) the same input: same prediction as the array
     i_png, i_npy = list(z["names"]).index("digit0"), list(z["names"]).index("batch_0")
-    assert z["target"][i_png] == z["target"][i_npy]
-    assert z["output"][i_npy] == pytest.approx(float(z["relevance"][i_npy].sum()), rel=0.05)
+    assert z["targets"][i_png] == z["targets"][i_npy]
+    explained = z["outputs"][i_npy, z["targets"][i_npy]]
+    assert explained == pytest.approx(float(z["relevance"][i_npy].sum()), rel=0.05)
+    assert list(z["indices"]) == list(range(9)) and z["valid"].all()
 
 
 def test_explain_target_and_options(work):
@@ -143,7 +145,7 @@ def test_explain_target_and_options(work):
     run("explain", "m.keras", "batch.npy", "--target", "3", "--rule", "alphabeta", "--alpha", "2", "--beta", "1",
         "--out", "ex_t", "--no-png", "-q", cwd=d)
     z = np.load(d / "ex_t" / "relevances.npz")
-    assert list(z["target"]) == [3] * 5
+    assert list(z["targets"]) == [3] * 5
     assert not any(f.endswith(".png") for f in os.listdir(d / "ex_t"))
 
 

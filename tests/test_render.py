@@ -130,3 +130,35 @@ def test_rendering_leaves_pyplot_state_alone(tmp_path):
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []  # no figure left in pyplot's manager
     if backend is not None:
         assert matplotlib.rcParams._get_backend_or_none() == backend
+
+
+def test_feature_bars(tmp_path):
+    R = np.array([2.0, -1.0, 0.0, 0.5])
+    fig = render.feature_bars(R, x=np.array([0.1, 0.2, 0.3, 0.4]), feature_names=list("abcd"), title="s",
+                              path=str(tmp_path / "bars.png"))
+    assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bars = fig.axes[0].patches
+    assert [b.get_height() for b in bars] == list(R)
+    np.testing.assert_allclose(bars[0].get_facecolor()[:3], (1.0, 0.0, 0.0), atol=1e-6)  # largest: full red
+    np.testing.assert_allclose(bars[1].get_facecolor()[:3], (0.5, 0.5, 1.0), atol=0.01)  # -max/2: half-way to blue
+    np.testing.assert_allclose(bars[2].get_facecolor()[:3], (1.0, 1.0, 1.0), atol=0.01)  # zero: white
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a\n0.1", "b\n0.2", "c\n0.3", "d\n0.4"]
+    with pytest.raises(ValueError, match=r"shape \(F,\)"):
+        render.feature_bars(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="3 feature names for 4 features"):
+        render.feature_bars(R, feature_names=list("abc"))
+
+
+def test_sequence_strip(tmp_path):
+    R = np.zeros((10, 2))
+    R[3, 0], R[7, 1] = 4.0, -2.0
+    fig = render.sequence_strip(R, x=np.ones((10, 2)), channel_names=["p", "q"], path=str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = next(ax.get_images()[0] for ax in fig.axes if ax.get_images())
+    shown = np.asarray(img.get_array())
+    assert shown.shape == (2, 10)  # one row per channel, time along x
+    assert shown[0, 3] == 1.0 and shown[1, 7] == -0.5 and shown[0, 0] == 0.0  # max-abs scaled
+    assert img.get_clim() == (-1.0, 1.0)
+    assert render.sequence_strip(R[:, 0]).axes[0].get_images()[0].get_array().shape == (1, 10)  # (T,): one channel
+    with pytest.raises(ValueError, match=r"x has shape \(10, 3\)"):
+        render.sequence_strip(R, x=np.ones((10, 3)))

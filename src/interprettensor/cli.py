@@ -6,8 +6,10 @@ Subcommands:
   one with ``--pretrained``), explain test digits with the five original variants and a composite,
   write ``OUT/demo_heatmaps.png`` and TensorBoard logs in ``OUT/logs``;
 * ``train``: train one of the original examples' networks and save it as ``.keras``;
-* ``explain``: explain a saved Keras model on image files, folders or ``.npy`` arrays; writes heatmap
-  PNGs and ``relevances.npz``.
+* ``explain``: explain a saved Keras model on image files, folders or ``.npy`` arrays; writes a
+  picture per input (heatmap and overlay for images, a bar chart for feature vectors, a strip per
+  channel for sequences) and ``relevances.npz`` (or shards with ``--shard-size``; the same arrays,
+  see :func:`interprettensor.load_relevances`).
 * ``evaluate``: region perturbation (pixel flipping, AOPC) of several explanation methods on a saved
   model or the digits CNN; writes ``OUT/curves.png`` and ``OUT/aopc.csv`` (``--sanity``: also the
   model-randomisation check).
@@ -109,11 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", parents=[common], help="explain a saved Keras model on images or arrays",
                        description="Explain a saved Keras model (.keras or .h5) with LRP. INPUTS are image "
                                    "files (PNG, JPEG, ...), folders of them, or .npy arrays (one sample or a "
-                                   "batch, used as they are). Writes NAME_heatmap.png and NAME_overlay.png "
-                                   "per input and OUT/relevances.npz (relevance, names, target, output). "
+                                   "batch, used as they are). Writes a picture per input: NAME_heatmap.png "
+                                   "and NAME_overlay.png for images, NAME_bars.png (relevance per feature) "
+                                   "for feature vectors (N, F), NAME_strip.png (channels over time) for "
+                                   "sequences (N, T, C); and OUT/relevances.npz (relevance, indices, targets, "
+                                   "outputs, valid, names; read it with interprettensor.load_relevances). "
                                    "With --shard-size N the inputs are streamed and written as "
-                                   "OUT/shard-00000.npz, ... and OUT/manifest.json; an interrupted run "
-                                   "continues with --resume.")
+                                   "OUT/shard-00000.npz, ... (the same arrays) and OUT/manifest.json; an "
+                                   "interrupted run continues with --resume. Inputs with NaN or inf stop the "
+                                   "run with an error naming them, unless --skip-nonfinite.")
     e.add_argument("model", help="a saved Keras model (.keras, .h5)")
     e.add_argument("inputs", nargs="+", help="image files, folders, or .npy arrays")
     e.add_argument("--rule", default="epsilon",
@@ -145,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
                    help="stream the inputs and write OUT/shard-00000.npz, ... (N inputs each) and "
                         "OUT/manifest.json instead of relevances.npz; an interrupted run continues with --resume")
+    e.add_argument("--skip-nonfinite", action="store_true",
+                   help="explain the inputs without NaN or infinite values and give those relevance 0 and valid "
+                        "False in relevances.npz / the shards (default: stop with an error naming them)")
     e.add_argument("--resume", action="store_true",
                    help="continue the sharded run in OUT after its last complete shard (same model, rule, inputs)")
     e.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "mixed_float16",
@@ -234,7 +243,11 @@ def load_model(path: str) -> Any:
 
 
 def model_input_shape(model: Any) -> tuple | None:
-    """The model's input shape ``(None, H, W, C)`` (None entries: any size), if it can be known."""
+    """The model's input shape ``(None, H, W, C)`` (None entries: any size), if it can be known: from a
+    functional model's input, else from the shape the model was built with (``get_build_config()``, e.g.
+    ``it.Sequential`` and models saved by ``interprettensor train``), else from the first layer (an
+    ``it.Linear`` with ``input_dim``, an ``it.Convolution`` with ``input_depth``); the batch size is
+    always None. None when nothing tells (the data's shape is then used)."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
@@ -242,14 +255,25 @@ def model_input_shape(model: Any) -> tuple | None:
     if inputs:
         if len(inputs) > 1:
             raise CLIError(f"the model has {len(inputs)} inputs; 'explain' supports single-input models")
-        return tuple(inputs[0].shape)
+        return (None,) + tuple(inputs[0].shape)[1:]
     try:
         cfg = model.get_build_config() or {}
     except Exception:  # noqa: BLE001
         cfg = {}
     shape = cfg.get("input_shape")
-    if shape and not isinstance(shape[0], (list, tuple, dict)):
-        return tuple(shape)
+    if isinstance(shape, dict) and len(shape) == 1:
+        shape = next(iter(shape.values()))
+    if isinstance(shape, (list, tuple)) and shape and all(s is None or isinstance(s, int) for s in shape):
+        return (None,) + tuple(shape)[1:]
+    layers = getattr(model, "modules", None) or getattr(model, "layers", None) or []
+    first = layers[0] if layers else None
+    dim, depth = getattr(first, "input_dim", None), getattr(first, "input_depth", None)
+    if depth is not None:  # it.Convolution
+        if isinstance(dim, (tuple, list)) and len(dim) == 2:
+            return (None, int(dim[0]), int(dim[1]), int(depth))
+        return (None, None, None, int(depth))
+    if isinstance(dim, int):  # it.Linear
+        return (None, dim)
     return None
 
 
@@ -475,16 +499,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     explainer = it.Explainer(model, args.rule, **params)
     lo, hi = args.input_range
 
-    results: dict[str, list] = {"names": [], "relevance": [], "target": [], "output": []}
+    results: dict[str, list] = {k: [] for k in ("relevance", "indices", "targets", "outputs", "valid", "names")}
     npz_path = os.path.join(out, "relevances.npz")
     last_save = [0.0]
+    pictures = _Pictures(args, out)
 
     def save_npz(force: bool = False) -> None:
         if not results["names"] or (not force and time.time() - last_save[0] < 2.0):
             return
         tmp = npz_path + ".tmp.npz"
-        np.savez(tmp, names=np.array(results["names"]), relevance=np.concatenate(results["relevance"]),
-                 target=np.array(results["target"]), output=np.array(results["output"]))
+        np.savez(tmp, **{k: np.concatenate(v) for k, v in results.items()})
         os.replace(tmp, npz_path)
         last_save[0] = time.time()
 
@@ -493,23 +517,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     def flush(pending: list) -> None:
         if not pending:
             return
-        xs = np.stack([x for _, x in pending]).astype("float32")
+        xs = np.stack([x for _, _, x in pending]).astype("float32")
+        ok = np.isfinite(xs.reshape(len(xs), -1)).all(axis=1)
+        if not ok.all() and not args.skip_nonfinite:
+            bad = [name for (_, name, _), good in zip(pending, ok) if not good]
+            raise CLIError(f"input(s) {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''} hold NaN or "
+                           f"infinite values; fix them, or pass --skip-nonfinite to explain the others")
+        safe = np.where(ok.reshape((-1,) + (1,) * (xs.ndim - 1)), xs, 0.0).astype("float32")
         target = None if args.target is None else np.full(len(xs), args.target)
-        R, logits = explainer(xs, target, return_output=True)
-        flat = np.asarray(logits).reshape(len(xs), -1)
+        R, logits = explainer(safe, target, return_output=True)
+        R = np.asarray(R, "float32")
+        flat = np.asarray(logits, "float32").reshape(len(xs), -1)
         tgt = flat.argmax(-1) if args.target is None else np.full(len(xs), args.target)
-        if not args.no_png and R.ndim == 4:
-            scale = args.scale or max(1, 224 // max(R.shape[1], R.shape[2]))
-            heat = render.relevance_to_rgb(R, args.cmap, args.normalize, args.percentile)
-            over = render.overlay(R, xs, args.cmap, normalization=args.normalize, percentile=args.percentile,
-                                  vmin=lo, vmax=hi)
-            for i, (name, _) in enumerate(pending):
-                render.save_png(os.path.join(out, f"{name}_heatmap.png"), heat[i], scale)
-                render.save_png(os.path.join(out, f"{name}_overlay.png"), over[i], scale)
-        results["names"] += [n for n, _ in pending]
-        results["relevance"].append(R.astype("float32"))
-        results["target"] += [int(t) for t in tgt]
-        results["output"] += [float(flat[i, t]) for i, t in enumerate(tgt)]
+        R[~ok] = 0.0
+        flat[~ok] = 0.0
+        tgt = np.where(ok | (args.target is not None), tgt, -1)
+        names = [n for _, n, _ in pending]
+        pictures.write(names, R, xs, ok)
+        results["names"].append(np.array(names))
+        results["indices"].append(np.array([i for i, _, _ in pending], np.int64))
+        results["relevance"].append(R)
+        results["targets"].append(tgt.astype(np.int32))
+        results["outputs"].append(flat)
+        results["valid"].append(ok)
         save_npz()
         bar.update(len(pending))
         pending.clear()
@@ -517,7 +547,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     pending: list = []
     ok = False
     try:
-        for item in items:
+        for i, item in enumerate(items):
             try:
                 if item.array is not None:
                     x = np.asarray(item.array[item.index], dtype="float32")
@@ -526,7 +556,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             except CLIError:
                 flush(pending)  # what came before the bad input is still written
                 raise
-            pending.append((item.name, x))
+            pending.append((i, item.name, x))
             if len(pending) >= args.batch_size:
                 flush(pending)
         flush(pending)
@@ -534,16 +564,78 @@ def cmd_explain(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         save_npz(force=True)
-        if not ok and results["names"]:
-            print(f"wrote the outputs of the first {len(results['names'])} input(s) to {out}", file=sys.stderr)
-    print(f"explained {len(results['names'])} input(s) with {args.rule}: "
-          f"{'heatmap PNGs and ' if not args.no_png else ''}{npz_path}")
+        n_done = sum(len(v) for v in results["names"])
+        if not ok and n_done:
+            print(f"wrote the outputs of the first {n_done} input(s) to {out}", file=sys.stderr)
+    n_bad = int(sum((~v).sum() for v in results["valid"]))
+    print(f"explained {n_done - n_bad} input(s) with {args.rule}{_skipped_note(n_bad)}: "
+          f"{pictures.summary()}{npz_path}")
     return 0
+
+
+def _skipped_note(n: int) -> str:
+    return f", skipped {n} with NaN or infinite values (relevance 0, valid False)" if n else ""
+
+
+class _Pictures:
+    """The pictures ``explain`` writes per input: for images ``NAME_heatmap.png`` and
+    ``NAME_overlay.png``, for feature vectors ``(N, F)`` a bar chart ``NAME_bars.png``, for sequences
+    ``(N, T, C)`` a strip per channel over time ``NAME_strip.png``; none for other shapes or with
+    ``--no-png``. Counts what it wrote for the closing message."""
+
+    KINDS = {4: ("heatmap and overlay PNG", "heatmap and overlay PNGs", "NAME_heatmap.png, NAME_overlay.png", 2),
+             2: ("bar chart of feature relevance", "bar charts of feature relevance", "NAME_bars.png", 1),
+             3: ("relevance strip, one row per channel over time",
+                 "relevance strips, one row per channel over time", "NAME_strip.png", 1)}
+
+    def __init__(self, args: argparse.Namespace, out: str):
+        self.args, self.out = args, out
+        self.count = 0  # inputs with pictures
+        self.ndim: int | None = None
+
+    def write(self, names: Sequence[str], R: Any, xs: Any, valid: Any) -> None:
+        from . import render
+
+        args, out = self.args, self.out
+        self.ndim = R.ndim
+        if args.no_png or R.ndim not in self.KINDS:
+            return
+        keep = [i for i in range(len(names)) if valid[i]]
+        if not keep:
+            return
+        if R.ndim == 4:
+            scale = args.scale or max(1, 224 // max(R.shape[1], R.shape[2]))
+            heat = render.relevance_to_rgb(R[keep], args.cmap, args.normalize, args.percentile)
+            over = render.overlay(R[keep], xs[keep], args.cmap, normalization=args.normalize,
+                                  percentile=args.percentile, vmin=args.input_range[0], vmax=args.input_range[1])
+            for j, i in enumerate(keep):
+                render.save_png(os.path.join(out, f"{names[i]}_heatmap.png"), heat[j], scale)
+                render.save_png(os.path.join(out, f"{names[i]}_overlay.png"), over[j], scale)
+        elif R.ndim == 2:
+            for i in keep:
+                render.feature_bars(R[i], xs[i], title=names[i], cmap=args.cmap,
+                                    path=os.path.join(out, f"{names[i]}_bars.png"))
+        else:
+            for i in keep:
+                render.sequence_strip(R[i], xs[i], title=names[i], cmap=args.cmap, normalization=args.normalize,
+                                      percentile=args.percentile, path=os.path.join(out, f"{names[i]}_strip.png"))
+        self.count += len(keep)
+
+    def summary(self) -> str:
+        """What was written, as the start of a sentence ending in the npz path."""
+        if self.args.no_png:
+            return "no pictures (--no-png); "
+        if self.ndim is not None and self.ndim not in self.KINDS:
+            return f"no pictures (none for {self.ndim - 1}-D samples); "
+        if self.count == 0:
+            return ""
+        one, many, files, per = self.KINDS[self.ndim or 4]
+        n = self.count * per
+        return f"{n} {one if n == 1 else many} ({files}) in {self.out}, and "
 
 
 def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: str) -> int:
     """``interprettensor explain --shard-size N [--resume]``: :func:`interprettensor.explain_dataset`."""
-    from . import render
     from .stream import MANIFEST, RERUN, StreamError, _read_manifest, explain_dataset
 
     manifest = _read_manifest(out)
@@ -554,30 +646,24 @@ def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: st
         raise CLIError(f"--resume: {out!r} holds no sharded run to continue; start one with --shard-size N")
     shard_size = args.shard_size or int(manifest["identity"]["shard_size"])
     lo, hi = args.input_range
+    pictures = _Pictures(args, out)
 
     def write_pngs(k: int, arrays: dict) -> None:
-        R, xs = arrays["relevance"], arrays["x"]
-        if args.no_png or R.ndim != 4:
-            return
-        scale = args.scale or max(1, 224 // max(R.shape[1], R.shape[2]))
-        heat = render.relevance_to_rgb(R, args.cmap, args.normalize, args.percentile)
-        over = render.overlay(R, xs, args.cmap, normalization=args.normalize, percentile=args.percentile,
-                              vmin=lo, vmax=hi)
-        for i, name in enumerate(arrays["names"]):
-            render.save_png(os.path.join(out, f"{name}_heatmap.png"), heat[i], scale)
-            render.save_png(os.path.join(out, f"{name}_overlay.png"), over[i], scale)
+        pictures.write([str(n) for n in arrays["names"]], arrays["relevance"], arrays["x"], arrays["valid"])
 
     try:
         res = explain_dataset(model, list(args.inputs), args.rule, out, shard_size=shard_size,
                               batch_size=args.batch_size, target=args.target, progress=not args.quiet,
                               input_range=(lo, hi), color_mode=args.color_mode, resize=args.resize,
-                              on_shard=write_pngs, **params)
+                              on_shard=write_pngs, nonfinite="skip" if args.skip_nonfinite else "error", **params)
     except StreamError as e:
         msg = str(e).replace(RERUN, "run again with --resume to continue")
+        msg = msg.replace("pass nonfinite='skip'", "pass --skip-nonfinite")
         raise CLIError(msg.replace(" (or start over: resume=False)", "")) from None
     done = f" ({res.skipped} were complete before)" if res.skipped else ""
-    print(f"explained {res.n_samples} input(s) with {args.rule}: {res.shards} shard(s) in {out}{done}"
-          f"{'' if args.no_png else ' and heatmap PNGs'}")
+    pics = pictures.summary()
+    print(f"explained {res.n_samples - res.nonfinite} input(s) with {args.rule}{_skipped_note(res.nonfinite)}: "
+          f"{pics}{res.shards} shard(s) in {out}{done}")
     return 0
 
 

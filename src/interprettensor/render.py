@@ -9,7 +9,10 @@ importing this module never changes matplotlib's global backend or pyplot state.
   blue for negative, black for 0, red and yellow for positive);
 * :func:`overlay` draws the heatmap over the input image;
 * :func:`grid` / :func:`save_grid` lay out images with row and column titles; :func:`save_png`
-  writes one RGB image.
+  writes one RGB image;
+* for inputs that are no images: :func:`feature_bars` draws a bar chart of the relevance of each
+  feature of a vector ``(F,)`` (tabular data), :func:`sequence_strip` a coloured strip per channel
+  over time for a sequence ``(T, C)``.
 
 Example::
 
@@ -26,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["COLORMAPS", "get_cmap", "to_2d", "normalize", "relevance_to_rgb", "input_to_rgb", "overlay",
-           "enlarge", "grid", "save_grid", "save_png"]
+           "enlarge", "grid", "save_grid", "save_png", "feature_bars", "sequence_strip"]
 
 #: Diverging colour maps with the neutral colour at 0 (centre of the map): name -> list of
 #: (position in [0, 1], RGB) control points.
@@ -230,3 +233,126 @@ def save_grid(path: str, images: Sequence[Sequence[np.ndarray]], row_titles: Seq
     _ensure_dir(path)
     fig.savefig(path, format="png", dpi=dpi)
     return path
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finish(fig, path: str | None, dpi: int, tight: bool = True):
+    if tight:
+        fig.tight_layout()
+    if path is not None:
+        _ensure_dir(path)
+        fig.savefig(path, format="png", dpi=dpi)
+    return fig
+
+
+def _scale(R: np.ndarray) -> float:
+    m = float(np.max(np.abs(R))) if R.size else 0.0
+    return m if m > 0 and np.isfinite(m) else 1.0
+
+
+def feature_bars(R: np.ndarray, x: np.ndarray | None = None, feature_names: Sequence[str] | None = None,
+                 title: str | None = None, path: str | None = None, cmap: str = "bwr", dpi: int = 100):
+    """A bar chart of the relevance of each feature of one sample (tabular data).
+
+    Args:
+        R: relevance of one sample, ``(F,)``.
+        x: the sample's input values ``(F,)`` (optional): shown under the feature names.
+        feature_names: ``F`` labels (default ``0 .. F-1``).
+        title: figure title.
+        path: write a PNG here when given.
+        cmap: colour map of the bars, centred on zero (red: for the class, blue: against).
+
+    Returns:
+        the matplotlib Figure (Agg canvas, no pyplot).
+    """
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 1 or R.size == 0:
+        raise ValueError(f"feature_bars takes the relevance of one sample, shape (F,), got shape {R.shape}")
+    n = R.size
+    if feature_names is not None and len(feature_names) != n:
+        raise ValueError(f"{len(feature_names)} feature names for {n} features")
+    if x is not None and np.asarray(x).reshape(-1).size != n:
+        raise ValueError(f"x has shape {np.shape(x)}, but the relevance has {n} features")
+    names = [str(f) for f in feature_names] if feature_names is not None else [str(i) for i in range(n)]
+    if x is not None:
+        names = [f"{nm}\n{float(v):.3g}" for nm, v in zip(names, np.asarray(x, np.float64).reshape(-1))]
+    colours = get_cmap(cmap)((np.clip(R / _scale(R), -1.0, 1.0) + 1.0) / 2.0)
+    fig = _figure(min(16.0, max(4.0, 0.35 * n + 1.5)), 3.2)
+    ax = fig.subplots()
+    ax.bar(np.arange(n), R, color=colours, edgecolor="0.3", linewidth=0.4)
+    ax.axhline(0.0, color="0.3", linewidth=0.8)
+    if n <= 40:
+        ax.set_xticks(np.arange(n))
+        ax.set_xticklabels(names, fontsize=7, rotation=0 if n <= 12 else 90)
+    ax.set_xlabel("feature" + (" (value)" if x is not None else ""))
+    ax.set_ylabel("relevance")
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _finish(fig, path, dpi)
+
+
+def sequence_strip(R: np.ndarray, x: np.ndarray | None = None, channel_names: Sequence[str] | None = None,
+                   title: str | None = None, path: str | None = None, cmap: str = "bwr",
+                   normalization: str = "maxabs", percentile: float = 99.5, dpi: int = 100):
+    """The relevance of one sequence as a coloured strip: one heatmap row per channel over time.
+
+    Args:
+        R: relevance of one sample, ``(T, C)`` (or ``(T,)`` for one channel).
+        x: the sample's input ``(T, C)`` (optional): drawn as lines above the strip.
+        channel_names: ``C`` labels of the rows (default ``0 .. C-1``).
+        title: figure title.
+        path: write a PNG here when given.
+        cmap: diverging colour map, zero in its centre (see :func:`get_cmap`).
+        normalization, percentile: scaling of the colours, as in :func:`normalize` (one scale for the
+            whole sample).
+
+    Returns:
+        the matplotlib Figure (Agg canvas, no pyplot).
+    """
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim == 1:
+        R = R[:, None]
+    if R.ndim != 2 or R.size == 0:
+        raise ValueError(f"sequence_strip takes the relevance of one sequence, shape (T, C), got shape {R.shape}")
+    t, c = R.shape
+    if channel_names is not None and len(channel_names) != c:
+        raise ValueError(f"{len(channel_names)} channel names for {c} channels")
+    if x is not None:
+        x = np.asarray(x, dtype=np.float64)
+        x = x[:, None] if x.ndim == 1 else x
+        if x.shape != R.shape:
+            raise ValueError(f"x has shape {x.shape}, but the relevance has shape {R.shape}")
+    Rn = normalize(R[None], normalization, percentile)[0]
+    names = [str(n) for n in channel_names] if channel_names is not None else [str(i) for i in range(c)]
+    strip_h = max(0.9, min(0.35 * c, 6.0))
+    fig = _figure(min(16.0, max(5.0, 0.06 * t + 2.0)), strip_h + (1.8 if x is not None else 0.0) + 0.9)
+    fig.set_layout_engine("constrained")
+    if x is not None:
+        ax_x, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1.8, strip_h]})
+        for k in range(c):
+            ax_x.plot(np.arange(t), x[:, k], linewidth=1.0, label=names[k])
+        ax_x.set_ylabel("input")
+        if c <= 8:
+            ax_x.legend(fontsize=7, loc="upper right")
+        ax_x.grid(alpha=0.3)
+    else:
+        ax = fig.subplots()
+    im = ax.imshow(Rn.T, aspect="auto", cmap=get_cmap(cmap), vmin=-1.0, vmax=1.0, interpolation="nearest",
+                   extent=(-0.5, t - 0.5, c - 0.5, -0.5))
+    ax.set_yticks(np.arange(c))
+    ax.set_yticklabels(names, fontsize=7)
+    ax.set_ylabel("channel")
+    ax.set_xlabel("time step")
+    fig.colorbar(im, ax=list(fig.axes), fraction=0.03, pad=0.01, label="relevance (scaled)")  # keeps x aligned
+    if title:
+        (fig.axes[0]).set_title(title, fontsize=9)
+    return _finish(fig, path, dpi, tight=False)

@@ -1,0 +1,210 @@
+"""``interprettensor explain`` at the edges: one relevances.npz format with and without shards, pictures
+for feature vectors and sequences, NaN/inf inputs, box rules' bounds, epsilon 0."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import interprettensor as it
+from interprettensor import cli
+
+KEYS = {"relevance", "indices", "targets", "outputs", "valid", "names"}
+
+
+def run(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, err
+
+
+def is_png(path):
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+    with Image.open(path) as im:
+        im.verify()
+        return im.size[0] > 50 and im.size[1] > 50
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    """Small models for images (8x8x1), feature vectors (12,), sequences (20, 3), and inputs for them."""
+    d = tmp_path_factory.mktemp("explain")
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(),
+                      keras.layers.Dense(3)]).save(d / "cnn.keras")
+    keras.Sequential([keras.Input((12,)), keras.layers.Dense(6, activation="relu"),
+                      keras.layers.Dense(3)]).save(d / "mlp.keras")
+    keras.Sequential([keras.Input((20, 3)), keras.layers.Conv1D(4, 3, activation="relu"), keras.layers.Flatten(),
+                      keras.layers.Dense(2)]).save(d / "seq.keras")
+    np.save(d / "x.npy", rng.random((3, 8, 8, 1)).astype(np.float32))
+    np.save(d / "f.npy", rng.random((4, 12)).astype(np.float32))
+    np.save(d / "s.npy", rng.normal(size=(3, 20, 3)).astype(np.float32))
+    (d / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray((rng.random((8, 8)) * 255).astype("uint8")).save(d / "imgs" / f"im{i}.png")
+    bad = rng.random((3, 8, 8, 1)).astype(np.float32)
+    bad[1, 2, 2, 0] = np.nan
+    np.save(d / "bad.npy", bad)
+    return d
+
+
+def test_one_format_with_and_without_shards(d, capsys, monkeypatch):
+    monkeypatch.chdir(d)
+    assert run(capsys, "explain", "cnn.keras", "x.npy", "imgs", "--out", "flat", "--no-png", "-q")[0] == 0
+    assert run(capsys, "explain", "cnn.keras", "x.npy", "imgs", "--out", "sharded", "--shard-size", "2",
+               "--no-png", "-q")[0] == 0
+    with np.load(d / "flat" / "relevances.npz") as z:
+        assert set(z.files) == KEYS
+    with np.load(d / "sharded" / "shard-00000.npz") as z:
+        assert set(z.files) == KEYS
+    a, b = it.load_relevances("flat"), it.load_relevances("sharded")
+    assert set(a) == set(b) == KEYS
+    for k in KEYS:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert list(a["names"]) == ["x_0", "x_1", "x_2", "im0", "im1"] and list(a["indices"]) == [0, 1, 2, 3, 4]
+    model = keras.models.load_model(d / "cnn.keras")
+    x = np.load(d / "x.npy")
+    R, logits = it.Explainer(model)(x, return_output=True)
+    np.testing.assert_allclose(a["relevance"][:3], R, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a["outputs"][:3], logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a["targets"][:3], logits.argmax(-1))
+    # a folder holding relevances.npz, and the file itself
+    assert list(it.load_relevances(str(d / "flat" / "relevances.npz"))["names"]) == list(a["names"])
+
+
+@pytest.mark.parametrize("model,data,suffix,words", [
+    ("mlp.keras", "f.npy", "bars", "bar charts of feature relevance (NAME_bars.png)"),
+    ("seq.keras", "s.npy", "strip", "relevance strips, one row per channel over time (NAME_strip.png)"),
+])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_pictures_for_vectors_and_sequences(d, capsys, monkeypatch, model, data, suffix, words, sharded):
+    monkeypatch.chdir(d)
+    out = f"pics_{suffix}_{sharded}"
+    code, stdout, err = run(capsys, "explain", model, data, "--out", out, "-q",
+                            *(["--shard-size", "2"] if sharded else []))
+    assert code == 0, err
+    n = len(np.load(data))
+    stem = data[:-4]
+    for i in range(n):
+        assert is_png(d / out / f"{stem}_{i}_{suffix}.png"), i
+    assert sorted(f for f in os.listdir(d / out) if f.endswith(".png")) == \
+        sorted(f"{stem}_{i}_{suffix}.png" for i in range(n))
+    assert f"{n} {words} in {out}" in stdout, stdout
+    assert "heatmap" not in stdout
+
+
+def test_images_message_counts_the_files(d, capsys, monkeypatch):
+    monkeypatch.chdir(d)
+    code, stdout, err = run(capsys, "explain", "cnn.keras", "imgs", "--out", "img_pics", "-q")
+    assert code == 0, err
+    assert stdout.strip() == (f"explained 2 input(s) with epsilon: 4 heatmap and overlay PNGs (NAME_heatmap.png, "
+                              f"NAME_overlay.png) in img_pics, and {os.path.join('img_pics', 'relevances.npz')}")
+    assert sorted(f for f in os.listdir(d / "img_pics") if f.endswith(".png")) == [
+        "im0_heatmap.png", "im0_overlay.png", "im1_heatmap.png", "im1_overlay.png"]
+    code, stdout, err = run(capsys, "explain", "cnn.keras", "imgs", "--out", "img_nopng", "--no-png", "-q")
+    assert "no pictures (--no-png)" in stdout and not [f for f in os.listdir(d / "img_nopng") if f.endswith(".png")]
+
+
+def test_nonfinite_inputs(d, capsys, monkeypatch):
+    monkeypatch.chdir(d)
+    code, out, err = run(capsys, "explain", "cnn.keras", "x.npy", "bad.npy", "--batch-size", "3", "--out", "nan",
+                         "-q")
+    assert code == 1
+    assert "error: input(s) bad_1 hold NaN or infinite values" in err and "--skip-nonfinite" in err, err
+    assert "wrote the outputs of the first 3 input(s)" in err  # x.npy's batch is kept
+    assert list(it.load_relevances("nan")["names"]) == ["x_0", "x_1", "x_2"]
+
+    code, out, err = run(capsys, "explain", "cnn.keras", "x.npy", "bad.npy", "--batch-size", "3", "--out", "nan2",
+                         "--skip-nonfinite", "-q")
+    assert code == 0, err
+    assert "explained 5 input(s) with epsilon, skipped 1 with NaN or infinite values" in out, out
+    got = it.load_relevances("nan2")
+    np.testing.assert_array_equal(got["valid"], [True, True, True, True, False, True])
+    assert np.isfinite(got["relevance"]).all() and (got["relevance"][4] == 0).all() and got["targets"][4] == -1
+    assert not (d / "nan2" / "bad_1_heatmap.png").exists() and (d / "nan2" / "bad_2_heatmap.png").exists()
+
+    # sharded: the error names the input and keeps the finished shards; --resume --skip-nonfinite goes on
+    code, out, err = run(capsys, "explain", "cnn.keras", "x.npy", "bad.npy", "--shard-size", "2", "--batch-size",
+                         "2", "--out", "nan3", "-q")
+    assert code == 1
+    assert "sample(s) 4 (files: bad_1) hold NaN or infinite values" in err and "--skip-nonfinite" in err, err
+    assert "shards 0..1 are complete" in err
+    code, out, err = run(capsys, "explain", "cnn.keras", "x.npy", "bad.npy", "--out", "nan3", "--resume",
+                         "--skip-nonfinite", "-q")
+    assert code == 0, err
+    assert "skipped 1 with NaN or infinite values" in out
+    np.testing.assert_array_equal(it.load_relevances("nan3")["valid"], [True, True, True, True, False, True])
+
+
+def _images(d):
+    return np.stack([cli.load_image(str(d / "imgs" / f"im{i}.png"), (None, 8, 8, 1), "auto", (0.0, 1.0), False)
+                     for i in range(2)])
+
+
+def test_box_rules_get_the_image_range(d, capsys, monkeypatch):
+    monkeypatch.chdir(d)
+    model = keras.models.load_model(d / "cnn.keras")
+    x = _images(d)
+    code, out, err = run(capsys, "explain", "cnn.keras", "imgs", "--rule", "epsilon_gamma_box", "--out", "box01",
+                         "--no-png")
+    assert code == 0, err
+    assert "--low 0 --high 1" in out
+    np.testing.assert_allclose(it.load_relevances("box01")["relevance"],
+                               it.lrp(model, x, rule="epsilon_gamma_box", low=0.0, high=1.0), rtol=1e-5, atol=1e-7)
+    code, out, err = run(capsys, "explain", "cnn.keras", "imgs", "--rule", "epsilon_gamma_box", "--input-range",
+                         "-1", "1", "--out", "box11", "--no-png", "-q")
+    assert code == 0, err
+    np.testing.assert_allclose(it.load_relevances("box11")["relevance"],
+                               it.lrp(model, 2 * x - 1, rule="epsilon_gamma_box", low=-1.0, high=1.0),
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("args,match", [
+    (("x.npy", "--rule", "epsilon_gamma_box"), "needs the range of the input values"),
+    (("x.npy", "--rule", "bounded_deep_taylor"), "give --low and --high"),
+    (("imgs", "x.npy", "--rule", "zbox"), "x.npy"),
+    (("x.npy", "--rule", "epsilon_gamma_box", "--low", "1", "--high", "0"),
+     "--low/--high: the low value must be below the high value, got 1 and 0"),
+    (("x.npy", "--rule", "epsilon_gamma_box", "--low", "0"), "give both --low and --high"),
+    (("imgs", "--input-range", "1", "1"), "--input-range: the low value must be below the high value"),
+])
+def test_bounds_errors(d, capsys, monkeypatch, args, match):
+    monkeypatch.chdir(d)
+    code, out, err = run(capsys, "explain", "cnn.keras", *args, "--out", "bad_bounds", "-q")
+    assert code == 1 and err.startswith("error: ") and match in err, err
+    assert not (d / "bad_bounds" / "relevances.npz").exists()
+
+
+def test_npy_with_box_rule_and_bounds(d, capsys, monkeypatch):
+    monkeypatch.chdir(d)
+    code, out, err = run(capsys, "explain", "cnn.keras", "x.npy", "--rule", "epsilon_gamma_box", "--low", "0",
+                         "--high", "1", "--out", "boxnpy", "--no-png", "-q")
+    assert code == 0, err
+    model = keras.models.load_model(d / "cnn.keras")
+    np.testing.assert_allclose(it.load_relevances("boxnpy")["relevance"],
+                               it.lrp(model, np.load("x.npy"), rule="epsilon_gamma_box", low=0.0, high=1.0),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_epsilon_zero_gives_finite_relevance(d, capsys, monkeypatch):
+    """epsilon=0 is the z-rule's stabiliser (the engine's part); the command must not write NaN and exit 0."""
+    monkeypatch.chdir(d)
+    x = np.zeros((2, 8, 8, 1), np.float32)  # all-zero inputs: every pre-activation of the first layer is its bias
+    x[1, 2:5, 2:5] = 1.0
+    np.save("zeros.npy", x)
+    code, out, err = run(capsys, "explain", "cnn.keras", "zeros.npy", "x.npy", "--rule", "epsilon", "--epsilon", "0",
+                         "--out", "eps0", "-q")
+    assert code == 0, err
+    got = it.load_relevances("eps0")
+    assert np.isfinite(got["relevance"]).all()
+    assert np.isfinite(got["outputs"]).all()
