@@ -66,3 +66,23 @@ def test_epoch_callback_writes_loss_and_accuracy_per_epoch(tmp_path):
     for tag in ("train/loss", "train/accuracy", "test/loss", "test/accuracy"):
         assert [s for s, _ in ev[tag]] == [0, 1, 2], tag
     assert ev["train/loss"][2][1] < ev["train/loss"][0][1] + 1e-6
+
+
+def test_epoch_callback_takes_log_folders_and_checks_its_arguments(tmp_path):
+    import pytest
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.random.default_rng(0).normal(size=(8, 4)), np.arange(8) % 2
+    cb = EpochSummaries(str(tmp_path / "train"), tmp_path / "test")  # a str and a PathLike
+    assert os.path.isdir(tmp_path / "train")
+    model.fit(x, y, epochs=2, verbose=0, validation_data=(x, y), callbacks=[cb])
+    ev = read_events(str(tmp_path))
+    assert [s for s, _ in ev["train/loss"]] == [0, 1] and [s for s, _ in ev["test/loss"]] == [0, 1]
+    with pytest.raises(TypeError, match="EpochSummaries: writer must be a SummaryWriter or a log folder path"):
+        EpochSummaries(42)
+    with pytest.raises(TypeError, match="val_writer must be .* got dict"):
+        EpochSummaries(str(tmp_path / "a"), val_writer={"dir": "x"})
+    with pytest.raises(TypeError, match="writer must be"):
+        EpochSummaries("")

@@ -118,16 +118,39 @@ class SummaryWriter:
         self.close()
 
 
+def _writer(value: Any, name: str) -> tuple["SummaryWriter", bool]:
+    """``(writer, owned)``: a SummaryWriter as given, or a new one for a log folder path (owned)."""
+    if isinstance(value, SummaryWriter):
+        return value, False
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value):
+        return SummaryWriter(os.fspath(value)), True
+    raise TypeError(f"EpochSummaries: {name} must be a SummaryWriter or a log folder path (str), got "
+                    f"{type(value).__name__} {value!r}"[:300])
+
+
 class EpochSummaries(keras.callbacks.Callback):
     """Keras callback: every epoch's logs (``loss``, ``accuracy``, ``val_*``) as scalars.
 
-    ``val_``-prefixed values go to ``val_writer`` (under the name without the prefix) when given.
+    Args:
+        writer: a :class:`SummaryWriter`, or a log folder path (a writer is created there, and closed
+            when training ends).
+        val_writer: the same for ``val_``-prefixed values, written under the name without the prefix
+            (optional; without it they go to ``writer`` as they are).
+
+    Raises:
+        TypeError: at once, for an argument that is neither a SummaryWriter nor a path.
     """
 
-    def __init__(self, writer: SummaryWriter, val_writer: SummaryWriter | None = None):
+    def __init__(self, writer: "SummaryWriter | str | os.PathLike[str]",
+                 val_writer: "SummaryWriter | str | os.PathLike[str] | None" = None):
         super().__init__()
-        self.writer = writer
-        self.val_writer = val_writer
+        self.writer, own = _writer(writer, "writer")
+        self._owned = [self.writer] if own else []
+        self.val_writer = None
+        if val_writer is not None:
+            self.val_writer, own = _writer(val_writer, "val_writer")
+            if own:
+                self._owned.append(self.val_writer)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         for key, value in (logs or {}).items():
@@ -136,6 +159,12 @@ class EpochSummaries(keras.callbacks.Callback):
             else:
                 self.writer.scalar(key, value, epoch)
         self.writer.flush()
+        if self.val_writer is not None:
+            self.val_writer.flush()
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        for w in self._owned:  # writers given by the caller stay open: the caller closes them
+            w.flush()
 
 
 def read_events(logdir: str) -> dict[str, list[tuple[int, Any]]]:
