@@ -208,3 +208,16 @@ def test_epsilon_zero_gives_finite_relevance(d, capsys, monkeypatch):
     got = it.load_relevances("eps0")
     assert np.isfinite(got["relevance"]).all()
     assert np.isfinite(got["outputs"]).all()
+
+
+def test_toolbox_presets_are_no_box_rules(d, capsys, monkeypatch):
+    """'toolbox_flat' contains 'box' but takes no bounds: explain and evaluate must not add any."""
+    assert cli.needs_box("epsilon_gamma_box") and cli.needs_box("zbox") and cli.needs_box("my_box_rule")
+    assert not cli.needs_box("toolbox_flat") and not cli.needs_box("toolbox_epsilon")
+    assert it.evaluate._needs_box("bounded_deep_taylor") and not it.evaluate._needs_box("toolbox_ww")
+    monkeypatch.chdir(d)
+    code, out, err = run(capsys, "explain", "cnn.keras", "x.npy", "--rule", "toolbox_flat", "--out", "tbx", "-q")
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", "cnn.keras", "x.npy", "--methods", "toolbox_flat", "--steps", "2",
+                         "--out", "tbx_ev", "-q")
+    assert code == 0, err

@@ -114,6 +114,9 @@ def test_first_use_installs_the_retracing_filter():
     rec = logging.LogRecord("tensorflow", logging.WARNING, "", 0, "5 out of the last 5 calls to "
                             "<function Explainer.compiled> triggered tf.function retracing", None, None)
     assert not filt.filter(rec)
+    rec.msg = ("6 out of the last 56 calls to <function _Scorer.__call__.<locals>.run at 0x7f> triggered "
+               "tf.function retracing")  # the evaluation's scorer, one per randomised model copy
+    assert not filt.filter(rec)
     rec.msg = "triggered tf.function retracing in user_function"
     assert filt.filter(rec)
 

@@ -140,12 +140,14 @@ def _prepare() -> None:
 
 
 class _OwnRetracingFilter:
-    """The library compiles one function per rule set and input signature on purpose; TensorFlow's
-    'triggered tf.function retracing' warning about those functions is noise for users."""
+    """The library compiles one function per rule set and input signature (and the evaluation one per
+    model copy) on purpose; TensorFlow's 'triggered tf.function retracing' warning about those
+    functions is noise for users."""
 
     def filter(self, record: _Any) -> bool:
         msg = record.getMessage()
-        return not ("tf.function retracing" in msg and ("Sequential." in msg or "Explainer." in msg))
+        return not ("tf.function retracing" in msg
+                    and any(own in msg for own in ("Sequential.", "Explainer.", "_Scorer.")))
 
 
 class _AfterKeras:

@@ -44,9 +44,9 @@ BOX_RULES = ("zbox", "epsilon_gamma_box", "bounded_deep_taylor")
 
 def needs_box(rule: str) -> bool:
     """Whether the rule or preset ``rule`` needs ``low``/``high``: the names in :data:`BOX_RULES` and any
-    name containing ``box``."""
+    name containing ``box`` (but not the ``toolbox_*`` presets)."""
     key = str(rule).lower().replace("-", "_")
-    return key in BOX_RULES or "box" in key
+    return key in BOX_RULES or "box" in key.replace("toolbox", "")
 
 
 class CLIError(Exception):

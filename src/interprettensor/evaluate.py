@@ -448,7 +448,11 @@ def _method_list(methods: Sequence[MethodSpec] | Mapping[str, Any] | None) -> li
 
 
 def _needs_box(method: Any) -> bool:
-    return isinstance(method, str) and ("box" in method.lower() or "bounded" in method.lower())
+    """Box rules by name: zbox, epsilon_gamma_box, bounded_deep_taylor, ... (not the toolbox_* presets)."""
+    if not isinstance(method, str):
+        return False
+    key = method.lower().replace("-", "_").replace("toolbox", "")
+    return "box" in key or "bounded" in key
 
 
 def explain(model: keras.Model, x: np.ndarray, method: Any, target: np.ndarray, params: Mapping[str, Any],
