@@ -76,30 +76,44 @@ def _refuse(backend: str) -> None:
         f"(KERAS_BACKEND or keras.json); set KERAS_BACKEND=tensorflow")
 
 
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow's C++ start-up lines (the oneDNN notice and absl's preamble) reach stderr before any
-    log level applies. Import it once with the stderr file descriptor pointed at /dev/null (set
-    INTERPRETTENSOR_TF_LOGS=1 to see them); any import error surfaces in the real import after it."""
-    if "tensorflow" in _sys.modules or _os.environ.get("INTERPRETTENSOR_TF_LOGS"):
-        return
-    try:
-        fd = _sys.stderr.fileno()
-        saved = _os.dup(fd)
-    except (OSError, ValueError, AttributeError):
-        return
-    devnull = _os.open(_os.devnull, _os.O_WRONLY)
-    try:
+class _QuietStderr:
+    """Point the stderr file descriptor at /dev/null for a while: TensorFlow's C++ start-up lines (the
+    oneDNN notice and absl's preamble) reach stderr before any log level applies. A no-op when stderr
+    has no descriptor or INTERPRETTENSOR_TF_LOGS is set."""
+
+    def __enter__(self) -> "_QuietStderr":
+        self.saved = self.devnull = None
+        if _os.environ.get("INTERPRETTENSOR_TF_LOGS"):
+            return self
+        try:
+            fd = _sys.stderr.fileno()
+            self.saved = _os.dup(fd)
+        except (OSError, ValueError, AttributeError):
+            return self
+        self.fd = fd
+        self.devnull = _os.open(_os.devnull, _os.O_WRONLY)
         _sys.stderr.flush()
-        _os.dup2(devnull, fd)
+        _os.dup2(self.devnull, fd)
+        return self
+
+    def __exit__(self, *exc: _Any) -> None:
+        if self.saved is not None:
+            _os.dup2(self.saved, self.fd)
+            _os.close(self.saved)
+        if self.devnull is not None:
+            _os.close(self.devnull)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow once without its C++ start-up lines (set INTERPRETTENSOR_TF_LOGS=1 to see
+    them); any import error surfaces in the real import after it."""
+    if "tensorflow" in _sys.modules:
+        return
+    with _QuietStderr():
         try:
             import tensorflow  # noqa: F401
         except Exception:  # noqa: BLE001
             pass
-        finally:
-            _os.dup2(saved, fd)
-    finally:
-        _os.close(devnull)
-        _os.close(saved)
 
 
 _prepared = False
@@ -164,7 +178,11 @@ class _AfterKeras:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: _Any) -> None:
-        self._loader.exec_module(module)
+        if "tensorflow" not in _sys.modules and _configured_backend() == "tensorflow":
+            with _QuietStderr():  # Keras imports TensorFlow: as quietly as the package does
+                self._loader.exec_module(module)
+        else:
+            self._loader.exec_module(module)
         try:
             _prepare()
         except Exception:  # noqa: BLE001 - another backend or a broken install: reported on first use
