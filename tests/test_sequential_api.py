@@ -186,8 +186,10 @@ def test_keras_layer_without_handler_is_named():
 
 @pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
 def test_other_keras_backend_is_refused(backend):
+    """``import interprettensor`` is light (no TensorFlow); the first use of the engine refuses."""
     env = dict(os.environ, KERAS_BACKEND=backend)
-    proc = subprocess.run([sys.executable, "-c", "import interprettensor"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", "import interprettensor as it; it.lrp"], env=env,
+                          capture_output=True, text=True)
     assert proc.returncode != 0
     assert "needs Keras' TensorFlow backend" in proc.stderr and repr(backend) in proc.stderr
 
