@@ -122,6 +122,14 @@ def _cast_params(params: dict, dtype: tf.DType) -> dict:
     return {k: tf.cast(ops.convert_to_tensor(v), dtype) for k, v in params.items() if v is not None}
 
 
+def _cached(lm: LinearMap | None, xs: Sequence[tf.Tensor]) -> LinearMap | None:
+    """The linear map the forward pass built, if its parameters have the inputs' dtype (under mixed
+    precision the backward pass runs in another dtype than the forward)."""
+    if lm is None or any(v.dtype != xs[0].dtype for v in lm.params.values()):
+        return None
+    return lm
+
+
 def _check_linear_rule(rule: Rule, step: Any) -> LinearRule:
     if not isinstance(rule, LinearRule):
         raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule {rule!r}: it needs a "
@@ -180,15 +188,16 @@ class LinearHandler(Handler):
         if step in RELU_DENOMINATOR.get():
             # z and relu(z) differ only where the relevance is provably zero; keeping only the
             # activation lets the forward pass use the fused convolution + bias + ReLU kernel
-            return [y], {"z": y}
-        return [y], {"z": z}
+            return [y], {"z": y, "map": lm}
+        return [y], {"z": z, "map": lm}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         if isinstance(rule, Pass):
             return _pass(xs, Rs, step)
         rule = _check_linear_rule(rule, step)
         R = _like(Rs[0], state["z"])
-        return linear_relevance(self.linear_map(layer, step, xs[0].dtype), xs, R, rule, state["z"], step.nonneg,
+        lm = _cached(state.get("map"), xs) or self.linear_map(layer, step, xs[0].dtype)
+        return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg,
                                 lazy=True, positive_outputs_only=step in RELU_DENOMINATOR.get())
 
     def output_nonneg(self, layer, inputs_nonneg, step):
@@ -303,11 +312,12 @@ class SeparableHandler(Handler):
         t = dw(xs)
         z = pw([t])
         y = z if strips_activation(step) else apply_activation(layer, layer.activation, z)
-        return [y], {"t": t, "z": z}
+        return [y], {"t": t, "z": z, "maps": (dw, pw)}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         rule = _check_linear_rule(rule, step)
-        dw, pw = self.maps(layer, step, xs[0].dtype)
+        maps = state.get("maps")
+        dw, pw = maps if maps and _cached(maps[0], xs) else self.maps(layer, step, xs[0].dtype)
         R = tf.reshape(Rs[0], tf.shape(state["z"]))
         pw_rule = rule
         if isinstance(rule, ZBox):
@@ -342,15 +352,16 @@ class FixedLinearHandler(Handler):
         return self.sign_preserving and all(inputs_nonneg)
 
     def forward(self, layer, xs, step):
-        z = self.linear_map(layer, xs)(xs)
-        return [z], {"z": z}
+        lm = self.linear_map(layer, xs)
+        z = lm(xs)
+        return [z], {"z": z, "map": lm}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         if isinstance(rule, Pass):
             return _pass(xs, Rs, step)
         rule = _check_linear_rule(rule, step)
-        return linear_relevance(self.linear_map(layer, xs), xs, _like(Rs[0], state["z"]), rule, state["z"],
-                                step.nonneg, lazy=True)
+        lm = _cached(state.get("map"), xs) or self.linear_map(layer, xs)
+        return linear_relevance(lm, xs, _like(Rs[0], state["z"]), rule, state["z"], step.nonneg, lazy=True)
 
 
 class MaxPoolHandler(Handler):

@@ -67,11 +67,11 @@ def identity(t: tf.Tensor) -> tf.Tensor:
 
 
 def positive(t: tf.Tensor) -> tf.Tensor:
-    return tf.maximum(t, tf.zeros_like(t))
+    return tf.maximum(t, tf.constant(0, t.dtype))
 
 
 def negative(t: tf.Tensor) -> tf.Tensor:
-    return tf.minimum(t, tf.zeros_like(t))
+    return tf.minimum(t, tf.constant(0, t.dtype))
 
 
 def ones(t: tf.Tensor) -> tf.Tensor:
@@ -104,7 +104,7 @@ class WeightSum:
 
 def sign0(z: tf.Tensor) -> tf.Tensor:
     """+1 where ``z >= 0``, -1 elsewhere (the sign convention of all stabilisers)."""
-    return tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
+    return tf.where(z >= 0, tf.constant(1, z.dtype), tf.constant(-1, z.dtype))
 
 
 #: smallest normal number of each float dtype: a stabiliser is kept at least this large, so that

@@ -128,6 +128,9 @@ class Sequential(keras.Model):
         if fn is None:
             def run(t: tf.Tensor) -> tuple:
                 values, records = forward(self.graph, [t])
+                # only tensors leave a tf.function: the cached linear maps are rebuilt by the handlers
+                records = [(ins, outs, {k: v for k, v in state.items() if tf.is_tensor(v)})
+                           for ins, outs, state in records]
                 return values[self.graph.outputs[0]], records
             fn = self._lrp_fns["forward"] = tf.function(run, autograph=False)
         try:
