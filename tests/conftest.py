@@ -26,3 +26,14 @@ def _seed():
     result does not depend on which tests ran before it in the same worker."""
     keras.utils.set_random_seed(1234)
     yield
+
+
+def pytest_addoption(parser):
+    """``--property-models N``: random models per property in tests/test_properties.py (default: a
+    small number, also INTERPRETTENSOR_PROPERTY_MODELS); ``--property-seed-start S``: first seed
+    (also INTERPRETTENSOR_PROPERTY_SEED_START)."""
+    group = parser.getgroup("interprettensor property tests")
+    group.addoption("--property-models", type=int, default=None,
+                    help="number of random models for tests/test_properties.py (default 30)")
+    group.addoption("--property-seed-start", type=int, default=None,
+                    help="first seed of the random models in tests/test_properties.py (default 0)")
