@@ -62,8 +62,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--vgg16", action="store_true")
     args = p.parse_args()
-    from interprettensor.data import load_digits, to_pretrained_input
-    from interprettensor.demo import pretrained_network
+    from interprettensor.io.digits import load_digits, to_pretrained_input
+    from interprettensor.apps.demo import pretrained_network
 
     x = to_pretrained_input(load_digits()[0][: args.n])
     net = pretrained_network()

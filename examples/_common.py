@@ -3,7 +3,7 @@
 The 2017 examples trained for ``--max_steps`` batches, printed the test accuracy every
 ``--test_every`` steps, and with ``--relevance=True`` explained a test batch with
 ``--relevance_method`` and wrote the heatmaps to TensorBoard. These do the same with
-interprettensor 2 on any of the data sets of :mod:`interprettensor.datasets` (default: the embedded
+interprettensor 2 on any of the data sets of :mod:`interprettensor.io.downloads` (default: the embedded
 digits, no download).
 """
 
@@ -81,9 +81,9 @@ def _run(arch: str, flags: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import interprettensor as it
-    from interprettensor import datasets
-    from interprettensor.demo import build_network
-    from interprettensor.summaries import SummaryWriter
+    from interprettensor.io import downloads as datasets
+    from interprettensor.apps.demo import build_network
+    from interprettensor.io.summaries import SummaryWriter
 
     x_train, y_train, x_test, y_test = datasets.load(flags.dataset, cache_dir=flags.data_dir)
     ckpt = os.path.join(flags.checkpoint_dir, "model.keras")

@@ -5,7 +5,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 sys.path.insert(0, os.path.dirname(__file__))  # tests import reference_numpy
 
-import interprettensor  # noqa: E402,F401 - imports TensorFlow quietly first
+import interprettensor.engine.explainer  # noqa: E402,F401 - imports TensorFlow quietly first
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

@@ -40,7 +40,7 @@ def work(tmp_path_factory):
     """A trained tiny model (`train`, 1 epoch) and inputs in every format."""
     from PIL import Image
 
-    from interprettensor.data import load_digits
+    from interprettensor.io.digits import load_digits
 
     d = tmp_path_factory.mktemp("cli")
     p = run("train", "--epochs", "1", "--out", "m.keras", "--logdir", "trainlogs", "-q", cwd=d)
@@ -63,7 +63,7 @@ def test_help_for_every_command(tmp_path):
     p = run("--help", cwd=tmp_path)
     for c in ("demo", "train", "explain"):
         assert c in p.stdout
-    from interprettensor.cli import main
+    from interprettensor.apps.cli import main
 
     for c, opt in (("demo", "--pretrained"), ("train", "--dataset"), ("explain", "--rule")):
         with pytest.raises(SystemExit) as e:
@@ -76,7 +76,7 @@ def test_help_for_every_command(tmp_path):
 
 @pytest.mark.slow
 def test_demo_writes_png_and_events(tmp_path):
-    from interprettensor.summaries import read_events
+    from interprettensor.io.summaries import read_events
 
     p = run("demo", "--epochs", "2", "--n", "3", "--out", "out", "-q", cwd=tmp_path)
     png = tmp_path / "out" / "demo_heatmaps.png"
@@ -111,7 +111,7 @@ def test_demo_pretrained(tmp_path):
 
 def test_train_then_explain_all_formats(work):
     d, x = work
-    from interprettensor.summaries import read_events
+    from interprettensor.io.summaries import read_events
 
     assert "train/loss" in read_events(str(d / "trainlogs"))
     p = run("explain", "m.keras", "imgs", "digit.jpg", "batch.npy", "one.npy", "--out", "ex",
@@ -159,7 +159,7 @@ def test_explain_bad_inputs_give_clean_errors(work):
 
 def cli(capsys, *args):
     """The same entry point in this process (faster): exit code, stdout, stderr."""
-    from interprettensor.cli import main
+    from interprettensor.apps.cli import main
 
     code = main(list(args))
     out, err = capsys.readouterr()
@@ -202,7 +202,7 @@ def test_train_mnist_offline_is_a_clean_error(tmp_path):
 
 @pytest.mark.slow
 def test_example_scripts_write_tensorboard_logs(tmp_path):
-    from interprettensor.summaries import read_events
+    from interprettensor.io.summaries import read_events
 
     run(os.path.join(ROOT, "examples", "mnist_convolutional.py"), "--max_steps=12", "--test_every=5",
         "--relevance=True", "--relevance_method=epsilon", "--save_model=True", "--quiet", cwd=tmp_path, module=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import interprettensor as it
-from interprettensor import cli
+from interprettensor.apps import cli
 
 
 def run(capsys, *args):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import interprettensor as it
-from interprettensor import cli
+from interprettensor.apps import cli
 
 KEYS = {"relevance", "indices", "targets", "outputs", "valid", "names"}
 

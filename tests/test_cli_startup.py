@@ -23,10 +23,10 @@ def py(code, env=None, timeout=120):
 
 def test_cli_and_package_import_no_tensorflow():
     """The real guard (the timing test below can be flaky on a busy machine)."""
-    p = py("import sys, interprettensor, interprettensor.cli\n"
-           "interprettensor.cli.build_parser()\n"
-           "heavy = sorted(m for m in ('tensorflow', 'keras', 'interprettensor.explain', 'interprettensor.evaluate')"
-           " if m in sys.modules)\n"
+    p = py("import sys, interprettensor, interprettensor.apps.cli\n"
+           "interprettensor.apps.cli.build_parser()\n"
+           "heavy = sorted(m for m in ('tensorflow', 'keras', 'interprettensor.engine.explainer',\n"
+           "               'interprettensor.analysis.evaluate', 'interprettensor.engine') if m in sys.modules)\n"
            "print('HEAVY', heavy)")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "HEAVY []" in p.stdout, p.stdout
@@ -92,8 +92,8 @@ def test_lazy_names_and_submodules():
     ns: dict = {}
     exec("from interprettensor import lrp, Sequential, Explainer, ExplainError, Linear, PRESETS, rules, "
          "attribution, evaluate, explain_dataset, load_relevances", ns)
-    assert ns["lrp"] is importlib.import_module("interprettensor.explain").lrp
-    assert ns["Sequential"] is importlib.import_module("interprettensor.sequential").Sequential
+    assert ns["lrp"] is importlib.import_module("interprettensor.engine.explainer").lrp
+    assert ns["Sequential"] is importlib.import_module("interprettensor.original.sequential").Sequential
     assert it.handlers.LinearHandler is not None and it.composites.PRESETS is it.PRESETS
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         it.no_such_name  # noqa: B018
@@ -132,7 +132,8 @@ def test_saved_model_loads_when_keras_is_imported_after_the_package(tmp_path):
 
 
 def test_default_method_names_match_evaluate():
-    from interprettensor import cli, evaluate
+    from interprettensor.analysis import evaluate
+    from interprettensor.apps import cli
 
     assert list(cli.DEFAULT_METHOD_NAMES) == [m[0] for m in evaluate.DEFAULT_METHODS]
 
@@ -140,7 +141,7 @@ def test_default_method_names_match_evaluate():
 def test_cli_load_model_registers_layers_itself(tmp_path):
     net = it.Sequential([it.Linear(3, input_dim=4), it.Softmax()])
     net.save(tmp_path / "n.keras")
-    p = py("import sys\nfrom interprettensor import cli\n"
+    p = py("import sys\nfrom interprettensor.apps import cli\n"
            f"m = cli.load_model({str(tmp_path / 'n.keras')!r})\nprint('LOADED', type(m).__name__)")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "LOADED Sequential" in p.stdout

@@ -219,7 +219,7 @@ def test_stabilisers_keep_relevance_finite_for_zero_inputs_and_dead_units():
 def test_non_negative_input_shortcuts_equal_the_full_rule(rule):
     """The engine's shortcuts for inputs known to be >= 0 (skipped terms, weights split by linearity,
     reused pre-activation) give exactly the rule's full computation."""
-    from interprettensor.core import LinearMap, linear_relevance
+    from interprettensor.engine.linear import LinearMap, linear_relevance
 
     rng = np.random.default_rng(8)
     x = tf.constant(np.abs(rng.normal(size=(3, 7, 7, 4))))

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from interprettensor import datasets
-from interprettensor.datasets import DatasetError, read_idx
+from interprettensor.io import downloads as datasets
+from interprettensor.io.downloads import DatasetError, read_idx
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:

@@ -269,7 +269,7 @@ def test_ssim_matches_a_naive_gaussian_window():
 def digits_cnn():
     """A small CNN trained on the 28x28 digits with fixed seeds (a few seconds). Like the library's
     digits networks (and the LRP Toolbox's MNIST models) it sees its [0, 1] inputs as [-1, 1]."""
-    from interprettensor.data import load_digits, train_test_split
+    from interprettensor.io.digits import load_digits, train_test_split
 
     x, y = load_digits()
     x_tr, y_tr, x_te, y_te = train_test_split(x, y, test_fraction=0.2, seed=0)
@@ -399,7 +399,7 @@ def test_evaluate_command(digits_cnn, tmp_path):
         assert (tmp_path / "demo" / f).exists(), f
 
 def test_evaluate_command_errors(tmp_path, capsys, monkeypatch):
-    from interprettensor.cli import main
+    from interprettensor.apps.cli import main
 
     model = _linear(4, 4, np.ones(16))
     model.save(tmp_path / "m.keras")

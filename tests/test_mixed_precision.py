@@ -9,15 +9,15 @@ from scipy.stats import spearmanr
 
 import interprettensor as it
 from interprettensor import rules
-from interprettensor.handlers import ExplainError
+from interprettensor import ExplainError
 
 LOW = ("float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from interprettensor.data import load_digits, to_pretrained_input
-    from interprettensor.demo import pretrained_network
+    from interprettensor.io.digits import load_digits, to_pretrained_input
+    from interprettensor.apps.demo import pretrained_network
 
     return pretrained_network(), to_pretrained_input(load_digits()[0][:48])
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import interprettensor as it
-from interprettensor import explain
+from interprettensor.engine import explainer as explain
 
 L = keras.layers
 

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 import interprettensor as it
-from interprettensor import cli, stream
-from interprettensor.stream import StreamError
+from interprettensor.apps import cli
+from interprettensor.io import shards as stream
+from interprettensor.io.shards import StreamError
 
 
 def small_cnn(seed=0, classes=5):
@@ -329,7 +330,7 @@ def _digits_like(n=7, seed=0):
 @pytest.mark.parametrize("arch", ["linear", "convolutional"])
 def test_models_saved_by_train_are_accepted(arch, tmp_path):
     """`interprettensor train` saves an it.Sequential: no functional inputs, the shape is in its build config."""
-    from interprettensor.demo import build_network
+    from interprettensor.apps.demo import build_network
 
     build_network(arch).save(tmp_path / "m.keras")
     model = keras.models.load_model(tmp_path / "m.keras")

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from interprettensor.summaries import EpochSummaries, SummaryWriter, read_events
+from interprettensor.io.summaries import EpochSummaries, SummaryWriter, read_events
 
 
 def plugins(logdir):

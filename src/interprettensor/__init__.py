@@ -6,6 +6,19 @@ Two ways in, one engine:
   ``net.lrp(R, 'epsilon', 0.01)``;
 * any Keras model: ``it.lrp(model, x, rule='epsilon_gamma_box', low=0.0, high=1.0)``.
 
+The package shows the architecture, imports only going downwards:
+
+* :mod:`.engine`: rules, the linear-map core, handlers (one module per layer family), the graph
+  walk, composites and the explainer;
+* :mod:`.original`: the 2017 API (its modules and ``Sequential``) on top of the engine;
+* :mod:`.attribution`: gradient baselines and Deep Taylor;
+* :mod:`.analysis`: explanation quality (region perturbation, model randomisation);
+* :mod:`.io`: data sets, reading inputs, shards of explained data sets, rendering, TensorBoard;
+* :mod:`.apps`: the command line and the demo.
+
+The modules' old flat names (``interprettensor.rules``, ``interprettensor.explain``,
+``interprettensor.stream``, ...) still import, as the modules they moved to.
+
 ``import interprettensor`` is light: TensorFlow, Keras and the engine are imported on first use of
 a name (``it.lrp``, ``it.Sequential``, ``it.rules``, ... and ``from interprettensor import lrp``; PEP
 562), so that ``interprettensor --help`` answers at once. That first use checks that Keras runs on
@@ -26,25 +39,34 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "2.0.0.dev0"
 
-#: public names -> the submodule that defines them
+#: public names -> the module that defines them
 _NAMES = {
-    "PRESETS": "composites", "Composite": "composites", "get_composite": "composites",
-    "register_preset": "composites",
-    "Explainer": "explain", "lrp": "explain",
-    "ExplainError": "handlers", "register_handler": "handlers",
-    "AvgPool": "layers", "Convolution": "layers", "Elu": "layers", "Flatten": "layers", "Linear": "layers",
-    "MaxPool": "layers", "Module": "layers", "Relu": "layers", "ReLU": "layers", "Sigmoid": "layers",
-    "Softmax": "layers", "Tanh": "layers",
-    "register_rule": "rules",
-    "Sequential": "sequential",
-    "explain_dataset": "stream", "load_relevances": "stream",
+    "PRESETS": "engine.composites", "Composite": "engine.composites", "get_composite": "engine.composites",
+    "register_preset": "engine.composites",
+    "Explainer": "engine.explainer", "lrp": "engine.explainer",
+    "ExplainError": "engine.errors", "register_handler": "engine.handlers",
+    "register_rule": "engine.rules",
+    "AvgPool": "original", "Convolution": "original", "Elu": "original", "Flatten": "original", "Linear": "original",
+    "MaxPool": "original", "Module": "original", "Relu": "original", "ReLU": "original", "Sigmoid": "original",
+    "Softmax": "original", "Tanh": "original", "Sequential": "original",
+    "explain_dataset": "io.shards", "load_relevances": "io.shards",
 }
-#: submodules reachable as attributes (``it.rules``, ``it.evaluate``, ...)
-_SUBMODULES = ("attribution", "cli", "composites", "core", "data", "datasets", "demo", "evaluate", "explain",
-               "graph", "handlers", "layers", "pretrained", "render", "rules", "sequential", "stream",
-               "summaries")
-#: submodules that need neither TensorFlow nor Keras
-_LIGHT = frozenset({"cli", "render", "__main__"})
+#: the modules' flat names (their attributes ``it.rules``, ``it.evaluate``, ... and old import paths)
+#: -> where they live
+_MOVED = {
+    "rules": "engine.rules", "core": "engine.linear", "handlers": "engine.handlers", "graph": "engine.graph",
+    "composites": "engine.composites", "explain": "engine.explainer",
+    "layers": "original.modules", "sequential": "original.sequential",
+    "evaluate": "analysis.evaluate",
+    "stream": "io.shards", "data": "io.digits", "datasets": "io.downloads", "render": "io.render",
+    "summaries": "io.summaries",
+    "cli": "apps.cli", "demo": "apps.demo",
+}
+#: submodules reachable as attributes (``it.rules``, ``it.evaluate``, ``it.engine``, ...)
+_SUBMODULES = tuple(sorted(set(_MOVED) | {"engine", "original", "attribution", "analysis", "io", "apps",
+                                          "pretrained"}))
+#: modules that need neither TensorFlow nor Keras (the command line's start and ``--help``)
+_LIGHT = frozenset({"apps", "apps.cli", "io", "io.inputs", "__main__", "cli"})
 
 __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
@@ -142,8 +164,7 @@ def _prepare() -> None:
         if not any(isinstance(f, _OwnRetracingFilter) for f in logging.getLogger("tensorflow").filters):
             logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
         # the library's Keras layers and Sequential, registered for keras.models.load_model
-        _importlib.import_module(f"{__name__}.layers")
-        _importlib.import_module(f"{__name__}.sequential")
+        _importlib.import_module(f"{__name__}.original")
         _prepared = True
     finally:
         _preparing = False
@@ -200,7 +221,7 @@ class _PrepareOnImport:
         if _prepared or self._busy:
             return None
         parts = fullname.split(".")
-        if len(parts) >= 2 and parts[0] == __name__ and parts[1] not in _LIGHT:
+        if len(parts) >= 2 and parts[0] == __name__ and ".".join(parts[1:]) not in _LIGHT:
             _prepare()
         elif fullname == "keras":
             import importlib.util
@@ -216,8 +237,35 @@ class _PrepareOnImport:
         return None
 
 
+class _Alias:
+    """Loader of a module's old flat name (``interprettensor.rules``): the module it moved to."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def create_module(self, spec: _Any) -> _Any:
+        return _importlib.import_module(self.target)
+
+    def exec_module(self, module: _Any) -> None:
+        pass
+
+
+class _MovedModules:
+    """A meta path finder for the old flat module names: ``import interprettensor.stream`` gives
+    ``interprettensor.io.shards`` (the same module object)."""
+
+    def find_spec(self, fullname: str, path: _Any, target: _Any = None) -> _Any:
+        parts = fullname.split(".")
+        if len(parts) == 2 and parts[0] == __name__ and parts[1] in _MOVED:
+            import importlib.util
+
+            return importlib.util.spec_from_loader(fullname, _Alias(f"{__name__}.{_MOVED[parts[1]]}"))
+        return None
+
+
 _FINDER = _PrepareOnImport()
 _sys.meta_path.insert(0, _FINDER)
+_sys.meta_path.append(_MovedModules())
 
 if "keras" in _sys.modules:  # Keras (and TensorFlow) are loaded already: nothing left to save
     try:
@@ -232,6 +280,8 @@ def __getattr__(name: str) -> _Any:
         value = getattr(_importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
         globals()[name] = value
         return value
+    if name in _MOVED:
+        return _importlib.import_module(f"{__name__}.{_MOVED[name]}")
     if name in _SUBMODULES:
         return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

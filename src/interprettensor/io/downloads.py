@@ -207,7 +207,7 @@ def load(name: str = "digits", cache_dir: str | None = None, quiet: bool = False
     """
     key = name.lower().replace("-", "_")
     if key == "digits":
-        from .data import load_digits, train_test_split
+        from .digits import load_digits, train_test_split
 
         x, y = load_digits()
         return train_test_split(x, y, test_fraction=test_fraction, seed=seed)

@@ -89,7 +89,7 @@ def build_network(arch: str = "convolutional", keep_prob: float = 1.0, n_classes
 def pretrained_network():
     """The original project's pretrained MNIST CNN, wrapped to take (N, 28, 28, 1) images in [0, 1]."""
     import interprettensor as it
-    from .pretrained import mnist_cnn
+    from ..pretrained import mnist_cnn
 
     base = mnist_cnn()
     net = it.Sequential(_input_layers(2) + list(base.modules) + [keras.layers.Flatten(name="logits"), it.Softmax()],
@@ -130,7 +130,7 @@ def train_network(net: Any, x: np.ndarray, y: np.ndarray, epochs: int, batch_siz
                   quiet: bool = False) -> dict[str, list[float]]:
     """Train with the original API (softmax cross-entropy, Adam), a progress bar, and TensorBoard
     scalars (``loss``, ``accuracy`` per epoch in ``logdir/train`` and ``logdir/test``)."""
-    from .summaries import EpochSummaries, SummaryWriter
+    from ..io.summaries import EpochSummaries, SummaryWriter
 
     steps = int(np.ceil(len(x) / batch_size)) * epochs
     callbacks: list[keras.callbacks.Callback] = [ProgressBar(steps, quiet)]
@@ -202,9 +202,9 @@ def run_demo(out: str = "output/demo", epochs: int = 10, n: int = 8, pretrained:
     baseline; the AOPC table is ``DemoResult.aopc`` and ``out/aopc_curves.png`` (0 skips it).
     """
     import interprettensor as it
-    from . import render
-    from .data import load_digits, train_test_split
-    from .summaries import SummaryWriter
+    from ..io import render
+    from ..io.digits import load_digits, train_test_split
+    from ..io.summaries import SummaryWriter
 
     t0 = time.time()
     keras.utils.set_random_seed(seed)

@@ -1,4 +1,4 @@
-"""Attribution baselines to compare with LRP, called the same way as :func:`interprettensor.lrp`.
+"""Gradient-based attribution baselines to compare with LRP, called like :func:`interprettensor.lrp`.
 
 Every function takes ``(model, x, target=None, ...)`` and returns an array shaped like ``x`` (a list
 for multi-input models). ``target`` follows :func:`~interprettensor.lrp`: ``None`` explains the
@@ -15,13 +15,7 @@ predicted class, an int or one int per sample a given class; the explained score
                                   (Springenberg et al. 2015)
 ``deconvnet``                     ReLU backward passes only positive gradients (Zeiler & Fergus
                                   2014)
-``deep_taylor``                   Deep Taylor decomposition, z+ on layers with weights (Montavon
-                                  et al. 2017), the preset ``'deep_taylor'``
-``bounded_deep_taylor``           as above with z^B(low, high) on the first layer, the preset
-                                  ``'bounded_deep_taylor'``
 ================================  ================================================================
-
-:func:`attribute` runs any of them, or any LRP rule or preset, by name.
 """
 
 from __future__ import annotations
@@ -33,26 +27,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import layers as itl
-from .composites import Composite, _bounded_deep_taylor_preset, _deep_taylor_preset
-from .explain import Explainer, _model_dtype, as_inputs, as_targets, lrp
-from .graph import build_graph, explained_output, forward
-from .handlers import ExplainError, override_activations
-from .rules import GradientMap  # noqa: F401 - its historical home
+from ..engine.errors import ExplainError
+from ..engine.explainer import _model_dtype, as_inputs, as_targets
+from ..engine.graph import build_graph, explained_output, forward
+from ..engine.handlers import override_activations
+from ..original import modules as itl
 
-__all__ = [
-    "gradient",
-    "input_x_gradient",
-    "smoothgrad",
-    "integrated_gradients",
-    "guided_backprop",
-    "deconvnet",
-    "deep_taylor",
-    "bounded_deep_taylor",
-    "attribute",
-    "METHODS",
-    "GradientMap",
-]
+__all__ = ["gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet"]
 
 ArrayLike = Any
 
@@ -329,90 +310,3 @@ def integrated_gradients(model: keras.Model, x: ArrayLike, target: ArrayLike | N
 
     mean = _augmented_mean(g, xs, targets, steps, make, batch_size, weights)
     return _result([(m * (b_ - r)).astype(b_.dtype) for m, b_, r in zip(mean, base, refs)])
-
-
-# ----------------------------------------------------------------------------- Deep Taylor
-
-def _deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None, rule: Composite,
-                 output: int | str | None, batch_size: int | None) -> np.ndarray | list[np.ndarray]:
-    explainer = Explainer(model, rule, output=output)
-    R, out = explainer(x, target, batch_size=batch_size, return_output=True)
-    flat = out.reshape(out.shape[0], -1)
-    t = np.argmax(flat, axis=-1) if target is None else np.broadcast_to(np.asarray(target), (flat.shape[0],))
-    # Deep Taylor explains relu(f_t): a non-positive score has no relevance (all rules are linear in R)
-    keep = (flat[np.arange(flat.shape[0]), t] > 0)
-    Rs = R if isinstance(R, list) else [R]
-    Rs = [r * keep.reshape((-1,) + (1,) * (r.ndim - 1)).astype(r.dtype) for r in Rs]
-    return _result(Rs)
-
-
-def deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, *,
-                output: int | str | None = None, batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
-    """Deep Taylor decomposition for ReLU networks with unbounded inputs (Montavon et al. 2017,
-    "Explaining nonlinear classification decisions with deep Taylor decomposition"), as
-    iNNvestigate's ``DeepTaylor``: the z+ rule on every layer with weights, relevance through
-    pooling, sums and upsampling by their transposed Jacobian (:class:`GradientMap`), max pooling
-    winner-takes-all; the explained score is ``relu(f_t)``. The same rules as the preset
-    ``'deep_taylor'`` (``it.lrp(model, x, rule='deep_taylor')``, without the final ReLU)."""
-    return _deep_taylor(model, x, target, _deep_taylor_preset(), output, batch_size)
-
-
-def bounded_deep_taylor(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None,
-                        low: Any = None, high: Any = None, *, output: int | str | None = None,
-                        batch_size: int | None = None) -> np.ndarray | list[np.ndarray]:
-    """Deep Taylor decomposition for inputs in a box ``[low, high]`` (Montavon et al. 2017): as
-    :func:`deep_taylor` with the z^B rule on the first layer(s) with weights (iNNvestigate's
-    ``BoundedDeepTaylor``; the preset ``'bounded_deep_taylor'``)."""
-    params = {k: v for k, v in (("low", low), ("high", high)) if v is not None}
-    return _deep_taylor(model, x, target, _bounded_deep_taylor_preset(**params), output, batch_size)
-
-
-# ----------------------------------------------------------------------------- dispatcher
-
-_BASELINES: dict[str, Callable[..., Any]] = {
-    "gradient": gradient,
-    "input_x_gradient": input_x_gradient,
-    "smoothgrad": smoothgrad,
-    "integrated_gradients": integrated_gradients,
-    "guided_backprop": guided_backprop,
-    "deconvnet": deconvnet,
-    "deep_taylor": deep_taylor,
-    "bounded_deep_taylor": bounded_deep_taylor,
-}
-
-_ALIASES = {
-    "saliency": "gradient",
-    "input_times_gradient": "input_x_gradient",
-    "inputxgradient": "input_x_gradient",
-    "gradient_x_input": "input_x_gradient",
-    "smooth_grad": "smoothgrad",
-    "ig": "integrated_gradients",
-    "integratedgradients": "integrated_gradients",
-    "guidedbackprop": "guided_backprop",
-    "guided_backpropagation": "guided_backprop",
-    "deeptaylor": "deep_taylor",
-    "boundeddeeptaylor": "bounded_deep_taylor",
-}
-
-#: names of the baselines accepted by :func:`attribute` (besides every LRP rule and preset name)
-METHODS: tuple[str, ...] = tuple(_BASELINES)
-
-
-def attribute(model: keras.Model, x: ArrayLike, method: str, target: ArrayLike | None = None,
-              **kw: Any) -> np.ndarray | list[np.ndarray]:
-    """Run an attribution method by name: a baseline of :data:`METHODS` (or an alias such as
-    ``'saliency'``, ``'ig'``), or any LRP rule or preset name (``'epsilon'``, ``'alpha2beta1'``,
-    ``'preset_a'``, ...; also a Rule or Composite object), which goes to :func:`interprettensor.lrp`.
-    Keyword arguments go to the method.
-
-    Example::
-
-        for m in ["gradient", "integrated_gradients", "epsilon", "preset_a"]:
-            R = it.attribution.attribute(model, x, m, target=3)
-    """
-    if isinstance(method, str):
-        key = method.lower().replace("-", "_")
-        key = _ALIASES.get(key, key)
-        if key in _BASELINES:
-            return _BASELINES[key](model, x, target, **kw)
-    return lrp(model, x, rule=method, target=target, **kw)

@@ -17,7 +17,7 @@ import tensorflow as tf
 from .composites import Composite, get_composite
 from .graph import Graph, Step, backward, build_graph, explained_output, forward, relu_denominator_steps
 from .handlers import KEEP_ACTIVATIONS, RELU_DENOMINATOR, ExplainError
-from .rules import Rule, ZBox
+from .rules import Rule, ZBox, constant
 
 __all__ = ["Explainer", "lrp"]
 
@@ -210,7 +210,7 @@ class Explainer:
                 continue
             mapped = []
             for bound in (rule.low, rule.high):
-                filled = [tf.broadcast_to(tf.cast(bound, x.dtype), tf.shape(x)) for x in xs]
+                filled = [tf.broadcast_to(constant(bound, x.dtype), tf.shape(x)) for x in xs]
                 values, _ = forward(self._prefix(step), filled)
                 mapped.append(values[step.inputs[0]])
             rules[i] = ZBox(tf.minimum(mapped[0], mapped[1]), tf.maximum(mapped[0], mapped[1]))

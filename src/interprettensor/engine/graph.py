@@ -17,10 +17,11 @@ import keras
 import tensorflow as tf
 from keras import tree
 
-from .core import materialize
-from .handlers import (ELEMENTWISE, ExplainError, Handler, LinearHandler, SeparableHandler, handler_for,
-                       overridden_parent)
-from .rules import Rule
+from .errors import ExplainError
+from .handlers import (ELEMENTWISE, ElementwiseHandler, FixedLinearHandler, GateHandler, Handler, LinearHandler,
+                       MaxPoolHandler, RouteHandler, SeparableHandler, handler_for, overridden_parent)
+from .linear import materialize
+from .rules import LinearRule, Rule, WinnerTakesAll, identity, negative, positive
 
 Key = Hashable
 
@@ -131,9 +132,7 @@ def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable) -> Ste
             f"registered for it{why}. Register one with interprettensor.register_handler({type(op).__name__}, "
             f"handler) (see the README section 'Adding a rule or a layer').")
     if handler.category == "linear" and not isinstance(op, keras.layers.Layer) and len(ins) == 1:
-        from .handlers import ElementwiseHandler  # ``x + constant``: an element-wise shift
-
-        handler = ElementwiseHandler()
+        handler = ElementwiseHandler()  # ``x + constant``: an element-wise shift
     return Step(name, op, handler, ins, outs, call)
 
 
@@ -173,13 +172,20 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
     return [kmap[id(kt)] for kt in model.outputs]
 
 
-def _chain_layers(model: Any) -> list | None:
-    from .sequential import Sequential as ItSequential
+#: model classes that are chains of layers, each with a function listing them in order
+_CHAINS: list[tuple[type, Callable[[Any], list]]] = [(keras.Sequential, lambda model: list(model.layers))]
 
-    if isinstance(model, ItSequential):
-        return list(model.modules)
-    if isinstance(model, keras.Sequential):
-        return list(model.layers)
+
+def register_chain(model_type: type, layers: Callable[[Any], list]) -> None:
+    """Models of ``model_type`` are walked as the chain ``layers(model)`` (e.g. the original API's
+    Sequential of modules)."""
+    _CHAINS.insert(0, (model_type, layers))
+
+
+def _chain_layers(model: Any) -> list | None:
+    for model_type, layers in _CHAINS:
+        if isinstance(model, model_type):
+            return layers(model)
     return None
 
 
@@ -203,15 +209,11 @@ def _is_squashing(step: Step) -> bool:
     layer = step.layer
     if isinstance(layer, keras.layers.Softmax) or type(layer).__name__ in ("Softmax", "Sigmoid"):
         return True
-    act = getattr(layer, "activation", None) or getattr(layer, "act_fn", None)
-    return getattr(act, "__name__", "") in _SQUASHING or getattr(layer, "act", None) in _SQUASHING
-
-
-def _is_linear_activation(layer: Any) -> bool:
-    act = getattr(layer, "activation", None)
-    if hasattr(layer, "act_fn"):
-        return getattr(layer, "act", None) in (None, "linear") and getattr(layer, "bn", None) is None
-    return act is None or getattr(act, "__name__", "") == "linear"
+    if isinstance(layer, keras.layers.Activation):
+        act = layer.activation
+    else:
+        act = step.handler.activation_of(layer) if hasattr(step.handler, "activation_of") else None
+    return getattr(act, "__name__", "") in _SQUASHING
 
 
 def fuse_batchnorm(g: Graph) -> None:
@@ -230,7 +232,7 @@ def fuse_batchnorm(g: Graph) -> None:
             continue
         if not isinstance(prev.handler, (LinearHandler, SeparableHandler)):
             continue
-        if getattr(prev.handler, "channel_axis", None) is None or not _is_linear_activation(prev.layer):
+        if not prev.handler.can_absorb_batchnorm(prev.layer):
             continue
         axis = step.layer.axis if isinstance(step.layer.axis, int) else step.layer.axis[0]
         try:
@@ -351,27 +353,11 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
     return {k: materialize(r) for k, r in rel.items()}, layerwise
 
 
-def _maps_zero_to_zero(layer: Any) -> bool:
-    """Element-wise layers with f(0) = 0 (relevance passes them unchanged)."""
-    L = keras.layers
-    if isinstance(layer, L.ReLU):
-        return float(layer.threshold) == 0.0
-    if isinstance(layer, (L.LeakyReLU, L.ELU, L.PReLU, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
-                          L.SpatialDropout3D, L.GaussianNoise, L.GaussianDropout, L.ActivityRegularization)):
-        return True
-    if isinstance(layer, L.Activation):
-        return getattr(layer.activation, "__name__", "") in ("relu", "relu6", "leaky_relu", "elu", "tanh", "selu",
-                                                              "silu", "swish", "gelu", "linear")
-    from . import layers as itl
-
-    return isinstance(layer, (itl.Relu, itl.Tanh, itl.Elu))
-
-
-def _is_plain_relu(layer: Any) -> bool:
-    if hasattr(layer, "act_fn"):
-        return getattr(layer, "act", None) == "relu"
-    act = getattr(layer, "activation", None)
-    return act is not None and act in (keras.activations.relu, tf.nn.relu)
+def _is_plain_relu(step: Step) -> bool:
+    act = step.handler.activation_of(step.layer) if isinstance(step.handler, LinearHandler) else None
+    return act is not None and (act in (keras.activations.relu, tf.nn.relu)
+                                or getattr(act, "__name__", "") == "relu" and getattr(act, "__module__", "").startswith(
+                                    ("keras", "tensorflow")))
 
 
 def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool) -> frozenset:
@@ -381,10 +367,6 @@ def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, prop
     For these, relu(z) can replace z in the denominators (they differ only where z <= 0, where the
     relevance is 0), so the forward pass keeps no pre-activation and TensorFlow fuses convolution,
     bias and ReLU. ``proportional_start``: the starting relevance is the output times a mask."""
-    from .handlers import (ElementwiseHandler, FixedLinearHandler, GateHandler, LinearHandler, MaxPoolHandler,
-                           RouteHandler, SeparableHandler)
-    from .rules import LinearRule, WinnerTakesAll, identity, negative, positive
-
     consumers = g.consumers()
     rule_of = dict(zip(g.steps, rules))
     memo: dict = {}
@@ -403,7 +385,7 @@ def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, prop
         if isinstance(h, (RouteHandler, GateHandler)):
             return all(zero(k) for k in c.outputs)
         if isinstance(h, ElementwiseHandler):
-            return _maps_zero_to_zero(c.layer) and all(zero(k) for k in c.outputs)
+            return h.maps_zero_to_zero(c.layer) and all(zero(k) for k in c.outputs)
         return False
 
     def zero(key: Any) -> bool:
@@ -414,4 +396,4 @@ def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, prop
         return memo[key]
 
     return frozenset(s for s in g.steps if isinstance(s.handler, LinearHandler) and not s.strip_activation
-                     and _is_plain_relu(s.layer) and zero(s.outputs[0]))
+                     and _is_plain_relu(s) and zero(s.outputs[0]))

@@ -51,7 +51,6 @@ from typing import Any, Callable, Mapping
 import keras
 
 from . import handlers as H
-from . import layers as itl
 from .graph import Graph, Step
 from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, GradientMap, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
                     get_rule, rule_param_names, rule_params_from_kwargs)
@@ -61,14 +60,11 @@ __all__ = ["Composite", "PRESETS", "get_composite", "register_preset"]
 RuleLike = Rule | str
 
 
-def _dense_types() -> tuple[type, ...]:
-    return (keras.layers.Dense, keras.layers.EinsumDense, itl.Linear)
-
-
 def layer_kind(step: Step) -> str:
-    """``'dense'`` or ``'conv'`` for layers with weights, else the handler's category."""
+    """``'dense'`` or ``'conv'`` for layers with weights (as their handler says), else the handler's
+    category."""
     if step.category == H.WEIGHTED:
-        return "dense" if isinstance(step.layer, _dense_types()) else "conv"
+        return getattr(step.handler, "kind", "conv")
     return step.category
 
 

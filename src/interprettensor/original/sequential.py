@@ -16,11 +16,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .core import materialize
-from .graph import Graph, backward, build_graph, forward
-from .handlers import ExplainError
-from .layers import Module
-from .rules import Rule, rule_from_variant
+from ..engine.errors import ExplainError
+from ..engine.graph import Graph, backward, build_graph, forward, register_chain
+from ..engine.linear import materialize
+from ..engine.rules import Rule, rule_from_variant
+from . import handlers as _handlers  # noqa: F401 - registers the modules' handlers
+from .modules import Module
 
 __all__ = ["Sequential"]
 
@@ -240,7 +241,7 @@ class Sequential(keras.Model):
             key = loss.lower()
             if key not in _LOSSES:
                 raise ValueError(f"unknown loss {loss!r}; valid: softmax_crossentropy, sigmoid_crossentropy, MSE")
-            from .layers import Sigmoid, Softmax
+            from .modules import Sigmoid, Softmax
             flag = isinstance(last, Sigmoid) if key == "sigmoid_crossentropy" else isinstance(last, Softmax)
             loss_obj = _LOSSES[key](flag)
         else:
@@ -285,7 +286,7 @@ class Sequential(keras.Model):
 
 def _expected_input(first: Any) -> tuple | None:
     """The input shapes the first module accepts, as a tuple of alternatives (None: unknown)."""
-    from .layers import Convolution, Linear
+    from .modules import Convolution, Linear
 
     if isinstance(first, Linear) and first.input_dim is not None:
         return (("N", first.input_dim),)
@@ -308,3 +309,6 @@ def _fits(expected: tuple, shape: tuple) -> bool:
         elif len(alt) == len(shape) and all(isinstance(a, str) or a == s for a, s in zip(alt[1:], shape[1:])):
             return True
     return False
+
+
+register_chain(Sequential, lambda net: list(net.modules))

@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 __all__ = ["main", "build_parser", "CLIError"]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 RULE_PARAMS = ("epsilon", "alpha", "beta", "gamma", "low", "high")
 
 
@@ -49,6 +48,8 @@ def needs_box(rule: str) -> bool:
     return key in BOX_RULES or "box" in key.replace("toolbox", "")
 
 
+from ..io.inputs import InputError, collect_inputs, load_image, load_model, model_input_shape, shape_str  # noqa: E402
+
 class CLIError(Exception):
     """An expected failure: reported as ``error: <message>`` without a traceback."""
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="interprettensor",
         description="Layer-wise Relevance Propagation (LRP) for TensorFlow 2 / Keras 3.",
         epilog="Run 'interprettensor COMMAND --help' for the options of a command.")
-    from . import __version__
+    from .. import __version__
 
     p.add_argument("--version", action="version", version=f"interprettensor {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -216,198 +217,11 @@ def prepare_out_dir(path: str) -> str:
     return path
 
 
-def load_model(path: str) -> Any:
-    """``keras.models.load_model`` with clean errors for missing and unreadable files."""
-    import keras
-
-    # the library's Keras layers and Sequential must be registered for deserialisation
-    import interprettensor.layers  # noqa: F401
-    import interprettensor.sequential  # noqa: F401
-
-    if not os.path.exists(path):
-        raise CLIError(f"model file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise CLIError(f"model path {path!r} is a folder; give a .keras or .h5 file")
-    if path.lower().endswith(".keras"):
-        import zipfile
-
-        if not zipfile.is_zipfile(path):
-            raise CLIError(f"cannot load the model {path!r}: not a Keras .keras archive (corrupt, truncated "
-                           f"or another kind of file)")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - keras raises many kinds for a corrupt file
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"cannot load the model {path!r} (is it a Keras .keras or .h5 file?): "
-                       f"{type(e).__name__}: {msg[:300]}") from None
-
-
-def model_input_shape(model: Any) -> tuple | None:
-    """The model's input shape ``(None, H, W, C)`` (None entries: any size), if it can be known: from a
-    functional model's input, else from the shape the model was built with (``get_build_config()``, e.g.
-    ``it.Sequential`` and models saved by ``interprettensor train``), else from the first layer (an
-    ``it.Linear`` with ``input_dim``, an ``it.Convolution`` with ``input_depth``); the batch size is
-    always None. None when nothing tells (the data's shape is then used)."""
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        inputs = None
-    if inputs:
-        if len(inputs) > 1:
-            raise CLIError(f"the model has {len(inputs)} inputs; 'explain' supports single-input models")
-        return (None,) + tuple(inputs[0].shape)[1:]
-    try:
-        cfg = model.get_build_config() or {}
-    except Exception:  # noqa: BLE001
-        cfg = {}
-    shape = cfg.get("input_shape")
-    if isinstance(shape, dict) and len(shape) == 1:
-        shape = next(iter(shape.values()))
-    if isinstance(shape, (list, tuple)) and shape and all(s is None or isinstance(s, int) for s in shape):
-        return (None,) + tuple(shape)[1:]
-    layers = getattr(model, "modules", None) or getattr(model, "layers", None) or []
-    first = layers[0] if layers else None
-    dim, depth = getattr(first, "input_dim", None), getattr(first, "input_depth", None)
-    if depth is not None:  # it.Convolution
-        if isinstance(dim, (tuple, list)) and len(dim) == 2:
-            return (None, int(dim[0]), int(dim[1]), int(depth))
-        return (None, None, None, int(depth))
-    if isinstance(dim, int):  # it.Linear
-        return (None, dim)
-    return None
-
-
-def _shape_str(shape: Sequence[Any]) -> str:
-    return "(" + ", ".join("any" if s is None else str(int(s)) for s in shape) + ")"
-
-
-class _Item:
-    __slots__ = ("name", "path", "array", "index")
-
-    def __init__(self, name: str, path: str, array: Any = None, index: int | None = None):
-        self.name, self.path, self.array, self.index = name, path, array, index
-
-
-def _npy_samples(path: str, expected: tuple | None) -> tuple[Any, bool]:
-    """Open a .npy array; returns (array as a batch, added_channel) after checking its shape."""
-    import numpy as np
-
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise CLIError(f"cannot read the array {path!r}: {e}") from None
-    if expected is None:
-        return (arr if arr.ndim >= 2 else arr[None]), False
-    sample = tuple(expected[1:])
-
-    def fits(shape: tuple) -> bool:
-        return len(shape) == len(sample) and all(e is None or e == s for e, s in zip(sample, shape))
-
-    if fits(arr.shape):
-        return arr[None], False
-    if arr.ndim >= 1 and fits(arr.shape[1:]):
-        return arr, False
-    if sample and sample[-1] == 1 and arr.ndim >= 1 and fits(arr.shape[1:] + (1,)):
-        return arr, True
-    if sample and sample[-1] == 1 and fits(arr.shape + (1,)):
-        return arr[None], True
-    raise CLIError(f"array {path!r} has shape {_shape_str(arr.shape)}, but the model expects one sample of "
-                   f"shape {_shape_str(sample)} or a batch (N, {_shape_str(sample)[1:]}")
-
-
-def collect_inputs(paths: Sequence[str], expected: tuple | None) -> list[_Item]:
-    """Expand files, folders and .npy arrays into a list of named inputs (checked to exist)."""
-    items: list[_Item] = []
-    for p in paths:
-        if not os.path.exists(p):
-            raise CLIError(f"input {p!r} does not exist")
-        if os.path.isdir(p):
-            files = sorted(f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS + (".npy",)))
-            if not files:
-                raise CLIError(f"folder {p!r} has no images ({', '.join(IMAGE_EXTS)}) or .npy arrays")
-            for f in files:
-                items.extend(_file_items(os.path.join(p, f), expected))
-        else:
-            items.extend(_file_items(p, expected))
-    seen: dict[str, int] = {}
-    for it in items:
-        k = seen.get(it.name, 0)
-        seen[it.name] = k + 1
-        if k:
-            it.name = f"{it.name}_{k + 1}"
-    return items
-
-
-def _file_items(path: str, expected: tuple | None) -> list[_Item]:
-    stem, ext = os.path.splitext(os.path.basename(path))
-    ext = ext.lower()
-    if ext == ".npy":
-        arr, added = _npy_samples(path, expected)
-        if added:
-            arr = arr[..., None]
-        if len(arr) == 1:
-            return [_Item(stem, path, arr, 0)]
-        width = len(str(len(arr) - 1))
-        return [_Item(f"{stem}_{i:0{width}d}", path, arr, i) for i in range(len(arr))]
-    if ext in IMAGE_EXTS:
-        return [_Item(stem, path)]
-    raise CLIError(f"input {path!r}: unsupported file type {ext or '(none)'}; give images "
-                   f"({', '.join(IMAGE_EXTS)}), folders or .npy arrays")
-
-
-def load_image(path: str, expected: tuple | None, color_mode: str, input_range: Sequence[float],
-               resize: bool) -> Any:
-    """Read an image file as ``(H, W, C)`` float32 scaled from 0..255 to ``input_range``, checked
-    against the model's expected input shape."""
-    import keras
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            mode, size = im.mode, im.size
-    except (OSError, UnidentifiedImageError) as e:
-        raise CLIError(f"cannot read the image {path!r}: {e}") from None
-    native_c = 1 if (mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;")) else 3
-    native_shape = (size[1], size[0], native_c)
-    want_c = expected[-1] if expected is not None and len(expected) == 4 else None
-    if expected is not None and len(expected) != 4:
-        raise CLIError(f"the model expects inputs of shape {_shape_str(expected[1:])}, not images; "
-                       f"give a .npy array")
-    if color_mode == "auto":
-        if want_c is not None and want_c != native_c:
-            raise CLIError(f"image {path!r} has shape {_shape_str(native_shape)} ({native_c} channel"
-                           f"{'s' if native_c > 1 else ''}), but the model expects "
-                           f"{_shape_str(expected[1:])}; use --color-mode {'rgb' if want_c == 3 else 'grayscale'} "
-                           f"to convert")
-        c = want_c or native_c
-    else:
-        c = 1 if color_mode == "grayscale" else 3
-        if want_c is not None and want_c != c:
-            raise CLIError(f"--color-mode {color_mode} gives {c} channel(s), but the model expects "
-                           f"{_shape_str(expected[1:])}")
-    target = None
-    if expected is not None:
-        h, w = expected[1], expected[2]
-        if (h is not None and h != native_shape[0]) or (w is not None and w != native_shape[1]):
-            if not resize or h is None or w is None:
-                raise CLIError(f"image {path!r} has shape {_shape_str(native_shape[:2] + (c,))}, but the "
-                               f"model expects {_shape_str(expected[1:])}" + ("" if resize else
-                                                                              "; use --resize to resize"))
-            target = (int(h), int(w))
-    try:
-        img = keras.utils.load_img(path, color_mode="grayscale" if c == 1 else "rgb", target_size=target)
-    except (OSError, ValueError) as e:
-        raise CLIError(f"cannot read the image {path!r}: {e}") from None
-    arr = keras.utils.img_to_array(img, dtype="float32")
-    lo, hi = input_range
-    return (lo + (hi - lo) * arr / 255.0).astype("float32")
-
-
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_demo(args: argparse.Namespace) -> int:
     """``interprettensor demo``."""
+    from ..io.render import get_cmap
     from .demo import format_table, run_demo
-    from .render import get_cmap
 
     get_cmap(args.cmap)
     prepare_out_dir(args.out)
@@ -429,7 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``interprettensor train``."""
     import keras
 
-    from .datasets import load
+    from ..io.downloads import load
     from .demo import accuracy, build_network, train_network
 
     if not args.out.endswith(".keras"):
@@ -461,7 +275,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import interprettensor as it
-    from . import render
+    from ..io import render
 
     params = {k: getattr(args, k) for k in RULE_PARAMS if getattr(args, k) is not None}
     _check_range("--input-range", args.input_range)
@@ -553,7 +367,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     x = np.asarray(item.array[item.index], dtype="float32")
                 else:
                     x = load_image(item.path, expected, args.color_mode, (lo, hi), args.resize)
-            except CLIError:
+            except (CLIError, InputError):
                 flush(pending)  # what came before the bad input is still written
                 raise
             pending.append((i, item.name, x))
@@ -594,7 +408,7 @@ class _Pictures:
         self.ndim: int | None = None
 
     def write(self, names: Sequence[str], R: Any, xs: Any, valid: Any) -> None:
-        from . import render
+        from ..io import render
 
         args, out = self.args, self.out
         self.ndim = R.ndim
@@ -636,7 +450,7 @@ class _Pictures:
 
 def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: str) -> int:
     """``interprettensor explain --shard-size N [--resume]``: :func:`interprettensor.explain_dataset`."""
-    from .stream import MANIFEST, RERUN, StreamError, _read_manifest, explain_dataset
+    from ..io.shards import MANIFEST, RERUN, StreamError, _read_manifest, explain_dataset
 
     manifest = _read_manifest(out)
     if manifest is not None and not args.resume:
@@ -736,8 +550,8 @@ def _number(s: str) -> Any:
 def _parse_methods(specs: Sequence[str] | None) -> list[tuple[str, str, dict]] | None:
     """``NAME`` or ``NAME:key=value,...`` -> (label, method, params); unknown names fail here."""
     import interprettensor as it
-    from .attribution import METHODS
-    from .evaluate import DEFAULT_METHODS
+    from ..analysis.evaluate import DEFAULT_METHODS
+    from ..attribution import METHODS
 
     if specs is None:
         return None
@@ -776,12 +590,12 @@ def _evaluation_inputs(args: argparse.Namespace, model: Any, paths: Sequence[str
     if args.digits is not None or (args.demo_model and not paths):
         if paths:
             raise CLIError("give input files or --digits N, not both")
-        from .data import load_digits, train_test_split
+        from ..io.digits import load_digits, train_test_split
 
         x, y = load_digits()
         x_test = train_test_split(x, y, test_fraction=0.2, seed=args.seed)[2]
         if expected is not None and tuple(expected[1:]) != tuple(x_test.shape[1:]):
-            raise CLIError(f"--digits gives 28x28x1 images, but the model expects {_shape_str(expected[1:])}")
+            raise CLIError(f"--digits gives 28x28x1 images, but the model expects {shape_str(expected[1:])}")
         return x_test[: args.digits or 64], (0.0, 1.0)
     if not paths:
         raise CLIError("no inputs: give image files, folders or .npy arrays after the model, or --digits N")
@@ -794,13 +608,13 @@ def _evaluation_inputs(args: argparse.Namespace, model: Any, paths: Sequence[str
             any_image = True
             arrays.append(load_image(item.path, expected, args.color_mode, args.input_range, args.resize))
     if len({a.shape for a in arrays}) > 1:
-        raise CLIError(f"inputs have different shapes: {sorted({_shape_str(a.shape) for a in arrays})}")
+        raise CLIError(f"inputs have different shapes: {sorted({shape_str(a.shape) for a in arrays})}")
     return np.stack(arrays), (tuple(args.input_range) if any_image else None)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``interprettensor evaluate``."""
-    from . import evaluate as ev
+    from ..analysis import evaluate as ev
 
     if args.perturbation not in ("uniform", "mean", "blur"):
         try:
@@ -821,7 +635,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.demo_model:
         import keras
 
-        from .data import load_digits, train_test_split
+        from ..io.digits import load_digits, train_test_split
         from .demo import accuracy, build_network, train_network
 
         x, y = load_digits()
@@ -840,8 +654,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     xs, default_range = _evaluation_inputs(args, model, paths)
     value_range = tuple(args.value_range) if args.value_range is not None else default_range
     target = None if args.target is None else args.target
-    spatial = ev._spatial(xs.shape)
-    patch, _, n_regions = ev._check_regions(spatial, args.patch, args.steps)
+    spatial = ev.spatial_shape(xs.shape)
+    patch, _, n_regions = ev.check_regions(spatial, args.patch, args.steps)
     if value_range is None:
         specs = methods or [(a, b, dict(c)) for a, b, c in ev.DEFAULT_METHODS]
         boxed = [label for label, name, prm in specs if needs_box(name) and not {"low", "high"} <= set(prm)]
@@ -928,8 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         try:  # the first heavy import: checks Keras' backend, imports TensorFlow
-            from .datasets import DatasetError
-            from .handlers import ExplainError
+            from ..engine.errors import ExplainError
+            from ..io.downloads import DatasetError
         except ImportError as e:
             _error(_first_line(e) if "KERAS_BACKEND" in str(e) else
                    f"cannot import TensorFlow/Keras ({_first_line(e)}); install interprettensor[cpu] or "
@@ -937,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         try:
             return int(args.func(args) or 0)
-        except (CLIError, ExplainError, DatasetError) as e:
+        except (CLIError, InputError, ExplainError, DatasetError) as e:
             _error(str(e), args)
         except (ValueError, TypeError, OSError) as e:
             _error(_describe(e), args)

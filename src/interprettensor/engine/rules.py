@@ -97,9 +97,17 @@ class WeightSum:
     def __call__(self, t: tf.Tensor) -> tf.Tensor:
         out = None
         for c, m in self.parts:
-            v = m(t) if c == 1.0 else tf.cast(c, t.dtype) * m(t)
+            v = m(t) if c == 1.0 else constant(c, t.dtype) * m(t)
             out = v if out is None else out + v
         return out
+
+
+def constant(value: Any, dtype: tf.DType) -> tf.Tensor:
+    """``value`` (a Python number, array or tensor) as a tensor of ``dtype``. Unlike ``tf.cast`` of a
+    Python float, which makes a float32 tensor first, this keeps a float64 value exact."""
+    if tf.is_tensor(value):
+        return tf.cast(value, dtype)
+    return tf.constant(value, dtype=dtype)
 
 
 def sign0(z: tf.Tensor) -> tf.Tensor:
@@ -414,7 +422,7 @@ class ZBox(LinearRule):
 
         def fill(value: Any) -> Modifier:
             def mod(x: tf.Tensor) -> tf.Tensor:
-                return tf.broadcast_to(tf.cast(value, x.dtype), tf.shape(x))
+                return tf.broadcast_to(constant(value, x.dtype), tf.shape(x))
 
             return mod
 

@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from .rules import Group, LinearRule, Term, WeightSum, identity, negative, positive
+from .rules import Group, LinearRule, Term, WeightSum, constant, identity, negative, positive
 
 Params = Mapping[str, tf.Tensor]
 
@@ -117,7 +117,7 @@ class _Values:
             value = None
             for c, m in term.kernel.parts:
                 v = self.get(Term(term.input, m, None))
-                v = v if c == 1.0 else v * tf.cast(c, v.dtype)
+                v = v if c == 1.0 else v * constant(c, v.dtype)
                 value = v if value is None else value + v
             self.cache[key] = value
             return value
@@ -181,7 +181,7 @@ def _ratio(rule: LinearRule, R: "tf.Tensor | Product", z: tf.Tensor, coefficient
             num = r[0] * r[1] if len(r) == 2 else r[0]
             s = num / rule.stabilize(z)
             if coefficient != 1.0:
-                s = s * tf.cast(coefficient, s.dtype)
+                s = s * constant(coefficient, s.dtype)
             if select is not None:
                 keep = sign >= 0 if select == "positive" else sign < 0
                 s = tf.where(keep, s, tf.zeros_like(s))
@@ -221,8 +221,8 @@ def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.T
 def interval_bounds(linear: LinearMap, x: tf.Tensor, low: object, high: object) -> tuple[tf.Tensor, tf.Tensor]:
     """Bounds of ``linear([x])`` for every ``x`` in the box ``[low, high]`` (interval arithmetic):
     ``l' = f(l; W^+) + f(h; W^-) + b`` and ``h' = f(h; W^+) + f(l; W^-) + b``."""
-    lo = tf.broadcast_to(tf.cast(low, x.dtype), tf.shape(x))
-    hi = tf.broadcast_to(tf.cast(high, x.dtype), tf.shape(x))
+    lo = tf.broadcast_to(constant(low, x.dtype), tf.shape(x))
+    hi = tf.broadcast_to(constant(high, x.dtype), tf.shape(x))
 
     def f(v: tf.Tensor, kernel: object) -> tf.Tensor:
         return linear([v], modify_params(linear.params, Term(identity, kernel, None), with_bias=False))

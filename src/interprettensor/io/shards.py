@@ -35,8 +35,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .explain import Explainer
-from .handlers import ExplainError
+from ..engine.errors import ExplainError
+from ..engine.explainer import Explainer
+from .inputs import InputError, collect_inputs, load_image, model_input_shape
 
 __all__ = ["explain_dataset", "load_relevances", "StreamError", "StreamResult", "KEYS"]
 
@@ -365,12 +366,10 @@ class _FileSource(_Source):
 
     def __init__(self, paths: Sequence[str], target: _Target, shape: "_ShapeCheck", input_range: Sequence[float],
                  color_mode: str, resize: bool):
-        from .cli import CLIError, collect_inputs
-
         expected = shape.expected
         try:
             self.items = collect_inputs(list(paths), expected)
-        except CLIError as e:
+        except InputError as e:
             raise StreamError(str(e)) from None
         self.n = len(self.items)
         self.t = _fixed_targets(target, self.n)
@@ -385,14 +384,12 @@ class _FileSource(_Source):
                             f"{self.options}")
 
     def _load(self, i: int) -> np.ndarray:
-        from .cli import CLIError, load_image
-
         item = self.items[i]
         try:
             if item.array is not None:
                 return np.asarray(item.array[item.index], dtype="float32")
             return load_image(item.path, self.expected, self.options[1], self.options[0], self.options[2])
-        except CLIError as e:
+        except InputError as e:
             raise StreamError(str(e)) from None
 
     def dataset(self, start: int, dtype: tf.DType) -> tf.data.Dataset:
@@ -669,11 +666,9 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
     if len(explainer.graph.inputs) != 1:
         raise StreamError(f"explain_dataset supports single-input models; this one has "
                           f"{len(explainer.graph.inputs)} inputs")
-    from .cli import CLIError, model_input_shape
-
     try:
         expected = model_input_shape(model)  # functional inputs, build config, first layer; else the data's
-    except CLIError as e:
+    except InputError as e:
         raise StreamError(str(e)) from None
     source = _make_source(model, dataset, target, expected, input_range=input_range, color_mode=color_mode,
                           resize=resize)

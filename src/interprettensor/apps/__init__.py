@@ -1,0 +1,1 @@
+"""The applications: the ``interprettensor`` command line (:mod:`.cli`) and the demo (:mod:`.demo`)."""

@@ -1,0 +1,32 @@
+"""How each layer type takes part in LRP: its linear map (for rules) or how it routes relevance.
+
+One module per family: :mod:`.weighted` (dense, convolutions, separable convolutions, BatchNorm
+merging), :mod:`.fixed_linear` (sums, average pooling, upsampling, affine BatchNorm),
+:mod:`.pooling` (max pooling), :mod:`.routing` (reshapes, concatenation, gates),
+:mod:`.elementwise` (activations, dropout, rescaling); :mod:`.registry` says which handler serves
+which layer and :mod:`.keras_layers` registers Keras' own layers.
+
+Register a handler for your own layer type with :func:`register_handler`::
+
+    it.register_handler(MyDense, it.handlers.LinearHandler(
+        params=lambda layer: {"kernel": layer.w, "bias": layer.b},
+        fn=lambda layer, xs, p: tf.matmul(xs[0], p["kernel"]) + p.get("bias", 0.0)))
+"""
+
+from ..errors import ExplainError
+from . import keras_layers  # noqa: F401 - registers Keras' layers and operations
+from .base import (ELEMENTWISE, GATE, KEEP_ACTIVATIONS, LINEAR, MAXPOOL, RELU_DENOMINATOR, ROUTE, WEIGHTED, Handler,
+                   apply_activation, is_nonneg_activation, override_activations, strips_activation)
+from .elementwise import ElementwiseHandler
+from .fixed_linear import FixedLinearHandler
+from .pooling import MaxPoolHandler
+from .registry import (_REGISTRY, get_handler, handler_for, overridden_parent,  # noqa: F401 - _REGISTRY: inspected
+                       register_handler, register_op_handler)
+from .routing import GateHandler, RouteHandler, route
+from .weighted import LinearHandler, SeparableHandler, batchnorm_affine, merge_batchnorm
+
+__all__ = ["Handler", "LinearHandler", "SeparableHandler", "FixedLinearHandler", "MaxPoolHandler", "RouteHandler",
+           "GateHandler", "ElementwiseHandler", "register_handler", "register_op_handler", "get_handler",
+           "handler_for", "overridden_parent", "ExplainError", "route", "merge_batchnorm", "batchnorm_affine",
+           "override_activations", "apply_activation", "strips_activation", "is_nonneg_activation",
+           "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "RELU_DENOMINATOR", "KEEP_ACTIVATIONS"]

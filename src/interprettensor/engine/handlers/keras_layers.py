@@ -1,0 +1,170 @@
+"""Keras' layers and operations, each with its handler: the linear map of layers with weights, the
+weights of fixed linear maps, the windows of poolings. Importing this module registers them."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from .elementwise import ElementwiseHandler
+from .fixed_linear import FixedLinearHandler
+from .pooling import MaxPoolHandler, winner_takes_all_3d
+from .registry import register_keras_family, register_op_handler
+from .routing import GateHandler, RouteHandler
+from .weighted import LinearHandler, SeparableHandler, batchnorm_affine, bias_add
+
+L = keras.layers
+_conv_base = keras.src.layers.convolutional
+
+
+# ----------------------------------------------------------------------------- layers with weights
+def _kernel_params(layer: Any, *names: str) -> dict:
+    p = {n: getattr(layer, n) for n in names}
+    p["bias"] = layer.bias if getattr(layer, "use_bias", True) else None
+    return p
+
+
+def _dense_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    return bias_add(ops.matmul(xs[0], p["kernel"]), p)
+
+
+def _einsum_params(layer: Any) -> dict:
+    return _kernel_params(layer, "kernel") if getattr(layer, "bias", None) is not None else {"kernel": layer.kernel}
+
+
+def _einsum_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = ops.einsum(layer.equation, xs[0], p["kernel"])
+    return z if p.get("bias") is None else z + p["bias"]
+
+
+def _conv_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    x = xs[0]
+    if getattr(layer, "padding", None) == "causal":  # Conv1D causal: left padding, then valid
+        pad = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+        x = ops.pad(x, [[0, 0], [pad, 0], [0, 0]] if layer.data_format == "channels_last" else [[0, 0], [0, 0], [pad, 0]])
+        z = ops.conv(x, p["kernel"], strides=list(layer.strides), padding="valid",
+                     dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+    else:
+        z = layer.convolution_op(x, p["kernel"])
+    return bias_add(z, p, layer.data_format == "channels_first")
+
+
+def _depthwise_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = ops.depthwise_conv(xs[0], p["kernel"], strides=layer.strides, padding=layer.padding,
+                           dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+    return bias_add(z, p, layer.data_format == "channels_first")
+
+
+def _conv_transpose_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = ops.conv_transpose(xs[0], p["kernel"], strides=list(layer.strides), padding=layer.padding,
+                           output_padding=layer.output_padding, dilation_rate=layer.dilation_rate,
+                           data_format=layer.data_format)
+    return bias_add(z, p, layer.data_format == "channels_first")
+
+
+# ----------------------------------------------------------------------------- fixed linear maps
+def _bn_affine_weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
+    s, t = batchnorm_affine(layer, xs[0].dtype)
+    rank = xs[0].shape.rank
+    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return {"kernel": tf.reshape(s, shape), "bias": tf.reshape(t, shape)}
+
+
+def _affine_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = xs[0] * p["kernel"]
+    return z if p.get("bias") is None else z + p["bias"]
+
+
+def _merge_weights(signs: Callable[[int], list[float]]) -> Callable:
+    def weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
+        return {"kernel": tf.constant(signs(len(xs)), xs[0].dtype)}
+
+    return weights
+
+
+def _merge_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    z = None
+    for i, x in enumerate(xs):
+        t = p["kernel"][i] * x
+        z = t if z is None else z + t
+    return z
+
+
+def _own_call_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+    """Average pooling, upsampling: the layer's own (linear) call, times a scalar kernel."""
+    return p["kernel"] * tf.cast(layer(xs[0]), xs[0].dtype)
+
+
+# ----------------------------------------------------------------------------- max pooling
+def _avg_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
+    return ops.average_pool(x, layer.pool_size, layer.strides, layer.padding, layer.data_format)
+
+
+def _window_2d(layer: Any) -> tuple | None:
+    if layer.data_format != "channels_last":
+        return None
+    return tuple(layer.pool_size), tuple(layer.strides), layer.padding.upper()
+
+
+def _global_mean_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
+    rank = x.shape.rank
+    axes = list(range(1, rank - 1)) if layer.data_format == "channels_last" else list(range(2, rank))
+    return ops.mean(x, axis=axes, keepdims=layer.keepdims)
+
+
+_sum = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n))
+_difference = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]), sign_preserving=False)
+_own_linear_call = FixedLinearHandler(_own_call_fn)
+_route, _pass, _gate = RouteHandler(), ElementwiseHandler(), GateHandler()
+
+register_keras_family([
+    # layers with weights
+    (L.Dense, LinearHandler(lambda l: _kernel_params(l, "kernel"), _dense_fn, kind="dense")),
+    (L.EinsumDense, LinearHandler(_einsum_params, _einsum_fn, channel_axis=None, kind="dense")),
+    (_conv_base.base_conv.BaseConv, LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_fn)),
+    (_conv_base.base_depthwise_conv.BaseDepthwiseConv, LinearHandler(lambda l: _kernel_params(l, "kernel"),
+                                                                     _depthwise_fn)),
+    (_conv_base.base_conv_transpose.BaseConvTranspose, LinearHandler(lambda l: _kernel_params(l, "kernel"),
+                                                                     _conv_transpose_fn, channel_axis=-2)),
+    (_conv_base.base_separable_conv.BaseSeparableConv, SeparableHandler()),
+    # linear maps without trainable weights
+    (L.BatchNormalization, FixedLinearHandler(_affine_fn, _bn_affine_weights, sign_preserving=False)),
+    (L.Add, _sum),
+    (L.Average, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0 / n] * n))),
+    (L.Subtract, _difference),
+    (keras.src.layers.pooling.base_pooling.BasePooling, _own_linear_call),
+    (keras.src.layers.pooling.base_global_pooling.BaseGlobalPooling, _own_linear_call),
+    (L.UpSampling1D, _own_linear_call),
+    (L.UpSampling2D, _own_linear_call),
+    (L.UpSampling3D, _own_linear_call),
+    # max pooling
+    (L.MaxPooling1D, MaxPoolHandler(_avg_for_max)),
+    (L.MaxPooling2D, MaxPoolHandler(_avg_for_max, _window_2d)),
+    (L.MaxPooling3D, MaxPoolHandler(_avg_for_max, winner=winner_takes_all_3d)),
+    (L.GlobalMaxPooling1D, MaxPoolHandler(_global_mean_for_max)),
+    (L.GlobalMaxPooling2D, MaxPoolHandler(_global_mean_for_max)),
+    (L.GlobalMaxPooling3D, MaxPoolHandler(_global_mean_for_max)),
+    # routing
+    *[(t, _route) for t in (L.Flatten, L.Reshape, L.Permute, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+                            L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Concatenate, L.RepeatVector, L.Identity)],
+    # element-wise: relevance unchanged
+    *[(t, _pass) for t in (L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.PReLU, L.Softmax, L.Dropout,
+                           L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
+                           L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Rescaling,
+                           L.Normalization)],
+    # gates
+    (L.Multiply, _gate),
+])
+
+# keras.ops called on symbolic tensors inside functional models (``x + y``, ``ops.reshape`` ...)
+for _name, _handler in [("Add", _sum), ("Subtract", _difference), ("Multiply", _gate),
+                        *[(n, _route) for n in ("Reshape", "Transpose", "ExpandDims", "Squeeze", "Concatenate",
+                                                "Flatten")],
+                        *[(n, _pass) for n in ("Relu", "Relu6", "Sigmoid", "Silu", "Swish", "Tanh", "Gelu", "Elu",
+                                               "LeakyRelu", "Softmax", "Cast")]]:
+    register_op_handler(_name, _handler)

@@ -1,0 +1,54 @@
+"""Layers that move, copy or select values (reshapes, padding, cropping, concatenation): relevance
+follows the values, by the layer's vector-Jacobian product. And ``Multiply`` as a gate."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import tensorflow as tf
+
+from ..linear import distinct
+from .base import GATE, ROUTE, Handler
+
+__all__ = ["RouteHandler", "GateHandler", "route"]
+
+
+def route(step: Any, xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Relevance through a map that moves, copies or selects values: its vector-Jacobian product
+    (taken with respect to distinct copies of repeated inputs, so each occurrence gets its share)."""
+    with tf.GradientTape() as tape:
+        xs = distinct(xs)
+        tape.watch(xs)
+        ys = step.call(xs)
+    grads = tape.gradient(ys, xs, output_gradients=list(Rs)[: len(ys)],
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return list(grads)
+
+
+class RouteHandler(Handler):
+    """Reshape, Flatten, Permute, padding, cropping, Concatenate: relevance follows the values."""
+
+    category = ROUTE
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return all(inputs_nonneg)
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        return route(step, xs, Rs)
+
+
+class GateHandler(Handler):
+    """Multiply treated as a gate: the relevance goes to the signal input, i.e. the first input whose
+    shape equals the output's (the gate, e.g. a squeeze-excitation or attention weight, is broadcast);
+    the other inputs get none."""
+
+    category = GATE
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return all(inputs_nonneg)
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        out_shape = ys[0].shape
+        signal = next((i for i, x in enumerate(xs) if x.shape == out_shape), 0)
+        return [tf.reshape(Rs[0], tf.shape(x)) if i == signal else tf.zeros_like(x)
+                for i, x in enumerate(xs)]

@@ -1,0 +1,178 @@
+"""Layers with weights: ``act(f(x; W, b))`` with a linear ``f`` (dense, convolutions), and separable
+convolutions (two linear factors). The assigned rule modifies their inputs and weights; BatchNorm
+layers that follow them are merged into their weights (canonisation)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+from keras import ops
+
+from ..linear import LinearMap, interval_bounds, linear_relevance
+from ..rules import Pass, ZBox, constant
+from .base import (RELU_DENOMINATOR, WEIGHTED, Handler, apply_activation, cached_map, cast_params, check_linear_rule,
+                   is_nonneg_activation, pass_through, shaped_like, strips_activation)
+
+__all__ = ["LinearHandler", "SeparableHandler", "merge_batchnorm", "batchnorm_affine", "bias_add"]
+
+
+class LinearHandler(Handler):
+    """A layer ``act(f(x; W, b))`` with weights.
+
+    Args:
+        params: ``params(layer)``: the weights by name (``'bias'`` for the bias, ``None`` if absent).
+        fn: ``fn(layer, xs, params)``: the pre-activation, linear in ``xs`` for fixed ``params``.
+        activation: ``activation(layer)``: the activation function (``None``: linear).
+        channel_axis: axis of the kernel that indexes output channels, for merging a BatchNorm that
+            follows (``None``: never merge).
+        kind: ``'dense'`` or ``'conv'``, how composites address the layer.
+    """
+
+    category = WEIGHTED
+    accepts_lazy = True
+
+    def __init__(self, params: Callable[[Any], dict], fn: Callable[[Any, Sequence[tf.Tensor], dict], tf.Tensor],
+                 activation: Callable[[Any], Callable | None] = lambda layer: getattr(layer, "activation", None),
+                 channel_axis: int | None = -1, kind: str = "conv"):
+        self._params, self._fn, self._activation = params, fn, activation
+        self.channel_axis = channel_axis
+        self.kind = kind
+
+    def activation_of(self, layer: Any) -> Callable | None:
+        """The layer's activation function (``None`` for none)."""
+        return self._activation(layer)
+
+    def can_absorb_batchnorm(self, layer: Any) -> bool:
+        """Whether a BatchNorm after this layer can be merged into its weights: the layer has no
+        activation (the BatchNorm acts on the pre-activation) and a known channel axis."""
+        act = self.activation_of(layer)
+        return self.channel_axis is not None and (act is None or getattr(act, "__name__", "") == "linear")
+
+    def linear_map(self, layer: Any, step: Any, dtype: tf.DType) -> LinearMap:
+        params = cast_params(self._params(layer), dtype)
+        for bn in getattr(step, "fused", ()):
+            params = merge_batchnorm(params, bn, self.channel_axis, dtype)
+
+        def fn(xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+            return self._fn(layer, xs, p)
+
+        return LinearMap(fn, params, 1 if getattr(layer, "data_format", None) == "channels_first" else -1)
+
+    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
+        lm = self.linear_map(layer, step, xs[0].dtype)
+        z = lm(xs)
+        y = z if strips_activation(step) else apply_activation(layer, self.activation_of(layer), z)
+        if step in RELU_DENOMINATOR.get():
+            # z and relu(z) differ only where the relevance is provably zero; keeping only the
+            # activation lets the forward pass use the fused convolution + bias + ReLU kernel
+            return [y], {"z": y, "map": lm}
+        return [y], {"z": z, "map": lm}
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if isinstance(rule, Pass):
+            return pass_through(xs, Rs, step)
+        rule = check_linear_rule(rule, step)
+        R = shaped_like(Rs[0], state["z"])
+        lm = cached_map(state.get("map"), xs) or self.linear_map(layer, step, xs[0].dtype)
+        return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg,
+                                lazy=True, positive_outputs_only=step in RELU_DENOMINATOR.get())
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return not step.strip_activation and is_nonneg_activation(self.activation_of(layer))
+
+
+def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.DType) -> dict:
+    """Fold an inference-mode BatchNormalization into the preceding layer's kernel and bias:
+    ``W' = W * s``, ``b' = b * s + t`` (see :func:`batchnorm_affine`)."""
+    s, t = batchnorm_affine(bn, dtype)
+    out = dict(params)
+    weight_names = [k for k in params if k != "bias"]
+    name = weight_names[-1]  # the last weight produces the output channels (pointwise for separable)
+    kernel = params[name]
+    rank = kernel.shape.rank
+    axis = channel_axis % rank
+    if kernel.shape[axis] == s.shape[0]:
+        shape = [1] * rank
+        shape[axis] = -1
+        out[name] = kernel * tf.reshape(s, shape)
+    else:  # depthwise (kh, kw, in, multiplier): output channel c*mult + m
+        shape = [1] * (rank - 2) + list(kernel.shape[-2:])
+        out[name] = kernel * tf.reshape(s, shape)
+    bias = params.get("bias")
+    out["bias"] = t if bias is None else bias * s + t
+    return out
+
+
+def batchnorm_affine(bn: Any, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+    """An inference-mode BatchNormalization as ``y = x * s + t``: ``s = gamma / sqrt(var + eps)``,
+    ``t = beta - mean * s``."""
+    mean = tf.cast(ops.convert_to_tensor(bn.moving_mean), dtype)
+    var = tf.cast(ops.convert_to_tensor(bn.moving_variance), dtype)
+    gamma = tf.cast(ops.convert_to_tensor(bn.gamma), dtype) if bn.scale else tf.ones_like(mean)
+    beta = tf.cast(ops.convert_to_tensor(bn.beta), dtype) if bn.center else tf.zeros_like(mean)
+    s = gamma * tf.math.rsqrt(var + constant(float(bn.epsilon), dtype))
+    return s, beta - mean * s
+
+
+def bias_add(z: tf.Tensor, p: dict, channels_first: bool = False) -> tf.Tensor:
+    """``z`` plus ``p['bias']`` (if any) along the channel axis."""
+    b = p.get("bias")
+    if b is None:
+        return z
+    if channels_first:
+        b = tf.reshape(b, [1, -1] + [1] * (z.shape.rank - 2))
+    return z + b
+
+
+class SeparableHandler(Handler):
+    """SeparableConv: depthwise then pointwise convolution, the rule applied to each in turn."""
+
+    category = WEIGHTED
+    channel_axis = -1
+    kind = "conv"
+
+    def activation_of(self, layer: Any) -> Callable | None:
+        return layer.activation
+
+    def can_absorb_batchnorm(self, layer: Any) -> bool:
+        act = self.activation_of(layer)
+        return act is None or getattr(act, "__name__", "") == "linear"
+
+    def maps(self, layer: Any, step: Any, dtype: tf.DType) -> tuple[LinearMap, LinearMap]:
+        params = cast_params({"kernel": layer.pointwise_kernel,
+                              "bias": layer.bias if layer.use_bias else None}, dtype)
+        for bn in getattr(step, "fused", ()):
+            params = merge_batchnorm(params, bn, -1, dtype)
+        axis = 1 if layer.data_format == "channels_first" else -1
+        dw = LinearMap(lambda xs_, p: ops.depthwise_conv(
+            xs_[0], p["kernel"], strides=layer.strides, padding=layer.padding,
+            dilation_rate=layer.dilation_rate, data_format=layer.data_format),
+            cast_params({"kernel": layer.depthwise_kernel}, dtype), axis)
+        pw = LinearMap(lambda xs_, p: bias_add(ops.conv(xs_[0], p["kernel"], strides=1, padding="valid",
+                                                        data_format=layer.data_format), p,
+                                               layer.data_format == "channels_first"), params, axis)
+        return dw, pw
+
+    def forward(self, layer, xs, step):
+        dw, pw = self.maps(layer, step, xs[0].dtype)
+        t = dw(xs)
+        z = pw([t])
+        y = z if strips_activation(step) else apply_activation(layer, layer.activation, z)
+        return [y], {"t": t, "z": z, "maps": (dw, pw)}
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        rule = check_linear_rule(rule, step)
+        maps = state.get("maps")
+        dw, pw = maps if maps and cached_map(maps[0], xs) else self.maps(layer, step, xs[0].dtype)
+        R = tf.reshape(Rs[0], tf.shape(state["z"]))
+        pw_rule = rule
+        if isinstance(rule, ZBox):
+            # the depthwise output's values lie in the interval image of the input's box: the pointwise
+            # factor gets those bounds, not the input's (its input has other channels)
+            pw_rule = ZBox(*interval_bounds(dw, xs[0], rule.low, rule.high))
+        Rt = linear_relevance(pw, [state["t"]], R, pw_rule, state["z"])[0]
+        return linear_relevance(dw, xs, Rt, rule, state["t"], step.nonneg)
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return not step.strip_activation and is_nonneg_activation(layer.activation)

@@ -1,0 +1,130 @@
+"""The package layout: imports only go downwards (engine < original < attribution < analysis, io <
+apps), there are no import cycles between modules, and the old flat module names still import."""
+
+import ast
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+import interprettensor as it
+
+ROOT = os.path.dirname(it.__file__)
+#: layers of the architecture, bottom first; a module may import its own layer or lower ones
+LAYERS = {"engine": 0, "original": 1, "attribution": 2, "analysis": 3, "io": 3, "pretrained": 1, "apps": 4}
+#: order inside the engine: each module imports only earlier ones
+ENGINE = ["errors", "rules", "linear", "handlers", "graph", "composites", "explainer"]
+
+
+def _modules() -> dict[str, str]:
+    out = {}
+    for folder, _, files in os.walk(ROOT):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(folder, f)
+                rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                name = "interprettensor" + ("" if rel == "__init__" else "." + rel.removesuffix(".__init__"))
+                out[name] = path
+    return out
+
+
+def _imports(name: str, path: str) -> set[str]:
+    """Absolute names of the package's modules that ``name`` imports (anywhere in the file)."""
+    tree = ast.parse(open(path).read())
+    package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.startswith("interprettensor"):
+                found.add(mod)
+                for alias in node.names:  # ``from . import handlers``: a module
+                    found.add(f"{mod}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("interprettensor"))
+    return found
+
+
+def _resolve(mod: str, known: dict) -> str | None:
+    while mod and mod not in known:
+        mod = mod.rsplit(".", 1)[0] if "." in mod else ""
+    return mod or None
+
+
+def _layer(name: str) -> tuple[int, int] | None:
+    parts = name.split(".")
+    if len(parts) < 2 or parts[1] not in LAYERS:
+        return None
+    inner = ENGINE.index(parts[2]) if parts[1] == "engine" and len(parts) > 2 and parts[2] in ENGINE else -1
+    return LAYERS[parts[1]], inner
+
+
+def test_imports_only_go_downwards():
+    known = _modules()
+    upward = []
+    for name, path in known.items():
+        if name == "interprettensor" or name == "interprettensor.__main__":
+            continue  # the package's lazy names and ``python -m`` reach every layer on purpose
+        here = _layer(name)
+        for imp in _imports(name, path):
+            target = _resolve(imp, known)
+            if target is None or target == "interprettensor" or target == name:
+                continue
+            there = _layer(target)
+            if here is None or there is None:
+                continue
+            if there[0] > here[0] or (there[0] == here[0] == 0 and here[1] >= 0 and there[1] > here[1]):
+                upward.append(f"{name} imports {target}")
+    assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    known = _modules()
+    graph = {n: {t for t in (_resolve(i, known) for i in _imports(n, p))
+                 if t and t != n and t != "interprettensor"} for n, p in known.items()}
+    # a package's __init__ that re-exports its submodules is not a cycle with them
+    for n in graph:
+        graph[n] = {t for t in graph[n] if not t.startswith(n + ".") and not n.startswith(t + ".")}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        for t in graph.get(n, ()):
+            if state.get(t) == 1:
+                cycles.append(" -> ".join(stack[stack.index(t):] + [t]) if t in stack else f"{n} -> {t}")
+            elif t not in state:
+                visit(t, stack + [t])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+@pytest.mark.parametrize("old,new", sorted(it._MOVED.items()))
+def test_old_module_names_still_import(old, new):
+    assert importlib.import_module(f"interprettensor.{old}") is importlib.import_module(f"interprettensor.{new}")
+    assert getattr(it, old) is importlib.import_module(f"interprettensor.{new}")
+
+
+def test_old_from_imports_work_in_a_fresh_process():
+    code = ("from interprettensor.explain import Explainer, lrp\n"
+            "from interprettensor.stream import explain_dataset\n"
+            "from interprettensor.handlers import LinearHandler, register_handler\n"
+            "from interprettensor.core import linear_relevance\n"
+            "from interprettensor.layers import Linear\n"
+            "from interprettensor.cli import main\n"
+            "import interprettensor.evaluate as ev\n"
+            "print('OK', Explainer.__module__, ev.__name__)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "OK interprettensor.engine.explainer interprettensor.analysis.evaluate" in p.stdout
