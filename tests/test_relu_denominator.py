@@ -28,9 +28,28 @@ def models():
     yield "vgg_like", keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(4, 3, activation="relu"),
                                         L.Conv2D(4, 3, activation="relu"), L.MaxPooling2D(), L.Flatten(),
                                         L.Dense(8, activation="relu"), L.Dense(3, activation="softmax")])
+    inp = keras.Input((12, 12, 3))  # conv-BN, then a ReLU layer, and conv-BN into a residual sum
+    h = L.Activation("relu", name="r1")(L.BatchNormalization(name="bn1")(L.Conv2D(6, 3, padding="same", name="k1")(inp)))
+    y = L.ReLU(name="r2")(L.BatchNormalization(name="bn2")(L.Conv2D(6, 3, padding="same", name="k2")(h)))
+    y = L.BatchNormalization(name="bn3")(L.Conv2D(6, 3, padding="same", name="k3")(y))
+    h = L.Activation("relu")(L.Add()([h, y]))
+    out = L.Dense(3, name="head")(L.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.moving_mean.assign(np.linspace(-0.5, 0.5, 6))
+            layer.beta.assign(np.linspace(0.3, -0.3, 6))
+    yield "conv_bn_relu", model
     yield "original", it.Sequential([it.Convolution(4, input_depth=3, kernel_size=3, stride_size=1, act="relu"),
                                      it.AvgPool(), it.Convolution(6, kernel_size=3, stride_size=1, act="relu"),
                                      it.MaxPool(), it.Flatten(), it.Linear(3)])
+
+
+def test_positive_output_steps_cover_relu_layers_after_linear_ones():
+    model = dict(models())["conv_bn_relu"]
+    ex = it.Explainer(model, "gamma")
+    names = {s.name for s in ex._positive_steps[True]}
+    assert {"k1", "k2"} <= names and "k3" not in names and "head" not in names  # k3 feeds the sum
 
 
 @pytest.mark.parametrize("rule", ["epsilon", "simple", "alphabeta", "zplus", "gamma", "flat", "ww",

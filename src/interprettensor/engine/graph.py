@@ -360,40 +360,78 @@ def _is_plain_relu(step: Step) -> bool:
                                     ("keras", "tensorflow")))
 
 
-def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool) -> frozenset:
-    """Layers with a built-in ReLU whose output relevance is provably zero wherever the output is
-    zero: every rule that receives it redistributes in proportion to its inputs (identity, x^+, x^-
-    input modifiers), or moves it exactly (reshapes, winner-takes-all, gates, f(0)=0 activations).
-    For these, relu(z) can replace z in the denominators (they differ only where z <= 0, where the
-    relevance is 0), so the forward pass keeps no pre-activation and TensorFlow fuses convolution,
-    bias and ReLU. ``proportional_start``: the starting relevance is the output times a mask."""
-    consumers = g.consumers()
-    rule_of = dict(zip(g.steps, rules))
-    memo: dict = {}
+class _ZeroAnalysis:
+    """Which tensors' relevance is provably zero wherever the tensor is zero: every consumer
+    redistributes in proportion to its inputs (identity, x^+, x^- input modifiers), or moves relevance
+    exactly (reshapes, winner-takes-all, gates, f(0)=0 activations) into tensors that are such too."""
 
+    def __init__(self, g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool):
+        self.consumers = g.consumers()
+        self.rule_of = dict(zip(g.steps, rules))
+        self.start_key, self.proportional_start = start_key, proportional_start
+        self.memo: dict = {}
+
+    @staticmethod
     def proportional(rule: Rule) -> bool:
         return isinstance(rule, LinearRule) and all(
             t.input in (identity, positive, negative) for grp in rule.groups() for t in grp.terms)
 
-    def ok(c: Step) -> bool:
-        h, rule = c.handler, rule_of[c]
+    def ok(self, c: Step) -> bool:
+        h, rule = c.handler, self.rule_of[c]
         if isinstance(h, (LinearHandler, FixedLinearHandler, SeparableHandler)):
-            return proportional(rule)
+            return self.proportional(rule)
         if isinstance(h, MaxPoolHandler):
             winner = isinstance(rule, WinnerTakesAll) or (isinstance(rule, LinearRule) and not rule.uniform_max_pool)
-            return winner and all(zero(k) for k in c.outputs)
+            return winner and all(self.zero(k) for k in c.outputs)
         if isinstance(h, (RouteHandler, GateHandler)):
-            return all(zero(k) for k in c.outputs)
+            return all(self.zero(k) for k in c.outputs)
         if isinstance(h, ElementwiseHandler):
-            return h.maps_zero_to_zero(c.layer) and all(zero(k) for k in c.outputs)
+            return h.maps_zero_to_zero(c.layer) and all(self.zero(k) for k in c.outputs)
         return False
 
-    def zero(key: Any) -> bool:
-        if key == start_key:
-            return proportional_start
-        if key not in memo:
-            memo[key] = all(ok(c) for c in consumers.get(key, []))
-        return memo[key]
+    def zero(self, key: Any) -> bool:
+        if key == self.start_key:
+            return self.proportional_start
+        if key not in self.memo:
+            self.memo[key] = all(self.ok(c) for c in self.consumers.get(key, []))
+        return self.memo[key]
 
+
+def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool) -> frozenset:
+    """Layers with a built-in ReLU whose output relevance is provably zero wherever the output is
+    zero (see :class:`_ZeroAnalysis`). For these, relu(z) can replace z in the denominators (they
+    differ only where z <= 0, where the relevance is 0), so the forward pass keeps no pre-activation
+    and TensorFlow fuses convolution, bias and ReLU. ``proportional_start``: the starting relevance is
+    the output times a mask."""
+    zero = _ZeroAnalysis(g, rules, start_key, proportional_start).zero
     return frozenset(s for s in g.steps if isinstance(s.handler, LinearHandler) and not s.strip_activation
                      and _is_plain_relu(s) and zero(s.outputs[0]))
+
+
+def positive_output_steps(g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool) -> frozenset:
+    """Layers with weights whose pre-activation's relevance is provably zero wherever it is ``<= 0``:
+    those of :func:`relu_denominator_steps`, and those without activation whose every consumer is a
+    ReLU layer (``Activation('relu')``, ``ReLU()``, a ReLU op) whose output's relevance is provably zero
+    where it is zero (relevance passes a ReLU unchanged, and its output is zero exactly where its
+    input is ``<= 0``). Rules whose groups explain negative outputs separately (the generalised gamma)
+    skip those groups there."""
+    analysis = _ZeroAnalysis(g, rules, start_key, proportional_start)
+    consumers = analysis.consumers
+
+    def relu_after(step: Step) -> bool:
+        key = step.outputs[0]
+        cs = consumers.get(key, [])
+        if key == start_key or not cs or key in g.outputs:
+            return False
+        return all(isinstance(c.handler, ElementwiseHandler) and c.handler.relu_like(c.layer)
+                   and all(analysis.zero(k) for k in c.outputs) for c in cs)
+
+    out = set()
+    for s in g.steps:
+        if not isinstance(s.handler, LinearHandler) or s.strip_activation:
+            continue
+        act = s.handler.activation_of(s.layer)
+        linear = act is None or getattr(act, "__name__", "") == "linear"
+        if (_is_plain_relu(s) and analysis.zero(s.outputs[0])) or (linear and relu_after(s)):
+            out.add(s)
+    return frozenset(out)

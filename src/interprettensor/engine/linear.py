@@ -98,40 +98,49 @@ class _Values:
             v = v + self.linear.broadcast_bias(term.bias(bias), v)
         return v
 
-    def _whole(self, modifier: object) -> tf.Tensor | None:
-        if modifier is identity and self.z is not None and (identity, identity) not in self.cache:
+    def _known(self, inp: object, ker: object) -> tf.Tensor | None:
+        """The value of ``f(inp(x); ker(W))`` if it is cached or is the forward's ``z`` (minus the bias)."""
+        if (inp, ker) not in self.cache and inp is identity and ker is identity and self.z is not None:
             b = self.linear.params.get("bias")
             self.cache[(identity, identity)] = self.z if b is None else self.z - self.linear.broadcast_bias(b, self.z)
-        return self.cache.get((modifier, identity))
+        return self.cache.get((inp, ker))
 
-    def get(self, term: Term) -> tf.Tensor:
-        """The bias-free value ``f(input(x); kernel(W))``."""
-        key = (term.input, term.kernel)
-        if key == (identity, identity) and self._whole(identity) is not None:
-            return self.cache[key]
-        if key in self.cache:
-            return self.cache[key]
-        if isinstance(term.kernel, WeightSum) and all(m in (identity, positive, negative)
-                                                       for _, m in term.kernel.parts):
-            # f(x; sum_k c_k m_k(W)) = sum_k c_k f(x; m_k(W)): reuse the simple terms' values
+    def _derive(self, inp: object, ker: object) -> tf.Tensor | None:
+        """``f(inp(x); ker(W))`` from values already known, by linearity in the weights
+        (``f(x; W^+) + f(x; W^-) = f(x; W)``, and sums of weight modifiers) or in the inputs
+        (``f(x^+; W) + f(x^-; W) = f(x; W)``); ``None`` if it has to be computed."""
+        if isinstance(ker, WeightSum) and all(m in (identity, positive, negative) for _, m in ker.parts):
             value = None
-            for c, m in term.kernel.parts:
-                v = self.get(Term(term.input, m, None))
+            for c, m in ker.parts:
+                v = self.get(Term(inp, m, None))
                 v = v if c == 1.0 else v * constant(c, v.dtype)
                 value = v if value is None else value + v
-            self.cache[key] = value
             return value
-        has_partner = (term.input, positive) in self.cache or (term.input, negative) in self.cache
-        whole = self._whole(term.input) if has_partner else None
-        if term.kernel is negative and whole is not None and (term.input, positive) in self.cache:
-            value = whole - self.cache[(term.input, positive)]
-        elif term.kernel is positive and whole is not None and (term.input, negative) in self.cache:
-            value = whole - self.cache[(term.input, negative)]
-        else:
+        if ker in _PARTNER:
+            other, whole = self._known(inp, _PARTNER[ker]), self._known(inp, identity)
+            if other is not None and whole is not None:
+                return whole - other
+        if inp in _PARTNER:
+            other, whole = self._known(_PARTNER[inp], ker), self._known(identity, ker)
+            if other is not None and whole is not None:
+                return whole - other
+        return self._known(inp, ker)
+
+    def get(self, term: Term) -> tf.Tensor:
+        """The bias-free value ``f(input(x); kernel(W))``, derived from known values where linearity
+        allows, else computed (one forward pass)."""
+        key = (term.input, term.kernel)
+        if key in self.cache:
+            return self.cache[key]
+        value = self._derive(term.input, term.kernel)
+        if value is None:
             inputs = [term.input(x) for x in self.xs]
             value = self.linear(inputs, modify_params(self.linear.params, term, with_bias=False))
         self.cache[key] = value
         return value
+
+
+_PARTNER = {positive: negative, negative: positive}
 
 
 class Product:
@@ -161,13 +170,18 @@ def materialize(R: "tf.Tensor | Product") -> tf.Tensor:
 
 
 _RATIO_FUNCTIONS: dict = {}
+#: per-sample size from which the stabilised division runs as one fused XLA kernel; smaller tensors use
+#: plain operations (each XLA kernel is compiled per shape on the first call, which costs more than the
+#: fusion saves on small tensors)
+XLA_MIN_ELEMENTS = 2 ** 19
 
 
 def _ratio(rule: LinearRule, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float,
            select: str | None = None, z_sign: tf.Tensor | None = None) -> tf.Tensor:
-    """``coefficient * R / stabilize(z)`` as one fused XLA kernel: on large activations the
+    """``coefficient * R / stabilize(z)``, on large activations as one fused XLA kernel: there the
     stabiliser's element-wise ops are memory-bound, and fusing them (with the product that formed
-    ``R``) keeps LRP-epsilon at the cost of gradient x input. Plain ops when running eagerly.
+    ``R``) keeps LRP-epsilon at the cost of gradient x input. Plain ops on small tensors (see
+    :data:`XLA_MIN_ELEMENTS`) and when running eagerly.
     ``select``: keep only the outputs where ``z_sign >= 0`` (``'positive'``) or ``< 0``
     (``'negative'``), zero elsewhere."""
     lazy = isinstance(R, Product)
@@ -191,11 +205,13 @@ def _ratio(rule: LinearRule, R: "tf.Tensor | Product", z: tf.Tensor, coefficient
     args = (R.x, R.g, z) if lazy else (R, z)
     if select is not None:
         args = args + (tf.cast(z_sign, z.dtype),)
-    return fn[0](*args) if _use_xla() else fn[1](*args)
+    return fn[0](*args) if _use_xla(z) else fn[1](*args)
 
 
-def _use_xla() -> bool:
-    return not tf.config.functions_run_eagerly()
+def _use_xla(z: tf.Tensor) -> bool:
+    per_sample = z.shape[1:]
+    return (not tf.config.functions_run_eagerly() and per_sample.is_fully_defined()
+            and per_sample.num_elements() >= XLA_MIN_ELEMENTS)
 
 
 def distinct(inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:

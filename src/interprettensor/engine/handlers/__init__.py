@@ -15,7 +15,8 @@ Register a handler for your own layer type with :func:`register_handler`::
 
 from ..errors import ExplainError
 from . import keras_layers  # noqa: F401 - registers Keras' layers and operations
-from .base import (ELEMENTWISE, GATE, KEEP_ACTIVATIONS, LINEAR, MAXPOOL, RELU_DENOMINATOR, ROUTE, WEIGHTED, Handler,
+from .base import (ELEMENTWISE, GATE, KEEP_ACTIVATIONS, LINEAR, MAXPOOL, POSITIVE_OUTPUTS, RELU_DENOMINATOR, ROUTE,
+                   WEIGHTED, Handler,
                    apply_activation, is_nonneg_activation, override_activations, strips_activation)
 from .elementwise import ElementwiseHandler
 from .fixed_linear import FixedLinearHandler
@@ -29,4 +30,5 @@ __all__ = ["Handler", "LinearHandler", "SeparableHandler", "FixedLinearHandler",
            "GateHandler", "ElementwiseHandler", "register_handler", "register_op_handler", "get_handler",
            "handler_for", "overridden_parent", "ExplainError", "route", "merge_batchnorm", "batchnorm_affine",
            "override_activations", "apply_activation", "strips_activation", "is_nonneg_activation",
-           "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "RELU_DENOMINATOR", "KEEP_ACTIVATIONS"]
+           "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "RELU_DENOMINATOR", "KEEP_ACTIVATIONS",
+           "POSITIVE_OUTPUTS"]

@@ -20,7 +20,7 @@ from ..linear import LinearMap, Product
 from ..rules import LinearRule, Rule
 
 __all__ = ["Handler", "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "RELU_DENOMINATOR",
-           "KEEP_ACTIVATIONS", "override_activations", "apply_activation", "strips_activation",
+           "KEEP_ACTIVATIONS", "POSITIVE_OUTPUTS", "override_activations", "apply_activation", "strips_activation",
            "is_nonneg_activation"]
 
 # categories decide which rule a composite gives a layer by default
@@ -37,6 +37,11 @@ ACTIVATION_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("activation
 #: in for the pre-activation in denominators, and rule groups for negative outputs are skipped; set by
 #: the Explainer while tracing
 RELU_DENOMINATOR: contextvars.ContextVar = contextvars.ContextVar("relu_denominator", default=frozenset())
+#: steps with weights whose output relevance is provably zero wherever the pre-activation is ``<= 0``
+#: (a built-in ReLU, or a ReLU layer after them; see
+#: :func:`interprettensor.engine.graph.positive_output_steps`): rule groups for negative outputs are
+#: skipped there; set by the Explainer while tracing
+POSITIVE_OUTPUTS: contextvars.ContextVar = contextvars.ContextVar("positive_outputs", default=frozenset())
 #: while set, layers keep a final activation that the explanation strips (used to check the graph's
 #: forward pass against the model's own)
 KEEP_ACTIVATIONS: contextvars.ContextVar = contextvars.ContextVar("keep_activations", default=False)

@@ -28,14 +28,18 @@ class ElementwiseHandler(Handler):
             activation names).
         zero_preserving: ``f(0) = 0`` (``None``: decided from Keras' layer types and activation names);
             the engine uses it to prove where relevance is zero.
+        relu_like: the output is zero exactly where the input is ``<= 0`` (ReLU, ReLU6; ``None``:
+            decided from Keras' layer types and activation names).
     """
 
     category = ELEMENTWISE
     accepts_lazy = True
 
-    def __init__(self, nonneg: bool | None = None, zero_preserving: bool | None = None):
+    def __init__(self, nonneg: bool | None = None, zero_preserving: bool | None = None,
+                 relu_like: bool | None = None):
         self._nonneg = nonneg
         self._zero_preserving = zero_preserving
+        self._relu_like = relu_like
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         if self._nonneg if self._nonneg is not None else _nonneg_layer(layer):
@@ -53,6 +57,16 @@ class ElementwiseHandler(Handler):
         if isinstance(layer, L.Activation):
             return getattr(layer.activation, "__name__", "") in _ZERO_PRESERVING_ACTIVATIONS
         return False
+
+    def relu_like(self, layer: Any) -> bool:
+        """The output is zero exactly where the input is ``<= 0``."""
+        if self._relu_like is not None:
+            return self._relu_like
+        if isinstance(layer, L.ReLU):
+            return float(layer.threshold) == 0.0 and float(layer.negative_slope) == 0.0
+        if isinstance(layer, L.Activation):
+            return getattr(layer.activation, "__name__", "") in ("relu", "relu6")
+        return type(layer).__name__ in ("Relu", "Relu6")  # keras.ops.relu inside a functional model
 
     def forward(self, layer, xs, step):
         override = ACTIVATION_OVERRIDE.get()

@@ -11,7 +11,7 @@ from keras import ops
 
 from ..linear import LinearMap, interval_bounds, linear_relevance
 from ..rules import Pass, ZBox, constant
-from .base import (RELU_DENOMINATOR, WEIGHTED, Handler, apply_activation, cached_map, cast_params, check_linear_rule,
+from .base import (POSITIVE_OUTPUTS, RELU_DENOMINATOR, WEIGHTED, Handler, apply_activation, cached_map, cast_params, check_linear_rule,
                    is_nonneg_activation, pass_through, shaped_like, strips_activation)
 
 __all__ = ["LinearHandler", "SeparableHandler", "merge_batchnorm", "batchnorm_affine", "bias_add"]
@@ -76,7 +76,7 @@ class LinearHandler(Handler):
         R = shaped_like(Rs[0], state["z"])
         lm = cached_map(state.get("map"), xs) or self.linear_map(layer, step, xs[0].dtype)
         return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg,
-                                lazy=True, positive_outputs_only=step in RELU_DENOMINATOR.get())
+                                lazy=True, positive_outputs_only=step in POSITIVE_OUTPUTS.get())
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return not step.strip_activation and is_nonneg_activation(self.activation_of(layer))
