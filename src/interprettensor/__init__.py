@@ -49,7 +49,7 @@ _NAMES = {
     "AvgPool": "original", "Convolution": "original", "Elu": "original", "Flatten": "original", "Linear": "original",
     "MaxPool": "original", "Module": "original", "Relu": "original", "ReLU": "original", "Sigmoid": "original",
     "Softmax": "original", "Tanh": "original", "Sequential": "original",
-    "explain_dataset": "io.shards", "load_relevances": "io.shards",
+    "explain_dataset": "io.dataset_run", "load_relevances": "io.shards", "finalize_run": "io.shards",
 }
 #: the modules' flat names (their attributes ``it.rules``, ``it.evaluate``, ... and old import paths)
 #: -> where they live
@@ -58,7 +58,7 @@ _MOVED = {
     "composites": "engine.composites", "explain": "engine.explainer",
     "layers": "original.modules", "sequential": "original.sequential",
     "evaluate": "analysis.evaluate",
-    "stream": "io.shards", "data": "io.digits", "datasets": "io.downloads", "render": "io.render",
+    "stream": "io.dataset_run", "data": "io.digits", "datasets": "io.downloads", "render": "io.render",
     "summaries": "io.summaries",
     "cli": "apps.cli", "demo": "apps.demo",
 }
@@ -72,7 +72,7 @@ __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
     "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
-    "explain_dataset", "load_relevances", "data", "datasets", "pretrained", "render", "summaries",
+    "explain_dataset", "load_relevances", "finalize_run", "data", "datasets", "pretrained", "render", "summaries",
 ]
 
 

@@ -9,7 +9,8 @@ Subcommands:
 * ``explain``: explain a saved Keras model on image files, folders or ``.npy`` arrays; writes a
   picture per input (heatmap and overlay for images, a bar chart for feature vectors, a strip per
   channel for sequences) and ``relevances.npz`` (or shards with ``--shard-size``; the same arrays,
-  see :func:`interprettensor.load_relevances`).
+  see :func:`interprettensor.load_relevances`; ``--worker I/N`` for one of several processes).
+* ``finalize``: check that a sharded run of several workers is complete and write its manifest.
 * ``evaluate``: region perturbation (pixel flipping, AOPC) of several explanation methods on a saved
   model or the digits CNN; writes ``OUT/curves.png`` and ``OUT/aopc.csv`` (``--sanity``: also the
   model-randomisation check).
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-nonfinite", action="store_true",
                    help="explain the inputs without NaN or infinite values and give those relevance 0 and valid "
                         "False in relevances.npz / the shards (default: stop with an error naming them)")
+    e.add_argument("--worker", default=None, metavar="I/N",
+                   help="with --shard-size: be worker I of N independent processes sharing OUT (explains the "
+                        "shards k with k %% N == I), or 'auto' inside a Slurm job array or a Kubernetes indexed job "
+                        "(INTERPRETTENSOR_NUM_WORKERS); the last worker to finish writes OUT/manifest.json, "
+                        "'interprettensor finalize OUT' checks the run")
     e.add_argument("--resume", action="store_true",
                    help="continue the sharded run in OUT after its last complete shard (same model, rule, inputs)")
     e.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "mixed_float16",
@@ -162,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision (default: the model's); mixed_*: low-precision forward, float32 relevance")
     e.set_defaults(func=cmd_explain)
     _evaluate_parser(sub, common)
+    f = sub.add_parser("finalize", parents=[common], help="check a sharded run of several workers and complete it",
+                       description="Check that every shard of the sharded run in OUT (written by 'explain "
+                                   "--shard-size N --worker I/N' processes) is there and holds its samples, and "
+                                   "write OUT/manifest.json; names the missing shards and their workers otherwise.")
+    f.add_argument("out", metavar="OUT", help="the run directory")
+    f.set_defaults(func=cmd_finalize)
     return p
 
 
@@ -307,6 +319,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                    f"into (--input-range)")
     if args.dtype:
         params["dtype"] = args.dtype
+    if args.worker is not None and not args.shard_size:
+        raise CLIError("--worker needs --shard-size N (the workers split the run by shards)")
     if args.shard_size or args.resume:
         return _explain_sharded(args, model, params, out)
     items = collect_inputs(args.inputs, expected)
@@ -450,10 +464,13 @@ class _Pictures:
 
 def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: str) -> int:
     """``interprettensor explain --shard-size N [--resume]``: :func:`interprettensor.explain_dataset`."""
-    from ..io.shards import MANIFEST, RERUN, StreamError, _read_manifest, explain_dataset
+    from ..io.dataset_run import explain_dataset
+    from ..io.shards import MANIFEST, RERUN, StreamError, read_manifest, worker_manifests
 
-    manifest = _read_manifest(out)
-    if manifest is not None and not args.resume:
+    manifest = read_manifest(out)
+    if manifest is None:
+        manifest = next(iter(worker_manifests(out).values()), None)
+    if manifest is not None and not args.resume and args.worker is None:
         raise CLIError(f"{out!r} holds a sharded run ({len(manifest['shards'])} shard(s) complete, see "
                        f"{MANIFEST}); pass --resume to continue it, or choose another --out")
     if manifest is None and args.resume and not args.shard_size:
@@ -469,15 +486,33 @@ def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: st
         res = explain_dataset(model, list(args.inputs), args.rule, out, shard_size=shard_size,
                               batch_size=args.batch_size, target=args.target, progress=not args.quiet,
                               input_range=(lo, hi), color_mode=args.color_mode, resize=args.resize,
-                              on_shard=write_pngs, nonfinite="skip" if args.skip_nonfinite else "error", **params)
+                              on_shard=write_pngs, nonfinite="skip" if args.skip_nonfinite else "error",
+                              worker=args.worker, **params)
     except StreamError as e:
         msg = str(e).replace(RERUN, "run again with --resume to continue")
         msg = msg.replace("pass nonfinite='skip'", "pass --skip-nonfinite")
         raise CLIError(msg.replace(" (or start over: resume=False)", "")) from None
     done = f" ({res.skipped} were complete before)" if res.skipped else ""
     pics = pictures.summary()
-    print(f"explained {res.n_samples - res.nonfinite} input(s) with {args.rule}{_skipped_note(res.nonfinite)}: "
+    who = "" if res.worker is None else f"worker {res.worker}: "
+    print(f"{who}explained {res.n_samples - res.nonfinite} input(s) with {args.rule}{_skipped_note(res.nonfinite)}: "
           f"{pics}{res.shards} shard(s) in {out}{done}")
+    if res.worker is not None:
+        print(f"the run in {out} is complete ({MANIFEST} written)" if res.complete else
+              f"the run in {out} is not complete yet: the other workers are still at it; the last one writes "
+              f"{MANIFEST} ('interprettensor finalize {out}' checks it)")
+    return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    """``interprettensor finalize OUT``: :func:`interprettensor.finalize_run`."""
+    from ..io.shards import MANIFEST, StreamError, finalize_run
+
+    try:
+        final = finalize_run(args.out)
+    except StreamError as e:
+        raise CLIError(str(e)) from None
+    print(f"{args.out}: complete, {final['n_samples']} samples in {len(final['shards'])} shard(s); {MANIFEST} written")
     return 0
 
 
