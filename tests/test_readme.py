@@ -50,6 +50,7 @@ NOT_HERE = {
     "MultiWorkerMirroredStrategy(": "needs several machines",
     "srun ": "needs Slurm",
     "kubectl": "needs Kubernetes",
+    "#SBATCH": "a Slurm job script (needs Slurm and the cluster's paths)",
 }
 
 _TINY_VGG = """
@@ -90,6 +91,20 @@ tf_dataset = tf.data.Dataset.from_tensor_slices(x_big).batch(64)
 """,
 }
 
+PREAMBLES["it.explain_dataset(model, 'images/'"] = """
+import os, numpy as np, keras
+from PIL import Image
+import interprettensor as it
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                          keras.layers.Flatten(), keras.layers.Dense(10)])
+digits = it.data.load_digits()[0]
+os.makedirs('images', exist_ok=True)
+for k in range(6):
+    Image.fromarray((digits[k, ..., 0] * 255).round().astype('uint8')).save(f'images/d{k}.png')
+i = 0
+"""
+
 #: Python checks run after a block (that it did what the prose says)
 POSTSCRIPTS = {
     "import interprettensor as it": """
@@ -100,6 +115,10 @@ assert relevance.shape == x.shape and R.shape == x.shape
 """,
     "explainer = it.Explainer(model, rule='epsilon_plus', batch_size=64)": """
 assert R.shape == x_big.shape and result.n_samples == 150
+""",
+    "it.explain_dataset(model, 'images/'": """
+import os
+assert os.listdir('runs/val') == ['manifest-worker-000-of-008.json'] or 'shard-00000.npz' in os.listdir('runs/val')
 """,
     "it.register_handler(MyScale,": """
 m = keras.Sequential([keras.Input((4,)), MyScale(), keras.layers.Dense(2)])
