@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..engine.errors import ExplainError
-from ..engine.explainer import _model_dtype, as_inputs
+from ..engine.precision import model_dtype as _model_dtype
+from ..engine.targets import as_inputs
 from ..engine.graph import build_graph, explained_output, forward
 
 __all__ = ["region_perturbation", "PerturbationResult", "default_patch", "compare", "Comparison", "DEFAULT_METHODS",

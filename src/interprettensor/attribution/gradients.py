@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..engine.errors import ExplainError
-from ..engine.explainer import _model_dtype, as_inputs, as_targets
+from ..engine.precision import model_dtype as _model_dtype
+from ..engine.targets import as_inputs, as_targets
 from ..engine.graph import build_graph, explained_output, forward
 from ..engine.handlers import override_activations
 from ..original import modules as itl
