@@ -59,7 +59,7 @@ _MOVED = {
     "layers": "original.modules", "sequential": "original.sequential",
     "evaluate": "analysis.evaluate",
     "stream": "io.dataset_run", "data": "io.digits", "datasets": "io.downloads", "render": "io.render",
-    "summaries": "io.summaries",
+    "render_text": "io.render_text", "summaries": "io.summaries",
     "cli": "apps.cli", "demo": "apps.demo",
 }
 #: submodules reachable as attributes (``it.rules``, ``it.evaluate``, ``it.engine``, ...)
@@ -72,7 +72,8 @@ __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
     "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
-    "explain_dataset", "load_relevances", "finalize_run", "data", "datasets", "pretrained", "render", "summaries",
+    "explain_dataset", "load_relevances", "finalize_run", "data", "datasets", "pretrained", "render", "render_text",
+    "summaries",
 ]
 
 
