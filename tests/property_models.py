@@ -945,8 +945,8 @@ def unsupported_models() -> dict[str, tuple[keras.Model, str, np.ndarray]]:
 
     inp = keras.Input((6,))
     h = L.Dense(4)(inp)
-    h = L.LayerNormalization(name="my_layernorm")(h)
-    cases["LayerNormalization"] = (keras.Model(inp, L.Dense(2)(h)), "my_layernorm", rng.normal(size=(2, 6)))
+    h = L.GroupNormalization(groups=2, name="my_groupnorm")(h)
+    cases["GroupNormalization"] = (keras.Model(inp, L.Dense(2)(h)), "my_groupnorm", rng.normal(size=(2, 6)))
 
     inp = keras.Input((6,))
     h = CustomScale(name="my_custom_scale")(L.Dense(4)(inp))
@@ -961,9 +961,9 @@ def unsupported_models() -> dict[str, tuple[keras.Model, str, np.ndarray]]:
     cases["ops.sin"] = (model, sin_name, rng.normal(size=(2, 6)))
 
     inp = keras.Input((4, 6))
-    h = L.MultiHeadAttention(2, 3, name="my_attention")(inp, inp)
-    cases["MultiHeadAttention"] = (keras.Model(inp, L.Dense(2)(L.Flatten()(h))), "my_attention",
-                                   rng.normal(size=(2, 4, 6)))
+    h = L.AdditiveAttention(name="my_attention")([inp, inp])
+    cases["AdditiveAttention"] = (keras.Model(inp, L.Dense(2)(L.Flatten()(h))), "my_attention",
+                                  rng.normal(size=(2, 4, 6)))
 
     inp = keras.Input((5, 3))
     h = L.Conv1D(2, 2)(inp)

@@ -7,8 +7,8 @@ cores); longer: ``pytest tests/test_properties.py --property-models 200`` (or
 rule / preset (with its parameters); every failure message prints the model's layers. Rebuild a
 failing model with ``property_models.build(seed, kind, profile)``.
 
-Properties, on every rule name of ``it.rules.RULES`` that applies to whole models (not ``pass`` and
-``winner_takes_all``) and every preset of ``it.PRESETS`` (each model gets ``METHODS_PER_MODEL`` of
+Properties, on every rule name of ``it.rules.RULES`` that applies to whole models (not the operation rules
+``pass``, ``winner_takes_all``, ``uniform``, ``gate``, ``softmax``) and every preset of ``it.PRESETS`` (each model gets ``METHODS_PER_MODEL`` of
 them in rotation: in the default run every rule and preset explains two models under each property,
 with sampled parameters, ``epsilon=0`` included, and most of them a conservation model too; the box
 rules get the data's bounds; ``'zbox'`` by name, which the engine refuses with an ExplainError naming
@@ -146,12 +146,13 @@ import pytest
 import tensorflow as tf
 
 import interprettensor as it
+from interprettensor.engine.operation_rules import OPERATION_RULE_NAMES
 import property_models as pm
 
-DEFAULT_MODELS = 30
+DEFAULT_MODELS = 32
 METHODS_PER_MODEL = 2
 
-RULE_NAMES = tuple(sorted(set(it.rules.RULES) - {"pass", "winner_takes_all"}))
+RULE_NAMES = tuple(sorted(set(it.rules.RULES) - OPERATION_RULE_NAMES))
 #: the README's presets: the Deep Taylor presets are registered by ``interprettensor.attribution``, and
 #: must be usable by name without importing it first
 README_PRESETS = ("epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1",
@@ -597,7 +598,7 @@ def test_every_rule_and_preset_is_exercised(request):
         assert not missing, f"rules / presets used fewer than twice: {missing}"
         cons = {r for _, r, _, _ in conservation_cases(request.config)}
         assert cons == {r for r, _, _ in CONSERVING}
-    assert set(it.rules.RULES) - {"pass", "winner_takes_all"} <= set(METHODS) | _registered_by_tests()
+    assert set(it.rules.RULES) - OPERATION_RULE_NAMES <= set(METHODS) | _registered_by_tests()
     assert set(it.PRESETS) <= set(PRESET_NAMES) | _registered_by_tests()
 
 

@@ -179,8 +179,8 @@ def test_errors_name_what_is_wrong():
 
 def test_keras_layer_without_handler_is_named():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"),
-                              keras.layers.LayerNormalization(name="ln")])
-    with pytest.raises(it.ExplainError, match="'ln' of type LayerNormalization.*register_handler"):
+                              keras.layers.UnitNormalization(name="ln")])
+    with pytest.raises(it.ExplainError, match="'ln' of type UnitNormalization.*register_handler"):
         it.lrp(model, np.ones((2, 4)))
 
 

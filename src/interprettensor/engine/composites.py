@@ -52,6 +52,7 @@ import keras
 
 from . import handlers as H
 from .graph import Graph, Step
+from .operation_rules import Gate, SoftmaxRule, UniformProduct
 from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, GradientMap, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
                     get_rule, rule_param_names, rule_params_from_kwargs)
 
@@ -170,6 +171,10 @@ class Composite:
             return self.merge
         if c == H.MAXPOOL:
             return WinnerTakesAll()
+        if c == H.PRODUCT:
+            return UniformProduct()
+        if c == H.NORM:
+            return self.merge
         return Pass()
 
 
@@ -310,6 +315,32 @@ PRESETS["deep_taylor"] = _deep_taylor_preset
 PRESETS["bounded_deep_taylor"] = _bounded_deep_taylor_preset
 _deep_taylor_preset.accepts = ()  # type: ignore[attr-defined]
 _bounded_deep_taylor_preset.accepts = ("low", "high")  # type: ignore[attr-defined]
+
+
+def _transformer_preset(name: str, layer_map: Callable[[Rule], dict], doc: str) -> Callable[..., Composite]:
+    def make(**params: Any) -> Composite:
+        check_params(name, params, ("epsilon",))
+        eps = Epsilon(params.get("epsilon", 1e-6))
+        return Composite(default=eps, layer_map=layer_map(eps), merge=Z(), name=name)
+
+    make.__name__ = name
+    make.__doc__ = doc
+    make.accepts = ("epsilon",)  # type: ignore[attr-defined]
+    return make
+
+
+PRESETS["attnlrp"] = _transformer_preset(
+    "attnlrp", lambda eps: {"product": UniformProduct(), "gate": UniformProduct(), "softmax": SoftmaxRule(),
+                            "norm": eps},
+    """AttnLRP (Achtibat et al., ICML 2024): epsilon on dense, einsum-dense and projection layers; the
+    uniform rule on products of activations (``Q·Kᵀ``, ``A·V``, gated units); the softmax rule on
+    softmax; layer normalisation as a linear map with the standard deviation held constant (epsilon);
+    the z-rule on residual sums; element-wise nonlinearities and RMS normalisation pass relevance.""")
+PRESETS["cp_lrp"] = _transformer_preset(
+    "cp_lrp", lambda eps: {"product": Gate(), "gate": Gate(), "softmax": Pass(), "norm": eps},
+    """CP-LRP (Ali et al., ICML 2022): as AttnLRP, except that attention weights and gates are constants
+    (values receive all of ``A·V``'s relevance, queries and keys none; the signal factor of a gated
+    unit all of its relevance).""")
 
 
 def register_preset(name: str, factory: Callable[..., Composite]) -> None:

@@ -23,7 +23,8 @@ from .graph import (Graph, Step, backward, build_graph, explained_output, forwar
 from .handlers import KEEP_ACTIVATIONS, POSITIVE_OUTPUTS, RELU_DENOMINATOR
 from .precision import cast_floats, layer_precision, model_dtype, resolve_dtype, scale_down, scale_up
 from .rules import Rule, ZBox, constant
-from .targets import as_inputs, as_targets, check_finite, start_relevance
+from .targets import (as_inputs, as_positions, as_targets, check_finite, input_dtypes, pack_inputs,
+                      start_relevance)
 
 __all__ = ["Explainer", "lrp"]
 
@@ -114,7 +115,7 @@ class Explainer:
 
     # ------------------------------------------------------------------ the traced pass
     def _core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor | None, R0: tf.Tensor | None,
-              layerwise: bool) -> tuple:
+              layerwise: bool, positions: tf.Tensor | None = None) -> tuple:
         """Forward pass, starting relevance, backward pass: ``(relevances, layerwise, explained output,
         model outputs)``."""
         self.trace_count += 1
@@ -131,9 +132,9 @@ class Explainer:
                 # (autocasting their inputs) may have returned float32, so make the dtypes uniform
                 records = cast_floats(records, self.backward_dtype)
                 out = tf.cast(out, self.backward_dtype)
-                xs = [tf.cast(x, self.backward_dtype) for x in xs]
+                xs = [tf.cast(x, self.backward_dtype) if x.dtype.is_floating else x for x in xs]
             where = f"layer {self.layer!r}" if self.layer else "the model output"
-            R = start_relevance(out, targets, R0, self.layer is not None, where)
+            R = start_relevance(out, targets, R0, self.layer is not None, where, positions)
             scale = None
             if R.dtype == tf.float16:
                 R, scale = scale_up(R)
@@ -141,10 +142,10 @@ class Explainer:
         finally:
             RELU_DENOMINATOR.reset(token)
             POSITIVE_OUTPUTS.reset(token_positive)
-        result = [rel[k] if k in rel else tf.zeros_like(x) for k, x in zip(self.graph.inputs, xs)]
+        result = [rel[k] if k in rel else tf.zeros(tf.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
-                lw[name] = rel.get(k, tf.zeros_like(x))
+                lw[name] = rel.get(k, tf.zeros(tf.shape(x), R.dtype))
         if scale is not None:
             result = [scale_down(r, scale) for r in result]
             lw = tf.nest.map_structure(lambda t: scale_down(t, scale), lw)
@@ -201,6 +202,12 @@ class Explainer:
                         return self._core(xs, targets, None, layerwise)
 
                 spec = (sig, tf.TensorSpec((None,), tf.int32))
+            elif mode == "position":
+                def run(xs, targets, positions):
+                    with layer_precision(self.graph, self.dtype):
+                        return self._core(xs, targets, None, layerwise, positions)
+
+                spec = (sig, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32))
             else:
                 def run(xs, R0):
                     with layer_precision(self.graph, self.dtype):
@@ -219,18 +226,25 @@ class Explainer:
         explained output and ``model_outputs`` the model's outputs as the pass computed them (see
         :meth:`check_forward`). Usable inside ``tf.distribute.Strategy.run``; repeated calls never
         retrace."""
-        specs = [tf.TensorSpec((None,) + tuple(s.shape[1:]), self.dtype) for s in specs]
+        dtypes = input_dtypes(self.model, len(specs), self.dtype)
+        specs = [tf.TensorSpec((None,) + tuple(s.shape[1:]), d) for s, d in zip(specs, dtypes)]
         return self._function(specs, "target", layerwise)
 
     # ------------------------------------------------------------------ public call
     def __call__(self, x: ArrayLike, target: ArrayLike | None = None, *, relevance: ArrayLike | None = None,
-                 layerwise: bool = False, batch_size: int | None = None, return_output: bool = False):
-        """Relevance of ``x`` (an array shaped like ``x``; a list for multi-input models).
+                 layerwise: bool = False, batch_size: int | None = None, return_output: bool = False,
+                 position: ArrayLike | None = None):
+        """Relevance of ``x`` (an array shaped like ``x``; a list for multi-input models, a dict for
+        models that take a dict). For integer inputs (token ids) the relevance has the shape of the ids:
+        one value per token, the relevance that reached its embedding, summed over the embedding axis.
 
         Args:
-            x: input batch (or list of batches for multi-input models).
+            x: input batch (or list of batches for multi-input models, or a dict of named inputs).
             target: ``None`` (predicted class, or the most active channel of ``layer``), an int, or
                 one int per sample.
+            position: for an output with a sequence axis ``(N, T, classes)`` (a language model's
+                next-token logits): explain the output at this position (an int, negative from the
+                end, or one per sample); ``target`` is then a class (token) at that position.
             relevance: a custom starting relevance shaped like the explained output (overrides target).
             layerwise: also return ``{layer name: relevance of that layer's output}`` (and the
                 inputs' relevance under the input names), from the same backward pass.
@@ -241,15 +255,22 @@ class Explainer:
         n = int(xs[0].shape[0])
         targets = as_targets(target, n)
         R0 = self._custom_relevance(relevance, xs)
+        positions = self._positions(position, xs) if R0 is None else None
+        if position is not None and R0 is not None:
+            raise ExplainError("position and relevance exclude each other: a custom relevance already says "
+                               "where the explanation starts")
         if n == 0:  # run one zero sample (XLA kernels reject zero-sized batches) and slice it away
             xs1 = [tf.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
             R1 = None if R0 is None else tf.zeros((1,) + tuple(R0.shape[1:]), R0.dtype)
+            P1 = None if positions is None else tf.zeros((1,), tf.int32)
             chunks = [tf.nest.map_structure(lambda t: t[:0], c)
-                      for c in self._run_batches(xs1, tf.fill((1,), -1), R1, layerwise, 1)]
+                      for c in self._run_batches(xs1, tf.fill((1,), -1), R1, layerwise, 1, P1)]
         else:
-            chunks = self._run_batches(xs, targets, R0, layerwise, batch_size or self.batch_size or n)
+            chunks = self._run_batches(xs, targets, R0, layerwise, batch_size or self.batch_size or n, positions)
         rel = [np.concatenate([c[0][i].numpy() for c in chunks]) for i in range(len(xs))]
         result: Any = rel[0] if len(xs) == 1 else rel
+        if isinstance(x, dict):
+            result = pack_inputs(self.model, rel)
         extra = []
         if layerwise:
             extra.append({k: np.concatenate([np.asarray(c[1][k]) for c in chunks]) for k in chunks[0][1]})
@@ -292,15 +313,27 @@ class Explainer:
                                    f"{(n,) + want}: give one relevance per output value")
         return R0
 
+    def _positions(self, position: ArrayLike | None, xs: Sequence[tf.Tensor]) -> tf.Tensor | None:
+        if position is None:
+            return None
+        shape = self.explained_shape(xs) if int(xs[0].shape[0]) else None
+        if shape is not None and len(shape) < 2:
+            raise ExplainError(f"position= needs an output with a sequence axis (N, T, classes); the explained "
+                               f"output has shape (N, {', '.join(map(str, shape))})")
+        return as_positions(position, int(xs[0].shape[0]), None if shape is None else shape[0])
+
     def _run_batches(self, xs: list[tf.Tensor], targets: tf.Tensor, R0: tf.Tensor | None, layerwise: bool,
-                     bs: int) -> list:
+                     bs: int, positions: tf.Tensor | None = None) -> list:
         """The compiled pass on batches of ``bs``; the first checks the forward pass once."""
         n = int(xs[0].shape[0])
         chunks = []
         for lo in range(0, n, bs):
             part = [t[lo:lo + bs] for t in xs]
             try:
-                if R0 is None:
+                if positions is not None:
+                    res = self._function(part, "position", layerwise)(tuple(part), targets[lo:lo + bs],
+                                                                      positions[lo:lo + bs])
+                elif R0 is None:
                     res = self._function(part, "target", layerwise)(tuple(part), targets[lo:lo + bs])
                 else:
                     res = self._function(part, "relevance", layerwise)(tuple(part), R0[lo:lo + bs])
@@ -322,9 +355,9 @@ class Explainer:
         computes something else than the layer. Runs once per explainer, on its first call
         (``verify=False`` skips it); costs one eager forward pass of the model on one sample."""
         reference = model_dtype(self.model)
-        sample = [tf.cast(t[:1], reference) for t in xs]
+        sample = [tf.cast(t[:1], reference) if t.dtype.is_floating else t[:1] for t in xs]
         try:
-            expected = tree.flatten(self.model(sample[0] if len(sample) == 1 else list(sample), training=False))
+            expected = tree.flatten(self.model(pack_inputs(self.model, sample), training=False))
         except Exception:  # noqa: BLE001 - the model cannot run eagerly on its own: nothing to compare with
             self._verified = True
             return
@@ -352,7 +385,7 @@ class Explainer:
     def explained_shape(self, xs: Sequence[tf.Tensor]) -> tuple:
         """The per-sample shape of the explained output (a custom ``relevance`` has this shape)."""
         if self._start_shape is None:
-            probe = [tf.cast(t[:1], model_dtype(self.model)) for t in xs]
+            probe = [tf.cast(t[:1], model_dtype(self.model)) if t.dtype.is_floating else t[:1] for t in xs]
             with layer_precision(self.graph, model_dtype(self.model)):
                 values, _ = forward(self.graph, probe)
             self._start_shape = tuple(int(d) for d in values[self.start_key].shape[1:])
@@ -361,7 +394,8 @@ class Explainer:
 
 def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilon", target: ArrayLike | None = None,
         *, layer: str | None = None, output: int | str | None = None, relevance: ArrayLike | None = None,
-        layerwise: bool = False, batch_size: int | None = None, canonize: bool = True, **params: Any):
+        layerwise: bool = False, batch_size: int | None = None, canonize: bool = True,
+        position: ArrayLike | None = None, **params: Any):
     """Explain ``model``'s prediction for ``x`` with LRP; returns relevance shaped like ``x``.
 
     A final softmax is skipped: the chosen class's logit is the starting relevance. See
@@ -374,4 +408,4 @@ def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilo
         R = it.lrp(model, x, rule="epsilon_gamma_box", low=0.0, high=1.0, target=7)
     """
     explainer = Explainer(model, rule, layer=layer, output=output, canonize=canonize, **params)
-    return explainer(x, target, relevance=relevance, layerwise=layerwise, batch_size=batch_size)
+    return explainer(x, target, relevance=relevance, layerwise=layerwise, batch_size=batch_size, position=position)

@@ -18,8 +18,10 @@ import tensorflow as tf
 from keras import tree
 
 from .errors import ExplainError
-from .handlers import (ELEMENTWISE, ElementwiseHandler, FixedLinearHandler, GateHandler, Handler, LinearHandler,
-                       MaxPoolHandler, RouteHandler, SeparableHandler, handler_for, overridden_parent)
+from .expand import expansion
+from .handlers import (ELEMENTWISE, GATE, PRODUCT, SOFTMAX, ConstantHandler, ElementwiseHandler, FixedLinearHandler, GateHandler,
+                       Handler, LinearHandler, MaxPoolHandler, RouteHandler, SeparableHandler, SoftmaxHandler,
+                       handler_for, overridden_parent)
 from .linear import materialize
 from .rules import LinearRule, Rule, WinnerTakesAll, identity, negative, positive
 
@@ -41,6 +43,14 @@ class Step:
     aliases: tuple = ()
     #: per input: known to be >= 0 in every forward pass (set by :func:`mark_nonneg`)
     nonneg: tuple = ()
+    #: per input of a product: the factor is a gate (a softmax or squashing activation's output; set
+    #: by :func:`mark_gates`)
+    gates: tuple = ()
+    #: per input: its value depends on the values of a model input that carries relevance (a float
+    #: input, or an embedding's output; set by :func:`mark_carried`)
+    carried: tuple = ()
+    #: the call's keyword arguments that are not tensors (e.g. ``reverse=True``)
+    options: dict = dataclasses.field(default_factory=dict)
 
     @property
     def type_name(self) -> str:
@@ -121,8 +131,21 @@ def _node_call(op: Any, node: Any) -> Callable:
     return call
 
 
-def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable) -> Step:
+def _floating(kts: Sequence[Any] | None) -> list[bool] | None:
+    if kts is None:
+        return None
+    return [str(getattr(kt, "dtype", "float32")).startswith(("float", "bfloat")) for kt in kts]
+
+
+_CONSTANT = ConstantHandler()
+
+
+def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None) -> Step:
+    in_float = _floating(node.input_tensors) if node is not None else None
+    out_float = _floating(node.outputs) if node is not None else None
     handler = handler_for(op)
+    if out_float is not None and not any(out_float):
+        handler = _CONSTANT  # integer or boolean outputs (masks, indices): no relevance flows through them
     if handler is None:
         parent = overridden_parent(op)
         why = (f" (it subclasses {parent.__name__} but overrides call, so {parent.__name__}'s handler would "
@@ -131,9 +154,13 @@ def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable) -> Ste
             f"layer {name!r} of type {type(op).__name__} cannot be explained: no LRP handler is "
             f"registered for it{why}. Register one with interprettensor.register_handler({type(op).__name__}, "
             f"handler) (see the README section 'Adding a rule or a layer').")
-    if handler.category == "linear" and not isinstance(op, keras.layers.Layer) and len(ins) == 1:
+    if isinstance(handler, FixedLinearHandler) and not isinstance(op, keras.layers.Layer) and len(ins) == 1:
         handler = ElementwiseHandler()  # ``x + constant``: an element-wise shift
-    return Step(name, op, handler, ins, outs, call)
+    options = {}
+    if node is not None:
+        options = {k: v for k, v in node.arguments.kwargs.items()
+                   if isinstance(v, (bool, int, float, str, type(None)))}
+    return Step(name, op, handler, ins, outs, call, options=options)
 
 
 def _add_chain(g: Graph, layers: Sequence[Any], in_keys: list, prefix: str, keys: _Keys) -> list:
@@ -162,14 +189,33 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
             if any(id(kt) not in kmap for kt in node.input_tensors):
                 continue
             ins = [kmap[id(kt)] for kt in node.input_tensors]
+            expanded = None
+            if not _is_model(op) and handler_for(op) is None and any(_floating(node.outputs)):
+                expanded = _expand(op, node, prefix)
             if _is_model(op):
                 outs = _add_model(g, op, ins, prefix + op.name + "/", keys)
+            elif expanded is not None:
+                outs = _add_model(g, expanded, ins, prefix + op.name + "/", keys)
             else:
                 outs = [keys.new() for _ in node.outputs]
-                g.steps.append(_make_step(op, prefix + op.name, ins, outs, _node_call(op, node)))
+                g.steps.append(_make_step(op, prefix + op.name, ins, outs, _node_call(op, node), node))
             for kt, k in zip(node.outputs, outs):
                 kmap[id(kt)] = k
     return [kmap[id(kt)] for kt in model.outputs]
+
+
+def _expand(op: Any, node: Any, prefix: str) -> Any:
+    """The functional graph of what ``op`` computes (see :mod:`.expand`), or ``None``."""
+    try:
+        return expansion(op, node)
+    except ExplainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a call that cannot run on symbolic tensors
+        raise ExplainError(
+            f"layer {prefix + op.name!r} of type {type(op).__name__} has no LRP handler, and tracing its call "
+            f"into the layers and operations it uses failed: {type(e).__name__}: {e}. Register a handler with "
+            f"interprettensor.register_handler({type(op).__name__}, handler) (see the README section 'Adding a "
+            f"rule or a layer').") from e
 
 
 #: model classes that are chains of layers, each with a function listing them in order
@@ -276,8 +322,60 @@ def build_graph(model: Any, canonize: bool = True) -> Graph:
     g.output_names = [producer[k].name if k in producer else f"output_{i}" for i, k in enumerate(g.outputs)]
     if canonize:
         fuse_batchnorm(g)
+    mark_carried(g, _floating(model.inputs) if chain is None else [True])
     mark_nonneg(g)
+    mark_gates(g)
     return g
+
+
+def mark_carried(g: Graph, inputs_float: Sequence[bool]) -> None:
+    """Mark which inputs of each step depend on the values of a float model input or an embedding's
+    output (a mask cast to float does not); handlers that depend on the number of such inputs (an
+    einsum of two activations is a product, of an activation and a constant a linear map) choose
+    their form here."""
+    carried = {k for k, f in zip(g.inputs, inputs_float) if f}
+    for step in g.steps:
+        step.carried = tuple(k in carried for k in step.inputs)
+        if hasattr(step.handler, "for_inputs"):
+            handler = step.handler.for_inputs(sum(step.carried))
+            if handler is None:
+                raise ExplainError(f"layer {step.name!r} of type {step.type_name} cannot be explained: it combines "
+                                   f"{sum(step.carried)} computed tensors in a way that has no LRP rule")
+            step.handler = handler
+        if (any(step.carried) and not isinstance(step.handler, ConstantHandler)) or step.category == "embedding":
+            carried.update(step.outputs)
+
+
+#: activations whose output gates another factor of a product (CP-LRP holds such factors constant)
+_GATING = {"sigmoid", "softmax", "silu", "swish", "gelu", "tanh", "hard_sigmoid", "hard_silu", "hard_swish",
+           "Sigmoid", "Softmax", "Silu", "Swish", "Gelu", "Tanh", "HardSigmoid", "HardSilu"}
+
+
+def _is_gate(step: Step | None, producer: dict) -> bool:
+    """``step``'s output is a gate: a softmax, a squashing or gating activation (also as the activation
+    of a layer with weights), or such a value reshaped, repeated or transposed."""
+    while step is not None:
+        if isinstance(step.handler, SoftmaxHandler):
+            return True
+        layer = step.layer
+        if isinstance(step.handler, ElementwiseHandler):
+            act = layer.activation if isinstance(layer, keras.layers.Activation) else None
+            return getattr(act, "__name__", "") in _GATING or type(layer).__name__ in _GATING
+        if isinstance(step.handler, LinearHandler):
+            return getattr(step.handler.activation_of(layer), "__name__", "") in _GATING
+        if isinstance(step.handler, RouteHandler) and len(step.inputs) == 1:
+            step = producer.get(step.inputs[0])
+            continue
+        return False
+    return False
+
+
+def mark_gates(g: Graph) -> None:
+    """Mark, for each product (element-wise or contraction), which factors are gates."""
+    producer = g.producer()
+    for step in g.steps:
+        if step.category in (GATE, PRODUCT):
+            step.gates = tuple(_is_gate(producer.get(k), producer) for k in step.inputs)
 
 
 def mark_nonneg(g: Graph) -> None:
@@ -307,7 +405,7 @@ def explained_output(g: Graph, output: int | str | None, probability: bool = Fal
     key = g.outputs[idx]
     step = g.producer().get(key)
     if step is not None and not probability and _is_squashing(step):
-        if step.handler.category == ELEMENTWISE:
+        if step.handler.category in (ELEMENTWISE, SOFTMAX):
             return step.inputs[0], step
         step.strip_activation = True
     return key, step
@@ -339,16 +437,20 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
     layerwise: dict = {}
     for step, (ins, outs, state), rule in zip(reversed(g.steps), reversed(records), reversed(rules)):
         Rs = [rel.get(k) for k in step.outputs]
-        if all(r is None for r in Rs):
+        if all(r is None for r in Rs) or not any(o.dtype.is_floating for o in outs):
             continue
-        Rs = [tf.zeros_like(o) if r is None else r for r, o in zip(Rs, outs)]
+        dtype = next(r.dtype for r in Rs if r is not None)
+        Rs = [tf.zeros(tf.shape(o), dtype) if r is None else r for r, o in zip(Rs, outs)]
         if keep or not step.handler.accepts_lazy:
             Rs = [materialize(r) for r in Rs]
         if keep:
             for n in step.names():
                 layerwise[n] = Rs[0] if len(Rs) == 1 else Rs
         R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step)
-        for k, r in zip(step.inputs, R_in):
+        to_integers = getattr(step.handler, "integer_inputs", False)
+        for k, r, x in zip(step.inputs, R_in, ins):
+            if r is None or not (x.dtype.is_floating or to_integers):
+                continue  # relevance does not flow into masks and indices (only embeddings credit them)
             rel[k] = r if k not in rel else materialize(rel[k]) + materialize(r)
     return {k: materialize(r) for k, r in rel.items()}, layerwise
 

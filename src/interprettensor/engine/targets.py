@@ -10,23 +10,76 @@ import tensorflow as tf
 
 from .errors import ExplainError
 
-__all__ = ["as_inputs", "as_targets", "check_finite", "start_relevance"]
+__all__ = ["as_inputs", "as_targets", "as_positions", "check_finite", "start_relevance", "input_structure",
+           "pack_inputs"]
 
 ArrayLike = Any
 
 
+def input_structure(model: Any) -> Any:
+    """The nested structure the model's inputs were defined with (a dict of named inputs for keras_hub
+    backbones; ``None`` for a single input or a list)."""
+    struct = getattr(model, "_inputs_struct", None)
+    return struct if isinstance(struct, dict) else None
+
+
+def pack_inputs(model: Any, xs: Sequence[Any]) -> Any:
+    """The flat list ``xs`` in the structure the model takes (a dict, a list or one tensor)."""
+    struct = input_structure(model)
+    if struct is not None:
+        from keras import tree
+
+        return tree.pack_sequence_as(struct, list(xs))
+    return xs[0] if len(xs) == 1 else list(xs)
+
+
+def _flatten_dict(model: Any, x: dict) -> list:
+    struct = input_structure(model)
+    if struct is None:
+        raise ExplainError(f"the inputs are a dict with keys {sorted(x)}, but model {model.name!r} takes "
+                           f"{'a list of inputs' if len(getattr(model, 'inputs', []) or []) > 1 else 'one input'}")
+    missing, extra = sorted(set(struct) - set(x)), sorted(set(x) - set(struct))
+    if missing or extra:
+        raise ExplainError(f"the inputs' keys do not match the model's: missing {missing}, unexpected {extra} "
+                           f"(the model takes {sorted(struct)})")
+    from keras import tree
+
+    return tree.flatten({k: x[k] for k in struct})
+
+
+def input_dtypes(model: Any, n_inputs: int, dtype: tf.DType) -> list[tf.DType]:
+    """The dtype of each input: ``dtype`` for float inputs, the model's own for integer and boolean
+    inputs (token ids, masks)."""
+    kts = getattr(model, "inputs", None) or []
+    out = []
+    for i in range(n_inputs):
+        d = tf.as_dtype(str(kts[i].dtype)) if i < len(kts) and getattr(kts[i], "dtype", None) else dtype
+        out.append(dtype if d.is_floating else d)
+    return out
+
+
 def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[tf.Tensor]:
-    """Convert ``x`` (array, tensor, or list of them for multi-input models) to tensors of ``dtype``
-    and check their shapes against the model's inputs."""
-    xs = list(x) if (n_inputs > 1 and isinstance(x, (list, tuple))) else [x]
+    """Convert ``x`` (array, tensor, a list of them for multi-input models, or a dict of named inputs)
+    to tensors (float inputs in ``dtype``, integer inputs in the model's integer dtype) and check
+    their shapes against the model's inputs."""
+    if isinstance(x, dict):
+        xs = _flatten_dict(model, x)
+    else:
+        xs = list(x) if (n_inputs > 1 and isinstance(x, (list, tuple))) else [x]
     if len(xs) != n_inputs:
         raise ExplainError(f"the model takes {n_inputs} inputs, got {len(xs)}")
     out = []
     expected = [tuple(kt.shape) for kt in model.inputs] if getattr(model, "inputs", None) else [None] * n_inputs
-    for i, (xi, exp) in enumerate(zip(xs, expected)):
+    dtypes = input_dtypes(model, n_inputs, dtype)
+    for i, (xi, exp, want) in enumerate(zip(xs, expected, dtypes)):
         t = tf.convert_to_tensor(np.asarray(xi) if not tf.is_tensor(xi) else xi)
-        if t.dtype != dtype:
-            t = tf.cast(t, dtype)
+        if not want.is_floating and t.dtype.is_floating:
+            arr = t.numpy()
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise ExplainError(f"input {i} ({model.inputs[i].name!r}) takes integer values ({want.name}), got "
+                                   f"non-integer numbers")
+        if t.dtype != want:
+            t = tf.cast(t, want)
         if exp is not None:
             ok = t.shape.rank == len(exp) and all(e is None or e == s for e, s in zip(exp[1:], t.shape[1:]))
             if not ok:
@@ -52,6 +105,24 @@ def check_finite(xs: Sequence[tf.Tensor], what: str = "input") -> None:
                                f"nonfinite='skip')")
 
 
+def as_positions(position: ArrayLike | None, n: int, length: int | None) -> tf.Tensor | None:
+    """``position`` (None, an int, or one int per sample; negative counts from the end) as int32 of
+    shape (n,), or None."""
+    if position is None:
+        return None
+    p = np.asarray(position)
+    if p.ndim == 0:
+        p = np.full((n,), int(p))
+    if p.shape != (n,) or not np.issubdtype(p.dtype, np.integer):
+        raise ExplainError(f"position must be an int or one int per sample ({n}), got {position!r}")
+    if length is not None:
+        if ((p >= length) | (p < -length)).any():
+            raise ExplainError(f"position out of range: the explained output has {length} positions, got "
+                               f"{sorted(set(p.tolist()))}")
+        p = np.where(p < 0, p + length, p)
+    return tf.constant(p, tf.int32)
+
+
 def as_targets(target: ArrayLike | None, n: int) -> tf.Tensor:
     """``target`` (None, an int, or one int per sample) as int32 of shape (n,); -1 = predicted."""
     if target is None:
@@ -69,16 +140,26 @@ def as_targets(target: ArrayLike | None, n: int) -> tf.Tensor:
 
 
 def start_relevance(out: tf.Tensor, targets: tf.Tensor | None, R0: tf.Tensor | None, channels: bool,
-                    where: str) -> tf.Tensor:
+                    where: str, positions: tf.Tensor | None = None) -> tf.Tensor:
     """The relevance that starts the backward pass, shaped like the explained output ``out``:
 
     * ``R0`` if given (a custom relevance);
     * ``channels`` (a hidden layer with spatial axes): every position of channel ``target`` (the most
       active channel where the target is -1), i.e. the output times a channel mask;
+    * ``positions`` (a sequence output ``(N, T, ...)``: one position per sample, e.g. the token whose
+      next-token logits are explained): the output at that position times the one-hot mask of
+      ``target`` (the largest output at that position where -1), zero at every other position;
     * else the output times the one-hot mask of ``target`` (the largest output where -1).
     """
     if R0 is not None:
         return tf.reshape(tf.cast(R0, out.dtype), tf.shape(out))
+    if positions is not None:
+        at = tf.gather(out, positions, axis=1, batch_dims=1)  # (N, ...)
+        R_at = start_relevance(at, targets, None, False, f"{where} at the position")
+        length = tf.shape(out)[1]
+        onehot = tf.one_hot(positions, length, dtype=out.dtype)  # (N, T)
+        onehot = tf.reshape(onehot, tf.concat([tf.shape(onehot), tf.ones([out.shape.rank - 2], tf.int32)], 0))
+        return onehot * tf.expand_dims(R_at, 1)
     if channels and out.shape.rank > 2:
         depth = int(out.shape[-1])
         axes = list(range(1, out.shape.rank - 1))

@@ -3,7 +3,9 @@
 One module per family: :mod:`.weighted` (dense, convolutions, separable convolutions, BatchNorm
 merging), :mod:`.fixed_linear` (sums, average pooling, upsampling, affine BatchNorm),
 :mod:`.pooling` (max pooling), :mod:`.routing` (reshapes, concatenation, gates),
-:mod:`.elementwise` (activations, dropout, rescaling); :mod:`.registry` says which handler serves
+:mod:`.elementwise` (activations, dropout, rescaling), :mod:`.attention` (products of activations,
+softmax), :mod:`.normalization` (layer and RMS normalisation), :mod:`.embedding` (embeddings of
+integer inputs, constants and masks); :mod:`.registry` says which handler serves
 which layer and :mod:`.keras_layers` registers Keras' own layers.
 
 Register a handler for your own layer type with :func:`register_handler`::
@@ -15,11 +17,14 @@ Register a handler for your own layer type with :func:`register_handler`::
 
 from ..errors import ExplainError
 from . import keras_layers  # noqa: F401 - registers Keras' layers and operations
-from .base import (ELEMENTWISE, GATE, KEEP_ACTIVATIONS, LINEAR, MAXPOOL, POSITIVE_OUTPUTS, RELU_DENOMINATOR, ROUTE,
-                   WEIGHTED, Handler,
+from .attention import ContractionHandler, OpLinearHandler, ProductHandler, SoftmaxHandler
+from .base import (CONSTANT, ELEMENTWISE, EMBEDDING, GATE, KEEP_ACTIVATIONS, LINEAR, MAXPOOL, NORM, POSITIVE_OUTPUTS,
+                   PRODUCT, RELU_DENOMINATOR, ROUTE, SOFTMAX, WEIGHTED, Handler,
                    apply_activation, is_nonneg_activation, override_activations, strips_activation)
 from .elementwise import ElementwiseHandler
+from .embedding import ConstantHandler, EmbeddingHandler
 from .fixed_linear import FixedLinearHandler
+from .normalization import LayerNormHandler
 from .pooling import MaxPoolHandler
 from .registry import (_REGISTRY, get_handler, handler_for, overridden_parent,  # noqa: F401 - _REGISTRY: inspected
                        register_handler, register_op_handler)
@@ -27,8 +32,9 @@ from .routing import GateHandler, RouteHandler, route
 from .weighted import LinearHandler, SeparableHandler, batchnorm_affine, merge_batchnorm
 
 __all__ = ["Handler", "LinearHandler", "SeparableHandler", "FixedLinearHandler", "MaxPoolHandler", "RouteHandler",
-           "GateHandler", "ElementwiseHandler", "register_handler", "register_op_handler", "get_handler",
+           "GateHandler", "ElementwiseHandler", "ProductHandler", "ContractionHandler", "OpLinearHandler",
+           "SoftmaxHandler", "LayerNormHandler", "EmbeddingHandler", "ConstantHandler", "register_handler", "register_op_handler", "get_handler",
            "handler_for", "overridden_parent", "ExplainError", "route", "merge_batchnorm", "batchnorm_affine",
            "override_activations", "apply_activation", "strips_activation", "is_nonneg_activation",
-           "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "RELU_DENOMINATOR", "KEEP_ACTIVATIONS",
-           "POSITIVE_OUTPUTS"]
+           "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "PRODUCT", "SOFTMAX", "NORM",
+           "EMBEDDING", "CONSTANT", "RELU_DENOMINATOR", "KEEP_ACTIVATIONS", "POSITIVE_OUTPUTS"]

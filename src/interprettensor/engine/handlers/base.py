@@ -19,7 +19,8 @@ from ..errors import ExplainError
 from ..linear import LinearMap, Product
 from ..rules import LinearRule, Rule
 
-__all__ = ["Handler", "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "RELU_DENOMINATOR",
+__all__ = ["Handler", "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "PRODUCT", "SOFTMAX", "NORM",
+           "EMBEDDING", "CONSTANT", "RELU_DENOMINATOR",
            "KEEP_ACTIVATIONS", "POSITIVE_OUTPUTS", "override_activations", "apply_activation", "strips_activation",
            "is_nonneg_activation"]
 
@@ -30,6 +31,11 @@ MAXPOOL = "maxpool"      # winner-takes-all unless a rule says otherwise
 ROUTE = "route"          # reshapes, padding, cropping, concatenation: exact routing
 ELEMENTWISE = "elementwise"  # activations, dropout, rescaling: relevance passes unchanged
 GATE = "gate"            # multiply: relevance to the signal input
+PRODUCT = "product"      # einsum / matmul of two computed tensors (Q·Kᵀ, A·V): the uniform rule
+SOFTMAX = "softmax"      # softmax: relevance passes, or AttnLRP's softmax rule
+NORM = "norm"            # layer normalisation: a linear map with the standard deviation held constant
+EMBEDDING = "embedding"  # lookups of integer inputs: relevance per index
+CONSTANT = "constant"    # values independent of the inputs' values (masks, position embeddings)
 
 ACTIVATION_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("activation_override", default=None)
 #: steps with a built-in ReLU whose output relevance is provably zero wherever the pre-activation is

@@ -9,8 +9,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from .attention import ContractionHandler, OpLinearHandler, SoftmaxHandler
 from .elementwise import ElementwiseHandler
+from .embedding import ConstantHandler, EmbeddingHandler
 from .fixed_linear import FixedLinearHandler
+from .normalization import LayerNormHandler
 from .pooling import MaxPoolHandler, winner_takes_all_3d
 from .registry import register_keras_family, register_op_handler
 from .routing import GateHandler, RouteHandler
@@ -120,7 +123,20 @@ def _global_mean_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
 _sum = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n))
 _difference = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]), sign_preserving=False)
 _own_linear_call = FixedLinearHandler(_own_call_fn)
+#: RMS normalisation (Keras >= 3.9): relevance passes through (the scale 1/rms is a constant)
+_RMS_NORMALIZATION = tuple(t for t in (getattr(L, "RMSNormalization", None),) if t is not None)
 _route, _pass, _gate = RouteHandler(), ElementwiseHandler(), GateHandler()
+_softmax, _contraction, _op_linear, _constant = SoftmaxHandler(), ContractionHandler(), OpLinearHandler(), ConstantHandler()
+
+
+class _ScaleHandler(ContractionHandler):
+    """``x / c`` with a constant ``c``: linear; a division of two computed tensors has no rule."""
+
+    def for_inputs(self, n_float: int):
+        return super().for_inputs(n_float) if n_float <= 1 else None
+
+
+_scale = _ScaleHandler()
 
 register_keras_family([
     # layers with weights
@@ -153,18 +169,30 @@ register_keras_family([
     *[(t, _route) for t in (L.Flatten, L.Reshape, L.Permute, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
                             L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Concatenate, L.RepeatVector, L.Identity)],
     # element-wise: relevance unchanged
-    *[(t, _pass) for t in (L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.PReLU, L.Softmax, L.Dropout,
+    *[(t, _pass) for t in (L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.PReLU, L.Dropout,
                            L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
                            L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Rescaling,
-                           L.Normalization)],
+                           L.Normalization) + _RMS_NORMALIZATION],
     # gates
     (L.Multiply, _gate),
+    # transformers: softmax, normalisation, embeddings
+    (L.Softmax, _softmax),
+    (L.LayerNormalization, LayerNormHandler()),
+    (L.Embedding, EmbeddingHandler()),
 ])
 
 # keras.ops called on symbolic tensors inside functional models (``x + y``, ``ops.reshape`` ...)
 for _name, _handler in [("Add", _sum), ("Subtract", _difference), ("Multiply", _gate),
                         *[(n, _route) for n in ("Reshape", "Transpose", "ExpandDims", "Squeeze", "Concatenate",
-                                                "Flatten")],
+                                                "Flatten", "GetItem", "Slice", "Take", "TakeAlongAxis", "Repeat",
+                                                "Tile", "BroadcastTo", "Split", "Stack", "Unstack", "Swapaxes",
+                                                "Moveaxis", "Roll", "Pad", "Flip", "Ravel")],
                         *[(n, _pass) for n in ("Relu", "Relu6", "Sigmoid", "Silu", "Swish", "Tanh", "Gelu", "Elu",
-                                               "LeakyRelu", "Softmax", "Cast")]]:
+                                               "LeakyRelu", "Cast", "Selu", "Celu", "Softplus", "Softsign",
+                                               "HardSigmoid", "HardSilu", "HardTanh", "RMSNorm", "StopGradient")],
+                        ("Softmax", _softmax),
+                        *[(n, _contraction) for n in ("Einsum", "Matmul", "Tensordot", "Dot", "Inner")],
+                        *[(n, _op_linear) for n in ("Mean", "Sum", "Negative")],
+                        *[(n, _scale) for n in ("Divide", "TrueDivide")],
+                        *[(n, _constant) for n in ("ZerosLike", "OnesLike", "FullLike")]]:
     register_op_handler(_name, _handler)

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 from ..linear import distinct
+from ..operation_rules import Gate, UniformProduct
+from .attention import factor_relevance
 from .base import GATE, ROUTE, Handler
 
 __all__ = ["RouteHandler", "GateHandler", "route"]
@@ -40,7 +42,8 @@ class RouteHandler(Handler):
 class GateHandler(Handler):
     """Multiply treated as a gate: the relevance goes to the signal input, i.e. the first input whose
     shape equals the output's (the gate, e.g. a squeeze-excitation or attention weight, is broadcast);
-    the other inputs get none."""
+    the other inputs get none. Under the rules for products of activations (``'uniform'``,
+    ``'gate'``: the transformer presets) the factors share the relevance as those rules say."""
 
     category = GATE
 
@@ -48,6 +51,8 @@ class GateHandler(Handler):
         return all(inputs_nonneg)
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if isinstance(rule, (UniformProduct, Gate)):  # products of activations (AttnLRP, CP-LRP)
+            return factor_relevance(step, list(xs), ys[0], Rs[0], rule)
         out_shape = ys[0].shape
         signal = next((i for i, x in enumerate(xs) if x.shape == out_shape), 0)
         return [tf.reshape(Rs[0], tf.shape(x)) if i == signal else tf.zeros_like(x)

@@ -1,0 +1,121 @@
+"""Layers explained through what they are made of.
+
+A layer without a handler of its own that is built from other layers (a transformer block, Keras'
+``MultiHeadAttention``, keras_hub's encoder and decoder layers) is traced: its ``call`` runs on
+symbolic inputs, which records the sub-layers and keras operations it uses as a small functional
+graph, and the graph walk explains that graph like a nested model. Fused operations expand into their
+explicit parts in the same way (:func:`register_expansion`): ``keras.ops.dot_product_attention``
+becomes ``Q·Kᵀ``, a masked softmax and ``A·V``, so that each part gets its own rule.
+
+The forward check of the explainer compares the traced computation with the layer's own output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import keras
+from keras import ops, tree
+
+__all__ = ["register_expansion", "expansion", "is_composite_layer"]
+
+#: keras operation or layer class name -> builder(op, *args, **kwargs) that computes the same on
+#: symbolic tensors with operations that have handlers
+_EXPANSIONS: dict[str, Callable[..., Any]] = {}
+
+
+def register_expansion(name: str, builder: Callable[..., Any]) -> None:
+    """Explain the operation or layer class ``name`` as what ``builder(op, *args, **kwargs)``
+    computes on symbolic tensors (with the call's own arguments)."""
+    _EXPANSIONS[name] = builder
+
+
+def is_composite_layer(op: Any) -> bool:
+    """A layer (not a model) that holds other layers: traced through its ``call``."""
+    if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
+        return False
+    return any(True for _ in op._flatten_layers(include_self=False, recursive=False))
+
+
+def _trace_call(op: Any, *args: Any, **kwargs: Any) -> Any:
+    import inspect
+
+    try:
+        params = inspect.signature(op.call).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "training" in params:
+        kwargs["training"] = False
+    return op.call(*args, **kwargs)
+
+
+def expansion(op: Any, node: Any) -> keras.Model | None:
+    """``op``'s call at ``node`` as a functional model of explainable parts, or ``None`` if ``op`` is
+    neither registered for expansion nor a composite layer (or cannot be traced)."""
+    builder = _EXPANSIONS.get(type(op).__name__)
+    if builder is None:
+        if not is_composite_layer(op):
+            return None
+        builder = _trace_call
+    fresh = [keras.Input(batch_shape=tuple(kt.shape), dtype=kt.dtype, name=f"{op.name}_in{i}")
+             for i, kt in enumerate(node.input_tensors)]
+    args, kwargs = node.arguments.fill_in({id(kt): f for kt, f in zip(node.input_tensors, fresh)})
+    kwargs = dict(kwargs)
+    outs = builder(op, *args, **kwargs)
+    flat = tree.flatten(outs)
+    if len(flat) != len(node.outputs):
+        return None
+    return keras.Model(fresh, flat, name=op.name)
+
+
+# ----------------------------------------------------------------------------- dot-product attention
+class CausalMask(keras.layers.Layer):
+    """The lower-triangular mask ``(T, S)`` of attention scores ``(..., T, S)`` (query ``t`` sees keys
+    ``s <= t + S - T``), as booleans broadcast to the scores' shape."""
+
+    def call(self, scores: Any) -> Any:
+        import tensorflow as tf
+
+        t, s = tf.shape(scores)[-2], tf.shape(scores)[-1]
+        rows = tf.range(t)[:, None] + (s - t)
+        cols = tf.range(s)[None, :]
+        return tf.broadcast_to(cols <= rows, tf.shape(scores))
+
+    def compute_output_spec(self, scores: Any) -> Any:
+        return keras.KerasTensor(scores.shape, dtype="bool")
+
+
+def _dot_product_attention(op: Any, query: Any, key: Any, value: Any, bias: Any = None, mask: Any = None,
+                           scale: Any = None, **_: Any) -> Any:
+    """``softmax(scale · Q·Kᵀ + bias, masked) · V`` with queries ``(B, T, N, H)`` and keys and values
+    ``(B, S, K, H)`` (``K`` dividing ``N``: grouped heads repeat each key and value head); causal
+    masking and the soft cap of the logits are attributes of the operation."""
+    is_causal = bool(getattr(op, "is_causal", False))
+    attn_logits_soft_cap = getattr(op, "attn_logits_soft_cap", None)
+    heads, kv_heads = query.shape[-2], key.shape[-2]
+    if heads is not None and kv_heads is not None and heads != kv_heads:
+        key = ops.repeat(key, heads // kv_heads, axis=-2)
+        value = ops.repeat(value, heads // kv_heads, axis=-2)
+    if scale is None:
+        scale = 1.0 / math.sqrt(float(query.shape[-1]))
+    scores = ops.einsum("btnh,bsnh->bnts", query, key)
+    scores = ops.multiply(scores, ops.cast(scale, scores.dtype))
+    if attn_logits_soft_cap is not None:
+        cap = float(attn_logits_soft_cap)
+        scores = ops.multiply(ops.tanh(ops.divide(scores, cap)), cap)
+    if bias is not None:
+        scores = ops.add(scores, bias)
+    full_mask = None
+    if mask is not None:
+        full_mask = ops.broadcast_to(ops.cast(mask, "bool"), scores.shape) if None not in scores.shape else \
+            ops.logical_and(ops.cast(mask, "bool"), ops.ones_like(scores, dtype="bool"))
+    if is_causal:
+        causal = CausalMask()(scores)
+        full_mask = causal if full_mask is None else ops.logical_and(full_mask, causal)
+    probs = keras.layers.Softmax(axis=-1)(scores, mask=full_mask) if full_mask is not None else \
+        keras.layers.Softmax(axis=-1)(scores)
+    return ops.einsum("bnts,bsnh->btnh", probs, value)
+
+
+register_expansion("DotProductAttention", _dot_product_attention)

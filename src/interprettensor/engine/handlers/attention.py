@@ -1,0 +1,158 @@
+"""Operations of attention: products of two activations (``Q·Kᵀ``, ``A·V``: einsum and matmul of two
+computed tensors; an element-wise ``a * b`` is a :class:`~.routing.GateHandler`) and the softmax.
+Their rules are the operation rules of :mod:`interprettensor.engine.operation_rules`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from ..errors import ExplainError
+from ..linear import materialize
+from ..operation_rules import Gate, SoftmaxRule, UniformProduct, product_relevance, softmax_relevance
+from ..rules import Pass
+from .base import LINEAR, PRODUCT, SOFTMAX, Handler, cached_map, check_linear_rule, shaped_like
+from ..linear import LinearMap, linear_relevance
+
+__all__ = ["ProductHandler", "ContractionHandler", "OpLinearHandler", "SoftmaxHandler", "signal_inputs"]
+
+
+def _factors(step: Any, xs: list) -> list[bool]:
+    """The inputs that are factors carrying relevance (float, and computed from the explained input;
+    a mask cast to float is a constant)."""
+    carried = tuple(step.carried) if getattr(step, "carried", ()) else (True,) * len(xs)
+    return [x.dtype.is_floating and c for x, c in zip(xs, carried)]
+
+
+def signal_inputs(step: Any, xs: list, out: tf.Tensor) -> list[bool]:
+    """Which float inputs of a product carry the signal under :class:`Gate`: those the graph did not
+    mark as gates (``step.gates``); if that leaves none or all, the first input shaped like the
+    output (else the first input)."""
+    floats = _factors(step, xs)
+    gates = tuple(step.gates) if getattr(step, "gates", ()) else (False,) * len(xs)
+    signal = [f and not g for f, g in zip(floats, gates)]
+    if 0 < sum(signal) < sum(floats):
+        return signal
+    idx = next((i for i, x in enumerate(xs) if floats[i] and x.shape == out.shape),
+               next(i for i, f in enumerate(floats) if f))
+    return [i == idx for i in range(len(xs))]
+
+
+def factor_relevance(step: Any, xs: list, z: tf.Tensor, R: tf.Tensor, rule: Any) -> list:
+    """Relevance of the factors of the product ``step`` under ``rule`` (uniform split or gate)."""
+    floats = _factors(step, xs)
+    if isinstance(rule, UniformProduct):
+        n = sum(floats)
+        shares = [1.0 / n if f else 0.0 for f in floats]
+    elif isinstance(rule, Gate):
+        shares = [1.0 if s else 0.0 for s in signal_inputs(step, xs, z)]
+    else:
+        raise ExplainError(f"layer {step.name!r} ({step.type_name}) multiplies two computed tensors and cannot use "
+                           f"rule {rule!r}: give it 'uniform' (AttnLRP) or 'gate' (CP-LRP)")
+    eps = rule.epsilon
+
+    def fn(args):
+        return step.call(args)[0]
+
+    return product_relevance(fn, xs, z, tf.reshape(materialize(R), tf.shape(z)), shares, eps)
+
+
+class ProductHandler(Handler):
+    """A product of two or more computed tensors, linear in each (einsum, matmul): the uniform rule
+    (AttnLRP) or the gate rule (CP-LRP)."""
+
+    category = PRODUCT
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        return factor_relevance(step, list(xs), ys[0], Rs[0], rule)
+
+
+class OpLinearHandler(Handler):
+    """A keras operation that is linear in its one computed input (an einsum or matmul with a constant,
+    a mean or sum, a division by a constant): the rule for sums and pooling (``merge`` of the
+    composite) applies to it as a linear map."""
+
+    category = LINEAR
+    accepts_lazy = True
+
+    def linear_map(self, step: Any, xs) -> LinearMap:
+        def fn(args, p):
+            return p["kernel"] * step.call(args)[0]
+
+        return LinearMap(fn, {"kernel": tf.ones((), xs[0].dtype)}, None)
+
+    def forward(self, layer, xs, step):
+        lm = self.linear_map(step, xs)
+        z = step.call(xs)[0]
+        return [z], {"z": z, "map": lm}
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return False
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if isinstance(rule, Pass):
+            rule = None
+        rule = check_linear_rule(rule, step) if rule is not None else None
+        if rule is None:
+            raise ExplainError(f"layer {step.name!r} ({step.type_name}) is a linear operation and needs a rule for "
+                               f"linear maps (epsilon, z, ...)")
+        floats = _factors(step, xs)
+        lm = cached_map(state.get("map"), [x for x in xs if x.dtype.is_floating]) or self.linear_map(step, xs)
+        z = state["z"]
+        idx = [i for i, f in enumerate(floats) if f]
+        if len(idx) == len(xs):
+            return linear_relevance(lm, xs, shaped_like(Rs[0], z), rule, z, step.nonneg, lazy=True)
+
+        def fn(args, p):  # the float inputs only; the others held at their values
+            full = list(xs)
+            for i, a in zip(idx, args):
+                full[i] = a
+            return lm.fn(full, p)
+
+        part = linear_relevance(LinearMap(fn, lm.params, None), [xs[i] for i in idx], shaped_like(Rs[0], z), rule,
+                                z, False, lazy=True)
+        out: list = [None] * len(xs)
+        for i, r in zip(idx, part):
+            out[i] = r
+        return out
+
+
+class ContractionHandler(Handler):
+    """Einsum, matmul, tensordot, dot: a :class:`ProductHandler` when two or more computed tensors
+    meet, an :class:`OpLinearHandler` when one meets a constant (see :meth:`for_inputs`)."""
+
+    category = PRODUCT
+
+    def __init__(self) -> None:
+        self.product, self.linear = ProductHandler(), OpLinearHandler()
+
+    def for_inputs(self, n_float: int) -> Handler | None:
+        """The handler for ``n_float`` inputs that carry relevance."""
+        if n_float == 0:
+            from .embedding import ConstantHandler
+            return ConstantHandler()
+        return self.product if n_float >= 2 else self.linear
+
+
+class SoftmaxHandler(Handler):
+    """A softmax (the layer, also with a mask, or ``keras.ops.softmax``): AttnLRP's softmax rule, or
+    relevance passed through unchanged (``'pass'``, the default outside the transformer presets)."""
+
+    category = SOFTMAX
+    accepts_lazy = True
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return True
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        R = shaped_like(Rs[0], ys[0])
+        rest = [None] * (len(xs) - 1)
+        if isinstance(rule, Pass) or rule is None:
+            return [materialize(R)] + rest
+        if isinstance(rule, SoftmaxRule):
+            axis = getattr(layer, "axis", -1)
+            axis = list(axis) if isinstance(axis, (list, tuple)) else axis
+            return [softmax_relevance(xs[0], ys[0], tf.cast(materialize(R), ys[0].dtype), axis)] + rest
+        raise ExplainError(f"layer {step.name!r} ({step.type_name}) is a softmax and cannot use rule {rule!r}: "
+                           f"give it 'softmax' (AttnLRP) or 'pass'")
