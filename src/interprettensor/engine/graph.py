@@ -141,7 +141,6 @@ _CONSTANT = ConstantHandler()
 
 
 def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None) -> Step:
-    in_float = _floating(node.input_tensors) if node is not None else None
     out_float = _floating(node.outputs) if node is not None else None
     handler = handler_for(op)
     if out_float is not None and not any(out_float):
