@@ -12,13 +12,28 @@ The forward check of the explainer compares the traced computation with the laye
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Callable
+import types
+from typing import Any, Callable, Iterator
 
 import keras
 from keras import ops, tree
 
-__all__ = ["register_expansion", "expansion", "is_composite_layer"]
+from .errors import ExplainError
+
+__all__ = ["register_expansion", "expansion", "is_composite_layer", "ShapeDependent", "CONCRETE_SPECS"]
+
+#: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
+#: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
+CONCRETE_SPECS: contextvars.ContextVar = contextvars.ContextVar("concrete_specs", default=None)
+
+
+class ShapeDependent(ExplainError):
+    """A layer's call could not be traced with the model's unknown dimensions (e.g. a causal mask
+    built from the sequence length): the graph is built again for the shapes of the inputs being
+    explained."""
 
 #: keras operation or layer class name -> builder(op, *args, **kwargs) that computes the same on
 #: symbolic tensors with operations that have handlers
@@ -50,6 +65,25 @@ def _trace_call(op: Any, *args: Any, **kwargs: Any) -> Any:
     return op.call(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def _generic_output_specs(op: Any) -> Iterator[None]:
+    """While tracing ``op``: sub-layers whose class overrides ``call`` but inherits a parent's own
+    ``compute_output_spec`` (keras_hub's cached attention takes arguments that Keras' attention's
+    output spec does not) infer their output spec from their call, as Keras does for any layer."""
+    generic = keras.layers.Layer.compute_output_spec
+    patched = []
+    for layer in op._flatten_layers(include_self=False, recursive=True) if isinstance(op, keras.layers.Layer) else ():
+        cls = type(layer)
+        if "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
+            layer.compute_output_spec = types.MethodType(generic, layer)
+            patched.append(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.compute_output_spec
+
+
 def expansion(op: Any, node: Any) -> keras.Model | None:
     """``op``'s call at ``node`` as a functional model of explainable parts, or ``None`` if ``op`` is
     neither registered for expansion nor a composite layer (or cannot be traced)."""
@@ -58,11 +92,13 @@ def expansion(op: Any, node: Any) -> keras.Model | None:
         if not is_composite_layer(op):
             return None
         builder = _trace_call
-    fresh = [keras.Input(batch_shape=tuple(kt.shape), dtype=kt.dtype, name=f"{op.name}_in{i}")
+    specs = CONCRETE_SPECS.get() or {}
+    fresh = [keras.Input(batch_shape=tuple(specs.get(id(kt), kt).shape), dtype=kt.dtype, name=f"{op.name}_in{i}")
              for i, kt in enumerate(node.input_tensors)]
     args, kwargs = node.arguments.fill_in({id(kt): f for kt, f in zip(node.input_tensors, fresh)})
     kwargs = dict(kwargs)
-    outs = builder(op, *args, **kwargs)
+    with _generic_output_specs(op):
+        outs = builder(op, *args, **kwargs)
     flat = tree.flatten(outs)
     if len(flat) != len(node.outputs):
         return None

@@ -18,6 +18,7 @@ from keras import tree
 from .composites import Composite, get_composite
 from .errors import ExplainError
 from .forward_check import locate_mismatch, outputs_agree, reference_rtol
+from .expand import ShapeDependent
 from .graph import (Graph, Step, backward, build_graph, explained_output, forward, positive_output_steps,
                     relu_denominator_steps)
 from .handlers import KEEP_ACTIVATIONS, POSITIVE_OUTPUTS, RELU_DENOMINATOR
@@ -83,15 +84,10 @@ class Explainer:
             raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
                                f"got {keras.backend.backend()!r}")
         self.model = model
-        self.graph: Graph = build_graph(model, canonize=canonize)
         self.composite = get_composite(rule, **params)
-        self.rules: list[Rule] = self.composite.assign(self.graph)
         self.layer = layer
-        if layer is not None:
-            self.start_step: Step | None = self.graph.find(layer)
-            self.start_key = self.start_step.outputs[0]
-        else:
-            self.start_key, self.start_step = explained_output(self.graph, output, probability)
+        self.output = output
+        self.canonize = canonize
         self.probability = bool(probability)
         self.verify = bool(verify)
         self._verified = not self.verify
@@ -102,15 +98,62 @@ class Explainer:
         self.dtype, self.backward_dtype = resolve_dtype(model, dtype)
         self._functions: dict = {}
         self.trace_count = 0
+        #: graphs built for concrete input shapes (models with layers traceable only at known shapes)
+        self._plans: dict = {}
+        self.shape_specific = False
+        try:
+            self._activate(self._plan())
+        except ShapeDependent:
+            # a layer (e.g. a decoder building its causal mask from the sequence length) can only be
+            # traced for known shapes: the graph is built per input shape, on the first call
+            self.shape_specific = True
+            self.graph = None  # type: ignore[assignment]
+
+    def _plan(self, input_shapes: Sequence[tuple] | None = None) -> dict:
+        """The graph (for ``input_shapes``, or any shape), its rules, where the explanation starts, and
+        the layers whose denominators may use their ReLU output."""
+        graph = build_graph(self.model, canonize=self.canonize, input_shapes=input_shapes)
+        rules = self.composite.assign(graph)
+        if self.layer is not None:
+            start_step: Step | None = graph.find(self.layer)
+            start_key = start_step.outputs[0]
+        else:
+            start_key, start_step = explained_output(graph, self.output, self.probability)
         # per mode (True: starting relevance = output x mask; False: a custom relevance)
-        self._relu_steps = {start: relu_denominator_steps(self.graph, self.rules, self.start_key, start)
-                            for start in (True, False)}
-        self._positive_steps = {start: positive_output_steps(self.graph, self.rules, self.start_key, start)
-                                for start in (True, False)}
+        return {"graph": graph, "rules": rules, "start_key": start_key, "start_step": start_step,
+                "_relu_steps": {start: relu_denominator_steps(graph, rules, start_key, start) for start in (True, False)},
+                "_positive_steps": {start: positive_output_steps(graph, rules, start_key, start)
+                                    for start in (True, False)}}
+
+    def _activate(self, plan: dict) -> None:
+        self.graph: Graph = plan["graph"]
+        self.rules: list[Rule] = plan["rules"]
+        self.start_key = plan["start_key"]
+        self.start_step = plan["start_step"]
+        self._relu_steps = plan["_relu_steps"]
+        self._positive_steps = plan["_positive_steps"]
+
+    def _activate_for(self, xs: Sequence[tf.Tensor]) -> None:
+        """For a model explained per input shape: make the graph for ``xs``'s shapes the active one."""
+        if not self.shape_specific:
+            return
+        key = tuple(tuple(int(d) if d is not None else None for d in x.shape) for x in xs)
+        if any(d is None for shape in key for d in shape):
+            raise ExplainError(f"model {self.model.name!r} has a layer that can only be traced for known input shapes "
+                               f"(batch size included), got input shapes {list(key)}")
+        if key not in self._plans:
+            self._plans[key] = self._plan(key)
+        if self.graph is not self._plans[key]["graph"]:
+            self._activate(self._plans[key])
+            self._start_shape = None
 
     # ------------------------------------------------------------------ introspection
     def rule_map(self) -> dict[str, Rule]:
-        """The rule each layer gets: ``{layer name: rule}``."""
+        """The rule each layer gets: ``{layer name: rule}`` (for a model explained per input shape: in
+        the graph of the last call's shape)."""
+        if self.graph is None:
+            raise ExplainError("this model's graph depends on the input shape (a layer can only be traced for "
+                               "known shapes); call the explainer once, then ask for its rule map")
         return {s.name: r for s, r in zip(self.graph.steps, self.rules)}
 
     # ------------------------------------------------------------------ the traced pass
@@ -192,7 +235,9 @@ class Explainer:
         return Graph(self.graph.inputs, list(step.inputs), order[::-1], [], [])
 
     def _function(self, xs: Sequence[tf.Tensor], mode: str, layerwise: bool):
-        sig = tuple(tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
+        # per input shape (batch size included) where the graph holds only for that shape
+        batch = int(xs[0].shape[0]) if self.shape_specific else None
+        sig = tuple(tf.TensorSpec((batch,) + tuple(x.shape[1:]), x.dtype) for x in xs)
         key = (mode, layerwise, sig)
         fn = self._functions.get(key)
         if fn is None:
@@ -227,7 +272,9 @@ class Explainer:
         :meth:`check_forward`). Usable inside ``tf.distribute.Strategy.run``; repeated calls never
         retrace."""
         dtypes = input_dtypes(self.model, len(specs), self.dtype)
-        specs = [tf.TensorSpec((None,) + tuple(s.shape[1:]), d) for s, d in zip(specs, dtypes)]
+        specs = [tf.TensorSpec((s.shape[0] if self.shape_specific else None,) + tuple(s.shape[1:]), d)
+                 for s, d in zip(specs, dtypes)]
+        self._activate_for(specs)
         return self._function(specs, "target", layerwise)
 
     # ------------------------------------------------------------------ public call
@@ -252,6 +299,7 @@ class Explainer:
             return_output: also return the explained output (logits).
         """
         xs = self._inputs(x)
+        self._activate_for(xs)
         n = int(xs[0].shape[0])
         targets = as_targets(target, n)
         R0 = self._custom_relevance(relevance, xs)
@@ -280,7 +328,7 @@ class Explainer:
 
     def _inputs(self, x: ArrayLike) -> list[tf.Tensor]:
         """``x`` as checked tensors of :attr:`dtype` (building an unbuilt Sequential on it)."""
-        n_inputs = len(self.graph.inputs)
+        n_inputs = len(self.graph.inputs) if self.graph is not None else len(self.model.inputs)
         xs = as_inputs(self.model, x, n_inputs, self.dtype)
         if not getattr(self.model, "built", True):  # a Sequential without an Input: build it on x
             try:
@@ -355,7 +403,8 @@ class Explainer:
         computes something else than the layer. Runs once per explainer, on its first call
         (``verify=False`` skips it); costs one eager forward pass of the model on one sample."""
         reference = model_dtype(self.model)
-        sample = [tf.cast(t[:1], reference) if t.dtype.is_floating else t[:1] for t in xs]
+        sample = [tf.cast(t, reference) if t.dtype.is_floating else t for t in self._probe(xs)]
+        n = int(sample[0].shape[0])
         try:
             expected = tree.flatten(self.model(pack_inputs(self.model, sample), training=False))
         except Exception:  # noqa: BLE001 - the model cannot run eagerly on its own: nothing to compare with
@@ -363,7 +412,7 @@ class Explainer:
             return
         rtol = reference_rtol(self.graph)
         if self.dtype == reference:
-            got = [np.asarray(tf.cast(t[:1], tf.float64)) for t in model_outputs]
+            got = [np.asarray(tf.cast(t[:n], tf.float64)) for t in model_outputs]
         else:  # another precision than the model's: compare the model's own precision, eagerly
             got = [np.asarray(tf.cast(t, tf.float64)) for t in self._eager_outputs(sample, reference)]
         if not outputs_agree(got, expected, rtol):
@@ -382,10 +431,15 @@ class Explainer:
             KEEP_ACTIVATIONS.reset(token)
         return [values[k] for k in self.graph.outputs]
 
+    def _probe(self, xs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """The inputs an eager check runs on: the first sample, or the whole batch where the graph was
+        built for this batch's shape."""
+        return list(xs) if self.shape_specific else [t[:1] for t in xs]
+
     def explained_shape(self, xs: Sequence[tf.Tensor]) -> tuple:
         """The per-sample shape of the explained output (a custom ``relevance`` has this shape)."""
         if self._start_shape is None:
-            probe = [tf.cast(t[:1], model_dtype(self.model)) if t.dtype.is_floating else t[:1] for t in xs]
+            probe = [tf.cast(t, model_dtype(self.model)) if t.dtype.is_floating else t for t in self._probe(xs)]
             with layer_precision(self.graph, model_dtype(self.model)):
                 values, _ = forward(self.graph, probe)
             self._start_shape = tuple(int(d) for d in values[self.start_key].shape[1:])

@@ -18,10 +18,11 @@ import tensorflow as tf
 from keras import tree
 
 from .errors import ExplainError
-from .expand import expansion
+from .handlers.elementwise import IDENTITY_AT_INFERENCE
+from .expand import CONCRETE_SPECS, ShapeDependent, expansion
 from .handlers import (ELEMENTWISE, GATE, PRODUCT, SOFTMAX, ConstantHandler, ElementwiseHandler, FixedLinearHandler, GateHandler,
                        Handler, LinearHandler, MaxPoolHandler, RouteHandler, SeparableHandler, SoftmaxHandler,
-                       handler_for, overridden_parent)
+                       handler_for, load_optional_handlers, overridden_parent)
 from .linear import materialize
 from .rules import LinearRule, Rule, WinnerTakesAll, identity, negative, positive
 
@@ -210,6 +211,11 @@ def _expand(op: Any, node: Any, prefix: str) -> Any:
     except ExplainError:
         raise
     except Exception as e:  # noqa: BLE001 - a call that cannot run on symbolic tensors
+        specs = CONCRETE_SPECS.get()
+        unknown = any(d is None for kt in node.input_tensors for d in tuple((specs or {}).get(id(kt), kt).shape))
+        if specs is None and unknown:
+            raise ShapeDependent(f"layer {prefix + op.name!r} ({type(op).__name__}) needs the input's shape to be "
+                                 f"traced: {type(e).__name__}: {e}") from e
         raise ExplainError(
             f"layer {prefix + op.name!r} of type {type(op).__name__} has no LRP handler, and tracing its call "
             f"into the layers and operations it uses failed: {type(e).__name__}: {e}. Register a handler with "
@@ -295,11 +301,55 @@ def fuse_batchnorm(g: Graph) -> None:
     g.steps = [s for s in g.steps if s not in removed]
 
 
-def build_graph(model: Any, canonize: bool = True) -> Graph:
+def concrete_specs(model: Any, input_shapes: Sequence[Sequence[int | None]]) -> dict:
+    """``{id(tensor): KerasTensor}`` for the tensors of a functional ``model`` (nested ones too) with
+    the shapes they take when the inputs have ``input_shapes`` (per input, with the batch axis);
+    tensors whose shape cannot be inferred are left out."""
+    specs: dict = {}
+    ins = [keras.KerasTensor(tuple(s), dtype=kt.dtype) for kt, s in zip(model.inputs, input_shapes)]
+    _functional_specs(model, ins, specs)
+    return specs
+
+
+def _functional_specs(model: Any, ins: list, specs: dict) -> list | None:
+    for kt, v in zip(model.inputs, ins):
+        specs[id(kt)] = v
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            if op is None or node.is_input or any(id(kt) not in specs for kt in node.input_tensors):
+                continue
+            values = [specs[id(kt)] for kt in node.input_tensors]
+            try:
+                if _is_model(op) and _chain_layers(op) is None and hasattr(op, "_nodes_by_depth"):
+                    outs = _functional_specs(op, values, specs)
+                else:
+                    args, kwargs = node.arguments.fill_in({id(kt): v for kt, v in zip(node.input_tensors, values)})
+                    outs = tree.flatten(op.compute_output_spec(*args, **kwargs))
+            except Exception:  # noqa: BLE001 - shapes not inferable here: later expansions use the model's
+                continue
+            if outs is not None:
+                for kt, v in zip(node.outputs, outs):
+                    specs[id(kt)] = v
+    if any(id(kt) not in specs for kt in model.outputs):
+        return None
+    return [specs[id(kt)] for kt in model.outputs]
+
+
+def build_graph(model: Any, canonize: bool = True, input_shapes: Sequence[Sequence[int | None]] | None = None) -> Graph:
     """Flatten ``model`` into steps. With ``canonize``, BatchNorm layers are merged (see
-    :func:`fuse_batchnorm`)."""
+    :func:`fuse_batchnorm`). ``input_shapes`` (per model input, with the batch axis): build the
+    graph for inputs of these shapes, for layers whose call can only be traced with known dimensions
+    (the graph then holds only for them); without, such layers raise :class:`ShapeDependent`."""
     if not isinstance(model, keras.Model):
         raise ExplainError(f"expected a Keras model, got {type(model).__name__}")
+    load_optional_handlers()
+    if input_shapes is not None and getattr(model, "inputs", None) and hasattr(model, "_nodes_by_depth"):
+        token = CONCRETE_SPECS.set(concrete_specs(model, input_shapes))
+        try:
+            return build_graph(model, canonize)
+        finally:
+            CONCRETE_SPECS.reset(token)
     keys = _Keys()
     chain = _chain_layers(model)
     if chain is not None:
@@ -341,7 +391,8 @@ def mark_carried(g: Graph, inputs_float: Sequence[bool]) -> None:
                 raise ExplainError(f"layer {step.name!r} of type {step.type_name} cannot be explained: it combines "
                                    f"{sum(step.carried)} computed tensors in a way that has no LRP rule")
             step.handler = handler
-        if (any(step.carried) and not isinstance(step.handler, ConstantHandler)) or step.category == "embedding":
+        if (any(step.carried) and not isinstance(step.handler, ConstantHandler)) or \
+                getattr(step.handler, "integer_inputs", False):
             carried.update(step.outputs)
 
 
@@ -359,7 +410,13 @@ def _is_gate(step: Step | None, producer: dict) -> bool:
         layer = step.layer
         if isinstance(step.handler, ElementwiseHandler):
             act = layer.activation if isinstance(layer, keras.layers.Activation) else None
-            return getattr(act, "__name__", "") in _GATING or type(layer).__name__ in _GATING
+            if getattr(act, "__name__", "") in _GATING or type(layer).__name__ in _GATING:
+                return True
+            if (type(layer).__name__ == "Cast" or isinstance(layer, IDENTITY_AT_INFERENCE)) and len(step.inputs) == 1:
+                # a gate cast to another dtype, or behind dropout
+                step = producer.get(step.inputs[0])
+                continue
+            return False
         if isinstance(step.handler, LinearHandler):
             return getattr(step.handler.activation_of(layer), "__name__", "") in _GATING
         if isinstance(step.handler, RouteHandler) and len(step.inputs) == 1:

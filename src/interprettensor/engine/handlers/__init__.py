@@ -31,7 +31,17 @@ from .registry import (_REGISTRY, get_handler, handler_for, overridden_parent,  
 from .routing import GateHandler, RouteHandler, route
 from .weighted import LinearHandler, SeparableHandler, batchnorm_affine, merge_batchnorm
 
-__all__ = ["Handler", "LinearHandler", "SeparableHandler", "FixedLinearHandler", "MaxPoolHandler", "RouteHandler",
+def load_optional_handlers() -> None:
+    """Register the handlers of optional libraries' layers that have been imported (keras_hub)."""
+    import sys
+
+    if "keras_hub" in sys.modules:
+        from .keras_hub_layers import register_keras_hub_layers
+
+        register_keras_hub_layers()
+
+
+__all__ = ["load_optional_handlers", "Handler", "LinearHandler", "SeparableHandler", "FixedLinearHandler", "MaxPoolHandler", "RouteHandler",
            "GateHandler", "ElementwiseHandler", "ProductHandler", "ContractionHandler", "OpLinearHandler",
            "SoftmaxHandler", "LayerNormHandler", "EmbeddingHandler", "ConstantHandler", "register_handler", "register_op_handler", "get_handler",
            "handler_for", "overridden_parent", "ExplainError", "route", "merge_batchnorm", "batchnorm_affine",

@@ -4,12 +4,16 @@ embedding that reads its input only for its shape, ``zeros_like``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
+from keras import ops
 
 from ..linear import materialize
 from .base import CONSTANT, EMBEDDING, Handler
+from .weighted import LinearHandler
 
-__all__ = ["EmbeddingHandler", "ConstantHandler"]
+__all__ = ["EmbeddingHandler", "ConstantHandler", "ReversibleEmbeddingHandler"]
 
 
 class EmbeddingHandler(Handler):
@@ -36,3 +40,46 @@ class ConstantHandler(Handler):
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
         return [None] * len(xs)
+
+
+def _reverse_kernel(layer: Any) -> Any:
+    return ops.transpose(layer.embeddings) if layer.tie_weights else layer.reverse_embeddings
+
+
+def _soft_cap(layer: Any) -> Any:
+    cap = getattr(layer, "logit_soft_cap", None)
+    if cap is None:
+        return None
+
+    def soft_cap(z: tf.Tensor) -> tf.Tensor:  # element-wise: relevance passes (AttnLRP's identity rule)
+        c = tf.cast(cap, z.dtype)
+        return tf.tanh(z / c) * c
+
+    return soft_cap
+
+
+class ReversibleEmbeddingHandler(LinearHandler):
+    """``keras.layers.ReversibleEmbedding`` (keras_hub's language models): a lookup when called on
+    token ids, and with ``reverse=True`` the output projection ``logits = h · Eᵀ`` (tied weights) or
+    ``h · W``, a layer with weights under the composite's rule (a logit soft cap passes relevance)."""
+
+    integer_inputs = True
+
+    def __init__(self) -> None:
+        super().__init__(params=lambda layer: {"kernel": _reverse_kernel(layer)},
+                         fn=lambda layer, xs, p: ops.matmul(xs[0], p["kernel"]), activation=_soft_cap,
+                         channel_axis=None, kind="dense")
+        self._lookup = EmbeddingHandler()
+
+    def forward(self, layer, xs, step):
+        if not step.options.get("reverse", False):
+            return step.call(xs), {}
+        return super().forward(layer, xs, step)
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if not step.options.get("reverse", False):
+            return self._lookup.relevance(layer, xs, ys, state, Rs, rule, step)
+        return super().relevance(layer, xs, ys, state, Rs, rule, step)
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return False

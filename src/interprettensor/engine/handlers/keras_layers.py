@@ -11,7 +11,7 @@ from keras import ops
 
 from .attention import ContractionHandler, OpLinearHandler, SoftmaxHandler
 from .elementwise import ElementwiseHandler
-from .embedding import ConstantHandler, EmbeddingHandler
+from .embedding import ConstantHandler, EmbeddingHandler, ReversibleEmbeddingHandler
 from .fixed_linear import FixedLinearHandler
 from .normalization import LayerNormHandler
 from .pooling import MaxPoolHandler, winner_takes_all_3d
@@ -179,6 +179,7 @@ register_keras_family([
     (L.Softmax, _softmax),
     (L.LayerNormalization, LayerNormHandler()),
     (L.Embedding, EmbeddingHandler()),
+    *[(t, ReversibleEmbeddingHandler()) for t in (getattr(L, "ReversibleEmbedding", None),) if t is not None],
 ])
 
 # keras.ops called on symbolic tensors inside functional models (``x + y``, ``ops.reshape`` ...)
