@@ -1,9 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install interprettensor (TensorFlow CPU build), run the demo
-#   make test   - create .venv, install interprettensor with test extras, run the test suite
+#   make test   - create .venv, install interprettensor with test extras (and keras_hub), run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= cpu,test
+EXTRAS ?= cpu,test,hub
 BIN    := $(VENV)/bin
 
 .PHONY: setup demo test bench clean

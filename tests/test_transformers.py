@@ -162,8 +162,8 @@ def test_rms_normalization_passes_relevance():
 def _encoder(vocab=30, seq=7, dim=8, heads=2, bias=True, dropout=0.0, causal=False, classes=3) -> keras.Model:
     ids = keras.Input((seq,), dtype="int32")
     tok = L.Embedding(vocab, dim, name="tokens")(ids)
-    pos = L.Embedding(seq, dim, name="positions")(ops.expand_dims(ops.arange(seq), 0))
-    h = L.Add()([tok, pos]) if False else tok
+    pos = L.Embedding(seq, dim, name="positions")(ops.zeros_like(ids) + ops.arange(seq))
+    h = L.Add()([tok, pos])
     a = L.MultiHeadAttention(heads, dim // heads, use_bias=bias, dropout=dropout, name="mha")(
         h, h, use_causal_mask=causal)
     h = L.LayerNormalization(center=bias, name="ln1")(L.Add()([h, a]))
@@ -171,16 +171,18 @@ def _encoder(vocab=30, seq=7, dim=8, heads=2, bias=True, dropout=0.0, causal=Fal
     f = L.Dense(dim, use_bias=bias)(f)
     h = L.LayerNormalization(center=bias, name="ln2")(h + f)
     out = L.Dense(classes, use_bias=bias)(ops.mean(h, axis=1))
-    del pos
     return keras.Model(ids, out)
 
 
 def test_cp_lrp_conserves_on_bias_free_encoder():
     model = _encoder(bias=False)
     x = np.random.default_rng(7).integers(0, 30, (4, 7))
-    R, logits = it.Explainer(model, "cp_lrp", epsilon=0)(x, return_output=True)
+    R, lw, logits = it.Explainer(model, "cp_lrp", epsilon=0)(x, layerwise=True, return_output=True)
     assert R.shape == x.shape and np.isfinite(R).all()
-    np.testing.assert_allclose(R.sum(1), logits.max(1), rtol=1e-4, atol=1e-5)
+    # the tokens' and the position embedding's shares add up to the logit
+    positions = lw["positions"].sum((1, 2))
+    np.testing.assert_allclose(R.sum(1) + positions, logits.max(1), rtol=1e-4, atol=1e-5)
+    assert np.abs(positions).max() > 1e-3
 
 
 def test_attnlrp_conserves_except_at_the_softmax():
@@ -193,7 +195,8 @@ def test_attnlrp_conserves_except_at_the_softmax():
     soft = next(s for s in ex.graph.steps if s.category == "softmax")
     scale = next(s for s in ex.graph.steps if s.outputs == soft.inputs[:1])
     lost = lw[soft.name].reshape(3, -1).sum(1) - lw[scale.name].reshape(3, -1).sum(1)
-    np.testing.assert_allclose(R.sum(1), logits.max(1) - lost, rtol=1e-3, atol=1e-4)
+    positions = lw["positions"].sum((1, 2))
+    np.testing.assert_allclose(R.sum(1) + positions, logits.max(1) - lost, rtol=1e-3, atol=1e-4)
     assert np.abs(lost).max() > 1e-4  # the softmax rule does change the total here
 
 
