@@ -1,9 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install interprettensor (TensorFlow CPU build), run the demo
-#   make test   - create .venv, install interprettensor with test extras (and keras_hub), run the test suite
+#   make test   - create .venv, install interprettensor with test extras and keras_hub, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= cpu,test,hub
+EXTRAS ?= cpu,test
 BIN    := $(VENV)/bin
 
 .PHONY: setup demo test bench clean
@@ -14,12 +14,17 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
+# the tests also explain keras_hub's transformers (the optional [hub] extra)
+$(BIN)/.installed-hub: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),hub]"
+	touch $@
+
 setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/interprettensor demo --out output/demo
 
-test: setup
+test: $(BIN)/.installed-hub
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: setup
