@@ -1,0 +1,160 @@
+"""AttnLRP and CP-LRP on a BERT-base-sized transformer, relative to gradient x input, in one process
+(a script, not a timed test).
+
+The model: keras_hub's BertTextClassifier on a BertBackbone of BERT-base's size (12 layers, hidden
+768, 12 heads, intermediate 3072; random weights, built from the config: nothing is downloaded),
+sequence 128, batch 8. Gradient x input is taken where LRP's token relevance is read: at the token
+embeddings (the gradient of the target logit with respect to the embedding rows of the batch's
+tokens, times those rows, summed over the hidden axis). Both compiled with ``tf.function`` and warmed
+up; best of ``--repeats`` runs taken alternately. Peak memory: each method in a fresh process, beyond
+the model and one forward pass. Run::
+
+    python benchmarks/bench_transformer.py               # needs the [hub] extra
+    python benchmarks/bench_transformer.py --small       # 2 layers, hidden 128 (a quick check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import interprettensor as it  # noqa: E402
+
+BASE = dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072)
+SMALL = dict(num_layers=2, num_heads=2, hidden_dim=128, intermediate_dim=256)
+
+
+def build(small: bool, seq: int = 128, batch: int = 8):
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=30522, max_sequence_length=512,
+                                             **(SMALL if small else BASE))
+    model = keras_hub.models.BertTextClassifier(backbone=backbone, num_classes=2, preprocessor=None)
+    rng = np.random.default_rng(0)
+    x = {"token_ids": tf.constant(rng.integers(1000, 30000, (batch, seq)), tf.int32),
+         "segment_ids": tf.zeros((batch, seq), tf.int32),
+         "padding_mask": tf.ones((batch, seq), tf.int32)}
+    return model, x
+
+
+def gradient_x_input(model):
+    """Per-token gradient x input at the token embeddings, compiled."""
+    table = model.backbone.token_embedding.embeddings.value
+
+    @tf.function(jit_compile=False)
+    def run(x):
+        with tf.GradientTape() as tape:
+            out = model(x, training=False)
+            sel = tf.reduce_sum(out * tf.one_hot(tf.argmax(out, -1), tf.shape(out)[-1]))
+        grad = tape.gradient(sel, table)  # IndexedSlices: one row per token of the batch, in order
+        per_token = tf.reduce_sum(grad.values * tf.gather(table, grad.indices), -1)
+        return tf.reshape(per_token, tf.shape(x["token_ids"]))
+
+    return run
+
+
+def lrp_fn(model, rule: str):
+    explainer = it.Explainer(model, rule=rule)
+    names = sorted(model.input.keys()) if isinstance(model.input, dict) else None
+
+    def run(x):
+        xs = tuple(x[k] for k in names)
+        fn = explainer._function(list(xs), "target", False)
+        return fn(xs, tf.fill((xs[0].shape[0],), -1))[0]
+
+    return run
+
+
+def paired_best_times(fn_a, fn_b, x, repeats: int) -> tuple[float, float]:
+    for fn in (fn_a, fn_b):
+        fn(x)
+        fn(x)
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, ta), (fn_b, tb)):
+            t0 = time.perf_counter()
+            out = fn(x)
+            np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
+            times.append(time.perf_counter() - t0)
+    return min(ta), min(tb)
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def memory_child(method: str, small: bool) -> None:
+    model, x = build(small)
+    fwd = tf.function(lambda t: model(t, training=False))
+    np.asarray(fwd(x))
+    base = _peak_rss_mib()
+    fn = gradient_x_input(model) if method == "gradient" else lrp_fn(model, method)
+    for _ in range(2):
+        out = fn(x)
+        np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
+    print(f"{base:.1f} {_peak_rss_mib():.1f}")
+
+
+def peak_memory(method: str, small: bool) -> tuple[float, float]:
+    cmd = [sys.executable, __file__, "--memory-child", method] + (["--small"] if small else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+    base, peak = float(out[-2]), float(out[-1])
+    return peak - base, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="2 layers, hidden 128 instead of BERT-base")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.small)
+        return
+    try:
+        import keras_hub  # noqa: F401
+    except ImportError:
+        sys.exit("this benchmark needs keras_hub: pip install -e '.[hub]'")
+    model, x = build(args.small)
+    name = "BERT " + ("2 layers, hidden 128" if args.small else "base (12 layers, hidden 768)") + ", seq 128, batch 8"
+    grad = gradient_x_input(model)
+    rows = []
+    for rule in ("attnlrp", "cp_lrp"):
+        t_lrp, t_grad = paired_best_times(lrp_fn(model, rule), grad, x, args.repeats)
+        rows.append((rule, t_lrp, t_grad))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
+          f"Keras {keras.__version__}")
+    print("| workload | rule | LRP (s) | gradient x input (s) | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    for rule, t_lrp, t_grad in rows:
+        print(f"| {name} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {t_lrp / t_grad:.2f} |")
+    if not args.no_memory:
+        g_extra, g_abs = peak_memory("gradient", args.small)
+        print()
+        print("| peak memory (fresh process; MiB beyond the model and one forward pass / absolute) | LRP | "
+              "gradient x input | ratio |")
+        print("| --- | --- | --- | --- |")
+        for rule in ("attnlrp", "cp_lrp"):
+            l_extra, l_abs = peak_memory(rule, args.small)
+            print(f"| {name}, {rule} | {l_extra:.0f} / {l_abs:.0f} | {g_extra:.0f} / {g_abs:.0f} | "
+                  f"{l_extra / max(g_extra, 1e-9):.2f} / {l_abs / g_abs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
