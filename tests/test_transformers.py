@@ -283,3 +283,16 @@ def test_integer_inputs_must_be_integers():
     model = _encoder()
     with pytest.raises(ExplainError, match="integer"):
         it.lrp(model, np.full((1, 7), 1.5), rule="attnlrp")
+
+
+def test_layerwise_relevance_of_a_traced_block_under_its_name():
+    model = _encoder()
+    x = np.random.default_rng(14).integers(0, 30, (2, 7))
+    ex = it.Explainer(model, "attnlrp")
+    R, lw = ex(x, layerwise=True)
+    assert "mha" in lw and lw["mha"].shape == (2, 7, 8)
+    inner = [s for s in ex.graph.steps if s.name.startswith("mha/")]
+    assert inner and lw["mha"] is not None
+    np.testing.assert_allclose(lw["mha"], lw[inner[-1].name])
+    # a hidden block can also start the explanation
+    assert it.lrp(model, x, rule="attnlrp", layer="mha", target=0).shape == x.shape

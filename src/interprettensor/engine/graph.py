@@ -196,12 +196,22 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
                 outs = _add_model(g, op, ins, prefix + op.name + "/", keys)
             elif expanded is not None:
                 outs = _add_model(g, expanded, ins, prefix + op.name + "/", keys)
+                _name_block_output(g, outs, prefix + op.name)
             else:
                 outs = [keys.new() for _ in node.outputs]
                 g.steps.append(_make_step(op, prefix + op.name, ins, outs, _node_call(op, node), node))
             for kt, k in zip(node.outputs, outs):
                 kmap[id(kt)] = k
     return [kmap[id(kt)] for kt in model.outputs]
+
+
+def _name_block_output(g: Graph, outs: list, name: str) -> None:
+    """The step that computes a traced layer's (first) output also answers to the layer's name, so
+    that ``layerwise`` results and ``layer=`` find the block (``'transformer_layer_0'``)."""
+    for s in reversed(g.steps):
+        if outs and outs[0] in s.outputs:
+            s.aliases = s.aliases + (name,)
+            return
 
 
 def _expand(op: Any, node: Any, prefix: str) -> Any:
