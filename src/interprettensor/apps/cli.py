@@ -5,6 +5,9 @@ Subcommands:
 * ``demo``: train the original convolutional network on the embedded digits (or load the pretrained
   one with ``--pretrained``), explain test digits with the five original variants and a composite,
   write ``OUT/demo_heatmaps.png`` and TensorBoard logs in ``OUT/logs``;
+* ``demo-text``: train a small transformer on generated sentences whose class is decided by one marker
+  word, explain them with AttnLRP and CP-LRP, measure how often the marker gets the most relevance;
+  writes ``OUT/text_demo.html``, ``OUT/text_demo.png`` and ``OUT/text_demo_summary.json``;
 * ``train``: train one of the original examples' networks and save it as ``.keras``;
 * ``explain``: explain a saved Keras model on image files, folders or ``.npy`` arrays; writes a
   picture per input (heatmap and overlay for images, a bar chart for feature vectors, a strip per
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cmap", default="bwr", help="colour map: bwr, coldnhot or a matplotlib name (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     d.set_defaults(func=cmd_demo)
+    _demo_text_parser(sub, common)
 
     t = sub.add_parser("train", parents=[common], help="train one of the original example networks",
                        description="Train the original examples' linear or convolutional network and save "
@@ -168,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision (default: the model's); mixed_*: low-precision forward, float32 relevance")
     e.set_defaults(func=cmd_explain)
     _evaluate_parser(sub, common)
+    _explain_text_parser(sub, common)
     f = sub.add_parser("finalize", parents=[common], help="check a sharded run of several workers and complete it",
                        description="Check that every shard of the sharded run in OUT (written by 'explain "
                                    "--shard-size N --worker I/N' processes) is there and holds its samples, and "
@@ -248,6 +253,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"heatmaps: {res.png}")
     print(f"TensorBoard logs: {res.logdir}  (view with: tensorboard --logdir={res.logdir})")
     _say(args, f"done in {res.seconds:.1f} s")
+    return 0
+
+
+def _demo_text_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``demo-text`` subcommand's arguments (built without importing TensorFlow)."""
+    d = sub.add_parser("demo-text", parents=[common],
+                       help="train a small transformer on generated sentences and explain it (known answer)",
+                       description="Generate sentences ([CLS], 8-16 filler words, exactly one marker word: "
+                                   "'excellent', 'terrible' or 'average' for classes 0, 1, 2; no download), "
+                                   "train a small transformer encoder (embeddings, MultiHeadAttention with a "
+                                   "padding mask, LayerNormalization, feed-forward, mean over tokens) to find "
+                                   "the class, explain the correctly classified test sentences with AttnLRP "
+                                   "and CP-LRP, and print how often the marker is the token with the most "
+                                   "relevance. Writes OUT/text_demo.html and OUT/text_demo.png (example "
+                                   "sentences coloured by relevance) and OUT/text_demo_summary.json.")
+    d.add_argument("--out", default="output/demo_text", help="output folder (default: %(default)s)")
+    d.add_argument("--epochs", type=_positive_int, default=3, help="training epochs (default: %(default)s)")
+    d.add_argument("--train-size", type=_positive_int, default=3000, metavar="N",
+                   help="generated training sentences (default: %(default)s)")
+    d.add_argument("--test-size", type=_positive_int, default=500, metavar="N",
+                   help="generated test sentences, all explained when classified correctly (default: %(default)s)")
+    d.add_argument("--examples", type=_positive_int, default=6, metavar="N",
+                   help="example sentences in the HTML and PNG (default: %(default)s)")
+    d.add_argument("--blocks", type=_positive_int, default=2, help="transformer blocks (default: %(default)s)")
+    d.add_argument("--batch-size", type=_positive_int, default=64, help="training batch size (default: %(default)s)")
+    d.add_argument("--learning-rate", type=_positive_float, default=3e-3,
+                   help="Adam learning rate (default: %(default)s)")
+    d.add_argument("--cmap", default="bwr", help="colour map: bwr, coldnhot or a matplotlib name (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the data and the training (default: %(default)s)")
+    d.set_defaults(func=cmd_demo_text)
+
+
+def cmd_demo_text(args: argparse.Namespace) -> int:
+    """``interprettensor demo-text``: :func:`interprettensor.apps.demo_text.run_text_demo`."""
+    from ..io.render import get_cmap
+
+    get_cmap(args.cmap)
+    prepare_out_dir(args.out)
+    from .demo_text import run_text_demo
+
+    res = run_text_demo(args.out, epochs=args.epochs, seed=args.seed, quiet=args.quiet, n_train=args.train_size,
+                        n_test=args.test_size, n_examples=args.examples, blocks=args.blocks,
+                        batch_size=args.batch_size, learning_rate=args.learning_rate, cmap=args.cmap,
+                        echo=lambda m: _say(args, m))
+    print(f"example sentences: {res['html']}, {res['png']}\nfigures: {res['summary']}")
+    _say(args, f"done in {res['seconds']:.1f} s")
     return 0
 
 
@@ -765,6 +816,56 @@ def _sanity(args: argparse.Namespace, ev: Any, model: Any, xs: Any, cmp: Any, me
     if failed:
         done = f"; the results of {', '.join(runs)} are in {rpath}" if runs else ""
         raise CLIError(f"the sanity check failed for {', '.join(failed)} (see above){done}")
+
+
+# ---------------------------------------------------------------------------------------------- explain-text
+def _explain_text_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``explain-text`` subcommand's arguments (built without importing TensorFlow)."""
+    x = sub.add_parser(
+        "explain-text", parents=[common], help="explain a text model (transformer) on token ids or texts",
+        usage="interprettensor explain-text MODEL [INPUTS ...] [--text TEXT ...] [options]",
+        description="Explain a saved text model (.keras) with LRP, one relevance per token. A model whose "
+                    "input is integer token ids takes .npy arrays (N, T) and .txt files with one sentence per "
+                    "line as space-separated ids (padded at the end with id 0 to the model's sequence length "
+                    "or the longest sentence; trailing 0s are padding); --vocab names the tokens. A keras_hub "
+                    "task saved with its preprocessor (e.g. BertTextClassifier, GPT2CausalLM) takes .txt files "
+                    "with one text per line, or --text. For a language model's output (batch, sequence, "
+                    "vocabulary) the next-token logit at --position is explained (default: after the last "
+                    "token). Writes OUT/relevances.npz (token_ids, relevance, mask, targets, predictions, "
+                    "scores, names; positions, texts), OUT/explanations.html and OUT/explanations.png.")
+    x.add_argument("model", help="a saved Keras model (.keras)")
+    x.add_argument("inputs", nargs="*", metavar="INPUTS",
+                   help=".npy arrays or .txt files of token ids; for a keras_hub model with a preprocessor, .txt "
+                        "files with one text per line")
+    x.add_argument("--text", action="append", default=None, metavar="TEXT",
+                   help="a text to explain (keras_hub models with a preprocessor); may be repeated")
+    x.add_argument("--rule", default="attnlrp", help="rule or preset: attnlrp, cp_lrp, epsilon, ... "
+                                                     "(default: %(default)s)")
+    x.add_argument("--epsilon", type=float, default=None, help="epsilon of the rule (default: the rule's)")
+    x.add_argument("--target", type=int, default=None,
+                   help="class to explain, or the token id for a language model (default: the predicted one)")
+    x.add_argument("--position", type=int, default=None,
+                   help="for outputs (batch, sequence, vocabulary): the position whose next-token logit is "
+                        "explained, negative from the end (default: each sentence's last token)")
+    x.add_argument("--vocab", default=None, metavar="FILE",
+                   help="token strings for token-id inputs: one token per line, line i = id i "
+                        "(default: show the ids)")
+    x.add_argument("--max-length", type=_positive_int, default=None, metavar="L",
+                   help="sequence length: ids are padded to it (when the model's is not fixed); a keras_hub "
+                        "preprocessor pads or cuts texts to it (default: the model's or the preprocessor's)")
+    x.add_argument("--out", default="explanations", help="output folder (default: %(default)s)")
+    x.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="sentences per LRP pass (default: %(default)s)")
+    x.add_argument("--cmap", default="bwr", help="colour map: bwr, coldnhot or a matplotlib name "
+                                                 "(default: %(default)s)")
+    x.set_defaults(func=cmd_explain_text)
+
+
+def cmd_explain_text(args: argparse.Namespace) -> int:
+    """``interprettensor explain-text``: :func:`interprettensor.apps.explain_text.run`."""
+    from .explain_text import run
+
+    return run(args)
 
 
 # ---------------------------------------------------------------------------------------------- main
