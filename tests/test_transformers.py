@@ -296,3 +296,26 @@ def test_layerwise_relevance_of_a_traced_block_under_its_name():
     np.testing.assert_allclose(lw["mha"], lw[inner[-1].name])
     # a hidden block can also start the explanation
     assert it.lrp(model, x, rule="attnlrp", layer="mha", target=0).shape == x.shape
+
+
+def test_fully_masked_rows_masked_pooling_and_rectangular_causal_mask():
+    """Padding rows masked for every key (Keras' fused kernel then attends uniformly, its einsum path
+    gives zeros), a masked average over tokens, and a causal mask between 3 queries and 5 keys: the
+    explanation follows what the model computes (the forward check) and stays finite."""
+    ids = keras.Input((6,), dtype="int32")
+    valid = ops.not_equal(ids, 0)
+    mask = ops.logical_and(ops.expand_dims(valid, 1), ops.expand_dims(valid, 2))
+    h = L.Embedding(10, 8)(ids)
+    pooled = [L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4, dropout=d)(h, h, attention_mask=mask), mask=valid)
+              for d in (0.0, 0.2)]
+    model = keras.Model(ids, L.Dense(3)(L.Concatenate()(pooled)))
+    x = np.array([[1, 2, 3, 4, 0, 0], [5, 6, 7, 8, 9, 1]])
+    for rule in ("attnlrp", "cp_lrp"):
+        R = it.lrp(model, x, rule=rule)
+        assert np.isfinite(R).all() and np.all(R[0, 4:] == 0) and np.abs(R[0, :4]).sum() > 0
+    q_in, kv_in = keras.Input((3, 4)), keras.Input((5, 4))
+    rect = keras.Model([q_in, kv_in], L.Dense(2)(ops.mean(L.MultiHeadAttention(2, 2)(q_in, kv_in, use_causal_mask=True),
+                                                          axis=1)))
+    rng = np.random.default_rng(15)
+    Rq, Rkv = it.lrp(rect, [rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))], rule="cp_lrp")
+    assert np.all(Rkv[:, 3:] == 0), "query t sees keys s <= t"

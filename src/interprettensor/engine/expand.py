@@ -108,15 +108,15 @@ def expansion(op: Any, node: Any) -> keras.Model | None:
 # ----------------------------------------------------------------------------- dot-product attention
 class CausalMask(keras.layers.Layer):
     """The lower-triangular mask ``(T, S)`` of attention scores ``(..., T, S)`` (query ``t`` sees keys
-    ``s <= t + S - T``), as booleans broadcast to the scores' shape."""
+    ``s <= t``, as Keras' ``dot_product_attention(is_causal=True)``), as booleans broadcast to the
+    scores' shape."""
 
     def call(self, scores: Any) -> Any:
         import tensorflow as tf
 
         t, s = tf.shape(scores)[-2], tf.shape(scores)[-1]
-        rows = tf.range(t)[:, None] + (s - t)
-        cols = tf.range(s)[None, :]
-        return tf.broadcast_to(cols <= rows, tf.shape(scores))
+        lower = tf.linalg.band_part(tf.ones((t, s), tf.bool), -1, 0)
+        return tf.broadcast_to(lower, tf.shape(scores))
 
     def compute_output_spec(self, scores: Any) -> Any:
         return keras.KerasTensor(scores.shape, dtype="bool")
@@ -149,8 +149,10 @@ def _dot_product_attention(op: Any, query: Any, key: Any, value: Any, bias: Any 
     if is_causal:
         causal = CausalMask()(scores)
         full_mask = causal if full_mask is None else ops.logical_and(full_mask, causal)
-    probs = keras.layers.Softmax(axis=-1)(scores, mask=full_mask) if full_mask is not None else \
-        keras.layers.Softmax(axis=-1)(scores)
+    if full_mask is not None:  # as Keras' kernel: masked logits set to a large negative number, then softmax
+        big = 65500.0 if scores.dtype == "float16" else 3.38953e38
+        scores = ops.where(full_mask, scores, ops.cast(-0.7 * big, scores.dtype))
+    probs = keras.layers.Softmax(axis=-1)(scores)
     return ops.einsum("bnts,bsnh->btnh", probs, value)
 
 

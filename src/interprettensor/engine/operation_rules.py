@@ -94,11 +94,13 @@ def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequen
 
 
 def softmax_relevance(x: tf.Tensor, s: tf.Tensor, R: tf.Tensor, axis: int | Sequence[int] = -1) -> tf.Tensor:
-    """``x ⊙ (R − s · Σ_axis R)``; positions where ``s`` is exactly 0 (masked) get 0, also where the
-    input holds a large negative mask value."""
+    """``x ⊙ (R − s · Σ_axis R)``; positions where ``s`` is exactly 0 get 0, and so do masked positions
+    (inputs at a large negative mask value: Keras sets masked scores to -1e9 or lower, -3e4 in float16)."""
     total = tf.reduce_sum(R, axis=axis, keepdims=True)
     out = x * (R - s * total)
-    return tf.where(tf.equal(s, tf.zeros_like(s)), tf.zeros_like(out), out)
+    sentinel = constant(-1e4 if x.dtype == tf.float16 else -1e8, x.dtype)
+    masked = tf.logical_or(tf.equal(s, tf.zeros_like(s)), x <= sentinel)
+    return tf.where(masked, tf.zeros_like(out), out)
 
 
 #: rules of operations, not of layers with weights (with ``pass`` and ``winner_takes_all``)

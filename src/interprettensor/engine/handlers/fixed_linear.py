@@ -47,4 +47,21 @@ class FixedLinearHandler(Handler):
             return pass_through(xs, Rs, step)
         rule = check_linear_rule(rule, step)
         lm = cached_map(state.get("map"), xs) or self.linear_map(layer, xs)
-        return linear_relevance(lm, xs, shaped_like(Rs[0], state["z"]), rule, state["z"], step.nonneg, lazy=True)
+        R = shaped_like(Rs[0], state["z"])
+        idx = [i for i, x in enumerate(xs) if x.dtype.is_floating]
+        if len(idx) == len(xs):
+            return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg, lazy=True)
+
+        def fn(args, p):  # linear in the float inputs; a mask (e.g. of a masked average) held fixed
+            full = list(xs)
+            for i, a in zip(idx, args):
+                full[i] = a
+            return lm.fn(full, p)
+
+        nonneg = [step.nonneg[i] for i in idx] if step.nonneg else False
+        part = linear_relevance(LinearMap(fn, lm.params, lm.bias_axis), [xs[i] for i in idx], R, rule, state["z"],
+                                nonneg, lazy=True)
+        out: list = [None] * len(xs)
+        for i, r in zip(idx, part):
+            out[i] = r
+        return out

@@ -99,8 +99,10 @@ def _merge_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
 
 
 def _own_call_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
-    """Average pooling, upsampling: the layer's own (linear) call, times a scalar kernel."""
-    return p["kernel"] * tf.cast(layer(xs[0]), xs[0].dtype)
+    """Average pooling, upsampling: the layer's own (linear) call, times a scalar kernel (a second input
+    is the mask of a masked global average)."""
+    kwargs = {"mask": xs[1]} if len(xs) > 1 else {}
+    return p["kernel"] * tf.cast(layer(xs[0], **kwargs), xs[0].dtype)
 
 
 # ----------------------------------------------------------------------------- max pooling
@@ -187,7 +189,7 @@ for _name, _handler in [("Add", _sum), ("Subtract", _difference), ("Multiply", _
                         *[(n, _route) for n in ("Reshape", "Transpose", "ExpandDims", "Squeeze", "Concatenate",
                                                 "Flatten", "GetItem", "Slice", "Take", "TakeAlongAxis", "Repeat",
                                                 "Tile", "BroadcastTo", "Split", "Stack", "Unstack", "Swapaxes",
-                                                "Moveaxis", "Roll", "Pad", "Flip", "Ravel")],
+                                                "Moveaxis", "Roll", "Pad", "Flip", "Ravel", "Where")],
                         *[(n, _pass) for n in ("Relu", "Relu6", "Sigmoid", "Silu", "Swish", "Tanh", "Gelu", "Elu",
                                                "LeakyRelu", "Cast", "Selu", "Celu", "Softplus", "Softsign",
                                                "HardSigmoid", "HardSilu", "HardTanh", "RMSNorm", "StopGradient")],
