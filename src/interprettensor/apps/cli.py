@@ -13,6 +13,9 @@ Subcommands:
   picture per input (heatmap and overlay for images, a bar chart for feature vectors, a strip per
   channel for sequences) and ``relevances.npz`` (or shards with ``--shard-size``; the same arrays,
   see :func:`interprettensor.load_relevances`; ``--worker I/N`` for one of several processes).
+* ``explain-text``: explain a text model (a transformer) on token ids (``.npy``, ``.txt``) or, for a keras_hub
+  task saved with its preprocessor, on texts; writes ``OUT/relevances.npz``, ``OUT/explanations.html`` and
+  ``OUT/explanations.png`` (see :mod:`interprettensor.apps.explain_text`).
 * ``finalize``: check that a sharded run of several workers is complete and write its manifest.
 * ``evaluate``: region perturbation (pixel flipping, AOPC) of several explanation methods on a saved
   model or the digits CNN; writes ``OUT/curves.png`` and ``OUT/aopc.csv`` (``--sanity``: also the
@@ -830,9 +833,10 @@ def _explain_text_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                     "or the longest sentence; trailing 0s are padding); --vocab names the tokens. A keras_hub "
                     "task saved with its preprocessor (e.g. BertTextClassifier, GPT2CausalLM) takes .txt files "
                     "with one text per line, or --text. For a language model's output (batch, sequence, "
-                    "vocabulary) the next-token logit at --position is explained (default: after the last "
-                    "token). Writes OUT/relevances.npz (token_ids, relevance, mask, targets, predictions, "
-                    "scores, names; positions, texts), OUT/explanations.html and OUT/explanations.png.")
+                    "vocabulary) the next-token logit at --position is explained (default: at each "
+                    "sentence's last token). Writes OUT/relevances.npz (token_ids, relevance, mask, targets, "
+                    "predictions, scores, names; positions, texts), OUT/explanations.html and "
+                    "OUT/explanations.png.")
     x.add_argument("model", help="a saved Keras model (.keras)")
     x.add_argument("inputs", nargs="*", metavar="INPUTS",
                    help=".npy arrays or .txt files of token ids; for a keras_hub model with a preprocessor, .txt "
@@ -863,9 +867,12 @@ def _explain_text_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_explain_text(args: argparse.Namespace) -> int:
     """``interprettensor explain-text``: :func:`interprettensor.apps.explain_text.run`."""
-    from .explain_text import run
+    from .explain_text import TextCommandError, run
 
-    return run(args)
+    try:
+        return run(args, prepare_out_dir)
+    except TextCommandError as e:
+        raise CLIError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- main
