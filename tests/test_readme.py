@@ -105,6 +105,33 @@ for k in range(6):
 i = 0
 """
 
+# "Transformers": token ids and masks, a GPT-2 backbone, a ViT classifier and images (small sizes)
+PREAMBLES["import keras_hub, interprettensor as it"] = """
+import numpy as np, keras, keras_hub
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+ids = rng.integers(1000, 30000, (2, 16)).astype('int32')
+segments = np.zeros((2, 16), 'int32')
+mask = np.ones((2, 16), 'int32')
+gpt2_backbone = keras_hub.models.GPT2Backbone(vocabulary_size=30522, num_layers=2, num_heads=2, hidden_dim=32,
+                                              intermediate_dim=64, max_sequence_length=32)
+token = 1234
+vit_classifier = keras_hub.models.ViTImageClassifier(
+    backbone=keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+                                          hidden_dim=32, mlp_dim=64), num_classes=3, preprocessor=None)
+images = rng.random((2, 32, 32, 3)).astype('float32')
+"""
+# text rendering: ids, a relevance dict and a keras_hub preprocessor
+PREAMBLES["tokens = it.render_text.tokens_from_ids("] = """
+import numpy as np, keras_hub
+import interprettensor as it
+vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'the', 'movie', 'was', 'great']
+preprocessor = keras_hub.models.BertTextClassifierPreprocessor(keras_hub.tokenizers.BertTokenizer(vocabulary=vocab),
+                                                               sequence_length=8)
+ids = np.array([[2, 5, 6, 7, 8, 3, 0, 0]])
+R = {'token_ids': np.linspace(-1, 1, 8)[None]}
+"""
+
 #: Python checks run after a block (that it did what the prose says)
 POSTSCRIPTS = {
     "import interprettensor as it": """
@@ -128,6 +155,24 @@ assert np.isfinite(it.lrp(m, np.ones((2, 4), 'float32'), rule='epsilon')).all()
 
 #: bash setup (Python, run in the folder first) keyed by the block's first line
 BASH_SETUP = {
+    "interprettensor explain-text classifier.keras": """
+import keras, keras_hub, numpy as np
+L = keras.layers
+ids = keras.Input((8,), dtype="int32")
+h = L.Embedding(20, 8)(ids)
+h = L.LayerNormalization()(h + L.MultiHeadAttention(2, 4)(h, h))
+keras.Model(ids, L.Dense(3)(L.GlobalAveragePooling1D()(h))).save("classifier.keras")
+open("ids.txt", "w").write("1 2 3 4\\n5 6 7\\n")
+np.save("ids.npy", np.array([[1, 2, 3, 0, 0, 0, 0, 0]]))
+open("vocab.txt", "w").write("".join(f"w{i}\\n" for i in range(20)))
+vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "a", "film"]
+pre = keras_hub.models.BertTextClassifierPreprocessor(keras_hub.tokenizers.BertTokenizer(vocabulary=vocab),
+                                                      sequence_length=16)
+bb = keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+                                   intermediate_dim=32, max_sequence_length=16)
+keras_hub.models.BertTextClassifier(bb, num_classes=2, preprocessor=pre).save("bert.keras")
+open("reviews.txt", "w").write("a bad film\\nthe movie was great\\n")
+""",
     "interprettensor demo --out output/demo": """
 import os, numpy as np
 from PIL import Image
