@@ -4,9 +4,9 @@ both of their paths, masks, positions, and clear errors."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-import keras
 from keras import ops
 
 import interprettensor as it
@@ -212,7 +212,7 @@ def test_both_keras_attention_paths_agree():
     the explicit einsum path; at inference they compute the same, and so must their explanations."""
     fused, explicit = _encoder(dropout=0.0), _encoder(dropout=0.3)
     explicit.set_weights(fused.get_weights())
-    names = lambda m: {s.type_name for s in it.Explainer(m, "attnlrp").graph.steps}  # noqa: E731
+    names = lambda m: {s.type_name for s in it.Explainer(m, "attnlrp").graph.steps}
     assert "Einsum" in names(fused) and "Dropout" in names(explicit)
     x = np.random.default_rng(10).integers(0, 30, (3, 7))
     for rule in ("attnlrp", "cp_lrp"):
@@ -289,7 +289,7 @@ def test_layerwise_relevance_of_a_traced_block_under_its_name():
     model = _encoder()
     x = np.random.default_rng(14).integers(0, 30, (2, 7))
     ex = it.Explainer(model, "attnlrp")
-    R, lw = ex(x, layerwise=True)
+    _, lw = ex(x, layerwise=True)
     assert "mha" in lw and lw["mha"].shape == (2, 7, 8)
     inner = [s for s in ex.graph.steps if s.name.startswith("mha/")]
     assert inner and lw["mha"] is not None
@@ -317,5 +317,5 @@ def test_fully_masked_rows_masked_pooling_and_rectangular_causal_mask():
     rect = keras.Model([q_in, kv_in], L.Dense(2)(ops.mean(L.MultiHeadAttention(2, 2)(q_in, kv_in, use_causal_mask=True),
                                                           axis=1)))
     rng = np.random.default_rng(15)
-    Rq, Rkv = it.lrp(rect, [rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))], rule="cp_lrp")
+    _, Rkv = it.lrp(rect, [rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))], rule="cp_lrp")
     assert np.all(Rkv[:, 3:] == 0), "query t sees keys s <= t"

@@ -16,14 +16,15 @@ import contextlib
 import contextvars
 import math
 import types
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 from keras import ops, tree
 
 from .errors import ExplainError
 
-__all__ = ["register_expansion", "expansion", "is_composite_layer", "ShapeDependent", "CONCRETE_SPECS"]
+__all__ = ["CONCRETE_SPECS", "ShapeDependent", "expansion", "is_composite_layer", "register_expansion"]
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -135,8 +136,10 @@ def _dot_product_attention(op: Any, query: Any, key: Any, value: Any, bias: Any 
         value = ops.repeat(value, heads // kv_heads, axis=-2)
     if scale is None:
         scale = 1.0 / math.sqrt(float(query.shape[-1]))
+    # the query scaled first (as Keras' einsum path does): the scores are then both the product's output
+    # and the softmax's input, one tensor of (batch, heads, T, S) per layer instead of two
+    query = ops.multiply(query, ops.cast(scale, query.dtype))
     scores = ops.einsum("btnh,bsnh->bnts", query, key)
-    scores = ops.multiply(scores, ops.cast(scale, scores.dtype))
     if attn_logits_soft_cap is not None:
         cap = float(attn_logits_soft_cap)
         scores = ops.multiply(ops.tanh(ops.divide(scores, cap)), cap)

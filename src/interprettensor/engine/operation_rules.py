@@ -20,14 +20,15 @@ layer or operation.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import tensorflow as tf
 
 from .linear import distinct
 from .rules import TINY, Rule, constant, register_rule, stabilize
 
-__all__ = ["UniformProduct", "Gate", "SoftmaxRule", "product_relevance", "softmax_relevance", "OPERATION_RULE_NAMES"]
+__all__ = ["OPERATION_RULE_NAMES", "Gate", "SoftmaxRule", "UniformProduct", "product_relevance", "softmax_relevance"]
 
 
 def _check_epsilon(epsilon: Any) -> float:
@@ -77,7 +78,8 @@ def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequen
     """Relevance of the factors of a product ``z = fn(xs)`` that is linear in each factor:
     ``R_i = shares[i] · x_i ⊙ J_iᵀ (R / stab(z))`` (one vector-Jacobian product for all factors; a
     factor with share 0 gets ``None``)."""
-    s = R / stabilize(z, epsilon)
+    with tf.control_dependencies([R]):  # not before R exists: otherwise every layer's denominator
+        s = R / stabilize(z, epsilon)   # would be computed right after the forward pass and held
     watched = distinct(xs)
     with tf.GradientTape() as tape:
         tape.watch(watched)
@@ -99,7 +101,8 @@ def softmax_relevance(x: tf.Tensor, s: tf.Tensor, R: tf.Tensor, axis: int | Sequ
     total = tf.reduce_sum(R, axis=axis, keepdims=True)
     out = x * (R - s * total)
     sentinel = constant(-1e4 if x.dtype == tf.float16 else -1e8, x.dtype)
-    masked = tf.logical_or(tf.equal(s, tf.zeros_like(s)), x <= sentinel)
+    with tf.control_dependencies([out]):  # the mask only once it is needed (see product_relevance)
+        masked = tf.logical_or(tf.equal(s, tf.zeros_like(s)), x <= sentinel)
     return tf.where(masked, tf.zeros_like(out), out)
 
 

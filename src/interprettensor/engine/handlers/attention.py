@@ -9,13 +9,26 @@ from typing import Any
 import tensorflow as tf
 
 from ..errors import ExplainError
-from ..linear import materialize
-from ..operation_rules import Gate, SoftmaxRule, UniformProduct, product_relevance, softmax_relevance
+from ..linear import LinearMap, linear_relevance, materialize
+from ..operation_rules import (
+    Gate,
+    SoftmaxRule,
+    UniformProduct,
+    product_relevance,
+    softmax_relevance,
+)
 from ..rules import Pass
-from .base import LINEAR, PRODUCT, SOFTMAX, Handler, cached_map, check_linear_rule, shaped_like
-from ..linear import LinearMap, linear_relevance
+from .base import (
+    LINEAR,
+    PRODUCT,
+    SOFTMAX,
+    Handler,
+    cached_map,
+    check_linear_rule,
+    shaped_like,
+)
 
-__all__ = ["ProductHandler", "ContractionHandler", "OpLinearHandler", "SoftmaxHandler", "signal_inputs"]
+__all__ = ["ContractionHandler", "OpLinearHandler", "ProductHandler", "SoftmaxHandler", "signal_inputs"]
 
 
 def _factors(step: Any, xs: list) -> list[bool]:

@@ -13,7 +13,7 @@ from ..linear import materialize
 from .base import CONSTANT, EMBEDDING, Handler
 from .weighted import LinearHandler
 
-__all__ = ["EmbeddingHandler", "ConstantHandler", "ReversibleEmbeddingHandler"]
+__all__ = ["ConstantHandler", "EmbeddingHandler", "ReversibleEmbeddingHandler"]
 
 
 class EmbeddingHandler(Handler):

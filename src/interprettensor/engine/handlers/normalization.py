@@ -12,7 +12,14 @@ import tensorflow as tf
 
 from ..linear import LinearMap, linear_relevance, materialize
 from ..rules import Pass
-from .base import NORM, Handler, cast_params, check_linear_rule, pass_through, shaped_like
+from .base import (
+    NORM,
+    Handler,
+    cast_params,
+    check_linear_rule,
+    pass_through,
+    shaped_like,
+)
 
 __all__ = ["LayerNormHandler"]
 
