@@ -939,9 +939,9 @@ def unsupported_models() -> dict[str, tuple[keras.Model, str, np.ndarray]]:
     rng = np.random.default_rng(0)
     cases = {}
 
-    inp = keras.Input((5, 3))
-    h = L.LSTM(4, name="my_lstm")(inp)
-    cases["LSTM"] = (keras.Model(inp, L.Dense(2)(h)), "my_lstm", rng.normal(size=(2, 5, 3)))
+    inp = keras.Input((5, 4, 3))
+    h = L.ConvLSTM1D(2, 2, name="my_convlstm")(inp)
+    cases["ConvLSTM1D"] = (keras.Model(inp, L.Dense(2)(L.Flatten()(h))), "my_convlstm", rng.normal(size=(2, 5, 4, 3)))
 
     inp = keras.Input((6,))
     h = L.Dense(4)(inp)
@@ -967,8 +967,8 @@ def unsupported_models() -> dict[str, tuple[keras.Model, str, np.ndarray]]:
 
     inp = keras.Input((5, 3))
     h = L.Conv1D(2, 2)(inp)
-    h = L.Bidirectional(L.GRU(2), name="my_bigru")(h)
-    cases["Bidirectional GRU"] = (keras.Model(inp, L.Dense(2)(h)), "my_bigru", rng.normal(size=(2, 5, 3)))
+    h = L.Bidirectional(L.GRU(2), merge_mode="mul", name="my_bigru")(h)
+    cases["Bidirectional GRU (mul)"] = (keras.Model(inp, L.Dense(2)(h)), "my_bigru", rng.normal(size=(2, 5, 3)))
 
     inp = keras.Input((6,))
     h = ops.cumsum(L.Dense(4)(inp), axis=-1)

@@ -5,7 +5,7 @@ merging), :mod:`.fixed_linear` (sums, average pooling, upsampling, affine BatchN
 :mod:`.pooling` (max pooling), :mod:`.routing` (reshapes, concatenation, gates),
 :mod:`.elementwise` (activations, dropout, rescaling), :mod:`.attention` (products of activations,
 softmax), :mod:`.normalization` (layer and RMS normalisation), :mod:`.embedding` (embeddings of
-integer inputs, constants and masks); :mod:`.registry` says which handler serves
+integer inputs, constants and masks), :mod:`.recurrent` (SimpleRNN, LSTM, GRU); :mod:`.registry` says which handler serves
 which layer and :mod:`.keras_layers` registers Keras' own layers.
 
 Register a handler for your own layer type with :func:`register_handler`::
@@ -17,6 +17,7 @@ Register a handler for your own layer type with :func:`register_handler`::
 
 from ..errors import ExplainError
 from . import keras_layers  # noqa: F401 - registers Keras' layers and operations
+from . import recurrent  # noqa: F401 - registers SimpleRNN, LSTM, GRU and Masking
 from .attention import ContractionHandler, OpLinearHandler, ProductHandler, SoftmaxHandler
 from .base import (CONSTANT, ELEMENTWISE, EMBEDDING, GATE, KEEP_ACTIVATIONS, LINEAR, MAXPOOL, NORM, POSITIVE_OUTPUTS,
                    PRODUCT, RELU_DENOMINATOR, ROUTE, SOFTMAX, WEIGHTED, Handler,
@@ -26,6 +27,7 @@ from .embedding import ConstantHandler, EmbeddingHandler
 from .fixed_linear import FixedLinearHandler
 from .normalization import LayerNormHandler
 from .pooling import MaxPoolHandler
+from .recurrent import RecurrentHandler
 from .registry import (_REGISTRY, get_handler, handler_for, overridden_parent,  # noqa: F401 - _REGISTRY: inspected
                        register_handler, register_op_handler)
 from .routing import GateHandler, RouteHandler, route
@@ -43,7 +45,7 @@ def load_optional_handlers() -> None:
 
 __all__ = ["load_optional_handlers", "Handler", "LinearHandler", "SeparableHandler", "FixedLinearHandler", "MaxPoolHandler", "RouteHandler",
            "GateHandler", "ElementwiseHandler", "ProductHandler", "ContractionHandler", "OpLinearHandler",
-           "SoftmaxHandler", "LayerNormHandler", "EmbeddingHandler", "ConstantHandler", "register_handler", "register_op_handler", "get_handler",
+           "SoftmaxHandler", "LayerNormHandler", "RecurrentHandler", "EmbeddingHandler", "ConstantHandler", "register_handler", "register_op_handler", "get_handler",
            "handler_for", "overridden_parent", "ExplainError", "route", "merge_batchnorm", "batchnorm_affine",
            "override_activations", "apply_activation", "strips_activation", "is_nonneg_activation",
            "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "PRODUCT", "SOFTMAX", "NORM",

@@ -1,0 +1,384 @@
+"""Recurrent layers: ``SimpleRNN``, ``LSTM``, ``GRU`` and ``Bidirectional`` explained after Arras et al. 2017
+("Explaining recurrent neural network predictions in sentiment analysis", WASSA 2017).
+
+Each time step is taken apart into the operations LRP has rules for:
+
+* the linear parts of a cell, ``W x_t + U h_{t-1} + b`` (the candidate of an LSTM, the candidate of a
+  GRU, the pre-activation of a SimpleRNN), are a :class:`~interprettensor.engine.linear.LinearMap` of
+  the two inputs ``[x_t, h_{t-1}]`` with parameters ``{kernel, recurrent_kernel, bias}``, under the
+  rule the composite assigns to the layer (category ``weighted``, kind ``'dense'``);
+* gate x signal products give all of the relevance to the signal ("signal-take-all", the gates are
+  constants): ``h = o * tanh(c)`` passes all of ``h``'s relevance to ``c``, ``i * g`` to ``g``; a GRU's
+  reset gate ``r`` is held constant inside the candidate's linear map (``W x + r ⊙ (U h + b_r)`` or
+  ``W x + U (r ⊙ h)``), so the relevance reaches ``h`` through ``U``;
+* the sums ``c_t = f ⊙ c_{t-1} + i ⊙ g`` (LSTM) and ``h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃`` (GRU) split
+  in proportion to their two summands with the layer rule's stabiliser (``rule.merge_rule()``);
+* the activations (tanh) pass relevance unchanged.
+
+The forward pass and the relevance pass are each one ``tf.scan`` over the time steps, batched over
+the samples. Masked time steps (a mask from ``Embedding(mask_zero=True)`` or ``Masking``) copy the
+state, as Keras does: their input gets zero relevance and the state's relevance passes through. The
+relevance that reaches the initial (zero) state is dropped.
+
+``Bidirectional`` runs both directions with the same code; ``concat`` routes the relevance, ``sum`` and
+``ave`` split it in proportion to the two directions (``rule.merge_rule()``), ``mul`` is refused.
+Refused with an :class:`ExplainError` naming the layer: ``stateful=True``, ``keras.layers.RNN`` with a
+cell other than Keras' SimpleRNN/LSTM/GRU cells (custom, stacked, convolutional), an initial state
+passed as an input.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from ..errors import ExplainError
+from ..linear import LinearMap, linear_relevance, materialize
+from ..rules import Pass
+from .base import WEIGHTED, Handler, check_linear_rule
+
+__all__ = ["BidirectionalHandler", "MaskingHandler", "RecurrentHandler"]
+
+L = keras.layers
+_CELLS = {L.SimpleRNNCell: "simple", L.LSTMCell: "lstm", L.GRUCell: "gru"}
+
+
+def _cell_kind(layer: Any, name: str) -> str:
+    cell = getattr(layer, "cell", None)
+    kind = _CELLS.get(type(cell))
+    if kind is None:
+        what = type(cell).__name__ if cell is not None else "no cell"
+        raise ExplainError(f"layer {name!r} ({type(layer).__name__}) cannot be explained: its cell {what} is not "
+                           f"supported (only SimpleRNN, LSTM and GRU cells are: keras.layers.RNN with a custom cell, "
+                           f"stacked cells and convolutional LSTMs have no LRP handler)")
+    return kind
+
+
+def _check_options(layer: Any, name: str) -> None:
+    if getattr(layer, "stateful", False):
+        raise ExplainError(f"layer {name!r} ({type(layer).__name__}) has stateful=True, which is not supported: "
+                           f"explain a copy of the model built with stateful=False")
+
+
+def _split_inputs(xs: Sequence[tf.Tensor], layer: Any, name: str) -> tuple[tf.Tensor, tf.Tensor | None]:
+    x = xs[0]
+    mask = None
+    for extra in xs[1:]:
+        if extra.dtype == tf.bool:
+            mask = extra
+        else:
+            raise ExplainError(f"layer {name!r} ({type(layer).__name__}) is called with an initial state or "
+                               f"another tensor input besides its sequence and mask; this is not supported")
+    if mask is None:
+        mask = getattr(x, "_keras_mask", None)  # Sequential: the mask travels on the tensor
+        if mask is not None:
+            mask = tf.cast(mask, tf.bool)
+    return x, mask
+
+
+class _Cell:
+    """One cell's step, its parameters cast to the computation's dtype."""
+
+    def __init__(self, layer: Any, dtype: tf.DType):
+        cell = layer.cell
+        self.kind = _CELLS[type(cell)]
+        self.units = cell.units
+        self.act = cell.activation
+        self.rec_act = getattr(cell, "recurrent_activation", None)
+        self.W = tf.cast(ops.convert_to_tensor(cell.kernel), dtype)
+        self.U = tf.cast(ops.convert_to_tensor(cell.recurrent_kernel), dtype)
+        self.b = tf.cast(ops.convert_to_tensor(cell.bias), dtype) if cell.use_bias else None
+        self.reset_after = getattr(cell, "reset_after", False)
+        self.dtype = dtype
+        u = self.units
+        b = self.b
+        if self.kind == "gru":
+            if b is None:
+                self.b_in, self.b_rec = tf.zeros([3 * u], dtype), tf.zeros([3 * u], dtype)
+            elif self.reset_after:
+                self.b_in, self.b_rec = b[0], b[1]
+            else:
+                self.b_in, self.b_rec = b, tf.zeros([3 * u], dtype)
+
+    def n_states(self) -> int:
+        return 2 if self.kind == "lstm" else 1
+
+    # ------------------------------------------------------------------ forward
+    def step(self, x: tf.Tensor, states: list) -> tuple[list, dict]:
+        """New states and what the relevance pass needs of this step."""
+        u = self.units
+        h = states[0]
+        if self.kind == "simple":
+            z = tf.matmul(x, self.W) + tf.matmul(h, self.U)
+            if self.b is not None:
+                z = z + self.b
+            return [self.act(z)], {"z": z}
+        if self.kind == "lstm":
+            c = states[1]
+            z = tf.matmul(x, self.W) + tf.matmul(h, self.U)
+            if self.b is not None:
+                z = z + self.b
+            zi, zf, zc, zo = tf.split(z, 4, axis=-1)
+            i, f, o = self.rec_act(zi), self.rec_act(zf), self.rec_act(zo)
+            g = self.act(zc)
+            keep, new = f * c, i * g
+            c_new = keep + new
+            h_new = o * self.act(c_new)
+            return [h_new, c_new], {"zc": zc, "keep": keep, "new": new, "c": c_new}
+        # GRU
+        mx = tf.matmul(x, self.W) + self.b_in
+        xz, xr, xh = tf.split(mx, 3, axis=-1)
+        if self.reset_after:
+            inner = tf.matmul(h, self.U) + self.b_rec
+            rz, rr, rh = tf.split(inner, 3, axis=-1)
+        else:
+            inner = tf.matmul(h, self.U[:, :2 * u])
+            rz, rr = tf.split(inner, 2, axis=-1)
+        zg = self.rec_act(xz + rz)
+        r = self.rec_act(xr + rr)
+        if self.reset_after:
+            pre = xh + r * rh
+        else:
+            pre = xh + tf.matmul(r * h, self.U[:, 2 * u:])
+        hh = self.act(pre)
+        keep, new = zg * h, (1 - zg) * hh
+        h_new = keep + new
+        return [h_new], {"r": r, "pre": pre, "keep": keep, "new": new, "h": h_new}
+
+    # ------------------------------------------------------------------ linear maps of a step
+    def candidate_map(self, rec: dict) -> LinearMap:
+        """The linear map ``[x_t, h_{t-1}] -> pre-activation`` that carries the signal."""
+        u = self.units
+        if self.kind == "simple":
+            params = {"kernel": self.W, "recurrent_kernel": self.U}
+            if self.b is not None:
+                params["bias"] = self.b
+            return LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + tf.matmul(xs[1], p["recurrent_kernel"])
+                             + p.get("bias", 0.0), params)
+        if self.kind == "lstm":
+            params = {"kernel": self.W[:, 2 * u:3 * u], "recurrent_kernel": self.U[:, 2 * u:3 * u]}
+            if self.b is not None:
+                params["bias"] = self.b[2 * u:3 * u]
+            return LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + tf.matmul(xs[1], p["recurrent_kernel"])
+                             + p.get("bias", 0.0), params)
+        r = rec["r"]  # the reset gate: a constant (r >= 0 for sigmoid-like gates)
+        params = {"kernel": self.W[:, 2 * u:], "recurrent_kernel": self.U[:, 2 * u:]}
+        if self.reset_after:
+            if self.b is not None:
+                params["bias"] = self.b_in[2 * u:] + r * self.b_rec[2 * u:]
+            fn = lambda xs, p: (tf.matmul(xs[0], p["kernel"]) + r * tf.matmul(xs[1], p["recurrent_kernel"])
+                                + p.get("bias", 0.0))
+        else:
+            if self.b is not None:
+                params["bias"] = self.b_in[2 * u:]
+            fn = lambda xs, p: (tf.matmul(xs[0], p["kernel"]) + tf.matmul(r * xs[1], p["recurrent_kernel"])
+                                + p.get("bias", 0.0))
+        return LinearMap(fn, params, bias_axis=None)
+
+
+_SUM = LinearMap(lambda xs, p: xs[0] + xs[1], {}, bias_axis=None)
+
+
+class RecurrentHandler(Handler):
+    """``SimpleRNN``, ``LSTM`` and ``GRU`` (see the module docstring). Outputs: the sequence or the
+    last output, then the final states with ``return_state``."""
+
+    category = WEIGHTED
+    kind = "dense"
+
+    def forward(self, layer, xs, step):
+        _check_options(layer, step.name)
+        _cell_kind(layer, step.name)
+        x, mask = _split_inputs(xs, layer, step.name)
+        cell = _Cell(layer, x.dtype)
+        seq = tf.transpose(x, [1, 0, 2])  # (T, B, F)
+        batch = tf.shape(x)[0]
+        m = None if mask is None else tf.transpose(mask, [1, 0])
+        if layer.go_backwards:
+            seq = tf.reverse(seq, [0])
+            m = None if m is None else tf.reverse(m, [0])
+        zeros = tf.zeros(tf.stack([batch, cell.units]), x.dtype)
+        init_states = [zeros] * cell.n_states()
+        zero_out = bool(getattr(layer, "zero_output_for_mask", False))
+
+        def body(acc, elem):
+            states, prev_out = acc["states"], acc["out"]
+            x_t, m_t = elem
+            new_states, rec = cell.step(x_t, states)
+            out = new_states[0]
+            if m is not None:
+                keep = tf.expand_dims(m_t, -1)
+                new_states = [tf.where(keep, s, p) for s, p in zip(new_states, states)]
+                out = tf.where(keep, out, tf.zeros_like(out) if zero_out else prev_out)
+            return {"states": new_states, "out": out, "prev": states, "rec": rec}
+
+        m_elems = m if m is not None else tf.ones(tf.shape(seq)[:2], tf.bool)
+        _, rec0 = cell.step(seq[0], init_states)  # the shapes of a step's record (for the initializer)
+        init = {"states": init_states, "out": zeros, "prev": init_states,
+                "rec": {k: tf.zeros_like(v) for k, v in rec0.items()}}
+        acc = tf.scan(body, (seq, m_elems), initializer=init)
+        outs_seq = acc["out"]  # (T, B, U)
+        final_states = [s[-1] for s in acc["states"]]
+        if layer.return_sequences:
+            y = tf.transpose(outs_seq, [1, 0, 2])
+        else:
+            y = outs_seq[-1]
+        outputs = [y] + (final_states if layer.return_state else [])
+        state = {"seq": seq, "mask": m, "prev": acc["prev"], "rec": acc["rec"], "zero_out": zero_out}
+        return outputs, state
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        if isinstance(rule, Pass):
+            raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule 'pass'")
+        rule = check_linear_rule(rule, step)
+        merge = rule.merge_rule()
+        seq = state["seq"]
+        cell = _Cell(layer, seq.dtype)
+        dtype = seq.dtype
+        Rs = [tf.cast(materialize(r), dtype) for r in Rs]
+        T = tf.shape(seq)[0]
+        batch = tf.shape(seq)[1]
+        zeros = tf.zeros(tf.stack([batch, cell.units]), dtype)
+        R_y = Rs[0]
+        if layer.return_sequences:
+            R_out = tf.transpose(tf.reshape(R_y, tf.shape(ys[0])), [1, 0, 2])
+            R_h0 = zeros
+        else:
+            R_out = tf.zeros(tf.stack([T, batch, cell.units]), dtype)
+            R_h0 = tf.reshape(R_y, tf.shape(zeros))
+        R_c0 = zeros
+        if layer.return_state:
+            R_h0 = R_h0 + Rs[1]
+            if cell.kind == "lstm":
+                R_c0 = R_c0 + Rs[2]
+        m = state["mask"]
+        m_elems = m if m is not None else tf.ones(tf.shape(seq)[:2], tf.bool)
+        zero_out = state["zero_out"]
+
+        def body(acc, elem):
+            R_h, R_c = acc["R_h"], acc["R_c"]
+            x_t, m_t, R_o, prev, rec = elem
+            keep = tf.expand_dims(m_t, -1)
+            R_o = tf.where(keep, R_o, tf.zeros_like(R_o)) if zero_out else R_o
+            R_h = R_h + R_o
+            h_prev = prev[0]
+            if cell.kind == "simple":
+                R_x, R_hp = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_h, rule, rec["z"])
+                R_cp = R_c
+            elif cell.kind == "lstm":
+                R_ct = R_c + R_h  # h = o * tanh(c): the gate o is a constant, tanh passes
+                R_cp, R_g = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_ct, merge, rec["c"])
+                # i * g: all to the signal g; g = tanh(zc) passes
+                R_x, R_hp = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_g, rule, rec["zc"])
+            else:
+                R_keep, R_new = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_h, merge, rec["h"])
+                # z * h_prev and (1 - z) * h~: gates constant; h~ = tanh(pre) passes
+                R_x, R_hp = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_new, rule, rec["pre"])
+                R_hp = R_hp + R_keep
+                R_cp = R_c
+            # masked steps copy the state: no relevance for the input, the state's passes through
+            R_x = tf.where(keep, R_x, tf.zeros_like(R_x))
+            R_hp = tf.where(keep, R_hp, R_h)
+            R_cp = tf.where(keep, R_cp, R_c)
+            return {"R_h": R_hp, "R_c": R_cp, "R_x": R_x}
+
+        init = {"R_h": R_h0, "R_c": R_c0, "R_x": tf.zeros_like(seq[0])}
+        acc = tf.scan(body, (seq, m_elems, R_out, state["prev"], state["rec"]), initializer=init, reverse=True)
+        R_x = acc["R_x"]  # (T, B, F), in the order of the processed sequence
+        if layer.go_backwards:
+            R_x = tf.reverse(R_x, [0])
+        R_x = tf.transpose(R_x, [1, 0, 2])
+        return [R_x] + [None] * (len(xs) - 1)
+
+
+class BidirectionalHandler(Handler):
+    """``Bidirectional``: both directions run by :class:`RecurrentHandler`; the merge is exact routing
+    (``concat``, ``None``) or a sum split in proportion to the two directions with the layer rule's
+    stabiliser (``sum``, ``ave``). ``mul`` (a product of two computed tensors) is refused."""
+
+    category = WEIGHTED
+    kind = "dense"
+
+    def __init__(self, recurrent: RecurrentHandler):
+        self.recurrent = recurrent
+
+    @staticmethod
+    def _sub(step: Any, layer: Any) -> Any:
+        return types.SimpleNamespace(name=f"{step.name}/{layer.name}", type_name=type(layer).__name__)
+
+    def forward(self, layer, xs, step):
+        if layer.merge_mode not in ("concat", "sum", "ave", None):
+            raise ExplainError(f"layer {step.name!r} (Bidirectional) has merge_mode={layer.merge_mode!r}, which is "
+                               f"not supported: the product of the two directions has no signal-take-all rule; use "
+                               f"'concat', 'sum' or 'ave'")
+        fl, bl = layer.forward_layer, layer.backward_layer
+        if getattr(layer, "return_state", False) != fl.return_state:
+            raise ExplainError(f"layer {step.name!r} (Bidirectional): unsupported return_state configuration")
+        ys_f, st_f = self.recurrent.forward(fl, xs, self._sub(step, fl))
+        ys_b, st_b = self.recurrent.forward(bl, xs, self._sub(step, bl))
+        y, y_rev = ys_f[0], ys_b[0]
+        if layer.return_sequences:
+            y_rev = tf.reverse(y_rev, [1])
+        mode = layer.merge_mode
+        if mode == "concat":
+            out = [tf.concat([y, y_rev], -1)]
+        elif mode == "sum":
+            out = [y + y_rev]
+        elif mode == "ave":
+            out = [(y + y_rev) / tf.cast(2, y.dtype)]
+        else:
+            out = [y, y_rev]
+        outputs = out + ys_f[1:] + ys_b[1:]
+        return outputs, {"f": (ys_f, st_f), "b": (ys_b, st_b), "y": y, "y_rev": y_rev, "out": out[0]}
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        rule = check_linear_rule(rule, step)
+        Rs = [materialize(r) for r in Rs]
+        mode = layer.merge_mode
+        y, y_rev = state["y"], state["y_rev"]
+        n_out = 2 if mode is None else 1
+        R_out, R_states = Rs[:n_out], Rs[n_out:]
+        if mode is None:
+            R_f, R_b = R_out
+        elif mode == "concat":
+            R_f, R_b = tf.split(tf.reshape(R_out[0], tf.shape(state["out"])), 2, axis=-1)
+        else:
+            scale = 1.0 if mode == "sum" else 0.5
+            merge = LinearMap(lambda v, p: (v[0] + v[1]) * tf.cast(scale, v[0].dtype), {}, bias_axis=None)
+            R_f, R_b = linear_relevance(merge, [y, y_rev], tf.reshape(R_out[0], tf.shape(state["out"])),
+                                        rule.merge_rule(), state["out"])
+        if layer.return_sequences:
+            R_b = tf.reverse(R_b, [1])
+        fl, bl = layer.forward_layer, layer.backward_layer
+        n_states = len(state["f"][0]) - 1
+        R_in = None
+        for sub, (ys_sub, st_sub), R, R_st in ((fl, state["f"], R_f, R_states[:n_states]),
+                                               (bl, state["b"], R_b, R_states[n_states:])):
+            r = self.recurrent.relevance(sub, xs, ys_sub, st_sub, [R] + list(R_st), rule, self._sub(step, sub))[0]
+            R_in = r if R_in is None else R_in + r
+        return [R_in] + [None] * (len(xs) - 1)
+
+
+class MaskingHandler(Handler):
+    """``Masking``: the output is the input with masked time steps zeroed; relevance passes."""
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        return [tf.reshape(materialize(Rs[0]), tf.shape(xs[0]))]
+
+
+def register_recurrent_layers() -> None:
+    """Register the recurrent handler for Keras' RNN layers (other cells are refused by name) and
+    ``Masking``."""
+    from .registry import register_keras_family
+
+    recurrent = RecurrentHandler()
+    register_keras_family([(L.RNN, recurrent), (L.SimpleRNN, recurrent), (L.LSTM, recurrent), (L.GRU, recurrent),
+                           (L.Bidirectional, BidirectionalHandler(recurrent)), (L.Masking, MaskingHandler())])
+
+
+register_recurrent_layers()
