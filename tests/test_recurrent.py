@@ -228,3 +228,18 @@ def test_refusals():
     model = keras.Model(inp, L.Bidirectional(L.GRU(U), merge_mode="mul", name="my_bi")(inp))
     with pytest.raises(it.ExplainError, match="my_bi.*mul"):
         it.lrp(model, x)
+
+
+def test_box_rule_is_not_applied_to_a_recurrent_first_layer():
+    """epsilon_gamma_box's z^B bounds hold for x_t, not for the state h_{t-1}: a recurrent first layer
+    gets the preset's rule for its kind, and z^B assigned to it by hand is an error."""
+    import keras
+
+    inp = keras.Input((5, 3))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.LSTM(4, name="rec")(inp)))
+    x = np.random.default_rng(0).random((2, 5, 3)).astype("float32")
+    ex = it.Explainer(model, "epsilon_gamma_box", low=0.0, high=1.0)
+    assert not isinstance(ex.rule_map()["rec"], it.rules.ZBox)
+    assert np.isfinite(ex(x)).all()
+    with pytest.raises(it.ExplainError, match="z\\^B"):
+        it.Explainer(model, it.Composite(default="epsilon", name_map={"rec": it.rules.ZBox(0.0, 1.0)}))

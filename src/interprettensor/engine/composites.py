@@ -137,7 +137,9 @@ class Composite:
         boxed = box_input_keys(graph)
 
         def on_box_input(step: Step) -> bool:
-            return bool(step.inputs) and all(k in boxed for k in step.inputs)
+            # recurrent layers also read their own state, which the input's box does not bound
+            return (bool(step.inputs) and all(k in boxed for k in step.inputs)
+                    and getattr(step.handler, "accepts_box", True))
 
         if isinstance(self.first, ZBox):  # z^B needs an input bounded by the model input's box
             firsts = {s for s in firsts if on_box_input(s)}

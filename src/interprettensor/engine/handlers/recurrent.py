@@ -190,6 +190,8 @@ class RecurrentHandler(Handler):
 
     category = WEIGHTED
     kind = "dense"
+    #: z^B cannot apply: its bounds hold for the input x_t, not for the recurrent state h_{t-1}
+    accepts_box = False
 
     def forward(self, layer, xs, step):
         _check_options(layer, step.name)
@@ -303,6 +305,7 @@ class BidirectionalHandler(Handler):
 
     category = WEIGHTED
     kind = "dense"
+    accepts_box = False
 
     def __init__(self, recurrent: RecurrentHandler):
         self.recurrent = recurrent
