@@ -319,3 +319,11 @@ def test_fully_masked_rows_masked_pooling_and_rectangular_causal_mask():
     rng = np.random.default_rng(15)
     _, Rkv = it.lrp(rect, [rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))], rule="cp_lrp")
     assert np.all(Rkv[:, 3:] == 0), "query t sees keys s <= t"
+
+
+def test_token_ids_beyond_the_vocabulary_are_named():
+    model = _encoder(vocab=30)
+    with pytest.raises(ExplainError, match="index 30.*'tokens'.*30 rows"):
+        it.lrp(model, np.full((1, 7), 30), rule="attnlrp")
+    with pytest.raises(ExplainError, match="index -1"):
+        it.lrp(model, np.full((1, 7), -1), rule="attnlrp")

@@ -300,6 +300,7 @@ class Explainer:
         """
         xs = self._inputs(x)
         self._activate_for(xs)
+        self._check_indices(xs)
         n = int(xs[0].shape[0])
         targets = as_targets(target, n)
         R0 = self._custom_relevance(relevance, xs)
@@ -341,6 +342,26 @@ class Explainer:
             raise ExplainError(f"all inputs need the same batch size, got {[int(t.shape[0]) for t in xs]}")
         check_finite(xs)
         return xs
+
+    def _check_indices(self, xs: Sequence[tf.Tensor]) -> None:
+        """Integer inputs read by an embedding must be valid rows of its table."""
+        if self.graph is None:
+            return
+        for step in self.graph.steps:
+            size = getattr(step.layer, "input_dim", None)
+            if not getattr(step.handler, "integer_inputs", False) or not isinstance(size, int) or not step.inputs:
+                continue
+            if step.inputs[0] not in self.graph.inputs:
+                continue
+            i = self.graph.inputs.index(step.inputs[0])
+            ids = xs[i].numpy()
+            if ids.dtype.kind not in "iu" or not ids.size:
+                continue
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= size:
+                raise ExplainError(f"input {self.graph.input_names[i]!r} holds the index {hi if hi >= size else lo}, but "
+                                   f"layer {step.name!r} ({step.type_name}) has {size} rows: indices must be in "
+                                   f"[0, {size - 1}]")
 
     def _custom_relevance(self, relevance: ArrayLike | None, xs: Sequence[tf.Tensor]) -> tf.Tensor | None:
         """A custom starting relevance, checked: one finite row per sample, shaped like the explained
@@ -389,6 +410,9 @@ class Explainer:
                 msg = e.message or str(e)
                 if "target out of range" in msg:
                     raise ExplainError(msg[msg.index("target out of range"):].split("]")[0]) from None
+                if "is not in [0," in msg:  # a gather beyond an embedding's table
+                    raise ExplainError(f"an index input is out of range for the table it reads: "
+                                       f"{msg.splitlines()[0][:300]}") from None
                 raise
             if not self._verified:
                 self.check_forward(part, res[3])
