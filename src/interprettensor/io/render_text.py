@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import html
 import os
-import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .render import get_cmap, normalize
+from .shards import atomic_write
 
 __all__ = ["save_html", "save_png", "token_colors", "tokens_from_ids", "tokens_html"]
 
@@ -203,22 +203,10 @@ def _legend_html(cmap: str, stops: int = 21) -> str:
 
 
 def _write_atomic(path: str, write: Callable[[Any], None]) -> str:
-    """Write ``path`` through a temporary file in its folder (created when missing) and a rename: an
-    error leaves no partial file, and an older file at ``path`` stays as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``path`` through a temporary file and a rename (:func:`~.shards.atomic_write`), creating
+    its folder when missing: an error leaves no partial file, and an older file stays as it was."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write)
     return path
 
 
