@@ -28,42 +28,38 @@ import tensorflow as tf
 from .linear import distinct
 from .rules import TINY, Rule, constant, register_rule, stabilize
 
-__all__ = ["OPERATION_RULE_NAMES", "Gate", "SoftmaxRule", "UniformProduct", "product_relevance", "softmax_relevance"]
+__all__ = ["OPERATION_RULE_NAMES", "Gate", "ProductRule", "SoftmaxRule", "UniformProduct", "product_relevance",
+           "softmax_relevance"]
 
 
-def _check_epsilon(epsilon: Any) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon < float("inf"):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    return float(epsilon) if epsilon > 0 else TINY
-
-
-class UniformProduct(Rule):
-    """The uniform rule for products of activations (AttnLRP, Achtibat et al. 2024, Prop. 3.3): each
-    of the ``n`` factors receives ``1/n`` of the relevance, by the epsilon rule with the other factors
-    held fixed. ``epsilon``: the stabiliser (default: the z-rule's tiny one, as everywhere)."""
-
-    name = "uniform"
+class ProductRule(Rule):
+    """A rule for products of activations, with the stabiliser of its epsilon divisions
+    (default: the z-rule's tiny one, as everywhere)."""
 
     def __init__(self, epsilon: float = TINY):
-        self.epsilon = _check_epsilon(epsilon)
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon < float("inf"):
+            raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+        self.epsilon = float(epsilon) if epsilon > 0 else TINY
 
     def params(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}
 
 
-class Gate(Rule):
+class UniformProduct(ProductRule):
+    """The uniform rule for products of activations (AttnLRP, Achtibat et al. 2024, Prop. 3.3): each
+    of the ``n`` factors receives ``1/n`` of the relevance, by the epsilon rule with the other factors
+    held fixed."""
+
+    name = "uniform"
+
+
+class Gate(ProductRule):
     """Gates are constants (CP-LRP, Ali et al. 2022): the factor that carries the signal receives all
     of the relevance, by the epsilon rule with the gating factors (attention weights, a sigmoid or
     SiLU gate) held fixed. Which factor is the gate is decided from the graph: the output of a softmax
     or of a squashing/gating activation; otherwise the factor shaped like the output is the signal."""
 
     name = "gate"
-
-    def __init__(self, epsilon: float = TINY):
-        self.epsilon = _check_epsilon(epsilon)
-
-    def params(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon}
 
 
 class SoftmaxRule(Rule):
