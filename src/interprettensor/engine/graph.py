@@ -144,12 +144,16 @@ _CONSTANT = ConstantHandler()
 def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None) -> Step:
     out_float = _floating(node.outputs) if node is not None else None
     handler = handler_for(op)
+    if handler is not None and hasattr(handler, "for_layer"):  # a wrapper: built around the wrapped layer's
+        handler = handler.for_layer(op)
     if out_float is not None and not any(out_float):
         handler = _CONSTANT  # integer or boolean outputs (masks, indices): no relevance flows through them
     if handler is None:
         parent = overridden_parent(op)
         why = (f" (it subclasses {parent.__name__} but overrides call, so {parent.__name__}'s handler would "
                f"explain another computation)" if parent is not None else "")
+        if isinstance(op, keras.layers.TimeDistributed):
+            why = f" (the layer it wraps, {type(op.layer).__name__}, has none)"
         raise ExplainError(
             f"layer {name!r} of type {type(op).__name__} cannot be explained: no LRP handler is "
             f"registered for it{why}. Register one with interprettensor.register_handler({type(op).__name__}, "

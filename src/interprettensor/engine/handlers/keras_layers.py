@@ -17,6 +17,7 @@ from .normalization import LayerNormHandler
 from .pooling import MaxPoolHandler, winner_takes_all_3d
 from .registry import register_keras_family, register_op_handler
 from .routing import GateHandler, RouteHandler
+from .time_distributed import TimeDistributedDispatch
 from .weighted import LinearHandler, SeparableHandler, batchnorm_affine, bias_add
 
 L = keras.layers
@@ -181,6 +182,7 @@ register_keras_family([
     (L.Softmax, _softmax),
     (L.LayerNormalization, LayerNormHandler()),
     (L.Embedding, EmbeddingHandler()),
+    (L.TimeDistributed, TimeDistributedDispatch()),
     *[(t, ReversibleEmbeddingHandler()) for t in (getattr(L, "ReversibleEmbedding", None),) if t is not None],
 ])
 

@@ -1,0 +1,59 @@
+"""``TimeDistributed``: the wrapped layer applied to every time step. Its handler runs on the steps
+folded into the batch axis, ``(B, T, ...) -> (B·T, ...)``, under the rule the composite assigns to
+the wrapped layer's kind (a ``TimeDistributed(Dense)`` is a dense layer, a
+``TimeDistributed(Conv2D)`` a convolution)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from ..errors import ExplainError
+from ..linear import materialize
+from .base import Handler
+from .registry import get_handler
+
+__all__ = ["TimeDistributedHandler", "TimeDistributedDispatch"]
+
+
+def _fold(x: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+
+
+def _unfold(y: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(y, tf.concat([tf.shape(like)[:2], tf.shape(y)[1:]], 0))
+
+
+class TimeDistributedHandler(Handler):
+    """The wrapped layer's handler on time steps folded into the batch (see the module docstring)."""
+
+    def __init__(self, inner: Handler):
+        self.inner = inner
+        self.category = inner.category
+        if hasattr(inner, "kind"):
+            self.kind = inner.kind
+
+    def forward(self, layer, xs, step):
+        if len(xs) != 1:
+            raise ExplainError(f"layer {step.name!r} (TimeDistributed) is called with a mask or several inputs; "
+                               f"only a single input is supported")
+        outs, state = self.inner.forward(layer.layer, [_fold(xs[0])], step)
+        return [_unfold(materialize(o), xs[0]) for o in outs], {"inner": state, "outs": outs}
+
+    def output_nonneg(self, layer, inputs_nonneg, step):
+        return self.inner.output_nonneg(layer.layer, inputs_nonneg, step)
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+        folded = [_fold(materialize(R)) for R in Rs]
+        R_in = self.inner.relevance(layer.layer, [_fold(xs[0])], state["outs"], state["inner"], folded, rule, step)
+        return [_unfold(materialize(R_in[0]), xs[0])]
+
+
+class TimeDistributedDispatch(Handler):
+    """Registered for ``TimeDistributed``: the graph asks it for the handler of each such layer
+    (:meth:`for_layer`), built around the wrapped layer's own handler."""
+
+    def for_layer(self, layer: Any) -> Handler | None:
+        inner = get_handler(layer.layer)
+        return None if inner is None else TimeDistributedHandler(inner)
