@@ -204,3 +204,20 @@ def test_command_errors_are_clear(tmp_path, capsys):
         main(["demo-text", "--help"])
     assert e.value.code == 0
     assert "--train-size" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ recurrent models
+@pytest.mark.slow
+def test_recurrent_models_learn_and_lrp_finds_the_marker(tmp_path):
+    for arch in ("lstm", "gru"):
+        res = dt.run_text_demo(str(tmp_path), quiet=True, arch=arch, **SMALL)
+        assert res["accuracy"] > 0.9, arch
+        assert res["marker_top"]["epsilon"] >= 0.95, (arch, res["marker_top"])
+        assert res["methods"]["LRP-epsilon"]["preset"] == "epsilon"
+        saved = json.loads((tmp_path / f"text_demo_{arch}_summary.json").read_text(encoding="utf-8"))
+        assert saved["arch"] == arch and saved["rule"].startswith("epsilon")
+        gxi = saved["marker_top"]["gradient_x_input"]  # the baseline's figure is there (its value not asserted)
+        assert isinstance(gxi, float) and saved["methods"]["Gradient x input"]["marker_top"] == gxi
+        for ext in ("html", "png"):
+            assert (tmp_path / f"text_demo_{arch}.{ext}").stat().st_size > 0
+    assert not (tmp_path / "text_demo_summary.json").exists()  # the transformer's files are left alone

@@ -285,6 +285,9 @@ def _demo_text_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="Adam learning rate (default: %(default)s)")
     d.add_argument("--cmap", default="bwr", help="colour map: bwr, coldnhot or a matplotlib name (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="random seed of the data and the training (default: %(default)s)")
+    d.add_argument("--arch", choices=("transformer", "lstm", "gru"), default="transformer",
+                   help="model: the transformer (AttnLRP, CP-LRP) or Embedding(mask_zero) -> LSTM/GRU -> Dense "
+                        "(LRP epsilon and gradient x input; outputs OUT/text_demo_ARCH.*) (default: %(default)s)")
     d.set_defaults(func=cmd_demo_text)
 
 
@@ -299,7 +302,7 @@ def cmd_demo_text(args: argparse.Namespace) -> int:
     res = run_text_demo(args.out, epochs=args.epochs, seed=args.seed, quiet=args.quiet, n_train=args.train_size,
                         n_test=args.test_size, n_examples=args.examples, blocks=args.blocks,
                         batch_size=args.batch_size, learning_rate=args.learning_rate, cmap=args.cmap,
-                        echo=lambda m: _say(args, m))
+                        echo=lambda m: _say(args, m), arch=args.arch)
     print(f"example sentences: {res['html']}, {res['png']}\nfigures: {res['summary']}")
     _say(args, f"done in {res['seconds']:.1f} s")
     return 0

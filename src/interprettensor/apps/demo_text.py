@@ -16,7 +16,15 @@ correctly classified test sentence (target: the predicted class) with ``it.Expla
 (over the non-padding tokens), and writes ``text_demo.html``, ``text_demo.png`` (example sentences,
 coloured by relevance, see :mod:`interprettensor.io.render_text`) and ``text_demo_summary.json``.
 
-Command line: ``interprettensor demo-text --out DIR``.
+With ``arch="lstm"`` or ``"gru"`` the model is instead ``Embedding(vocab, dim, mask_zero=True)`` ->
+``LSTM(dim)`` (or ``GRU(dim)``) -> ``Dense(3)`` (:func:`build_recurrent_model`), trained until the test
+accuracy exceeds 95 % (a few epochs past ``epochs`` at most), and explained with the rule ``"epsilon"``
+(LRP for recurrent layers after Arras et al., the library's default for recurrent models) and, as a
+baseline, gradient x input at the embedding output summed over the embedding axis
+(:func:`gradient_x_input`). Its outputs carry the architecture as a suffix: ``text_demo_lstm.html``,
+``text_demo_lstm.png``, ``text_demo_lstm_summary.json``.
+
+Command line: ``interprettensor demo-text --out DIR [--arch {transformer,lstm,gru}]``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CLASS_NAMES", "CLS", "MARKERS", "METHODS", "PAD", "SEQ_LEN", "VOCAB", "build_text_model",
-           "format_text_table", "make_sentences", "marker_share", "marker_top_fraction",
-           "run_text_demo"]
+__all__ = ["ARCHS", "CLASS_NAMES", "CLS", "MARKERS", "METHODS", "PAD", "RECURRENT_METHODS", "SEQ_LEN", "VOCAB",
+           "build_recurrent_model", "build_text_model", "format_text_table", "gradient_x_input", "make_sentences",
+           "marker_share", "marker_top_fraction", "run_text_demo"]
 
 PAD, CLS = 0, 1
 #: the marker words; the marker at index c decides class c
@@ -50,6 +58,14 @@ FIRST_FILLER = FIRST_MARKER + len(MARKERS)
 SEQ_LEN = 20
 #: the explanation methods compared, as (label, preset)
 METHODS = (("AttnLRP", "attnlrp"), ("CP-LRP", "cp_lrp"))
+#: the methods compared for the recurrent models, as (label, rule); ``None``: gradient x input
+RECURRENT_METHODS = (("LRP-epsilon", "epsilon"), ("Gradient x input", None))
+#: the model architectures of :func:`run_text_demo`
+ARCHS = ("transformer", "lstm", "gru")
+#: the key of gradient x input in the summary's ``marker_top``
+GXI = "gradient_x_input"
+#: for the recurrent models: the accuracy to train to, and the extra epochs allowed to reach it
+TARGET_ACCURACY, MAX_EXTRA_EPOCHS = 0.95, 10
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -113,6 +129,43 @@ def build_text_model(vocab_size: int = len(VOCAB), seq_len: int = SEQ_LEN, dim: 
     return keras.Model(ids, logits, name="marker_transformer")
 
 
+def build_recurrent_model(arch: str = "lstm", vocab_size: int = len(VOCAB), seq_len: int = SEQ_LEN, dim: int = 32,
+                          n_classes: int = len(MARKERS)):
+    """``Embedding(vocab_size, dim, mask_zero=True)`` -> ``LSTM(dim)`` (``arch="lstm"``) or ``GRU(dim)``
+    (``"gru"``) -> ``Dense(n_classes)``: token ids ``(batch, seq_len)`` (int32, ``[PAD]`` = 0) -> logits.
+    The embedding's mask makes the recurrent layer skip the padding."""
+    import keras
+    from keras import layers as L
+
+    if arch not in ("lstm", "gru"):
+        raise ValueError(f"arch must be 'lstm' or 'gru', got {arch!r}")
+    ids = keras.Input((seq_len,), dtype="int32", name="token_ids")
+    h = L.Embedding(vocab_size, dim, mask_zero=True, name="token_embedding")(ids)
+    h = (L.LSTM if arch == "lstm" else L.GRU)(dim, name="recurrent")(h)
+    logits = L.Dense(n_classes, name="logits")(h)
+    return keras.Model(ids, logits, name=f"marker_{arch}")
+
+
+def gradient_x_input(model, ids: np.ndarray, target: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Gradient x input at the embedding output of a :func:`build_recurrent_model` model, summed over the
+    embedding axis: one relevance per token, ``(n, seq_len)``. ``target``: the class explained per
+    sentence. The layers are called one after the other (with the embedding's padding mask) under a
+    ``tf.GradientTape`` watching the embedding output."""
+    import tensorflow as tf
+
+    emb, rnn, head = (model.get_layer(n) for n in ("token_embedding", "recurrent", "logits"))
+    out = []
+    for s in range(0, len(ids), batch_size):
+        x = tf.constant(np.asarray(ids[s:s + batch_size], dtype=np.int32))
+        t = tf.constant(np.asarray(target[s:s + batch_size], dtype=np.int64))
+        e = emb(x)
+        with tf.GradientTape() as tape:
+            tape.watch(e)
+            y = tf.gather(head(rnn(e, mask=emb.compute_mask(x))), t, axis=1, batch_dims=1)
+        out.append(tf.reduce_sum(tape.gradient(y, e) * e, axis=-1).numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, ids.shape[1]))
+
+
 # ---------------------------------------------------------------------------------------- measures
 def marker_top_fraction(R: np.ndarray, ids: np.ndarray, marker_pos: np.ndarray) -> float:
     """The fraction of sentences whose highest-relevance token (over the non-padding positions) is the
@@ -137,9 +190,10 @@ def marker_share(R: np.ndarray, ids: np.ndarray, marker_pos: np.ndarray) -> floa
 def format_text_table(summary: dict[str, Any]) -> str:
     """The printed summary: method, model accuracy, marker-top fraction, marker share of the absolute
     relevance, sentences explained."""
-    lines = [f"{'method':<10} {'accuracy':>9} {'marker top':>11} {'marker share':>13} {'explained':>10}"]
+    w = max([10] + [len(label) for label in summary["methods"]])
+    lines = [f"{'method':<{w}} {'accuracy':>9} {'marker top':>11} {'marker share':>13} {'explained':>10}"]
     for label, m in summary["methods"].items():
-        lines.append(f"{label:<10} {summary['accuracy']:>9.4f} {m['marker_top']:>11.4f} {m['marker_share']:>13.4f} "
+        lines.append(f"{label:<{w}} {summary['accuracy']:>9.4f} {m['marker_top']:>11.4f} {m['marker_share']:>13.4f} "
                      f"{summary['explained']:>10d}")
     return "\n".join(lines)
 
@@ -165,10 +219,17 @@ def _check_positive(**values: Any) -> None:
 def run_text_demo(out: str = "output/demo_text", epochs: int = 3, seed: int = 0, quiet: bool = False,
                   n_train: int = 3000, n_test: int = 500, n_examples: int = 6, blocks: int = 2, dim: int = 32,
                   heads: int = 2, batch_size: int = 64, learning_rate: float = 3e-3, cmap: str = "bwr",
-                  echo: Callable[[str], Any] = print) -> dict[str, Any]:
+                  echo: Callable[[str], Any] = print, arch: str = "transformer") -> dict[str, Any]:
     """Generate the data, train the transformer, explain the correctly classified test sentences with
     AttnLRP and CP-LRP, and write ``out/text_demo.html``, ``out/text_demo.png`` and
     ``out/text_demo_summary.json``. See the module docstring.
+
+    ``arch="lstm"`` or ``"gru"``: the recurrent model of :func:`build_recurrent_model` instead (``blocks``
+    and ``heads`` unused), trained for ``epochs`` epochs and then one more at a time (at most
+    ``MAX_EXTRA_EPOCHS``) until the test accuracy exceeds 95 %, explained with LRP (rule ``"epsilon"``)
+    and gradient x input (``marker_top`` keys ``"epsilon"`` and ``"gradient_x_input"``); the outputs are
+    ``out/text_demo_<arch>.html``, ``.png`` and ``_summary.json``, and the summary also holds ``"arch"``,
+    ``"rule"`` and ``"epochs_trained"``.
 
     Unless ``quiet``, progress messages and the summary table go to ``echo`` (and a progress bar to
     stderr). Returns the figures (also in the JSON file)::
@@ -182,7 +243,10 @@ def run_text_demo(out: str = "output/demo_text", epochs: int = 3, seed: int = 0,
                     batch_size=batch_size, learning_rate=learning_rate)
     if n_examples < 0:
         raise ValueError(f"n_examples must be >= 0, got {n_examples!r}")
-    if dim % heads:
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    recurrent = arch != "transformer"
+    if not recurrent and dim % heads:
         raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads})")
     import keras
 
@@ -196,28 +260,39 @@ def run_text_demo(out: str = "output/demo_text", epochs: int = 3, seed: int = 0,
     say: Callable[[str], Any] = (lambda m: None) if quiet else echo
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
-    html_path = os.path.join(out, "text_demo.html")
-    png_path = os.path.join(out, "text_demo.png")
-    json_path = os.path.join(out, "text_demo_summary.json")
+    stem = "text_demo" + (f"_{arch}" if recurrent else "")
+    html_path = os.path.join(out, f"{stem}.html")
+    png_path = os.path.join(out, f"{stem}.png")
+    json_path = os.path.join(out, f"{stem}_summary.json")
 
     rng = np.random.default_rng(seed)
     x_train, y_train, _ = make_sentences(n_train, rng)
     x_test, y_test, where_test = make_sentences(n_test, rng)
 
     keras.utils.set_random_seed(seed)
-    model = build_text_model(dim=dim, heads=heads, blocks=blocks)
+    model = build_recurrent_model(arch, dim=dim) if recurrent else build_text_model(dim=dim, heads=heads, blocks=blocks)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    say(f"training a {blocks}-block transformer on {n_train} generated sentences, {epochs} epoch(s) ...")
+    what = {"lstm": "an LSTM", "gru": "a GRU"}.get(arch, f"a {blocks}-block transformer")
+    say(f"training {what} on {n_train} generated sentences, {epochs} epoch(s) ...")
     t_train = time.time()
     steps = int(np.ceil(n_train / batch_size)) * epochs
     model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
               callbacks=[ProgressBar(steps, quiet)])
+
+    def test_predictions() -> tuple[np.ndarray, float]:
+        p = np.asarray(model.predict(x_test, batch_size=256, verbose=0)).argmax(-1)
+        return p, float((p == y_test).mean())
+
+    pred, acc = test_predictions()
+    trained = epochs
+    while recurrent and acc <= TARGET_ACCURACY and trained < epochs + MAX_EXTRA_EPOCHS:
+        say(f"test accuracy {acc:.3f} after {trained} epoch(s): one more ...")
+        model.fit(x_train, y_train, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+        trained += 1
+        pred, acc = test_predictions()
     train_seconds = time.time() - t_train
-    logits = np.asarray(model.predict(x_test, batch_size=256, verbose=0))
-    pred = logits.argmax(-1)
-    acc = float((pred == y_test).mean())
-    if acc <= 0.95:
+    if acc <= TARGET_ACCURACY:
         say(f"note: the test accuracy is only {acc:.3f}; more --epochs should help")
 
     correct = np.flatnonzero(pred == y_test)
@@ -227,12 +302,17 @@ def run_text_demo(out: str = "output/demo_text", epochs: int = 3, seed: int = 0,
     relevances: dict[str, np.ndarray] = {}
     from tqdm.auto import tqdm
 
-    for label, preset in tqdm(METHODS, desc="explaining", disable=quiet, file=sys.stderr, leave=False):
+    compared = RECURRENT_METHODS if recurrent else METHODS
+    for label, preset in tqdm(compared, desc="explaining", disable=quiet, file=sys.stderr, leave=False):
         t1 = time.time()
-        explainer = it.Explainer(model, preset)
-        R = np.asarray(explainer(xs, target=ts, batch_size=256), dtype=np.float64) if len(xs) else np.zeros((0, SEQ_LEN))
+        if not len(xs):
+            R = np.zeros((0, SEQ_LEN))
+        elif preset is None:
+            R = gradient_x_input(model, xs, ts)
+        else:
+            R = np.asarray(it.Explainer(model, preset)(xs, target=ts, batch_size=256), dtype=np.float64)
         relevances[label] = R
-        methods[label] = {"preset": preset, "marker_top": marker_top_fraction(R, xs, where),
+        methods[label] = {"preset": preset or GXI, "marker_top": marker_top_fraction(R, xs, where),
                           "marker_share": marker_share(R, xs, where), "seconds": round(time.time() - t1, 3)}
 
     # example sentences: each with every method, padding hidden
@@ -240,12 +320,13 @@ def run_text_demo(out: str = "output/demo_text", epochs: int = 3, seed: int = 0,
     for j in _example_indices(y_test[correct], n_examples):
         toks = [VOCAB[int(i)] for i in xs[j]]
         marker = MARKERS[int(y_test[correct][j])]
-        for label, _ in METHODS:
+        for label, _ in compared:
             title = (f"test sentence {int(correct[j])}: '{marker}' -> class {int(ts[j])} "
                      f"({CLASS_NAMES[int(ts[j])]}), {label}")
             sentences.append((toks, relevances[label][j], title, xs[j] != PAD))
+    model_name = {"lstm": "an LSTM", "gru": "a GRU"}.get(arch, "a small transformer")
     render_text.save_html(html_path, sentences, cmap=cmap,
-                          title="Token relevance of a small transformer: the marker word decides the class")
+                          title=f"Token relevance of {model_name}: the marker word decides the class")
     render_text.save_png(png_path, sentences, cmap=cmap, width_inches=8.0, dpi=100, fontsize=11.0)
 
     summary: dict[str, Any] = {
@@ -257,6 +338,10 @@ def run_text_demo(out: str = "output/demo_text", epochs: int = 3, seed: int = 0,
         "blocks": int(blocks), "dim": int(dim), "heads": int(heads), "seq_len": SEQ_LEN,
         "train_seconds": round(train_seconds, 3),
     }
+    if recurrent:  # blocks and heads do not apply; the LRP rule and the epochs actually trained do
+        del summary["blocks"], summary["heads"]
+        summary.update(arch=arch, rule="epsilon (LRP for LSTM/GRU after Arras et al.; the default for recurrent "
+                                       "models)", epochs_trained=int(trained))
     say(format_text_table(summary))
     summary["seconds"] = round(time.time() - t0, 3)
     with open(json_path, "w", encoding="utf-8") as f:
