@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 import interprettensor as it
+from bench_lrp import _peak_rss_mib, paired_best_times  # this folder's shared timing and memory helpers
 
 
 def build(steps: int, units: int, batch: int = 32, features: int = 64):
@@ -61,25 +61,8 @@ def lrp_fn(model, rule: str = "epsilon"):
     return run
 
 
-def paired_best_times(fn_a, fn_b, x, repeats: int) -> tuple[float, float]:
-    for fn in (fn_a, fn_b):
-        np.asarray(fn(x))
-        np.asarray(fn(x))
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, ta), (fn_b, tb)):
-            t0 = time.perf_counter()
-            np.asarray(fn(x))
-            times.append(time.perf_counter() - t0)
-    return min(ta), min(tb)
 
 
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def memory_child(method: str, steps: int, units: int) -> None:

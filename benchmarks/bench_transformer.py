@@ -20,7 +20,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,6 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import interprettensor as it  # noqa: E402
+from bench_lrp import _peak_rss_mib, paired_best_times  # noqa: E402 - this folder's shared timing
 
 BASE = dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072)
 SMALL = dict(num_layers=2, num_heads=2, hidden_dim=128, intermediate_dim=256)
@@ -76,26 +76,8 @@ def lrp_fn(model, rule: str):
     return run
 
 
-def paired_best_times(fn_a, fn_b, x, repeats: int) -> tuple[float, float]:
-    for fn in (fn_a, fn_b):
-        fn(x)
-        fn(x)
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, ta), (fn_b, tb)):
-            t0 = time.perf_counter()
-            out = fn(x)
-            np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
-            times.append(time.perf_counter() - t0)
-    return min(ta), min(tb)
 
 
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def memory_child(method: str, small: bool) -> None:
