@@ -1,21 +1,11 @@
-"""Gradient-based attribution baselines to compare with LRP, called like :func:`interprettensor.lrp`.
+"""Gradient-based attribution baselines to compare with LRP, called like :func:`interprettensor.lrp`:
+``gradient``, ``input_x_gradient``, ``smoothgrad``, ``integrated_gradients``, ``guided_backprop`` and
+``deconvnet`` (the table with their papers is in :mod:`interprettensor.attribution`).
 
 Every function takes ``(model, x, target=None, ...)`` and returns an array shaped like ``x`` (a list
 for multi-input models). ``target`` follows :func:`~interprettensor.lrp`: ``None`` explains the
 predicted class, an int or one int per sample a given class; the explained score is the
 *pre-softmax* output (a final softmax is skipped), found by the same graph machinery as LRP.
-
-================================  ================================================================
-``gradient``                      d f_t / d x (Simonyan et al. 2014)
-``input_x_gradient``              x * d f_t / d x (Shrikumar et al. 2016)
-``smoothgrad``                    mean gradient over noisy copies of x (Smilkov et al. 2017)
-``integrated_gradients``          path integral of the gradient from a baseline (Sundararajan et
-                                  al. 2017)
-``guided_backprop``               ReLU backward passes only positive gradients where z > 0
-                                  (Springenberg et al. 2015)
-``deconvnet``                     ReLU backward passes only positive gradients (Zeiler & Fergus
-                                  2014)
-================================  ================================================================
 """
 
 from __future__ import annotations
