@@ -66,7 +66,9 @@ _MOVED = {
 _SUBMODULES = tuple(sorted(set(_MOVED) | {"engine", "original", "attribution", "analysis", "io", "apps",
                                           "pretrained"}))
 #: modules that need neither TensorFlow nor Keras (the command line's start and ``--help``)
-_LIGHT = frozenset({"apps", "apps.cli", "io", "io.inputs", "__main__", "cli"})
+_LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "io", "io.inputs", "__main__", "cli"})
+#: packages whose modules are all light (the command line's subcommand parsers)
+_LIGHT_PACKAGES = ("apps.commands.",)
 
 __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
@@ -222,7 +224,8 @@ class _PrepareOnImport:
         if _prepared or self._busy:
             return None
         parts = fullname.split(".")
-        if len(parts) >= 2 and parts[0] == __name__ and ".".join(parts[1:]) not in _LIGHT:
+        rest = ".".join(parts[1:])
+        if len(parts) >= 2 and parts[0] == __name__ and rest not in _LIGHT and not rest.startswith(_LIGHT_PACKAGES):
             _prepare()
         elif fullname == "keras":
             import importlib.util

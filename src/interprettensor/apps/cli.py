@@ -28,6 +28,7 @@ Errors are reported as ``error: <message>`` on stderr with exit status 1 (2 for 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -62,6 +63,10 @@ class CLIError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- parser
+#: subcommands defined in their own modules under ``apps/commands/`` (each has ``add_parser(sub, common)``
+#: and sets ``func``; the module imports neither TensorFlow nor Keras, so that ``--help`` stays fast)
+SUBCOMMANDS: tuple[str, ...] = ()
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``interprettensor`` command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -182,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write OUT/manifest.json; names the missing shards and their workers otherwise.")
     f.add_argument("out", metavar="OUT", help="the run directory")
     f.set_defaults(func=cmd_finalize)
+    for name in SUBCOMMANDS:  # each module: add_parser(sub, common), importable without TensorFlow
+        importlib.import_module(f"{__package__}.commands.{name}").add_parser(sub, common)
     return p
 
 
