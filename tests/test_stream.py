@@ -496,3 +496,82 @@ def test_load_relevances_reads_every_form(model, data, tmp_path):
              output=np.array([0.5]))
     with pytest.raises(StreamError, match="not in the format of interprettensor 2.0.*read it with numpy.load"):
         it.load_relevances(str(tmp_path / "old.npz"))
+
+
+# ------------------------------------------------------------------ stored inputs and labels
+def test_store_inputs_and_labels_in_every_shard(model, data, tmp_path):
+    labels = (np.arange(23) * 7) % 5
+    out = str(tmp_path / "run")
+    it.explain_dataset(model, (data, labels), out=out, shard_size=5, batch_size=4, progress=False,
+                       store_inputs=True, target="predicted")
+    for k in range(5):
+        with np.load(os.path.join(out, f"shard-{k:05d}.npz")) as z:
+            assert z.files == ["relevance", "indices", "targets", "outputs", "valid", "inputs", "labels"]
+            np.testing.assert_array_equal(z["inputs"], data[5 * k:5 * k + 5])  # the inputs themselves
+            np.testing.assert_array_equal(z["labels"], labels[5 * k:5 * k + 5])
+    got = it.load_relevances(out)
+    assert got["inputs"].dtype == np.float32 and got["inputs"].shape == got["relevance"].shape
+    assert got["labels"].dtype == np.int64
+    np.testing.assert_array_equal(got["inputs"], data)
+    np.testing.assert_array_equal(got["labels"], labels)
+    assert sorted(it.load_relevances(out, keys=["labels"])) == ["labels"]
+    assert json.load(open(os.path.join(out, "manifest.json")))["identity"]["stored"] == ["inputs", "labels"]
+    # split differently over batches (same shard size): the same bytes
+    again = str(tmp_path / "again")
+    it.explain_dataset(model, (data, labels), out=again, shard_size=5, batch_size=5, progress=False,
+                       store_inputs=True, target="predicted")
+    for k in range(5):
+        f = f"shard-{k:05d}.npz"
+        with np.load(os.path.join(out, f)) as a, np.load(os.path.join(again, f)) as b:
+            np.testing.assert_array_equal(a["inputs"], b["inputs"])
+            np.testing.assert_array_equal(a["labels"], b["labels"])
+    # a resumed run with the other flag is refused, either way
+    with pytest.raises(StreamError, match=r"stored arrays \(store_inputs, labels\): the folder has \['inputs', "
+                                          r"'labels'\], this run \['labels'\]"):
+        it.explain_dataset(model, (data, labels), out=out, shard_size=5, progress=False, target="predicted")
+    plain = str(tmp_path / "plain")
+    it.explain_dataset(model, data, out=plain, shard_size=5, progress=False)
+    with pytest.raises(StreamError, match=r"stored arrays.*the folder has None, this run \['inputs'\]"):
+        it.explain_dataset(model, data, out=plain, shard_size=5, progress=False, store_inputs=True)
+    with np.load(os.path.join(plain, "shard-00000.npz")) as z:  # no labels, no inputs: the arrays as before
+        assert z.files == ["relevance", "indices", "targets", "outputs", "valid"]
+
+
+def test_labels_from_tf_data_and_unknown_labels(model, data, tmp_path):
+    labels = np.arange(23) % 5
+    onehot = np.eye(5, dtype=np.float32)[labels]
+    ds = tf.data.Dataset.from_tensor_slices((data, onehot)).batch(4)
+    it.explain_dataset(model, ds, out=str(tmp_path / "tf"), shard_size=8, batch_size=3, progress=False,
+                       target="predicted", store_inputs=True)
+    got = it.load_relevances(str(tmp_path / "tf"))
+    np.testing.assert_array_equal(got["labels"], labels)  # one-hot -> class index, kept though not explained
+    np.testing.assert_array_equal(got["targets"], it.Explainer(model)(data, return_output=True)[1].argmax(-1))
+    np.testing.assert_array_equal(got["inputs"], data)
+    # labels that are no class indices (here masks) are not stored when they are not explained
+    masks = tf.data.Dataset.from_tensor_slices((data, data[..., 0] > 0.5))
+    it.explain_dataset(model, masks, out=str(tmp_path / "m"), shard_size=8, progress=False, target="predicted")
+    assert "labels" not in it.load_relevances(str(tmp_path / "m"))
+
+
+def test_stored_inputs_of_skipped_samples_are_zero(model, data, tmp_path):
+    out = str(tmp_path / "run")
+    it.explain_dataset(model, _with_nonfinite(data), out=out, shard_size=5, progress=False, nonfinite="skip",
+                       store_inputs=True)
+    got = it.load_relevances(out)
+    assert np.isfinite(got["inputs"]).all()
+    np.testing.assert_array_equal(got["inputs"][[12, 17]], 0.0)
+    keep = np.setdiff1d(np.arange(23), [12, 17])
+    np.testing.assert_array_equal(got["inputs"][keep], data[keep])
+
+
+def test_cli_store_inputs_sharded_and_not(model, data, tmp_path):
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "batch.npy", data[:7])
+    for extra in ([], ["--shard-size", "3"]):
+        out = str(tmp_path / f"out{len(extra)}")
+        assert cli.main(["explain", str(tmp_path / "m.keras"), str(tmp_path / "batch.npy"), "--out", out,
+                         "--no-png", "-q", "--store-inputs"] + extra) == 0
+        got = it.load_relevances(out)
+        np.testing.assert_array_equal(got["inputs"], data[:7])
+        assert "labels" not in got  # files carry no labels
+        assert os.path.exists(os.path.join(out, "manifest.json" if extra else "relevances.npz"))

@@ -87,16 +87,25 @@ def test_workers_in_process_split_the_shards_and_finalize(tmp_path):
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((6,)), L.Dense(4, activation="relu"), L.Dense(3)])
     x = np.random.default_rng(1).random((23, 6), dtype=np.float32)
+    y = np.arange(23) % 3
     out = str(tmp_path / "run")
-    first = it.explain_dataset(model, x, out=out, shard_size=5, batch_size=2, worker=(1, 2), progress=False)
+    kw = dict(shard_size=5, batch_size=2, progress=False, store_inputs=True)
+    first = it.explain_dataset(model, (x, y), out=out, worker=(1, 2), target="predicted", **kw)
     assert (first.computed, first.complete) == (2, False)  # shards 1 and 3 of 0..4
     assert sorted(f for f in os.listdir(out) if f.startswith("shard")) == ["shard-00001.npz", "shard-00003.npz"]
-    second = it.explain_dataset(model, x, out=out, shard_size=5, batch_size=2, worker="0/2", progress=False)
+    with pytest.raises(StreamError, match=r"stored arrays \(store_inputs, labels\): the folder has \['inputs', "
+                                          r"'labels'\], this run \['labels'\]"):
+        it.explain_dataset(model, (x, y), out=out, worker="0/2", target="predicted", **dict(kw, store_inputs=False))
+    second = it.explain_dataset(model, (x, y), out=out, worker="0/2", target="predicted", **kw)
     assert (second.computed, second.complete) == (3, True)
     assert not [f for f in os.listdir(out) if f.startswith("manifest-worker")]
-    whole = it.explain_dataset(model, x, out=str(tmp_path / "whole"), shard_size=5, batch_size=2, progress=False)
+    whole = it.explain_dataset(model, (x, y), out=str(tmp_path / "whole"), target="predicted", **kw)
     assert whole.complete
-    assert _files(out) == _files(str(tmp_path / "whole"))
+    assert _files(out) == _files(str(tmp_path / "whole"))  # byte-identical, stored inputs and labels included
+    got = it.load_relevances(out)
+    np.testing.assert_array_equal(got["inputs"], x)
+    np.testing.assert_array_equal(got["labels"], y)
+    assert got["inputs"].dtype == np.float32 and got["labels"].dtype == np.int64
     # a worker of another run is refused
     with pytest.raises(StreamError, match="shard size: the folder has 5, this run 4"):
         it.explain_dataset(model, x, out=out, shard_size=4, worker=(0, 2), progress=False)

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scale", type=_positive_int, default=None,
                    help="enlarge heatmap PNGs by this factor (default: up to about 224 pixels)")
     e.add_argument("--no-png", action="store_true", help="write only relevances.npz")
+    e.add_argument("--store-inputs", action="store_true",
+                   help="also store the inputs as explained (array 'inputs', float32) in relevances.npz / the "
+                        "shards, e.g. for 'interprettensor view'")
     e.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
                    help="stream the inputs and write OUT/shard-00000.npz, ... (N inputs each) and "
                         "OUT/manifest.json instead of relevances.npz; an interrupted run continues with --resume")
@@ -391,7 +394,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     explainer = it.Explainer(model, args.rule, **params)
     lo, hi = args.input_range
 
-    results: dict[str, list] = {k: [] for k in ("relevance", "indices", "targets", "outputs", "valid", "names")}
+    results: dict[str, list] = {k: [] for k in ("relevance", "indices", "targets", "outputs", "valid", "names")
+                                + (("inputs",) if args.store_inputs else ())}
     npz_path = os.path.join(out, "relevances.npz")
     last_save = [0.0]
     pictures = _Pictures(args, out)
@@ -432,6 +436,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         results["targets"].append(tgt.astype(np.int32))
         results["outputs"].append(flat)
         results["valid"].append(ok)
+        if args.store_inputs:
+            results["inputs"].append(safe)
         save_npz()
         bar.update(len(pending))
         pending.clear()
@@ -551,7 +557,7 @@ def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: st
                               batch_size=args.batch_size, target=args.target, progress=not args.quiet,
                               input_range=(lo, hi), color_mode=args.color_mode, resize=args.resize,
                               on_shard=write_pngs, nonfinite="skip" if args.skip_nonfinite else "error",
-                              worker=args.worker, **params)
+                              worker=args.worker, store_inputs=args.store_inputs, **params)
     except StreamError as e:
         msg = str(e).replace(RERUN, "run again with --resume to continue")
         msg = msg.replace("pass nonfinite='skip'", "pass --skip-nonfinite")

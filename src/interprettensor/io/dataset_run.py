@@ -65,7 +65,7 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
                     worker: Any = None, target: int | str | None = None, progress: bool = True,
                     resume: bool = True, input_range: Sequence[float] = (0.0, 1.0), color_mode: str = "auto",
                     resize: bool = False, on_shard: Callable[[int, dict], None] | None = None,
-                    nonfinite: str = "error", **params: Any) -> StreamResult:
+                    nonfinite: str = "error", store_inputs: bool = False, **params: Any) -> StreamResult:
     """Explain every sample of ``dataset`` with LRP and write the results to ``out`` shard by shard.
 
     Args:
@@ -99,11 +99,15 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
             (indices, and file names for files), keeping the finished shards; ``'skip'`` explains the
             others and gives the skipped ones relevance 0, output 0, target -1 where it was to be
             predicted, and ``valid`` False (counted in :attr:`StreamResult.nonfinite`).
+        store_inputs: also write ``inputs`` (float32, the inputs as explained: in the compute dtype,
+            zeros for skipped samples) into each shard, for viewers and exports; part of the run's
+            identity (a resumed run must pass the same).
 
     Each shard ``shard-00000.npz``, ... holds ``relevance`` (float32, shaped like the inputs), ``indices``
     (int64, the samples' positions in the input), ``targets`` (int32, the explained classes),
     ``outputs`` (float32 ``(n, units)``, the explained output, e.g. the logits), ``valid`` (bool, False
-    for skipped samples) and, for files, ``names``; :func:`load_relevances` concatenates them.
+    for skipped samples), for files ``names``, with ``store_inputs`` ``inputs``, and where the data has
+    labels ``labels`` (int64 class indices, -1 where unknown); :func:`load_relevances` concatenates them.
 
     Returns:
         a :class:`StreamResult` (samples, shards, how many were skipped as finished and how many
@@ -136,13 +140,13 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
     if wk is not None and source.n is None:
         raise StreamError("worker= needs an input of known length (an array, files, or a tf.data.Dataset with a "
                           "known cardinality: dataset.apply(tf.data.experimental.assert_cardinality(n)))")
-    identity = _run_identity(model, explainer, rule, params, source, shard_size, target)
+    identity = _run_identity(model, explainer, rule, params, source, shard_size, target, store_inputs)
     chief = _is_chief(strategy)
     state, done = _open_run(out, identity, wk, resume, chief, source.n)
     if source.n is not None and not _owned_todo(done, source.n, shard_size, wk):
         return _finish(out, state, done, {}, explainer, wk, chief, source.n, shard_size)
     computed = _explain_shards(explainer, source, out, state, done, wk, shard_size, batch_size, strategy, chief,
-                               on_shard, nonfinite, progress)
+                               on_shard, nonfinite, progress, store_inputs)
     n_total = source.n if source.n is not None else _stream_total(done, computed, shard_size)
     return _finish(out, state, done, computed, explainer, wk, chief, n_total, shard_size)
 
@@ -233,7 +237,7 @@ def _owned_todo(done: dict, n: int, shard_size: int, wk: Worker | None) -> list[
 
 def _explain_shards(explainer: Explainer, source: Source, out: str, state: RunState, done: dict,
                     wk: Worker | None, shard_size: int, batch_size: int, strategy: Any, chief: bool,
-                    on_shard: Callable | None, nonfinite: str, progress: bool) -> dict:
+                    on_shard: Callable | None, nonfinite: str, progress: bool, store_inputs: bool = False) -> dict:
     """Stream the shards this writer still owes through the explainer and write each as it completes;
     returns the entries of the shards written."""
     if source.n is not None:
@@ -249,7 +253,7 @@ def _explain_shards(explainer: Explainer, source: Source, out: str, state: RunSt
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = strategy.experimental_distribute_dataset(ds.with_options(opts))
-    writer = _ShardWriter(out, state, source, shard_size, chief, on_shard, done)
+    writer = _ShardWriter(out, state, source, shard_size, chief, on_shard, done, store_inputs)
 
     from tqdm.auto import tqdm
 
@@ -258,14 +262,14 @@ def _explain_shards(explainer: Explainer, source: Source, out: str, state: RunSt
     try:
         try:
             for batch in ds:
-                idx, rel, tgt, outp, x, ok = step(batch)
+                idx, rel, tgt, outp, x, ok, lab = step(batch)
                 if nonfinite == "error" and not ok.all():
                     bad = np.sort(idx[~ok])
                     files = (f" (files: {_list([source.names[i] for i in bad])})" if source.names is not None
                              else "")
                     raise StreamError(f"sample(s) {_list(bad)}{files} hold NaN or infinite values; fix them, or "
                                       f"pass nonfinite='skip' to explain the others (relevance 0, valid False)")
-                writer.add(idx, rel, tgt, outp, x, ok)
+                writer.add(idx, rel, tgt, outp, x, ok, lab)
                 bar.update(len(idx))
         except tf.errors.OpError as e:
             if source.error:
@@ -319,8 +323,9 @@ class _ShardWriter:
     """Collects the explained rows of each shard and writes the shard when all its samples are in."""
 
     def __init__(self, out: str, state: RunState, source: Source, shard_size: int, chief: bool,
-                 on_shard: Callable | None, done: dict):
+                 on_shard: Callable | None, done: dict, store_inputs: bool = False):
         self.out, self.state, self.source, self.shard_size = out, state, source, shard_size
+        self.store_inputs = store_inputs
         self.chief, self.on_shard, self.done = chief, on_shard, done
         self.pending: dict[int, list] = {}
         self.written: dict[int, dict] = {}
@@ -330,10 +335,11 @@ class _ShardWriter:
         return None if n is None else min(self.shard_size, n - k * self.shard_size)
 
     def add(self, idx: np.ndarray, rel: np.ndarray, tgt: np.ndarray, outp: np.ndarray, x: np.ndarray,
-            ok: np.ndarray) -> None:
+            ok: np.ndarray, lab: np.ndarray) -> None:
         for k in np.unique(idx // self.shard_size):
             sel = (idx // self.shard_size) == k
-            self.pending.setdefault(int(k), []).append((idx[sel], rel[sel], tgt[sel], outp[sel], x[sel], ok[sel]))
+            self.pending.setdefault(int(k), []).append((idx[sel], rel[sel], tgt[sel], outp[sel], x[sel], ok[sel],
+                                                        lab[sel]))
             count = sum(len(p[0]) for p in self.pending[int(k)])
             if count == (self.expected(int(k)) or self.shard_size):
                 self.write(int(k))
@@ -349,9 +355,9 @@ class _ShardWriter:
 
     def write(self, k: int) -> None:
         parts = self.pending.pop(k)
-        idx, rel, tgt, outp, x, ok = (np.concatenate([p[j] for p in parts]) for j in range(6))
+        idx, rel, tgt, outp, x, ok, lab = (np.concatenate([p[j] for p in parts]) for j in range(7))
         order = np.argsort(idx, kind="stable")
-        idx, rel, tgt, outp, x, ok = idx[order], rel[order], tgt[order], outp[order], x[order], ok[order]
+        idx, rel, tgt, outp, x, ok, lab = (v[order] for v in (idx, rel, tgt, outp, x, ok, lab))
         start = k * self.shard_size
         if not np.array_equal(idx, np.arange(start, start + len(idx))):
             raise StreamError(f"internal error: shard {k} holds samples {idx[:5]}..., not {start}...")
@@ -359,6 +365,10 @@ class _ShardWriter:
                   "outputs": outp, "valid": ok.astype(bool)}
         if self.source.names is not None:
             arrays["names"] = np.array([self.source.names[i] for i in idx])
+        if self.store_inputs:  # as explained: skipped samples (NaN/inf) were explained as zeros
+            arrays["inputs"] = np.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0).astype(np.float32)
+        if self.source.has_labels:
+            arrays["labels"] = lab.astype(np.int64)
         if self.on_shard is not None and self.chief:
             self.on_shard(k, dict(arrays, x=x))
         path = shard_path(self.out, k)
@@ -413,12 +423,13 @@ def _batches(ds: tf.data.Dataset, shard_size: int, batch_size: int, n: int | Non
     batches whichever worker, resumed run or device count computes it."""
     S, B = int(shard_size), min(int(batch_size), int(shard_size))
 
-    def expand(i: tf.Tensor, x: tf.Tensor, t: tf.Tensor) -> tf.data.Dataset:
+    def expand(i: tf.Tensor, x: tf.Tensor, t: tf.Tensor, lab: tf.Tensor) -> tf.data.Dataset:
         k = i // S
         length = tf.constant(S, tf.int64) if n is None else tf.minimum(tf.constant(S, tf.int64), n - k * S)
         pads = tf.where(i - k * S == length - 1, (-length) % B, tf.constant(0, tf.int64))
-        row = tf.data.Dataset.from_tensors((i, x, t))
-        pad = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.zeros_like(x), tf.constant(0, tf.int32)))
+        row = tf.data.Dataset.from_tensors((i, x, t, lab))
+        pad = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.zeros_like(x), tf.constant(0, tf.int32),
+                                            tf.constant(-1, tf.int32)))
         return row.concatenate(pad.repeat(pads))
 
     if S % B:
@@ -430,7 +441,7 @@ def _batches(ds: tf.data.Dataset, shard_size: int, batch_size: int, n: int | Non
         if B < strategy.num_replicas_in_sync:
             raise StreamError(f"batch_size ({B}, at most shard_size) must be at least the number of replicas "
                               f"({strategy.num_replicas_in_sync})")
-        ds = ds.map(lambda i, x, t: _pad(i, x, t, B))
+        ds = ds.map(lambda i, x, t, lab: _pad(i, x, t, lab, B))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -461,9 +472,9 @@ def _model_fingerprint(model: Any) -> str:
 
 
 def _run_identity(model: Any, explainer: Explainer, rule: Any, params: dict, source: Source, shard_size: int,
-                  target: Any) -> dict:
+                  target: Any, store_inputs: bool = False) -> dict:
     rules = json.dumps({k: repr(v) for k, v in explainer.rule_map().items()}, sort_keys=True)
-    return {
+    identity = {
         "model": f"{getattr(model, 'name', type(model).__name__)} (fingerprint {_model_fingerprint(model)})",
         "rule": f"{rule!r} {json.dumps(params, sort_keys=True, default=repr)} "
                 f"(rules {hashlib.sha256(rules.encode()).hexdigest()[:12]})",
@@ -474,15 +485,21 @@ def _run_identity(model: Any, explainer: Explainer, rule: Any, params: dict, sou
         "explained": f"layer={explainer.layer!r} output={explainer.start_key!r}"[:200],
         "dtype": f"{explainer.dtype.name}/{explainer.backward_dtype.name}",
     }
+    # the optional arrays: only named when there are any, so that runs written without them still resume
+    stored = [name for name, on in (("inputs", store_inputs), ("labels", source.has_labels)) if on]
+    if stored:
+        identity["stored"] = stored
+    return identity
 
 
 _LABELS = {"model": "model", "rule": "rule", "input": "input", "sample_shape": "sample shape",
-           "shard_size": "shard size", "target": "target", "explained": "explained output", "dtype": "dtype"}
+           "shard_size": "shard size", "target": "target", "explained": "explained output", "dtype": "dtype",
+           "stored": "stored arrays (store_inputs, labels)"}
 
 
 def _check_identity(out: str, old: dict, new: dict) -> None:
-    diffs = [f"{_LABELS.get(k, k)}: the folder has {old.get(k)!r}, this run {new[k]!r}"
-             for k in new if old.get(k) != new[k]]
+    diffs = [f"{_LABELS.get(k, k)}: the folder has {old.get(k)!r}, this run {new.get(k)!r}"
+             for k in list(new) + [k for k in old if k not in new] if old.get(k) != new.get(k)]
     if diffs:
         raise StreamError(f"the output folder {out!r} holds shards of another run ({'; '.join(diffs)}). Resume it "
                           f"with the same arguments, or choose another output folder (or start over: resume=False)")
@@ -499,16 +516,17 @@ def _is_chief(strategy: Any) -> bool:
     return resolver.task_type in ("chief", None) or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-def _pad(i: tf.Tensor, x: tf.Tensor, t: tf.Tensor, size: int) -> tuple:
+def _pad(i: tf.Tensor, x: tf.Tensor, t: tf.Tensor, lab: tf.Tensor, size: int) -> tuple:
     k = size - tf.shape(i)[0]
     return (tf.concat([i, tf.fill([k], tf.constant(-1, tf.int64))], 0),
             tf.concat([x, tf.zeros(tf.concat([[k], tf.shape(x)[1:]], 0), x.dtype)], 0),
-            tf.concat([t, tf.zeros([k], tf.int32)], 0))
+            tf.concat([t, tf.zeros([k], tf.int32)], 0),
+            tf.concat([lab, tf.fill([k], tf.constant(-1, tf.int32))], 0))
 
 
 def _make_step(explainer: Explainer, sample_shape: tuple, strategy: Any) -> Callable:
-    """One batch -> numpy ``(indices, relevance, targets, outputs, x, valid)`` (float32 arrays, in sample
-    order, padding dropped). Samples with NaN or inf are explained as zeros and get relevance 0, outputs
+    """One batch -> numpy ``(indices, relevance, targets, outputs, x, valid, labels)`` (float32 arrays, in
+    sample order, padding dropped). Samples with NaN or inf are explained as zeros and get relevance 0, outputs
     0, target -1 where it was to be predicted, and ``valid`` False. The first batch checks the forward
     pass against the model (:meth:`~interprettensor.Explainer.check_forward`)."""
     spec = [tf.TensorSpec((None,) + tuple(sample_shape), explainer.dtype)]
@@ -518,7 +536,7 @@ def _make_step(explainer: Explainer, sample_shape: tuple, strategy: Any) -> Call
     else:
         fn = explainer.compiled(spec)
 
-    def replica(i, x, t):
+    def replica(i, x, t, lab):
         n = tf.shape(x)[0]
         ok = tf.reduce_all(tf.math.is_finite(tf.reshape(x, (n, -1))), axis=-1)
         per_sample = lambda v: tf.reshape(ok, tf.concat([[n], tf.ones([tf.rank(v) - 1], tf.int32)], 0))  # noqa: E731
@@ -530,7 +548,7 @@ def _make_step(explainer: Explainer, sample_shape: tuple, strategy: Any) -> Call
         rel0 = tf.where(per_sample(rel[0]), rel[0], tf.zeros_like(rel[0]))
         flat = tf.where(per_sample(flat), flat, tf.zeros_like(flat))
         return (i, tf.cast(rel0, tf.float32), resolved, tf.cast(flat, tf.float32), tf.cast(x, tf.float32), ok,
-                x_ok, model_out)
+                lab, x_ok, model_out)
 
     if strategy is None:
         def step(batch):
@@ -539,18 +557,18 @@ def _make_step(explainer: Explainer, sample_shape: tuple, strategy: Any) -> Call
             keep = i >= 0
             if not explainer._verified and keep.any():
                 first = int(np.flatnonzero(keep)[0])
-                explainer.check_forward([res[6][first:]], [o[first:] for o in res[7]])
-            return tuple(v.numpy()[keep] for v in res[:6])
+                explainer.check_forward([res[7][first:]], [o[first:] for o in res[8]])
+            return tuple(v.numpy()[keep] for v in res[:7])
 
         return step
 
-    def replica6(i, x, t):  # collectives gather numbers, not booleans
-        res = replica(i, x, t)[:6]
-        return res[:5] + (tf.cast(res[5], tf.int32),)
+    def replica7(i, x, t, lab):  # collectives gather numbers, not booleans
+        res = replica(i, x, t, lab)[:7]
+        return res[:5] + (tf.cast(res[5], tf.int32), res[6])
 
     @tf.function(autograph=False)
-    def dist_step(i, x, t):
-        return strategy.run(replica6, args=(i, x, t))
+    def dist_step(i, x, t, lab):
+        return strategy.run(replica7, args=(i, x, t, lab))
 
     multi_worker = _multi_worker(strategy)
 

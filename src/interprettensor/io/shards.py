@@ -13,9 +13,12 @@ file holds the sample indices it should: that, not a manifest, decides what a re
 
 Each shard holds ``relevance`` (float32, shaped like the inputs), ``indices`` (the samples' positions
 in the input), ``targets`` (the explained classes), ``outputs`` (the explained output, e.g. logits,
-one row per sample), ``valid`` (False for samples skipped for NaN or inf) and, for files, ``names``:
-the same arrays as the ``relevances.npz`` of ``interprettensor explain``. :func:`load_relevances`
-reads either back.
+one row per sample), ``valid`` (False for samples skipped for NaN or inf), for files ``names``,
+with ``store_inputs`` (``--store-inputs``) ``inputs`` (float32, the inputs as explained, shaped like
+``relevance``; zeros for skipped samples) and, where the data has labels, ``labels`` (int64 class
+indices, -1 where unknown): the same arrays as the ``relevances.npz`` of ``interprettensor
+explain``. Which of the optional arrays a run stores is part of its identity (``"stored"`` in the
+manifest), so all its shards hold the same arrays. :func:`load_relevances` reads either back.
 """
 
 from __future__ import annotations
@@ -265,8 +268,11 @@ def finalize_run(out: str, n_samples: int | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-#: the arrays of a shard and of ``relevances.npz`` (``names`` only where the inputs were files)
-KEYS = ("relevance", "indices", "targets", "outputs", "valid", "names")
+#: the arrays of a shard and of ``relevances.npz`` (``names`` only where the inputs were files, ``inputs``
+#: only with ``store_inputs``, ``labels`` only where the data had labels)
+KEYS = ("relevance", "indices", "targets", "outputs", "valid", "names", "inputs", "labels")
+#: the arrays every run holds
+BASE_KEYS = KEYS[:5]
 RELEVANCES_NPZ = "relevances.npz"
 
 
@@ -279,11 +285,13 @@ def load_relevances(path: str, keys: Sequence[str] | None = None) -> dict[str, n
         keys: read only these arrays (e.g. ``['targets']``: no relevance is loaded).
 
     Returns:
-        ``{'relevance', 'indices', 'targets', 'outputs', 'valid'[, 'names']}``, one row per sample in input
-        order: ``relevance`` float32 shaped like the inputs, ``indices`` int64 positions in the input,
-        ``targets`` int32 explained classes (-1 for a skipped sample whose class was to be predicted),
-        ``outputs`` float32 ``(N, units)`` explained outputs (e.g. logits; 0 for skipped samples),
-        ``valid`` bool (False: skipped for NaN/inf, relevance 0), ``names`` str (inputs given as files).
+        ``{'relevance', 'indices', 'targets', 'outputs', 'valid'[, 'names'][, 'inputs'][, 'labels']}``, one
+        row per sample in input order: ``relevance`` float32 shaped like the inputs, ``indices`` int64
+        positions in the input, ``targets`` int32 explained classes (-1 for a skipped sample whose class
+        was to be predicted), ``outputs`` float32 ``(N, units)`` explained outputs (e.g. logits; 0 for
+        skipped samples), ``valid`` bool (False: skipped for NaN/inf, relevance 0), ``names`` str (inputs
+        given as files), ``inputs`` float32 the inputs as explained (``store_inputs``), ``labels`` int64
+        class labels, -1 where unknown (data with labels).
         A sharded run gives its finished shards, concatenated in order. Shards written before
         ``valid`` existed read as all valid.
 
@@ -306,7 +314,7 @@ def load_relevances(path: str, keys: Sequence[str] | None = None) -> dict[str, n
         for k, v in _load_npz(os.path.join(path, entry["file"]), keys).items():
             parts.setdefault(k, []).append(v)
     if not parts:
-        return {k: np.zeros((0,)) for k in (keys or KEYS[:-1])}
+        return {k: np.zeros((0,)) for k in (keys or BASE_KEYS)}
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -316,7 +324,7 @@ def _load_npz(path: str, keys: Sequence[str] | None) -> dict[str, np.ndarray]:
             files = set(z.files)
             if "relevance" not in files or ("indices" not in files and {"target", "output"} & files):
                 raise StreamError(f"{path!r} is not in the format of interprettensor 2.0 (keys {sorted(files)}; "
-                                  f"expected {', '.join(KEYS[:-1])}[, names]): an older relevances.npz, read "
+                                  f"expected {', '.join(BASE_KEYS)}[, names, ...]): an older relevances.npz, read "
                                   f"it with numpy.load")
             want = list(keys) if keys is not None else [k for k in KEYS if k in files or k == "valid"]
             missing = [k for k in want if k not in files and k != "valid"]

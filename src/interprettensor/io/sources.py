@@ -1,6 +1,6 @@
 """The data sets that :func:`~interprettensor.explain_dataset` reads: numpy arrays (with labels or
 not), folders and lists of image files and ``.npy`` arrays, and ``tf.data`` datasets; each as a
-stream of ``(index, x, target)`` from any sample on, with the ``target=`` argument checked."""
+stream of ``(index, x, target, label)`` from any sample on, with the ``target=`` argument checked."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ Ranges = Sequence[tuple[int, "int | None"]]
 
 
 class Source:
-    """The input as an unbatched ``tf.data.Dataset`` of ``(index, x, target)`` over given ranges of
-    sample indices."""
+    """The input as an unbatched ``tf.data.Dataset`` of ``(index, x, target, label)`` over given ranges
+    of sample indices (``label``: the data's class label, -1 where it has none; ``has_labels``: whether
+    it has them)."""
 
     n: int | None = None
+    has_labels: bool = False
     names: list[str] | None = None
     description: str = ""
     sample_shape: tuple = ()
@@ -135,26 +137,36 @@ class _ArraySource(Source):
     def __init__(self, x: np.ndarray, t: np.ndarray | None, target: _Target, shape: "_ShapeCheck"):
         self.x = x
         self.n = len(x)
+        labels = None
         if target.uses_label(t is not None):
-            self.t = _label_array(np.asarray(t), self.n)
+            labels = self.t = _label_array(np.asarray(t), self.n)
         else:
             self.t = _fixed_targets(target, self.n)
+            if t is not None:  # not explained, only stored: labels that are no class indices are dropped
+                try:
+                    labels = _label_array(np.asarray(t), self.n)
+                except StreamError:
+                    labels = None
+        self.has_labels = labels is not None
+        self.labels = labels if labels is not None else np.full((self.n,), -1, np.int32)
         self.sample_shape = shape(tuple(x.shape[1:]))
         h = hashlib.sha256(np.ascontiguousarray(x).view(np.uint8).reshape(-1)).hexdigest()[:16] if x.size else ""
         self.description = f"array{tuple(x.shape)}:{x.dtype}:{h}"
+        if labels is not None:
+            self.description += f":labels:{hashlib.sha256(labels.tobytes()).hexdigest()[:16]}"
         self.error = []
 
     def dataset(self, ranges: Ranges, dtype: tf.DType) -> tf.data.Dataset:
-        x, t, n = self.x, self.t, self.n
+        x, t, labels, n = self.x, self.t, self.labels, self.n
 
         def gen():
             for i in _indices(ranges, n):
-                yield np.int64(i), np.asarray(x[i]), t[i]
+                yield np.int64(i), np.asarray(x[i]), t[i], labels[i]
 
         spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.as_dtype(x.dtype)),
-                tf.TensorSpec((), tf.int32))
+                tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32))
         return tf.data.Dataset.from_generator(gen, output_signature=spec).map(
-            lambda i, xi, ti: (i, tf.cast(xi, dtype), ti))
+            lambda i, xi, ti, li: (i, tf.cast(xi, dtype), ti, li))
 
 
 def _label_array(t: np.ndarray, n: int) -> np.ndarray:
@@ -214,12 +226,12 @@ class _FileSource(Source):
                 except Exception as e:  # noqa: BLE001 - reported by explain_dataset after the last good shard
                     self.error.append(e)
                     return
-                yield np.int64(i), x, self.t[i]
+                yield np.int64(i), x, self.t[i], np.int32(-1)
 
         spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.float32),
-                tf.TensorSpec((), tf.int32))
+                tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32))
         return tf.data.Dataset.from_generator(gen, output_signature=spec).map(
-            lambda i, xi, ti: (i, tf.cast(xi, dtype), ti))
+            lambda i, xi, ti, li: (i, tf.cast(xi, dtype), ti, li))
 
 
 class _TFDataSource(Source):
@@ -240,10 +252,11 @@ class _TFDataSource(Source):
         if ts is None and target.kind == "label":
             raise StreamError("target='label' needs a dataset of (x, label) pairs")
         use_label = target.uses_label(ts is not None)
-        if use_label:
-            trank = ts.shape.rank - (1 if batched else 0)
-            if trank not in (0, 1):
-                raise StreamError(f"labels must be class indices or one-hot vectors, got shape {tuple(ts.shape)}")
+        trank = None if ts is None or ts.shape.rank is None else ts.shape.rank - (1 if batched else 0)
+        if use_label and trank not in (0, 1):
+            raise StreamError(f"labels must be class indices or one-hot vectors, got shape {tuple(ts.shape)}")
+        # labels that are no class indices (e.g. masks) are not stored when they are not explained
+        self.has_labels = ts is not None and trank in (0, 1) and (ts.dtype.is_integer or ts.dtype.is_floating)
         card = int(ds.cardinality())
         self.n = card if card >= 0 else None
         self.per_sample = None
@@ -261,13 +274,17 @@ class _TFDataSource(Source):
 
     def dataset(self, ranges: Ranges, dtype: tf.DType) -> tf.data.Dataset:
         use_label, has_label, const = self.use_label, self.has_label, self.const
+        keep_label = self.has_labels or use_label
         per_sample = None if self.per_sample is None else tf.constant(self.per_sample, tf.int32)
 
         def fix(i, elem):
             x = elem[0] if isinstance(elem, tuple) else elem
+            label = tf.constant(-1, tf.int32)
+            if keep_label:
+                y = elem[1]
+                label = tf.cast(y if y.shape.rank == 0 else tf.argmax(y, axis=-1), tf.int32)
             if use_label:
-                t = elem[1]
-                t = tf.cast(t if t.shape.rank == 0 else tf.argmax(t, axis=-1), tf.int32)
+                t = label
             elif per_sample is not None:
                 m = int(per_sample.shape[0])
                 with tf.control_dependencies([tf.debugging.assert_less(
@@ -276,10 +293,10 @@ class _TFDataSource(Source):
                     t = tf.gather(per_sample, tf.minimum(i, m - 1))
             else:
                 t = tf.constant(const, tf.int32)
-            return i, tf.cast(x, dtype), t
+            return i, tf.cast(x, dtype), t, label
 
         ds = self.ds
-        if has_label and not use_label:
+        if has_label and not keep_label:
             ds = ds.map(lambda *e: e[0])
         ds = ds.enumerate()
         if ranges and ranges[-1][1] is not None:
