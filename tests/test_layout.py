@@ -16,7 +16,7 @@ ROOT = os.path.dirname(it.__file__)
 LAYERS = {"engine": 0, "original": 1, "attribution": 2, "analysis": 3, "io": 3, "pretrained": 1, "apps": 4}
 #: order inside the engine: each module imports only earlier ones
 ENGINE = ["errors", "rules", "linear", "handlers", "graph", "composites", "precision", "targets", "forward_check",
-          "explainer"]
+          "explainer", "conditions"]
 
 
 def _modules() -> dict[str, str]:

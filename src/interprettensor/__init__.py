@@ -12,7 +12,8 @@ The package shows the architecture, imports only going downwards:
   walk, composites and the explainer;
 * :mod:`.original`: the 2017 API (its modules and ``Sequential``) on top of the engine;
 * :mod:`.attribution`: gradient baselines and Deep Taylor;
-* :mod:`.analysis`: explanation quality (region perturbation, model randomisation);
+* :mod:`.analysis`: explanation quality (region perturbation, model randomisation), concepts (CRP)
+  and spectral relevance analysis;
 * :mod:`.io`: data sets, reading inputs, shards of explained data sets, rendering, TensorBoard;
 * :mod:`.apps`: the command line and the demo.
 
@@ -57,7 +58,7 @@ _MOVED = {
     "rules": "engine.rules", "core": "engine.linear", "handlers": "engine.handlers", "graph": "engine.graph",
     "composites": "engine.composites", "explain": "engine.explainer",
     "layers": "original.modules", "sequential": "original.sequential",
-    "evaluate": "analysis.evaluate",
+    "evaluate": "analysis.evaluate", "concepts": "analysis.concepts",
     "stream": "io.dataset_run", "data": "io.digits", "datasets": "io.downloads", "render": "io.render",
     "render_text": "io.render_text", "summaries": "io.summaries",
     "cli": "apps.cli", "demo": "apps.demo",
@@ -74,7 +75,8 @@ __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
     "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
-    "explain_dataset", "load_relevances", "finalize_run", "data", "datasets", "pretrained", "render", "render_text",
+    "explain_dataset", "load_relevances", "finalize_run", "concepts", "data", "datasets", "pretrained", "render",
+    "render_text",
     "summaries",
 ]
 
