@@ -84,6 +84,8 @@ def conditional(model: Any, x: Any, layer: str | None = None, channels: Sequence
         raise ExplainError("give either layer= and channels=, or conditions=, not both")
     if isinstance(conditions, Mapping):
         conditions = [conditions]
+    if len(conditions) == 0:
+        raise ExplainError("conditions is empty: give at least one {layer: channels} condition")
     layers = [name for cond in conditions for name in cond]
     cx = _explainer(model, rule, layers, params)
     return cx.conditional(x, conditions, target, batch_size=batch_size, condition_batch_size=condition_batch_size)
@@ -93,12 +95,14 @@ def conditional(model: Any, x: Any, layer: str | None = None, channels: Sequence
 class AttributionGraph:
     """Where a channel's relevance comes from, for one sample.
 
+    Each node is explained under the condition of its path from the root (``{root layer: c,
+    ..., its layer: c'}``), so that relevance is accounted for once along every path.
     ``nodes``: ``{(layer, channel): relevance}`` (the root: its relevance for the explained output;
-    the others: the relevance they receive from their parents, summed over the parents).
+    the others: the relevance they receive from their parents, summed over the paths that reach them).
     ``edges``: ``[(parent, child, relevance)]`` with ``parent`` and ``child`` ``(layer, channel)``
-    pairs: the relevance of ``child`` conditioned on ``parent`` (``R(x | {parent})`` at the child's
-    layer, summed over positions). ``totals``: ``{parent: relevance}`` that reaches the next layer
-    down from ``parent`` over all of that layer's channels (the edges shown are its ``top_n`` largest
+    pairs: the child channel's relevance under the parent's path condition (summed over positions,
+    and over the parent's paths). ``totals``: ``{parent: relevance}`` that reaches the next layer down
+    from ``parent`` over all of that layer's channels (the edges shown are its ``top_n`` largest
     parts; with a conserving rule it equals the parent's relevance)."""
 
     root: tuple[str, int]
@@ -134,28 +138,28 @@ def attribution_graph(model: Any, x: Any, layer: str, channel: int, lower_layers
         raise ExplainError(f"layer {root_layer!r} has {rel[root_layer].shape[1]} channels, got channel {channel}")
     root = (root_layer, int(channel))
     nodes: dict = {root: float(rel[root_layer][0, int(channel)])}
-    edges: list = []
+    edge_sum: dict = {}
     totals: dict = {}
-    frontier = [root]
+    # each node is explained under the condition of its path from the root: {root: c, ..., node: c'}
+    frontier: list = [(root, {root_layer: int(channel)})]
     names = [root_layer]
     for below in lower_layers:
         stop = cx._site(below)
-        if stop.index >= cx._by_name[frontier[0][0]].index:
-            raise ExplainError(f"layer {stop.name!r} is not below layer {frontier[0][0]!r}: list lower_layers from the "
-                               f"top down")
-        R = cx.conditional(x, [{p[0]: p[1]} for p in frontier], target, layer=below)  # (1, K, ..., C)
-        site = stop
-        axes = tuple(i + 1 for i in range(1, site.rank) if i != site.axis)
+        if stop.index >= cx._by_name[frontier[0][0][0]].index:
+            raise ExplainError(f"layer {stop.name!r} is not below layer {frontier[0][0][0]!r}: list lower_layers "
+                               f"from the top down")
+        R = cx.conditional(x, [path for _, path in frontier], target, layer=below)  # (1, K, ..., C)
+        axes = tuple(i + 1 for i in range(1, stop.rank) if i != stop.axis)
         per_channel = R.sum(axis=axes)[0] if axes else R[0]  # (K, C)
         nxt: list = []
-        for parent, row in zip(frontier, per_channel):
-            totals[parent] = float(row.sum())
+        for (parent, path), row in zip(frontier, per_channel):
+            totals[parent] = totals.get(parent, 0.0) + float(row.sum())
             for c in np.argsort(-row, kind="stable")[:top_n]:
-                child = (site.name, int(c))
-                edges.append((parent, child, float(row[c])))
+                child = (stop.name, int(c))
+                edge_sum[(parent, child)] = edge_sum.get((parent, child), 0.0) + float(row[c])
                 nodes[child] = nodes.get(child, 0.0) + float(row[c])
-                if child not in nxt:
-                    nxt.append(child)
+                nxt.append((child, {**path, stop.name: int(c)}))
         frontier = nxt
-        names.append(site.name)
+        names.append(stop.name)
+    edges = [(p, c, r) for (p, c), r in edge_sum.items()]
     return AttributionGraph(root, names, nodes, edges, totals)

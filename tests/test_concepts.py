@@ -1,0 +1,241 @@
+"""Concept Relevance Propagation: conditional heatmaps, channel relevances, attribution graphs and
+reference examples over a data set.
+
+References are other code paths: the explainer started at the layer with the masked relevance
+(``it.Explainer(model, layer=L)(x, relevance=R_L * mask)``), the layer-wise relevance of one plain
+backward pass, a Keras sub-model for activations, and brute-force rankings in numpy."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import interprettensor as it
+from interprettensor.analysis.relevance_maximization import crop_box
+from interprettensor.apps.cli import main
+from interprettensor.engine.conditions import ConditionalExplainer
+
+RULES = [("epsilon", {}), ("z", {}), ("epsilon_plus", {}), ("alphabeta", {}), ("gamma", {}), ("flat", {}),
+         ("epsilon_gamma_box", {"low": 0.0, "high": 1.0})]
+
+
+def _cnn(bias: bool = True, seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((14, 14, 3))
+    h = keras.layers.Conv2D(6, 3, use_bias=bias, name="c1")(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(5, 3, activation="tanh", use_bias=bias, name="c2")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(7, activation="elu", use_bias=bias, name="d1")(h)
+    out = keras.layers.Dense(4, use_bias=bias, name="d2")(h)
+    model = keras.Model(inp, out)
+    bn = model.get_layer("bn")
+    bn.set_weights([w + np.random.default_rng(1).uniform(0.2, 1.0, w.shape).astype("float32")
+                    for w in bn.get_weights()])
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _cnn()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).uniform(0, 1, (3, 14, 14, 3)).astype("float32")
+
+
+def _masked_reference(model, x, layer, channels, rule, params, target=None):
+    """The explainer started at ``layer`` with the full pass's relevance there, masked to ``channels``."""
+    _, lw = it.Explainer(model, rule, **params)(x, target, layerwise=True)
+    R_L = lw[layer]
+    mask = np.zeros(R_L.shape[-1], np.float32)
+    mask[np.atleast_1d(channels)] = 1.0
+    return it.Explainer(model, rule, layer=layer, **params)(x, relevance=R_L * mask)
+
+
+@pytest.mark.parametrize("rule,params", RULES, ids=[r for r, _ in RULES])
+def test_channel_heatmaps_sum_to_the_heatmap(model, x, rule, params):
+    R = it.concepts.conditional(model, x, layer="c2", channels=range(5), rule=rule, **params)
+    assert R.shape == (3, 5) + x.shape[1:]
+    full = it.lrp(model, x, rule, **params)
+    np.testing.assert_allclose(R.sum(1), full, rtol=1e-4, atol=1e-6 * np.abs(full).max())
+    assert np.abs(R).sum() > 0 and all(np.abs(R[:, c]).sum() > 0 for c in range(5))
+
+
+@pytest.mark.parametrize("rule,params", RULES[:4] + RULES[-1:], ids=[r for r, _ in RULES[:4] + RULES[-1:]])
+def test_conditional_equals_the_explainer_started_at_the_layer(model, x, rule, params):
+    R = it.concepts.conditional(model, x, layer="c2", channels=[1, [0, 3]], rule=rule, target=2, **params)
+    for k, chans in enumerate([1, [0, 3]]):
+        ref = _masked_reference(model, x, "c2", chans, rule, params, target=2)
+        np.testing.assert_allclose(R[:, k], ref, rtol=1e-4, atol=1e-7)
+
+
+def test_dense_layer_and_nested_conditions(model, x):
+    cx = ConditionalExplainer(model, "epsilon", layers=["d1", "c2"])
+    one = cx.conditional(x, [{"d1": 4}])[:, 0]
+    nested = cx.conditional(x, [{"d1": 4, "c2": c} for c in range(5)])
+    np.testing.assert_allclose(nested.sum(1), one, rtol=1e-4, atol=1e-7)
+    # a condition on two layers: the lower mask applies to the relevance that the upper one let through
+    _, lw = it.Explainer(model, "epsilon")(x, layerwise=True)
+    m1 = np.zeros(7, np.float32)
+    m1[4] = 1
+    R_c2 = it.Explainer(model, "epsilon", layer="d1")(x, relevance=lw["d1"] * m1, layerwise=True)[1]["c2"]
+    m2 = np.zeros(5, np.float32)
+    m2[2] = 1
+    ref = it.Explainer(model, "epsilon", layer="c2")(x, relevance=R_c2 * m2)
+    np.testing.assert_allclose(nested[:, 2], ref, rtol=1e-4, atol=1e-7)
+
+
+def test_batched_conditions_and_samples_equal_one_at_a_time(model, x):
+    cx = ConditionalExplainer(model, "epsilon_plus", layers=["c2"])
+    conds = [{"c2": c} for c in (4, 0, 2)]
+    together = cx.conditional(x, conds)
+    apart = cx.conditional(x, conds, condition_batch_size=1, batch_size=1)
+    np.testing.assert_allclose(together, apart, rtol=1e-5, atol=1e-8)
+    assert cx.conditional(x[:0], conds).shape == (0, 3) + x.shape[1:]
+
+
+def test_channel_relevance_sums_to_the_layers(model, x):
+    R_c = it.concepts.relevance(model, x, "c2", target=1)
+    _, lw = it.Explainer(model, "epsilon")(x, 1, layerwise=True)
+    np.testing.assert_allclose(R_c, lw["c2"].sum((1, 2)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(R_c.sum(1), lw["c2"].sum((1, 2, 3)), rtol=1e-5, atol=1e-7)
+    both = it.concepts.relevance(model, x, ["c2", "d1"], target=1)
+    np.testing.assert_allclose(both["d1"], lw["d1"], rtol=1e-5, atol=1e-7)
+
+
+def test_layer_whose_records_cannot_be_repeated_runs_the_forward_again():
+    """A LayerNormalization's record holds its per-sample scale: the pass below recomputes it."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6, 5))
+    h = keras.layers.LayerNormalization()(inp)
+    h = keras.layers.Dense(8, activation="tanh", name="h")(h)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(3)(h)
+    m = keras.Model(inp, out)
+    x = np.random.default_rng(1).normal(size=(2, 6, 5)).astype("float32")
+    R = it.concepts.conditional(m, x, layer="h", channels=[0, 5])
+    for k, c in enumerate([0, 5]):
+        np.testing.assert_allclose(R[:, k], _masked_reference(m, x, "h", c, "epsilon", {}), rtol=1e-4, atol=1e-7)
+
+
+def test_attribution_graph_edges_sum_to_the_parents_relevance():
+    m = _cnn(bias=False, seed=4)
+    x = np.random.default_rng(2).uniform(0, 1, (1, 14, 14, 3)).astype("float32")
+    R_c = it.concepts.relevance(m, x, "c2", rule="z")[0]
+    top = int(np.argmax(np.abs(R_c)))
+    g = it.concepts.attribution_graph(m, x, "c2", top, ["c1"], rule="z", top_n=6)
+    assert g.nodes[("c2", top)] == pytest.approx(float(R_c[top]), rel=1e-5)
+    edges = [r for p, c, r in g.edges if p == ("c2", top)]
+    assert len(edges) == 6
+    assert sum(edges) == pytest.approx(float(R_c[top]), rel=1e-3, abs=1e-6)  # z-rule, no bias: conserved
+    # an edge is the child's relevance conditioned on the parent (a different code path)
+    ref = it.concepts.conditional(m, x, conditions=[{"c2": top}], rule="z")
+    lower = _masked_reference(m, x, "c2", top, "z", {})
+    np.testing.assert_allclose(ref[:, 0], lower, rtol=1e-4, atol=1e-8)
+    child, value = g.children(("c2", top))[0]
+    assert value == max(edges)
+    g2 = it.concepts.attribution_graph(m, x, "d1", 0, ["c2", "c1"], rule="z", top_n=2)
+    assert [n[0] for n in g2.nodes] == ["d1", "c2", "c2", "c1", "c1", "c1", "c1"][: len(g2.nodes)]
+    for parent, total in g2.totals.items():
+        assert total == pytest.approx(g2.nodes[parent], rel=1e-3, abs=1e-6)
+
+
+def test_errors_name_the_layer_and_channel(model, x):
+    with pytest.raises(it.ExplainError, match="no layer 'nope'"):
+        it.concepts.conditional(model, x, layer="nope", channels=[0])
+    with pytest.raises(it.ExplainError, match="layer 'c2' has 5 channels"):
+        it.concepts.conditional(model, x, layer="c2", channels=[5])
+    with pytest.raises(it.ExplainError, match="conditions is empty"):
+        it.concepts.conditional(model, x, conditions=[])
+    cx = ConditionalExplainer(model, "epsilon", layers=["c2"])
+    with pytest.raises(it.ExplainError, match="not among the explainer's conditioned layers"):
+        cx.conditional(x, [{"d1": 0}])
+    with pytest.raises(it.ExplainError, match="one sample"):
+        it.concepts.attribution_graph(model, x, "c2", 0, ["c1"])
+
+
+# ---------------------------------------------------------------------------------------------- data sets
+def _brute_force(model, x, layer, k):
+    """Top k per channel by relevance (the predicted class) and by largest activation, in numpy."""
+    _, lw = it.Explainer(model, "epsilon")(x, layerwise=True)
+    rel = lw[layer].sum((1, 2)) if lw[layer].ndim == 4 else lw[layer]
+    act = keras.Model(model.inputs, model.get_layer(layer).output)(x).numpy()
+    act = act.max((1, 2)) if act.ndim == 4 else act
+    return ([np.argsort(-rel[:, c], kind="stable")[:k] for c in range(rel.shape[1])],
+            [np.argsort(-act[:, c], kind="stable")[:k] for c in range(act.shape[1])], rel)
+
+
+def test_reference_examples_equal_a_brute_force_ranking(model, tmp_path):
+    x = np.random.default_rng(5).uniform(0, 1, (23, 14, 14, 3)).astype("float32")
+    out = str(tmp_path / "crun")
+    run = it.concepts.reference_examples(model, x, ["c2", "d1"], out, k=4, shard_size=8, batch_size=5,
+                                         crop_size=6, progress=False)
+    by_rel, by_act, rel = _brute_force(model, x, "c2", 4)
+    for c in range(5):
+        ref = run.references("c2", c)
+        np.testing.assert_array_equal(ref["indices"], by_rel[c])
+        np.testing.assert_allclose(ref["values"], rel[by_rel[c], c], rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(run.references("c2", c, "activation")["indices"], by_act[c])
+    np.testing.assert_allclose(run.mean_relevance("c2"), rel.mean(0), rtol=1e-4, atol=1e-7)
+    by_rel_d, _, _ = _brute_force(model, x, "d1", 4)
+    np.testing.assert_array_equal(run.references("d1", 3)["indices"], by_rel_d[3])
+    # the box and crop of a reference: from its conditional heatmap, recomputed by another path
+    ref = run.references("c2", 2)
+    i = int(ref["indices"][0])
+    heat = _masked_reference(model, x[i:i + 1], "c2", 2, "epsilon", {})[0]
+    assert tuple(ref["boxes"][0]) == crop_box(heat, 0.1)
+    assert ref["crops"].shape == (4, 6, 6, 3) and ref["crops"].dtype == np.uint8
+    assert ref["heatmaps"].shape == (4, 6, 6) and np.abs(ref["heatmaps"][0]).max() > 0
+    meta = json.load(open(os.path.join(out, "concepts.json")))
+    assert meta["complete"] and meta["n_samples"] == 23 and meta["layers"]["c2"]["channels"] == 5
+    stats = run.statistics("c2")
+    np.testing.assert_array_equal(stats["indices"], np.arange(23))
+
+
+def test_reference_examples_resume_and_refuse_another_run(model, tmp_path):
+    x = np.random.default_rng(6).uniform(0, 1, (12, 14, 14, 3)).astype("float32")
+    out = str(tmp_path / "crun")
+    kw = dict(k=3, shard_size=5, batch_size=4, crop_size=4, progress=False)
+    it.concepts.reference_examples(model, x, ["c2"], out, **kw)
+    first = {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out)) if f.endswith(".npz")}
+    os.remove(os.path.join(out, "stats-00001.npz"))  # an interrupted run: one shard missing
+    meta = json.load(open(os.path.join(out, "concepts.json")))
+    meta["complete"] = False
+    json.dump(meta, open(os.path.join(out, "concepts.json"), "w"))
+    it.concepts.reference_examples(model, x, ["c2"], out, **kw)
+    again = {f: open(os.path.join(out, f), "rb").read() for f in sorted(os.listdir(out)) if f.endswith(".npz")}
+    assert again == first
+    with pytest.raises(it.ExplainError, match="another"):
+        it.concepts.reference_examples(model, x, ["c2"], out, **dict(kw, k=2))
+    with pytest.raises(it.ExplainError, match="no layer 'zz'"):
+        it.concepts.ConceptRun(out).references("zz", 0)
+
+
+def test_reference_examples_from_an_explain_run(model, tmp_path):
+    x = np.random.default_rng(7).uniform(0, 1, (9, 14, 14, 3)).astype("float32")
+    run_dir = str(tmp_path / "run")
+    it.explain_dataset(model, x, "epsilon", run_dir, shard_size=4, store_inputs=True, progress=False, target=2)
+    run = it.concepts.reference_examples(model, run_dir, ["c2"], str(tmp_path / "c"), k=2, shard_size=4,
+                                         crop_size=4, progress=False)
+    rel = it.concepts.relevance(model, x, "c2", target=2)
+    np.testing.assert_array_equal(run.references("c2", 1)["indices"], np.argsort(-rel[:, 1], kind="stable")[:2])
+
+
+def test_concepts_command(model, tmp_path, capsys):
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    data = str(tmp_path / "x.npy")
+    np.save(data, np.random.default_rng(8).uniform(0, 1, (7, 14, 14, 3)).astype("float32"))
+    out = str(tmp_path / "c")
+    assert main(["concepts", path, data, "--layer", "c2", "--out", out, "--k", "2", "--crop-size", "4", "-q",
+                 "--rule", "epsilon"]) == 0
+    run = it.concepts.ConceptRun(out)
+    assert run.layers == {"c2": 5} and run.references("c2", 0)["indices"].shape == (2,)
+    assert main(["concepts", path, data, "--layer", "nope", "--out", str(tmp_path / "d"), "-q"]) == 1
+    assert "no layer 'nope'" in capsys.readouterr().err
