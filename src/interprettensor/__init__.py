@@ -67,9 +67,10 @@ _MOVED = {
 _SUBMODULES = tuple(sorted(set(_MOVED) | {"engine", "original", "attribution", "analysis", "io", "apps",
                                           "pretrained"}))
 #: modules that need neither TensorFlow nor Keras (the command line's start and ``--help``)
-_LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "io", "io.inputs", "__main__", "cli"})
-#: packages whose modules are all light (the command line's subcommand parsers)
-_LIGHT_PACKAGES = ("apps.commands.",)
+_LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "apps.viewer", "io", "io.inputs", "io.render", "__main__",
+                    "cli"})
+#: packages whose modules are all light (the command line's subcommand parsers, the viewer)
+_LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.")
 
 __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",

@@ -65,7 +65,7 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------- parser
 #: subcommands defined in their own modules under ``apps/commands/`` (each has ``add_parser(sub, common)``
 #: and sets ``func``; the module imports neither TensorFlow nor Keras, so that ``--help`` stays fast)
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("concepts", "view")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``interprettensor`` command."""
@@ -899,6 +899,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    if getattr(args, "light", False):  # a subcommand that needs neither TensorFlow nor Keras (view)
+        try:
+            return int(args.func(args) or 0)
+        except (CLIError, InputError, ValueError, OSError) as e:
+            _error(_describe(e), args)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     try:
         try:  # the first heavy import: checks Keras' backend, imports TensorFlow
             from ..engine.errors import ExplainError
