@@ -76,7 +76,7 @@ function fillGroups() {
 function fillRules() {
   const g = $("group").value;
   const rs = state.info.runs.filter((r) => String(r.group) === g);
-  fill($("rule"), rs.map((r) => [r.name, r.rule ? `${r.name}: ${r.rule}` : r.name]), true);
+  fill($("rule"), rs.map((r) => [r.name, r.rule && r.rule !== r.name ? `${r.name}: ${r.rule}` : r.name]), true);
   fillKinds();
   fillClasses();
 }
@@ -157,10 +157,10 @@ async function showDetail(run, index) {
                                                       el("figcaption", { text: k })]));
     }
     const rows = [["explained class", d.target], ["label", d.label === undefined ? "none" : d.label],
-                  ["valid", d.valid ? "yes" : "no (NaN/inf, skipped)"], ["name", d.name || ""],
+                  ["valid", d.valid ? "yes" : "no (NaN/inf, skipped)"]].concat(d.name ? [["name", d.name]] : []).concat([
                   ["relevance sum", d.relevance_sum.toPrecision(4)],
                   ["max |relevance|", d.relevance_maxabs.toPrecision(4)],
-                  ["top outputs", d.top_outputs.map((o) => `${o.class}: ${o.value.toPrecision(3)}`).join(", ")]];
+                  ["top outputs", d.top_outputs.map((o) => `${o.class}: ${o.value.toPrecision(3)}`).join(", ")]]);
     $("detail-info").innerHTML = "";
     for (const [k, v] of rows) $("detail-info").appendChild(el("tr", {}, [el("td", { text: k }), el("td", { text: String(v) })]));
     $("detail").hidden = false;
@@ -235,7 +235,8 @@ function drawEigen() {
   const svg = $("eigen"), ev = state.spray.data.eigenvalues;
   svg.innerHTML = "";
   if (!ev.length) return;
-  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), left = 44, pad = 16;
+  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), left = 52, pad = 16;
+  const num = (v) => (Math.abs(v) < 1e-9 ? "0" : v.toPrecision(2));
   const sx = scale(ev.map((_, i) => i + 1), left, W - pad), sy = scale(ev, H - 26, pad);
   svg.appendChild(svgEl("line", { x1: left, y1: H - 26, x2: W - pad, y2: H - 26, stroke: "#999" }));
   svg.appendChild(svgEl("line", { x1: left, y1: pad, x2: left, y2: H - 26, stroke: "#999" }));
@@ -251,8 +252,8 @@ function drawEigen() {
   });
   const t = (x, y, s, anchor) => { const e = svgEl("text", { x: x, y: y, "font-size": 11, "text-anchor": anchor || "middle" });
                                    e.textContent = s; svg.appendChild(e); };
-  t(left - 4, sy(Math.max(...ev)) + 4, Math.max(...ev).toPrecision(2), "end");
-  t(left - 4, sy(Math.min(...ev)) + 4, Math.min(...ev).toPrecision(2), "end");
+  t(left - 4, sy(Math.max(...ev)) + 4, num(Math.max(...ev)), "end");
+  t(left - 4, sy(Math.min(...ev)) + 4, num(Math.min(...ev)), "end");
   t(sx(1), H - 10, "1");
   t(sx(ev.length), H - 10, String(ev.length));
   if (at > 0) t(sx(at + 0.5), sy(ev[at]) - 8, `gap after ${at}`);
