@@ -8,6 +8,7 @@ import pytest
 import reference_rnn as ref
 
 import interprettensor as it
+from interprettensor.engine.operation_rules import CellRule
 
 L = keras.layers
 pytestmark = pytest.mark.usefixtures("float64")
@@ -243,3 +244,137 @@ def test_box_rule_is_not_applied_to_a_recurrent_first_layer():
     assert np.isfinite(ex(x)).all()
     with pytest.raises(it.ExplainError, match="z\\^B"):
         it.Explainer(model, it.Composite(default="epsilon", name_map={"rec": it.rules.ZBox(0.0, 1.0)}))
+
+
+# --------------------------------------------------------------------------- gate rules (Arras et al. 2019)
+GATED = [("lstm", True), ("gru", True), ("gru", False)]
+GATE_RULES = ["half", "proportional", "proportional_abs"]
+
+
+@pytest.mark.parametrize("gates", GATE_RULES)
+@pytest.mark.parametrize("kind,reset_after", GATED, ids=["lstm", "gru", "gru_reset_before"])
+def test_gate_rules_match_reference(kind, reset_after, gates):
+    """``gates=`` swaps the product rule of every gate ⊙ signal product: relevance at every output
+    step, a masked input, against the numpy reference written from Arras et al. 2019's shares."""
+    rnn = _layer(kind, reset_after, return_sequences=True)
+    model = _model(rnn, True)
+    _randomize(rnn)
+    x, mask = _inputs(True)
+    R0 = np.random.default_rng(5).normal(size=(B, T, U))
+    ex = it.Explainer(model, rule="epsilon", epsilon=0.01, gates=gates, dtype="float64")
+    assert ex.rule_map()[rnn.name] == CellRule(it.rules.Epsilon(0.01), gates)
+    R = np.asarray(ex(x, relevance=R0))
+    want = [ref.rnn_lrp(kind, rnn, x[n], R0[n], 0.01, mask[n], reset_after, gates=gates) for n in range(B)]
+    _close(R, np.array([w[1] for w in want]))
+    assert np.all(R[~mask] == 0.0)
+    default = np.asarray(it.lrp(model, x, rule="epsilon", epsilon=0.01, relevance=R0, dtype="float64"))
+    assert np.abs(default - R).max() > 1e-3 * np.abs(default).max(), "the gate rule must change the result"
+
+
+@pytest.mark.parametrize("gates", GATE_RULES)
+@pytest.mark.parametrize("kind,reset_after", GATED, ids=["lstm", "gru", "gru_reset_before"])
+def test_gate_rules_conserve_bias_free(kind, reset_after, gates):
+    """Every gate rule splits a product's relevance into shares summing to 1 and the gates' relevance
+    goes on through their linear maps: bias-free stacked cells under the z-rule conserve."""
+    inp = keras.Input((T, F))
+    h = L.Masking(0.0)(inp)
+    h = _layer(kind, reset_after, use_bias=False, return_sequences=True)(h)
+    h = _layer(kind, reset_after, use_bias=False)(h)
+    model = keras.Model(inp, L.Dense(3, use_bias=False)(h))
+    x, mask = _inputs(masked=True)
+    R, y = it.Explainer(model, rule="simple", gates=gates, dtype="float64")(x, return_output=True)
+    R, y = np.asarray(R), np.asarray(y)
+    np.testing.assert_allclose(R.sum(axis=(1, 2)), y.max(-1), rtol=1e-7, atol=1e-10)
+    assert np.all(R[~mask] == 0.0)
+
+
+def test_cell_rule_per_layer_and_bidirectional():
+    """A CellRule given to one layer by name (Bidirectional LSTM, its two directions) equals the
+    reference; the composite's other recurrent layer keeps signal-take-all."""
+    inp = keras.Input((T, F))
+    bi = L.Bidirectional(L.LSTM(U, return_sequences=True), name="bi")
+    gru = L.GRU(U, name="plain")
+    model = keras.Model(inp, gru(bi(inp)))
+    for layer in (bi.forward_layer, bi.backward_layer, gru):
+        _randomize(layer)
+    x, _ = _inputs()
+    comp = it.Composite(default=it.rules.Epsilon(0.01), name_map={"bi": CellRule(it.rules.Epsilon(0.01), "half")})
+    ex = it.Explainer(model, comp, dtype="float64")
+    assert isinstance(ex.rule_map()["plain"], it.rules.Epsilon)
+    R = np.asarray(ex(x, target=1))
+    want = []
+    for n in range(B):
+        fw = ref.rnn_lrp("lstm", bi.forward_layer, x[n], np.zeros((T, U)), 0.01)[0]
+        bw = ref.rnn_lrp("lstm", bi.backward_layer, x[n], np.zeros((T, U)), 0.01)[0]
+        seq = np.concatenate([fw, bw[::-1]], -1)
+        outs, _ = ref.rnn_lrp("gru", gru, seq, np.zeros(U), 0.01)
+        R_seq = ref.rnn_lrp("gru", gru, seq, np.eye(U)[1] * outs[-1], 0.01)[1]
+        want.append(ref.rnn_lrp("lstm", bi.forward_layer, x[n], R_seq[:, :U], 0.01, gates="half")[1]
+                    + ref.rnn_lrp("lstm", bi.backward_layer, x[n], R_seq[::-1, U:], 0.01, gates="half")[1])
+    _close(R, np.array(want))
+
+
+def test_proportional_rule_on_elementwise_gate():
+    """The same rule objects on a Multiply outside a recurrent cell: ``a ⊙ σ(b)`` under
+    'proportional' splits each element by the factors' values (numpy, epsilon rule)."""
+    rng = np.random.default_rng(11)
+    inp = keras.Input((5,))
+    a = L.Dense(4, name="a")(inp)
+    g = L.Dense(4, activation="sigmoid", name="g")(inp)
+    out = L.Dense(3, name="out")(L.Multiply(name="mul")([a, g]))
+    model = keras.Model(inp, out)
+    model.set_weights([rng.normal(size=w.shape) for w in model.get_weights()])
+    x = rng.normal(size=(2, 5))
+    eps = 0.01
+    comp = it.Composite(default=it.rules.Epsilon(eps), layer_map={"gate": "proportional"}, merge="z")
+    R = np.asarray(it.lrp(model, x, comp, target=0, dtype="float64"))
+    Wa, ba, Wg, bg, Wo, bo = [np.asarray(w, np.float64) for w in model.get_weights()]
+    za, zg = x @ Wa + ba, x @ Wg + bg
+    av, gv = za, ref.sigmoid(zg)
+    p = av * gv
+    y = p @ Wo + bo
+    Ry = np.zeros_like(y)
+    Ry[:, 0] = y[:, 0]
+    Rp = p * ((Ry / ref.stab(y, eps)) @ Wo.T)
+    share = Rp / ref.stab(p, ref.TINY)
+    d = ref.stab(av + gv, ref.TINY)
+    Ra, Rg = av * gv * (av / d) * share, av * gv * (gv / d) * share
+    want = x * ((Ra / ref.stab(za, eps)) @ Wa.T) + x * ((Rg / ref.stab(zg, eps)) @ Wg.T)
+    _close(R, want)
+
+
+def test_gate_rule_errors():
+    inp = keras.Input((T, F))
+    model = keras.Model(inp, L.Dense(2, name="head")(L.LSTM(U)(inp)))
+    x, _ = _inputs()
+    with pytest.raises(ValueError, match="gates must be a rule for products.*'epsilon'"):
+        it.lrp(model, x, gates="epsilon")
+    with pytest.raises(it.ExplainError, match="'head'.*CellRule applies to recurrent layers"):
+        it.lrp(model, x, it.Composite(name_map={"head": CellRule("epsilon", "half")}))
+    with pytest.raises(ValueError, match="gates=.*Composite"):
+        it.lrp(model, x, it.Composite(), gates="half")
+    # a contraction of two computed tensors cannot split by values
+    q = keras.Input((3, 4))
+    k = L.Dense(4)(q)
+    scores = keras.ops.einsum("bqd,bkd->bqk", q, k)
+    att = keras.Model(q, L.Dense(2)(L.Flatten()(scores)))
+    with pytest.raises(it.ExplainError, match="contracts its factors.*'proportional'"):
+        it.lrp(att, np.ones((1, 3, 4), "float32"), it.Composite(layer_map={"product": "proportional"}))
+
+
+def test_cli_explains_recurrent_sequences(tmp_path, monkeypatch, capsys):
+    """``interprettensor explain`` on a saved LSTM model and a ``.npy`` of sequences (N, T, C): one strip
+    picture per sequence and the relevance of ``it.lrp`` in relevances.npz."""
+    from interprettensor.apps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    model = keras.Sequential([keras.Input((T, F)), L.LSTM(U), L.Dense(2)])
+    model.save("rnn.keras")
+    x, _ = _inputs()
+    np.save("s.npy", x.astype("float32"))
+    assert main(["explain", "rnn.keras", "s.npy", "--out", "out", "-q"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"s_{i}_strip.png" for i in range(B)]
+    with np.load(tmp_path / "out" / "relevances.npz") as z:
+        got = z["relevance"]
+    want = np.asarray(it.lrp(keras.models.load_model("rnn.keras"), x.astype("float32")))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -36,6 +36,12 @@ main rule (:meth:`~interprettensor.rules.Rule.merge_rule`; the presets above use
 there, as iNNvestigate and Zennit do); max pooling is winner-takes-all;
 reshapes, activations, dropout and gates pass relevance through.
 
+Recurrent layers (SimpleRNN, LSTM, GRU, Bidirectional) get the rule for their kind (``'dense'``) for
+their linear parts; their gate ⊙ signal products are signal-take-all (Arras et al. 2017) unless
+``gates=`` names another product rule (``'half'``, ``'proportional'``, ``'proportional_abs'``: Arras
+et al. 2019), which then applies to every recurrent layer; a
+:class:`~interprettensor.engine.operation_rules.CellRule` assigned to one layer sets both for it.
+
 Example::
 
     composite = it.Composite(default="epsilon", layer_map={"conv": "gamma"},
@@ -52,9 +58,9 @@ import keras
 
 from . import handlers as H
 from .graph import Graph, Step
-from .operation_rules import Gate, SoftmaxRule, UniformProduct
-from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, GradientMap, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
-                    get_rule, rule_param_names, rule_params_from_kwargs)
+from .operation_rules import CellRule, Gate, ProductRule, SoftmaxRule, UniformProduct, get_product_rule
+from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, GradientMap, LinearRule, Pass, Rule, WinnerTakesAll, Z,
+                    ZBox, ZPlus, get_rule, rule_param_names, rule_params_from_kwargs)
 
 __all__ = ["Composite", "PRESETS", "get_composite", "register_preset"]
 
@@ -82,13 +88,17 @@ class Composite:
         last: ``(n, rule)``: rule for the last ``n`` layers with weights.
         merge: rule for sums, average pooling and standalone BatchNorm (default:
             ``default.merge_rule()``).
+        gates: rule for the gate ⊙ signal products inside recurrent cells (LSTM, GRU):
+            ``'gate'``/``'signal_take_all'`` (the default, Arras et al. 2017), ``'half'``,
+            ``'proportional'``, ``'proportional_abs'`` (Arras et al. 2019) or a ProductRule object;
+            layers given a :class:`CellRule` keep its own.
         params: keyword parameters passed to rules given by name (``epsilon=0.1``, ``gamma=0.5``, ...).
     """
 
     def __init__(self, default: RuleLike = "epsilon", layer_map: Mapping[Any, RuleLike] | None = None,
                  name_map: Mapping[str, RuleLike] | None = None, first: RuleLike | None = None,
                  last: tuple[int, RuleLike] | None = None, merge: RuleLike | None = None,
-                 name: str = "composite", **params: Any):
+                 name: str = "composite", gates: ProductRule | str | None = None, **params: Any):
         named = [r for r in [default, first, merge, last[1] if isinstance(last, tuple) and len(last) == 2 else None,
                              *(layer_map or {}).values(), *(name_map or {}).values()] if isinstance(r, str)]
         accepted = set().union(*(rule_param_names(r) for r in named)) if named else set()
@@ -107,6 +117,7 @@ class Composite:
         self.last = None if last is None else (int(last[0]), self._rule(last[1]))
         self.merge = self.default.merge_rule() if merge is None else self._rule(merge)
         self.name = name
+        self.gates = None if gates is None else get_product_rule(gates)
 
     def _rule(self, rule: RuleLike) -> Rule:
         if isinstance(rule, Rule):
@@ -157,6 +168,13 @@ class Composite:
                 rule = self._match_type(step)
             if rule is None:
                 rule = self._category_default(step)
+            if getattr(step.handler, "gated", False):
+                if self.gates is not None and not isinstance(rule, (CellRule, ZBox)):
+                    rule = CellRule(rule, self.gates) if isinstance(rule, LinearRule) else rule
+            elif isinstance(rule, CellRule):
+                raise H.ExplainError(f"layer {step.name!r} ({step.type_name}) is assigned {rule!r}, but it has no "
+                                     f"gates: a CellRule applies to recurrent layers (SimpleRNN, LSTM, GRU, "
+                                     f"Bidirectional) only")
             if isinstance(rule, ZBox) and not on_box_input(step):
                 raise H.ExplainError(
                     f"layer {step.name!r} ({step.type_name}) is assigned the z^B (box) rule, but its input is not "
@@ -350,20 +368,26 @@ def register_preset(name: str, factory: Callable[..., Composite]) -> None:
     PRESETS[name] = factory
 
 
-def get_composite(rule: RuleLike | Composite, **params: Any) -> Composite:
+def get_composite(rule: RuleLike | Composite, gates: ProductRule | str | None = None, **params: Any) -> Composite:
     """A composite from a preset name, a rule name (applied to every layer with weights), a Rule
-    object, or a Composite (returned as is)."""
+    object, or a Composite (returned as is). ``gates``: the product rule of recurrent cells' gates
+    (see :class:`Composite`)."""
     if isinstance(rule, (Composite, Rule)) and params:
         raise ValueError(f"the parameters {sorted(params)} would be ignored: rule is a {type(rule).__name__} "
                          f"object, which carries its own parameters (set them when creating it)")
     if isinstance(rule, Composite):
+        if gates is not None:
+            raise ValueError(f"gates={gates!r} would be ignored: rule is a Composite; give gates= when creating it")
         return rule
     if isinstance(rule, Rule):
-        return Composite(default=rule, name=rule.name)
+        return Composite(default=rule, name=rule.name, gates=gates)
     if isinstance(rule, str):
         key = rule.lower()
         if key in PRESETS:
-            return PRESETS[key](**params)
+            composite = PRESETS[key](**params)
+            if gates is not None:
+                composite.gates = get_product_rule(gates)
+            return composite
         try:
             base = get_rule(rule, **params)
         except ValueError as e:
@@ -371,5 +395,5 @@ def get_composite(rule: RuleLike | Composite, **params: Any) -> Composite:
                 raise ValueError(f"unknown rule or preset {rule!r}; rules: {', '.join(sorted(RULES))}; "
                                  f"presets: {', '.join(sorted(PRESETS))}") from None
             raise
-        return Composite(default=base, name=key)
+        return Composite(default=base, name=key, gates=gates)
     raise TypeError(f"rule must be a name, a Rule or a Composite, got {type(rule).__name__}")

@@ -10,6 +10,14 @@ with the rules below; a handler supplies the operation, the rule says how releva
 * :class:`Gate` (CP-LRP, and the gate of a squeeze-excitation block): the gating factors (attention
   weights, a sigmoid or SiLU gate) are constants; the signal factor receives all of the relevance by
   the epsilon rule, ``R_v = v ⊙ J_vᵀ (R / stab(z))``.
+* :class:`Proportional` (LRP-prop of Arras et al. 2019, after Ding et al. 2017) and
+  :class:`AbsProportional` (LRP-abs, Arras et al. 2019): an *element-wise* product ``z = a ⊙ b``
+  splits each element's relevance in proportion to the factors' values,
+  ``R_a = a / stab(a + b) · R`` (``|a| / (|a| + |b| + ε) · R`` for LRP-abs), each share passed on by
+  the epsilon rule with the other factor fixed. They need factors that pair up element by element, so
+  contractions (``Q·Kᵀ``, ``A·V``) refuse them. ``'half'`` (LRP-half) is the uniform rule.
+* :class:`CellRule`: the rules of a recurrent cell, its linear parts' rule and the product rule of its
+  gate ⊙ signal products (``'gate'``, i.e. signal-take-all, by default).
 * :class:`SoftmaxRule` (AttnLRP, Prop. 3.1): ``s = softmax(x)`` linearised at ``x`` (its Taylor
   expansion with the bias term dropped): ``R_x = x ⊙ (R − s · Σ R)``, the sum over the softmax axis.
   It does not conserve relevance: ``Σ R_x = Σ x ⊙ R − (Σ x ⊙ s) Σ R``.
@@ -26,10 +34,10 @@ from typing import Any
 import tensorflow as tf
 
 from .linear import distinct
-from .rules import TINY, Rule, constant, register_rule, stabilize
+from .rules import TINY, LinearRule, Rule, constant, get_rule, register_rule, stabilize
 
-__all__ = ["OPERATION_RULE_NAMES", "Gate", "ProductRule", "SoftmaxRule", "UniformProduct", "product_relevance",
-           "softmax_relevance"]
+__all__ = ["OPERATION_RULE_NAMES", "AbsProportional", "CellRule", "Gate", "ProductRule", "Proportional",
+           "SoftmaxRule", "UniformProduct", "get_product_rule", "product_relevance", "softmax_relevance"]
 
 
 class ProductRule(Rule):
@@ -41,16 +49,29 @@ class ProductRule(Rule):
             raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
         self.epsilon = float(epsilon) if epsilon > 0 else TINY
 
+    #: the shares depend on the factors' values, element by element: only element-wise products
+    #: (``a * b``, a recurrent cell's gate ⊙ signal) can use the rule, not contractions
+    elementwise_only: bool = False
+
     def params(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}
+
+    def shares(self, values: Sequence[tf.Tensor], signal: Sequence[bool]) -> list[float | tf.Tensor]:
+        """The fraction of a product's relevance that each factor receives: a number, or (for rules
+        that look at the values) a tensor shaped like the broadcast ``values``. ``signal[i]``: factor
+        ``i`` carries the signal (is not a gate)."""
+        raise NotImplementedError
 
 
 class UniformProduct(ProductRule):
     """The uniform rule for products of activations (AttnLRP, Achtibat et al. 2024, Prop. 3.3): each
     of the ``n`` factors receives ``1/n`` of the relevance, by the epsilon rule with the other factors
-    held fixed."""
+    held fixed. For two factors this is LRP-half (Arras et al. 2019; name ``'half'``)."""
 
     name = "uniform"
+
+    def shares(self, values, signal):
+        return [1.0 / len(values)] * len(values)
 
 
 class Gate(ProductRule):
@@ -61,6 +82,79 @@ class Gate(ProductRule):
 
     name = "gate"
 
+    def shares(self, values, signal):
+        return [1.0 if s else 0.0 for s in signal]
+
+
+class Proportional(ProductRule):
+    """LRP-prop (Arras et al. 2019, "Evaluating recurrent neural network explanations", Sec. 3, after
+    Ding et al. 2017): each element of an element-wise product ``z = a ⊙ b`` splits its relevance in
+    proportion to the factors' values, ``R_a = a / stab(a + b) · R``, ``R_b = b / stab(a + b) · R``
+    (``stab(t) = t + ε sign(t)``; n factors likewise). Conserves up to the stabiliser; unstable where
+    the factors nearly cancel (a larger ``epsilon`` damps it)."""
+
+    name = "proportional"
+    elementwise_only = True
+
+    def shares(self, values, signal):
+        den = stabilize(tf.add_n(list(values)) if len(values) > 1 else values[0], self.epsilon)
+        return [v / den for v in values]
+
+
+class AbsProportional(ProductRule):
+    """LRP-abs (Arras et al. 2019, Sec. 3): as :class:`Proportional` with absolute values,
+    ``R_a = |a| / (|a| + |b| + ε) · R``; the shares lie in [0, 1]."""
+
+    name = "proportional_abs"
+    elementwise_only = True
+
+    def shares(self, values, signal):
+        mags = [tf.abs(v) for v in values]
+        den = stabilize(tf.add_n(mags) if len(mags) > 1 else mags[0], self.epsilon)
+        return [m / den for m in mags]
+
+
+def get_product_rule(rule: ProductRule | str, what: str = "gates") -> ProductRule:
+    """A :class:`ProductRule` from a rule object or one of the names ``'gate'`` (``'signal_take_all'``),
+    ``'half'`` (``'uniform'``), ``'proportional'``, ``'proportional_abs'``; ``what`` names the
+    parameter in the error for anything else."""
+    try:
+        out = get_rule(rule)
+    except (TypeError, ValueError):
+        out = None
+    if not isinstance(out, ProductRule):
+        raise ValueError(f"{what} must be a rule for products of activations: 'gate' (alias 'signal_take_all'), "
+                         f"'half' (alias 'uniform'), 'proportional', 'proportional_abs' or a ProductRule object; "
+                         f"got {rule!r}")
+    return out
+
+
+class CellRule(Rule):
+    """The rules of a recurrent layer (SimpleRNN, LSTM, GRU, their Bidirectional): ``linear`` for its
+    linear parts ``W x_t + U h_{t-1} + b``, ``gates`` for its gate ⊙ signal products (``i ⊙ g``,
+    ``f ⊙ c_{t-1}``, ``o ⊙ tanh(c_t)``; GRU: ``z ⊙ h_{t-1}``, ``(1 - z) ⊙ h̃``, the reset product).
+    ``gates='gate'`` is Arras et al. 2017's signal-take-all; the others follow Arras et al. 2019.
+
+    Example: ``it.Composite(default="epsilon", name_map={"lstm": CellRule("epsilon", gates="half")})``,
+    or for every recurrent layer ``it.lrp(model, x, rule="epsilon", gates="half")``.
+    """
+
+    name = "cell"
+
+    def __init__(self, linear: LinearRule | str = "epsilon", gates: ProductRule | str = "gate"):
+        lin = get_rule(linear)
+        if not isinstance(lin, LinearRule):
+            raise ValueError(f"the linear rule of a CellRule must be a rule for linear maps (epsilon, z, gamma, ...), "
+                             f"got {linear!r}")
+        self.linear = lin
+        self.gates = get_product_rule(gates)
+
+    def params(self) -> dict[str, Any]:
+        return {"linear": self.linear, "gates": self.gates}
+
+    def merge_rule(self) -> LinearRule:
+        return self.linear.merge_rule()
+
 
 class SoftmaxRule(Rule):
     """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1): ``R_x = x ⊙ (R − s · Σ_axis R)``.
@@ -70,12 +164,15 @@ class SoftmaxRule(Rule):
 
 
 def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequence[tf.Tensor], z: tf.Tensor,
-                      R: tf.Tensor, shares: Sequence[float], epsilon: float) -> list[tf.Tensor | None]:
+                      R: tf.Tensor, shares: Sequence[float | tf.Tensor], epsilon: float) -> list[tf.Tensor | None]:
     """Relevance of the factors of a product ``z = fn(xs)`` that is linear in each factor:
     ``R_i = shares[i] · x_i ⊙ J_iᵀ (R / stab(z))`` (one vector-Jacobian product for all factors; a
-    factor with share 0 gets ``None``)."""
+    factor with share 0 gets ``None``). A share given as a tensor (shaped like ``z``: element-wise
+    products) weighs ``R`` inside the product, ``R_i = x_i ⊙ J_iᵀ (shares[i] ⊙ R / stab(z))``."""
     with tf.control_dependencies([R]):  # not before R exists: otherwise every layer's denominator
         s = R / stabilize(z, epsilon)   # would be computed right after the forward pass and held
+    if any(tf.is_tensor(w) for w in shares):
+        return _weighted_product_relevance(fn, xs, s, shares)
     watched = distinct(xs)
     with tf.GradientTape() as tape:
         tape.watch(watched)
@@ -91,6 +188,24 @@ def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequen
     return result
 
 
+def _weighted_product_relevance(fn, xs, s, shares) -> list[tf.Tensor | None]:
+    """As :func:`product_relevance` with a tensor of shares per factor: one vector-Jacobian product each."""
+    watched = distinct(xs)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(watched)
+        out = fn(watched)
+    result: list[tf.Tensor | None] = []
+    for x, share in zip(watched, shares):
+        if not tf.is_tensor(share) and share == 0:
+            result.append(None)
+            continue
+        w = s * tf.cast(share, s.dtype) if tf.is_tensor(share) else s * constant(share, s.dtype)
+        g = tape.gradient(out, x, output_gradients=w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        result.append(x * g)
+    del tape
+    return result
+
+
 def softmax_relevance(x: tf.Tensor, s: tf.Tensor, R: tf.Tensor, axis: int | Sequence[int] = -1) -> tf.Tensor:
     """``x ⊙ (R − s · Σ_axis R)``; positions where ``s`` is exactly 0 get 0, and so do masked positions
     (inputs at a large negative mask value: Keras sets masked scores to -1e9 or lower, -3e4 in float16)."""
@@ -103,8 +218,13 @@ def softmax_relevance(x: tf.Tensor, s: tf.Tensor, R: tf.Tensor, axis: int | Sequ
 
 
 #: rules of operations, not of layers with weights (with ``pass`` and ``winner_takes_all``)
-OPERATION_RULE_NAMES = frozenset({"uniform", "gate", "softmax", "pass", "winner_takes_all"})
+OPERATION_RULE_NAMES = frozenset({"uniform", "half", "gate", "signal_take_all", "proportional", "proportional_abs",
+                                  "softmax", "pass", "winner_takes_all"})
 
 register_rule("uniform", UniformProduct)
+register_rule("half", UniformProduct)
 register_rule("gate", Gate)
+register_rule("signal_take_all", Gate)
+register_rule("proportional", Proportional)
+register_rule("proportional_abs", AbsProportional)
 register_rule("softmax", SoftmaxRule)

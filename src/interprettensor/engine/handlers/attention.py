@@ -11,9 +11,8 @@ import tensorflow as tf
 from ..errors import ExplainError
 from ..linear import LinearMap, linear_relevance, materialize
 from ..operation_rules import (
-    Gate,
+    ProductRule,
     SoftmaxRule,
-    UniformProduct,
     product_relevance,
     softmax_relevance,
 )
@@ -52,17 +51,30 @@ def signal_inputs(step: Any, xs: list, out: tf.Tensor) -> list[bool]:
     return [i == idx for i in range(len(xs))]
 
 
-def factor_relevance(step: Any, xs: list, z: tf.Tensor, R: tf.Tensor, rule: Any) -> list:
-    """Relevance of the factors of the product ``step`` under ``rule`` (uniform split or gate)."""
-    floats = _factors(step, xs)
-    if isinstance(rule, UniformProduct):
-        n = sum(floats)
-        shares = [1.0 / n if f else 0.0 for f in floats]
-    elif isinstance(rule, Gate):
-        shares = [1.0 if s else 0.0 for s in signal_inputs(step, xs, z)]
-    else:
+def factor_relevance(step: Any, xs: list, z: tf.Tensor, R: tf.Tensor, rule: Any, elementwise: bool = False) -> list:
+    """Relevance of the factors of the product ``step`` under the product rule ``rule`` (the shares of
+    :meth:`ProductRule.shares`: uniform split, gate, or, for element-wise products only, in proportion
+    to the factors' values)."""
+    if not isinstance(rule, ProductRule):
         raise ExplainError(f"layer {step.name!r} ({step.type_name}) multiplies two computed tensors and cannot use "
                            f"rule {rule!r}: give it 'uniform' (AttnLRP) or 'gate' (CP-LRP)")
+    floats = _factors(step, xs)
+    signal = signal_inputs(step, xs, z) if any(floats) else [False] * len(xs)
+    if rule.elementwise_only:
+        if not elementwise:
+            raise ExplainError(f"layer {step.name!r} ({step.type_name}) contracts its factors (einsum, matmul), so rule "
+                               f"{rule.name!r}, which splits each element of an element-wise product by the factors' "
+                               f"values, does not apply: give it 'uniform' (AttnLRP), 'half' or 'gate' (CP-LRP)")
+        idx = [i for i, f in enumerate(floats) if f]
+        shape = tf.shape(z)
+        part = rule.shares([tf.broadcast_to(tf.cast(xs[i], z.dtype), shape) for i in idx], [signal[i] for i in idx])
+        shares: list = [0.0] * len(xs)
+        for i, w in zip(idx, part):
+            shares[i] = w
+    else:
+        part = rule.shares([x for x, f in zip(xs, floats) if f], [s for s, f in zip(signal, floats) if f])
+        it_part = iter(part)
+        shares = [next(it_part) if f else 0.0 for f in floats]
     eps = rule.epsilon
 
     def fn(args):

@@ -7,10 +7,17 @@ Each time step is taken apart into the operations LRP has rules for:
   GRU, the pre-activation of a SimpleRNN), are a :class:`~interprettensor.engine.linear.LinearMap` of
   the two inputs ``[x_t, h_{t-1}]`` with parameters ``{kernel, recurrent_kernel, bias}``, under the
   rule the composite assigns to the layer (category ``weighted``, kind ``'dense'``);
-* gate x signal products give all of the relevance to the signal ("signal-take-all", the gates are
-  constants): ``h = o * tanh(c)`` passes all of ``h``'s relevance to ``c``, ``i * g`` to ``g``; a GRU's
-  reset gate ``r`` is held constant inside the candidate's linear map (``W x + r ⊙ (U h + b_r)`` or
-  ``W x + U (r ⊙ h)``), so the relevance reaches ``h`` through ``U``;
+* gate x signal products give all of the relevance to the signal by default ("signal-take-all", the
+  gates are constants): ``h = o * tanh(c)`` passes all of ``h``'s relevance to ``c``, ``i * g`` to
+  ``g``; a GRU's reset gate ``r`` is held constant inside the candidate's linear map
+  (``W x + r ⊙ (U h + b_r)`` or ``W x + U (r ⊙ h)``), so the relevance reaches ``h`` through ``U``;
+* another product rule (a :class:`~interprettensor.engine.operation_rules.CellRule`'s ``gates``, or
+  the composite's ``gates=``: ``'half'``, ``'proportional'``, ``'proportional_abs'``, Arras et al.
+  2019) gives each gate its share of the product's relevance; a gate's relevance passes its sigmoid
+  and goes to ``[x_t, h_{t-1}]`` through the gate's own linear map under the layer's rule (GRU: the
+  gate ``1 - z`` through the map ``-(W_z x + U_z h + b_z)``; the reset product is ``r ⊙ h_{t-1}`` in
+  front of ``U`` (``reset_after=False``), or ``r ⊙ (U h + b_r)`` taken as its own node, with
+  ``U h + b_r`` a linear map of ``h``);
 * the sums ``c_t = f ⊙ c_{t-1} + i ⊙ g`` (LSTM) and ``h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃`` (GRU) split
   in proportion to their two summands with the layer rule's stabiliser (``rule.merge_rule()``);
 * the activations (tanh) pass relevance unchanged.
@@ -39,7 +46,8 @@ from keras import ops
 
 from ..errors import ExplainError
 from ..linear import LinearMap, linear_relevance, materialize
-from ..rules import Pass
+from ..operation_rules import CellRule, Gate, ProductRule
+from ..rules import LinearRule, Pass, constant
 from .base import WEIGHTED, Handler, check_linear_rule
 
 __all__ = ["BidirectionalHandler", "MaskingHandler", "RecurrentHandler"]
@@ -180,6 +188,66 @@ class _Cell:
                                 + p.get("bias", 0.0))
         return LinearMap(fn, params, bias_axis=None)
 
+    def gate_map(self) -> LinearMap:
+        """The linear map ``[x_t, h_{t-1}] ->`` the gates' pre-activations: LSTM all four blocks
+        ``[z_i, z_f, z_c, z_o]``; GRU ``[a_z, -a_z, a_r]`` (the gates ``z``, ``1 - z = σ(-a_z)``, ``r``)."""
+        u = self.units
+        if self.kind == "lstm":
+            W, U, b = self.W, self.U, self.b
+        else:
+            Wz, Wr = self.W[:, :u], self.W[:, u:2 * u]
+            Uz, Ur = self.U[:, :u], self.U[:, u:2 * u]
+            W, U = tf.concat([Wz, -Wz, Wr], 1), tf.concat([Uz, -Uz, Ur], 1)
+            b = None
+            if self.b is not None:
+                bz = self.b_in[:u] + self.b_rec[:u]
+                b = tf.concat([bz, -bz, self.b_in[u:2 * u] + self.b_rec[u:2 * u]], 0)
+        params = {"kernel": W, "recurrent_kernel": U}
+        if b is not None:
+            params["bias"] = b
+        return LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + tf.matmul(xs[1], p["recurrent_kernel"])
+                         + p.get("bias", 0.0), params)
+
+    def gru_parts(self, x: tf.Tensor, h: tf.Tensor) -> dict:
+        """A GRU step's gates and recurrent candidate term, recomputed from ``x_t`` and ``h_{t-1}``."""
+        u = self.units
+        mx = tf.matmul(x, self.W) + self.b_in
+        inner = tf.matmul(h, self.U) + self.b_rec
+        return {"z": self.rec_act(mx[:, :u] + inner[:, :u]), "r": self.rec_act(mx[:, u:2 * u] + inner[:, u:2 * u]),
+                "rh": inner[:, 2 * u:]}
+
+    def reset_maps(self) -> tuple[LinearMap, LinearMap]:
+        """``reset_after``: ``[x_t, q] -> W_h x + b + q`` with the reset product ``q = r ⊙ (U_h h + b_r)``,
+        and ``h -> U_h h + b_r``."""
+        u = self.units
+        pa = {"kernel": self.W[:, 2 * u:], "recurrent_kernel": tf.ones([u], self.dtype)}
+        pb = {"recurrent_kernel": self.U[:, 2 * u:]}
+        if self.b is not None:
+            pa["bias"], pb["bias"] = self.b_in[2 * u:], self.b_rec[2 * u:]
+        a = LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + xs[1] * p["recurrent_kernel"] + p.get("bias", 0.0),
+                      pa)
+        b = LinearMap(lambda xs, p: tf.matmul(xs[0], p["recurrent_kernel"]) + p.get("bias", 0.0), pb)
+        return a, b
+
+
+def cell_rules(rule: Any, step: Any) -> tuple[LinearRule, ProductRule]:
+    """The linear rule and the gate product rule of a recurrent layer's rule (a linear rule: the gates
+    are signal-take-all)."""
+    gates: ProductRule = Gate()
+    if isinstance(rule, CellRule):
+        rule, gates = rule.linear, rule.gates
+    if isinstance(rule, Pass):
+        raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule 'pass'")
+    return check_linear_rule(rule, step), gates
+
+
+def _split(gates: ProductRule, gate: tf.Tensor, signal: tf.Tensor, R: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``R`` of the product ``gate ⊙ signal`` split by the product rule: ``(R_gate, R_signal)``."""
+    out = []
+    for a in gates.shares([gate, signal], [False, True]):
+        out.append(R * (tf.cast(a, R.dtype) if tf.is_tensor(a) else constant(a, R.dtype)))
+    return out[0], out[1]
+
 
 _SUM = LinearMap(lambda xs, p: xs[0] + xs[1], {}, bias_axis=None)
 
@@ -190,6 +258,8 @@ class RecurrentHandler(Handler):
 
     category = WEIGHTED
     kind = "dense"
+    #: has gate ⊙ signal products: takes a CellRule (the composite's ``gates=``)
+    gated = True
     #: z^B cannot apply: its bounds hold for the input x_t, not for the recurrent state h_{t-1}
     accepts_box = False
 
@@ -235,9 +305,8 @@ class RecurrentHandler(Handler):
         return outputs, state
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if isinstance(rule, Pass):
-            raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule 'pass'")
-        rule = check_linear_rule(rule, step)
+        rule, gates = cell_rules(rule, step)
+        take_all = isinstance(gates, Gate)  # signal-take-all: the gates get no relevance
         merge = rule.merge_rule()
         seq = state["seq"]
         cell = _Cell(layer, seq.dtype)
@@ -262,6 +331,45 @@ class RecurrentHandler(Handler):
         m_elems = m if m is not None else tf.ones(tf.shape(seq)[:2], tf.bool)
         zero_out = state["zero_out"]
 
+        def lstm_step(x_t, h_prev, c_prev, R_h, R_c, rec):
+            if take_all:
+                R_ct = R_c + R_h  # h = o * tanh(c): the gate o is a constant, tanh passes
+                R_cp, R_g = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_ct, merge, rec["c"])
+                # i * g: all to the signal g; g = tanh(zc) passes
+                return (*linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_g, rule, rec["zc"]), R_cp)
+            gm = cell.gate_map()
+            z = gm([x_t, h_prev])
+            zi, zf, zc, zo = tf.split(z, 4, axis=-1)
+            R_o, R_tc = _split(gates, cell.rec_act(zo), cell.act(rec["c"]), R_h)
+            R_keep, R_new = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_c + R_tc, merge, rec["c"])
+            R_f, R_cp = _split(gates, cell.rec_act(zf), c_prev, R_keep)
+            R_i, R_g = _split(gates, cell.rec_act(zi), cell.act(zc), R_new)
+            R_x, R_hp = linear_relevance(gm, [x_t, h_prev], tf.concat([R_i, R_f, R_g, R_o], -1), rule, z)
+            return R_x, R_hp, R_cp
+
+        def gru_step(x_t, h_prev, R_h, rec):
+            R_keep, R_new = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_h, merge, rec["h"])
+            if take_all:
+                # z * h_prev and (1 - z) * h~: gates constant; h~ = tanh(pre) passes
+                R_x, R_hp = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_new, rule, rec["pre"])
+                return R_x, R_hp + R_keep
+            parts = cell.gru_parts(x_t, h_prev)
+            zg, r = parts["z"], parts["r"]
+            R_zk, R_hp = _split(gates, zg, h_prev, R_keep)
+            R_zn, R_hh = _split(gates, 1 - zg, cell.act(rec["pre"]), R_new)
+            if cell.reset_after:  # the reset product q = r ⊙ (U_h h + b_r) as its own node
+                to_pre, to_rh = cell.reset_maps()
+                q = r * parts["rh"]
+                R_x, R_q = linear_relevance(to_pre, [x_t, q], R_hh, rule, rec["pre"])
+                R_r, R_rh = _split(gates, r, parts["rh"], R_q)
+                R_hp = R_hp + linear_relevance(to_rh, [h_prev], R_rh, rule, parts["rh"])[0]
+            else:  # the reset product r ⊙ h_prev in front of U_h: its relevance is h_prev's with r constant
+                R_x, R_prod = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_hh, rule, rec["pre"])
+                R_r, R_hs = _split(gates, r, h_prev, R_prod)
+                R_hp = R_hp + R_hs
+            Rg_x, Rg_h = linear_relevance(cell.gate_map(), [x_t, h_prev], tf.concat([R_zk, R_zn, R_r], -1), rule)
+            return R_x + Rg_x, R_hp + Rg_h
+
         def body(acc, elem):
             R_h, R_c = acc["R_h"], acc["R_c"]
             x_t, m_t, R_o, prev, rec = elem
@@ -273,15 +381,9 @@ class RecurrentHandler(Handler):
                 R_x, R_hp = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_h, rule, rec["z"])
                 R_cp = R_c
             elif cell.kind == "lstm":
-                R_ct = R_c + R_h  # h = o * tanh(c): the gate o is a constant, tanh passes
-                R_cp, R_g = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_ct, merge, rec["c"])
-                # i * g: all to the signal g; g = tanh(zc) passes
-                R_x, R_hp = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_g, rule, rec["zc"])
+                R_x, R_hp, R_cp = lstm_step(x_t, h_prev, prev[1], R_h, R_c, rec)
             else:
-                R_keep, R_new = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_h, merge, rec["h"])
-                # z * h_prev and (1 - z) * h~: gates constant; h~ = tanh(pre) passes
-                R_x, R_hp = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_new, rule, rec["pre"])
-                R_hp = R_hp + R_keep
+                R_x, R_hp = gru_step(x_t, h_prev, R_h, rec)
                 R_cp = R_c
             # masked steps copy the state: no relevance for the input, the state's passes through
             R_x = tf.where(keep, R_x, tf.zeros_like(R_x))
@@ -305,6 +407,7 @@ class BidirectionalHandler(Handler):
 
     category = WEIGHTED
     kind = "dense"
+    gated = True
     accepts_box = False
 
     def __init__(self, recurrent: RecurrentHandler):
@@ -340,7 +443,8 @@ class BidirectionalHandler(Handler):
         return outputs, {"f": (ys_f, st_f), "b": (ys_b, st_b), "y": y, "y_rev": y_rev, "out": out[0]}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        rule = check_linear_rule(rule, step)
+        cell_rule = rule
+        rule, _ = cell_rules(rule, step)
         Rs = [materialize(r) for r in Rs]
         mode = layer.merge_mode
         y, y_rev = state["y"], state["y_rev"]
@@ -362,7 +466,7 @@ class BidirectionalHandler(Handler):
         R_in = None
         for sub, (ys_sub, st_sub), R, R_st in ((fl, state["f"], R_f, R_states[:n_states]),
                                                (bl, state["b"], R_b, R_states[n_states:])):
-            r = self.recurrent.relevance(sub, xs, ys_sub, st_sub, [R] + list(R_st), rule, self._sub(step, sub))[0]
+            r = self.recurrent.relevance(sub, xs, ys_sub, st_sub, [R] + list(R_st), cell_rule, self._sub(step, sub))[0]
             R_in = r if R_in is None else R_in + r
         return [R_in] + [None] * (len(xs) - 1)
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 from ..linear import distinct
-from ..operation_rules import Gate, UniformProduct
+from ..operation_rules import ProductRule
 from .attention import factor_relevance
 from .base import GATE, ROUTE, Handler
 
@@ -51,8 +51,8 @@ class GateHandler(Handler):
         return all(inputs_nonneg)
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if isinstance(rule, (UniformProduct, Gate)):  # products of activations (AttnLRP, CP-LRP)
-            return factor_relevance(step, list(xs), ys[0], Rs[0], rule)
+        if isinstance(rule, ProductRule):  # products of activations (AttnLRP, CP-LRP, Arras et al. 2019)
+            return factor_relevance(step, list(xs), ys[0], Rs[0], rule, elementwise=True)
         out_shape = ys[0].shape
         signal = next((i for i, x in enumerate(xs) if x.shape == out_shape), 0)
         return [tf.reshape(Rs[0], tf.shape(x)) if i == signal else tf.zeros_like(x)
