@@ -1,4 +1,6 @@
-"""TensorBoard summaries: loss and accuracy per epoch, relevance histograms per layer, heatmap images.
+"""TensorBoard summaries: loss and accuracy per epoch, relevance histograms per layer, heatmap images,
+and the pictures of sequences: a strip per channel over time for multivariate series ``(N, T, C)``
+(:func:`~.render.sequence_strip`) and coloured tokens for text ``(N, T)`` (:func:`~.render_text.save_png`).
 
 The summaries are written with TensorFlow's own ``tf.summary.write`` and the metadata of TensorBoard's
 scalar, histogram and image plugins, so that the ``tensorboard`` package is needed only to *view*
@@ -10,14 +12,17 @@ Example::
     with SummaryWriter("logs/train") as w:
         net.fit(x, y, epochs=5, callbacks=[EpochSummaries(w)])
         w.relevance_histograms(per_layer, step=5)
-        w.heatmaps("relevance", R, x, step=5)
+        w.heatmaps("relevance", R, x, step=5)             # images (N, H, W, C)
+        w.heatmaps("series", R_ts, x_ts, step=5)           # time series (N, T, C): per-channel strips
+        w.heatmaps("text", R_tok, None, step=5, tokens=toks)  # tokens (N, T) with their strings
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Mapping
+import tempfile
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -97,12 +102,73 @@ class SummaryWriter:
             self.histogram(f"{prefix}/{name}", values, step)
 
     def heatmaps(self, tag: str, R: np.ndarray, x: np.ndarray | None, step: int, cmap: str = "bwr",
-                 max_outputs: int = 16, scale: int = 3) -> None:
-        """Heatmap images of relevance ``R`` (``(N, H, W, C)``); with ``x``, drawn over the inputs."""
+                 max_outputs: int = 16, scale: int = 3, tokens: Sequence[Sequence[Any]] | None = None) -> None:
+        """Pictures of relevance ``R`` by its shape: images ``(N, H, W, C)`` as heatmaps (with ``x``, drawn
+        over the inputs); sequences ``(N, T, C)`` as :meth:`sequence_strips`; token relevance ``(N, T)``
+        with ``tokens`` as :meth:`token_pictures`."""
         from . import render
 
+        R = np.asarray(R)
+        if tokens is not None:
+            if R.ndim != 2:
+                raise ValueError(f"heatmaps with tokens takes token relevance (N, T), got shape {R.shape}")
+            self.token_pictures(tag, tokens, R, step, cmap=cmap, max_outputs=max_outputs)
+            return
+        if R.ndim == 3:
+            self.sequence_strips(tag, R, x, step, cmap=cmap, max_outputs=max_outputs)
+            return
+        if R.ndim == 2:
+            raise ValueError(f"heatmaps: relevance of shape {R.shape} is one value per token or feature; give the "
+                             f"token strings (tokens=) for token pictures, or reshape a single-channel series to "
+                             f"(N, T, 1)")
         rgb = render.relevance_to_rgb(R, cmap) if x is None else render.overlay(R, x, cmap)
         self.images(tag, render.enlarge(rgb[:max_outputs], scale), step, max_outputs)
+
+    def sequence_strips(self, tag: str, R: np.ndarray, x: np.ndarray | None, step: int,
+                        channel_names: Sequence[str] | None = None, cmap: str = "bwr",
+                        normalization: str = "maxabs", max_outputs: int = 16, dpi: int = 100) -> None:
+        """Relevance of multivariate time series ``(N, T, C)`` (``(N, T)``: one channel): one picture per
+        sample, the CLI's ``NAME_strip.png`` (:func:`~.render.sequence_strip`: a heatmap row per channel
+        over time, the input ``x`` as lines above it when given)."""
+        from . import render
+
+        R = np.asarray(R, dtype=np.float64)
+        if R.ndim == 2:
+            R = R[..., None]
+        if R.ndim != 3:
+            raise ValueError(f"sequence_strips takes relevance of shape (N, T, C), got {R.shape}")
+        if x is not None:
+            x = np.asarray(x, dtype=np.float64).reshape(R.shape[0], R.shape[1], -1)
+            if x.shape != R.shape:
+                raise ValueError(f"sequence_strips: x has shape {x.shape}, the relevance {R.shape}")
+        pictures = [_figure_rgb(render.sequence_strip(R[i], None if x is None else x[i], channel_names,
+                                                      title=f"sample {i}", cmap=cmap, normalization=normalization,
+                                                      dpi=dpi), dpi)
+                    for i in range(min(len(R), max_outputs))]
+        self.images(tag, _pad_white(pictures), step, max_outputs)
+
+    def token_pictures(self, tag: str, tokens: Sequence[Sequence[Any]], R: np.ndarray, step: int,
+                       mask: np.ndarray | None = None, cmap: str = "bwr", max_outputs: int = 16,
+                       width_inches: float = 8.0, dpi: int = 100) -> None:
+        """Relevance of tokens ``(N, T)`` with their strings (``N`` sequences of ``T`` tokens): one picture
+        per sentence, each token in a box of its colour (:func:`~.render_text.save_png`); ``mask``
+        ``(N, T)`` hides padding."""
+        from . import render_text
+
+        R = np.asarray(R, dtype=np.float64)
+        if R.ndim != 2:
+            raise ValueError(f"token_pictures takes token relevance of shape (N, T), got {R.shape}")
+        if len(tokens) != len(R):
+            raise ValueError(f"token_pictures: {len(tokens)} token sequences for {len(R)} relevance rows")
+        pictures = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(min(len(R), max_outputs)):
+                path = os.path.join(tmp, f"{i}.png")
+                sentence = (tokens[i], R[i], f"sample {i}") + (() if mask is None else (np.asarray(mask)[i],))
+                render_text.save_png(path, [sentence], cmap=cmap, width_inches=width_inches, dpi=dpi)
+                with open(path, "rb") as f:
+                    pictures.append(tf.io.decode_png(f.read(), channels=3).numpy() / 255.0)
+        self.images(tag, _pad_white(pictures), step, max_outputs)
 
     def flush(self) -> None:
         self._writer.flush()
@@ -116,6 +182,24 @@ class SummaryWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _figure_rgb(fig: Any, dpi: int) -> np.ndarray:
+    """A matplotlib figure (Agg canvas) as an RGB array in [0, 1], drawn at ``dpi``."""
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba(), dtype=np.float64)[..., :3] / 255.0
+
+
+def _pad_white(pictures: Sequence[np.ndarray]) -> np.ndarray:
+    """Pictures of different sizes as one batch ``(N, H, W, 3)``: padded with white at the bottom and
+    right to the largest height and width."""
+    h = max(p.shape[0] for p in pictures)
+    w = max(p.shape[1] for p in pictures)
+    out = np.ones((len(pictures), h, w, 3), np.float64)
+    for k, p in enumerate(pictures):
+        out[k, :p.shape[0], :p.shape[1]] = p[..., :3]
+    return out
 
 
 def _writer(value: Any, name: str) -> tuple["SummaryWriter", bool]:
