@@ -173,6 +173,18 @@ bb = keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num
 keras_hub.models.BertTextClassifier(bb, num_classes=2, preprocessor=pre).save("bert.keras")
 open("reviews.txt", "w").write("a bad film\\nthe movie was great\\n")
 """,
+    "interprettensor explain model.keras digits/ --shard-size 256 --store-inputs": """
+import os, keras, numpy as np
+from PIL import Image
+import interprettensor as it
+x = it.data.load_digits()[0]
+os.makedirs('digits', exist_ok=True)
+for i in range(6):
+    Image.fromarray((x[i, ..., 0] * 255).round().astype('uint8')).save(f'digits/digit{i}.png')
+keras.utils.set_random_seed(0)
+keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'), keras.layers.Flatten(),
+                  keras.layers.Dense(10)]).save('model.keras')
+""",
     "interprettensor demo --out output/demo": """
 import os, numpy as np
 from PIL import Image
@@ -185,8 +197,16 @@ np.save('batch.npy', x[:20])
 """,
 }
 
-#: README command -> what runs instead (commands that take minutes at full size)
+#: README command -> what runs instead (commands that take minutes at full size; the viewer's server,
+#: which runs until stopped: started without a browser, asked for its runs, stopped)
 REDUCTIONS = {
+    "interprettensor view runs/epsilon":
+        "interprettensor view runs/epsilon --no-browser > view.log 2>&1 & pid=$!; "
+        "for i in $(seq 150); do grep -q 'serving on' view.log && break; sleep 0.2; done; "
+        "python -c \"import re, json, urllib.request; url = re.search(r'http://[0-9.:]+/', open('view.log').read())[0]; "
+        "runs = json.load(urllib.request.urlopen(url + 'api/runs'))['runs']; "
+        "assert [r['name'] for r in runs] == ['epsilon'] and runs[0]['has_inputs'], runs\"; "
+        "rc=$?; kill $pid; cat view.log; exit $rc",
     "interprettensor demo --out output/demo": "interprettensor demo --out output/demo --epochs 1",
     "interprettensor train --dataset digits --arch convolutional --epochs 10 --out model.keras":
         "interprettensor train --dataset digits --arch convolutional --epochs 1 --out model.keras",
