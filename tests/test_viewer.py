@@ -255,6 +255,36 @@ def test_run_without_inputs_says_so(tmp_path):
         srv.server_close()
 
 
+def test_relevances_npz_of_explain_is_a_run(tmp_path):
+    """What `interprettensor explain --store-inputs` writes without --shard-size: a relevances.npz (np.savez)."""
+    rng = np.random.default_rng(3)
+    R, x = rng.normal(size=(5, 6, 6, 3)).astype(np.float32), rng.random((5, 6, 6, 3), dtype=np.float32)
+    (tmp_path / "out").mkdir()
+    np.savez(tmp_path / "out" / "relevances.npz", relevance=R, indices=np.arange(5), targets=np.array([1, 0, 1, 1, 2]),
+             outputs=rng.normal(size=(5, 3)).astype(np.float32), valid=np.ones(5, bool),
+             names=np.array([f"img{i}" for i in range(5)]), inputs=x)
+    for path in (tmp_path / "out", tmp_path / "out" / "relevances.npz"):
+        srv = make_server([str(path)])
+        serve_in_thread(srv)
+        try:
+            _, info = get_json(srv, "/api/runs")
+            assert [(r["name"], r["n"], r["has_inputs"], r["targets"]) for r in info["runs"]] == \
+                [(info["runs"][0]["name"], 5, True, {"0": 1, "1": 3, "2": 1})]
+            name = info["runs"][0]["name"]
+            _, page = get_json(srv, "/api/samples", run=name, target=1)
+            assert [(i["index"], i["name"]) for i in page["items"]] == [(0, "img0"), (2, "img2"), (3, "img3")]
+            _, d = get_json(srv, "/api/sample", run=name, index=4)
+            assert d["top_outputs"][0]["class"] == int(np.argmax(np.load(path if path.suffix else path / "relevances.npz")
+                                                                 ["outputs"][4]))
+            assert abs(d["relevance_sum"] - float(R[4].astype(np.float64).sum())) < 1e-3
+            # an RGB input: its own channels, scaled to its range
+            img = decode_png(get(srv, "/img/sample.png", run=name, index=4, kind="input", size=6)[1])
+            np.testing.assert_allclose(img, (x[4] - x[4].min()) / (x[4].max() - x[4].min()) * 255, atol=1.0)
+        finally:
+            srv.shutdown()
+            srv.server_close()
+
+
 def test_large_run_pages_without_loading_relevance(runs):
     t0 = time.perf_counter()
     srv = make_server([runs["big"]])

@@ -164,7 +164,7 @@ class Viewer:
         index = _int(q, "index", None)
         kind = q.get("kind", ["heatmap"])[0]
         cmap = images.check_cmap(q.get("cmap", ["bwr"])[0])
-        size = _int(q, "size", 96, 8, MAX_SIZE)
+        size = _int(q, "size", 96, 1, MAX_SIZE)
         if kind not in images.KINDS:
             raise ApiError(f"unknown kind {kind!r}; use {', '.join(images.KINDS)}")
 
@@ -187,7 +187,7 @@ class Viewer:
         channel, rank = _int(q, "channel", None), _int(q, "rank", None)
         kind = q.get("kind", ["crop"])[0]
         cmap = images.check_cmap(q.get("cmap", ["bwr"])[0])
-        size = _int(q, "size", 96, 8, MAX_SIZE)
+        size = _int(q, "size", 96, 1, MAX_SIZE)
         if mode not in ConceptsRun.MODES or kind not in ("crop", "heatmap", "overlay"):
             raise ApiError(f"mode must be relevance or activation and kind crop, heatmap or overlay; got {mode!r}, "
                            f"{kind!r}")
