@@ -53,8 +53,8 @@ def _spray(run, x_labels):
             "spectral": rng.normal(size=(n, 6)).astype(np.float32),
             "tsne": np.stack([km2 * 10.0 + rng.random(n), rng.random(n)], 1).astype(np.float32),
             "cluster-kmeans-2": km2, "cluster-dbscan": db})
-        classes[str(c)] = {"file": f"class-{c}.npz", "n": n, "clusterings": ["kmeans-2", "dbscan"],
-                           "embeddings": ["spectral", "tsne"]}
+        classes[str(c)] = {"file": f"class-{c}.npz", "n": n, "clusterings": ["dbscan", "kmeans-2"],
+                           "embeddings": ["spectral", "tsne"], "eigengap": 2}
     meta = {"format": 1, "kind": "spray", "run": run,
             "params": {"preprocessing": "sum_channels", "n_neighbors": 5, "n_eigenvectors": 6,
                        "clusterings": ["kmeans-2", "dbscan"], "random_state": 0}, "classes": classes}
@@ -168,7 +168,7 @@ def test_runs_are_discovered_and_grouped(server, runs):
     assert names["epsilon"]["has_inputs"] and names["epsilon"]["has_labels"] and names["epsilon"]["n"] == N
     assert names["epsilon"]["labels"] == {str(c): N // CLASSES for c in range(CLASSES)}
     assert list(info["spray"]) == ["epsilon"]
-    assert info["spray"]["epsilon"]["classes"]["1"]["clusterings"] == ["kmeans-2", "dbscan"]
+    assert info["spray"]["epsilon"]["classes"]["1"]["clusterings"] == ["dbscan", "kmeans-2"]
     assert [c["name"] for c in info["concepts"]] == ["CRUN"]
     assert info["concepts"][0]["layers"] == {"conv/1": {"channels": 3}}
 
@@ -445,8 +445,8 @@ def test_spray_view_click_on_a_cluster_shows_its_samples(page, server, runs):
     page.click("#tabs button[data-tab='spray']")
     page.select_option("#spray-class", "1")
     page.wait_for_function("() => document.querySelectorAll('#scatter circle').length === 8")
+    assert page.input_value("#spray-clustering") == "kmeans-2"  # as the eigengap suggests, not the first listed
     page.select_option("#spray-embedding", "tsne")
-    page.select_option("#spray-clustering", "kmeans-2")
     page.wait_for_selector("#legend button[data-cluster='1']")
     assert page.locator("#eigen circle.eigenvalue").count() == 6
     with np.load(os.path.join(runs["run"], "epsilon", "spray", "class-1.npz")) as z:

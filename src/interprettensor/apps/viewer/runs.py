@@ -271,7 +271,8 @@ class Spray:
     def summary(self) -> dict:
         return {"params": self.meta.get("params", {}),
                 "classes": {c: {"n": v.get("n"), "clusterings": list(v.get("clusterings", [])),
-                                "embeddings": list(v.get("embeddings", []))} for c, v in self.classes.items()}}
+                                "embeddings": list(v.get("embeddings", [])), "eigengap": v.get("eigengap")}
+                            for c, v in self.classes.items()}}
 
     def _file(self, cls: str) -> str:
         if cls not in self.classes:

@@ -181,7 +181,11 @@ function fillSprayClasses() {
   fill($("spray-class"), classes.map((c) => [c, `${c} (${s.classes[c].n} samples)`]), true);
   const c = s.classes[$("spray-class").value];
   fill($("spray-embedding"), c.embeddings.map((e) => [e, e]), true);
+  const before = $("spray-clustering").value;
   fill($("spray-clustering"), c.clusterings.map((e) => [e, e]), true);
+  // by default the k-means clustering with the number of clusters the eigengap suggests
+  const suggested = `kmeans-${c.eigengap}`;
+  if (!c.clusterings.includes(before) && c.clusterings.includes(suggested)) $("spray-clustering").value = suggested;
 }
 
 async function loadSpray() {
