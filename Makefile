@@ -3,7 +3,7 @@
 #   make test   - create .venv, install interprettensor with test extras and keras_hub, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= cpu,test
+EXTRAS ?= cpu,test,analysis
 BIN    := $(VENV)/bin
 
 .PHONY: setup demo test bench clean

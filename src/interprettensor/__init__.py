@@ -51,6 +51,7 @@ _NAMES = {
     "MaxPool": "original", "Module": "original", "Relu": "original", "ReLU": "original", "Sigmoid": "original",
     "Softmax": "original", "Tanh": "original", "Sequential": "original",
     "explain_dataset": "io.dataset_run", "load_relevances": "io.shards", "finalize_run": "io.shards",
+    "spray": "analysis.spray", "load_spray": "analysis.spray",
 }
 #: the modules' flat names (their attributes ``it.rules``, ``it.evaluate``, ... and old import paths)
 #: -> where they live
@@ -68,7 +69,7 @@ _SUBMODULES = tuple(sorted(set(_MOVED) | {"engine", "original", "attribution", "
                                           "pretrained"}))
 #: modules that need neither TensorFlow nor Keras (the command line's start and ``--help``)
 _LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "apps.viewer", "io", "io.inputs", "io.render", "__main__",
-                    "cli"})
+                    "cli", "engine", "engine.errors", "io.shards", "analysis", "analysis.spray", "io.virelay"})
 #: packages whose modules are all light (the command line's subcommand parsers, the viewer)
 _LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.")
 
@@ -76,7 +77,8 @@ __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
     "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
-    "explain_dataset", "load_relevances", "finalize_run", "concepts", "data", "datasets", "pretrained", "render",
+    "explain_dataset", "load_relevances", "finalize_run", "spray", "load_spray", "concepts", "data", "datasets",
+    "pretrained", "render",
     "render_text",
     "summaries",
 ]

@@ -65,7 +65,7 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------- parser
 #: subcommands defined in their own modules under ``apps/commands/`` (each has ``add_parser(sub, common)``
 #: and sets ``func``; the module imports neither TensorFlow nor Keras, so that ``--help`` stays fast)
-SUBCOMMANDS: tuple[str, ...] = ("concepts", "view")
+SUBCOMMANDS: tuple[str, ...] = ("concepts", "view", "spray")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``interprettensor`` command."""
