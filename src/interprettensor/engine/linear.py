@@ -16,7 +16,10 @@ Denominators are computed with as few forward passes as the rule allows:
   ``f(x; W + g W^+) = f(x; W) + g f(x; W^+)``, so alpha-beta and gamma need one extra forward pass;
 * groups that explain only the negative outputs (``Group(outputs='negative')``) are skipped where the
   relevance is known to be zero at every output with ``z <= 0`` (a ReLU layer whose consumers all
-  redistribute in proportion to their inputs).
+  redistribute in proportion to their inputs);
+* the generalised (sign-aware) gamma rule is evaluated in closed form, one extra forward pass and two
+  vector-Jacobian products for both of its groups together, instead of term by term (see
+  :func:`sign_aware_gamma`).
 
 A layer may receive the same tensor more than once (``Add()([h, h])``, ``Concatenate()([h, h])``);
 the vector-Jacobian products are taken with respect to distinct copies, so that each occurrence gets
@@ -26,12 +29,13 @@ counted once.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from .rules import Group, LinearRule, Term, WeightSum, constant, identity, negative, positive
+from .rules import Gamma, Group, LinearRule, Term, WeightSum, constant, identity, negative, positive
 
 Params = Mapping[str, tf.Tensor]
 
@@ -279,6 +283,9 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
         positive_outputs_only: ``R`` is known to be zero wherever ``z <= 0`` (groups for negative
             outputs are skipped).
     """
+    if isinstance(rule, Gamma) and rule.generalized and type(rule).groups is Gamma.groups \
+            and any(k != "bias" for k in linear.params) and not GENERIC_GAMMA.get():
+        return sign_aware_gamma(linear, xs, R, rule, z, nonneg, lazy, positive_outputs_only)
     groups = active_groups(rule, positive_outputs_only)
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
@@ -306,4 +313,129 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
         result = part if result is None else [a + c for a, c in zip(result, part)]
     if result is None:
         return [tf.zeros_like(x) for x in xs]
+    return result
+
+
+#: ``True``: evaluate the generalised gamma rule term by term from its groups, like any other rule (the
+#: reference that :func:`sign_aware_gamma` is tested against). Read when a pass is traced.
+GENERIC_GAMMA: contextvars.ContextVar = contextvars.ContextVar("generic_gamma", default=False)
+
+
+def absolute(t: tf.Tensor) -> tf.Tensor:
+    return tf.abs(t)
+
+
+_GAMMA_FUNCTIONS: dict = {}
+
+
+def _gamma_ratio(rule: Gamma, lazy: bool, term: str | None, has_bias: bool, signed: bool, split: bool) -> tuple:
+    """``(xla_function, plain_function)`` computing the generalised gamma's ``s = R / stab(d)`` from the
+    relevance ``R`` (or the factors of a :class:`Product`), the forward ``z``, the term value ``t`` and
+    the broadcast bias ``b`` (see :func:`sign_aware_gamma`; ``term``: ``'P'`` if ``t = f(x; W^+)``,
+    ``'Q'`` if ``t = f(|x|; |W|)``, ``None`` if gamma is 0). ``split``: return
+    ``((1 + g/2) s, (g/2) e s)`` with ``e = sign0(z)`` (``+1`` everywhere unless ``signed``), else ``s``."""
+    key = (rule, lazy, term, has_bias, signed, split)
+    fns = _GAMMA_FUNCTIONS.get(key)
+    if fns is not None:
+        return fns
+
+    def ratio(*args: tf.Tensor) -> "tf.Tensor | tuple[tf.Tensor, tf.Tensor]":
+        args = list(args)
+        b = args.pop() if has_bias else None
+        t = args.pop() if term is not None else None
+        z = args.pop()
+        num = args[0] * args[1] if lazy else args[0]
+        z0 = z - b if b is not None else z
+        d = z if rule.bias else z0
+        keep = z >= 0
+        if t is not None:
+            g, half = constant(rule.gamma, z.dtype), constant(0.5, z.dtype)
+            pos = t if term == "P" else half * (z0 + t)  # sum of the positive contributions x^+ W^+ + x^- W^-
+            part = pos
+            if signed:
+                neg = z0 - t if term == "P" else half * (z0 - t)  # x^+ W^- + x^- W^+
+                part = tf.where(keep, pos, neg)
+            if b is not None and rule.bias:
+                zero = tf.zeros_like(b)
+                bp = tf.maximum(b, zero)
+                part = part + (tf.where(keep, bp, tf.minimum(b, zero)) if signed else bp)
+            d = d + g * part
+        s = num / rule.stabilize(tf.cast(d, num.dtype))
+        if not split:
+            return s
+        a = s * constant(1.0 + rule.gamma / 2.0, s.dtype)
+        c = s * constant(rule.gamma / 2.0, s.dtype)
+        if signed:
+            c = tf.where(keep, c, -c)
+        return a, c
+
+    fns = _GAMMA_FUNCTIONS[key] = (tf.function(ratio, jit_compile=True, autograph=False), ratio)
+    return fns
+
+
+def _combine(x: tf.Tensor, ax: tf.Tensor, a: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
+    return x * a + ax * c
+
+
+_COMBINE = tf.function(_combine, jit_compile=True, autograph=False)
+
+
+def sign_aware_gamma(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Gamma,
+                     z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False, lazy: bool = False,
+                     positive_outputs_only: bool = False) -> list:
+    """The generalised gamma rule (:class:`~interprettensor.engine.rules.Gamma`, ``generalized=True``),
+    both of its groups at once; equal to the term-by-term evaluation of its groups up to round-off.
+
+    With ``x^+ - x^- = |x|``, ``W^+ - W^- = |W|`` and ``f`` bilinear in inputs and weights, the positive
+    and negative contributions are ``P = f(x^+; W^+) + f(x^-; W^-) = (f(x; W) + f(|x|; |W|)) / 2`` and
+    ``N = f(x; W) - P``, so the denominators ``d = z + g (P + b^+)`` where ``z >= 0`` and
+    ``z + g (N + b^-)`` where ``z < 0`` cost one forward pass ``f(|x|; |W|)`` (``f(x; W^+) = P`` on
+    non-negative inputs). As ``W + g W^(+/-) = (1 + g/2) W +/- (g/2) |W|``, the four numerators of the
+    two groups sum to two vector-Jacobian products::
+
+        R_in = (1 + g/2) x * J_W^T s + (g/2) |x| * J_|W|^T (e s),   s = R / stab(d),  e = sign0(z)
+
+    (one, ``x * J_(W + g W^+)^T s``, on non-negative inputs where only positive outputs carry relevance).
+    Every input of ``f`` must enter through a weight (``f`` bilinear), as for all derivations by linearity
+    here; maps without weights (sums) are evaluated term by term. Arguments as for :func:`linear_relevance`.
+    """
+    flags = list(nonneg) if isinstance(nonneg, (list, tuple)) else [bool(nonneg)] * len(xs)
+    all_nonneg = all(flags)
+    gamma = rule.gamma
+    params = linear.params
+    bias = params.get("bias")
+    if z is None:
+        z = linear(xs)
+    signed = not positive_outputs_only
+    split = gamma != 0 and (signed or not all_nonneg)
+    abs_xs = [x if nn else tf.abs(x) for x, nn in zip(xs, flags)]
+    args: list = [R.x, R.g] if isinstance(R, Product) else [R]
+    args.append(z)
+    term = None
+    if gamma != 0:
+        if all_nonneg:
+            term = "P"
+            args.append(linear(xs, modify_params(params, Term(kernel=positive), with_bias=False)))
+        else:
+            term = "Q"
+            args.append(linear(abs_xs, modify_params(params, Term(kernel=absolute), with_bias=False)))
+    if bias is not None:
+        args.append(linear.broadcast_bias(bias, z))
+    fns = _gamma_ratio(rule, isinstance(R, Product), term, bias is not None, signed, split)
+    out = fns[0](*args) if _use_xla(z) else fns[1](*args)
+    if not split:
+        kernel = WeightSum(((1.0, identity), (gamma, positive))) if gamma != 0 else identity
+        s = tf.cast(out, z.dtype)
+        grads = _vjp(linear, xs, modify_params(params, Term(kernel=kernel), with_bias=False), s)
+        return [Product(x, g) if lazy else x * g for x, g in zip(xs, grads)]
+    a, c = (tf.cast(v, z.dtype) for v in out)
+    grads_w = _vjp(linear, xs, modify_params(params, Term(), with_bias=False), a)
+    grads_abs = _vjp(linear, xs, modify_params(params, Term(kernel=absolute), with_bias=False), c)
+    result = []
+    for x, ax, nn, ga, gc in zip(xs, abs_xs, flags, grads_w, grads_abs):
+        if nn:
+            g = ga + gc
+            result.append(Product(x, g) if lazy else x * g)
+        else:
+            result.append(_COMBINE(x, ax, ga, gc) if _use_xla(x) else _combine(x, ax, ga, gc))
     return result
