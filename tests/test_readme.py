@@ -153,8 +153,34 @@ assert np.isfinite(it.lrp(m, np.ones((2, 4), 'float32'), rule='epsilon')).all()
 """.replace("np.", "__import__('numpy')."),
 }
 
+# CRP: the VGG16 of "Any Keras model" at 32x32, and a small data set
+PREAMBLES["# CRP: model is a Keras CNN, x a batch of images"] = _TINY_VGG + \
+    "model = keras.applications.VGG16(weights=None)\n"
+PREAMBLES["run = it.concepts.reference_examples("] = """
+import keras, numpy as np
+import interprettensor as it
+keras.utils.set_random_seed(0)
+x_train = it.data.load_digits()[0][:40]
+model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                          keras.layers.Conv2D(6, 5, activation='relu'), keras.layers.Flatten(),
+                          keras.layers.Dense(10)])
+"""
+
 #: bash setup (Python, run in the folder first) keyed by the block's first line
 BASH_SETUP = {
+    "interprettensor concepts model.keras digits/": """
+import os, keras, numpy as np
+from PIL import Image
+import interprettensor as it
+x = it.data.load_digits()[0]
+os.makedirs('digits', exist_ok=True)
+for i in range(6):
+    Image.fromarray((x[i, ..., 0] * 255).round().astype('uint8')).save(f'digits/digit{i}.png')
+keras.utils.set_random_seed(0)
+keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                  keras.layers.Conv2D(6, 5, activation='relu'), keras.layers.Flatten(),
+                  keras.layers.Dense(10)]).save('model.keras')
+""",
     "interprettensor explain-text classifier.keras": """
 import keras, keras_hub, numpy as np
 L = keras.layers
