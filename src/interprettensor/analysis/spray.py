@@ -157,6 +157,7 @@ class SpRAy:
         eigengap_: the number of clusters the eigengap suggests (:func:`eigengap`).
         labels_: ``{name: (n,) int64}`` cluster labels (-1: noise of density-based methods).
         tsne_: ``(n, 2)`` float32 or ``None``; umap_: ``(n, 2)`` float32 or ``None``.
+        timings_: seconds per step (``affinity``, ``spectral``, ``clustering``, ``tsne``, ``umap``).
     """
 
     def __init__(self, n_neighbors: int = 10, n_eigenvectors: int = 16,
@@ -268,13 +269,29 @@ class SpRAy:
             return self._fit(X)
 
     def _fit(self, X: np.ndarray) -> "SpRAy":
+        import time
+
         self.features_ = X
+        self.timings_: dict[str, float] = {}
+        t = time.perf_counter()
+
+        def lap(step: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            self.timings_[step] = now - t
+            t = now
+
         self.affinity_ = self._affinity(X)
+        lap("affinity")
         self.eigenvalues_, self.embedding_ = self._spectral(self.affinity_)
         self.eigengap_ = eigengap(self.eigenvalues_)
+        lap("spectral")
         self.labels_ = self._cluster(self.embedding_)
+        lap("clustering")
         self.tsne_ = self._tsne(self.embedding_) if self.tsne else None
+        lap("tsne")
         self.umap_ = self._umap(self.embedding_)
+        lap("umap")
         return self
 
     def _affinity(self, X: np.ndarray) -> Any:
