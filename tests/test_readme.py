@@ -211,6 +211,16 @@ keras.utils.set_random_seed(0)
 keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'), keras.layers.Flatten(),
                   keras.layers.Dense(10)]).save('model.keras')
 """,
+    # SpRAy's command: a run of explain_dataset with stored inputs (400 digits, an untrained CNN)
+    "interprettensor spray runs/digits": """
+import keras
+import interprettensor as it
+x, y = it.data.load_digits()
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                          keras.layers.Flatten(), keras.layers.Dense(10)])
+it.explain_dataset(model, (x[:400], y[:400]), rule='epsilon', out='runs/digits', store_inputs=True, progress=False)
+""",
     "interprettensor demo --out output/demo": """
 import os, numpy as np
 from PIL import Image

@@ -54,6 +54,8 @@ FORMAT = 1
 #: clustering methods: ``kmeans`` and ``agglomerative`` give one clustering per number of clusters
 CLUSTERINGS = ("kmeans", "agglomerative", "hdbscan", "dbscan")
 NORMALISATIONS = ("l2", "max", "l1", "none")
+#: classes smaller than this run on one thread unless ``n_threads`` says otherwise
+SMALL = 1000
 
 
 class SpRAyError(StreamError):
@@ -146,8 +148,10 @@ class SpRAy:
             smaller ones tend to split a strategy by, e.g., the position of the object).
         dbscan_eps: DBSCAN's radius (on the spectral embedding's rows scaled to unit length).
         n_threads: limit the native threads (OpenMP, BLAS) of the numerical steps, e.g. 1 on a machine
-            shared with other jobs (t-SNE's threads slow down a lot when cores are oversubscribed);
-            ``None``: the libraries' defaults.
+            shared with other jobs (OpenMP threads that spin while waiting slow t-SNE and k-means down
+            many times over when the cores are oversubscribed). ``None``: one thread for classes of
+            fewer than :data:`SMALL` samples (their work is too small to share), else the libraries'
+            defaults.
 
     Attributes after :meth:`fit`:
         features_: ``(n, h * w)`` float32, the preprocessed heatmaps.
@@ -261,11 +265,12 @@ class SpRAy:
         if not np.isfinite(X).all():
             bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
             raise SpRAyError(f"features hold NaN or inf (samples {_list(bad)})")
-        if self.n_threads is None:
+        threads = self.n_threads if self.n_threads is not None else (1 if n < SMALL else None)
+        if threads is None:
             return self._fit(X)
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(int(self.n_threads)):
+        with threadpool_limits(int(threads)):
             return self._fit(X)
 
     def _fit(self, X: np.ndarray) -> "SpRAy":
