@@ -345,29 +345,28 @@ def _gamma_ratio(rule: Gamma, lazy: bool, term: str | None, has_bias: bool, sign
         t = args.pop() if term is not None else None
         z = args.pop()
         num = args[0] * args[1] if lazy else args[0]
-        z0 = z - b if b is not None else z
-        d = z if rule.bias else z0
-        keep = z >= 0
-        if t is not None:
-            g, half = constant(rule.gamma, z.dtype), constant(0.5, z.dtype)
-            pos = t if term == "P" else half * (z0 + t)  # sum of the positive contributions x^+ W^+ + x^- W^-
-            part = pos
-            if signed:
-                neg = z0 - t if term == "P" else half * (z0 - t)  # x^+ W^- + x^- W^+
-                part = tf.where(keep, pos, neg)
-            if b is not None and rule.bias:
-                zero = tf.zeros_like(b)
-                bp = tf.maximum(b, zero)
-                part = part + (tf.where(keep, bp, tf.minimum(b, zero)) if signed else bp)
-            d = d + g * part
+        with_b = b is not None and rule.bias
+        z0 = z - b if b is not None and not (with_b and term == "Q") else z  # bias-free f(x; W)
+        d = z if with_b else z0
+        e = tf.where(z >= 0, constant(1, z.dtype), constant(-1, z.dtype)) if signed else None
+        if term == "Q":
+            # where z >= 0: P + b^+ = (z0 + Q + b + |b|) / 2; elsewhere N + b^- = (z0 - Q + b - |b|) / 2
+            if with_b:
+                q = t + tf.abs(b)
+                d = d + constant(rule.gamma / 2.0, z.dtype) * (z + (e * q if signed else q))
+            else:
+                d = d + constant(rule.gamma / 2.0, z.dtype) * (z0 + (e * t if signed else t))
+        elif term == "P":
+            part = tf.where(z >= 0, t, z0 - t) if signed else t  # P where z >= 0, N = z0 - P elsewhere
+            if with_b:
+                part = part + constant(0.5, z.dtype) * (b + e * tf.abs(b) if signed else b + tf.abs(b))
+            d = d + constant(rule.gamma, z.dtype) * part
         s = num / rule.stabilize(tf.cast(d, num.dtype))
         if not split:
             return s
         a = s * constant(1.0 + rule.gamma / 2.0, s.dtype)
         c = s * constant(rule.gamma / 2.0, s.dtype)
-        if signed:
-            c = tf.where(keep, c, -c)
-        return a, c
+        return a, (c * tf.cast(e, c.dtype) if signed else c)
 
     fns = _GAMMA_FUNCTIONS[key] = (tf.function(ratio, jit_compile=True, autograph=False), ratio)
     return fns
