@@ -239,3 +239,28 @@ def test_concepts_command(model, tmp_path, capsys):
     assert run.layers == {"c2": 5} and run.references("c2", 0)["indices"].shape == (2,)
     assert main(["concepts", path, data, "--layer", "nope", "--out", str(tmp_path / "d"), "-q"]) == 1
     assert "no layer 'nope'" in capsys.readouterr().err
+
+
+def test_reference_pictures_for_chosen_channels_only(model, tmp_path):
+    x = np.random.default_rng(9).uniform(0, 1, (10, 14, 14, 3)).astype("float32")
+    kw = dict(k=3, shard_size=10, crop_size=4, progress=False)
+    full = it.concepts.reference_examples(model, x, ["c2"], str(tmp_path / "all"), **kw)
+    part = it.concepts.reference_examples(model, x, ["c2"], str(tmp_path / "some"), channels={"c2": [1, 3]}, **kw)
+    for c in range(5):
+        a, b = full.references("c2", c), part.references("c2", c)
+        np.testing.assert_array_equal(a["indices"], b["indices"])  # every channel is ranked
+        assert b["referenced"] == (c in (1, 3))
+        if c in (1, 3):
+            np.testing.assert_array_equal(a["crops"], b["crops"])
+            np.testing.assert_array_equal(a["boxes"], b["boxes"])
+        else:
+            assert not b["crops"].any() and not b["heatmaps"].any()
+    with pytest.raises(it.ExplainError, match="integers in 0..4"):
+        it.concepts.reference_examples(model, x, ["c2"], str(tmp_path / "bad"), channels={"c2": [9]}, **kw)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.save(str(tmp_path / "x.npy"), x)
+    assert main(["concepts", path, str(tmp_path / "x.npy"), "--layer", "c2", "--channels", "c2:0-1,4",
+                 "--out", str(tmp_path / "cli"), "--k", "2", "--crop-size", "4", "-q", "--rule", "epsilon"]) == 0
+    np.testing.assert_array_equal(np.load(str(tmp_path / "cli" / "layer-c2.npz"))["referenced"],
+                                  [True, True, False, False, True])

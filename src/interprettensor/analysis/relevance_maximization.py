@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -173,7 +173,8 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
                        rule: Any = "epsilon", k: int = 8, target: Any = None, shard_size: int = 1024,
                        batch_size: int = 32, crop_size: int = 64, crop_threshold: float = 0.1,
                        input_range: Sequence[float] = (0.0, 1.0), color_mode: str = "auto", resize: bool = False,
-                       resume: bool = True, progress: bool = True, **params: Any) -> "ConceptRun":
+                       channels: Mapping[str, Sequence[int]] | None = None, resume: bool = True,
+                       progress: bool = True, **params: Any) -> "ConceptRun":
     """The top ``k`` reference samples of every channel of ``layers`` over ``data``, by relevance and
     by activation, with crops and conditional heatmaps; written to ``out`` (see the module docstring)
     and returned as a :class:`ConceptRun`.
@@ -192,6 +193,10 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
         crop_threshold: the crop is the box where the conditional heatmap reaches this fraction of its
             largest absolute value.
         input_range: the inputs' value range (for the stored ``uint8`` crops and for box rules).
+        channels: ``{layer: channels}``: draw the crops and heatmaps of these channels only (every
+            channel's ranking is still computed and stored; ``referenced`` in ``layer-<name>.npz``
+            says which have pictures). The pictures cost one backward pass per channel, reference and
+            mode: for all 512 channels of a large layer that is most of the time. Default: all.
         resume: continue a run found in ``out`` (same model, rule, layers and data); ``False``: start over.
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -202,9 +207,12 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
     if not 0.0 <= float(crop_threshold) < 1.0:
         raise ExplainError(f"crop_threshold must be in [0, 1), got {crop_threshold!r}")
     cx = ConditionalExplainer(model, rule, layers=layers, **params)
+    selected = _selected_channels(cx, channels)
     source = _open(model, data, target, input_range, color_mode, resize)
     os.makedirs(out, exist_ok=True)
     identity = _identity(model, cx, rule, params, source, layers, k, shard_size, crop_size, crop_threshold)
+    if channels is not None:
+        identity["channels"] = {name: sorted(int(c) for c in np.flatnonzero(sel)) for name, sel in selected.items()}
     if _check_resume(out, identity, resume):
         return ConceptRun(out)  # finished before, with the same arguments
     meta = {"format": FORMAT, "kind": "concepts", "model": getattr(model, "name", type(model).__name__),
@@ -217,10 +225,30 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
     n = _statistics(cx, source, out, shard_size, batch_size, progress)
     meta["n_samples"] = n
     top = _merge(cx, out, n, shard_size, k)
-    _references(cx, source, out, top, n, k, batch_size, crop_size, crop_threshold, input_range, progress)
+    _references(cx, source, out, top, n, k, batch_size, crop_size, crop_threshold, input_range, progress, selected)
     meta["complete"] = True
     write_json(os.path.join(out, "concepts.json"), meta)
     return ConceptRun(out)
+
+
+def _selected_channels(cx: ConditionalExplainer, channels: Mapping[str, Sequence[int]] | None) -> dict:
+    """``{layer: (channels,) bool}``: which channels get crops and heatmaps."""
+    out = {s.name: np.ones(s.channels, bool) for s in cx.sites}
+    if channels is None:
+        return out
+    if not isinstance(channels, Mapping):
+        raise ExplainError(f"channels must be a dict {{layer: [channels]}}, got {type(channels).__name__}")
+    for name, chans in channels.items():
+        site = cx._by_name.get(name)
+        if site is None:
+            raise ExplainError(f"channels names layer {name!r}, which is not among layers {[s.name for s in cx.sites]}")
+        ids = np.atleast_1d(np.asarray(list(chans) if not isinstance(chans, (int, np.integer)) else chans))
+        if ids.dtype.kind not in "iu" or ((ids < 0) | (ids >= site.channels)).any():
+            raise ExplainError(f"channels of layer {site.name!r} must be integers in 0..{site.channels - 1}, "
+                               f"got {list(np.asarray(ids).tolist())}")
+        out[site.name] = np.zeros(site.channels, bool)
+        out[site.name][ids] = True
+    return out
 
 
 def _identity(model: Any, cx: ConditionalExplainer, rule: Any, params: dict, source: Source, layers: list,
@@ -343,8 +371,10 @@ def _merge(cx: ConditionalExplainer, out: str, n: int, shard_size: int, k: int) 
 
 
 def _references(cx: ConditionalExplainer, source: Source, out: str, top: dict, n: int, k: int, batch_size: int,
-                crop_size: int, crop_threshold: float, input_range: Sequence[float], progress: bool) -> None:
-    """Conditional heatmaps, boxes and crops of every reference sample; ``layer-<name>.npz``."""
+                crop_size: int, crop_threshold: float, input_range: Sequence[float], progress: bool,
+                selected: dict) -> None:
+    """Conditional heatmaps, boxes and crops of every reference sample (of the ``selected`` channels);
+    ``layer-<name>.npz``."""
     from tqdm.auto import tqdm
 
     # per sample: the (layer, mode, channel, rank) slots it fills
@@ -352,7 +382,8 @@ def _references(cx: ConditionalExplainer, source: Source, out: str, top: dict, n
     for name, modes in top.items():
         for m in MODES:
             _, ids = modes[m]
-            for c in range(ids.shape[0]):
+            for c in np.flatnonzero(selected[name]):
+                c = int(c)
                 for r in range(ids.shape[1]):
                     slots.setdefault(int(ids[c, r]), []).append((name, m, c, r))
     shape = tuple(source.sample_shape)
@@ -392,6 +423,7 @@ def _references(cx: ConditionalExplainer, source: Source, out: str, top: dict, n
             for part in ("boxes", "crops", "heatmaps"):
                 data[f"{m}_{part}"] = arrays[(s.name, m, part)]
         data["mean_relevance"] = (top[s.name]["sum"] / max(n, 1)).astype(np.float32)
+        data["referenced"] = selected[s.name]
         write_npz(os.path.join(out, f"layer-{safe_name(s.name)}.npz"), data)
 
 
@@ -466,14 +498,17 @@ class ConceptRun:
     def references(self, layer: str, channel: int, mode: str = "relevance") -> dict[str, np.ndarray]:
         """The reference samples of ``channel``: ``indices`` and ``values`` (``k``; index -1 where the
         data set had fewer samples), ``boxes`` ``(k, 4)``, ``crops`` ``(k, S, S, colours)`` uint8 and
-        ``heatmaps`` ``(k, S, S)``."""
+        ``heatmaps`` ``(k, S, S)``, and ``referenced``: whether the run drew its crops and heatmaps
+        (see ``channels=`` of :func:`reference_examples`; zeros otherwise)."""
         if mode not in MODES:
             raise StreamError(f"mode must be one of {MODES}, got {mode!r}")
         z = self._layer(layer)
         channels = self.layers[layer]
         if not 0 <= int(channel) < channels:
             raise StreamError(f"layer {layer!r} has {channels} channels (0..{channels - 1}), got {channel}")
-        return {part: z[f"{mode}_{part}"][int(channel)] for part in ("indices", "values", "boxes", "crops", "heatmaps")}
+        out = {part: z[f"{mode}_{part}"][int(channel)] for part in ("indices", "values", "boxes", "crops", "heatmaps")}
+        out["referenced"] = bool(z["referenced"][int(channel)]) if "referenced" in z.files else True
+        return out
 
     def mean_relevance(self, layer: str) -> np.ndarray:
         """Each channel's mean relevance over the data set."""

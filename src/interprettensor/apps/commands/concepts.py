@@ -49,6 +49,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--color-mode", choices=["auto", "grayscale", "rgb"], default="auto",
                    help="auto: the image must have the model's channel count; grayscale/rgb: convert")
     c.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    c.add_argument("--channels", action="append", default=None, metavar="LAYER:LIST",
+                   help="draw crops and heatmaps only for these channels of LAYER, e.g. block4_conv3:0-31,40 "
+                        "(may be repeated; every channel is still ranked; default: all channels)")
     c.add_argument("--restart", action="store_true", help="delete a run found in OUT and start over")
     c.set_defaults(func=cmd_concepts)
 
@@ -67,6 +70,7 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     params = {k: getattr(args, k) for k in RULE_PARAMS if getattr(args, k, None) is not None}
     if needs_box(args.rule) and "low" not in params:
         params["low"], params["high"] = (float(v) for v in args.input_range)
+    channels = _parse_channels(args.channels, CLIError) if args.channels else None
     out = prepare_out_dir(args.out)
     model = load_model(args.model)
     data: Any = args.inputs
@@ -77,9 +81,28 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     run = reference_examples(model, data, args.layer, out, rule=args.rule, k=args.k, target=args.target,
                              shard_size=args.shard_size, batch_size=args.batch_size, crop_size=args.crop_size,
                              crop_threshold=args.crop_threshold, input_range=tuple(args.input_range),
-                             color_mode=args.color_mode, resize=args.resize, resume=not args.restart,
+                             color_mode=args.color_mode, resize=args.resize, channels=channels,
+                             resume=not args.restart,
                              progress=not args.quiet, **params)
     if not args.quiet:
         layers = ", ".join(f"{name} ({c} channels)" for name, c in run.layers.items())
         print(f"{run.meta['n_samples']} samples; reference examples of {layers} in {out}")
     return 0
+
+
+def _parse_channels(specs: list[str], error: type) -> dict[str, list[int]]:
+    """``['layer:0-3,7', ...]`` -> ``{'layer': [0, 1, 2, 3, 7]}``."""
+    out: dict[str, list[int]] = {}
+    for spec in specs:
+        layer, sep, items = spec.rpartition(":")
+        if not sep or not layer or not items:
+            raise error(f"--channels {spec!r}: give LAYER:LIST, e.g. block4_conv3:0-31,40")
+        chans = out.setdefault(layer, [])
+        for part in items.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            try:
+                chans.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+            except ValueError:
+                raise error(f"--channels {spec!r}: {part!r} is not a channel or a range a-b of channels") from None
+    return out
+

@@ -372,8 +372,13 @@ class ConceptsRun:
             raise RunError(f"layer {layer!r} has channels 0..{idx.shape[0] - 1}, not {channel}")
         vals = self.array(layer, f"{mode}_values")[channel]
         boxes = self.array(layer, f"{mode}_boxes")[channel]
+        try:  # a run may have drawn the pictures of chosen channels only (``channels=``)
+            pictures = bool(self.array(layer, "referenced")[channel])
+        except (KeyError, RunError):
+            pictures = True
         return [{"rank": r, "sample": int(idx[channel, r]), "value": float(np.nan_to_num(vals[r])),
-                 "box": [int(v) for v in boxes[r]]} for r in range(idx.shape[1]) if int(idx[channel, r]) >= 0]
+                 "box": [int(v) for v in boxes[r]], "pictures": pictures}
+                for r in range(idx.shape[1]) if int(idx[channel, r]) >= 0]
 
 
 # ---------------------------------------------------------------------------------------------- discovery

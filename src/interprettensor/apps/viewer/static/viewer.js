@@ -356,10 +356,11 @@ async function loadExamples(channel) {
     for (const ex of res.examples) {
       const q = (kind) => "/img/concept.png?" + new URLSearchParams({ run: c.name, layer: layer, channel: channel, mode: mode,
                                                                       rank: ex.rank, kind: kind, cmap: $("cmap").value });
-      box.appendChild(el("figure", { class: "example", "data-sample": ex.sample }, [
+      const caption = el("figcaption", { text: `#${ex.sample}: ${ex.value.toPrecision(3)}` +
+                                                 (ex.pictures === false ? " (no pictures drawn for this channel)" : "") });
+      box.appendChild(el("figure", { class: "example", "data-sample": ex.sample }, ex.pictures === false ? [caption] : [
         el("img", { src: q("crop"), alt: `crop of sample ${ex.sample}`, class: "crop" }),
-        el("img", { src: q("heatmap"), alt: `heatmap of sample ${ex.sample}`, class: "heat" }),
-        el("figcaption", { text: `#${ex.sample}: ${ex.value.toPrecision(3)}` })]));
+        el("img", { src: q("heatmap"), alt: `heatmap of sample ${ex.sample}`, class: "heat" }), caption]));
     }
   } catch (e) { status(e.message); }
 }
