@@ -37,3 +37,16 @@ def pytest_addoption(parser):
                     help="number of random models for tests/test_properties.py (default 30)")
     group.addoption("--property-seed-start", type=int, default=None,
                     help="first seed of the random models in tests/test_properties.py (default 0)")
+
+
+#: the longest test files, started first: with ``-n 2 --dist loadfile`` a file runs on one worker, and
+#: a long file that starts last keeps the run going after the other worker has finished
+LONGEST_FIRST = ("test_readme.py", "test_applications.py", "test_cli.py", "test_properties.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # a stable sort: the order inside each file is kept
