@@ -128,18 +128,11 @@ def _samples(source: Source, ranges: list, dtype: tf.DType, batch_size: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------- top k
-def _lexsort_rows(keys_i: np.ndarray, keys_v: np.ndarray, k: int) -> np.ndarray:
-    out = np.empty((keys_v.shape[0], min(k, keys_v.shape[1])), np.int64)
-    for row in range(keys_v.shape[0]):  # per channel: numpy's lexsort has no axis for 2-D keys per row
-        out[row] = np.lexsort((keys_i[row], -keys_v[row]))[:out.shape[1]]
-    return out
-
-
 def _top_k(best_v: np.ndarray, best_i: np.ndarray, values: np.ndarray, indices: np.ndarray,
            k: int) -> tuple[np.ndarray, np.ndarray]:
     v = np.concatenate([best_v, values.T.astype(np.float64)], axis=1)
     i = np.concatenate([best_i, np.broadcast_to(indices[None, :], (values.shape[1], len(indices)))], axis=1)
-    order = _lexsort_rows(i, v, k)
+    order = np.lexsort((i, -v), axis=-1)[:, :k]  # per channel: largest value first, ties to the lower index
     return np.take_along_axis(v, order, 1), np.take_along_axis(i, order, 1)
 
 
