@@ -109,7 +109,8 @@ class _RunSource(Source):
 def _open(model: Any, data: Any, target: Any, input_range: Sequence[float], color_mode: str, resize: bool) -> Source:
     if isinstance(data, str) and os.path.isdir(data) and glob.glob(os.path.join(data, "shard-*.npz")):
         if target is not None:
-            raise StreamError("an explain_dataset run as input explains the targets that run explained: drop target=")
+            raise StreamError("an explain_dataset run as input is explained for the classes that run explained: "
+                              "drop target= (--target)")
         return _RunSource(data)
     try:
         expected = model_input_shape(model)
@@ -236,9 +237,12 @@ def _selected_channels(cx: ConditionalExplainer, channels: Mapping[str, Sequence
         if site is None:
             raise ExplainError(f"channels names layer {name!r}, which is not among layers {[s.name for s in cx.sites]}")
         ids = np.atleast_1d(np.asarray(list(chans) if not isinstance(chans, (int, np.integer)) else chans))
-        if ids.dtype.kind not in "iu" or ((ids < 0) | (ids >= site.channels)).any():
-            raise ExplainError(f"channels of layer {site.name!r} must be integers in 0..{site.channels - 1}, "
-                               f"got {list(np.asarray(ids).tolist())}")
+        if ids.dtype.kind not in "iu":
+            raise ExplainError(f"channels of layer {site.name!r} must be integers, got {list(ids.tolist())[:10]}")
+        bad = ids[(ids < 0) | (ids >= site.channels)]
+        if bad.size:
+            raise ExplainError(f"channels of layer {site.name!r} must be integers in 0..{site.channels - 1}, got "
+                               f"{', '.join(map(str, bad[:5].tolist()))}{' ...' if bad.size > 5 else ''}")
         out[site.name] = np.zeros(site.channels, bool)
         out[site.name][ids] = True
     return out
