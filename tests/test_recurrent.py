@@ -378,3 +378,25 @@ def test_cli_explains_recurrent_sequences(tmp_path, monkeypatch, capsys):
         got = z["relevance"]
     want = np.asarray(it.lrp(keras.models.load_model("rnn.keras"), x.astype("float32")))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_gates_option_swaps_the_gate_rule(tmp_path, monkeypatch, capsys):
+    """``explain --gates half`` gives ``it.lrp(..., gates='half')``, which differs from the default."""
+    from interprettensor.apps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((T, F)), L.LSTM(U), L.Dense(2)])
+    model.save("rnn.keras")
+    x = _inputs()[0].astype("float32")
+    np.save("s.npy", x)
+    assert main(["explain", "rnn.keras", "s.npy", "--out", "out", "-q", "--no-png", "--gates", "half"]) == 0, \
+        capsys.readouterr().err
+    with np.load(tmp_path / "out" / "relevances.npz") as z:
+        got = z["relevance"]
+    loaded = keras.models.load_model("rnn.keras")
+    np.testing.assert_allclose(got, it.lrp(loaded, x, gates="half"), rtol=1e-4, atol=1e-6)
+    assert np.abs(got - it.lrp(loaded, x)).max() > 1e-4
+    with pytest.raises(SystemExit) as e:  # argparse: a usage error
+        main(["explain", "rnn.keras", "s.npy", "--out", "out2", "-q", "--gates", "bogus"])
+    assert e.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -37,6 +37,8 @@ from typing import Any, Sequence
 __all__ = ["main", "build_parser", "CLIError"]
 
 RULE_PARAMS = ("epsilon", "alpha", "beta", "gamma", "low", "high")
+#: product rules for recurrent cells' gates (``--gates``; :mod:`interprettensor.engine.operation_rules`)
+GATE_RULES = ("gate", "signal_take_all", "half", "proportional", "proportional_abs")
 
 
 #: the labels of :data:`interprettensor.evaluate.DEFAULT_METHODS`, for ``evaluate --help`` without
@@ -147,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("high", "highest input value, for box rules; default for images: HIGH of --input-range; "
                                ".npy arrays need it")]:
         e.add_argument(f"--{name}", type=float, default=None, help=hlp)
+    e.add_argument("--gates", choices=GATE_RULES, default=None,
+                   help="rule for the gate x signal products inside LSTM/GRU cells: gate (all to the signal, "
+                        "Arras et al. 2017; the default), half, proportional, proportional_abs (Arras et al. 2019)")
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted class)")
     e.add_argument("--out", default="explanations", help="output folder (default: %(default)s)")
     e.add_argument("--batch-size", type=_positive_int, default=64, help="inputs per LRP pass (default: %(default)s)")
@@ -357,6 +362,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ..io import render
 
     params = {k: getattr(args, k) for k in RULE_PARAMS if getattr(args, k) is not None}
+    if args.gates is not None:
+        params["gates"] = args.gates
     _check_range("--input-range", args.input_range)
     if (args.low is None) != (args.high is None):
         raise CLIError(f"give both --low and --high (the input's value range), got only "
