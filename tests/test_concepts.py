@@ -264,3 +264,14 @@ def test_reference_pictures_for_chosen_channels_only(model, tmp_path):
                  "--out", str(tmp_path / "cli"), "--k", "2", "--crop-size", "4", "-q", "--rule", "epsilon"]) == 0
     np.testing.assert_array_equal(np.load(str(tmp_path / "cli" / "layer-c2.npz"))["referenced"],
                                   [True, True, False, False, True])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "mixed_float16"])
+def test_conditional_in_other_precisions(model, x, dtype):
+    """The conditional pass takes the explainer's precision (box bounds included)."""
+    params = {"low": 0.0, "high": 1.0, "dtype": dtype}
+    R = it.concepts.conditional(model, x, layer="c2", channels=range(5), rule="epsilon_gamma_box", **params)
+    full = it.Explainer(model, "epsilon_gamma_box", **params)(x)
+    assert np.isfinite(R).all()
+    np.testing.assert_allclose(R.sum(1), full, rtol=1e-4 if dtype == "float64" else 2e-2,
+                               atol=(1e-9 if dtype == "float64" else 2e-3) * np.abs(full).max())

@@ -193,16 +193,12 @@ class ConditionalExplainer(Explainer):
 
     def _forward_and_top(self, xs: Sequence[tf.Tensor], targets: tf.Tensor, lowest: int) -> tuple:
         """Forward pass, starting relevance, and the backward pass down to step ``lowest`` (exclusive):
-        ``(records, relevance by key, explained output, model outputs, values)``."""
-        values, records = forward(self.graph, xs)
-        model_outputs = self._model_outputs(values)
-        out = values[self.start_key]
-        if self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16):
-            records = cast_floats(records, self.backward_dtype)
-            out = tf.cast(out, self.backward_dtype)
+        ``(records, relevance by key, explained output, model outputs, values, inputs in the backward
+        dtype)``."""
+        values, records, model_outputs, out, xs = self._forward_pass(xs)
         R = start_relevance(out, targets, None, False, "the model output")
         rel = self._backward_range(records, {self.start_key: R}, lowest + 1, len(self.graph.steps), self.rules)
-        return records, rel, out, model_outputs, values
+        return records, rel, out, model_outputs, values, xs
 
     def _backward_range(self, records: list, start: dict, lo: int, hi: int, rules: Sequence[Any]) -> dict:
         """The backward pass through steps ``lo .. hi-1`` (relevance by key)."""
@@ -229,9 +225,7 @@ class ConditionalExplainer(Explainer):
             return out
         # a layer whose record is more than the batch's tensors: run the forward pass on repeated inputs
         _, again = forward(self.graph, [rep(x) for x in xs])
-        if self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16):
-            again = cast_floats(again, self.backward_dtype)
-        return again[:hi]
+        return (cast_floats(again, self.backward_dtype) if self._recast() else again)[:hi]
 
     @staticmethod
     def _broadcast_mask(mask: tf.Tensor, n: tf.Tensor, site: _Site, dtype: tf.DType) -> tf.Tensor:
@@ -247,7 +241,7 @@ class ConditionalExplainer(Explainer):
         tokens = self._contexts()
         try:
             top = sites[0]
-            records, rel, out, model_outputs, values = self._forward_and_top(
+            records, rel, out, model_outputs, values, xs_b = self._forward_and_top(
                 xs, targets, len(self.graph.steps) if from_activation else top.index)
             n = tf.shape(xs[0])[0]
             K = tf.shape(masks[0])[0]
@@ -259,7 +253,7 @@ class ConditionalExplainer(Explainer):
             else:
                 R_top = materialize(rel[top.key]) if top.key in rel else tf.zeros_like(tf.cast(values[top.key], dtype))
             lower = self._repeated_records(records, xs, K, top.index + 1)
-            xs_rep = [tf.repeat(x, K, axis=0) for x in xs]
+            xs_rep = [tf.repeat(x, K, axis=0) for x in xs_b]
             R = tf.repeat(R_top, K, axis=0) * self._broadcast_mask(masks[0], n, top, dtype)
             current = top
             for site, mask in zip(sites[1:], masks[1:]):
@@ -287,7 +281,7 @@ class ConditionalExplainer(Explainer):
         self.trace_count += 1
         tokens = self._contexts()
         try:
-            _, rel, out, model_outputs, values = self._forward_and_top(xs, targets, self.sites[-1].index)
+            _, rel, out, model_outputs, values, _ = self._forward_and_top(xs, targets, self.sites[-1].index)
             relevances, activations = [], []
             for s in self.sites:
                 R = rel.get(s.key)

@@ -167,15 +167,7 @@ class Explainer:
         token = RELU_DENOMINATOR.set(fused)  # for the forward and the backward pass
         token_positive = POSITIVE_OUTPUTS.set(positive)
         try:
-            values, records = forward(self.graph, xs)
-            model_outputs = self._model_outputs(values)
-            out = values[self.start_key]
-            if self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16):
-                # mixed precision: relevance in backward_dtype; low precision: layers of a float32 model
-                # (autocasting their inputs) may have returned float32, so make the dtypes uniform
-                records = cast_floats(records, self.backward_dtype)
-                out = tf.cast(out, self.backward_dtype)
-                xs = [tf.cast(x, self.backward_dtype) if x.dtype.is_floating else x for x in xs]
+            values, records, model_outputs, out, xs = self._forward_pass(xs)
             where = f"layer {self.layer!r}" if self.layer else "the model output"
             R = start_relevance(out, targets, R0, self.layer is not None, where, positions)
             scale = None
@@ -193,6 +185,23 @@ class Explainer:
             result = [scale_down(r, scale) for r in result]
             lw = tf.nest.map_structure(lambda t: scale_down(t, scale), lw)
         return result, lw, out, model_outputs
+
+    def _forward_pass(self, xs: Sequence[tf.Tensor]) -> tuple:
+        """The forward pass, with its records, explained output and inputs in the backward dtype:
+        ``(values, records, model outputs, explained output, inputs)``."""
+        values, records = forward(self.graph, xs)
+        model_outputs = self._model_outputs(values)
+        out = values[self.start_key]
+        if self._recast():
+            records = cast_floats(records, self.backward_dtype)
+            out = tf.cast(out, self.backward_dtype)
+            xs = [tf.cast(x, self.backward_dtype) if x.dtype.is_floating else x for x in xs]
+        return values, records, model_outputs, out, list(xs)
+
+    def _recast(self) -> bool:
+        """Whether the records need casting: mixed precision (relevance in ``backward_dtype``), or low
+        precision (layers of a float32 model, autocasting their inputs, may have returned float32)."""
+        return self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16)
 
     def _model_outputs(self, values: dict) -> list[tf.Tensor]:
         """The model's outputs as the pass computed them, with a stripped final activation re-applied
