@@ -166,9 +166,8 @@ model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, ac
                           keras.layers.Dense(10)])
 """
 
-#: bash setup (Python, run in the folder first) keyed by the block's first line
-BASH_SETUP = {
-    "interprettensor concepts model.keras digits/": """
+#: six digits as PNG files in digits/ (and the seed set for a model built after it)
+_DIGITS_FOLDER = """
 import os, keras, numpy as np
 from PIL import Image
 import interprettensor as it
@@ -177,6 +176,11 @@ os.makedirs('digits', exist_ok=True)
 for i in range(6):
     Image.fromarray((x[i, ..., 0] * 255).round().astype('uint8')).save(f'digits/digit{i}.png')
 keras.utils.set_random_seed(0)
+"""
+
+#: bash setup (Python, run in the folder first) keyed by the block's first line
+BASH_SETUP = {
+    "interprettensor concepts model.keras digits/": _DIGITS_FOLDER + """
 keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
                   keras.layers.Conv2D(6, 5, activation='relu'), keras.layers.Flatten(),
                   keras.layers.Dense(10)]).save('model.keras')
@@ -199,15 +203,7 @@ bb = keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num
 keras_hub.models.BertTextClassifier(bb, num_classes=2, preprocessor=pre).save("bert.keras")
 open("reviews.txt", "w").write("a bad film\\nthe movie was great\\n")
 """,
-    "interprettensor explain model.keras digits/ --shard-size 256 --store-inputs": """
-import os, keras, numpy as np
-from PIL import Image
-import interprettensor as it
-x = it.data.load_digits()[0]
-os.makedirs('digits', exist_ok=True)
-for i in range(6):
-    Image.fromarray((x[i, ..., 0] * 255).round().astype('uint8')).save(f'digits/digit{i}.png')
-keras.utils.set_random_seed(0)
+    "interprettensor explain model.keras digits/ --shard-size 256 --store-inputs": _DIGITS_FOLDER + """
 keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'), keras.layers.Flatten(),
                   keras.layers.Dense(10)]).save('model.keras')
 """,

@@ -255,17 +255,21 @@ class NpzRun(ExplainRun):
         return self.members.get(self.file, key)[row]
 
 
+def _read_meta(path: str, kind: str, table: str, what: str) -> dict:
+    """The JSON file ``path`` of a result of ``kind``, which must hold a dict under ``table``."""
+    meta = _read_json(path, f"{what} ({os.path.basename(path)})")
+    if meta.get("kind") != kind or not isinstance(meta.get(table), dict):
+        raise RunError(f"{path!r} is not {what} (expected \"kind\": \"{kind}\" and \"{table}\")")
+    return meta
+
+
 # ---------------------------------------------------------------------------------------------- SpRAy
 class Spray:
     """SpRAy results of an explain run (``RUN/spray/spray.json``, ``class-<c>.npz``)."""
 
     def __init__(self, folder: str, members: _Members):
         self.folder, self.members = folder, members
-        meta = _read_json(os.path.join(folder, SPRAY_JSON), "SpRAy results (spray.json)")
-        if meta.get("kind") != "spray" or not isinstance(meta.get("classes"), dict):
-            raise RunError(f"{os.path.join(folder, SPRAY_JSON)!r} is not SpRAy results (expected "
-                           f'"kind": "spray" and "classes")')
-        self.meta = meta
+        self.meta = meta = _read_meta(os.path.join(folder, SPRAY_JSON), "spray", "classes", "SpRAy results")
         self.classes = {str(c): v for c, v in meta["classes"].items()}
 
     def summary(self) -> dict:
@@ -327,11 +331,7 @@ class ConceptsRun:
 
     def __init__(self, path: str, members: _Members):
         self.path, self.members = path, members
-        meta = _read_json(os.path.join(path, CONCEPTS), "a concepts run (concepts.json)")
-        if meta.get("kind") != "concepts" or not isinstance(meta.get("layers"), dict):
-            raise RunError(f"{os.path.join(path, CONCEPTS)!r} is not a concepts run (expected "
-                           f'"kind": "concepts" and "layers")')
-        self.meta = meta
+        self.meta = meta = _read_meta(os.path.join(path, CONCEPTS), "concepts", "layers", "a concepts run")
         self.layers = meta["layers"]
 
     def summary(self) -> dict:
