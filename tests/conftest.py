@@ -37,6 +37,46 @@ def pytest_addoption(parser):
                     help="number of random models for tests/test_properties.py (default 30)")
     group.addoption("--property-seed-start", type=int, default=None,
                     help="first seed of the random models in tests/test_properties.py (default 0)")
+    group.addoption("--tolerance-report", default=None, metavar="FILE",
+                    help="append, for every numpy.testing.assert_allclose call, how much of its tolerance the "
+                         "error used (max |actual - desired| / (atol + rtol |desired|)) to FILE as JSON lines: "
+                         "assertions near 1 depend on the machine's rounding")
+
+
+def pytest_configure(config):
+    path = config.getoption("--tolerance-report", default=None)
+    if path:
+        _record_tolerances(os.path.abspath(path))
+
+
+def _record_tolerances(path: str) -> None:
+    """Wrap numpy.testing.assert_allclose to log the fraction of the tolerance each call used."""
+    import json
+    import traceback
+
+    import numpy as np
+
+    original = np.testing.assert_allclose
+
+    def assert_allclose(actual, desired, rtol=1e-7, atol=0, equal_nan=True, err_msg="", verbose=True, **kw):
+        try:
+            a = np.asarray(actual, dtype=np.float64)
+            d = np.broadcast_to(np.asarray(desired, dtype=np.float64), a.shape)
+            ok = np.isfinite(a) & np.isfinite(d) & (a != d)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                used = np.abs(a - d)[ok] / (atol + rtol * np.abs(d)[ok])
+            frac = float(np.nanmax(used, initial=0.0)) if used.size else 0.0
+            where = traceback.extract_stack(limit=2)[0]
+            with open(path, "a") as f:
+                f.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+                                    "line": f"{os.path.basename(where.filename)}:{where.lineno}",
+                                    "used": frac, "rtol": rtol, "atol": atol}) + "\n")
+        except Exception:  # noqa: BLE001 - the report must never change a test's outcome
+            pass
+        return original(actual, desired, rtol=rtol, atol=atol, equal_nan=equal_nan, err_msg=err_msg,
+                        verbose=verbose, **kw)
+
+    np.testing.assert_allclose = assert_allclose
 
 
 #: the longest test files, started first: with ``-n 2 --dist loadfile`` a file runs on one worker, and
