@@ -366,7 +366,8 @@ def _chromium():
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One headless Chromium for the module (playwright's sync API allows one instance at a time)."""
     exe = _chromium()
     if exe is None:
         pytest.skip("no Chromium found (apt-get install chromium, or set INTERPRETTENSOR_CHROMIUM): browser tests "
@@ -376,15 +377,26 @@ def page(server):
     except ImportError:
         pytest.skip("playwright is not installed (pip install interprettensor[test]): browser tests skipped")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
-        pg = browser.new_page(viewport={"width": 1300, "height": 900})
-        pg.console_errors = []
-        pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: pg.console_errors.append(str(e)))
-        pg.goto(server.url)
-        pg.wait_for_selector("body[data-ready='1']", timeout=20_000)
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _open_page(browser, url):
+    pg = browser.new_page(viewport={"width": 1300, "height": 900})
+    pg.console_errors = []
+    pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.console_errors.append(str(e)))
+    pg.goto(url)
+    pg.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    pg = _open_page(browser, server.url)
+    yield pg
+    pg.close()
 
 
 def _img_bytes(server, src):
@@ -449,6 +461,7 @@ def test_spray_view_click_on_a_cluster_shows_its_samples(page, server, runs):
     page.select_option("#spray-embedding", "tsne")
     page.wait_for_selector("#legend button[data-cluster='1']")
     assert page.locator("#eigen circle.eigenvalue").count() == 6
+    assert not page.is_visible("#cluster-pager")  # issue 18: no pager before a cluster is chosen
     with np.load(os.path.join(runs["run"], "epsilon", "spray", "class-1.npz")) as z:
         idx, km2 = z["indices"], z["cluster-kmeans-2"]
     page.click("#legend button[data-cluster='1']")
@@ -484,3 +497,249 @@ def test_concepts_view_shows_reference_crops(page, server, runs):
     page.select_option("#concepts-mode", "activation")
     page.wait_for_function("() => document.querySelector('#channel-title').textContent.includes('activating')")
     assert page.console_errors == []
+
+
+# ------------------------------------------------------------------ issue 18: what a new user found
+EIG_A = np.array([0.0, 0.02, 0.9, 1.0, 1.1, 3.0])  # relative gap: 2 clusters; absolute: after 5
+EIG_B = np.array([0.0, 1e-3, 0.01, 0.5, 1.0, 2.0, 4.0])  # relative gap: 3 clusters; absolute: after 6
+
+
+def _spray_eigengaps(run, y):
+    """SpRAy results whose eigengap (the library's relative one) differs from the largest absolute gap:
+    class 0 suggests 2 clusters, class 1 3, class 2 as class 1 but written without "eigengap" (old file)."""
+    from interprettensor.analysis.spray import eigengap
+
+    folder = os.path.join(run, "spray")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    classes = {}
+    for c, eig in ((0, EIG_A), (1, EIG_B), (2, EIG_B)):
+        idx = np.flatnonzero(y == c).astype(np.int64)
+        n = len(idx)
+        _write_npz(os.path.join(folder, f"class-{c}.npz"), {
+            "indices": idx, "eigenvalues": eig, "spectral": np.random.default_rng(c).normal(size=(n, 4)).astype(np.float32),
+            "cluster-kmeans-2": (np.arange(n) % 2).astype(np.int64), "cluster-kmeans-3": (np.arange(n) % 3).astype(np.int64)})
+        classes[str(c)] = {"file": f"class-{c}.npz", "n": n, "clusterings": ["kmeans-2", "kmeans-3"],
+                           "embeddings": ["spectral"], "eigengap": eigengap(eig)}
+    del classes["2"]["eigengap"]
+    with open(os.path.join(folder, "spray.json"), "w") as f:
+        json.dump({"format": 1, "kind": "spray", "params": {}, "classes": classes}, f)
+
+
+def _npz_run(folder, inputs, outputs, seed, labels=None, names=True):
+    os.makedirs(folder)
+    n = len(outputs)
+    arrays = {"relevance": np.random.default_rng(seed).normal(size=(n, 8, 8, 1)).astype(np.float32),
+              "indices": np.arange(n), "targets": np.argmax(outputs, 1), "outputs": outputs,
+              "valid": np.ones(n, bool)}
+    if inputs is not None:
+        arrays["inputs"] = inputs
+    if names:
+        arrays["names"] = np.array([f"img{i}" for i in range(n)])
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int64)
+    np.savez(os.path.join(folder, "relevances.npz"), **arrays)
+
+
+NPZ_LABELS = [0, 1, -1, 2, -1, 1, 0, -1]
+
+
+@pytest.fixture(scope="module")
+def runs18(runs, tmp_path_factory):
+    """Copies of the epsilon run: SpRAy with eigengaps (good), SpRAy of no class (empty), a broken
+    spray.json (brokenspray), a truncated shard (damaged), other inputs of another model with the same
+    count, shape and indices (other); relevances.npz runs of the same / other inputs."""
+    root = tmp_path_factory.mktemp("issue18") / "I18"
+    eps = os.path.join(runs["run"], "epsilon")
+    for name in ("good", "empty", "brokenspray", "damaged", "other"):
+        shutil.copytree(eps, root / name)
+    _spray_eigengaps(str(root / "good"), runs["y"])
+    with open(root / "empty" / "spray" / "spray.json", "w") as f:
+        json.dump({"format": 1, "kind": "spray", "params": {"n_neighbors": 10}, "classes": {},
+                   "skipped": {str(c): "8 samples, fewer than 11" for c in range(CLASSES)}}, f)
+    (root / "brokenspray" / "spray" / "spray.json").write_text('{"format": 1, "kind": "spray", "classes": ')
+    shutil.rmtree(root / "damaged" / "spray")
+    os.truncate(root / "damaged" / "shard-00001.npz", 1000)
+    shutil.rmtree(root / "other" / "spray")
+    m = json.loads((root / "other" / "manifest.json").read_text())  # what explain_dataset writes for those
+    m["identity"]["model"] = "sequential_9 (fingerprint 0123456789abcdef)"
+    m["identity"]["input"] = "array(24, 8, 8, 1):float32:fedcba9876543210"
+    (root / "other" / "manifest.json").write_text(json.dumps(m))
+    rng = np.random.default_rng(7)
+    x, out = rng.random((8, 8, 8, 1), dtype=np.float32), rng.normal(size=(8, 3)).astype(np.float32)
+    _npz_run(str(root / "npz-a"), x, out, 1, labels=NPZ_LABELS)
+    _npz_run(str(root / "npz-b"), x.copy(), out.copy(), 2, labels=NPZ_LABELS)  # same data, another rule
+    _npz_run(str(root / "npz-c"), x[::-1].copy(), out[::-1].copy(), 3)  # other inputs, same shape and names
+    _npz_run(str(root / "npz-d"), None, out.copy(), 4, names=False)  # nothing to tell the inputs by
+    _npz_run(str(root / "npz-e"), None, out.copy(), 5, names=False)
+    return {"root": str(root)}
+
+
+@pytest.fixture(scope="module")
+def server18(runs18):
+    srv = make_server([runs18["root"]])
+    serve_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_runs_are_grouped_by_fingerprints_of_inputs_and_model(server18):
+    _, info = get_json(server18, "/api/runs")
+    group = {r["name"]: r["group"] for r in info["runs"]}
+    assert sorted(group) == ["brokenspray", "damaged", "empty", "good", "npz-a", "npz-b", "npz-c", "npz-d", "npz-e",
+                             "other"]
+    # copies of one run (same inputs, same model): rules of one data set, even with a damaged shard
+    assert group["good"] == group["empty"] == group["brokenspray"] == group["damaged"]
+    # other images of another model, with the same count, shape and indices: not offered as a rule
+    assert group["other"] != group["good"]
+    assert group["npz-a"] == group["npz-b"]  # the same stored inputs and outputs
+    assert group["npz-c"] not in (group["npz-a"], group["good"])  # other inputs, the same names and shape
+    # neither inputs nor names stored: nothing tells the inputs are equal, so never merged
+    assert len({group["npz-d"], group["npz-e"], group["npz-a"]}) == 3
+
+
+def test_empty_spray_is_said_clearly(server18):
+    _, info = get_json(server18, "/api/runs")
+    empty = info["spray"]["empty"]
+    assert empty["classes"] == {} and empty["skipped"]["1"] == "8 samples, fewer than 11"
+    assert "SpRAy analysed no class of this run" in empty["empty"] and "class 0: 8 samples" in empty["empty"]
+    for params in ({"run": "empty"}, {"run": "empty", "class": "0"}):
+        status, body = get_json(server18, "/api/spray", **params)
+        assert status == 404 and "SpRAy analysed no class" in body["error"] and "all skipped" in body["error"], body
+        assert "missing parameter" not in body["error"]
+    # a spray.json that cannot be read: said for that run; the run's samples are served
+    assert "spray.json" in info["spray"]["brokenspray"]["error"]
+    status, body = get_json(server18, "/api/spray", run="brokenspray", **{"class": "0"})
+    assert status == 404 and "spray.json" in body["error"]
+    assert get_json(server18, "/api/samples", run="brokenspray")[1]["total"] == N
+
+
+def test_eigengap_is_the_library_s_relative_gap(server18):
+    from interprettensor.analysis.spray import eigengap
+
+    assert eigengap(EIG_A) == 2 and eigengap(EIG_B) == 3
+    assert int(np.argmax(np.diff(EIG_A))) + 1 == 5 and int(np.argmax(np.diff(EIG_B))) + 1 == 6  # absolute: not so
+    _, info = get_json(server18, "/api/runs")
+    classes = info["spray"]["good"]["classes"]
+    assert [classes[c]["eigengap"] for c in "012"] == [2, 3, 3]  # class 2: no "eigengap" stored, computed alike
+    for c, want in (("0", 2), ("1", 3), ("2", 3)):
+        _, d = get_json(server18, "/api/spray", run="good", **{"class": c, "embedding": "spectral"})
+        assert d["eigengap"] == want
+
+
+def test_damaged_shard_is_marked_and_the_rest_served(server18):
+    _, info = get_json(server18, "/api/runs")
+    r = {r["name"]: r for r in info["runs"]}["damaged"]
+    assert r["n"] == N and r["unavailable"] == 10 and sum(r["targets"].values()) == N - 10
+    assert len(r["damaged"]) == 1 and "shard-00001.npz" in r["damaged"][0] and "--resume" in r["damaged"][0]
+    _, page = get_json(server18, "/api/samples", run="damaged", limit=100)
+    assert [it["index"] for it in page["items"]] == list(range(N))
+    bad = [it["index"] for it in page["items"] if "unavailable" in it]
+    assert bad == list(range(10, 20))
+    assert all(it["shard"] == "shard-00001.npz" and "--resume" in it["unavailable"]
+               for it in page["items"] if "unavailable" in it)
+    assert get(server18, "/img/sample.png", run="damaged", index=5, kind="overlay")[0] == 200
+    assert get(server18, "/img/sample.png", run="damaged", index=21, kind="heatmap")[0] == 200
+    for path in ("/img/sample.png", "/api/sample"):
+        status, body = get_json(server18, path, run="damaged", index=15)
+        assert status == 404 and "shard-00001.npz" in body["error"] and "--resume" in body["error"], body
+
+
+def test_label_filter_with_unknown_labels(server18):
+    _, info = get_json(server18, "/api/runs")
+    r = {r["name"]: r for r in info["runs"]}
+    assert r["npz-a"]["labels"] == {"-1": 3, "0": 2, "1": 2, "2": 1}
+    assert not r["npz-c"]["has_labels"] and "labels" not in r["npz-c"]
+    _, page = get_json(server18, "/api/samples", run="npz-a", label=-1)
+    assert [it["index"] for it in page["items"]] == [2, 4, 7] and all(it["label"] == -1 for it in page["items"])
+    status, body = get_json(server18, "/api/samples", run="npz-c", label=1)
+    assert status == 400 and "has no labels" in body["error"]
+
+
+@pytest.fixture(scope="module")
+def page18(browser, server18):
+    pg = _open_page(browser, server18.url)
+    yield pg
+    pg.close()
+
+
+def _choose_run(pg, srv, name):
+    _, info = get_json(srv, "/api/runs")
+    group = {r["name"]: r["group"] for r in info["runs"]}[name]
+    pg.click("#tabs button[data-tab='samples']")
+    pg.select_option("#group", str(group))
+    pg.select_option("#rule", name)
+    pg.wait_for_function(f"() => [...document.querySelectorAll('#grid .thumb')].length > 0 && "
+                         f"[...document.querySelectorAll('#grid .thumb')].every(f => f.dataset.run === {name!r})")
+
+
+def test_page_with_an_empty_spray_and_a_damaged_shard(page18, server18):
+    # the samples are shown although the first SpRAy results hold no class
+    page18.wait_for_selector("#grid .thumb")
+    _choose_run(page18, server18, "damaged")
+    page18.wait_for_function("() => document.querySelectorAll('#grid .thumb').length === 24")
+    unavailable = page18.locator("#grid .thumb.unavailable")
+    assert unavailable.count() == 10
+    assert sorted(int(v) for v in page18.eval_on_selector_all("#grid .thumb.unavailable",
+                                                               "els => els.map(e => e.dataset.index)")) == list(range(10, 20))
+    assert "shard-00001.npz" in unavailable.first.inner_text() and "--resume" in unavailable.first.inner_text()
+    assert page18.is_visible("#samples-note") and "shard-00001.npz" in page18.inner_text("#samples-note")
+    assert "--resume" in page18.inner_text("#samples-note")
+    _loaded(page18, "#grid .thumb img")
+    assert page18.locator("#grid .thumb img").count() == 14
+    page18.click("#tabs button[data-tab='spray']")
+    page18.select_option("#spray-run", "empty")
+    page18.wait_for_function("() => !document.querySelector('#spray-note').hidden")
+    text = page18.inner_text("#spray-note")
+    assert "SpRAy analysed no class of this run" in text and "all skipped: class 0: 8 samples, fewer than 11" in text
+    assert not page18.is_visible("#spray-plots") and "missing parameter" not in page18.inner_text("#status")
+    page18.select_option("#spray-run", "brokenspray")
+    page18.wait_for_function("() => document.querySelector('#spray-note').textContent.includes('cannot be shown')")
+    assert "spray.json" in page18.inner_text("#spray-note")
+    page18.select_option("#spray-run", "good")
+    page18.wait_for_function("() => document.querySelectorAll('#scatter circle').length > 0")
+    assert not page18.is_visible("#spray-note")
+    assert page18.console_errors == []
+
+
+def test_page_eigengap_and_clustering_follow_the_class(page18, server18):
+    page18.click("#tabs button[data-tab='spray']")
+    page18.select_option("#spray-run", "good")
+    for cls, k in (("0", 2), ("1", 3), ("0", 2), ("2", 3)):
+        page18.select_option("#spray-class", cls)
+        page18.wait_for_function(f"() => document.querySelector('#scatter-caption').textContent.includes('class {cls}:')")
+        page18.wait_for_selector("body[data-pending='0']")  # no answer still to be drawn
+        assert page18.input_value("#spray-clustering") == f"kmeans-{k}", cls  # as the new class's eigengap suggests
+        label = page18.locator("#eigen text.eigengap")
+        assert label.count() == 1 and label.text_content().startswith(f"gap after {k} ")
+        # the label is above the plot: neither the line nor an eigenvalue's marker overdraws it
+        box = label.bounding_box()
+        tops = page18.eval_on_selector_all("#eigen circle.eigenvalue, #eigen polyline",
+                                           "els => els.map(e => e.getBoundingClientRect().top)")
+        assert box["y"] + box["height"] <= min(tops), (box, tops)
+        red = page18.eval_on_selector_all("#eigen circle.eigenvalue", "els => els.map(e => e.getAttribute('fill'))")
+        assert [i for i, f in enumerate(red) if f == "#d62728"] == [k - 1]  # the last eigenvalue before the gap
+        # the cluster pager is hidden until a cluster (of more than a page) is chosen
+        assert not page18.is_visible("#cluster-pager")
+    page18.click("#legend button[data-cluster='1']")
+    page18.wait_for_function("() => document.querySelectorAll('#cluster-grid .thumb').length > 0")
+    assert not page18.is_visible("#cluster-pager")  # 3 samples: one page
+    assert page18.console_errors == []
+
+
+def test_page_label_filter(page18, server18):
+    _choose_run(page18, server18, "npz-a")
+    assert not page18.is_visible("#label-note")
+    assert page18.eval_on_selector("#filter-by option[value='label']", "o => o.disabled") is False
+    page18.select_option("#filter-by", "label")
+    options = page18.eval_on_selector_all("#class option", "els => els.map(e => [e.value, e.textContent])")
+    assert ["-1", "unknown (3)"] in options
+    page18.select_option("#class", "-1")
+    page18.wait_for_function("() => document.querySelectorAll('#grid .thumb').length === 3")
+    assert page18.eval_on_selector_all("#grid .thumb", "els => els.map(e => +e.dataset.index)") == [2, 4, 7]
+    _choose_run(page18, server18, "npz-c")  # no labels: the filter says so and offers the explained class only
+    assert page18.is_visible("#label-note") and "no labels" in page18.inner_text("#label-note")
+    assert page18.eval_on_selector("#filter-by option[value='label']", "o => o.disabled") is True
+    assert page18.input_value("#filter-by") == "target"
+    assert page18.console_errors == []

@@ -162,10 +162,23 @@ class ExplainRun:
     def outputs(self, sample: int) -> np.ndarray:
         return np.asarray(self.array_row("outputs", self.row_of(sample)), np.float32).reshape(-1)
 
-    def data_key(self) -> tuple:
-        """Runs with the same key explain the same samples (e.g. with other rules): the viewer lets the
-        user switch between them."""
-        return (self.n, tuple(self.sample_shape), int(self.ids[0]) if self.n else 0, int(self.ids[-1]) if self.n else 0)
+    #: shards that cannot be read (position in the run -> message naming the file and what to do)
+    damaged: dict[int, str] = {}
+
+    def unavailable(self, row: int) -> tuple[str, str] | None:
+        """``(file name, message)`` where row ``row`` cannot be shown (its shard is damaged), else ``None``."""
+        return None
+
+    def available(self) -> np.ndarray:
+        """Per row: ``False`` where the row's shard is damaged."""
+        return np.ones(self.n, bool)
+
+    def group_key(self) -> tuple | None:
+        """Runs with the same key explain the same inputs with the same model (e.g. with other rules):
+        the viewer lets the user switch between them. ``None``: the inputs (or the model) are not known,
+        so the run is a group of its own: two runs whose inputs are not known to be equal are never
+        offered as rules of one data set."""
+        return None
 
 
 def _rule_name(identity_rule: str) -> str:
@@ -199,25 +212,121 @@ class ShardRun(ExplainRun):
         counts = [int(e["count"]) for e in m["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # row -> shard: bisect
         self.n = int(self.offsets[-1])
-        self.keys = _npz_keys(self.files[0]) if self.files else ["relevance"]
         self.sample_shape = tuple(ident.get("sample_shape") or ())
-        parts: dict[str, list] = {k: [] for k in ("indices", "targets", "valid", "labels", "names")}
-        for f in self.files:  # the small per-sample arrays, one member read each
-            for k in parts:
-                if k in self.keys:
-                    parts[k].append(np.asarray(members.get(f, k)))
+        small = ("indices", "targets", "valid", "labels", "names")
+        # the small per-sample arrays, one member read each; a shard that cannot be read (truncated,
+        # foreign) is marked damaged and its samples unavailable: the rest of the run is shown
+        self.damaged = {}
+        read: list[dict | None] = []
+        self.keys = []
+        for k, f in enumerate(self.files):
+            try:
+                keys = _npz_keys(f)
+                got = {key: np.asarray(members.get(f, key)) for key in small if key in keys}
+                if "indices" not in got or got["indices"].shape != (counts[k],):
+                    raise RunError(f"it holds {got['indices'].shape if 'indices' in got else 'no'} indices, the "
+                                   f"manifest lists {counts[k]} samples")
+                self.keys = self.keys or keys
+                read.append(got)
+            except RunError as e:
+                self.damaged[k] = self._damage(k, str(e))
+                read.append(None)
+        if not self.keys:  # no shard readable: what the manifest says was stored
+            self.keys = ["relevance", "indices", "targets", "outputs", "valid"] + \
+                [k for k in ident.get("stored", []) if isinstance(k, str)]
+        parts: dict[str, list] = {k: [] for k in small}
+        for k, got in enumerate(read):
+            count, start = counts[k], self.starts[k]
+            if got is None:
+                got = {"indices": np.arange(start, start + count, dtype=np.int64),
+                       "targets": np.full(count, -1, np.int64), "valid": np.zeros(count, bool),
+                       "labels": np.full(count, -1, np.int64), "names": np.full(count, "", "<U1")}
+            for key in small:
+                if key in self.keys:
+                    parts[key].append(got[key] if key in got else
+                                      np.ones(count, bool) if key == "valid" else np.full(count, -1, np.int64))
         self.ids = np.concatenate(parts["indices"]).astype(np.int64) if self.files else np.zeros(0, np.int64)
         self.targets = np.concatenate(parts["targets"]).astype(np.int64) if self.files else np.zeros(0, np.int64)
         self.valid = (np.concatenate(parts["valid"]).astype(bool) if parts["valid"]
                       else np.ones(self.n, bool))
         self.labels = np.concatenate(parts["labels"]).astype(np.int64) if parts["labels"] else None
         self.names = np.concatenate(parts["names"]) if parts["names"] else None
-        if not self.sample_shape and self.files:
-            self.sample_shape = tuple(members.get(self.files[0], "relevance").shape[1:])
+        good = [f for k, f in enumerate(self.files) if k not in self.damaged]
+        if not self.sample_shape and good:
+            self.sample_shape = tuple(members.get(good[0], "relevance").shape[1:])
+
+    def _damage(self, k: int, reason: str) -> str:
+        start, count = self.starts[k], int(self.offsets[k + 1] - self.offsets[k])
+        return (f"shard {os.path.basename(self.files[k])} of run {self.path!r} is damaged ({reason}): its "
+                f"{count} samples ({start}..{start + count - 1}) are unavailable. Rerun the same "
+                f"`interprettensor explain ... --resume` (explain_dataset(..., resume=True)): it rewrites damaged "
+                f"shards")
+
+    def _shard(self, row: int) -> int:
+        return bisect.bisect_right(self.offsets, row) - 1
+
+    def unavailable(self, row: int) -> tuple[str, str] | None:
+        k = self._shard(row) if self.damaged else -1
+        return (os.path.basename(self.files[k]), self.damaged[k]) if k in self.damaged else None
+
+    def available(self) -> np.ndarray:
+        ok = np.ones(self.n, bool)
+        for k in self.damaged:
+            ok[int(self.offsets[k]):int(self.offsets[k + 1])] = False
+        return ok
+
+    def group_key(self) -> tuple | None:
+        """The model's fingerprint (the manifest's identity) and a fingerprint of the inputs: the
+        content hash of an input array (the identity's ``input``), else a hash of the stored inputs
+        (runs up to ``HASH_LIMIT`` bytes of them), else the identity's description of the input (file
+        names, or a tf.data spec: not the content) together with a hash of the model's outputs (the same
+        model gives the same outputs on the same inputs, whatever the rule). ``None`` otherwise."""
+        ident = self.manifest.get("identity") or {}
+        model, described = ident.get("model"), str(ident.get("input", ""))
+        if not isinstance(model, str) or not model:
+            return None
+        if re.match(r"^array\(.*:[0-9a-f]{16}", described):  # the source hashed the whole array
+            return ("input", model, described)
+        if self.damaged:
+            return None
+        for key in ("inputs", "outputs"):
+            if key in self.keys:
+                digest = _hash_arrays(lambda: (self.members.get(f, key) for f in self.files))
+                if digest is not None:
+                    return (key, model, described if key == "outputs" else "", self.n, digest)
+        return None
 
     def array_row(self, key: str, row: int) -> np.ndarray:
-        k = bisect.bisect_right(self.offsets, row) - 1
-        return self.members.get(self.files[k], key)[row - int(self.offsets[k])]
+        k = self._shard(row)
+        if k in self.damaged:
+            raise RunError(self.damaged[k])
+        try:
+            return self.members.get(self.files[k], key)[row - int(self.offsets[k])]
+        except (RunError, OSError, ValueError) as e:
+            raise RunError(self._damage(k, str(e))) from None
+
+
+#: stored inputs up to this size are hashed to tell whether two runs explain the same inputs
+HASH_LIMIT = 256 * 2**20
+
+
+def _hash_arrays(arrays: Callable[[], Any], limit: int = HASH_LIMIT) -> str | None:
+    """A hash of the arrays' shapes, dtypes and bytes; ``None`` if they are larger than ``limit`` bytes
+    together or cannot be read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    total = 0
+    try:
+        for a in arrays():
+            total += a.nbytes
+            if total > limit:
+                return None
+            h.update(f"{a.shape}:{a.dtype}".encode())
+            h.update(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+    except (RunError, OSError, ValueError):
+        return None
+    return h.hexdigest()[:16]
 
 
 class NpzRun(ExplainRun):
@@ -254,6 +363,20 @@ class NpzRun(ExplainRun):
     def array_row(self, key: str, row: int) -> np.ndarray:
         return self.members.get(self.file, key)[row]
 
+    def group_key(self) -> tuple | None:
+        """No manifest: a hash of the stored ``inputs`` (else of the ``names``), with a hash of the
+        model's ``outputs`` standing for the model (the same model gives the same outputs on the same
+        inputs, whatever the rule); ``None`` (a group of its own) where neither is stored."""
+        for key in ("inputs", "names"):
+            if key in self.keys:
+                inputs = _hash_arrays(lambda: [self.members.get(self.file, key)])
+                model = _hash_arrays(lambda: [self.members.get(self.file, "outputs")]) \
+                    if "outputs" in self.keys else None
+                if inputs is not None and model is not None:
+                    return ("npz-" + key, self.n, inputs, model)
+                return None
+        return None
+
 
 def _read_meta(path: str, kind: str, table: str, what: str) -> dict:
     """The JSON file ``path`` of a result of ``kind``, which must hold a dict under ``table``."""
@@ -269,16 +392,53 @@ class Spray:
 
     def __init__(self, folder: str, members: _Members):
         self.folder, self.members = folder, members
-        self.meta = meta = _read_meta(os.path.join(folder, SPRAY_JSON), "spray", "classes", "SpRAy results")
+        path = os.path.join(folder, SPRAY_JSON)
+        self.meta = meta = _read_meta(path, "spray", "classes", "SpRAy results")
         self.classes = {str(c): v for c, v in meta["classes"].items()}
+        for c, v in self.classes.items():
+            if not isinstance(v, dict) or not isinstance(v.get("clusterings", []), list) \
+                    or not isinstance(v.get("embeddings", []), list):
+                raise RunError(f"{path!r}: the entry of class {c} is not {{\"file\", \"n\", \"clusterings\": [...], "
+                               f"\"embeddings\": [...], \"eigengap\"}}")
+        skipped = meta.get("skipped")
+        self.skipped = {str(c): str(why) for c, why in skipped.items()} if isinstance(skipped, dict) else {}
+        self._eigengaps: dict[str, int | None] = {}
+
+    def empty_message(self) -> str:
+        """Why no class can be shown (every class was skipped); only meaningful without classes."""
+        why = "; ".join(f"class {c}: {w}" for c, w in sorted(self.skipped.items(), key=lambda kv: _num(kv[0])))
+        return (f"SpRAy analysed no class of this run ({os.path.join(self.folder, SPRAY_JSON)}): "
+                + (f"all skipped: {why}" if why else "its \"classes\" are empty") + ". SpRAy needs enough samples "
+                f"per explained class (at least n_neighbors + 1)")
+
+    def eigengap(self, cls: str) -> int | None:
+        """The number of clusters the eigengap suggests for ``cls``: as stored by spray (the library's
+        relative gap, :func:`interprettensor.analysis.spray.eigengap`), computed the same way from the
+        stored eigenvalues for files written without it; ``None`` if neither can be read."""
+        v = self.classes[cls].get("eigengap")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+            return int(v)
+        if cls not in self._eigengaps:
+            from ...analysis.spray import eigengap  # numpy only
+
+            try:
+                self._eigengaps[cls] = eigengap(self.array(cls, "eigenvalues"))
+            except RunError:
+                self._eigengaps[cls] = None
+        return self._eigengaps[cls]
 
     def summary(self) -> dict:
-        return {"params": self.meta.get("params", {}),
-                "classes": {c: {"n": v.get("n"), "clusterings": list(v.get("clusterings", [])),
-                                "embeddings": list(v.get("embeddings", [])), "eigengap": v.get("eigengap")}
-                            for c, v in self.classes.items()}}
+        out = {"params": self.meta.get("params", {}), "skipped": self.skipped,
+               "classes": {c: {"n": v.get("n"), "clusterings": list(v.get("clusterings", [])),
+                               "embeddings": list(v.get("embeddings", [])), "eigengap": self.eigengap(c)}
+                           for c, v in self.classes.items()}}
+        if not self.classes:
+            out["empty"] = self.empty_message()
+        return out
 
     def _file(self, cls: str) -> str:
+        if not self.classes:
+            raise RunError(self.empty_message())
         if cls not in self.classes:
             raise RunError(f"the SpRAy results in {self.folder!r} have no class {cls!r} (classes: "
                            f"{', '.join(sorted(self.classes, key=_num))})")
@@ -308,7 +468,7 @@ class Spray:
             key = f"cluster-{name}"
             if key in keys:
                 clusterings[name] = self.array(cls, key).astype(np.int64).tolist()
-        return {"class": cls, "embedding": embedding, "columns": columns,
+        return {"class": cls, "embedding": embedding, "columns": columns, "eigengap": self.eigengap(cls),
                 "indices": self.array(cls, "indices").astype(np.int64).tolist(),
                 "points": np.round(np.nan_to_num(emb[:, :2]), 5).tolist(),
                 "clusterings": clusterings, "eigenvalues": [float(v) for v in np.nan_to_num(eig)]}
@@ -390,6 +550,8 @@ class Found:
         self.explain: list[tuple[str, ExplainRun]] = []
         self.spray: dict[str, Spray] = {}  # explain run name -> its SpRAy results
         self.concepts: list[tuple[str, ConceptsRun]] = []
+        self.spray_errors: dict[str, str] = {}  # explain run name -> why its SpRAy results cannot be read
+        self.warnings: list[str] = []  # runs left out (unreadable), damaged shards, ...
 
 
 def _kind_of(folder: str, files: Sequence[str]) -> str | None:
@@ -435,7 +597,7 @@ def discover(paths: Sequence[str], members: _Members | None = None,
             except RunError as e:
                 raise error(str(e)) from None
             continue
-        before = len(found.explain) + len(found.concepts)
+        before, warned = len(found.explain) + len(found.concepts), len(found.warnings)
         for folder, dirs, files in os.walk(path):
             depth = 0 if folder == path else os.path.relpath(folder, path).count(os.sep) + 1
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != SPRAY_DIR and d != "__pycache__")
@@ -454,12 +616,22 @@ def discover(paths: Sequence[str], members: _Members | None = None,
                     continue
                 run: ExplainRun = ShardRun(folder, members) if kind == "shards" else \
                     NpzRun(os.path.join(folder, RELEVANCES), members)
-                found.explain.append((name, run))
-                if os.path.exists(os.path.join(folder, SPRAY_DIR, SPRAY_JSON)):
-                    found.spray[name] = Spray(os.path.join(folder, SPRAY_DIR), members)
             except RunError as e:
-                raise error(str(e)) from None
+                if kind == "concepts":
+                    raise error(str(e)) from None
+                found.warnings.append(f"left out {name}: {e}")
+                continue
+            found.explain.append((name, run))
+            found.warnings.extend(run.damaged.values())
+            if os.path.exists(os.path.join(folder, SPRAY_DIR, SPRAY_JSON)):
+                try:  # broken SpRAy results: said in the SpRAy tab, the samples are shown
+                    found.spray[name] = Spray(os.path.join(folder, SPRAY_DIR), members)
+                except RunError as e:
+                    found.spray_errors[name] = str(e)
+                    found.warnings.append(str(e))
         if len(found.explain) + len(found.concepts) == before:
+            if len(found.warnings) > warned:
+                raise error(f"{given!r} holds no run the viewer can show: {'; '.join(found.warnings[warned:])}")
             raise error(f"{given!r} holds no run the viewer can show: expected manifest.json and shard-*.npz "
                         f"(explain_dataset), relevances.npz ('interprettensor explain') or concepts.json (a concepts "
                         f"run), in it or up to {MAX_DEPTH} folders below")

@@ -57,10 +57,15 @@ class Viewer:
         self.explain = dict(self.found.explain)
         self.concepts = dict(self.found.concepts)
         self.pngs = images.PngCache()
-        groups: dict[tuple, list[str]] = {}
+        # runs of the same inputs and the same model (fingerprints): their rules can be switched; a run
+        # whose inputs or model are not known is a group of its own
+        groups: dict[Any, list[str]] = {}
         for name, run in self.found.explain:
-            groups.setdefault(run.data_key(), []).append(name)
+            key = run.group_key()
+            groups.setdefault(("alone", name) if key is None else key, []).append(name)
         self.group_of = {name: g for g, names in enumerate(groups.values()) for name in names}
+        for w in self.found.warnings:
+            print(f"interprettensor viewer: warning: {w}", file=sys.stderr)
 
     # ------------------------------------------------------------------ lookups
     def run(self, q: dict) -> ExplainRun:
@@ -79,19 +84,23 @@ class Viewer:
     def api_runs(self, q: dict) -> dict:
         runs = []
         for name, r in self.found.explain:
-            classes, counts = np.unique(r.targets, return_counts=True)
+            ok = r.available()  # the classes of the samples that can be shown (not of damaged shards)
+            classes, counts = np.unique(r.targets[ok], return_counts=True)
             entry = {"name": name, "path": r.path, "n": r.n, "sample_shape": list(r.sample_shape), "rule": r.rule,
                      "arrays": sorted(r.keys), "has_inputs": "inputs" in r.keys, "has_labels": r.labels is not None,
                      "complete": r.complete, "group": self.group_of[name],
-                     "targets": {str(int(c)): int(k) for c, k in zip(classes, counts)}}
+                     "targets": {str(int(c)): int(k) for c, k in zip(classes, counts)},
+                     "unavailable": int((~ok).sum()), "damaged": list(r.damaged.values())}
             if r.labels is not None:
-                lc, lk = np.unique(r.labels, return_counts=True)
+                lc, lk = np.unique(r.labels[ok], return_counts=True)
                 entry["labels"] = {str(int(c)): int(k) for c, k in zip(lc, lk)}
             runs.append(entry)
         spray = {name: s.summary() for name, s in self.found.spray.items()}
+        spray.update({name: {"error": msg, "classes": {}, "skipped": {}}
+                      for name, msg in self.found.spray_errors.items()})
         concepts = [{"name": name, "path": c.path, **c.summary()} for name, c in self.found.concepts]
         return {"runs": runs, "spray": spray, "concepts": concepts, "cmaps": list(images.CMAPS),
-                "kinds": list(images.KINDS)}
+                "kinds": list(images.KINDS), "warnings": list(self.found.warnings)}
 
     def api_samples(self, q: dict) -> dict:
         r = self.run(q)
@@ -122,6 +131,9 @@ class Viewer:
             item["label"] = int(r.labels[row])
         if r.names is not None:
             item["name"] = str(r.names[row])
+        why = r.unavailable(row)
+        if why:
+            item["shard"], item["unavailable"] = why
         return item
 
     def api_sample(self, q: dict) -> dict:
@@ -142,6 +154,10 @@ class Viewer:
     def api_spray(self, q: dict) -> dict:
         name = _param(q, "run")
         spray = self.found.spray.get(name)
+        if name in self.found.spray_errors:
+            raise ApiError(self.found.spray_errors[name], 404)
+        if spray is not None and not spray.classes:  # every class skipped: said, whatever was asked
+            raise ApiError(spray.empty_message(), 404)
         if spray is None:
             raise ApiError(f"run {name!r} has no SpRAy results (RUN/spray/spray.json); runs with them: "
                            f"{', '.join(self.found.spray) or 'none'}", 404)

@@ -17,12 +17,23 @@ const $ = (id) => document.getElementById(id);
 
 function status(msg) { $("status").textContent = msg || ""; }
 
+// a message in a tab (its data is empty or cannot be shown); "" hides it
+function note(id, msg) { $(id).textContent = msg || ""; $(id).hidden = !msg; }
+
+let pending = 0;  // API requests under way, as body[data-pending] (tests wait for "0")
+
 async function api(path, params) {
   const url = path + (params ? "?" + new URLSearchParams(params) : "");
-  const res = await fetch(url);
-  const body = await res.json().catch(() => ({ error: res.statusText }));
-  if (!res.ok) throw new Error(body.error || res.statusText);
-  return body;
+  document.body.dataset.pending = ++pending;
+  try {
+    const res = await fetch(url);
+    const body = await res.json().catch(() => ({ error: res.statusText }));
+    if (!res.ok) throw new Error(body.error || res.statusText);
+    return body;
+  } finally {
+    // after the caller's code that follows the answer has run (a microtask later)
+    setTimeout(() => { document.body.dataset.pending = --pending; }, 0);
+  }
 }
 
 function el(tag, attrs, children) {
@@ -89,12 +100,16 @@ function fillKinds() {
 
 function fillClasses() {
   const r = currentRun();
-  const by = $("filter-by");
-  by.querySelector('option[value="label"]').disabled = !r.has_labels;
+  const by = $("filter-by"), byLabel = by.querySelector('option[value="label"]');
+  byLabel.disabled = byLabel.hidden = !r.has_labels;
   if (!r.has_labels) by.value = "target";
+  note("label-note", r.has_labels ? "" : "no labels stored in this run: filter by the explained class");
   const counts = by.value === "label" ? r.labels : r.targets;
   const keys = Object.keys(counts).sort(byNumber);
-  fill($("class"), [["", `all (${r.n})`]].concat(keys.map((c) => [c, `${c} (${counts[c]})`])), true);
+  const name = (c) => (by.value === "label" && Number(c) < 0 ? "unknown" : c);  // label -1: unknown
+  fill($("class"), [["", `all (${r.n})`]].concat(keys.map((c) => [c, `${name(c)} (${counts[c]})`])), true);
+  note("samples-note", r.damaged && r.damaged.length ?
+    `${r.unavailable} of ${r.n} samples are unavailable: ${r.damaged.join(" ")}` : "");
 }
 
 async function loadPage() {
@@ -102,8 +117,10 @@ async function loadPage() {
   if (!r) return;
   const params = { run: r.name, offset: state.offset, limit: PAGE };
   if ($("class").value !== "") params[$("filter-by").value] = $("class").value;
+  const seq = state.pageSeq = (state.pageSeq || 0) + 1;
   try {
     const page = await api("/api/samples", params);
+    if (seq !== state.pageSeq) return;  // a later request (another filter, rule or page) answers for the grid
     state.total = page.total;
     renderThumbs($("grid"), r.name, page.items);
     const last = Math.min(page.total, state.offset + page.items.length);
@@ -115,6 +132,7 @@ async function loadPage() {
 }
 
 function caption(item) {
+  if (item.unavailable) return `#${item.index} unavailable (${item.shard})`;
   let s = `#${item.index} c=${item.target}`;
   if (item.label !== undefined) s += ` y=${item.label}`;
   if (!item.valid) s += " (skipped)";
@@ -124,14 +142,26 @@ function caption(item) {
 function renderThumbs(grid, run, items) {
   grid.innerHTML = "";
   const kind = $("kind").value || "heatmap";
-  for (const item of items) {
-    const fig = el("figure", { class: "thumb" + (item.valid ? "" : " invalid"), title: caption(item),
-                               dataset: { index: item.index, run: run } },
-                   [el("img", { src: imgUrl(run, item.index, kind), alt: `sample ${item.index}`, loading: "lazy" }),
+  for (const item of items) grid.appendChild(thumb(run, item, kind, true));
+}
+
+// a sample's thumbnail; one of a damaged shard says so (file and advice) instead of a picture
+function thumb(run, item, kind, lazy) {
+  if (item.unavailable) {
+    const fig = el("figure", { class: "thumb unavailable", title: item.unavailable,
+                               dataset: { index: item.index, run: run, unavailable: "1" } },
+                   [el("div", { class: "missing", text: `unavailable: ${item.shard} is damaged; rerun with --resume` }),
                     el("figcaption", { text: caption(item) })]);
-    fig.addEventListener("click", () => showDetail(run, item.index));
-    grid.appendChild(fig);
+    fig.addEventListener("click", () => status(item.unavailable));
+    return fig;
   }
+  const attrs = { src: imgUrl(run, item.index, kind), alt: `sample ${item.index}` };
+  if (lazy) attrs.loading = "lazy";
+  const fig = el("figure", { class: "thumb" + (item.valid ? "" : " invalid"), title: caption(item),
+                             dataset: { index: item.index, run: run } },
+                 [el("img", attrs), el("figcaption", { text: caption(item) })]);
+  fig.addEventListener("click", () => showDetail(run, item.index));
+  return fig;
 }
 
 function refreshImages() {
@@ -174,23 +204,54 @@ function fillSpray() {
   fillSprayClasses();
 }
 
-function fillSprayClasses() {
+// the selected run's SpRAy results if they hold a class to show, else null (the tab says why)
+function currentSpray() {
   const s = state.info.spray[$("spray-run").value];
-  if (!s) return;
+  if (!s) return null;
+  const classes = Object.keys(s.classes || {});
+  if (s.error || !classes.length) {
+    const skipped = Object.entries(s.skipped || {}).map(([c, why]) => `class ${c}: ${why}`).join("; ");
+    note("spray-note", s.error ? `the SpRAy results of this run cannot be shown: ${s.error}` :
+      s.empty || `SpRAy analysed no class of this run (${skipped ? "all skipped: " + skipped : "no classes"})`);
+    return null;
+  }
+  note("spray-note", "");
+  return s;
+}
+
+function resetSpray() {
+  for (const id of ["scatter", "eigen", "legend", "cluster-grid"]) $(id).innerHTML = "";
+  $("scatter-caption").textContent = "";
+  $("cluster-title").textContent = "";
+  $("cluster-pager").hidden = true;
+  state.spray.data = null;
+  state.spray.cluster = null;
+}
+
+// called when the run or the class changes: the clustering becomes the k-means one with the number of
+// clusters the eigengap suggests for the new class (else the one chosen before, if the class has it)
+function fillSprayClasses() {
+  const s = currentSpray();
+  const ok = s !== null;
+  for (const id of ["spray-class", "spray-embedding", "spray-clustering"]) $(id).disabled = !ok;
+  $("spray-plots").hidden = !ok;
+  if (!ok) {
+    for (const id of ["spray-class", "spray-embedding", "spray-clustering"]) fill($(id), []);
+    resetSpray();
+    return;
+  }
   const classes = Object.keys(s.classes).sort(byNumber);
   fill($("spray-class"), classes.map((c) => [c, `${c} (${s.classes[c].n} samples)`]), true);
   const c = s.classes[$("spray-class").value];
   fill($("spray-embedding"), c.embeddings.map((e) => [e, e]), true);
-  const before = $("spray-clustering").value;
   fill($("spray-clustering"), c.clusterings.map((e) => [e, e]), true);
-  // by default the k-means clustering with the number of clusters the eigengap suggests
   const suggested = `kmeans-${c.eigengap}`;
-  if (!c.clusterings.includes(before) && c.clusterings.includes(suggested)) $("spray-clustering").value = suggested;
+  if (c.clusterings.includes(suggested)) $("spray-clustering").value = suggested;
 }
 
 async function loadSpray() {
   const run = $("spray-run").value;
-  if (!run) return;
+  if (!run || !currentSpray()) return;
   try {
     state.spray.data = await api("/api/spray", { run: run, class: $("spray-class").value,
                                                  embedding: $("spray-embedding").value });
@@ -239,17 +300,24 @@ function drawEigen() {
   const svg = $("eigen"), ev = state.spray.data.eigenvalues;
   svg.innerHTML = "";
   if (!ev.length) return;
-  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), left = 52, pad = 16;
+  // the plot area starts below a band at the top that holds the eigengap's label: nothing overdraws it
+  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), left = 52, pad = 16, top = 32;
   const num = (v) => (Math.abs(v) < 1e-9 ? "0" : v.toPrecision(2));
-  const sx = scale(ev.map((_, i) => i + 1), left, W - pad), sy = scale(ev, H - 26, pad);
+  const sx = scale(ev.map((_, i) => i + 1), left, W - pad), sy = scale(ev, H - 26, top);
   svg.appendChild(svgEl("line", { x1: left, y1: H - 26, x2: W - pad, y2: H - 26, stroke: "#999" }));
-  svg.appendChild(svgEl("line", { x1: left, y1: pad, x2: left, y2: H - 26, stroke: "#999" }));
-  let gap = 0, at = -1;
-  for (let i = 1; i < ev.length; i++) if (ev[i] - ev[i - 1] > gap) { gap = ev[i] - ev[i - 1]; at = i; }
+  svg.appendChild(svgEl("line", { x1: left, y1: top, x2: left, y2: H - 26, stroke: "#999" }));
+  // the library's eigengap (spray.json, or computed by the server as the library does for old files):
+  // k clusters, the gap between eigenvalues k and k + 1
+  const k = state.spray.data.eigengap, at = k >= 1 && k < ev.length ? k : -1;
+  if (at > 0) {
+    const gx = (sx(at) + sx(at + 1)) / 2;
+    svg.appendChild(svgEl("line", { x1: gx, y1: top - 6, x2: gx, y2: H - 26, stroke: "#d62728",
+                                    "stroke-dasharray": "3,3", class: "eigengap" }));
+  }
   svg.appendChild(svgEl("polyline", { points: ev.map((v, i) => `${sx(i + 1)},${sy(v)}`).join(" "), fill: "none",
                                       stroke: "#0288d1" }));
   ev.forEach((v, i) => {
-    const c = svgEl("circle", { cx: sx(i + 1), cy: sy(v), r: 3.5, fill: i === at ? "#d62728" : "#0288d1",
+    const c = svgEl("circle", { cx: sx(i + 1), cy: sy(v), r: 3.5, fill: i === at - 1 ? "#d62728" : "#0288d1",
                                 class: "eigenvalue" });
     c.appendChild(svgEl("title", {})).textContent = `eigenvalue ${i + 1}: ${v.toPrecision(4)}`;
     svg.appendChild(c);
@@ -260,7 +328,11 @@ function drawEigen() {
   t(left - 4, sy(Math.min(...ev)) + 4, num(Math.min(...ev)), "end");
   t(sx(1), H - 10, "1");
   t(sx(ev.length), H - 10, String(ev.length));
-  if (at > 0) t(sx(at + 0.5), sy(ev[at]) - 8, `gap after ${at}`);
+  if (at > 0) {  // above the plot area, beside the marker (to its left where it is near the right edge)
+    const gx = (sx(at) + sx(at + 1)) / 2, right = gx > W - 130;
+    t(right ? gx - 4 : gx + 4, top - 14, `gap after ${at} (${at} clusters)`, right ? "end" : "start");
+    svg.lastChild.setAttribute("class", "eigengap");
+  }
 }
 
 function drawLegend() {
@@ -294,13 +366,7 @@ async function loadClusterPage() {
     const page = await api("/api/samples", { run: run, ids: ids.join(","), limit: PAGE });
     const grid = $("cluster-grid");
     grid.innerHTML = "";
-    for (const item of page.items) {
-      const fig = el("figure", { class: "thumb", title: caption(item), dataset: { index: item.index, run: run } },
-                     [el("img", { src: imgUrl(run, item.index, "heatmap"), alt: `sample ${item.index}` }),
-                      el("figcaption", { text: caption(item) })]);
-      fig.addEventListener("click", () => showDetail(run, item.index));
-      grid.appendChild(fig);
-    }
+    for (const item of page.items) grid.appendChild(thumb(run, item, "heatmap", false));
     $("cluster-pager").hidden = m.length <= PAGE;
     $("cluster-info").textContent = ` ${o + 1}-${o + ids.length} of ${m.length} `;
     $("cluster-prev").disabled = o === 0;
@@ -391,17 +457,20 @@ async function start() {
   $("spray-class").addEventListener("change", () => { fillSprayClasses(); loadSpray(); });
   $("spray-embedding").addEventListener("change", loadSpray);
   $("spray-clustering").addEventListener("change", () => { state.spray.cluster = null; drawScatter(); drawLegend();
-                                                           $("cluster-grid").innerHTML = ""; });
+                                                           $("cluster-grid").innerHTML = "";
+                                                           $("cluster-pager").hidden = true; });
   $("cluster-prev").addEventListener("click", () => { state.spray.offset -= PAGE; loadClusterPage(); });
   $("cluster-next").addEventListener("click", () => { state.spray.offset += PAGE; loadClusterPage(); });
   $("concepts-run").addEventListener("change", () => { fillLayers(); loadChannels(); });
   $("concepts-layer").addEventListener("change", () => { state.concepts.channel = null; loadChannels(); });
   $("concepts-order").addEventListener("change", loadChannels);
   $("concepts-mode").addEventListener("change", () => loadExamples(state.concepts.channel));
-  if (tabs.spray) fillSpray();
-  if (tabs.concepts) fillConcepts();
+  // each tab filled on its own: whatever one tab's data holds, the others are shown
+  const guarded = (id, what, f) => { try { f(); } catch (e) { note(id, `${what} cannot be shown: ${e.message}`); } };
+  if (tabs.spray) guarded("spray-note", "the SpRAy results", fillSpray);
+  if (tabs.concepts) guarded("concepts-note", "the concepts", fillConcepts);
   if (tabs.samples) {
-    fillGroups();
+    guarded("samples-note", "the samples", fillGroups);
     await loadPage();
   } else {
     showTab(tabs.spray ? "spray" : "concepts");
