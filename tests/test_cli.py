@@ -236,3 +236,31 @@ def test_explain_plain_keras_model(work, capsys, monkeypatch):
     import interprettensor as it
 
     np.testing.assert_allclose(z["relevance"], it.lrp(model, x, rule="epsilon_plus"), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["concepts", "m.keras", "x.npy", "--layer", "c", "--out", "C"],
+     "interrupted; the finished statistics shards in C are kept: run the same command again to continue"),
+    (["concepts", "m.keras", "x.npy", "--layer", "c", "--out", "C", "--restart"],
+     "interrupted; the finished statistics shards in C are kept: run the same command again without --restart to "
+     "continue"),
+    (["spray", "RUN"], "the finished classes in RUN/spray are kept: run the same command again to continue"),
+    (["explain", "m.keras", "x.npy", "--out", "E", "--shard-size", "4"],
+     "interrupted; the finished shards in E are kept: run the same command again with --resume to continue"),
+    (["explain", "m.keras", "x.npy", "--out", "E", "--resume"],
+     "interrupted; the finished shards in E are kept: run the same command again to continue"),
+    (["explain", "m.keras", "x.npy", "--out", "E"], "interrupted\n"),
+])
+def test_ctrl_c_says_how_to_continue(capsys, monkeypatch, argv, want):
+    import importlib
+
+    from interprettensor.apps import cli as cli_mod
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    module = cli_mod if argv[0] == "explain" else importlib.import_module(f"interprettensor.apps.commands.{argv[0]}")
+    monkeypatch.setattr(module, f"cmd_{argv[0]}", interrupted)
+    assert cli_mod.main(argv) == 130
+    err = capsys.readouterr().err
+    assert want in err and "Traceback" not in err, err

@@ -1,6 +1,7 @@
 """``interprettensor explain`` at the edges: one relevances.npz format with and without shards, pictures
 for feature vectors and sequences, NaN/inf inputs, box rules' bounds, epsilon 0."""
 
+import json
 import os
 
 import keras
@@ -221,3 +222,63 @@ def test_toolbox_presets_are_no_box_rules(d, capsys, monkeypatch):
     code, out, err = run(capsys, "evaluate", "cnn.keras", "x.npy", "--methods", "toolbox_flat", "--steps", "2",
                          "--out", "tbx_ev", "-q")
     assert code == 0, err
+
+
+def _class_folders(root, classes, per_class=2, seed=1):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray((rng.random((8, 8)) * 255).astype("uint8")).save(root / c / f"im{i}.png")
+    return str(root)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_labels_from_class_subfolders(d, capsys, monkeypatch, tmp_path, sharded):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--shard-size", "3"] if sharded else []
+    _class_folders(tmp_path / "pets", ["dog", "cat"])  # names: sorted into 0 = cat, 1 = dog
+    _class_folders(tmp_path / "digits", ["7", "2"])  # integers: the classes themselves
+    code, out, err = run(capsys, "explain", str(d / "cnn.keras"), "pets", "--out", "p", "--no-png", "-q", *extra)
+    assert code == 0, err
+    assert "classes from the subfolder names: 0 = cat, 1 = dog" in out
+    assert json.load(open("p/classes.json")) == {"classes": {"0": "cat", "1": "dog"}}
+    got = it.load_relevances("p")
+    assert got["labels"].dtype == np.int64
+    np.testing.assert_array_equal(got["labels"], [0, 0, 1, 1])
+    assert list(got["names"]) == ["cat_im0", "cat_im1", "dog_im0", "dog_im1"]
+    np.testing.assert_array_equal(got["targets"], got["outputs"].argmax(-1))  # still the predicted class
+    assert run(capsys, "explain", str(d / "cnn.keras"), "digits", "--out", "n", "--no-png", "-q", *extra)[0] == 0
+    np.testing.assert_array_equal(it.load_relevances("n")["labels"], [2, 2, 7, 7])
+    assert not os.path.exists("n/classes.json")
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_labels_file(d, capsys, monkeypatch, tmp_path, sharded):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--shard-size", "2"] if sharded else []
+    inputs = [str(d / "x.npy"), str(d / "imgs")]  # 3 + 2 inputs, in this order
+    with open("labels.txt", "w") as f:
+        f.write("2\n0\n-1\n1\n\n2\n")
+    np.save("labels.npy", np.array([1, 1, 0, 2, -1]))
+    for i, (labels, want) in enumerate((("labels.txt", [2, 0, -1, 1, 2]), ("labels.npy", [1, 1, 0, 2, -1]))):
+        code, _, err = run(capsys, "explain", str(d / "cnn.keras"), *inputs, "--labels", labels, "--out", f"o{i}",
+                           "--no-png", "-q", *extra)
+        assert code == 0, err
+        got = it.load_relevances(f"o{i}")
+        assert got["labels"].dtype == np.int64
+        np.testing.assert_array_equal(got["labels"], want)
+        np.testing.assert_array_equal(got["targets"], got["outputs"].argmax(-1))
+    if sharded:  # stored in every shard; the identity names them
+        with np.load("o0/shard-00000.npz") as z:
+            np.testing.assert_array_equal(z["labels"], [2, 0])
+        assert json.load(open("o0/manifest.json"))["identity"]["stored"] == ["labels"]
+    np.save("short.npy", np.array([1, 2, 0]))
+    code, _, err = run(capsys, "explain", str(d / "cnn.keras"), *inputs, "--labels", "short.npy", "--out", "bad",
+                       "--no-png", "-q", *extra)
+    assert code == 1 and "error: labels file 'short.npy' has 3 labels, but there are 5 inputs" in err, err
+    with open("words.txt", "w") as f:
+        f.write("1\ncat\n")
+    code, _, err = run(capsys, "explain", str(d / "cnn.keras"), *inputs, "--labels", "words.txt", "--out", "bad",
+                       "--no-png", "-q", *extra)
+    assert code == 1 and "line 2: 'cat' is not an integer class index" in err, err

@@ -575,3 +575,182 @@ def test_cli_store_inputs_sharded_and_not(model, data, tmp_path):
         np.testing.assert_array_equal(got["inputs"], data[:7])
         assert "labels" not in got  # files carry no labels
         assert os.path.exists(os.path.join(out, "manifest.json" if extra else "relevances.npz"))
+
+
+# ------------------------------------------------------------------ damaged or missing shards (issue 18)
+def _snapshot(folder):
+    return {f: open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))}
+
+
+def _flip_byte_inside(path, array):
+    """Change one byte of ``array``'s data inside the (uncompressed) archive: the directory stays readable,
+    the member's CRC no longer matches."""
+    raw = bytearray(open(path, "rb").read())
+    at = bytes(raw).index(np.ascontiguousarray(array).tobytes()) + array.nbytes // 2
+    raw[at] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+
+
+REWRITE_ADVICE = (r"rerun `interprettensor explain \.\.\. --resume` \(or explain_dataset with the same arguments\), "
+                  r"which rewrites missing or damaged shards")
+
+
+def test_damaged_or_missing_shard_is_named_and_a_rerun_rewrites_it(model, data, tmp_path):
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
+    for d in (ref, out):
+        it.explain_dataset(model, data, out=d, shard_size=5, progress=False)
+    undamaged = _snapshot(ref)
+    assert _snapshot(out) == undamaged  # deterministic: the reference for "bit-identical" below
+    path = os.path.join(out, "shard-00003.npz")
+    for damage in ("truncate", "crc", "delete"):
+        if damage == "truncate":
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+            match = r"shard-00003\.npz' of the run in .* is damaged \(BadZipFile"
+        elif damage == "crc":
+            with np.load(path) as z:
+                _flip_byte_inside(path, z["relevance"])
+            match = r"shard-00003\.npz' of the run in .* is damaged \(BadZipFile: Bad CRC-32"
+        else:
+            os.remove(path)
+            match = r"shard-00003\.npz' of the run in .* is missing"
+        assert json.load(open(os.path.join(out, "manifest.json")))["complete"] is True
+        before = _snapshot(out)
+        for target in (out, path):
+            with pytest.raises(StreamError, match=match + ".*" + REWRITE_ADVICE):
+                it.load_relevances(target)
+        if damage != "crc":  # (a bad byte in the relevance does not stop reading only the targets)
+            with pytest.raises(StreamError, match=match):
+                it.load_relevances(out, keys=["targets"])
+        assert _snapshot(out) == before  # a reader changes nothing
+        written = []
+        res = it.explain_dataset(model, data, out=out, shard_size=5, progress=False,
+                                 on_shard=lambda k, a: written.append(k))
+        assert (res.skipped, res.computed, written, res.complete) == (4, 1, [3], True), damage
+        assert _snapshot(out) == undamaged, damage  # bit-identical to the undamaged run
+    np.testing.assert_array_equal(it.load_relevances(out)["relevance"], it.load_relevances(ref)["relevance"])
+
+
+def test_cli_resume_rewrites_a_damaged_or_missing_shard_of_a_complete_run(model, data, tmp_path, capsys):
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", data[:10])
+    argv = ["explain", str(tmp_path / "m.keras"), str(tmp_path / "x.npy"), "--no-png", "-q", "--shard-size", "3"]
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
+    for d in (ref, out):
+        assert cli.main(argv + ["--out", d]) == 0
+    undamaged = _snapshot(ref)
+    for damage in ("truncate", "delete"):
+        path = os.path.join(out, "shard-00001.npz")
+        if damage == "truncate":
+            with open(path, "r+b") as f:
+                f.truncate(100)
+        else:
+            os.remove(path)
+        capsys.readouterr()
+        assert cli.main(argv + ["--out", out, "--resume"]) == 0
+        assert "4 shard(s)" in capsys.readouterr().out
+        assert _snapshot(out) == undamaged, damage
+
+
+def test_ctrl_c_keeps_finished_shards_and_says_how_to_resume(model, data, tmp_path, capsys, monkeypatch):
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", data[:10])
+    out = str(tmp_path / "out")
+    argv = ["explain", str(tmp_path / "m.keras"), str(tmp_path / "x.npy"), "--no-png", "-q", "--shard-size", "3",
+            "--out", out]
+    real = shards_mod.write_npz
+    calls = []
+
+    def interrupted_at_the_third(path, arrays):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, arrays)
+
+    monkeypatch.setattr(shards_mod, "write_npz", interrupted_at_the_third)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; the finished shards in {out} are kept: run the same command again with --resume to " \
+           f"continue" in err, err
+    assert shards(out) == ["shard-00000.npz", "shard-00001.npz"]
+    monkeypatch.setattr(shards_mod, "write_npz", real)
+    assert cli.main(argv + ["--resume"]) == 0
+    assert "(2 were complete before)" in capsys.readouterr().out
+    assert shards(out) == [f"shard-{k:05d}.npz" for k in range(4)]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomically_written_files_follow_the_umask(model, data, tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        out = str(tmp_path / "run")
+        it.explain_dataset(model, data[:6], out=out, shard_size=4, progress=False)
+        shards_mod.write_json(str(tmp_path / "other.json"), {"a": 1})
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    want = 0o666 & ~mask
+    assert os.stat(tmp_path / "plain").st_mode & 0o777 == want
+    for f in sorted(os.listdir(out)) + ["../other.json"]:
+        assert os.stat(os.path.join(out, f)).st_mode & 0o777 == want, (f, oct(want))
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ labels of files (issue 18)
+def _class_folders(root, classes, per_class=3, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        os.makedirs(os.path.join(root, c))
+        for i in range(per_class):
+            Image.fromarray((rng.random((8, 8)) * 255).astype("uint8")).save(os.path.join(root, c, f"im{i}.png"))
+    return str(root)
+
+
+def test_class_subfolders_and_given_labels_of_files(model, tmp_path):
+    named = _class_folders(tmp_path / "pets", ["dog", "cat"])  # names: sorted, cat = 0, dog = 1
+    numbered = _class_folders(tmp_path / "digits", ["4", "1"], per_class=2)  # integers: the classes themselves
+    out = str(tmp_path / "named")
+    res = it.explain_dataset(model, named, out=out, shard_size=4, progress=False, target="predicted")
+    got = it.load_relevances(out)
+    assert got["labels"].dtype == np.int64
+    np.testing.assert_array_equal(got["labels"], [0, 0, 0, 1, 1, 1])
+    assert list(got["names"]) == ["cat_im0", "cat_im1", "cat_im2", "dog_im0", "dog_im1", "dog_im2"]
+    np.testing.assert_array_equal(got["targets"], got["outputs"].argmax(-1))  # predicted, as asked
+    identity = json.load(open(os.path.join(out, "manifest.json")))["identity"]
+    assert identity["stored"] == ["labels"] and identity["classes"] == ["cat", "dog"]
+    for k in range(res.shards):
+        with np.load(os.path.join(out, f"shard-{k:05d}.npz")) as z:
+            np.testing.assert_array_equal(z["labels"], got["labels"][4 * k:4 * k + 4])
+    # integer subfolder names; the default target is the label, as for (x, y) arrays
+    out = str(tmp_path / "numbered")
+    it.explain_dataset(model, numbered, out=out, shard_size=3, progress=False)
+    got = it.load_relevances(out)
+    np.testing.assert_array_equal(got["labels"], [1, 1, 4, 4])
+    np.testing.assert_array_equal(got["targets"], [1, 1, 4, 4])
+    assert "classes" not in json.load(open(os.path.join(out, "manifest.json")))["identity"]
+    # (files, labels): -1 is unknown (explained for the predicted class)
+    files = [os.path.join(named, "cat", "im0.png"), os.path.join(named, "dog", "im1.png")]
+    out = str(tmp_path / "given")
+    it.explain_dataset(model, (files, [3, -1]), out=out, shard_size=4, progress=False)
+    got = it.load_relevances(out)
+    np.testing.assert_array_equal(got["labels"], [3, -1])
+    assert got["targets"][0] == 3 and got["targets"][1] == got["outputs"][1].argmax()
+    with pytest.raises(StreamError, match="3 labels, but there are 2 inputs"):
+        it.explain_dataset(model, (files, [3, 1, 0]), out=str(tmp_path / "bad"), shard_size=4, progress=False)
+
+
+def test_runs_of_files_without_labels_keep_their_identity(model, tmp_path):
+    """A folder of images (no class subfolders) has no labels: the identity is as before (no "stored", the
+    input's description without labels), so runs written before labels existed still resume."""
+    _png_folder(str(tmp_path / "imgs"), 5)
+    out = str(tmp_path / "run")
+    it.explain_dataset(model, str(tmp_path / "imgs"), out=out, shard_size=2, progress=False)
+    identity = json.load(open(os.path.join(out, "manifest.json")))["identity"]
+    assert "stored" not in identity and "classes" not in identity and ":labels:" not in identity["input"]
+    assert identity["target"] == "None"
+    res = it.explain_dataset(model, str(tmp_path / "imgs"), out=out, shard_size=2, progress=False)
+    assert res.skipped == 3 and res.computed == 0
+    assert "labels" not in it.load_relevances(out)

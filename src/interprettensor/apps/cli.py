@@ -67,7 +67,7 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------- parser
 #: subcommands defined in their own modules under ``apps/commands/`` (each has ``add_parser(sub, common)``
 #: and sets ``func``; the module imports neither TensorFlow nor Keras, so that ``--help`` stays fast)
-SUBCOMMANDS: tuple[str, ...] = ("concepts", "view", "spray")
+SUBCOMMANDS: tuple[str, ...] = ("concepts", "view", "spray", "digits")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``interprettensor`` command."""
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and NAME_overlay.png for images, NAME_bars.png (relevance per feature) "
                                    "for feature vectors (N, F), NAME_strip.png (channels over time) for "
                                    "sequences (N, T, C); and OUT/relevances.npz (relevance, indices, targets, "
-                                   "outputs, valid, names; read it with interprettensor.load_relevances). "
+                                   "outputs, valid, names; labels with --labels or from class subfolders; read it with "
+                                   "interprettensor.load_relevances). "
                                    "With --shard-size N the inputs are streamed and written as "
                                    "OUT/shard-00000.npz, ... (the same arrays) and OUT/manifest.json; an "
                                    "interrupted run continues with --resume. Inputs with NaN or inf stop the "
@@ -170,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store-inputs", action="store_true",
                    help="also store the inputs as explained (array 'inputs', float32) in relevances.npz / the "
                         "shards, e.g. for 'interprettensor view'")
+    e.add_argument("--labels", default=None, metavar="FILE",
+                   help="the inputs' class labels, stored as 'labels' (e.g. for the viewer's label filter): a .npy "
+                        "array (N,) or a text file with one integer per line, one per input in the order the inputs "
+                        "are read (folders sorted by file name), -1 for unknown. Without it, a folder of class "
+                        "subfolders (digits/0/*.png, digits/1/*.png, ...) gives the labels: integer subfolder "
+                        "names are the classes, other names are sorted into classes 0..K-1 (OUT/classes.json)")
     e.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
                    help="stream the inputs and write OUT/shard-00000.npz, ... (N inputs each) and "
                         "OUT/manifest.json instead of relevances.npz; an interrupted run continues with --resume")
@@ -395,14 +402,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         params["dtype"] = args.dtype
     if args.worker is not None and not args.shard_size:
         raise CLIError("--worker needs --shard-size N (the workers split the run by shards)")
-    if args.shard_size or args.resume:
-        return _explain_sharded(args, model, params, out)
     items = collect_inputs(args.inputs, expected)
+    labels, class_names = _input_labels(args, items)
+    if args.shard_size or args.resume:
+        return _explain_sharded(args, model, params, out, labels, class_names)
+    _write_classes(out, class_names)
     explainer = it.Explainer(model, args.rule, **params)
     lo, hi = args.input_range
 
     results: dict[str, list] = {k: [] for k in ("relevance", "indices", "targets", "outputs", "valid", "names")
-                                + (("inputs",) if args.store_inputs else ())}
+                                + (("inputs",) if args.store_inputs else ()) + (("labels",) if labels is not None
+                                                                                else ())}
     npz_path = os.path.join(out, "relevances.npz")
     last_save = [0.0]
     pictures = _Pictures(args, out)
@@ -445,6 +455,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         results["valid"].append(ok)
         if args.store_inputs:
             results["inputs"].append(safe)
+        if labels is not None:
+            results["labels"].append(labels[[i for i, _, _ in pending]].astype(np.int64))
         save_npz()
         bar.update(len(pending))
         pending.clear()
@@ -476,6 +488,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"explained {n_done - n_bad} input(s) with {args.rule}{_skipped_note(n_bad)}: "
           f"{pictures.summary()}{npz_path}")
     return 0
+
+
+def _input_labels(args: argparse.Namespace, items: Sequence[Any]) -> tuple[Any, list[str] | None]:
+    """``explain``'s labels, one per input (int64, -1 unknown), or None: from ``--labels FILE``, else from
+    class subfolders (their names as classes 0..K-1 are printed, and returned: see :func:`_write_classes`)."""
+    from ..io.inputs import folder_labels, read_labels
+
+    if args.labels is not None:
+        return read_labels(args.labels, len(items)), None
+    labels, names = folder_labels(items)
+    if names:
+        print(f"classes from the subfolder names: {', '.join(f'{i} = {n}' for i, n in enumerate(names))}")
+    return labels, names
+
+
+def _write_classes(out: str, names: list[str] | None) -> None:
+    """``OUT/classes.json``: ``{"classes": {"0": name, ...}}``, the class subfolders' names by class index."""
+    if names:
+        from ..io.shards import write_json
+
+        write_json(os.path.join(out, "classes.json"), {"classes": {str(i): n for i, n in enumerate(names)}})
 
 
 def _skipped_note(n: int) -> str:
@@ -539,7 +572,8 @@ class _Pictures:
         return f"{n} {one if n == 1 else many} ({files}) in {self.out}, and "
 
 
-def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: str) -> int:
+def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: str, labels: Any = None,
+                     class_names: list[str] | None = None) -> int:
     """``interprettensor explain --shard-size N [--resume]``: :func:`interprettensor.explain_dataset`."""
     from ..io.dataset_run import explain_dataset
     from ..io.shards import MANIFEST, RERUN, StreamError, read_manifest, worker_manifests
@@ -560,8 +594,11 @@ def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: st
         pictures.write([str(n) for n in arrays["names"]], arrays["relevance"], arrays["x"], arrays["valid"])
 
     try:
-        res = explain_dataset(model, list(args.inputs), args.rule, out, shard_size=shard_size,
-                              batch_size=args.batch_size, target=args.target, progress=not args.quiet,
+        # with labels the predicted class is still explained by default (explain_dataset's default: the label)
+        target = args.target if args.target is not None or labels is None else "predicted"
+        data = (list(args.inputs), labels) if args.labels is not None else list(args.inputs)
+        res = explain_dataset(model, data, args.rule, out, shard_size=shard_size,
+                              batch_size=args.batch_size, target=target, progress=not args.quiet,
                               input_range=(lo, hi), color_mode=args.color_mode, resize=args.resize,
                               on_shard=write_pngs, nonfinite="skip" if args.skip_nonfinite else "error",
                               worker=args.worker, store_inputs=args.store_inputs, **params)
@@ -569,6 +606,7 @@ def _explain_sharded(args: argparse.Namespace, model: Any, params: dict, out: st
         msg = str(e).replace(RERUN, "run again with --resume to continue")
         msg = msg.replace("pass nonfinite='skip'", "pass --skip-nonfinite")
         raise CLIError(msg.replace(" (or start over: resume=False)", "")) from None
+    _write_classes(out, class_names)  # only now: a refused run must not change the folder
     done = f" ({res.skipped} were complete before)" if res.skipped else ""
     pics = pictures.summary()
     who = "" if res.worker is None else f"worker {res.worker}: "
@@ -913,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _error(_describe(e), args)
             return 1
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print(_interrupted(args), file=sys.stderr)
             return 130
     try:
         try:  # the first heavy import: checks Keras' backend, imports TensorFlow
@@ -934,8 +972,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             _error(f"unexpected {type(e).__name__}: {_first_line(e)} (run with --debug for the traceback)", args)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The message for Ctrl-C: for a command that continues where it stopped, what is kept and how."""
+    command, out = getattr(args, "command", None), getattr(args, "out", None)
+    if command == "explain" and (getattr(args, "shard_size", None) or getattr(args, "resume", False)):
+        how = "run the same command again" + ("" if getattr(args, "resume", False) else " with --resume")
+        return f"interrupted; the finished shards in {out} are kept: {how} to continue"
+    if command == "concepts":
+        how = "without --restart " if getattr(args, "restart", False) else ""
+        return (f"interrupted; the finished statistics shards in {out} are kept: run the same command again "
+                f"{how}to continue")
+    if command == "spray":
+        folder = out or os.path.join(str(getattr(args, "run", "RUN_DIR")), "spray")
+        how = "without --force " if getattr(args, "force", False) else ""
+        return f"interrupted; the finished classes in {folder} are kept: run the same command again {how}to continue"
+    return "interrupted"
 
 
 def _first_line(e: BaseException) -> str:

@@ -73,7 +73,11 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
         dataset: a ``tf.data.Dataset`` yielding ``x`` or ``(x, label)`` (samples or batches; a label is a
             class index or a one-hot vector), a numpy array ``x`` or a pair ``(x, labels)``, or a folder /
             a list of image files and ``.npy`` arrays (read like ``interprettensor explain`` does: pixels
-            0..255 mapped to ``input_range``, ``color_mode`` and ``resize`` as there).
+            0..255 mapped to ``input_range``, ``color_mode`` and ``resize`` as there). Files have labels
+            from a class-per-subfolder layout (``digits/0/*.png``, ``digits/1/*.png``, ...: integer
+            subfolder names are the classes, other names are sorted into classes 0..K-1, recorded as
+            ``"classes"`` in the manifest's identity) or given as a pair ``(files, labels)`` (one integer
+            per input in input order, -1: unknown).
         rule: rule, preset or :class:`~interprettensor.Composite`; ``**params`` are its parameters and the
             other :class:`~interprettensor.Explainer` options (``jit_compile=``, ``dtype=``, ``layer=``, ...).
         out: the run directory: ``shard-00000.npz``, ... and ``manifest.json``.
@@ -489,12 +493,15 @@ def _run_identity(model: Any, explainer: Explainer, rule: Any, params: dict, sou
     stored = [name for name, on in (("inputs", store_inputs), ("labels", source.has_labels)) if on]
     if stored:
         identity["stored"] = stored
+    class_names = getattr(source, "class_names", None)  # class subfolders by name: class i is class_names[i]
+    if class_names:
+        identity["classes"] = list(class_names)
     return identity
 
 
 _LABELS = {"model": "model", "rule": "rule", "input": "input", "sample_shape": "sample shape",
            "shard_size": "shard size", "target": "target", "explained": "explained output", "dtype": "dtype",
-           "stored": "stored arrays (store_inputs, labels)"}
+           "stored": "stored arrays (store_inputs, labels)", "classes": "classes (subfolder names)"}
 
 
 def _check_identity(out: str, old: dict, new: dict) -> None:

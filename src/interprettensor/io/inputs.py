@@ -8,7 +8,7 @@ import os
 from typing import Any, Sequence
 
 __all__ = ["InputError", "IMAGE_EXTS", "load_model", "model_input_shape", "collect_inputs", "load_image",
-           "shape_str"]
+           "shape_str", "folder_labels", "read_labels"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -48,23 +48,13 @@ def model_input_shape(model: Any) -> tuple | None:
     ``it.Sequential`` and models saved by ``interprettensor train``), else from the first layer (an
     ``it.Linear`` with ``input_dim``, an ``it.Convolution`` with ``input_depth``); the batch size is
     always None. None when nothing tells (the data's shape is then used)."""
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        inputs = None
-    if inputs:
-        if len(inputs) > 1:
-            raise InputError(f"the model has {len(inputs)} inputs; 'explain' supports single-input models")
-        return (None,) + tuple(inputs[0].shape)[1:]
-    try:
-        cfg = model.get_build_config() or {}
-    except Exception:  # noqa: BLE001
-        cfg = {}
-    shape = cfg.get("input_shape")
-    if isinstance(shape, dict) and len(shape) == 1:
-        shape = next(iter(shape.values()))
-    if isinstance(shape, (list, tuple)) and shape and all(s is None or isinstance(s, int) for s in shape):
-        return (None,) + tuple(shape)[1:]
+    from ..engine.targets import known_input_shapes  # here: reading files needs no TensorFlow
+
+    shapes = known_input_shapes(model)
+    if shapes:
+        if len(shapes) > 1:
+            raise InputError(f"the model has {len(shapes)} inputs; 'explain' supports single-input models")
+        return (None,) + tuple(shapes[0])
     layers = getattr(model, "modules", None) or getattr(model, "layers", None) or []
     first = layers[0] if layers else None
     dim, depth = getattr(first, "input_dim", None), getattr(first, "input_depth", None)
@@ -82,10 +72,11 @@ def shape_str(shape: Sequence[Any]) -> str:
 
 
 class _Item:
-    __slots__ = ("name", "path", "array", "index")
+    __slots__ = ("name", "path", "array", "index", "klass")
 
     def __init__(self, name: str, path: str, array: Any = None, index: int | None = None):
         self.name, self.path, self.array, self.index = name, path, array, index
+        self.klass: str | None = None  # the class subfolder the input came from (class-per-subfolder layout)
 
 
 def _npy_samples(path: str, expected: tuple | None) -> tuple[Any, bool]:
@@ -115,16 +106,35 @@ def _npy_samples(path: str, expected: tuple | None) -> tuple[Any, bool]:
                    f"shape {shape_str(sample)} or a batch (N, {shape_str(sample)[1:]}")
 
 
+def _input_files(folder: str) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS + (".npy",))
+                  and os.path.isfile(os.path.join(folder, f)))
+
+
 def collect_inputs(paths: Sequence[str], expected: tuple | None) -> list[_Item]:
-    """Expand files, folders and .npy arrays into a list of named inputs (checked to exist)."""
+    """Expand files, folders and .npy arrays into a list of named inputs (checked to exist).
+
+    A folder that holds no inputs itself but subfolders of them is a class-per-subfolder layout
+    (``digits/0/*.png``, ``digits/1/*.png``, ...): its inputs are read subfolder by subfolder (sorted by
+    name), named ``SUBFOLDER_NAME``, and carry their subfolder as their class (:func:`folder_labels`)."""
     items: list[_Item] = []
     for p in paths:
         if not os.path.exists(p):
             raise InputError(f"input {p!r} does not exist")
         if os.path.isdir(p):
-            files = sorted(f for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTS + (".npy",)))
+            files = _input_files(p)
             if not files:
-                raise InputError(f"folder {p!r} has no images ({', '.join(IMAGE_EXTS)}) or .npy arrays")
+                subs = sorted(d for d in os.listdir(p) if os.path.isdir(os.path.join(p, d))
+                              and not d.startswith(".") and _input_files(os.path.join(p, d)))
+                if not subs:
+                    raise InputError(f"folder {p!r} has no images ({', '.join(IMAGE_EXTS)}) or .npy arrays, nor "
+                                     f"class subfolders of them")
+                for d in subs:
+                    for f in _input_files(os.path.join(p, d)):
+                        for it in _file_items(os.path.join(p, d, f), expected):
+                            it.name, it.klass = f"{d}_{it.name}", d
+                            items.append(it)
+                continue
             for f in files:
                 items.extend(_file_items(os.path.join(p, f), expected))
         else:
@@ -136,6 +146,66 @@ def collect_inputs(paths: Sequence[str], expected: tuple | None) -> list[_Item]:
         if k:
             it.name = f"{it.name}_{k + 1}"
     return items
+
+
+def folder_labels(items: Sequence[_Item]) -> tuple[Any, list[str] | None]:
+    """The class labels of inputs read from class subfolders (:func:`collect_inputs`): ``(labels, names)``
+    with ``labels`` int64, one per input, -1 for inputs not from a class subfolder, or ``None`` when no
+    input is. Subfolder names that are all integers >= 0 are the class indices themselves (``names``
+    None); otherwise the sorted subfolder names are classes 0..K-1 and ``names`` lists them in that order."""
+    import numpy as np
+
+    found = sorted({it.klass for it in items if it.klass is not None})
+    if not found:
+        return None, None
+    if all(k.isdigit() for k in found):
+        index, names = {k: int(k) for k in found}, None
+    else:
+        index, names = {k: i for i, k in enumerate(found)}, found
+    labels = np.array([-1 if it.klass is None else index[it.klass] for it in items], np.int64)
+    return labels, names
+
+
+def read_labels(path: str, n: int | None = None) -> Any:
+    """A labels file: one integer class index per input, in the order the inputs are read (-1: unknown);
+    either a ``.npy`` array of shape ``(N,)`` or a text file (``.txt``, ``.csv``, ...) with one integer per
+    line (blank lines are ignored). Returns int64 ``(N,)``; ``n``: the number of inputs, checked."""
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise InputError(f"labels file {path!r} does not exist")
+    if path.lower().endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read the labels file {path!r}: {e}") from None
+        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer)
+                                 or (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0))):
+            raise InputError(f"labels file {path!r} must hold one integer class index per input, shape (N,); got "
+                             f"shape {arr.shape} of {arr.dtype}")
+        labels = arr.astype(np.int64)
+    else:
+        values = []
+        try:
+            with open(path) as f:
+                for lineno, line in enumerate(f, 1):
+                    text = line.strip().rstrip(",")
+                    if not text:
+                        continue
+                    try:
+                        values.append(int(text))
+                    except ValueError:
+                        raise InputError(f"labels file {path!r}, line {lineno}: {line.strip()!r} is not an integer "
+                                         f"class index (one per line)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read the labels file {path!r}: {e}") from None
+        labels = np.array(values, np.int64)
+    if labels.size and labels.min() < -1:
+        raise InputError(f"labels file {path!r}: class indices must be >= 0 (-1: unknown), got {int(labels.min())}")
+    if n is not None and len(labels) != n:
+        raise InputError(f"labels file {path!r} has {len(labels)} labels, but there are {n} inputs; give one class "
+                         f"index per input, in input order")
+    return labels
 
 
 def _file_items(path: str, expected: tuple | None) -> list[_Item]:

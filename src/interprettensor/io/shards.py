@@ -38,7 +38,8 @@ import numpy as np
 from ..engine.errors import ExplainError
 
 __all__ = ["load_relevances", "finalize_run", "StreamError", "KEYS", "MANIFEST", "shard_path", "write_npz",
-           "read_manifest", "worker_manifest_path", "verify_shard", "RunState"]
+           "read_manifest", "worker_manifest_path", "verify_shard", "RunState", "shard_error",
+           "check_shard_files", "run_shard_files", "REWRITE"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -80,6 +81,10 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        try:  # mkstemp makes 0600; the file gets the mode open() would give it (0644 under umask 022)
+            os.fchmod(fd, 0o666 & ~_umask())
+        except (OSError, AttributeError):
+            pass
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -92,6 +97,21 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
             pass
         raise
     _fsync_dir(folder)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux), else by setting it
+    back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -274,6 +294,64 @@ KEYS = ("relevance", "indices", "targets", "outputs", "valid", "names", "inputs"
 #: the arrays every run holds
 BASE_KEYS = KEYS[:5]
 RELEVANCES_NPZ = "relevances.npz"
+#: what to do about a shard that is missing or damaged (a resumed run verifies every shard on disk)
+REWRITE = ("rerun `interprettensor explain ... --resume` (or explain_dataset with the same arguments), which "
+           "rewrites missing or damaged shards")
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def shard_error(path: str, e: BaseException | None = None) -> StreamError:
+    """The error for a shard of a run that is missing (``e`` None or FileNotFoundError) or cannot be read:
+    names the file and says how to get it back; the other files of the run are untouched."""
+    run = os.path.dirname(path) or "."
+    if e is None or isinstance(e, FileNotFoundError) or not os.path.exists(path):
+        what = f"shard {path!r} of the run in {run!r} is missing"
+    else:
+        what = f"shard {path!r} of the run in {run!r} is damaged ({_why(e)})"
+    return StreamError(f"{what}; the other files of the run are kept: {REWRITE}")
+
+
+def _is_shard(path: str) -> bool:
+    return bool(_SHARD_RE.match(os.path.basename(path)))
+
+
+def check_shard_files(paths: Sequence[str]) -> None:
+    """Check that each shard file is there and is a readable archive (its directory only: cheap), before
+    a reader starts on them; a :class:`StreamError` naming the first that is not (see :func:`shard_error`)."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise shard_error(path)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if "relevance.npy" not in zf.namelist():
+                    raise ValueError("it holds no relevance array")
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: name it
+            raise shard_error(path, e) from None
+
+
+def run_shard_files(run: str, check: bool = True) -> list[str]:
+    """The shard files of the run in ``run``, in order: those its ``manifest.json`` lists when the run is
+    complete, else the ``shard-*.npz`` on disk, which must be ``shard-00000.npz`` onwards without a gap
+    (a gap: :func:`shard_error` for the missing file). ``check``: also :func:`check_shard_files`."""
+    m = read_manifest(run)
+    if m is not None and m.get("complete"):
+        files = [os.path.join(run, e["file"]) for e in m["shards"]]
+    else:
+        found = sorted((int(g.group(1)), f) for f in os.listdir(run) if (g := _SHARD_RE.match(f)))
+        files = []
+        for pos, (k, f) in enumerate(found):
+            if k != pos:
+                raise shard_error(shard_path(run, pos))
+            files.append(os.path.join(run, f))
+    if check:
+        check_shard_files(files)
+    return files
 
 
 def load_relevances(path: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -305,13 +383,17 @@ def load_relevances(path: str, keys: Sequence[str] | None = None) -> dict[str, n
         path = os.path.join(path, RELEVANCES_NPZ)
     if os.path.isfile(path):
         return _load_npz(path, keys)
+    if not os.path.exists(path) and _is_shard(path):
+        raise shard_error(path)
     m = read_manifest(path)
     if m is None:
         raise StreamError(f"{path!r} holds no explanations: neither a sharded run ({MANIFEST}) nor "
                           f"{RELEVANCES_NPZ}")
+    files = [os.path.join(path, entry["file"]) for entry in m["shards"]]
+    check_shard_files(files)  # before reading gigabytes: a missing or truncated shard is named at once
     parts: dict[str, list] = {}
-    for entry in m["shards"]:
-        for k, v in _load_npz(os.path.join(path, entry["file"]), keys).items():
+    for file in files:
+        for k, v in _load_npz(file, keys).items():
             parts.setdefault(k, []).append(v)
     if not parts:
         return {k: np.zeros((0,)) for k in (keys or BASE_KEYS)}
@@ -337,5 +419,8 @@ def _load_npz(path: str, keys: Sequence[str] | None) -> dict[str, np.ndarray]:
             return out
     except StreamError:
         raise
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        raise StreamError(f"cannot read {path!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - BadZipFile, zlib.error, OSError, ...: a damaged file, named
+        if _is_shard(path):
+            raise shard_error(path, e) from None
+        raise StreamError(f"cannot read {path!r}: {_why(e)} (a damaged or truncated file? write it again, "
+                          f"e.g. with `interprettensor explain`)") from None

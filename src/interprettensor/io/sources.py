@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from .inputs import InputError, collect_inputs, load_image
+from .inputs import InputError, collect_inputs, folder_labels, load_image
 from .shards import StreamError
 
 __all__ = ["make_source", "Source"]
@@ -188,14 +188,34 @@ class _FileSource(Source):
     """Image files and .npy arrays (files or folders), loaded with the CLI's loaders."""
 
     def __init__(self, paths: Sequence[str], target: _Target, shape: "_ShapeCheck", input_range: Sequence[float],
-                 color_mode: str, resize: bool):
+                 color_mode: str, resize: bool, labels: Any = None):
         expected = shape.expected
         try:
             self.items = collect_inputs(list(paths), expected)
         except InputError as e:
             raise StreamError(str(e)) from None
         self.n = len(self.items)
-        self.t = _fixed_targets(target, self.n)
+        # labels: given (one per input, -1 unknown), else from class subfolders (folder_labels), else none
+        self.class_names = None
+        if labels is not None:
+            lab = np.asarray(labels)
+            if lab.ndim != 1 or len(lab) != self.n:
+                got = f"{len(lab)} labels" if lab.ndim == 1 else f"labels of shape {lab.shape}"
+                raise StreamError(f"{got}, but there are {self.n} inputs; give one class index per input, in input "
+                                  f"order (-1: unknown)")
+            if lab.size and not np.issubdtype(lab.dtype, np.integer):
+                raise StreamError(f"labels must be integer class indices (-1: unknown), got {lab.dtype}")
+            if lab.size and lab.min() < -1:
+                raise StreamError(f"labels must be class indices >= 0 (-1: unknown), got {int(lab.min())}")
+        else:
+            lab, self.class_names = folder_labels(self.items)
+        self.has_labels = lab is not None
+        self.labels = (np.full((self.n,), -1, np.int32) if lab is None else np.asarray(lab).astype(np.int32))
+        if target.uses_label(self.has_labels):  # None or 'label': the label where known, else the predicted
+            _check_target_length(target, self.n)
+            self.t = self.labels.copy()
+        else:
+            self.t = _fixed_targets(target, self.n)
         self.names = [it.name for it in self.items]
         self.options = (tuple(float(v) for v in input_range), color_mode, bool(resize))
         self.expected = expected
@@ -205,6 +225,8 @@ class _FileSource(Source):
         listing = "\n".join(it.name for it in self.items)  # names: a corrupt file may be fixed in place
         self.description = (f"files:{self.n}:{hashlib.sha256(listing.encode()).hexdigest()[:16]}:"
                             f"{self.options}")
+        if self.has_labels:  # only then: the description of runs without labels stays as it was
+            self.description += f":labels:{hashlib.sha256(self.labels.tobytes()).hexdigest()[:16]}"
 
     def _load(self, i: int) -> np.ndarray:
         item = self.items[i]
@@ -226,7 +248,7 @@ class _FileSource(Source):
                 except Exception as e:  # noqa: BLE001 - reported by explain_dataset after the last good shard
                     self.error.append(e)
                     return
-                yield np.int64(i), x, self.t[i], np.int32(-1)
+                yield np.int64(i), x, self.t[i], self.labels[i]
 
         spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.float32),
                 tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32))
@@ -370,15 +392,23 @@ class _ShapeCheck:
         return tuple(int(s) for s in shape)
 
 
+def _is_paths(data: Any) -> bool:
+    return isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and bool(data)
+                                                     and all(isinstance(p, (str, os.PathLike)) for p in data))
+
+
 def make_source(model: Any, data: Any, target: Any, expected: tuple | None, **file_options: Any) -> Source:
     tgt = parse_target(target)
     shape = _ShapeCheck(model, expected)
     if isinstance(data, tf.data.Dataset):
         return _TFDataSource(data, tgt, shape)
-    if isinstance(data, (str, os.PathLike)) or (isinstance(data, (list, tuple)) and data
-                                                and all(isinstance(p, (str, os.PathLike)) for p in data)):
+    if _is_paths(data):
         paths = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [os.fspath(p) for p in data]
         return _FileSource(paths, tgt, shape, **file_options)
+    if isinstance(data, tuple) and len(data) == 2 and _is_paths(data[0]) and not _is_paths(data[1]):
+        files, given = data  # (files or a folder, one label per input)
+        paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(p) for p in files]
+        return _FileSource(paths, tgt, shape, labels=np.asarray(given), **file_options)
     labels = None
     if isinstance(data, tuple) and len(data) == 2:
         data, labels = data

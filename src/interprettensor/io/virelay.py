@@ -320,6 +320,10 @@ def _input_source(inputs: Any, meta: list[dict], files: list[str], N: int, hwc: 
         by_stem: dict[str, str] = {}
         for fn in sorted(os.listdir(folder)):
             by_stem.setdefault(os.path.splitext(fn)[0], os.path.join(folder, fn))
+        for sub in sorted(os.listdir(folder)):  # class subfolders: explain names their files SUBFOLDER_STEM
+            if not sub.startswith(".") and os.path.isdir(os.path.join(folder, sub)):
+                for fn in sorted(os.listdir(os.path.join(folder, sub))):
+                    by_stem.setdefault(f"{sub}_{os.path.splitext(fn)[0]}", os.path.join(folder, sub, fn))
 
         def from_files(k: int, f: str, m: dict) -> np.ndarray:
             return np.stack([_read_image(by_stem, str(n), folder, H, W, C) for n in m["names"]])
