@@ -175,7 +175,8 @@ def test_reference_examples_equal_a_brute_force_ranking(model, tmp_path):
     x = np.random.default_rng(5).uniform(0, 1, (23, 14, 14, 3)).astype("float32")
     out = str(tmp_path / "crun")
     run = it.concepts.reference_examples(model, x, ["c2", "d1"], out, k=4, shard_size=8, batch_size=5,
-                                         crop_size=6, progress=False)
+                                         crop_size=6, units=True, progress=False)
+    assert run.kinds == {"c2": "channels", "d1": "units"}
     by_rel, by_act, rel = _brute_force(model, x, "c2", 4)
     for c in range(5):
         ref = run.references("c2", c)
@@ -275,3 +276,106 @@ def test_conditional_in_other_precisions(model, x, dtype):
     assert np.isfinite(R).all()
     np.testing.assert_allclose(R.sum(1), full, rtol=1e-4 if dtype == "float64" else 2e-2,
                                atol=(1e-9 if dtype == "float64" else 2e-3) * np.abs(full).max())
+
+
+def test_damaged_or_missing_shard_of_an_explain_run_is_named(model, tmp_path, capsys):
+    """An explain run as input: a truncated shard gave "unexpected BadZipFile", a deleted one was skipped
+    silently (the samples after it shifted); both now name the file and say how to rewrite it."""
+    x = np.random.default_rng(7).uniform(0, 1, (9, 14, 14, 3)).astype("float32")
+    run_dir = str(tmp_path / "run")
+    kw = dict(shard_size=4, store_inputs=True, progress=False, target=2)
+    it.explain_dataset(model, x, "epsilon", run_dir, **kw)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    shard = os.path.join(run_dir, "shard-00001.npz")
+    advice = (r"rerun `interprettensor explain \.\.\. --resume` \(or explain_dataset with the same arguments\), which "
+              r"rewrites missing or damaged shards")
+    cargs = dict(k=2, shard_size=4, crop_size=4, progress=False)
+    for damage, what in (("truncate", r"is damaged \(BadZipFile"), ("delete", "is missing")):
+        if damage == "truncate":
+            with open(shard, "r+b") as f:
+                f.truncate(os.path.getsize(shard) // 2)
+        else:
+            os.remove(shard)
+        before = {f: open(os.path.join(run_dir, f), "rb").read() for f in sorted(os.listdir(run_dir))}
+        with pytest.raises(it.ExplainError, match=r"shard-00001\.npz' of the run in .* " + what + ".*" + advice):
+            it.concepts.reference_examples(model, run_dir, ["c2"], str(tmp_path / f"c-{damage}"), **cargs)
+        assert main(["concepts", path, run_dir, "--layer", "c2", "--out", str(tmp_path / f"d-{damage}"), "--k", "2",
+                     "--crop-size", "4", "-q", "--rule", "epsilon"]) == 1
+        err = capsys.readouterr().err
+        assert "error: shard " in err and "shard-00001.npz" in err and "unexpected" not in err, err
+        after = {f: open(os.path.join(run_dir, f), "rb").read() for f in sorted(os.listdir(run_dir))}
+        assert after == before  # nothing of the run deleted or rewritten
+        # the advice holds: the rerun rewrites the shard, and the concepts are those of the data
+        it.explain_dataset(model, x, "epsilon", run_dir, **kw)
+        run = it.concepts.reference_examples(model, run_dir, ["c2"], str(tmp_path / f"e-{damage}"), **cargs)
+        rel = it.concepts.relevance(model, x, "c2", target=2)
+        np.testing.assert_array_equal(run.references("c2", 1)["indices"], np.argsort(-rel[:, 1], kind="stable")[:2])
+
+
+def test_models_without_keras_input_have_known_layer_shapes(tmp_path, capsys):
+    """Models saved by ``interprettensor train`` (an it.Sequential) and Sequentials built without
+    keras.Input have no ``model.inputs``: the layer's shape comes from the shape they were built with.
+    (Regression: "cannot tell the output shape of layer 'convolution_1'".)"""
+    from interprettensor.apps.demo import build_network
+
+    keras.utils.set_random_seed(0)
+    net = build_network("convolutional")
+    x = it.data.load_digits()[0][:6]
+    net(x[:1])
+    path = str(tmp_path / "net.keras")
+    net.save(path)
+    loaded = keras.models.load_model(path)
+    assert not getattr(loaded, "inputs", None)
+    conv = [layer.name for layer in loaded.layers if layer.name.startswith("convolution")][1]  # "convolution_1"
+    R_c = it.concepts.relevance(loaded, x, layer=conv)                                         # in a fresh process
+    _, lw = it.Explainer(loaded, "epsilon")(x, layerwise=True)
+    np.testing.assert_allclose(R_c, lw[conv].sum((1, 2)), rtol=1e-5, atol=1e-6 * np.abs(lw[conv]).sum((1, 2, 3)).max())
+    seq = keras.Sequential([keras.layers.Conv2D(3, 3, name="conv"), keras.layers.Flatten(), keras.layers.Dense(2)])
+    seq.build((None, 8, 8, 1))
+    assert it.concepts.relevance(seq, np.ones((2, 8, 8, 1), "float32"), layer="conv").shape == (2, 3)
+    unbuilt = keras.Sequential([keras.layers.Conv2D(3, 3, name="conv"), keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(it.ExplainError, match="input shape is not fully known.*keras.Input"):
+        ConditionalExplainer(unbuilt, "epsilon", layers=["conv"])
+    # the command line on the saved network and a folder of digit images
+    os.makedirs(tmp_path / "digits" / "0")
+    from PIL import Image
+    for i in range(3):
+        Image.fromarray((x[i, ..., 0] * 255).round().astype("uint8")).save(str(tmp_path / "digits" / "0" / f"d{i}.png"))
+    out = str(tmp_path / "c")
+    assert main(["concepts", path, str(tmp_path / "digits"), "--layer", conv, "--k", "2", "--out", out,
+                 "--crop-size", "4", "--rule", "epsilon"]) == 0
+    assert f"3 samples; reference examples of {conv} (25 channels)" in capsys.readouterr().out
+    assert it.concepts.ConceptRun(out).layers == {conv: 25}
+
+
+def test_layers_without_a_channel_axis_are_refused_unless_asked(model, tmp_path, capsys):
+    x = np.random.default_rng(3).uniform(0, 1, (6, 14, 14, 3)).astype("float32")
+    kw = dict(k=2, shard_size=8, crop_size=4, progress=False)
+    flatten = next(layer.name for layer in model.layers if isinstance(layer, keras.layers.Flatten))
+    for layer in (flatten, "d1"):
+        with pytest.raises(it.ExplainError, match=rf"layer '{layer}' has output shape \(None, \d+\): no channel axis"
+                                                  r".*units=True \(--units\)"):
+            it.concepts.reference_examples(model, x, [layer], str(tmp_path / layer), **kw)
+        assert not os.path.exists(tmp_path / layer / "concepts.json")
+    run = it.concepts.reference_examples(model, x, ["d1"], str(tmp_path / "units"), units=True, **kw)
+    assert run.layers == {"d1": 7} and run.kinds == {"d1": "units"}
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.save(str(tmp_path / "x.npy"), x)
+    assert main(["concepts", path, str(tmp_path / "x.npy"), "--layer", flatten, "--out", str(tmp_path / "f")]) == 1
+    assert "--units" in capsys.readouterr().err
+    assert main(["concepts", path, str(tmp_path / "x.npy"), "--layer", "d1", "--units", "--k", "2", "--crop-size", "4",
+                 "--out", str(tmp_path / "u")]) == 0
+    assert "reference examples of d1 (7 units)" in capsys.readouterr().out
+
+
+def test_channels_option_names_an_empty_range(model, tmp_path, capsys):
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.save(str(tmp_path / "x.npy"), np.zeros((2, 14, 14, 3), "float32"))
+    assert main(["concepts", path, str(tmp_path / "x.npy"), "--layer", "c2", "--channels", "c2:3-1",
+                 "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "the range '3-1' is empty" in err and "1-3" in err and "must be integers" not in err
+    assert not os.path.exists(tmp_path / "c")

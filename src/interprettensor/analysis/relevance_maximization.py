@@ -35,7 +35,7 @@ import tensorflow as tf
 from ..engine.conditions import ConditionalExplainer
 from ..engine.errors import ExplainError
 from ..io.inputs import InputError, model_input_shape
-from ..io.shards import StreamError, write_json, write_npz
+from ..io.shards import StreamError, run_shard_files, shard_error, write_json, write_npz
 from ..io.sources import Source, make_source
 
 __all__ = ["reference_examples", "ConceptRun", "safe_name", "MODES"]
@@ -61,18 +61,19 @@ class _RunSource(Source):
 
     def __init__(self, run: str):
         self.run = run
-        self.files = sorted(glob.glob(os.path.join(run, "shard-*.npz")))
+        # in order, without a gap, each there and readable: else an error naming the file (nothing is changed)
+        self.files = run_shard_files(run)
         if not self.files:
             raise StreamError(f"{run}: no shard-*.npz files: not an explain_dataset run")
-        with np.load(self.files[0]) as z:
+        with _open_shard(self.files[0]) as z:
             if "inputs" not in z.files:
                 raise StreamError(f"{run}: the run holds no inputs; explain the data set with store_inputs=True "
                                   f"(interprettensor explain --store-inputs), or pass the data itself")
-            self.sample_shape = tuple(z["inputs"].shape[1:])
+            self.sample_shape = tuple(_read(z, "inputs", self.files[0]).shape[1:])
         self.counts = []
         for f in self.files:
-            with np.load(f) as z:
-                self.counts.append(int(z["indices"].shape[0]))
+            with _open_shard(f) as z:
+                self.counts.append(int(_read(z, "indices", f).shape[0]))
         self.n = int(sum(self.counts))
         manifest = os.path.join(run, "manifest.json")
         text = open(manifest, "rb").read() if os.path.exists(manifest) else b""
@@ -93,17 +94,40 @@ class _RunSource(Source):
                 if nxt >= start + c:
                     start += c
                     continue
-                with np.load(f) as z:
-                    xs, ts = z["inputs"], z["targets"]
-                    while nxt is not None and nxt < start + c:
-                        yield nxt, xs[nxt - start], ts[nxt - start]
-                        nxt = next(want, None)
+                try:
+                    with _open_shard(f) as z:
+                        xs, ts = _read(z, "inputs", f), _read(z, "targets", f)
+                except StreamError as e:  # reported by _samples after the batches read before
+                    self.error.append(e)
+                    return
+                while nxt is not None and nxt < start + c:
+                    yield nxt, xs[nxt - start], ts[nxt - start]
+                    nxt = next(want, None)
                 start += c
 
         spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.float32),
                 tf.TensorSpec((), tf.int32))
         return tf.data.Dataset.from_generator(gen, output_signature=spec).map(
             lambda i, x, t: (i, tf.cast(x, dtype), t))
+
+
+def _open_shard(path: str) -> Any:
+    """``np.load`` of a shard of an explain run; a missing or damaged file is a :class:`StreamError` naming
+    it and saying how to rewrite it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - BadZipFile, OSError, ...
+        raise shard_error(path, e) from None
+
+
+def _read(z: Any, key: str, path: str) -> np.ndarray:
+    """One array of an open shard (its data is read, and checked, here)."""
+    try:
+        return z[key]
+    except KeyError:
+        raise StreamError(f"{path!r} has no {key!r} array (it holds {', '.join(z.files)})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged member (bad CRC, truncated data)
+        raise shard_error(path, e) from None
 
 
 def _open(model: Any, data: Any, target: Any, input_range: Sequence[float], color_mode: str, resize: bool) -> Source:
@@ -167,8 +191,8 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
                        rule: Any = "epsilon", k: int = 8, target: Any = None, shard_size: int = 1024,
                        batch_size: int = 32, crop_size: int = 64, crop_threshold: float = 0.1,
                        input_range: Sequence[float] = (0.0, 1.0), color_mode: str = "auto", resize: bool = False,
-                       channels: Mapping[str, Sequence[int]] | None = None, resume: bool = True,
-                       progress: bool = True, **params: Any) -> "ConceptRun":
+                       channels: Mapping[str, Sequence[int]] | None = None, units: bool = False,
+                       resume: bool = True, progress: bool = True, **params: Any) -> "ConceptRun":
     """The top ``k`` reference samples of every channel of ``layers`` over ``data``, by relevance and
     by activation, with crops and conditional heatmaps; written to ``out`` (see the module docstring)
     and returned as a :class:`ConceptRun`.
@@ -191,6 +215,9 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
             channel's ranking is still computed and stored; ``referenced`` in ``layer-<name>.npz``
             says which have pictures). The pictures cost one backward pass per channel, reference and
             mode: for all 512 channels of a large layer that is most of the time. Default: all.
+        units: accept layers whose output has no channel axis, ``(N, F)`` (Dense, Flatten), each of
+            the ``F`` units a concept; without it such a layer is refused, as its entries are not the
+            channels of a feature map (a Flatten's are positions times channels).
         resume: continue a run found in ``out`` (same model, rule, layers and data); ``False``: start over.
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -201,6 +228,12 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
     if not 0.0 <= float(crop_threshold) < 1.0:
         raise ExplainError(f"crop_threshold must be in [0, 1), got {crop_threshold!r}")
     cx = ConditionalExplainer(model, rule, layers=layers, **params)
+    flat = [s for s in cx.sites if s.rank == 2]
+    if flat and not units:
+        s = flat[0]
+        raise ExplainError(f"layer {s.name!r} has output shape (None, {s.channels}): no channel axis. Concepts are the "
+                           f"channels of a feature map (N, ..., C), e.g. a convolution's output; pass units=True "
+                           f"(--units) to take each of its {s.channels} units as a concept")
     selected = _selected_channels(cx, channels)
     source = _open(model, data, target, input_range, color_mode, resize)
     os.makedirs(out, exist_ok=True)
@@ -212,7 +245,8 @@ def reference_examples(model: Any, data: Any, layers: str | Sequence[str], out: 
     meta = {"format": FORMAT, "kind": "concepts", "model": getattr(model, "name", type(model).__name__),
             "rule": rule if isinstance(rule, str) else repr(rule), "params": {k_: repr(v) for k_, v in params.items()},
             "n_samples": None, "k": int(k), "input_shape": list(source.sample_shape), "complete": False,
-            "layers": {s.name: {"channels": s.channels, "file": f"layer-{safe_name(s.name)}.npz"}
+            "layers": {s.name: {"channels": s.channels, "file": f"layer-{safe_name(s.name)}.npz",
+                                "kind": "units" if s.rank == 2 else "channels"}
                        for s in sorted(cx.sites, key=lambda s: s.index)},
             "identity": identity}
     write_json(os.path.join(out, "concepts.json"), meta)
@@ -339,7 +373,7 @@ def _finished(path: str, lo: int, shard_size: int, n: int | None) -> int | None:
     try:
         with np.load(path) as z:
             idx = z["indices"]
-    except (OSError, ValueError, KeyError):
+    except Exception:  # noqa: BLE001 - missing, truncated (BadZipFile) or foreign: not finished, recomputed
         return None
     want = shard_size if n is None else min(shard_size, n - lo)
     if len(idx) == 0 or idx[0] != lo or not np.array_equal(idx, np.arange(lo, lo + len(idx))):
@@ -484,6 +518,12 @@ class ConceptRun:
     def layers(self) -> dict[str, int]:
         """``{layer name: number of channels}``."""
         return {name: int(v["channels"]) for name, v in self.meta["layers"].items()}
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """``{layer name: 'channels' or 'units'}``: what the concepts of each layer are (``'units'``: the
+        entries of an output without a channel axis, ``(N, F)``)."""
+        return {name: v.get("kind", "channels") for name, v in self.meta["layers"].items()}
 
     def _layer(self, layer: str) -> Any:
         if layer not in self.meta["layers"]:

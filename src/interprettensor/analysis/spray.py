@@ -535,8 +535,17 @@ def run_files(run: str) -> tuple[list[str], str]:
                          f"{RELEVANCES_NPZ}")
     if not manifest.get("complete"):
         raise SpRAyError(f"the run in {run!r} is not finished ({len(manifest['shards'])} shard(s) so far, "
-                         f"complete: false); run explain_dataset again with the same arguments to finish it")
+                         f"complete: false); run explain_dataset again with the same arguments (on the command "
+                         f"line: the same `interprettensor explain ...` with --resume) to finish it")
     files = [os.path.join(run, e["file"]) for e in manifest["shards"]]
+    from ..io.shards import check_shard_files
+
+    try:  # every shard there and readable before anything is written (spray.json) or read
+        check_shard_files(files)
+    except SpRAyError:
+        raise
+    except StreamError as e:
+        raise SpRAyError(str(e)) from None
     key = json.dumps({"identity": manifest.get("identity"), "n": manifest.get("n_samples"),
                       "shards": manifest["shards"]}, sort_keys=True)
     return files, "run:" + hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -552,7 +561,12 @@ def read_features(files: Sequence[str], est: SpRAy, classes: Sequence[int] | Non
     want = None if classes is None else {int(c) for c in classes}
     parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for path in files:
-        arrays = load_relevances(path, keys=["relevance", "indices", "targets", "valid"])
+        try:
+            arrays = load_relevances(path, keys=["relevance", "indices", "targets", "valid"])
+        except SpRAyError:
+            raise
+        except StreamError as e:  # a missing or damaged file, named (with what to do) by load_relevances
+            raise SpRAyError(str(e)) from None
         R, idx, tgt = arrays["relevance"], arrays["indices"].astype(np.int64), arrays["targets"].astype(np.int64)
         valid = arrays["valid"].astype(bool) & (tgt >= 0)
         if want is not None:
@@ -604,7 +618,8 @@ def spray(run_dir: str, classes: Sequence[int] | None = None, *, out: str | None
 
     Raises:
         SpRAyError: a run that is missing or not finished, NaN heatmaps, a class that was not explained
-            or has too few samples, bad parameters.
+            or has too few samples, no class with enough samples (``spray.json`` then lists the skipped
+            classes), bad parameters.
     """
     est = SpRAy(n_neighbors=n_neighbors, n_eigenvectors=n_eigenvectors, clusterings=clusterings,
                 n_clusters=n_clusters, grid=grid, normalise=normalise, absolute=absolute, tsne=tsne, umap=umap,
@@ -676,6 +691,13 @@ def spray(run_dir: str, classes: Sequence[int] | None = None, *, out: str | None
     finally:
         if bar is not None:
             bar.close()
+    if not meta["classes"]:
+        why = (f"class(es) {', '.join(f'{c} ({n})' for c, n in skipped.items())}" if skipped
+               else "no valid sample with an explained class")
+        raise SpRAyError(f"SpRAy analysed no class of {run_dir!r}: {why}; SpRAy takes at least {est.min_samples()} "
+                         f"heatmaps per class with n_neighbors={est.n_neighbors} and n_eigenvectors="
+                         f"{est.n_eigenvectors}: explain more samples or lower them ({json_path} lists the "
+                         f"skipped classes)")
     results = load_spray(folder)
     results.computed = list(work)
     return results

@@ -35,7 +35,7 @@ from .handlers import (RELU_DENOMINATOR, POSITIVE_OUTPUTS, ConstantHandler, Elem
                        SeparableHandler, SoftmaxHandler)
 from .linear import LinearMap, materialize
 from .precision import cast_floats, layer_precision
-from .targets import as_targets, start_relevance
+from .targets import as_targets, input_dtypes, known_input_shapes, start_relevance
 
 __all__ = ["ConditionalExplainer", "Condition", "conditions_for_channels"]
 
@@ -131,11 +131,13 @@ class ConditionalExplainer(Explainer):
                 return tuple(step.layer.output.shape[1:])
             except (AttributeError, ValueError, RuntimeError):
                 pass
-        shapes = [tuple(t.shape[1:]) for t in getattr(self.model, "inputs", None) or []]
+        shapes = known_input_shapes(self.model)
         if not shapes or any(d is None for s in shapes for d in s):
             raise ExplainError(f"cannot tell the output shape of layer {step.name!r}: the model's input shape is "
-                               f"not fully known")
-        probe = [tf.zeros((1,) + s, d) for s, d in zip(shapes, [t.dtype for t in self.model.inputs])]
+                               f"not fully known ({'no input shape' if not shapes else shapes}); build the model "
+                               f"with keras.Input(shape) or call model.build((None, ...)) with the sample shape")
+        dtypes = input_dtypes(self.model, len(shapes), self.dtype)
+        probe = [tf.zeros((1,) + s, d) for s, d in zip(shapes, dtypes)]
         if self._probe_values is None:
             with layer_precision(self.graph, self.dtype):
                 self._probe_values, _ = forward(self.graph, probe)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from .errors import ExplainError
 
 __all__ = ["as_inputs", "as_targets", "as_positions", "check_finite", "start_relevance", "input_structure",
-           "pack_inputs"]
+           "pack_inputs", "known_input_shapes"]
 
 ArrayLike = Any
 
@@ -31,6 +31,28 @@ def pack_inputs(model: Any, xs: Sequence[Any]) -> Any:
 
         return tree.pack_sequence_as(struct, list(xs))
     return xs[0] if len(xs) == 1 else list(xs)
+
+
+def known_input_shapes(model: Any) -> list[tuple] | None:
+    """The per-sample shape of each model input (``None`` entries: any size), where the model tells:
+    from a functional model's inputs, else from the shape it was built with (``get_build_config()``:
+    a Sequential without ``keras.Input``, ``it.Sequential`` and models saved by ``interprettensor
+    train``, once built or loaded). ``None`` when the model does not tell."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        return [tuple(t.shape[1:]) for t in inputs]
+    try:
+        shape = (model.get_build_config() or {}).get("input_shape") if getattr(model, "built", False) else None
+    except Exception:  # noqa: BLE001 - a model whose build config cannot be read tells nothing
+        shape = None
+    if isinstance(shape, dict) and len(shape) == 1:
+        shape = next(iter(shape.values()))
+    if isinstance(shape, (list, tuple)) and shape and all(s is None or isinstance(s, int) for s in shape):
+        return [tuple(shape)[1:]]
+    return None
 
 
 def _flatten_dict(model: Any, x: dict) -> list:

@@ -52,6 +52,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--channels", action="append", default=None, metavar="LAYER:LIST",
                    help="draw crops and heatmaps only for these channels of LAYER, e.g. block4_conv3:0-31,40 "
                         "(may be repeated; every channel is still ranked; default: all channels)")
+    c.add_argument("--units", action="store_true",
+                   help="accept layers whose output has no channel axis, (N, F) as of Dense or Flatten, taking "
+                        "each of the F units as a concept (default: such layers are refused)")
     c.add_argument("--restart", action="store_true", help="delete a run found in OUT and start over")
     c.set_defaults(func=cmd_concepts)
 
@@ -82,10 +85,10 @@ def cmd_concepts(args: argparse.Namespace) -> int:
                              shard_size=args.shard_size, batch_size=args.batch_size, crop_size=args.crop_size,
                              crop_threshold=args.crop_threshold, input_range=tuple(args.input_range),
                              color_mode=args.color_mode, resize=args.resize, channels=channels,
-                             resume=not args.restart,
+                             units=args.units, resume=not args.restart,
                              progress=not args.quiet, **params)
     if not args.quiet:
-        layers = ", ".join(f"{name} ({c} channels)" for name, c in run.layers.items())
+        layers = ", ".join(f"{name} ({c} {run.kinds.get(name, 'channels')})" for name, c in run.layers.items())
         print(f"{run.meta['n_samples']} samples; reference examples of {layers} in {out}")
     return 0
 
@@ -101,8 +104,12 @@ def _parse_channels(specs: list[str], error: type) -> dict[str, list[int]]:
         for part in items.split(","):
             lo, dash, hi = part.strip().partition("-")
             try:
-                chans.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+                first, last = int(lo), int(hi) if dash else int(lo)
             except ValueError:
                 raise error(f"--channels {spec!r}: {part!r} is not a channel or a range a-b of channels") from None
+            if last < first:
+                raise error(f"--channels {spec!r}: the range {part.strip()!r} is empty; write LOW-HIGH with "
+                            f"LOW <= HIGH, e.g. {last}-{first}")
+            chans.extend(range(first, last + 1))
     return out
 
