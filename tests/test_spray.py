@@ -339,7 +339,7 @@ def read_virelay_project(project_file):
 def test_virelay_export_follows_the_specification(watermark_run, tmp_path):
     import h5py  # noqa: F401 - the export's dependencies (extra "analysis")
 
-    from interprettensor.io.virelay import export_virelay
+    from interprettensor.analysis.spray.virelay import export_virelay
 
     run, x, y, watermark, stored = watermark_run
     sp = str(tmp_path / "sp")
@@ -461,7 +461,7 @@ def test_virelay_export_of_a_file_run_reads_the_images(tmp_path):
     """A run of image files that did not store its inputs: the images are found by the run's names."""
     from PIL import Image
 
-    from interprettensor.io.virelay import export_virelay
+    from interprettensor.analysis.spray.virelay import export_virelay
 
     rng = np.random.default_rng(3)
     R, _ = planted_heatmaps(n=24, size=8)
@@ -507,6 +507,24 @@ def test_virelay_export_of_a_file_run_reads_the_images(tmp_path):
     with pytest.raises(SpRAyError, match="no image file named 'img07'"):
         export_virelay(run, str(tmp_path / "vr2"), inputs=str(images), attribution_strategy="true_label")
 
+
+def test_old_virelay_module_is_a_deprecated_alias():
+    """``interprettensor.io.virelay`` (the export's old place) still imports, warns with the new place
+    and gives the same functions."""
+    import subprocess
+    import sys
+
+    code = ("import warnings\n"
+            "warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    from interprettensor.io.virelay import export_virelay, category_name, _safe\n"
+            "import interprettensor.analysis.spray.virelay as new\n"
+            "msgs = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]\n"
+            "print('SAME', export_virelay is new.export_virelay, category_name is new.category_name, _safe is new._safe)\n"
+            "print('WARNED', any('interprettensor.analysis.spray.virelay' in m for m in msgs))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "SAME True True True" in p.stdout and "WARNED True" in p.stdout, p.stdout
 
 def _sharded_run(folder, R, targets, shard_size):
     """A finished sharded run written the way explain_dataset writes one (shards and manifest.json)."""
