@@ -1,0 +1,170 @@
+"""Static analyses of a graph, run once it is built: which inputs of each step carry relevance
+(:func:`mark_carried`), are non-negative (:func:`mark_nonneg`) or gate a product (:func:`mark_gates`);
+and, per rule set, which layers' relevance is provably zero where their output is
+(:func:`relu_denominator_steps`, :func:`positive_output_steps`)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from ..errors import ExplainError
+from ..handlers import (GATE, PRODUCT, ConstantHandler, ElementwiseHandler, FixedLinearHandler, GateHandler,
+                        LinearHandler, MaxPoolHandler, RouteHandler, SeparableHandler, SoftmaxHandler)
+from ..handlers.elementwise import IDENTITY_AT_INFERENCE
+from ..rules import LinearRule, Rule, WinnerTakesAll, identity, negative, positive
+from .model import Graph, Step
+
+
+def mark_carried(g: Graph, inputs_float: Sequence[bool]) -> None:
+    """Mark which inputs of each step depend on the values of a float model input or an embedding's
+    output (a mask cast to float does not); handlers that depend on the number of such inputs (an
+    einsum of two activations is a product, of an activation and a constant a linear map) choose
+    their form here."""
+    carried = {k for k, f in zip(g.inputs, inputs_float) if f}
+    for step in g.steps:
+        step.carried = tuple(k in carried for k in step.inputs)
+        if hasattr(step.handler, "for_inputs"):
+            handler = step.handler.for_inputs(sum(step.carried))
+            if handler is None:
+                raise ExplainError(f"layer {step.name!r} of type {step.type_name} cannot be explained: it combines "
+                                   f"{sum(step.carried)} computed tensors in a way that has no LRP rule")
+            step.handler = handler
+        if (any(step.carried) and not isinstance(step.handler, ConstantHandler)) or \
+                getattr(step.handler, "integer_inputs", False):
+            carried.update(step.outputs)
+
+
+#: activations whose output gates another factor of a product (CP-LRP holds such factors constant)
+_GATING = {"sigmoid", "softmax", "silu", "swish", "gelu", "tanh", "hard_sigmoid", "hard_silu", "hard_swish",
+           "Sigmoid", "Softmax", "Silu", "Swish", "Gelu", "Tanh", "HardSigmoid", "HardSilu"}
+
+
+def _is_gate(step: Step | None, producer: dict) -> bool:
+    """``step``'s output is a gate: a softmax, a squashing or gating activation (also as the activation
+    of a layer with weights), or such a value reshaped, repeated or transposed."""
+    while step is not None:
+        if isinstance(step.handler, SoftmaxHandler):
+            return True
+        layer = step.layer
+        if isinstance(step.handler, ElementwiseHandler):
+            act = layer.activation if isinstance(layer, keras.layers.Activation) else None
+            if getattr(act, "__name__", "") in _GATING or type(layer).__name__ in _GATING:
+                return True
+            if (type(layer).__name__ == "Cast" or isinstance(layer, IDENTITY_AT_INFERENCE)) and len(step.inputs) == 1:
+                # a gate cast to another dtype, or behind dropout
+                step = producer.get(step.inputs[0])
+                continue
+            return False
+        if isinstance(step.handler, LinearHandler):
+            return getattr(step.handler.activation_of(layer), "__name__", "") in _GATING
+        if isinstance(step.handler, RouteHandler) and len(step.inputs) == 1:
+            step = producer.get(step.inputs[0])
+            continue
+        return False
+    return False
+
+
+def mark_gates(g: Graph) -> None:
+    """Mark, for each product (element-wise or contraction), which factors are gates."""
+    producer = g.producer()
+    for step in g.steps:
+        if step.category in (GATE, PRODUCT):
+            step.gates = tuple(_is_gate(producer.get(k), producer) for k in step.inputs)
+
+
+def mark_nonneg(g: Graph) -> None:
+    """Mark the inputs of each step that are non-negative by construction (outputs of ReLU-like
+    activations, and pooling, reshaping or summing of such); rules use it to skip terms that would
+    be zero. Model inputs count as signed."""
+    known: set = set()
+    for step in g.steps:
+        step.nonneg = tuple(k in known for k in step.inputs)
+        if step.handler.output_nonneg(step.layer, step.nonneg, step):
+            known.update(step.outputs)
+
+
+def _is_plain_relu(step: Step) -> bool:
+    act = step.handler.activation_of(step.layer) if isinstance(step.handler, LinearHandler) else None
+    return act is not None and (act in (keras.activations.relu, tf.nn.relu)
+                                or getattr(act, "__name__", "") == "relu" and getattr(act, "__module__", "").startswith(
+                                    ("keras", "tensorflow")))
+
+
+class _ZeroAnalysis:
+    """Which tensors' relevance is provably zero wherever the tensor is zero: every consumer
+    redistributes in proportion to its inputs (identity, x^+, x^- input modifiers), or moves relevance
+    exactly (reshapes, winner-takes-all, gates, f(0)=0 activations) into tensors that are such too."""
+
+    def __init__(self, g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool):
+        self.consumers = g.consumers()
+        self.rule_of = dict(zip(g.steps, rules))
+        self.start_key, self.proportional_start = start_key, proportional_start
+        self.memo: dict = {}
+
+    @staticmethod
+    def proportional(rule: Rule) -> bool:
+        return isinstance(rule, LinearRule) and all(
+            t.input in (identity, positive, negative) for grp in rule.groups() for t in grp.terms)
+
+    def ok(self, c: Step) -> bool:
+        h, rule = c.handler, self.rule_of[c]
+        if isinstance(h, (LinearHandler, FixedLinearHandler, SeparableHandler)):
+            return self.proportional(rule)
+        if isinstance(h, MaxPoolHandler):
+            winner = isinstance(rule, WinnerTakesAll) or (isinstance(rule, LinearRule) and not rule.uniform_max_pool)
+            return winner and all(self.zero(k) for k in c.outputs)
+        if isinstance(h, (RouteHandler, GateHandler)):
+            return all(self.zero(k) for k in c.outputs)
+        if isinstance(h, ElementwiseHandler):
+            return h.maps_zero_to_zero(c.layer) and all(self.zero(k) for k in c.outputs)
+        return False
+
+    def zero(self, key: Any) -> bool:
+        if key == self.start_key:
+            return self.proportional_start
+        if key not in self.memo:
+            self.memo[key] = all(self.ok(c) for c in self.consumers.get(key, []))
+        return self.memo[key]
+
+
+def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool) -> frozenset:
+    """Layers with a built-in ReLU whose output relevance is provably zero wherever the output is
+    zero (see :class:`_ZeroAnalysis`). For these, relu(z) can replace z in the denominators (they
+    differ only where z <= 0, where the relevance is 0), so the forward pass keeps no pre-activation
+    and TensorFlow fuses convolution, bias and ReLU. ``proportional_start``: the starting relevance is
+    the output times a mask."""
+    zero = _ZeroAnalysis(g, rules, start_key, proportional_start).zero
+    return frozenset(s for s in g.steps if isinstance(s.handler, LinearHandler) and not s.strip_activation
+                     and _is_plain_relu(s) and zero(s.outputs[0]))
+
+
+def positive_output_steps(g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool) -> frozenset:
+    """Layers with weights whose pre-activation's relevance is provably zero wherever it is ``<= 0``:
+    those of :func:`relu_denominator_steps`, and those without activation whose every consumer is a
+    ReLU layer (``Activation('relu')``, ``ReLU()``, a ReLU op) whose output's relevance is provably zero
+    where it is zero (relevance passes a ReLU unchanged, and its output is zero exactly where its
+    input is ``<= 0``). Rules whose groups explain negative outputs separately (the generalised gamma)
+    skip those groups there."""
+    analysis = _ZeroAnalysis(g, rules, start_key, proportional_start)
+    consumers = analysis.consumers
+
+    def relu_after(step: Step) -> bool:
+        key = step.outputs[0]
+        cs = consumers.get(key, [])
+        if key == start_key or not cs or key in g.outputs:
+            return False
+        return all(isinstance(c.handler, ElementwiseHandler) and c.handler.relu_like(c.layer)
+                   and all(analysis.zero(k) for k in c.outputs) for c in cs)
+
+    out = set()
+    for s in g.steps:
+        if not isinstance(s.handler, LinearHandler) or s.strip_activation:
+            continue
+        act = s.handler.activation_of(s.layer)
+        linear = act is None or getattr(act, "__name__", "") == "linear"
+        if (_is_plain_relu(s) and analysis.zero(s.outputs[0])) or (linear and relu_after(s)):
+            out.add(s)
+    return frozenset(out)

@@ -1,0 +1,99 @@
+"""The interpreter: which tensor's value starts the relevance (:func:`explained_output`), the
+forward pass that records what relevance needs (:func:`forward`), and the backward pass that walks
+the steps in reverse, summing the relevance that reaches a tensor from all of its consumers
+(:func:`backward`)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from ..errors import ExplainError
+from ..handlers import ELEMENTWISE, SOFTMAX
+from ..linear import materialize
+from ..rules import Rule
+from .model import Graph, Step
+
+
+_SQUASHING = ("softmax", "sigmoid")
+
+
+def _is_squashing(step: Step) -> bool:
+    """A softmax or sigmoid: as the layer itself (``Softmax``, ``Activation('sigmoid')``, a keras op)
+    or as the activation of a layer with weights."""
+    layer = step.layer
+    if isinstance(layer, keras.layers.Softmax) or type(layer).__name__ in ("Softmax", "Sigmoid"):
+        return True
+    if isinstance(layer, keras.layers.Activation):
+        act = layer.activation
+    else:
+        act = step.handler.activation_of(layer) if hasattr(step.handler, "activation_of") else None
+    return getattr(act, "__name__", "") in _SQUASHING
+
+
+def explained_output(g: Graph, output: int | str | None, probability: bool = False) -> tuple[Any, Step | None]:
+    """The key of the tensor whose value starts the relevance. A final softmax or sigmoid is skipped
+    (the logit is explained) unless ``probability``."""
+    if output is None:
+        idx = 0
+    elif isinstance(output, int) and not isinstance(output, bool):
+        if not -len(g.outputs) <= output < len(g.outputs):
+            raise ExplainError(f"output index {output} out of range: the model has {len(g.outputs)} outputs")
+        idx = output
+    else:
+        if output not in g.output_names:
+            raise ExplainError(f"the model has no output {output!r}; its outputs: {g.output_names}")
+        idx = g.output_names.index(output)
+    key = g.outputs[idx]
+    step = g.producer().get(key)
+    if step is not None and not probability and _is_squashing(step):
+        if step.handler.category in (ELEMENTWISE, SOFTMAX):
+            return step.inputs[0], step
+        step.strip_activation = True
+    return key, step
+
+
+def forward(g: Graph, xs: Sequence[tf.Tensor]) -> tuple[dict, list]:
+    values = dict(zip(g.inputs, xs))
+    records = []
+    for step in g.steps:
+        ins = [values[k] for k in step.inputs]
+        try:
+            outs, state = step.handler.forward(step.layer, ins, step)
+        except ExplainError:
+            raise
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+            raise ExplainError(f"layer {step.name!r} ({step.type_name}) failed on inputs of shape "
+                               f"{[tuple(x.shape) for x in ins]}: {e}") from e
+        for k, v in zip(step.outputs, outs):
+            values[k] = v
+        records.append((ins, outs, state))
+    return values, records
+
+
+def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
+             keep: bool = False) -> tuple[dict, dict]:
+    """Relevance at every tensor reached from ``start`` (key -> relevance). Returns
+    ``(relevance by key, relevance of each layer's output by layer name)``."""
+    rel = dict(start)
+    layerwise: dict = {}
+    for step, (ins, outs, state), rule in zip(reversed(g.steps), reversed(records), reversed(rules)):
+        Rs = [rel.get(k) for k in step.outputs]
+        if all(r is None for r in Rs) or not any(o.dtype.is_floating for o in outs):
+            continue
+        dtype = next(r.dtype for r in Rs if r is not None)
+        Rs = [tf.zeros(tf.shape(o), dtype) if r is None else r for r, o in zip(Rs, outs)]
+        if keep or not step.handler.accepts_lazy:
+            Rs = [materialize(r) for r in Rs]
+        if keep:
+            for n in step.names():
+                layerwise[n] = Rs[0] if len(Rs) == 1 else Rs
+        R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step)
+        to_integers = getattr(step.handler, "integer_inputs", False)
+        for k, r, x in zip(step.inputs, R_in, ins):
+            if r is None or not (x.dtype.is_floating or to_integers):
+                continue  # relevance does not flow into masks and indices (only embeddings credit them)
+            rel[k] = r if k not in rel else materialize(rel[k]) + materialize(r)
+    return {k: materialize(r) for k, r in rel.items()}, layerwise
