@@ -19,9 +19,10 @@ import tensorflow as tf
 from ..engine.errors import ExplainError
 from ..engine.graph import Graph, backward, build_graph, forward, register_chain
 from ..engine.linear import materialize
-from ..engine.rules import Rule, rule_from_variant
+from ..engine.rules import Rule
 from . import handlers as _handlers  # noqa: F401 - registers the modules' handlers
 from .modules import Module
+from .variants import rule_from_variant
 
 __all__ = ["Sequential"]
 
