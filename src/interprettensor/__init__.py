@@ -45,7 +45,7 @@ _NAMES = {
     "PRESETS": "engine.composites", "Composite": "engine.composites", "get_composite": "engine.composites",
     "register_preset": "engine.composites",
     "Explainer": "engine.explainer", "lrp": "engine.explainer",
-    "ExplainError": "engine.errors", "register_handler": "engine.handlers",
+    "ExplainError": "engine.errors", "InterpretTensorError": "engine.errors", "register_handler": "engine.handlers",
     "register_rule": "engine.rules",
     "AvgPool": "original", "Convolution": "original", "Elu": "original", "Flatten": "original", "Linear": "original",
     "MaxPool": "original", "Module": "original", "Relu": "original", "ReLU": "original", "Sigmoid": "original",
@@ -76,7 +76,7 @@ _LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.")
 __all__ = [
     "Sequential", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu", "Module", "lrp", "Explainer", "Composite", "PRESETS", "get_composite",
-    "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "attribution", "evaluate",
+    "register_preset", "register_rule", "register_handler", "rules", "ExplainError", "InterpretTensorError", "attribution", "evaluate",
     "explain_dataset", "load_relevances", "finalize_run", "spray", "load_spray", "concepts", "data", "datasets",
     "pretrained", "render",
     "render_text",
