@@ -9,8 +9,8 @@ checksum mismatch or a failed download raises :class:`DatasetError` with the cau
 
 Example::
 
-    from interprettensor import datasets
-    x_train, y_train, x_test, y_test = datasets.load("mnist", cache_dir="~/.cache/interprettensor")
+    from interprettensor.io import downloads
+    x_train, y_train, x_test, y_test = downloads.load("mnist", cache_dir="~/.cache/interprettensor")
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 ``net.forward(x)`` runs the network and caches every module's input and pre-activation;
 ``net.lrp(R, variant, param)`` propagates ``R`` back to the input with the shared LRP engine
-(:mod:`interprettensor.graph`, :mod:`interprettensor.handlers`), compiled with ``tf.function``.
+(:mod:`interprettensor.engine.graph`, :mod:`interprettensor.engine.handlers`), compiled with ``tf.function``.
 A variant given to the call applies to every module (LRP Toolbox semantics: max pooling is
 uniform under ``'flat'``/``'ww'``, winner-takes-all otherwise); without one, each module's preset
-(:meth:`~interprettensor.layers.Module.set_lrp_parameters`) applies.
+(:meth:`~interprettensor.original.modules.Module.set_lrp_parameters`) applies.
 """
 
 from __future__ import annotations
