@@ -59,8 +59,10 @@ def needs_box(rule: str) -> bool:
 
 
 from ..io.inputs import InputError, collect_inputs, load_image, load_model, model_input_shape, shape_str  # noqa: E402
+from ..engine.errors import InterpretTensorError  # noqa: E402
 
-class CLIError(Exception):
+
+class CLIError(InterpretTensorError):
     """An expected failure: reported as ``error: <message>`` without a traceback."""
 
 

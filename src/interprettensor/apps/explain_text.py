@@ -28,12 +28,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..engine.errors import InterpretTensorError
+
 __all__ = ["TextCommandError", "run"]
 
 NPZ, HTML, PNG = "relevances.npz", "explanations.html", "explanations.png"
 
 
-class TextCommandError(Exception):
+class TextCommandError(InterpretTensorError):
     """An expected failure of the command (bad options, inputs that do not fit the model): the command
     line reports it as ``error: <message>`` without a traceback."""
 

@@ -32,7 +32,7 @@ Presets reject parameters they do not use, naming the ones they take.
 
 Layers without weights get category defaults: sums, average pooling, standalone BatchNorm and
 upsampling split relevance in proportion to their inputs with the stabiliser of the composite's
-main rule (:meth:`~interprettensor.rules.Rule.merge_rule`; the presets above use the plain z-rule
+main rule (:meth:`~interprettensor.engine.rules.Rule.merge_rule`; the presets above use the plain z-rule
 there, as iNNvestigate and Zennit do); max pooling is winner-takes-all;
 reshapes, activations, dropout and gates pass relevance through.
 
@@ -319,7 +319,7 @@ for _variant in ("simple", "epsilon", "flat", "ww", "alphabeta"):
 
 def _deep_taylor_preset(**params: Any) -> Composite:
     """Deep Taylor (Montavon et al. 2017) as iNNvestigate applies it: z+ on layers with weights,
-    the transposed Jacobian (:class:`~interprettensor.rules.GradientMap`) at sums and pooling."""
+    the transposed Jacobian (:class:`~interprettensor.engine.rules.GradientMap`) at sums and pooling."""
     check_params("deep_taylor", params, ())
     return Composite(default=ZPlus(), merge=GradientMap(), name="deep_taylor")
 

@@ -46,7 +46,7 @@ class Explainer:
         model: a Keras 3 Sequential or Functional model (nested models are fine), or an
             :class:`interprettensor.Sequential`.
         rule: a rule name (``'epsilon'``, ``'alphabeta'``, ``'gamma'``, ...), a preset name
-            (``'epsilon_gamma_box'``, ``'preset_a'``, ...), a :class:`~interprettensor.rules.Rule` or a
+            (``'epsilon_gamma_box'``, ``'preset_a'``, ...), a :class:`~interprettensor.engine.rules.Rule` or a
             :class:`~interprettensor.Composite`. A rule name applies to the layers with weights;
             other layers get the composite's category defaults.
         layer: explain a unit of this hidden layer instead of the model output.

@@ -1,4 +1,4 @@
-"""The one LRP engine: a :class:`~interprettensor.rules.LinearRule` applied to a layer's linear map.
+"""The one LRP engine: a :class:`~interprettensor.engine.rules.LinearRule` applied to a layer's linear map.
 
 A layer contributes a :class:`LinearMap`: a function ``f(xs, params) -> z`` that is linear in each
 input for fixed parameters (plus a bias), and its parameters. The transpose needed by LRP is never

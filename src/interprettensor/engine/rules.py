@@ -51,7 +51,6 @@ __all__ = [
     "WinnerTakesAll",
     "RULES",
     "get_rule",
-    "rule_from_variant",
     "register_rule",
 ]
 
@@ -539,36 +538,6 @@ def get_rule(rule: Rule | str, **params: Any) -> Rule:
         return RULES[key](**params)
     except TypeError as e:
         raise ValueError(f"rule {rule!r} does not take the parameters {sorted(params)}: {e}") from None
-
-
-VARIANTS = ("simple", "epsilon", "flat", "ww", "alphabeta")
-
-
-def rule_from_variant(lrp_var: str | Rule | None, param: float | None = None) -> Rule:
-    """The original API's ``(lrp_var, param)`` pair as a :class:`Rule`.
-
-    ``'epsilon'``: param is epsilon; ``'alphabeta'``: param is alpha and beta = alpha - 1.
-    Other rule names (and Rule objects) are accepted too.
-    """
-    if isinstance(lrp_var, Rule):
-        return lrp_var
-    if lrp_var is None:
-        lrp_var = "simple"
-    if not isinstance(lrp_var, str):
-        raise TypeError(f"lrp_var must be a string or Rule, got {lrp_var!r}")
-    key = lrp_var.lower()
-    if key == "epsilon":
-        return Epsilon(1e-6 if param is None else float(param))
-    if key == "alphabeta":
-        alpha = 2.0 if param is None else float(param)
-        return AlphaBeta(alpha, alpha - 1.0)
-    if key in ("simple", "z", "flat", "ww", "wsquare"):
-        return get_rule(key)
-    if key in RULES:
-        return get_rule(key)
-    raise ValueError(
-        f"unknown LRP variant {lrp_var!r}; valid variants: {', '.join(VARIANTS)} "
-        f"(and the rule names {', '.join(sorted(set(RULES) - set(VARIANTS)))})")
 
 
 def _signature_params(factory: Callable[..., Rule]) -> set[str] | None:

@@ -9,8 +9,8 @@ checksum mismatch or a failed download raises :class:`DatasetError` with the cau
 
 Example::
 
-    from interprettensor import datasets
-    x_train, y_train, x_test, y_test = datasets.load("mnist", cache_dir="~/.cache/interprettensor")
+    from interprettensor.io import downloads
+    x_train, y_train, x_test, y_test = downloads.load("mnist", cache_dir="~/.cache/interprettensor")
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import struct
 from typing import Sequence
 
 import numpy as np
+
+from ..engine.errors import InterpretTensorError
 
 __all__ = ["DATASETS", "SOURCES", "DatasetError", "default_cache_dir", "read_idx", "fetch", "load_idx_dataset",
            "load"]
@@ -64,7 +66,7 @@ SOURCES: dict[str, dict] = {
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DatasetError(OSError):
+class DatasetError(InterpretTensorError, OSError):
     """A data set could not be downloaded, verified or read."""
 
 

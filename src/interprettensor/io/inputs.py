@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from ..engine.errors import InterpretTensorError
+
 __all__ = ["InputError", "IMAGE_EXTS", "load_model", "model_input_shape", "collect_inputs", "load_image",
            "shape_str", "folder_labels", "read_labels"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-class InputError(ValueError):
+class InputError(InterpretTensorError, ValueError):
     """An input file or model that cannot be read or does not fit: the message names the file and
     the shapes."""
 

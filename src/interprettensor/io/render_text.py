@@ -18,7 +18,7 @@ global matplotlib state.
 
 Example::
 
-    from interprettensor import render_text
+    from interprettensor.io import render_text
     tokens = render_text.tokens_from_ids(ids[0], tokenizer)      # tokenizer.id_to_token
     render_text.save_html("text.html", [(tokens, R[0], "sample 0", ids[0] != pad_id)])
     render_text.save_png("text.png", [(tokens, R[0], "sample 0", ids[0] != pad_id)])

@@ -8,7 +8,7 @@ the logs (``pip install tensorboard``; ``tensorboard --logdir=LOGDIR``), not to 
 
 Example::
 
-    from interprettensor.summaries import SummaryWriter, EpochSummaries
+    from interprettensor.io.summaries import SummaryWriter, EpochSummaries
     with SummaryWriter("logs/train") as w:
         net.fit(x, y, epochs=5, callbacks=[EpochSummaries(w)])
         w.relevance_histograms(per_layer, step=5)

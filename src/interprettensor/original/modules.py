@@ -19,7 +19,8 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from ..engine.rules import Rule, rule_from_variant
+from ..engine.rules import Rule
+from .variants import rule_from_variant
 
 __all__ = [
     "Module", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax",

@@ -2,10 +2,10 @@
 
 ``net.forward(x)`` runs the network and caches every module's input and pre-activation;
 ``net.lrp(R, variant, param)`` propagates ``R`` back to the input with the shared LRP engine
-(:mod:`interprettensor.graph`, :mod:`interprettensor.handlers`), compiled with ``tf.function``.
+(:mod:`interprettensor.engine.graph`, :mod:`interprettensor.engine.handlers`), compiled with ``tf.function``.
 A variant given to the call applies to every module (LRP Toolbox semantics: max pooling is
 uniform under ``'flat'``/``'ww'``, winner-takes-all otherwise); without one, each module's preset
-(:meth:`~interprettensor.layers.Module.set_lrp_parameters`) applies.
+(:meth:`~interprettensor.original.modules.Module.set_lrp_parameters`) applies.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import tensorflow as tf
 from ..engine.errors import ExplainError
 from ..engine.graph import Graph, backward, build_graph, forward, register_chain
 from ..engine.linear import materialize
-from ..engine.rules import Rule, rule_from_variant
+from ..engine.rules import Rule
 from . import handlers as _handlers  # noqa: F401 - registers the modules' handlers
 from .modules import Module
+from .variants import rule_from_variant
 
 __all__ = ["Sequential"]
 

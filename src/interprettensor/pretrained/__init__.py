@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from ..layers import AvgPool, Convolution
-from ..sequential import Sequential
+from ..original.modules import AvgPool, Convolution
+from ..original.sequential import Sequential
 
 __all__ = ["mnist_cnn", "MNIST_CNN_WEIGHTS"]
 

@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ...engine.errors import InterpretTensorError
+
 __all__ = ["RunError", "ShardRun", "NpzRun", "Spray", "ConceptsRun", "discover", "safe_layer_name"]
 
 MANIFEST, RELEVANCES, CONCEPTS, SPRAY_DIR, SPRAY_JSON = ("manifest.json", "relevances.npz", "concepts.json", "spray",
@@ -34,7 +36,7 @@ _SHARD_RE = re.compile(r"^shard-\d{5,}\.npz$")
 MAX_DEPTH = 3
 
 
-class RunError(ValueError):
+class RunError(InterpretTensorError, ValueError):
     """A path that holds no run the viewer can show, or a run file that cannot be read."""
 
 

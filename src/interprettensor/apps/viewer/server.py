@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from ...engine.errors import InterpretTensorError
 from . import images
 from .runs import ConceptsRun, ExplainRun, Found, RunError, _Members, discover
 
@@ -40,7 +41,7 @@ MAX_LIMIT = 500
 MAX_SIZE = 1024
 
 
-class ApiError(Exception):
+class ApiError(InterpretTensorError):
     """A bad request: answered with ``status`` and the message as JSON."""
 
     def __init__(self, message: str, status: int = 400):

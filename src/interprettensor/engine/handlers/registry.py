@@ -24,7 +24,9 @@ def register_handler(layer_type: type, handler: Handler) -> None:
 
     Example::
 
-        it.register_handler(MyScale, it.handlers.LinearHandler(
+        from interprettensor.engine.handlers import LinearHandler
+
+        it.register_handler(MyScale, LinearHandler(
             params=lambda layer: {"kernel": layer.w},
             fn=lambda layer, xs, p: xs[0] * p["kernel"],
             activation=lambda layer: None))
