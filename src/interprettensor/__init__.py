@@ -69,7 +69,8 @@ _SUBMODULES = tuple(sorted(set(_MOVED) | {"engine", "original", "attribution", "
                                           "pretrained"}))
 #: modules that need neither TensorFlow nor Keras (the command line's start and ``--help``)
 _LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "apps.viewer", "io", "io.inputs", "io.render", "__main__",
-                    "cli", "engine", "engine.errors", "io.shards", "analysis", "analysis.spray", "io.virelay"})
+                    "cli", "engine", "engine.errors", "io.shards", "analysis", "analysis.spray", "io.virelay",
+                    "rule_names"})
 #: packages whose modules are all light (the command line's subcommand parsers, the viewer)
 _LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.")
 

@@ -92,7 +92,7 @@ def cmd_spray(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ...analysis.spray import SpRAyError, spray
-    from ..cli import CLIError
+    from .options import CLIError
 
     try:
         clusters = parse_clusters(args.clusters)
