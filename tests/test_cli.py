@@ -259,7 +259,7 @@ def test_ctrl_c_says_how_to_continue(capsys, monkeypatch, argv, want):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    module = cli_mod if argv[0] == "explain" else importlib.import_module(f"interprettensor.apps.commands.{argv[0]}")
+    module = importlib.import_module(f"interprettensor.apps.commands.{argv[0]}")
     monkeypatch.setattr(module, f"cmd_{argv[0]}", interrupted)
     assert cli_mod.main(argv) == 130
     err = capsys.readouterr().err

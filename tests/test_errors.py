@@ -17,13 +17,13 @@ BUILTIN_BASE = {
     "interprettensor.engine.errors.ExplainError": ValueError,
     "interprettensor.engine.expand.ShapeDependent": ValueError,
     "interprettensor.io.shards.StreamError": ValueError,
-    "interprettensor.analysis.spray.SpRAyError": ValueError,
+    "interprettensor.analysis.spray.estimator.SpRAyError": ValueError,
     "interprettensor.io.inputs.InputError": ValueError,
     "interprettensor.io.downloads.DatasetError": OSError,
     "interprettensor.apps.viewer.runs.RunError": ValueError,
     "interprettensor.apps.viewer.server.ApiError": None,
     "interprettensor.apps.explain_text.TextCommandError": None,
-    "interprettensor.apps.cli.CLIError": None,
+    "interprettensor.apps.commands.options.CLIError": None,
 }
 
 

@@ -21,9 +21,9 @@ PACKAGE = __name__.rpartition(".")[0]
 #: modules that need neither TensorFlow nor Keras (the command line's start and ``--help``)
 LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "apps.viewer", "io", "io.inputs", "io.render", "__main__",
                    "cli", "engine", "engine.errors", "io.shards", "analysis", "analysis.spray", "io.virelay",
-                   "_bootstrap", "_legacy"})
-#: packages whose modules are all light (the command line's subcommand parsers, the viewer)
-LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.")
+                   "_bootstrap", "_legacy", "rule_names"})
+#: packages whose modules are all light (the command line's subcommand parsers, the viewer, SpRAy)
+LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.", "analysis.spray.")
 
 
 def quiet_tf_logs() -> None:

@@ -27,6 +27,7 @@ from ..engine.errors import ExplainError
 from ..engine.precision import model_dtype as _model_dtype
 from ..engine.targets import as_inputs
 from ..engine.graph import build_graph, explained_output, forward
+from ..rule_names import needs_box
 
 __all__ = ["region_perturbation", "PerturbationResult", "default_patch", "compare", "Comparison", "DEFAULT_METHODS",
            "plot_curves"]
@@ -404,11 +405,9 @@ def _method_list(methods: Sequence[MethodSpec] | Mapping[str, Any] | None) -> li
 
 
 def _needs_box(method: Any) -> bool:
-    """Box rules by name: zbox, epsilon_gamma_box, bounded_deep_taylor, ... (not the toolbox_* presets)."""
-    if not isinstance(method, str):
-        return False
-    key = method.lower().replace("-", "_").replace("toolbox", "")
-    return "box" in key or "bounded" in key
+    """Box rules by name: zbox, epsilon_gamma_box, bounded_deep_taylor, ... (not the toolbox_* presets);
+    :func:`interprettensor.rule_names.needs_box`, as the command line decides it."""
+    return needs_box(method)
 
 
 def explain(model: keras.Model, x: np.ndarray, method: Any, target: np.ndarray, params: Mapping[str, Any],

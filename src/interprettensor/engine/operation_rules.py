@@ -33,11 +33,13 @@ from typing import Any
 
 import tensorflow as tf
 
+from ..rule_names import OPERATION_RULE_NAMES, PRODUCT_RULES, product_rule_list
 from .linear import distinct
 from .rules import TINY, LinearRule, Rule, constant, get_rule, register_rule, stabilize
 
 __all__ = ["OPERATION_RULE_NAMES", "AbsProportional", "CellRule", "Gate", "ProductRule", "Proportional",
-           "SoftmaxRule", "UniformProduct", "get_product_rule", "product_relevance", "softmax_relevance"]
+           "SoftmaxRule", "UniformProduct", "get_product_rule", "product_relevance", "product_rule_names",
+           "softmax_relevance"]
 
 
 class ProductRule(Rule):
@@ -123,9 +125,8 @@ def get_product_rule(rule: ProductRule | str, what: str = "gates") -> ProductRul
     except (TypeError, ValueError):
         out = None
     if not isinstance(out, ProductRule):
-        raise ValueError(f"{what} must be a rule for products of activations: 'gate' (alias 'signal_take_all'), "
-                         f"'half' (alias 'uniform'), 'proportional', 'proportional_abs' or a ProductRule object; "
-                         f"got {rule!r}")
+        raise ValueError(f"{what} must be a rule for products of activations: {product_rule_list()} or a "
+                         f"ProductRule object; got {rule!r}")
     return out
 
 
@@ -217,14 +218,18 @@ def softmax_relevance(x: tf.Tensor, s: tf.Tensor, R: tf.Tensor, axis: int | Sequ
     return tf.where(masked, tf.zeros_like(out), out)
 
 
-#: rules of operations, not of layers with weights (with ``pass`` and ``winner_takes_all``)
-OPERATION_RULE_NAMES = frozenset({"uniform", "half", "gate", "signal_take_all", "proportional", "proportional_abs",
-                                  "softmax", "pass", "winner_takes_all"})
+#: the product rules by their ``name``; registered under the names of :data:`interprettensor.rule_names.PRODUCT_RULES`
+_PRODUCT_RULE_CLASSES = {cls.name: cls for cls in (UniformProduct, Gate, Proportional, AbsProportional)}
 
-register_rule("uniform", UniformProduct)
-register_rule("half", UniformProduct)
-register_rule("gate", Gate)
-register_rule("signal_take_all", Gate)
-register_rule("proportional", Proportional)
-register_rule("proportional_abs", AbsProportional)
+for _name, _rule in PRODUCT_RULES.items():
+    register_rule(_name, _PRODUCT_RULE_CLASSES[_rule])
 register_rule("softmax", SoftmaxRule)
+
+
+def product_rule_names() -> tuple[str, ...]:
+    """The names the rule registry holds for rules of products of activations (those of
+    :data:`interprettensor.rule_names.PRODUCT_RULES`, and any registered since)."""
+    from .rules import RULES
+
+    return tuple(name for name, factory in RULES.items()
+                 if isinstance(factory, type) and issubclass(factory, ProductRule))

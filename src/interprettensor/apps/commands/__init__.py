@@ -1,1 +1,2 @@
-"""The command line's subcommands that live in their own modules (see ``apps.cli.SUBCOMMANDS``)."""
+"""The command line's subcommands, one module each (see ``apps.cli.SUBCOMMANDS``); what several of them
+share is in :mod:`.options`."""

@@ -9,7 +9,7 @@ from typing import Any
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``concepts`` subcommand's arguments (built without importing TensorFlow)."""
-    from ..cli import _positive_int
+    from .options import _positive_int, add_image_options, add_rule_params
 
     c = sub.add_parser(
         "concepts", parents=[common], help="find each hidden channel's reference examples in a data set (CRP)",
@@ -29,8 +29,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="a hidden layer whose channels are the concepts (may be repeated)")
     c.add_argument("--rule", default="epsilon_plus",
                    help="rule or preset (default: %(default)s, as CRP uses for CNNs)")
-    for name in ("epsilon", "alpha", "beta", "gamma", "low", "high"):
-        c.add_argument(f"--{name}", type=float, default=None, help=f"{name} of the rule")
+    add_rule_params(c)
     c.add_argument("--target", type=int, default=None,
                    help="class to explain for every sample (default: the label where the data has labels, "
                         "else the predicted class)")
@@ -44,11 +43,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--crop-threshold", type=float, default=0.1,
                    help="the crop is the box where the conditional heatmap reaches this fraction of its "
                         "maximum (default: %(default)s)")
-    c.add_argument("--input-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
-                   help="image pixels 0..255 are mapped to LOW..HIGH (default: 0 1)")
-    c.add_argument("--color-mode", choices=["auto", "grayscale", "rgb"], default="auto",
-                   help="auto: the image must have the model's channel count; grayscale/rgb: convert")
-    c.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    add_image_options(c)
     c.add_argument("--channels", action="append", default=None, metavar="LAYER:LIST",
                    help="draw crops and heatmaps only for these channels of LAYER, e.g. block4_conv3:0-31,40 "
                         "(may be repeated; every channel is still ranked; default: all channels)")
@@ -63,13 +58,12 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     """``interprettensor concepts``: :func:`interprettensor.concepts.reference_examples`."""
     from ...analysis.relevance_maximization import reference_examples
     from ...io.inputs import load_model
-    from ..cli import RULE_PARAMS, CLIError, _check_range, needs_box, prepare_out_dir
+    from .options import RULE_PARAMS, CLIError, _check_range, _check_target, needs_box, prepare_out_dir
 
     _check_range("--input-range", args.input_range)
     if not 0.0 <= args.crop_threshold < 1.0:
         raise CLIError(f"--crop-threshold must be in [0, 1), got {args.crop_threshold}")
-    if args.target is not None and args.target < 0:
-        raise CLIError(f"--target must be a class index >= 0, got {args.target}")
+    _check_target(args.target)
     params = {k: getattr(args, k) for k in RULE_PARAMS if getattr(args, k, None) is not None}
     if needs_box(args.rule) and "low" not in params:
         params["low"], params["high"] = (float(v) for v in args.input_range)

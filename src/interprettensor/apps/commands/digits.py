@@ -14,7 +14,7 @@ __all__ = ["add_parser", "cmd_digits", "write_digits"]
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    from ..cli import _positive_int
+    from .options import _positive_int
 
     d = sub.add_parser("digits", parents=[common], help="write the embedded handwritten digits as PNG files",
                        description="Write scikit-learn's 1,797 handwritten digits, prepared as 28x28 frames as "
@@ -51,7 +51,7 @@ def write_digits(out: str, count: int | None = None) -> tuple[int, list[int]]:
 
 def cmd_digits(args: argparse.Namespace) -> int:
     """``interprettensor digits``: :func:`write_digits`, then say what was written."""
-    from ..cli import CLIError
+    from .options import CLIError
 
     try:
         n, classes = write_digits(args.out, args.count)

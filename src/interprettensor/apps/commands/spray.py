@@ -1,6 +1,6 @@
 """``interprettensor spray RUN_DIR``: Spectral Relevance Analysis (SpRAy, Lapuschkin et al. 2019) of an
 explained data set, per class (:func:`interprettensor.analysis.spray.spray`), optionally exported as a
-ViRelAy project (:func:`interprettensor.io.virelay.export_virelay`). Needs neither TensorFlow nor Keras."""
+ViRelAy project (:func:`interprettensor.analysis.spray.virelay.export_virelay`). Needs neither TensorFlow nor Keras."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def cmd_spray(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ...analysis.spray import SpRAyError, spray
-    from ..cli import CLIError
+    from .options import CLIError
 
     try:
         clusters = parse_clusters(args.clusters)
@@ -131,7 +131,7 @@ def cmd_spray(args: argparse.Namespace) -> int:
             print(f"class {c}: skipped ({why})")
     print(f"SpRAy results: {res.path}")
     if args.virelay:
-        from ...io.virelay import export_virelay
+        from ...analysis.spray.virelay import export_virelay
 
         inputs: Any = None
         if args.inputs is not None:

@@ -38,7 +38,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     """``interprettensor view``: find the runs, serve them until interrupted."""
     import webbrowser
 
-    from ..cli import CLIError
+    from .options import CLIError
     from ..viewer import make_server
 
     try:
