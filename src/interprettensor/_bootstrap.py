@@ -179,6 +179,8 @@ class _PrepareOnImport:
         rest = ".".join(parts[1:])
         if len(parts) >= 2 and parts[0] == PACKAGE and rest not in LIGHT and not rest.startswith(LIGHT_PACKAGES):
             prepare()
+            if fullname in sys.modules:  # prepare() imported it: hand that module on, never a second copy
+                return _existing_spec(sys.modules[fullname])
         elif fullname == "keras":
             import importlib.util
 
@@ -191,6 +193,36 @@ class _PrepareOnImport:
                 spec.loader = _AfterKeras(spec.loader)
                 return spec
         return None
+
+
+class _AlreadyLoaded:
+    """The loader of a module that :func:`prepare` imported while the import system was looking for it
+    (``from interprettensor import rules`` before anything heavy): the import gets that module instead
+    of executing the file a second time, so its classes exist once (``isinstance`` against the engine's
+    own). CPython's ``_find_spec`` hands on the ``__spec__`` of a module that is already in
+    ``sys.modules``, so that spec is swapped for this loader's until the import is done."""
+
+    def __init__(self, module: Any, spec: Any):
+        self.module, self.spec = module, spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self.module
+
+    def exec_module(self, module: Any) -> None:
+        module.__spec__ = self.spec  # nothing to run: restore the module's own spec
+
+
+def _existing_spec(module: Any) -> Any:
+    import importlib.machinery
+
+    old = getattr(module, "__spec__", None)
+    spec = importlib.machinery.ModuleSpec(module.__name__, _AlreadyLoaded(module, old),
+                                          origin=getattr(old, "origin", None),
+                                          is_package=getattr(old, "submodule_search_locations", None) is not None)
+    if old is not None:
+        spec.submodule_search_locations = old.submodule_search_locations
+    module.__spec__ = spec
+    return spec
 
 
 _FINDER = _PrepareOnImport()
