@@ -58,7 +58,8 @@ REDUCTIONS = {
     "interprettensor train --dataset digits --arch convolutional --epochs 10 --out model.keras":
         "interprettensor train --dataset digits --arch convolutional --epochs 1 --out model.keras",
     "interprettensor evaluate --demo-model --digits 200 --sanity --out output/evaluate":
-        "interprettensor evaluate --demo-model --epochs 1 --digits 8 --sanity --out output/evaluate",
+        "interprettensor evaluate --demo-model --epochs 1 --digits 8 --methods epsilon random --sanity "
+        "--out output/evaluate",
     "interprettensor view runs/epsilon concepts":
         "interprettensor view runs/epsilon concepts --no-browser > view.log 2>&1 & pid=$!; "
         "for i in $(seq 150); do grep -q 'serving on' view.log && break; sleep 0.2; done; "
