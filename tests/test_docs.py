@@ -53,8 +53,8 @@ np.save('batch.npy', it.data.load_digits()[0][:100])
 
 #: docs command -> what runs instead
 REDUCTIONS = {
-    # 300 of the 1,797 digits: the walk-through's explain, spray and concepts run on them
-    "interprettensor digits digits/": "interprettensor digits digits/ --count 300",
+    # 200 of the 1,797 digits: the walk-through's explain, spray and concepts run on them
+    "interprettensor digits digits/": "interprettensor digits digits/ --count 200",
     "interprettensor train --dataset digits --arch convolutional --epochs 10 --out model.keras":
         "interprettensor train --dataset digits --arch convolutional --epochs 1 --out model.keras",
     "interprettensor evaluate --demo-model --digits 200 --sanity --out output/evaluate":
