@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install interprettensor (TensorFlow CPU build), run the demo
-#   make test   - create .venv, install interprettensor with test extras and keras_hub, run the test suite
+#   make test   - create .venv, install interprettensor with test extras, keras_hub and mkdocs, run the test suite
+#   make docs   - create .venv, install the docs extra, build the documentation site into site/
 PYTHON ?= python3
 VENV   ?= .venv
 EXTRAS ?= cpu,test,analysis
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test docs bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +15,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-# the tests also explain keras_hub's transformers (the optional [hub] extra)
+# the tests also explain keras_hub's transformers (the optional [hub] extra) and build the
+# documentation site (the [docs] extra: tests/test_docs.py runs mkdocs build --strict)
 $(BIN)/.installed-hub: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),hub]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),hub,docs]"
+	touch $@
+
+# the documentation site (mkdocs, Material, mkdocstrings)
+$(BIN)/.installed-docs: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),docs]"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -27,8 +34,11 @@ demo: setup
 test: $(BIN)/.installed-hub
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+docs: $(BIN)/.installed-docs
+	$(BIN)/mkdocs build --strict --site-dir site
+
 bench: setup
 	$(BIN)/python benchmarks/bench_lrp.py
 
 clean:
-	rm -rf $(VENV) output
+	rm -rf $(VENV) output site
