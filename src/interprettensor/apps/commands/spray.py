@@ -8,6 +8,8 @@ import argparse
 import re
 from typing import Any
 
+from .options import _positive_int
+
 __all__ = ["add_parser", "cmd_spray", "parse_clusters"]
 
 
@@ -28,16 +30,6 @@ def parse_clusters(values: list[str]) -> list[int]:
     return out
 
 
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "spray", parents=[common], help="spectral relevance analysis (SpRAy) of an explained data set, per class",
@@ -56,10 +48,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--clusterings", nargs="+", default=["kmeans", "hdbscan"],
                    choices=["kmeans", "agglomerative", "hdbscan", "dbscan"],
                    help="clustering methods (default: kmeans hdbscan)")
-    s.add_argument("--neighbors", type=_positive, default=10, metavar="K", help="k of the kNN graph (default 10)")
-    s.add_argument("--eigenvectors", type=_positive, default=None, metavar="M",
+    s.add_argument("--neighbors", type=_positive_int, default=10, metavar="K", help="k of the kNN graph (default 10)")
+    s.add_argument("--eigenvectors", type=_positive_int, default=None, metavar="M",
                    help="eigenvectors kept (default: 16, at least the largest number of clusters)")
-    s.add_argument("--grid", type=_positive, nargs=2, default=[32, 32], metavar=("H", "W"),
+    s.add_argument("--grid", type=_positive_int, nargs=2, default=[32, 32], metavar=("H", "W"),
                    help="heatmaps are average-pooled to H x W (default 32 32)")
     s.add_argument("--normalise", choices=["l2", "max", "l1", "none"], default="l2",
                    help="per-heatmap normalisation after pooling (default l2)")
@@ -68,7 +60,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--umap", choices=["auto", "yes", "no"], default="auto",
                    help="UMAP embedding: auto (when umap-learn is installed), yes (required), no")
     s.add_argument("--seed", type=int, default=0, help="random state (default 0)")
-    s.add_argument("--threads", type=_positive, default=None,
+    s.add_argument("--threads", type=_positive_int, default=None,
                    help="limit the native threads (useful on a machine shared with other jobs)")
     s.add_argument("--force", action="store_true", help="recompute classes whose results exist")
     s.add_argument("--out", default=None, metavar="DIR", help="where to write the results (default RUN_DIR/spray)")
