@@ -21,13 +21,12 @@ A block that is not listed here runs as printed: a new block either runs or need
 import glob
 import importlib.util
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
-from test_readme import ENV, _commands, _entry, _run
+from test_readme import ENV, _commands, _entry, _run, markdown_blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -75,16 +74,8 @@ def doc_pages():
 
 
 def doc_blocks():
-    out = []
-    for page in doc_pages():
-        text = open(page, encoding="utf-8").read()
-        name = os.path.relpath(page, DOCS)
-        for m in re.finditer(r"^```(bash|python)\n(.*?)^```", text, re.S | re.M):
-            line = text[:m.start()].count("\n") + 1
-            code = m.group(2)
-            first = next((ln.strip() for ln in code.splitlines() if ln.strip()), "")
-            out.append(pytest.param(m.group(1), code, first, id=f"{name}@L{line}:{first[:40]}"))
-    return out
+    return [block for page in doc_pages()
+            for block in markdown_blocks(open(page, encoding="utf-8").read(), os.path.relpath(page, DOCS))]
 
 
 @pytest.mark.slow

@@ -224,15 +224,20 @@ REDUCTIONS = {
 }
 
 
-def readme_blocks():
-    text = open(README, encoding="utf-8").read()
+def markdown_blocks(text, label=None):
+    """The ```bash and ```python blocks of a Markdown text: ``pytest.param(kind, code, first line)`` each,
+    with the id ``{label or kind}@L{line}:{first line}`` (also used by tests/test_docs.py)."""
     out = []
     for m in re.finditer(r"^```(bash|python)\n(.*?)^```", text, re.S | re.M):
         line = text[:m.start()].count("\n") + 1
         code = m.group(2)
         first = next((ln.strip() for ln in code.splitlines() if ln.strip()), "")
-        out.append(pytest.param(m.group(1), code, first, id=f"{m.group(1)}@L{line}:{first[:40]}"))
+        out.append(pytest.param(m.group(1), code, first, id=f"{label or m.group(1)}@L{line}:{first[:40]}"))
     return out
+
+
+def readme_blocks():
+    return markdown_blocks(open(README, encoding="utf-8").read())
 
 
 def _entry(table, first):
