@@ -10,7 +10,6 @@ predicted class, an int or one int per sample a given class; the explained score
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable, Sequence
 
 import keras
@@ -21,7 +20,7 @@ from ..engine.errors import ExplainError
 from ..engine.precision import model_dtype as _model_dtype
 from ..engine.targets import as_inputs, as_targets
 from ..engine.graph import build_graph, explained_output, forward
-from ..engine.handlers import override_activations
+from ..engine.handlers import PassOptions
 from ..original import modules as itl
 
 __all__ = ["gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet"]
@@ -111,11 +110,10 @@ class _GradientExplainer:
 
     def _core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor):
         xs = list(xs)
-        ctx = override_activations(self.override) if self.override is not None else contextlib.nullcontext()
+        options = PassOptions(activation_override=self.override)
         with tf.GradientTape() as tape:
             tape.watch(xs)
-            with ctx:
-                values, _ = forward(self.graph, xs)
+            values, _ = forward(self.graph, xs, options)
             out = values[self.key]
             size = int(np.prod(out.shape[1:]))
             flat = tf.reshape(out, (-1, size))

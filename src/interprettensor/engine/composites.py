@@ -54,13 +54,12 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Callable, Mapping
 
-import keras
 
 from . import handlers as H
 from .graph import Graph, Step
 from .operation_rules import CellRule, Gate, ProductRule, SoftmaxRule, UniformProduct, get_product_rule
-from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, GradientMap, LinearRule, Pass, Rule, WinnerTakesAll, Z,
-                    ZBox, ZPlus, get_rule, rule_param_names, rule_params_from_kwargs)
+from .rules import (RULES, AlphaBeta, Epsilon, Flat, Gamma, GradientMap, Pass, Rule, WinnerTakesAll, Z, ZBox, ZPlus,
+                    get_rule, rule_param_names, rule_params_from_kwargs)
 
 __all__ = ["Composite", "PRESETS", "get_composite", "register_preset"]
 
@@ -71,7 +70,7 @@ def layer_kind(step: Step) -> str:
     """``'dense'`` or ``'conv'`` for layers with weights (as their handler says), else the handler's
     category."""
     if step.category == H.WEIGHTED:
-        return getattr(step.handler, "kind", "conv")
+        return step.handler.kind
     return step.category
 
 
@@ -115,7 +114,9 @@ class Composite:
         if last is not None and (not isinstance(last, tuple) or len(last) != 2):
             raise ValueError(f"last must be a pair (n, rule), got {last!r}")
         self.last = None if last is None else (int(last[0]), self._rule(last[1]))
-        self.merge = self.default.merge_rule() if merge is None else self._rule(merge)
+        if merge is None:  # the default rule's own, or the z-rule
+            merge = self.default.merge_rule() or Z()
+        self.merge = self._rule(merge)
         self.name = name
         self.gates = None if gates is None else get_product_rule(gates)
 
@@ -150,9 +151,9 @@ class Composite:
         def on_box_input(step: Step) -> bool:
             # recurrent layers also read their own state, which the input's box does not bound
             return (bool(step.inputs) and all(k in boxed for k in step.inputs)
-                    and getattr(step.handler, "accepts_box", True))
+                    and step.handler.accepts_box)
 
-        if isinstance(self.first, ZBox):  # z^B needs an input bounded by the model input's box
+        if self.first is not None and self.first.bounds() is not None:  # z^B needs an input bounded by the model input's box
             firsts = {s for s in firsts if on_box_input(s)}
         lasts = set(weighted[-self.last[0]:]) if (self.last is not None and self.last[0] > 0) else set()
         rules = []
@@ -168,14 +169,14 @@ class Composite:
                 rule = self._match_type(step)
             if rule is None:
                 rule = self._category_default(step)
-            if getattr(step.handler, "gated", False):
-                if self.gates is not None and not isinstance(rule, (CellRule, ZBox)):
-                    rule = CellRule(rule, self.gates) if isinstance(rule, LinearRule) else rule
+            if step.handler.gated:
+                if self.gates is not None and rule.explains_linear and rule.bounds() is None:
+                    rule = CellRule(rule, self.gates)
             elif isinstance(rule, CellRule):
                 raise H.ExplainError(f"layer {step.name!r} ({step.type_name}) is assigned {rule!r}, but it has no "
                                      f"gates: a CellRule applies to recurrent layers (SimpleRNN, LSTM, GRU, "
                                      f"Bidirectional) only")
-            if isinstance(rule, ZBox) and not on_box_input(step):
+            if rule.bounds() is not None and not on_box_input(step):
                 raise H.ExplainError(
                     f"layer {step.name!r} ({step.type_name}) is assigned the z^B (box) rule, but its input is not "
                     f"the model input through affine preprocessing (rescaling, normalisation, padding, "
@@ -215,29 +216,13 @@ def first_layers(graph: Graph) -> list[Step]:
     return out
 
 
-#: layers that change no value at inference or change it affinely and monotonically per element:
-#: a box on the model input maps through them to a box on their output
-_AFFINE_ELEMENTWISE = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Dropout,
-                       keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D,
-                       keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout,
-                       keras.layers.ActivityRegularization)
-
-
-def _preserves_box(step: Step) -> bool:
-    if isinstance(step.handler, H.RouteHandler):
-        return True
-    if isinstance(step.handler, H.ElementwiseHandler):
-        return isinstance(step.layer, _AFFINE_ELEMENTWISE) or type(step.layer).__name__ == "Cast"
-    return False
-
-
 def box_input_keys(graph: Graph) -> set:
     """Keys of the tensors that are a model input through affine preprocessing only (rescaling,
     normalisation, padding, cropping, reshapes, concatenation of such): where bounds on the model
     input give bounds on the tensor (z^B's requirement)."""
     keys = set(graph.inputs)
     for step in graph.steps:
-        if step.inputs and all(k in keys for k in step.inputs) and _preserves_box(step):
+        if step.inputs and all(k in keys for k in step.inputs) and step.handler.preserves_box(step.layer):
             keys.update(step.outputs)
     return keys
 

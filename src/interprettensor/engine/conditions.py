@@ -28,11 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import ExplainError
-from .explainer import FUSE_RELU_DENOMINATORS, Explainer
+from .explainer import Explainer
 from .graph import Graph, backward, forward
-from .handlers import (RELU_DENOMINATOR, POSITIVE_OUTPUTS, ConstantHandler, ElementwiseHandler, EmbeddingHandler,
-                       FixedLinearHandler, GateHandler, LinearHandler, MaxPoolHandler, OpLinearHandler, RouteHandler,
-                       SeparableHandler, SoftmaxHandler)
 from .linear import LinearMap, materialize
 from .precision import cast_floats, layer_precision
 from .targets import as_targets, input_dtypes, known_input_shapes, start_relevance
@@ -41,12 +38,6 @@ __all__ = ["ConditionalExplainer", "Condition", "conditions_for_channels"]
 
 #: a condition: ``{layer name: channel or channels}``; a layer it does not name keeps all channels
 Condition = Mapping[str, "int | Sequence[int]"]
-
-#: handlers whose forward records are the batch's tensors (and linear maps they rebuild from their
-#: inputs), so that repeating every tensor along the batch axis repeats the record
-_TILEABLE = (LinearHandler, SeparableHandler, FixedLinearHandler, MaxPoolHandler, RouteHandler, GateHandler,
-             ElementwiseHandler, OpLinearHandler, SoftmaxHandler, ConstantHandler, EmbeddingHandler)
-
 
 @dataclasses.dataclass(frozen=True)
 class _Site:
@@ -188,16 +179,11 @@ class ConditionalExplainer(Explainer):
         return sites, out
 
     # ------------------------------------------------------------------ traced passes
-    def _contexts(self):
-        fused = self._relu_steps[True] if FUSE_RELU_DENOMINATORS else frozenset()
-        positive = self._positive_steps[True] if FUSE_RELU_DENOMINATORS else frozenset()
-        return RELU_DENOMINATOR.set(fused), POSITIVE_OUTPUTS.set(positive)
-
     def _forward_and_top(self, xs: Sequence[tf.Tensor], targets: tf.Tensor, lowest: int) -> tuple:
         """Forward pass, starting relevance, and the backward pass down to step ``lowest`` (exclusive):
         ``(records, relevance by key, explained output, model outputs, values, inputs in the backward
         dtype)``."""
-        values, records, model_outputs, out, xs = self._forward_pass(xs)
+        values, records, model_outputs, out, xs = self._forward_pass(xs, self.pass_options[True])
         R = start_relevance(out, targets, None, False, "the model output")
         rel = self._backward_range(records, {self.start_key: R}, lowest + 1, len(self.graph.steps), self.rules)
         return records, rel, out, model_outputs, values, xs
@@ -206,7 +192,7 @@ class ConditionalExplainer(Explainer):
         """The backward pass through steps ``lo .. hi-1`` (relevance by key)."""
         g = self.graph
         sub = Graph(g.inputs, [], g.steps[lo:hi], [], [])
-        rel, _ = backward(sub, records[lo:hi], start, list(rules)[lo:hi])
+        rel, _ = backward(sub, records[lo:hi], start, list(rules)[lo:hi], options=self.pass_options[True])
         return rel
 
     def _repeated_records(self, records: list, xs: Sequence[tf.Tensor], K: tf.Tensor, hi: int) -> list:
@@ -217,7 +203,7 @@ class ConditionalExplainer(Explainer):
             return t
 
         steps = self.graph.steps[:hi]
-        if all(isinstance(s.handler, _TILEABLE) and all(isinstance(v, (tf.Tensor, LinearMap, tuple)) or v is None
+        if all(s.handler.batch_records and all(isinstance(v, (tf.Tensor, LinearMap, tuple)) or v is None
                                                         for v in st.values())
                for s, (_, _, st) in zip(steps, records)):
             out = []
@@ -226,7 +212,7 @@ class ConditionalExplainer(Explainer):
                 out.append(([rep(t) for t in ins], [rep(t) for t in outs], kept))
             return out
         # a layer whose record is more than the batch's tensors: run the forward pass on repeated inputs
-        _, again = forward(self.graph, [rep(x) for x in xs])
+        _, again = forward(self.graph, [rep(x) for x in xs], self.pass_options[True])
         return (cast_floats(again, self.backward_dtype) if self._recast() else again)[:hi]
 
     @staticmethod
@@ -238,66 +224,56 @@ class ConditionalExplainer(Explainer):
         return tf.reshape(m, shape)
 
     def _conditional_core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor, masks: Sequence[tf.Tensor],
-                          sites: Sequence[_Site], stop: _Site | None, from_activation: bool) -> tuple:
+                      sites: Sequence[_Site], stop: _Site | None, from_activation: bool) -> tuple:
         self.trace_count += 1
-        tokens = self._contexts()
-        try:
-            top = sites[0]
-            records, rel, out, model_outputs, values, xs_b = self._forward_and_top(
-                xs, targets, len(self.graph.steps) if from_activation else top.index)
-            n = tf.shape(xs[0])[0]
-            K = tf.shape(masks[0])[0]
-            dtype = out.dtype
-            if from_activation:  # start at the layer, with its activation as the relevance
-                R_top = tf.cast(values[top.key], dtype)
-            elif top.key == self.start_key:
-                R_top = start_relevance(out, targets, None, False, "the model output")
-            else:
-                R_top = materialize(rel[top.key]) if top.key in rel else tf.zeros_like(tf.cast(values[top.key], dtype))
-            lower = self._repeated_records(records, xs, K, top.index + 1)
-            xs_rep = [tf.repeat(x, K, axis=0) for x in xs_b]
-            R = tf.repeat(R_top, K, axis=0) * self._broadcast_mask(masks[0], n, top, dtype)
-            current = top
-            for site, mask in zip(sites[1:], masks[1:]):
-                rel = self._backward_range(lower, {current.key: R}, site.index + 1, current.index + 1, self.rules)
-                R_site = rel.get(site.key)
-                R_site = tf.zeros_like(lower[site.index][1][0], dtype) if R_site is None else R_site
-                R = R_site * self._broadcast_mask(mask, n, site, dtype)
-                current = site
-            if stop is not None:  # the relevance at a lower layer (attribution graphs)
-                rel = self._backward_range(lower, {current.key: R}, stop.index + 1, current.index + 1, self.rules)
-                R_stop = rel.get(stop.key)
-                if R_stop is None:
-                    R_stop = tf.zeros_like(lower[stop.index][1][0], dtype)
-                return [R_stop], R_top, out, model_outputs
-            rules = self._bounds_rules(xs_rep)
-            rel = self._backward_range(lower, {current.key: R}, 0, current.index + 1, rules)
-            result = [rel[k] if k in rel else tf.zeros(tf.shape(x), dtype)
-                      for k, x in zip(self.graph.inputs, xs_rep)]
-            return result, R_top, out, model_outputs
-        finally:
-            RELU_DENOMINATOR.reset(tokens[0])
-            POSITIVE_OUTPUTS.reset(tokens[1])
+        top = sites[0]
+        records, rel, out, model_outputs, values, xs_b = self._forward_and_top(
+            xs, targets, len(self.graph.steps) if from_activation else top.index)
+        n = tf.shape(xs[0])[0]
+        K = tf.shape(masks[0])[0]
+        dtype = out.dtype
+        if from_activation:  # start at the layer, with its activation as the relevance
+            R_top = tf.cast(values[top.key], dtype)
+        elif top.key == self.start_key:
+            R_top = start_relevance(out, targets, None, False, "the model output")
+        else:
+            R_top = materialize(rel[top.key]) if top.key in rel else tf.zeros_like(tf.cast(values[top.key], dtype))
+        lower = self._repeated_records(records, xs, K, top.index + 1)
+        xs_rep = [tf.repeat(x, K, axis=0) for x in xs_b]
+        R = tf.repeat(R_top, K, axis=0) * self._broadcast_mask(masks[0], n, top, dtype)
+        current = top
+        for site, mask in zip(sites[1:], masks[1:]):
+            rel = self._backward_range(lower, {current.key: R}, site.index + 1, current.index + 1, self.rules)
+            R_site = rel.get(site.key)
+            R_site = tf.zeros_like(lower[site.index][1][0], dtype) if R_site is None else R_site
+            R = R_site * self._broadcast_mask(mask, n, site, dtype)
+            current = site
+        if stop is not None:  # the relevance at a lower layer (attribution graphs)
+            rel = self._backward_range(lower, {current.key: R}, stop.index + 1, current.index + 1, self.rules)
+            R_stop = rel.get(stop.key)
+            if R_stop is None:
+                R_stop = tf.zeros_like(lower[stop.index][1][0], dtype)
+            return [R_stop], R_top, out, model_outputs
+        rules = self._bounds_rules(xs_rep)
+        rel = self._backward_range(lower, {current.key: R}, 0, current.index + 1, rules)
+        result = [rel[k] if k in rel else tf.zeros(tf.shape(x), dtype)
+                  for k, x in zip(self.graph.inputs, xs_rep)]
+        return result, R_top, out, model_outputs
 
     def _statistics_core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor) -> tuple:
         self.trace_count += 1
-        tokens = self._contexts()
-        try:
-            _, rel, out, model_outputs, values, _ = self._forward_and_top(xs, targets, self.sites[-1].index)
-            relevances, activations = [], []
-            for s in self.sites:
-                R = rel.get(s.key)
-                if s.key == self.start_key:
-                    R = start_relevance(out, targets, None, False, "the model output")
-                a = tf.cast(values[s.key], out.dtype)
-                R = tf.zeros_like(a) if R is None else materialize(R)
-                axes = [i for i in range(1, s.rank) if i != s.axis]
-                relevances.append(tf.reduce_sum(R, axis=axes) if axes else R)
-                activations.append(tf.reduce_max(a, axis=axes) if axes else a)
-            return relevances, activations, out, model_outputs
-        finally:
-            RELU_DENOMINATOR.reset(tokens[0])
-            POSITIVE_OUTPUTS.reset(tokens[1])
+        _, rel, out, model_outputs, values, _ = self._forward_and_top(xs, targets, self.sites[-1].index)
+        relevances, activations = [], []
+        for s in self.sites:
+            R = rel.get(s.key)
+            if s.key == self.start_key:
+                R = start_relevance(out, targets, None, False, "the model output")
+            a = tf.cast(values[s.key], out.dtype)
+            R = tf.zeros_like(a) if R is None else materialize(R)
+            axes = [i for i in range(1, s.rank) if i != s.axis]
+            relevances.append(tf.reduce_sum(R, axis=axes) if axes else R)
+            activations.append(tf.reduce_max(a, axis=axes) if axes else a)
+        return relevances, activations, out, model_outputs
 
     def _signature(self, xs: Sequence[tf.Tensor]) -> tuple:
         return tuple(tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)

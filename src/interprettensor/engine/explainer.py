@@ -21,9 +21,9 @@ from .forward_check import locate_mismatch, outputs_agree, reference_rtol
 from .expand import ShapeDependent
 from .graph import (Graph, Step, backward, build_graph, explained_output, forward, positive_output_steps,
                     relu_denominator_steps)
-from .handlers import KEEP_ACTIVATIONS, POSITIVE_OUTPUTS, RELU_DENOMINATOR
+from .handlers import PassOptions
 from .precision import cast_floats, layer_precision, model_dtype, resolve_dtype, scale_down, scale_up
-from .rules import Rule, ZBox, constant
+from .rules import Rule, constant
 from .targets import (as_inputs, as_positions, as_targets, check_finite, input_dtypes, pack_inputs,
                       start_relevance)
 
@@ -111,7 +111,7 @@ class Explainer:
 
     def _plan(self, input_shapes: Sequence[tuple] | None = None) -> dict:
         """The graph (for ``input_shapes``, or any shape), its rules, where the explanation starts, and
-        the layers whose denominators may use their ReLU output."""
+        the options of its passes per mode (the layers whose denominators may use their ReLU output)."""
         graph = build_graph(self.model, canonize=self.canonize, input_shapes=input_shapes)
         rules = self.composite.assign(graph)
         if self.layer is not None:
@@ -120,18 +120,30 @@ class Explainer:
         else:
             start_key, start_step = explained_output(graph, self.output, self.probability)
         # per mode (True: starting relevance = output x mask; False: a custom relevance)
+        options = {start: PassOptions(relu_denominator=relu_denominator_steps(graph, rules, start_key, start),
+                                      positive_outputs=positive_output_steps(graph, rules, start_key, start))
+                   if FUSE_RELU_DENOMINATORS else PassOptions() for start in (True, False)}
         return {"graph": graph, "rules": rules, "start_key": start_key, "start_step": start_step,
-                "_relu_steps": {start: relu_denominator_steps(graph, rules, start_key, start) for start in (True, False)},
-                "_positive_steps": {start: positive_output_steps(graph, rules, start_key, start)
-                                    for start in (True, False)}}
+                "pass_options": options}
 
     def _activate(self, plan: dict) -> None:
         self.graph: Graph = plan["graph"]
         self.rules: list[Rule] = plan["rules"]
         self.start_key = plan["start_key"]
         self.start_step = plan["start_step"]
-        self._relu_steps = plan["_relu_steps"]
-        self._positive_steps = plan["_positive_steps"]
+        #: the options of the traced pass per mode (``True``: the starting relevance is the output times
+        #: a mask; ``False``: a custom relevance)
+        self.pass_options: dict[bool, PassOptions] = plan["pass_options"]
+
+    @property
+    def _relu_steps(self) -> dict[bool, frozenset]:
+        """The steps whose denominators use their ReLU output, per mode (see :attr:`pass_options`)."""
+        return {k: o.relu_denominator for k, o in self.pass_options.items()}
+
+    @property
+    def _positive_steps(self) -> dict[bool, frozenset]:
+        """The steps whose groups for negative outputs are skipped, per mode."""
+        return {k: o.positive_outputs for k, o in self.pass_options.items()}
 
     def _activate_for(self, xs: Sequence[tf.Tensor]) -> None:
         """For a model explained per input shape: make the graph for ``xs``'s shapes the active one."""
@@ -162,21 +174,15 @@ class Explainer:
         """Forward pass, starting relevance, backward pass: ``(relevances, layerwise, explained output,
         model outputs)``."""
         self.trace_count += 1
-        fused = self._relu_steps[R0 is None] if FUSE_RELU_DENOMINATORS else frozenset()
-        positive = self._positive_steps[R0 is None] if FUSE_RELU_DENOMINATORS else frozenset()
-        token = RELU_DENOMINATOR.set(fused)  # for the forward and the backward pass
-        token_positive = POSITIVE_OUTPUTS.set(positive)
-        try:
-            values, records, model_outputs, out, xs = self._forward_pass(xs)
-            where = f"layer {self.layer!r}" if self.layer else "the model output"
-            R = start_relevance(out, targets, R0, self.layer is not None, where, positions)
-            scale = None
-            if R.dtype == tf.float16:
-                R, scale = scale_up(R)
-            rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise)
-        finally:
-            RELU_DENOMINATOR.reset(token)
-            POSITIVE_OUTPUTS.reset(token_positive)
+        options = self.pass_options[R0 is None]  # for the forward and the backward pass
+        values, records, model_outputs, out, xs = self._forward_pass(xs, options)
+        where = f"layer {self.layer!r}" if self.layer else "the model output"
+        R = start_relevance(out, targets, R0, self.layer is not None, where, positions)
+        scale = None
+        if R.dtype == tf.float16:
+            R, scale = scale_up(R)
+        rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise,
+                           options=options)
         result = [rel[k] if k in rel else tf.zeros(tf.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
@@ -186,10 +192,10 @@ class Explainer:
             lw = tf.nest.map_structure(lambda t: scale_down(t, scale), lw)
         return result, lw, out, model_outputs
 
-    def _forward_pass(self, xs: Sequence[tf.Tensor]) -> tuple:
-        """The forward pass, with its records, explained output and inputs in the backward dtype:
-        ``(values, records, model outputs, explained output, inputs)``."""
-        values, records = forward(self.graph, xs)
+    def _forward_pass(self, xs: Sequence[tf.Tensor], options: PassOptions) -> tuple:
+        """The forward pass under ``options``, with its records, explained output and inputs in the
+        backward dtype: ``(values, records, model outputs, explained output, inputs)``."""
+        values, records = forward(self.graph, xs, options)
         model_outputs = self._model_outputs(values)
         out = values[self.start_key]
         if self._recast():
@@ -211,27 +217,29 @@ class Explainer:
         for k in self.graph.outputs:
             v = values[k]
             step = producer.get(k)
-            if step is not None and step.strip_activation and hasattr(step.handler, "activation_of"):
+            if step is not None and step.strip_activation:
                 act = step.handler.activation_of(step.layer)
                 v = v if act is None else act(v)
             outs.append(v)
         return outs
 
     def _bounds_rules(self, xs: Sequence[tf.Tensor]) -> list[Rule]:
-        """ZBox bounds are given for the model input; map them through the affine preprocessing layers
-        before the layer (rescaling, normalisation, padding; the composite assigns z^B only where the
-        input is such) by running those layers on them. A decreasing map (a negative scale) swaps
-        them, so the mapped bounds are their element-wise minimum and maximum."""
+        """Bounds of rules that need them (z^B) are given for the model input; map them through the
+        affine preprocessing layers before the layer (rescaling, normalisation, padding; the composite
+        assigns such rules only where the input is such) by running those layers on them. A decreasing
+        map (a negative scale) swaps them, so the mapped bounds are their element-wise minimum and
+        maximum."""
         rules = list(self.rules)
         for i, (step, rule) in enumerate(zip(self.graph.steps, rules)):
-            if not isinstance(rule, ZBox) or step.inputs[0] in self.graph.inputs:
+            box = rule.bounds()
+            if box is None or step.inputs[0] in self.graph.inputs:
                 continue
             mapped = []
-            for bound in (rule.low, rule.high):
+            for bound in box:
                 filled = [tf.broadcast_to(constant(bound, x.dtype), tf.shape(x)) for x in xs]
                 values, _ = forward(self._prefix(step), filled)
                 mapped.append(values[step.inputs[0]])
-            rules[i] = ZBox(tf.minimum(mapped[0], mapped[1]), tf.maximum(mapped[0], mapped[1]))
+            rules[i] = rule.with_bounds(tf.minimum(mapped[0], mapped[1]), tf.maximum(mapped[0], mapped[1]))
         return rules
 
     def _prefix(self, step: Step) -> Graph:
@@ -358,7 +366,7 @@ class Explainer:
             return
         for step in self.graph.steps:
             size = getattr(step.layer, "input_dim", None)
-            if not getattr(step.handler, "integer_inputs", False) or not isinstance(size, int) or not step.inputs:
+            if not step.handler.integer_inputs or not isinstance(size, int) or not step.inputs:
                 continue
             if step.inputs[0] not in self.graph.inputs:
                 continue
@@ -456,12 +464,8 @@ class Explainer:
         self._verified = True
 
     def _eager_outputs(self, sample: Sequence[tf.Tensor], dtype: tf.DType) -> list[tf.Tensor]:
-        token = KEEP_ACTIVATIONS.set(True)
-        try:
-            with layer_precision(self.graph, dtype):
-                values, _ = forward(self.graph, sample)
-        finally:
-            KEEP_ACTIVATIONS.reset(token)
+        with layer_precision(self.graph, dtype):
+            values, _ = forward(self.graph, sample, PassOptions(keep_activations=True))
         return [values[k] for k in self.graph.outputs]
 
     def _probe(self, xs: Sequence[tf.Tensor]) -> list[tf.Tensor]:

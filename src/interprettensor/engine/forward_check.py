@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from .errors import ExplainError
 from .graph import Graph
-from .handlers import KEEP_ACTIVATIONS
+from .handlers import PassOptions
 from .precision import layer_precision
 
 __all__ = ["close", "reference_rtol", "outputs_agree", "locate_mismatch"]
@@ -42,27 +42,24 @@ def locate_mismatch(graph: Graph, sample: Sequence[tf.Tensor], dtype: tf.DType, 
     """Run the steps eagerly one by one on ``sample``, comparing each handler's forward with the
     layer's own call (and the BatchNorms merged into it); raise an :class:`ExplainError` naming the
     first layer that differs. Returns if every layer matches."""
-    token = KEEP_ACTIVATIONS.set(True)
-    try:
-        with layer_precision(graph, dtype):
-            values = dict(zip(graph.inputs, sample))
-            for step in graph.steps:
-                ins = [values[k] for k in step.inputs]
-                outs, _ = step.handler.forward(step.layer, ins, step)
-                ref = step.call(ins)
-                for bn in step.fused:
-                    ref = [bn(ref[0], training=False)]
-                for a, b in zip(outs, ref):
-                    a64, b64 = np.asarray(tf.cast(a, tf.float64)), np.asarray(tf.cast(b, tf.float64))
-                    if a64.shape != b64.shape or not close(a64, b64, rtol):
-                        diff = (float(np.max(np.abs(a64 - b64))) if a64.shape == b64.shape
-                                else f"shape {a64.shape} instead of {b64.shape}")
-                        raise ExplainError(
-                            f"layer {step.name!r} ({step.type_name}): its LRP handler ({type(step.handler).__name__}) "
-                            f"computes another output than the layer itself (largest difference {diff}), so its "
-                            f"explanation would be wrong. Register a handler that computes what {step.type_name} "
-                            f"computes (interprettensor.register_handler), or explain the model without it "
-                            f"(Explainer(..., verify=False) skips this check)")
-                values.update(zip(step.outputs, outs))
-    finally:
-        KEEP_ACTIVATIONS.reset(token)
+    keep = PassOptions(keep_activations=True)
+    with layer_precision(graph, dtype):
+        values = dict(zip(graph.inputs, sample))
+        for step in graph.steps:
+            ins = [values[k] for k in step.inputs]
+            outs, _ = step.handler.forward(step.layer, ins, step, keep)
+            ref = step.call(ins)
+            for bn in step.fused:
+                ref = [bn(ref[0], training=False)]
+            for a, b in zip(outs, ref):
+                a64, b64 = np.asarray(tf.cast(a, tf.float64)), np.asarray(tf.cast(b, tf.float64))
+                if a64.shape != b64.shape or not close(a64, b64, rtol):
+                    diff = (float(np.max(np.abs(a64 - b64))) if a64.shape == b64.shape
+                            else f"shape {a64.shape} instead of {b64.shape}")
+                    raise ExplainError(
+                        f"layer {step.name!r} ({step.type_name}): its LRP handler ({type(step.handler).__name__}) "
+                        f"computes another output than the layer itself (largest difference {diff}), so its "
+                        f"explanation would be wrong. Register a handler that computes what {step.type_name} "
+                        f"computes (interprettensor.register_handler), or explain the model without it "
+                        f"(Explainer(..., verify=False) skips this check)")
+            values.update(zip(step.outputs, outs))

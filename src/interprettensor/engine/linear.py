@@ -1,5 +1,9 @@
 """The one LRP engine: a :class:`~interprettensor.engine.rules.LinearRule` applied to a layer's linear map.
 
+Handlers call :func:`linear_relevance`, which asks the rule (:meth:`Rule.relevance
+<interprettensor.engine.rule_algebra.Rule.relevance>`); a linear rule evaluates its groups with
+:func:`term_relevance`, the generalised gamma rule with its closed form :func:`sign_aware_gamma`.
+
 A layer contributes a :class:`LinearMap`: a function ``f(xs, params) -> z`` that is linear in each
 input for fixed parameters (plus a bias), and its parameters. The transpose needed by LRP is never
 written by hand: it is the vector-Jacobian product of ``f``, which TensorFlow computes as one
@@ -31,11 +35,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from .rules import Gamma, Group, LinearRule, Term, WeightSum, constant, identity, negative, positive
+from .rule_algebra import Group, Rule, Term, WeightSum, constant, identity, negative, positive
 
 Params = Mapping[str, tf.Tensor]
 
@@ -180,7 +184,7 @@ _RATIO_FUNCTIONS: dict = {}
 XLA_MIN_ELEMENTS = 2 ** 19
 
 
-def _ratio(rule: LinearRule, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float,
+def _ratio(rule: Any, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float,
            select: str | None = None, z_sign: tf.Tensor | None = None) -> tf.Tensor:
     """``coefficient * R / stabilize(z)``, on large activations as one fused XLA kernel: there the
     stabiliser's element-wise ops are memory-bound, and fusing them (with the product that formed
@@ -256,7 +260,7 @@ def interval_bounds(linear: LinearMap, x: tf.Tensor, low: object, high: object) 
     return new_lo, new_hi
 
 
-def active_groups(rule: LinearRule, positive_outputs_only: bool = False) -> tuple[Group, ...]:
+def active_groups(rule: Any, positive_outputs_only: bool = False) -> tuple[Group, ...]:
     """The rule's groups; where the relevance is zero at every output with ``z <= 0``
     (``positive_outputs_only``), groups for negative outputs are dropped and the selection of positive
     outputs is dropped as a no-op."""
@@ -267,25 +271,31 @@ def active_groups(rule: LinearRule, positive_outputs_only: bool = False) -> tupl
                  for g in groups if g.outputs != "negative")
 
 
-def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: LinearRule,
+def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Rule,
                      z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False,
                      lazy: bool = False, positive_outputs_only: bool = False) -> list:
-    """Relevance at each input of ``linear`` given relevance ``R`` at its (pre-activation) output.
+    """Relevance at each input of ``linear`` given relevance ``R`` at its (pre-activation) output, as
+    ``rule`` computes it (:meth:`~interprettensor.engine.rule_algebra.Rule.relevance`).
 
     Args:
         linear: the layer's linear map and parameters.
         xs: the layer's inputs in the forward pass.
         R: relevance at the output, shaped like ``z``.
-        rule: the rule (its groups of modified terms and its stabiliser).
+        rule: the rule (a linear rule: its groups of modified terms and its stabiliser).
         z: the forward pass's value of ``linear(xs)`` (reused for the unmodified term).
         nonneg: whether the inputs are known to be non-negative (one flag, or one per input).
         lazy: a single-term result may be returned as a :class:`Product` (see :func:`materialize`).
         positive_outputs_only: ``R`` is known to be zero wherever ``z <= 0`` (groups for negative
             outputs are skipped).
     """
-    if isinstance(rule, Gamma) and rule.generalized and type(rule).groups is Gamma.groups \
-            and any(k != "bias" for k in linear.params) and not GENERIC_GAMMA.get():
-        return sign_aware_gamma(linear, xs, R, rule, z, nonneg, lazy, positive_outputs_only)
+    return rule.relevance(linear, xs, R, z, nonneg, lazy, positive_outputs_only)
+
+
+def term_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Any,
+                   z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False,
+                   lazy: bool = False, positive_outputs_only: bool = False) -> list:
+    """A linear rule's groups (``rule.groups()``, stabilised by ``rule.stabilize``) evaluated term by
+    term: the equation of :mod:`.rule_algebra`. Arguments as for :func:`linear_relevance`."""
     groups = active_groups(rule, positive_outputs_only)
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
@@ -328,7 +338,7 @@ def absolute(t: tf.Tensor) -> tf.Tensor:
 _GAMMA_FUNCTIONS: dict = {}
 
 
-def _gamma_ratio(rule: Gamma, lazy: bool, term: str | None, has_bias: bool, signed: bool, split: bool) -> tuple:
+def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed: bool, split: bool) -> tuple:
     """``(xla_function, plain_function)`` computing the generalised gamma's ``s = R / stab(d)`` from the
     relevance ``R`` (or the factors of a :class:`Product`), the forward ``z``, the term value ``t`` and
     the broadcast bias ``b`` (see :func:`sign_aware_gamma`; ``term``: ``'P'`` if ``t = f(x; W^+)``,
@@ -379,7 +389,7 @@ def _combine(x: tf.Tensor, ax: tf.Tensor, a: tf.Tensor, c: tf.Tensor) -> tf.Tens
 _COMBINE = tf.function(_combine, jit_compile=True, autograph=False)
 
 
-def sign_aware_gamma(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Gamma,
+def sign_aware_gamma(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Any,
                      z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False, lazy: bool = False,
                      positive_outputs_only: bool = False) -> list:
     """The generalised gamma rule (:class:`~interprettensor.engine.rules.Gamma`, ``generalized=True``),

@@ -54,6 +54,9 @@ class ProductRule(Rule):
     #: the shares depend on the factors' values, element by element: only element-wise products
     #: (``a * b``, a recurrent cell's gate ⊙ signal) can use the rule, not contractions
     elementwise_only: bool = False
+    explains_products = True
+    #: the signal factor receives all of the relevance, the gates none (:class:`Gate`)
+    signal_take_all: bool = False
 
     def params(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}
@@ -83,6 +86,7 @@ class Gate(ProductRule):
     or of a squashing/gating activation; otherwise the factor shaped like the output is the signal."""
 
     name = "gate"
+    signal_take_all = True
 
     def shares(self, values, signal):
         return [1.0 if s else 0.0 for s in signal]
@@ -124,7 +128,7 @@ def get_product_rule(rule: ProductRule | str, what: str = "gates") -> ProductRul
         out = get_rule(rule)
     except (TypeError, ValueError):
         out = None
-    if not isinstance(out, ProductRule):
+    if out is None or not out.explains_products:
         raise ValueError(f"{what} must be a rule for products of activations: {product_rule_list()} or a "
                          f"ProductRule object; got {rule!r}")
     return out
@@ -144,7 +148,7 @@ class CellRule(Rule):
 
     def __init__(self, linear: LinearRule | str = "epsilon", gates: ProductRule | str = "gate"):
         lin = get_rule(linear)
-        if not isinstance(lin, LinearRule):
+        if not lin.explains_linear:
             raise ValueError(f"the linear rule of a CellRule must be a rule for linear maps (epsilon, z, gamma, ...), "
                              f"got {linear!r}")
         self.linear = lin
@@ -156,12 +160,16 @@ class CellRule(Rule):
     def merge_rule(self) -> LinearRule:
         return self.linear.merge_rule()
 
+    def cell_rules(self) -> tuple[LinearRule, ProductRule]:
+        return self.linear, self.gates
+
 
 class SoftmaxRule(Rule):
     """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1): ``R_x = x ⊙ (R − s · Σ_axis R)``.
     Positions a mask removes from the softmax get zero relevance."""
 
     name = "softmax"
+    explains_softmax = True
 
 
 def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequence[tf.Tensor], z: tf.Tensor,

@@ -18,16 +18,28 @@ A group may also select the outputs it explains by the sign of the unmodified pr
 (``Group(..., outputs='positive')``: only where ``z >= 0``; ``'negative'``: where ``z < 0``): the
 generalised gamma rule uses one group for each sign, so that its denominator never changes sign.
 
+The parts rules are made of (modifiers, :class:`Term`, :class:`Group`, stabilisers, the :class:`Rule`
+interface) are in :mod:`.rule_algebra`, the name registry in :mod:`.rule_registry`; both are
+re-exported here. :class:`LinearRule` evaluates its groups term by term (:func:`.linear.term_relevance`);
+a rule with a cheaper closed form overrides :meth:`LinearRule.relevance` (the generalised
+:class:`Gamma`).
+
 Custom rules: subclass :class:`LinearRule` and implement :meth:`LinearRule.groups`, or build one
-directly from :class:`Term` and :class:`Group` with :class:`CustomRule`.
+directly from :class:`Term` and :class:`Group` with :class:`CustomRule`; register it by name with
+:func:`register_rule`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
+
+from . import linear as linear_module
+from .linear import term_relevance
+from .rule_algebra import (TINY, Group, Modifier, Rule, Term, WeightSum, constant, identity, negative, ones,
+                           positive, sign0, square, stabilize)
+from .rule_registry import RULES, _signature_params, get_rule, register_rule, rule_param_names, rule_params_from_kwargs
 
 __all__ = [
     "TINY",
@@ -54,156 +66,47 @@ __all__ = [
     "register_rule",
 ]
 
-#: Stabiliser of rules that have no epsilon of their own: large enough to keep ``R / z`` finite when
-#: ``z == 0`` (all numerators are then 0 too), small enough not to change any result in float32.
-TINY = 1e-12
-
-Modifier = Callable[[tf.Tensor], tf.Tensor]
-
-
-def identity(t: tf.Tensor) -> tf.Tensor:
-    return t
-
-
-def positive(t: tf.Tensor) -> tf.Tensor:
-    return tf.maximum(t, tf.constant(0, t.dtype))
-
-
-def negative(t: tf.Tensor) -> tf.Tensor:
-    return tf.minimum(t, tf.constant(0, t.dtype))
-
-
-def ones(t: tf.Tensor) -> tf.Tensor:
-    return tf.ones_like(t)
-
-
-def square(t: tf.Tensor) -> tf.Tensor:
-    return tf.square(t)
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightSum:
-    """A parameter modifier that is a sum of scaled simple ones: ``sum_k c_k * m_k(W)``.
-
-    Being a linear combination, the layer's output under it is the same combination of the outputs
-    under each ``m_k`` (``f(x; W + g W^+) = f(x; W) + g f(x; W^+)``), which the engine uses to
-    share forward passes between terms. Example: the gamma rule's ``W + gamma * W^+`` is
-    ``WeightSum(((1.0, identity), (gamma, positive)))``.
-    """
-
-    parts: tuple[tuple[float, Modifier], ...]
-
-    def __call__(self, t: tf.Tensor) -> tf.Tensor:
-        out = None
-        for c, m in self.parts:
-            v = m(t) if c == 1.0 else constant(c, t.dtype) * m(t)
-            out = v if out is None else out + v
-        return out
-
-
-def constant(value: Any, dtype: tf.DType) -> tf.Tensor:
-    """``value`` (a Python number, array or tensor) as a tensor of ``dtype``. Unlike ``tf.cast`` of a
-    Python float, which makes a float32 tensor first, this keeps a float64 value exact."""
-    if tf.is_tensor(value):
-        return tf.cast(value, dtype)
-    return tf.constant(value, dtype=dtype)
-
-
-def sign0(z: tf.Tensor) -> tf.Tensor:
-    """+1 where ``z >= 0``, -1 elsewhere (the sign convention of all stabilisers)."""
-    return tf.where(z >= 0, tf.constant(1, z.dtype), tf.constant(-1, z.dtype))
-
-
-#: smallest normal number of each float dtype: a stabiliser is kept at least this large, so that
-#: e.g. TINY (1e-12) does not underflow to 0 in float16 and ``R / stab(0)`` is never ``0 / 0``
-_SMALLEST_NORMAL = {tf.float16: 2.0 ** -14, tf.bfloat16: 2.0 ** -126, tf.float32: 2.0 ** -126,
-                    tf.float64: 2.0 ** -1022}
-
-
-def stabilize(z: tf.Tensor, epsilon: float) -> tf.Tensor:
-    """``z + epsilon * sign0(z)``: moves the denominator away from zero, keeping its sign. ``epsilon``
-    is raised to at least the dtype's smallest normal number, so the result is never zero."""
-    if isinstance(epsilon, (int, float)) and z.dtype in _SMALLEST_NORMAL:
-        epsilon = max(float(epsilon), _SMALLEST_NORMAL[z.dtype])
-    return z + tf.constant(epsilon, z.dtype) * sign0(z)
-
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-    """One modified copy of the layer: ``f(input(x); kernel(W), bias(b))``.
-
-    ``bias=None`` drops the bias from this term. ``kernel`` modifies every weight parameter of the
-    layer (kernels, depthwise kernels, fixed pooling weights).
-    """
-
-    input: Modifier = identity
-    kernel: Modifier = identity
-    bias: Modifier | None = identity
-
-    @property
-    def is_identity(self) -> bool:
-        return self.input is identity and self.kernel is identity and self.bias is identity
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """Terms that share one denominator ``z_g``; the group's result is scaled by ``coefficient``.
-
-    ``outputs``: ``None`` (the group explains every output), ``'positive'`` (only the outputs whose
-    unmodified pre-activation ``z`` is ``>= 0``) or ``'negative'`` (``z < 0``).
-    """
-
-    terms: tuple[Term, ...]
-    coefficient: float = 1.0
-    outputs: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.outputs not in (None, "positive", "negative"):
-            raise ValueError(f"Group outputs must be None, 'positive' or 'negative', got {self.outputs!r}")
-
-
-class Rule:
-    """Base class of everything that says how relevance passes one layer.
-
-    Subclasses either are :class:`LinearRule` (handled by the generic linear engine) or special rules
-    (:class:`Pass`, :class:`WinnerTakesAll`) that layers treat directly.
-    """
-
-    name: str = "rule"
-    #: Under this rule, max pooling distributes relevance uniformly over each window (LRP Toolbox
-    #: semantics of flat and w^2) instead of winner-takes-all.
-    uniform_max_pool: bool = False
-
-    def params(self) -> dict[str, Any]:
-        return {}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.params() == other.params()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted((k, repr(v)) for k, v in self.params().items()))))
-
-    def merge_rule(self) -> "LinearRule":
-        """Rule for layers without weights that mix inputs (sums, average pooling, standalone
-        BatchNorm) when this rule is applied to a whole model: proportional split (z-rule) with this
-        rule's stabiliser."""
-        return Z()
+# names other modules import from here
+_REEXPORTED = (Modifier, constant, identity, negative, ones, positive, sign0, square, stabilize, _signature_params,
+               rule_param_names, rule_params_from_kwargs)
 
 
 class LinearRule(Rule):
-    """A rule given by groups of modified terms and a stabiliser (see module docstring)."""
+    """A rule given by groups of modified terms and a stabiliser (see module docstring).
+
+    The engine asks it for the relevance of a linear map (:meth:`relevance`: its groups evaluated term
+    by term, :func:`~interprettensor.engine.linear.term_relevance`); a subclass with a cheaper closed
+    form overrides :meth:`relevance`. Max pooling follows the winner unless :attr:`uniform_max_pool`;
+    recurrent cells use the rule for their linear parts with signal-take-all gates.
+    """
 
     epsilon: float = TINY
+    explains_linear = True
 
     def groups(self) -> tuple[Group, ...]:
         raise NotImplementedError
 
     def stabilize(self, z: tf.Tensor) -> tf.Tensor:
         return stabilize(z, self.epsilon)
+
+    def relevance(self, linear: Any, xs: Sequence[tf.Tensor], R: Any, z: tf.Tensor | None = None,
+                  nonneg: Sequence[bool] | bool = False, lazy: bool = False,
+                  positive_outputs_only: bool = False) -> list:
+        """The equation of the module docstring, group by group (see
+        :func:`~interprettensor.engine.linear.linear_relevance` for the arguments)."""
+        return term_relevance(linear, xs, R, self, z, nonneg, lazy, positive_outputs_only)
+
+    def merge_rule(self) -> "LinearRule":
+        return Z()
+
+    def max_pool(self) -> str:
+        return "uniform" if self.uniform_max_pool else "winner"
+
+    def keeps_zeros(self) -> bool:
+        return all(t.input in (identity, positive, negative) for grp in self.groups() for t in grp.terms)
+
+    def cell_rules(self) -> tuple[Rule, None]:
+        return self, None
 
 
 class CustomRule(LinearRule):
@@ -365,6 +268,16 @@ class Gamma(LinearRule):
                 Group((Term(positive, down, down if self.bias else None), Term(negative, up, None)),
                       outputs="negative"))
 
+    def relevance(self, linear, xs, R, z=None, nonneg=False, lazy=False, positive_outputs_only=False) -> list:
+        """The generalised rule in closed form (:func:`~interprettensor.engine.linear.sign_aware_gamma`:
+        one extra forward pass and two vector-Jacobian products for both groups) on maps with weights;
+        term by term otherwise, for the literal rule, for subclasses that change the groups, and while
+        :data:`~interprettensor.engine.linear.GENERIC_GAMMA` is set (the reference it is tested against)."""
+        if self.generalized and type(self).groups is Gamma.groups and any(k != "bias" for k in linear.params) \
+                and not linear_module.GENERIC_GAMMA.get():
+            return linear_module.sign_aware_gamma(linear, xs, R, self, z, nonneg, lazy, positive_outputs_only)
+        return super().relevance(linear, xs, R, z, nonneg, lazy, positive_outputs_only)
+
 
 class ZPlus(AlphaBeta):
     """The z+ rule (Montavon et al. 2017, Deep Taylor): alpha1-beta0 without bias."""
@@ -415,6 +328,12 @@ class ZBox(LinearRule):
 
     def __eq__(self, other: object) -> bool:
         return self is other
+
+    def bounds(self) -> tuple[Any, Any]:
+        return self.low, self.high
+
+    def with_bounds(self, low: Any, high: Any) -> "ZBox":
+        return ZBox(low, high)
 
     def groups(self) -> tuple[Group, ...]:
         low, high = self.low, self.high
@@ -474,6 +393,7 @@ class Pass(Rule):
     """Pass relevance through unchanged (layers whose input and output have the same shape)."""
 
     name = "pass"
+    passes_through = True
 
 
 class WinnerTakesAll(Rule):
@@ -481,13 +401,15 @@ class WinnerTakesAll(Rule):
 
     name = "winner_takes_all"
 
+    def max_pool(self) -> str:
+        return "winner"
+
 
 def _alpha_beta(alpha: float = 2.0, beta: float | None = None, bias: bool = True) -> AlphaBeta:
     return AlphaBeta(alpha, beta, bias)
 
 
-#: Rule names and the factories they stand for. Keyword parameters of :func:`get_rule` are passed on.
-RULES: dict[str, Callable[..., Rule]] = {
+_BUILTIN: dict[str, Callable[..., Rule]] = {
     "simple": Z,
     "z": Z,
     "epsilon": Epsilon,
@@ -507,71 +429,5 @@ RULES: dict[str, Callable[..., Rule]] = {
 }
 
 
-def register_rule(name: str, factory: Callable[..., Rule]) -> None:
-    """Make ``factory`` available under ``name`` wherever rules are given by name."""
-    RULES[name] = factory
-
-
-def get_rule(rule: Rule | str, **params: Any) -> Rule:
-    """Return a :class:`Rule` from a rule object or a name with keyword parameters.
-
-    A name ending in ``_ignore_bias`` (or ``_nobias``) gives the rule with ``bias=False``.
-    """
-    if isinstance(rule, Rule):
-        return rule
-    if not isinstance(rule, str):
-        raise TypeError(f"a rule is a Rule object or one of the names {sorted(RULES)}, got {rule!r}")
-    key = rule.lower()
-    for suffix in ("_ignore_bias", "_nobias", "ignorebias"):
-        if key.endswith(suffix) and key[: -len(suffix)] in RULES:
-            key = key[: -len(suffix)]
-            params = {**params, "bias": False}
-            break
-    if key not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; valid rules: {', '.join(sorted(RULES))}")
-    accepted = _signature_params(RULES[key])
-    unknown = sorted(set(params) - accepted) if accepted is not None else []
-    if unknown:
-        raise ValueError(f"rule {rule!r} does not take the parameters {unknown}; it takes: "
-                         f"{', '.join(sorted(accepted)) or 'no parameters'}")
-    try:
-        return RULES[key](**params)
-    except TypeError as e:
-        raise ValueError(f"rule {rule!r} does not take the parameters {sorted(params)}: {e}") from None
-
-
-def _signature_params(factory: Callable[..., Rule]) -> set[str] | None:
-    """The keyword parameters ``factory`` takes; ``None`` if it takes any (``**kwargs``) or cannot tell."""
-    import inspect
-
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def rule_param_names(name: str) -> set[str]:
-    """The keyword parameters that the rule named ``name`` takes (empty if unknown)."""
-    key = name.lower()
-    for suffix in ("_ignore_bias", "_nobias", "ignorebias"):
-        if key.endswith(suffix) and key[: -len(suffix)] in RULES:
-            key = key[: -len(suffix)]
-    factory = RULES.get(key)
-    return (_signature_params(factory) or set()) if factory is not None else set()
-
-
-def rule_params_from_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword parameters that the factory of rule ``name`` accepts (used by composites)."""
-    import inspect
-
-    factory = RULES.get(name)
-    if factory is None:
-        return {}
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return {}
-    return {k: v for k, v in kwargs.items() if k in sig.parameters}
+for _name, _factory in _BUILTIN.items():
+    register_rule(_name, _factory)

@@ -11,10 +11,8 @@ import keras
 import tensorflow as tf
 
 from ..errors import ExplainError
-from ..handlers import (GATE, PRODUCT, ConstantHandler, ElementwiseHandler, FixedLinearHandler, GateHandler,
-                        LinearHandler, MaxPoolHandler, RouteHandler, SeparableHandler, SoftmaxHandler)
-from ..handlers.elementwise import IDENTITY_AT_INFERENCE
-from ..rules import LinearRule, Rule, WinnerTakesAll, identity, negative, positive
+from ..handlers import GATE, PRODUCT
+from ..rules import Rule
 from .model import Graph, Step
 
 
@@ -26,44 +24,24 @@ def mark_carried(g: Graph, inputs_float: Sequence[bool]) -> None:
     carried = {k for k, f in zip(g.inputs, inputs_float) if f}
     for step in g.steps:
         step.carried = tuple(k in carried for k in step.inputs)
-        if hasattr(step.handler, "for_inputs"):
-            handler = step.handler.for_inputs(sum(step.carried))
-            if handler is None:
-                raise ExplainError(f"layer {step.name!r} of type {step.type_name} cannot be explained: it combines "
-                                   f"{sum(step.carried)} computed tensors in a way that has no LRP rule")
-            step.handler = handler
-        if (any(step.carried) and not isinstance(step.handler, ConstantHandler)) or \
-                getattr(step.handler, "integer_inputs", False):
+        handler = step.handler.for_inputs(sum(step.carried))
+        if handler is None:
+            raise ExplainError(f"layer {step.name!r} of type {step.type_name} cannot be explained: it combines "
+                               f"{sum(step.carried)} computed tensors in a way that has no LRP rule")
+        step.handler = handler
+        if (any(step.carried) and step.handler.depends_on_values) or step.handler.integer_inputs:
             carried.update(step.outputs)
-
-
-#: activations whose output gates another factor of a product (CP-LRP holds such factors constant)
-_GATING = {"sigmoid", "softmax", "silu", "swish", "gelu", "tanh", "hard_sigmoid", "hard_silu", "hard_swish",
-           "Sigmoid", "Softmax", "Silu", "Swish", "Gelu", "Tanh", "HardSigmoid", "HardSilu"}
 
 
 def _is_gate(step: Step | None, producer: dict) -> bool:
     """``step``'s output is a gate: a softmax, a squashing or gating activation (also as the activation
-    of a layer with weights), or such a value reshaped, repeated or transposed."""
+    of a layer with weights), or such a value reshaped, repeated, transposed or cast (the handler
+    answers :meth:`~interprettensor.engine.handlers.Handler.is_gate`)."""
     while step is not None:
-        if isinstance(step.handler, SoftmaxHandler):
-            return True
-        layer = step.layer
-        if isinstance(step.handler, ElementwiseHandler):
-            act = layer.activation if isinstance(layer, keras.layers.Activation) else None
-            if getattr(act, "__name__", "") in _GATING or type(layer).__name__ in _GATING:
-                return True
-            if (type(layer).__name__ == "Cast" or isinstance(layer, IDENTITY_AT_INFERENCE)) and len(step.inputs) == 1:
-                # a gate cast to another dtype, or behind dropout
-                step = producer.get(step.inputs[0])
-                continue
-            return False
-        if isinstance(step.handler, LinearHandler):
-            return getattr(step.handler.activation_of(layer), "__name__", "") in _GATING
-        if isinstance(step.handler, RouteHandler) and len(step.inputs) == 1:
-            step = producer.get(step.inputs[0])
-            continue
-        return False
+        answer = step.handler.is_gate(step.layer, step)
+        if answer is not None:
+            return answer
+        step = producer.get(step.inputs[0])
     return False
 
 
@@ -87,7 +65,7 @@ def mark_nonneg(g: Graph) -> None:
 
 
 def _is_plain_relu(step: Step) -> bool:
-    act = step.handler.activation_of(step.layer) if isinstance(step.handler, LinearHandler) else None
+    act = step.handler.activation_of(step.layer) if step.handler.uses_output_signs else None
     return act is not None and (act in (keras.activations.relu, tf.nn.relu)
                                 or getattr(act, "__name__", "") == "relu" and getattr(act, "__module__", "").startswith(
                                     ("keras", "tensorflow")))
@@ -95,8 +73,10 @@ def _is_plain_relu(step: Step) -> bool:
 
 class _ZeroAnalysis:
     """Which tensors' relevance is provably zero wherever the tensor is zero: every consumer
-    redistributes in proportion to its inputs (identity, x^+, x^- input modifiers), or moves relevance
-    exactly (reshapes, winner-takes-all, gates, f(0)=0 activations) into tensors that are such too."""
+    redistributes in proportion to its inputs under its rule (identity, x^+, x^- input modifiers), or
+    moves relevance exactly (reshapes, winner-takes-all, gates, f(0)=0 activations) into tensors that
+    are such too. Each consumer's handler answers for its layer and rule
+    (:meth:`~interprettensor.engine.handlers.Handler.zero_relevance`)."""
 
     def __init__(self, g: Graph, rules: Sequence[Rule], start_key: Any, proportional_start: bool):
         self.consumers = g.consumers()
@@ -104,23 +84,11 @@ class _ZeroAnalysis:
         self.start_key, self.proportional_start = start_key, proportional_start
         self.memo: dict = {}
 
-    @staticmethod
-    def proportional(rule: Rule) -> bool:
-        return isinstance(rule, LinearRule) and all(
-            t.input in (identity, positive, negative) for grp in rule.groups() for t in grp.terms)
-
     def ok(self, c: Step) -> bool:
-        h, rule = c.handler, self.rule_of[c]
-        if isinstance(h, (LinearHandler, FixedLinearHandler, SeparableHandler)):
-            return self.proportional(rule)
-        if isinstance(h, MaxPoolHandler):
-            winner = isinstance(rule, WinnerTakesAll) or (isinstance(rule, LinearRule) and not rule.uniform_max_pool)
-            return winner and all(self.zero(k) for k in c.outputs)
-        if isinstance(h, (RouteHandler, GateHandler)):
-            return all(self.zero(k) for k in c.outputs)
-        if isinstance(h, ElementwiseHandler):
-            return h.maps_zero_to_zero(c.layer) and all(self.zero(k) for k in c.outputs)
-        return False
+        how = c.handler.zero_relevance(c.layer, self.rule_of[c])
+        if how == "proportional":
+            return True
+        return how == "moved" and all(self.zero(k) for k in c.outputs)
 
     def zero(self, key: Any) -> bool:
         if key == self.start_key:
@@ -137,7 +105,7 @@ def relu_denominator_steps(g: Graph, rules: Sequence[Rule], start_key: Any, prop
     and TensorFlow fuses convolution, bias and ReLU. ``proportional_start``: the starting relevance is
     the output times a mask."""
     zero = _ZeroAnalysis(g, rules, start_key, proportional_start).zero
-    return frozenset(s for s in g.steps if isinstance(s.handler, LinearHandler) and not s.strip_activation
+    return frozenset(s for s in g.steps if s.handler.uses_output_signs and not s.strip_activation
                      and _is_plain_relu(s) and zero(s.outputs[0]))
 
 
@@ -156,12 +124,11 @@ def positive_output_steps(g: Graph, rules: Sequence[Rule], start_key: Any, propo
         cs = consumers.get(key, [])
         if key == start_key or not cs or key in g.outputs:
             return False
-        return all(isinstance(c.handler, ElementwiseHandler) and c.handler.relu_like(c.layer)
-                   and all(analysis.zero(k) for k in c.outputs) for c in cs)
+        return all(c.handler.relu_like(c.layer) and all(analysis.zero(k) for k in c.outputs) for c in cs)
 
     out = set()
     for s in g.steps:
-        if not isinstance(s.handler, LinearHandler) or s.strip_activation:
+        if not s.handler.uses_output_signs or s.strip_activation:
             continue
         act = s.handler.activation_of(s.layer)
         linear = act is None or getattr(act, "__name__", "") == "linear"

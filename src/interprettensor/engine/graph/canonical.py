@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import keras
 
-from ..handlers import LinearHandler, SeparableHandler
 from .model import Graph
 
 
@@ -22,8 +21,6 @@ def fuse_batchnorm(g: Graph) -> None:
         k = step.inputs[0]
         prev = producer.get(k)
         if prev is None or prev in removed or len(consumers.get(k, [])) != 1 or k in g.outputs:
-            continue
-        if not isinstance(prev.handler, (LinearHandler, SeparableHandler)):
             continue
         if not prev.handler.can_absorb_batchnorm(prev.layer):
             continue

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from ..errors import ExplainError
-from ..handlers import ELEMENTWISE, SOFTMAX
+from ..handlers import DEFAULT_PASS, ELEMENTWISE, SOFTMAX, PassOptions
 from ..linear import materialize
 from ..rules import Rule
 from .model import Graph, Step
@@ -29,7 +29,7 @@ def _is_squashing(step: Step) -> bool:
     if isinstance(layer, keras.layers.Activation):
         act = layer.activation
     else:
-        act = step.handler.activation_of(layer) if hasattr(step.handler, "activation_of") else None
+        act = step.handler.activation_of(layer)
     return getattr(act, "__name__", "") in _SQUASHING
 
 
@@ -55,13 +55,15 @@ def explained_output(g: Graph, output: int | str | None, probability: bool = Fal
     return key, step
 
 
-def forward(g: Graph, xs: Sequence[tf.Tensor]) -> tuple[dict, list]:
+def forward(g: Graph, xs: Sequence[tf.Tensor], options: PassOptions = DEFAULT_PASS) -> tuple[dict, list]:
+    """Run the steps on the inputs ``xs`` under the pass's ``options``: ``(value by key, one record
+    (inputs, outputs, state) per step)``."""
     values = dict(zip(g.inputs, xs))
     records = []
     for step in g.steps:
         ins = [values[k] for k in step.inputs]
         try:
-            outs, state = step.handler.forward(step.layer, ins, step)
+            outs, state = step.handler.forward(step.layer, ins, step, options)
         except ExplainError:
             raise
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
@@ -74,9 +76,10 @@ def forward(g: Graph, xs: Sequence[tf.Tensor]) -> tuple[dict, list]:
 
 
 def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
-             keep: bool = False) -> tuple[dict, dict]:
-    """Relevance at every tensor reached from ``start`` (key -> relevance). Returns
-    ``(relevance by key, relevance of each layer's output by layer name)``."""
+             keep: bool = False, options: PassOptions = DEFAULT_PASS) -> tuple[dict, dict]:
+    """Relevance at every tensor reached from ``start`` (key -> relevance), each step's rule asked by
+    its handler under the pass's ``options`` (those of the :func:`forward` that made ``records``).
+    Returns ``(relevance by key, relevance of each layer's output by layer name)``."""
     rel = dict(start)
     layerwise: dict = {}
     for step, (ins, outs, state), rule in zip(reversed(g.steps), reversed(records), reversed(rules)):
@@ -90,8 +93,8 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
         if keep:
             for n in step.names():
                 layerwise[n] = Rs[0] if len(Rs) == 1 else Rs
-        R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step)
-        to_integers = getattr(step.handler, "integer_inputs", False)
+        R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step, options)
+        to_integers = step.handler.integer_inputs
         for k, r, x in zip(step.inputs, R_in, ins):
             if r is None or not (x.dtype.is_floating or to_integers):
                 continue  # relevance does not flow into masks and indices (only embeddings credit them)

@@ -13,8 +13,7 @@ from keras import tree
 
 from ..errors import ExplainError
 from ..expand import CONCRETE_SPECS, ShapeDependent, expansion
-from ..handlers import (ConstantHandler, ElementwiseHandler, FixedLinearHandler, handler_for, load_optional_handlers,
-                        overridden_parent)
+from ..handlers import ConstantHandler, handler_for, load_optional_handlers, overridden_parent
 from .analyses import mark_carried, mark_gates, mark_nonneg
 from .canonical import fuse_batchnorm
 from .model import Graph, Step, _Keys
@@ -54,8 +53,8 @@ _CONSTANT = ConstantHandler()
 def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None) -> Step:
     out_float = _floating(node.outputs) if node is not None else None
     handler = handler_for(op)
-    if handler is not None and hasattr(handler, "for_layer"):  # a wrapper: built around the wrapped layer's
-        handler = handler.for_layer(op)
+    if handler is not None:  # a wrapper is built around the wrapped layer's handler; a sum of one tensor
+        handler = handler.for_layer(op, len(ins))  # and constants is an element-wise shift
     if out_float is not None and not any(out_float):
         handler = _CONSTANT  # integer or boolean outputs (masks, indices): no relevance flows through them
     if handler is None:
@@ -67,9 +66,7 @@ def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: 
         raise ExplainError(
             f"layer {name!r} of type {type(op).__name__} cannot be explained: no LRP handler is "
             f"registered for it{why}. Register one with interprettensor.register_handler({type(op).__name__}, "
-            f"handler) (see the README section 'Adding a rule or a layer').")
-    if isinstance(handler, FixedLinearHandler) and not isinstance(op, keras.layers.Layer) and len(ins) == 1:
-        handler = ElementwiseHandler()  # ``x + constant``: an element-wise shift
+            f"handler) (see 'Adding a rule or a layer' in the documentation, docs/tutorials/extending.md).")
     options = {}
     if node is not None:
         options = {k: v for k, v in node.arguments.kwargs.items()

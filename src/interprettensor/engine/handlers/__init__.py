@@ -21,9 +21,8 @@ from ..errors import ExplainError
 from . import keras_layers  # noqa: F401 - registers Keras' layers and operations
 from . import recurrent  # noqa: F401 - registers SimpleRNN, LSTM, GRU and Masking
 from .attention import ContractionHandler, OpLinearHandler, ProductHandler, SoftmaxHandler
-from .base import (CONSTANT, ELEMENTWISE, EMBEDDING, GATE, KEEP_ACTIVATIONS, LINEAR, MAXPOOL, NORM, POSITIVE_OUTPUTS,
-                   PRODUCT, RELU_DENOMINATOR, ROUTE, SOFTMAX, WEIGHTED, Handler,
-                   apply_activation, is_nonneg_activation, override_activations, strips_activation)
+from .base import (CONSTANT, DEFAULT_PASS, ELEMENTWISE, EMBEDDING, GATE, LINEAR, MAXPOOL, NORM, PRODUCT, ROUTE, SOFTMAX,
+                   WEIGHTED, Handler, PassOptions, check_linear_rule, is_gating_activation, is_nonneg_activation)
 from .elementwise import ElementwiseHandler
 from .embedding import ConstantHandler, EmbeddingHandler
 from .fixed_linear import FixedLinearHandler
@@ -49,6 +48,6 @@ __all__ = ["load_optional_handlers", "Handler", "LinearHandler", "SeparableHandl
            "GateHandler", "ElementwiseHandler", "ProductHandler", "ContractionHandler", "OpLinearHandler",
            "SoftmaxHandler", "LayerNormHandler", "RecurrentHandler", "EmbeddingHandler", "ConstantHandler", "register_handler", "register_op_handler", "get_handler",
            "handler_for", "overridden_parent", "ExplainError", "route", "merge_batchnorm", "batchnorm_affine",
-           "override_activations", "apply_activation", "strips_activation", "is_nonneg_activation",
+           "PassOptions", "DEFAULT_PASS", "check_linear_rule", "is_nonneg_activation", "is_gating_activation",
            "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "PRODUCT", "SOFTMAX", "NORM",
-           "EMBEDDING", "CONSTANT", "RELU_DENOMINATOR", "KEEP_ACTIVATIONS", "POSITIVE_OUTPUTS"]
+           "EMBEDDING", "CONSTANT"]

@@ -10,14 +10,9 @@ import tensorflow as tf
 
 from ..errors import ExplainError
 from ..linear import LinearMap, linear_relevance, materialize
-from ..operation_rules import (
-    ProductRule,
-    SoftmaxRule,
-    product_relevance,
-    softmax_relevance,
-)
-from ..rules import Pass
+from ..operation_rules import product_relevance, softmax_relevance
 from .base import (
+    DEFAULT_PASS,
     LINEAR,
     PRODUCT,
     SOFTMAX,
@@ -55,7 +50,7 @@ def factor_relevance(step: Any, xs: list, z: tf.Tensor, R: tf.Tensor, rule: Any,
     """Relevance of the factors of the product ``step`` under the product rule ``rule`` (the shares of
     :meth:`ProductRule.shares`: uniform split, gate, or, for element-wise products only, in proportion
     to the factors' values)."""
-    if not isinstance(rule, ProductRule):
+    if not rule.explains_products:
         raise ExplainError(f"layer {step.name!r} ({step.type_name}) multiplies two computed tensors and cannot use "
                            f"rule {rule!r}: give it 'uniform' (AttnLRP) or 'gate' (CP-LRP)")
     floats = _factors(step, xs)
@@ -89,7 +84,7 @@ class ProductHandler(Handler):
 
     category = PRODUCT
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         return factor_relevance(step, list(xs), ys[0], Rs[0], rule)
 
 
@@ -100,6 +95,7 @@ class OpLinearHandler(Handler):
 
     category = LINEAR
     accepts_lazy = True
+    batch_records = True
 
     def linear_map(self, step: Any, xs) -> LinearMap:
         def fn(args, p):
@@ -107,7 +103,7 @@ class OpLinearHandler(Handler):
 
         return LinearMap(fn, {"kernel": tf.ones((), xs[0].dtype)}, None)
 
-    def forward(self, layer, xs, step):
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         lm = self.linear_map(step, xs)
         z = step.call(xs)[0]
         return [z], {"z": z, "map": lm}
@@ -115,13 +111,11 @@ class OpLinearHandler(Handler):
     def output_nonneg(self, layer, inputs_nonneg, step):
         return False
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if isinstance(rule, Pass):
-            rule = None
-        rule = check_linear_rule(rule, step) if rule is not None else None
-        if rule is None:
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        if rule.passes_through:
             raise ExplainError(f"layer {step.name!r} ({step.type_name}) is a linear operation and needs a rule for "
                                f"linear maps (epsilon, z, ...)")
+        rule = check_linear_rule(rule, step)
         floats = _factors(step, xs)
         lm = cached_map(state.get("map"), [x for x in xs if x.dtype.is_floating]) or self.linear_map(step, xs)
         z = state["z"]
@@ -166,16 +160,20 @@ class SoftmaxHandler(Handler):
 
     category = SOFTMAX
     accepts_lazy = True
+    batch_records = True
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return True
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def is_gate(self, layer, step):
+        return True
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         R = shaped_like(Rs[0], ys[0])
         rest = [None] * (len(xs) - 1)
-        if isinstance(rule, Pass) or rule is None:
+        if rule is None or rule.passes_through:
             return [materialize(R)] + rest
-        if isinstance(rule, SoftmaxRule):
+        if rule.explains_softmax:
             axis = getattr(layer, "axis", -1)
             axis = list(axis) if isinstance(axis, (list, tuple)) else axis
             return [softmax_relevance(xs[0], ys[0], tf.cast(materialize(R), ys[0].dtype), axis)] + rest

@@ -1,5 +1,6 @@
-"""What every handler shares: the :class:`Handler` interface, layer categories, and the switches a
-traced pass sets (activation overrides, ReLU denominators, kept activations).
+"""What every handler shares: the :class:`Handler` interface, layer categories, and
+:class:`PassOptions`, the options of one traced pass (activation overrides, ReLU denominators, kept
+activations) that the graph walk hands to every handler.
 
 A handler does two things for a layer: the forward computation (recording what the backward pass
 needs, e.g. the pre-activation and the layer's linear map) and the relevance pass, given the rule
@@ -8,21 +9,19 @@ that the composite assigned to the layer.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Callable, Iterator, Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 from keras import ops
 
 from ..errors import ExplainError
 from ..linear import LinearMap, Product
-from ..rules import LinearRule, Rule
+from ..rule_algebra import Rule
 
 __all__ = ["Handler", "WEIGHTED", "LINEAR", "MAXPOOL", "ROUTE", "ELEMENTWISE", "GATE", "PRODUCT", "SOFTMAX", "NORM",
-           "EMBEDDING", "CONSTANT", "RELU_DENOMINATOR",
-           "KEEP_ACTIVATIONS", "POSITIVE_OUTPUTS", "override_activations", "apply_activation", "strips_activation",
-           "is_nonneg_activation"]
+           "EMBEDDING", "CONSTANT", "PassOptions", "DEFAULT_PASS", "is_nonneg_activation",
+           "is_gating_activation", "GATING_ACTIVATIONS"]
 
 # categories decide which rule a composite gives a layer by default
 WEIGHTED = "weighted"    # dense, convolutions: the composite's main rules
@@ -37,68 +36,131 @@ NORM = "norm"            # layer normalisation: a linear map with the standard d
 EMBEDDING = "embedding"  # lookups of integer inputs: relevance per index
 CONSTANT = "constant"    # values independent of the inputs' values (masks, position embeddings)
 
-ACTIVATION_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("activation_override", default=None)
-#: steps with a built-in ReLU whose output relevance is provably zero wherever the pre-activation is
-#: ``<= 0`` (see :func:`interprettensor.engine.graph.relu_denominator_steps`): their ReLU output stands
-#: in for the pre-activation in denominators, and rule groups for negative outputs are skipped; set by
-#: the Explainer while tracing
-RELU_DENOMINATOR: contextvars.ContextVar = contextvars.ContextVar("relu_denominator", default=frozenset())
-#: steps with weights whose output relevance is provably zero wherever the pre-activation is ``<= 0``
-#: (a built-in ReLU, or a ReLU layer after them; see
-#: :func:`interprettensor.engine.graph.positive_output_steps`): rule groups for negative outputs are
-#: skipped there; set by the Explainer while tracing
-POSITIVE_OUTPUTS: contextvars.ContextVar = contextvars.ContextVar("positive_outputs", default=frozenset())
-#: while set, layers keep a final activation that the explanation strips (used to check the graph's
-#: forward pass against the model's own)
-KEEP_ACTIVATIONS: contextvars.ContextVar = contextvars.ContextVar("keep_activations", default=False)
+@dataclasses.dataclass(frozen=True)
+class PassOptions:
+    """The options of one traced pass, handed by the graph walk to every handler's ``forward`` and
+    ``relevance`` (:func:`interprettensor.engine.graph.forward`, :func:`~interprettensor.engine.graph.backward`).
+
+    Args:
+        relu_denominator: steps with a built-in ReLU whose output relevance is provably zero wherever
+            the pre-activation is ``<= 0`` (:func:`interprettensor.engine.graph.relu_denominator_steps`):
+            their ReLU output stands in for the pre-activation in denominators.
+        positive_outputs: steps with weights whose output relevance is provably zero wherever the
+            pre-activation is ``<= 0`` (:func:`interprettensor.engine.graph.positive_output_steps`): rule
+            groups for negative outputs are skipped there.
+        keep_activations: layers keep a final activation that the explanation strips (to check the
+            graph's forward pass against the model's own).
+        activation_override: ``fn(layer, activation, z)``, asked for every activation (the
+            ``activation=`` of layers with weights, and element-wise activation layers with
+            ``activation=None``); a tensor it returns replaces the activation's output, ``None`` keeps
+            it. Gradient baselines (guided backprop, deconvnet) change ReLU's gradient with it.
+    """
+
+    relu_denominator: frozenset = frozenset()
+    positive_outputs: frozenset = frozenset()
+    keep_activations: bool = False
+    activation_override: Callable[[Any, Callable | None, tf.Tensor], tf.Tensor | None] | None = None
+
+    def strips_activation(self, step: Any) -> bool:
+        """Whether ``step`` leaves out its activation in this pass (a final softmax/sigmoid)."""
+        return bool(step.strip_activation) and not self.keep_activations
+
+    def activate(self, layer: Any, act: Callable | None, z: tf.Tensor) -> tf.Tensor:
+        """``act(z)``, or what :attr:`activation_override` says instead."""
+        if self.activation_override is not None:
+            out = self.activation_override(layer, act, z)
+            if out is not None:
+                return out
+        return z if act is None else act(z)
 
 
-def strips_activation(step: Any) -> bool:
-    """Whether ``step`` leaves out its activation in this forward pass (a final softmax/sigmoid)."""
-    return bool(step.strip_activation) and not KEEP_ACTIVATIONS.get()
-
-
-@contextlib.contextmanager
-def override_activations(fn: Callable[[Any, Callable | None, tf.Tensor], tf.Tensor | None]) -> Iterator[None]:
-    """Within this context, the graph's forward pass asks ``fn(layer, activation, z)`` for every
-    activation (the ``activation=`` of layers with weights, and element-wise activation layers, with
-    ``activation=None`` for those); a tensor it returns replaces the activation's output, ``None``
-    keeps it. Gradient baselines (guided backprop, deconvnet) use this to change ReLU's gradient."""
-    token = ACTIVATION_OVERRIDE.set(fn)
-    try:
-        yield
-    finally:
-        ACTIVATION_OVERRIDE.reset(token)
-
-
-def apply_activation(layer: Any, act: Callable | None, z: tf.Tensor) -> tf.Tensor:
-    """``act(z)``, or what an active :func:`override_activations` says instead."""
-    override = ACTIVATION_OVERRIDE.get()
-    if override is not None:
-        out = override(layer, act, z)
-        if out is not None:
-            return out
-    return z if act is None else act(z)
+#: the options of a plain pass: nothing fused, activations as the layers have them
+DEFAULT_PASS = PassOptions()
 
 
 class Handler:
-    """Base class. ``forward`` returns ``(outputs, state)``; ``relevance`` returns one relevance per
-    input of the layer."""
+    """Base class: what a layer is, told through methods with defaults that the graph walk and its
+    analyses ask (never by the handler's type), and the layer's two computations.
+
+    ``forward`` returns ``(outputs, state)``: the layer's outputs and what its relevance needs (the
+    pre-activation, the linear map); ``relevance`` returns one relevance per input of the layer, given
+    the relevance of its outputs and the rule the composite assigned. Both receive the pass's
+    :class:`PassOptions`.
+    """
 
     category: str = ELEMENTWISE
     #: ``relevance`` accepts unevaluated :class:`~interprettensor.engine.linear.Product` relevances
     accepts_lazy: bool = False
+    #: the layer reads integer inputs (indices) and credits them with relevance (embeddings)
+    integer_inputs: bool = False
+    #: the layer's output depends on its inputs' values (``False``: masks, shapes, position tables)
+    depends_on_values: bool = True
+    #: the layer multiplies gates with signals inside (recurrent cells): composites give it a
+    #: :class:`~interprettensor.engine.operation_rules.CellRule`
+    gated: bool = False
+    #: a box on the layer's inputs bounds its input (``False`` for recurrent layers, which also read
+    #: their own state)
+    accepts_box: bool = True
+    #: ``relevance`` follows the pass's :attr:`PassOptions.relu_denominator` and
+    #: :attr:`PassOptions.positive_outputs` (layers with weights)
+    uses_output_signs: bool = False
+    #: the forward state holds only the batch's tensors and linear maps, so repeating its tensors
+    #: along the batch repeats the samples (concepts repeat a pass per condition this way)
+    batch_records: bool = False
+    #: how composites address the layer's kind (``'dense'``, ``'conv'``) where it has weights
+    kind: str = "conv"
 
-    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
+    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any,
+                options: PassOptions = DEFAULT_PASS) -> tuple[list, dict]:
         return step.call(xs), {}
+
+    def relevance(self, layer: Any, xs: Sequence[tf.Tensor], ys: Sequence[tf.Tensor], state: dict,
+                  Rs: Sequence[tf.Tensor], rule: Rule, step: Any, options: PassOptions = DEFAULT_PASS,
+                  ) -> list[tf.Tensor]:
+        raise NotImplementedError
 
     def output_nonneg(self, layer: Any, inputs_nonneg: Sequence[bool], step: Any) -> bool:
         """Whether the layer's output is known to be >= 0 (lets rules skip negative-input terms)."""
         return False
 
-    def relevance(self, layer: Any, xs: Sequence[tf.Tensor], ys: Sequence[tf.Tensor], state: dict,
-                  Rs: Sequence[tf.Tensor], rule: Rule, step: Any) -> list[tf.Tensor]:
-        raise NotImplementedError
+    def for_layer(self, layer: Any, n_inputs: int) -> "Handler | None":
+        """The handler for ``layer`` called on ``n_inputs`` traced tensors (a wrapper's handler is built
+        around the wrapped layer's; ``None``: none)."""
+        return self
+
+    def for_inputs(self, n_computed: int) -> "Handler | None":
+        """The handler for this layer when ``n_computed`` of its inputs carry relevance (an einsum of
+        two activations is a product, of an activation and a constant a linear map); ``None``: the
+        layer has no rule then."""
+        return self
+
+    def activation_of(self, layer: Any) -> Callable | None:
+        """The activation the layer applies to its linear map (``None``: none)."""
+        return None
+
+    def can_absorb_batchnorm(self, layer: Any) -> bool:
+        """Whether a BatchNormalization that follows can be merged into the layer's weights."""
+        return False
+
+    def relu_like(self, layer: Any) -> bool:
+        """Whether the layer is a ReLU (relevance passes; output zero exactly where input ``<= 0``)."""
+        return False
+
+    def is_gate(self, layer: Any, step: Any) -> bool | None:
+        """Whether the layer's output gates another factor of a product (a softmax, a squashing or
+        gating activation); ``None``: the output is its one input moved or recast, ask its producer."""
+        return False
+
+    def zero_relevance(self, layer: Any, rule: Rule) -> str | None:
+        """How the relevance of the layer's inputs relates to their zeros under ``rule``:
+        ``'proportional'`` (zero wherever the input is zero), ``'moved'`` (so too if the output's
+        relevance is zero wherever the output is), ``None`` (no such guarantee)."""
+        return None
+
+    def preserves_box(self, layer: Any) -> bool:
+        """Whether a box on the layer's inputs maps to a box on its output (affine per element, or
+        routing): z^B's bounds stay valid through it."""
+        return False
 
 
 _NONNEG_ACTIVATIONS = {"relu", "relu6", "sigmoid", "softmax", "softplus", "exponential", "hard_sigmoid",
@@ -108,6 +170,16 @@ _NONNEG_ACTIVATIONS = {"relu", "relu6", "sigmoid", "softmax", "softplus", "expon
 def is_nonneg_activation(act: Any) -> bool:
     """True for activations whose output is never negative (relu, relu6, sigmoid, softmax, ...)."""
     return act is not None and getattr(act, "__name__", "") in _NONNEG_ACTIVATIONS
+
+
+#: activations whose output gates another factor of a product (CP-LRP holds such factors constant)
+GATING_ACTIVATIONS = {"sigmoid", "softmax", "silu", "swish", "gelu", "tanh", "hard_sigmoid", "hard_silu",
+                      "hard_swish", "Sigmoid", "Softmax", "Silu", "Swish", "Gelu", "Tanh", "HardSigmoid", "HardSilu"}
+
+
+def is_gating_activation(act: Any) -> bool:
+    """True for squashing or gating activations (sigmoid, softmax, SiLU, GELU, tanh, ...)."""
+    return act is not None and getattr(act, "__name__", "") in GATING_ACTIVATIONS
 
 
 def cast_params(params: dict, dtype: tf.DType) -> dict:
@@ -123,9 +195,10 @@ def cached_map(lm: LinearMap | None, xs: Sequence[tf.Tensor]) -> LinearMap | Non
     return lm
 
 
-def check_linear_rule(rule: Rule, step: Any) -> LinearRule:
-    """``rule`` if it modifies inputs and weights; an error naming the layer otherwise."""
-    if not isinstance(rule, LinearRule):
+def check_linear_rule(rule: Rule, step: Any) -> Rule:
+    """``rule`` if it explains linear maps (modifies inputs and weights); an error naming the layer
+    otherwise."""
+    if not rule.explains_linear:
         raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule {rule!r}: it needs a "
                            f"rule that modifies inputs/weights (epsilon, alphabeta, gamma, ...)")
     return rule

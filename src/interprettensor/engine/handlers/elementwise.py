@@ -8,14 +8,17 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from .base import ACTIVATION_OVERRIDE, ELEMENTWISE, Handler, is_nonneg_activation, shaped_like
+from .base import DEFAULT_PASS, ELEMENTWISE, GATING_ACTIVATIONS, Handler, is_nonneg_activation, shaped_like
 
-__all__ = ["ElementwiseHandler", "IDENTITY_AT_INFERENCE"]
+__all__ = ["ElementwiseHandler", "IDENTITY_AT_INFERENCE", "AFFINE_ELEMENTWISE"]
 
 L = keras.layers
 #: layers that return their input unchanged at inference
 IDENTITY_AT_INFERENCE = (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
                          L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization)
+#: layers that change no value at inference or change it affinely and monotonically per element:
+#: a box on their input maps to a box on their output
+AFFINE_ELEMENTWISE = (L.Rescaling, L.Normalization) + IDENTITY_AT_INFERENCE
 _ZERO_PRESERVING_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "elu", "tanh", "selu", "silu", "swish", "gelu",
                                 "linear")
 
@@ -34,6 +37,7 @@ class ElementwiseHandler(Handler):
 
     category = ELEMENTWISE
     accepts_lazy = True
+    batch_records = True
 
     def __init__(self, nonneg: bool | None = None, zero_preserving: bool | None = None,
                  relu_like: bool | None = None):
@@ -68,15 +72,28 @@ class ElementwiseHandler(Handler):
             return getattr(layer.activation, "__name__", "") in ("relu", "relu6")
         return type(layer).__name__ in ("Relu", "Relu6")  # keras.ops.relu inside a functional model
 
-    def forward(self, layer, xs, step):
-        override = ACTIVATION_OVERRIDE.get()
-        if override is not None and len(xs) == 1:
-            out = override(layer, None, xs[0])
+    def zero_relevance(self, layer, rule):
+        return "moved" if self.maps_zero_to_zero(layer) else None
+
+    def is_gate(self, layer, step):
+        act = layer.activation if isinstance(layer, L.Activation) else None
+        if getattr(act, "__name__", "") in GATING_ACTIVATIONS or type(layer).__name__ in GATING_ACTIVATIONS:
+            return True
+        if (type(layer).__name__ == "Cast" or isinstance(layer, IDENTITY_AT_INFERENCE)) and len(step.inputs) == 1:
+            return None  # a gate cast to another dtype, or behind dropout
+        return False
+
+    def preserves_box(self, layer):
+        return isinstance(layer, AFFINE_ELEMENTWISE) or type(layer).__name__ == "Cast"
+
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
+        if options.activation_override is not None and len(xs) == 1:
+            out = options.activation_override(layer, None, xs[0])
             if out is not None:
                 return [out], {}
         return step.call(xs), {}
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         return [shaped_like(Rs[0], xs[0])] + [tf.zeros_like(x) for x in xs[1:]]
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from ..linear import materialize
-from .base import CONSTANT, EMBEDDING, Handler
+from .base import CONSTANT, DEFAULT_PASS, EMBEDDING, Handler
 from .weighted import LinearHandler
 
 __all__ = ["ConstantHandler", "EmbeddingHandler", "ReversibleEmbeddingHandler"]
@@ -24,8 +24,9 @@ class EmbeddingHandler(Handler):
     category = EMBEDDING
     #: the relevance goes to an integer input (the explanation's result for token inputs)
     integer_inputs = True
+    batch_records = True
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         R = tf.reshape(materialize(Rs[0]), tf.shape(ys[0]))
         per_index = tf.reduce_sum(R, axis=-1)
         return [tf.reshape(per_index, tf.shape(xs[0]))] + [None] * (len(xs) - 1)
@@ -37,8 +38,10 @@ class ConstantHandler(Handler):
     back to the inputs."""
 
     category = CONSTANT
+    depends_on_values = False
+    batch_records = True
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         return [None] * len(xs)
 
 
@@ -71,15 +74,15 @@ class ReversibleEmbeddingHandler(LinearHandler):
                          channel_axis=None, kind="dense")
         self._lookup = EmbeddingHandler()
 
-    def forward(self, layer, xs, step):
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         if not step.options.get("reverse", False):
             return step.call(xs), {}
-        return super().forward(layer, xs, step)
+        return super().forward(layer, xs, step, options)
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         if not step.options.get("reverse", False):
-            return self._lookup.relevance(layer, xs, ys, state, Rs, rule, step)
-        return super().relevance(layer, xs, ys, state, Rs, rule, step)
+            return self._lookup.relevance(layer, xs, ys, state, Rs, rule, step, options)
+        return super().relevance(layer, xs, ys, state, Rs, rule, step, options)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return False

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import keras
 import tensorflow as tf
 
 from ..linear import LinearMap, linear_relevance
-from ..rules import Pass
-from .base import LINEAR, Handler, cached_map, check_linear_rule, pass_through, shaped_like
+from .base import DEFAULT_PASS, LINEAR, Handler, cached_map, check_linear_rule, pass_through, shaped_like
+from .elementwise import ElementwiseHandler
 
 __all__ = ["FixedLinearHandler"]
 
@@ -24,6 +25,7 @@ class FixedLinearHandler(Handler):
 
     category = LINEAR
     accepts_lazy = True
+    batch_records = True
 
     def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[tf.Tensor]], dict] | None = None,
                  sign_preserving: bool = True):
@@ -37,13 +39,21 @@ class FixedLinearHandler(Handler):
     def output_nonneg(self, layer, inputs_nonneg, step):
         return self.sign_preserving and all(inputs_nonneg)
 
-    def forward(self, layer, xs, step):
+    def for_layer(self, layer: Any, n_inputs: int) -> Handler:
+        if not isinstance(layer, keras.layers.Layer) and n_inputs == 1:
+            return ElementwiseHandler()  # an operation ``x + constant``: an element-wise shift
+        return self
+
+    def zero_relevance(self, layer, rule):
+        return "proportional" if rule.keeps_zeros() else None
+
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         lm = self.linear_map(layer, xs)
         z = lm(xs)
         return [z], {"z": z, "map": lm}
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if isinstance(rule, Pass):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        if rule.passes_through:
             return pass_through(xs, Rs, step)
         rule = check_linear_rule(rule, step)
         lm = cached_map(state.get("map"), xs) or self.linear_map(layer, xs)

@@ -11,8 +11,8 @@ from typing import Any
 import tensorflow as tf
 
 from ..linear import LinearMap, linear_relevance, materialize
-from ..rules import Pass
 from .base import (
+    DEFAULT_PASS,
     NORM,
     Handler,
     cast_params,
@@ -36,7 +36,7 @@ class LayerNormHandler(Handler):
     category = NORM
     accepts_lazy = True
 
-    def forward(self, layer, xs, step):
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         y = step.call(xs)[0]
         x = xs[0]
         if getattr(layer, "rms_scaling", False):
@@ -60,8 +60,8 @@ class LayerNormHandler(Handler):
 
         return [y], {"z": y, "map": LinearMap(fn, params, None)}
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if getattr(layer, "rms_scaling", False) or isinstance(rule, Pass):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        if getattr(layer, "rms_scaling", False) or rule.passes_through:
             return pass_through(xs, [materialize(Rs[0])], step)
         rule = check_linear_rule(rule, step)
         z = tf.cast(state["z"], xs[0].dtype)

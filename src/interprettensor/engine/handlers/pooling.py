@@ -8,8 +8,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 from ..linear import LinearMap, linear_relevance
-from ..rules import LinearRule, Pass, WinnerTakesAll
-from .base import MAXPOOL, Handler, check_linear_rule, pass_through
+from .base import DEFAULT_PASS, MAXPOOL, Handler, check_linear_rule, pass_through
 from .routing import route
 
 __all__ = ["MaxPoolHandler", "winner_takes_all_3d"]
@@ -27,6 +26,7 @@ class MaxPoolHandler(Handler):
     """
 
     category = MAXPOOL
+    batch_records = True
 
     def __init__(self, avg_fn: Callable[[Any, tf.Tensor], tf.Tensor],
                  window: Callable[[Any], tuple | None] | None = None,
@@ -38,15 +38,19 @@ class MaxPoolHandler(Handler):
     def output_nonneg(self, layer, inputs_nonneg, step):
         return all(inputs_nonneg)
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if isinstance(rule, Pass):
+    def zero_relevance(self, layer, rule):
+        return "moved" if rule.max_pool() == "winner" else None
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        if rule.passes_through:
             return pass_through(xs, Rs, step)
-        if isinstance(rule, LinearRule) and rule.uniform_max_pool:
+        mode = rule.max_pool()
+        if mode == "uniform":
             lm = LinearMap(lambda xs_, p: p["kernel"] * self._avg_fn(layer, xs_[0]),
                            {"kernel": tf.ones((), xs[0].dtype)}, None)
             return linear_relevance(lm, xs, Rs[0], rule)
-        if not isinstance(rule, (LinearRule, WinnerTakesAll)):
-            check_linear_rule(rule, step)
+        if mode != "winner":
+            check_linear_rule(rule, step)  # the error naming the layer
         if self._winner is not None:
             return [self._winner(layer, xs[0], Rs[0])]
         window = self._window(layer) if self._window is not None else None

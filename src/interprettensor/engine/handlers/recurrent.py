@@ -46,9 +46,9 @@ from keras import ops
 
 from ..errors import ExplainError
 from ..linear import LinearMap, linear_relevance, materialize
-from ..operation_rules import CellRule, Gate, ProductRule
-from ..rules import LinearRule, Pass, constant
-from .base import WEIGHTED, Handler, check_linear_rule
+from ..operation_rules import Gate, ProductRule
+from ..rules import LinearRule, constant
+from .base import DEFAULT_PASS, WEIGHTED, Handler, check_linear_rule
 
 __all__ = ["BidirectionalHandler", "MaskingHandler", "RecurrentHandler"]
 
@@ -233,12 +233,13 @@ class _Cell:
 def cell_rules(rule: Any, step: Any) -> tuple[LinearRule, ProductRule]:
     """The linear rule and the gate product rule of a recurrent layer's rule (a linear rule: the gates
     are signal-take-all)."""
-    gates: ProductRule = Gate()
-    if isinstance(rule, CellRule):
-        rule, gates = rule.linear, rule.gates
-    if isinstance(rule, Pass):
-        raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule 'pass'")
-    return check_linear_rule(rule, step), gates
+    pair = rule.cell_rules()
+    if pair is None:
+        if rule.passes_through:
+            raise ExplainError(f"layer {step.name!r} ({step.type_name}) cannot use rule 'pass'")
+        check_linear_rule(rule, step)  # the error naming the layer
+    linear, gates = pair
+    return check_linear_rule(linear, step), (Gate() if gates is None else gates)
 
 
 def _split(gates: ProductRule, gate: tf.Tensor, signal: tf.Tensor, R: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -263,7 +264,7 @@ class RecurrentHandler(Handler):
     #: z^B cannot apply: its bounds hold for the input x_t, not for the recurrent state h_{t-1}
     accepts_box = False
 
-    def forward(self, layer, xs, step):
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         _check_options(layer, step.name)
         _cell_kind(layer, step.name)
         x, mask = _split_inputs(xs, layer, step.name)
@@ -304,9 +305,9 @@ class RecurrentHandler(Handler):
         state = {"seq": seq, "mask": m, "prev": acc["prev"], "rec": acc["rec"], "zero_out": zero_out}
         return outputs, state
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         rule, gates = cell_rules(rule, step)
-        take_all = isinstance(gates, Gate)  # signal-take-all: the gates get no relevance
+        take_all = gates.signal_take_all  # signal-take-all: the gates get no relevance
         merge = rule.merge_rule()
         seq = state["seq"]
         cell = _Cell(layer, seq.dtype)
@@ -417,7 +418,7 @@ class BidirectionalHandler(Handler):
     def _sub(step: Any, layer: Any) -> Any:
         return types.SimpleNamespace(name=f"{step.name}/{layer.name}", type_name=type(layer).__name__)
 
-    def forward(self, layer, xs, step):
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         if layer.merge_mode not in ("concat", "sum", "ave", None):
             raise ExplainError(f"layer {step.name!r} (Bidirectional) has merge_mode={layer.merge_mode!r}, which is "
                                f"not supported: the product of the two directions has no signal-take-all rule; use "
@@ -425,8 +426,8 @@ class BidirectionalHandler(Handler):
         fl, bl = layer.forward_layer, layer.backward_layer
         if getattr(layer, "return_state", False) != fl.return_state:
             raise ExplainError(f"layer {step.name!r} (Bidirectional): unsupported return_state configuration")
-        ys_f, st_f = self.recurrent.forward(fl, xs, self._sub(step, fl))
-        ys_b, st_b = self.recurrent.forward(bl, xs, self._sub(step, bl))
+        ys_f, st_f = self.recurrent.forward(fl, xs, self._sub(step, fl), options)
+        ys_b, st_b = self.recurrent.forward(bl, xs, self._sub(step, bl), options)
         y, y_rev = ys_f[0], ys_b[0]
         if layer.return_sequences:
             y_rev = tf.reverse(y_rev, [1])
@@ -442,7 +443,7 @@ class BidirectionalHandler(Handler):
         outputs = out + ys_f[1:] + ys_b[1:]
         return outputs, {"f": (ys_f, st_f), "b": (ys_b, st_b), "y": y, "y_rev": y_rev, "out": out[0]}
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         cell_rule = rule
         rule, _ = cell_rules(rule, step)
         Rs = [materialize(r) for r in Rs]
@@ -466,7 +467,8 @@ class BidirectionalHandler(Handler):
         R_in = None
         for sub, (ys_sub, st_sub), R, R_st in ((fl, state["f"], R_f, R_states[:n_states]),
                                                (bl, state["b"], R_b, R_states[n_states:])):
-            r = self.recurrent.relevance(sub, xs, ys_sub, st_sub, [R] + list(R_st), cell_rule, self._sub(step, sub))[0]
+            r = self.recurrent.relevance(sub, xs, ys_sub, st_sub, [R] + list(R_st), cell_rule, self._sub(step, sub),
+                                        options)[0]
             R_in = r if R_in is None else R_in + r
         return [R_in] + [None] * (len(xs) - 1)
 
@@ -474,7 +476,7 @@ class BidirectionalHandler(Handler):
 class MaskingHandler(Handler):
     """``Masking``: the output is the input with masked time steps zeroed; relevance passes."""
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         return [tf.reshape(materialize(Rs[0]), tf.shape(xs[0]))]
 
 

@@ -8,9 +8,8 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 from ..linear import distinct
-from ..operation_rules import ProductRule
 from .attention import factor_relevance
-from .base import GATE, ROUTE, Handler
+from .base import DEFAULT_PASS, GATE, ROUTE, Handler
 
 __all__ = ["RouteHandler", "GateHandler", "route"]
 
@@ -31,11 +30,21 @@ class RouteHandler(Handler):
     """Reshape, Flatten, Permute, padding, cropping, Concatenate: relevance follows the values."""
 
     category = ROUTE
+    batch_records = True
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return all(inputs_nonneg)
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def zero_relevance(self, layer, rule):
+        return "moved"
+
+    def is_gate(self, layer, step):
+        return None if len(step.inputs) == 1 else False  # a gate reshaped, repeated or transposed
+
+    def preserves_box(self, layer):
+        return True
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         return route(step, xs, Rs)
 
 
@@ -46,12 +55,16 @@ class GateHandler(Handler):
     ``'gate'``: the transformer presets) the factors share the relevance as those rules say."""
 
     category = GATE
+    batch_records = True
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return all(inputs_nonneg)
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if isinstance(rule, ProductRule):  # products of activations (AttnLRP, CP-LRP, Arras et al. 2019)
+    def zero_relevance(self, layer, rule):
+        return "moved"
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        if rule.explains_products:  # products of activations (AttnLRP, CP-LRP, Arras et al. 2019)
             return factor_relevance(step, list(xs), ys[0], Rs[0], rule, elementwise=True)
         out_shape = ys[0].shape
         signal = next((i for i, x in enumerate(xs) if x.shape == out_shape), 0)

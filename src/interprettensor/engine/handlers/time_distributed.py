@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from ..errors import ExplainError
 from ..linear import materialize
-from .base import Handler
+from .base import DEFAULT_PASS, Handler
 from .registry import get_handler
 
 __all__ = ["TimeDistributedHandler", "TimeDistributedDispatch"]
@@ -34,19 +34,20 @@ class TimeDistributedHandler(Handler):
         if hasattr(inner, "kind"):
             self.kind = inner.kind
 
-    def forward(self, layer, xs, step):
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         if len(xs) != 1:
             raise ExplainError(f"layer {step.name!r} (TimeDistributed) is called with a mask or several inputs; "
                                f"only a single input is supported")
-        outs, state = self.inner.forward(layer.layer, [_fold(xs[0])], step)
+        outs, state = self.inner.forward(layer.layer, [_fold(xs[0])], step, options)
         return [_unfold(materialize(o), xs[0]) for o in outs], {"inner": state, "outs": outs}
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return self.inner.output_nonneg(layer.layer, inputs_nonneg, step)
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         folded = [_fold(materialize(R)) for R in Rs]
-        R_in = self.inner.relevance(layer.layer, [_fold(xs[0])], state["outs"], state["inner"], folded, rule, step)
+        R_in = self.inner.relevance(layer.layer, [_fold(xs[0])], state["outs"], state["inner"], folded, rule, step,
+                                    options)
         return [_unfold(materialize(R_in[0]), xs[0])]
 
 
@@ -54,6 +55,6 @@ class TimeDistributedDispatch(Handler):
     """Registered for ``TimeDistributed``: the graph asks it for the handler of each such layer
     (:meth:`for_layer`), built around the wrapped layer's own handler."""
 
-    def for_layer(self, layer: Any) -> Handler | None:
+    def for_layer(self, layer: Any, n_inputs: int = 1) -> Handler | None:
         inner = get_handler(layer.layer)
         return None if inner is None else TimeDistributedHandler(inner)

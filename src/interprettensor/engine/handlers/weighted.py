@@ -10,9 +10,9 @@ import tensorflow as tf
 from keras import ops
 
 from ..linear import LinearMap, interval_bounds, linear_relevance
-from ..rules import Pass, ZBox, constant
-from .base import (POSITIVE_OUTPUTS, RELU_DENOMINATOR, WEIGHTED, Handler, apply_activation, cached_map, cast_params, check_linear_rule,
-                   is_nonneg_activation, pass_through, shaped_like, strips_activation)
+from ..rules import constant
+from .base import (DEFAULT_PASS, WEIGHTED, Handler, PassOptions, cached_map, cast_params, check_linear_rule,
+                   is_gating_activation, is_nonneg_activation, pass_through, shaped_like)
 
 __all__ = ["LinearHandler", "SeparableHandler", "merge_batchnorm", "batchnorm_affine", "bias_add"]
 
@@ -31,6 +31,8 @@ class LinearHandler(Handler):
 
     category = WEIGHTED
     accepts_lazy = True
+    uses_output_signs = True
+    batch_records = True
 
     def __init__(self, params: Callable[[Any], dict], fn: Callable[[Any, Sequence[tf.Tensor], dict], tf.Tensor],
                  activation: Callable[[Any], Callable | None] = lambda layer: getattr(layer, "activation", None),
@@ -59,27 +61,34 @@ class LinearHandler(Handler):
 
         return LinearMap(fn, params, 1 if getattr(layer, "data_format", None) == "channels_first" else -1)
 
-    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any) -> tuple[list, dict]:
+    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any,
+                options: PassOptions = DEFAULT_PASS) -> tuple[list, dict]:
         lm = self.linear_map(layer, step, xs[0].dtype)
         z = lm(xs)
-        y = z if strips_activation(step) else apply_activation(layer, self.activation_of(layer), z)
-        if step in RELU_DENOMINATOR.get():
+        y = z if options.strips_activation(step) else options.activate(layer, self.activation_of(layer), z)
+        if step in options.relu_denominator:
             # z and relu(z) differ only where the relevance is provably zero; keeping only the
             # activation lets the forward pass use the fused convolution + bias + ReLU kernel
             return [y], {"z": y, "map": lm}
         return [y], {"z": z, "map": lm}
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
-        if isinstance(rule, Pass):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        if rule.passes_through:
             return pass_through(xs, Rs, step)
         rule = check_linear_rule(rule, step)
         R = shaped_like(Rs[0], state["z"])
         lm = cached_map(state.get("map"), xs) or self.linear_map(layer, step, xs[0].dtype)
         return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg,
-                                lazy=True, positive_outputs_only=step in POSITIVE_OUTPUTS.get())
+                                lazy=True, positive_outputs_only=step in options.positive_outputs)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return not step.strip_activation and is_nonneg_activation(self.activation_of(layer))
+
+    def zero_relevance(self, layer, rule):
+        return "proportional" if rule.keeps_zeros() else None
+
+    def is_gate(self, layer, step):
+        return is_gating_activation(self.activation_of(layer))
 
 
 def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.DType) -> dict:
@@ -131,6 +140,7 @@ class SeparableHandler(Handler):
     category = WEIGHTED
     channel_axis = -1
     kind = "conv"
+    batch_records = True
 
     def activation_of(self, layer: Any) -> Callable | None:
         return layer.activation
@@ -154,25 +164,29 @@ class SeparableHandler(Handler):
                                                layer.data_format == "channels_first"), params, axis)
         return dw, pw
 
-    def forward(self, layer, xs, step):
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
         dw, pw = self.maps(layer, step, xs[0].dtype)
         t = dw(xs)
         z = pw([t])
-        y = z if strips_activation(step) else apply_activation(layer, layer.activation, z)
+        y = z if options.strips_activation(step) else options.activate(layer, layer.activation, z)
         return [y], {"t": t, "z": z, "maps": (dw, pw)}
 
-    def relevance(self, layer, xs, ys, state, Rs, rule, step):
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         rule = check_linear_rule(rule, step)
         maps = state.get("maps")
         dw, pw = maps if maps and cached_map(maps[0], xs) else self.maps(layer, step, xs[0].dtype)
         R = tf.reshape(Rs[0], tf.shape(state["z"]))
         pw_rule = rule
-        if isinstance(rule, ZBox):
+        box = rule.bounds()
+        if box is not None:
             # the depthwise output's values lie in the interval image of the input's box: the pointwise
             # factor gets those bounds, not the input's (its input has other channels)
-            pw_rule = ZBox(*interval_bounds(dw, xs[0], rule.low, rule.high))
+            pw_rule = rule.with_bounds(*interval_bounds(dw, xs[0], *box))
         Rt = linear_relevance(pw, [state["t"]], R, pw_rule, state["z"])[0]
         return linear_relevance(dw, xs, Rt, rule, state["t"], step.nonneg)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return not step.strip_activation and is_nonneg_activation(layer.activation)
+
+    def zero_relevance(self, layer, rule):
+        return "proportional" if rule.keeps_zeros() else None
