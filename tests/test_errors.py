@@ -20,7 +20,7 @@ BUILTIN_BASE = {
     "interprettensor.analysis.spray.estimator.SpRAyError": ValueError,
     "interprettensor.io.inputs.InputError": ValueError,
     "interprettensor.io.downloads.DatasetError": OSError,
-    "interprettensor.apps.viewer.runs.RunError": ValueError,
+    "interprettensor.apps.viewer.runs.files.RunError": ValueError,
     "interprettensor.apps.viewer.server.ApiError": None,
     "interprettensor.apps.explain_text.TextCommandError": None,
     "interprettensor.apps.commands.options.CLIError": None,

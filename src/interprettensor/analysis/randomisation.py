@@ -15,7 +15,9 @@ import numpy as np
 
 from ..engine.errors import ExplainError
 from ..engine.graph import build_graph
-from .perturbation import ArrayLike, _figure, _resolve_targets, _save, _Scorer, explain
+from .perturbation.comparison import explain
+from .perturbation.plots import _figure, _save
+from .perturbation.scoring import ArrayLike, _resolve_targets, _Scorer
 
 __all__ = ["model_randomisation", "RandomisationResult", "spearman", "ssim", "plot_randomisation",
            "weighted_layers"]
