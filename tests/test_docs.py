@@ -3,19 +3,27 @@ passes.
 
 The blocks run as tests/test_readme.py runs the README's (its helpers are imported from there): each
 block in a fresh temporary folder, python blocks in a fresh interpreter after the block's preamble if
-it has one, bash blocks line by line with the virtual environment's ``bin`` first on ``PATH``. The
-pages' blocks are written to run as printed on small models and few digits; what is not run as
-printed, and why:
+it has one (and before its postscript, checks that it did what the prose says), bash blocks line by
+line with the virtual environment's ``bin`` first on ``PATH``. Most of the pages' blocks are written to
+run as printed on small models and few digits; the blocks moved from the README with its sections (the
+command line, keras_hub's models, many workers, several devices, ...) are printed as a user would write
+them. What is not run as printed, and why:
 
 * SKIPS: blocks that install packages or run ``make`` (which creates a virtual environment and runs
   the whole test suite).
-* BASH_SETUP: files a user brings that a bash block reads (``model.keras``, ``batch.npy``), made by a
-  Python script in the block's folder first.
+* NOT_HERE: words that mark a block as not runnable here (a Slurm job script, a cluster of several
+  machines), with the reason.
+* PREAMBLES: what the prose around a python block defines (a model ``model``, token ids ``ids``, a
+  keras_hub GPT-2 backbone and ViT classifier at small sizes, a folder of images), keyed by the block's
+  first line. POSTSCRIPTS: checks run after a block.
+* BASH_SETUP: files a user brings that a bash block reads (``model.keras``, ``batch.npy``, text
+  models, a run to analyse), made by a Python script in the block's folder first.
 * REDUCTIONS: commands that take minutes at full size run smaller (fewer digits, one epoch), and the
   viewer's server, which runs until stopped, is started without a browser, asked for its runs and
   stopped.
 
-A block that is not listed here runs as printed: a new block either runs or needs an entry here.
+Every entry must match a block of the pages (no stale entries), and a block that is not listed here
+runs as printed: a new block either runs or needs an entry here.
 """
 
 import glob
@@ -26,7 +34,7 @@ import sys
 
 import pytest
 
-from test_readme import ENV, _commands, _entry, _run, markdown_blocks
+from test_readme import ENV, _commands, _entry, _run, _skip_reason, markdown_blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -35,6 +43,72 @@ DOCS = os.path.join(ROOT, "docs")
 SKIPS = {
     "make demo": "make creates the virtual environment and runs the whole test suite (CI runs it: .ci/run)",
     'pip install -e ".[cpu]"': "installs packages (pip install)",
+}
+
+#: words that mark a block as not runnable here, with the reason (checked for every block)
+NOT_HERE = {
+    "MultiWorkerMirroredStrategy(": "needs several machines",
+    "#SBATCH": "a Slurm job script (needs Slurm and the cluster's paths)",
+}
+
+#: block first line (or its beginning) -> Python code run before it (the names its prose defines)
+PREAMBLES = {
+    # "Many workers": a model, a folder of images and the worker's index i
+    "it.explain_dataset(model, 'images/'": """
+import os, numpy as np, keras
+from PIL import Image
+import interprettensor as it
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                          keras.layers.Flatten(), keras.layers.Dense(10)])
+digits = it.data.load_digits()[0]
+os.makedirs('images', exist_ok=True)
+for k in range(6):
+    Image.fromarray((digits[k, ..., 0] * 255).round().astype('uint8')).save(f'images/d{k}.png')
+i = 0
+""",
+    # "keras_hub's models": token ids and masks, a GPT-2 backbone, a ViT classifier and images (small sizes)
+    "import keras_hub, interprettensor as it": """
+import numpy as np, keras, keras_hub
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+ids = rng.integers(1000, 30000, (2, 16)).astype('int32')
+segments = np.zeros((2, 16), 'int32')
+mask = np.ones((2, 16), 'int32')
+gpt2_backbone = keras_hub.models.GPT2Backbone(vocabulary_size=30522, num_layers=2, num_heads=2, hidden_dim=32,
+                                              intermediate_dim=64, max_sequence_length=32)
+token = 1234
+vit_classifier = keras_hub.models.ViTImageClassifier(
+    backbone=keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+                                          hidden_dim=32, mlp_dim=64), num_classes=3, preprocessor=None)
+images = rng.random((2, 32, 32, 3)).astype('float32')
+""",
+    # text rendering: ids, a relevance dict and a keras_hub preprocessor
+    "tokens = it.render_text.tokens_from_ids(": """
+import numpy as np, keras_hub
+import interprettensor as it
+vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'the', 'movie', 'was', 'great']
+preprocessor = keras_hub.models.BertTextClassifierPreprocessor(keras_hub.tokenizers.BertTokenizer(vocabulary=vocab),
+                                                               sequence_length=8)
+ids = np.array([[2, 5, 6, 7, 8, 3, 0, 0]])
+R = {'token_ids': np.linspace(-1, 1, 8)[None]}
+""",
+}
+
+#: Python checks run after a block (that it did what the prose says)
+POSTSCRIPTS = {
+    # the original API example trains (not ~25 % as with a ReLU before the softmax)
+    "import interprettensor as it": """
+import numpy as np
+acc = float((np.asarray(net.forward(x_test)).argmax(-1) == y_test).mean())
+assert acc > 0.85, acc
+assert relevance.shape == x.shape and R.shape == x.shape
+""",
+    # worker 0 of 8 explains shard 0 (the only shard of 6 images) or records that it has none
+    "it.explain_dataset(model, 'images/'": """
+import os
+assert os.listdir('runs/val') == ['manifest-worker-000-of-008.json'] or 'shard-00000.npz' in os.listdir('runs/val')
+""",
 }
 
 #: Python code run in the block's folder first, keyed by the block's first line
@@ -48,10 +122,47 @@ keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation
                   keras.layers.Flatten(), keras.layers.Dense(10)]).save('model.keras')
 np.save('batch.npy', it.data.load_digits()[0][:100])
 """,
+    # "Command line": batch.npy, "a batch" of the user's (the block makes digits/ and model.keras itself)
+    "interprettensor demo --out output/demo": """
+import numpy as np
+import interprettensor as it
+np.save('batch.npy', it.data.load_digits()[0][:20])
+""",
+    # explain-text: a transformer on token ids with its inputs and vocabulary, and a keras_hub BERT
+    # classifier saved with its preprocessor, with a file of texts
+    "interprettensor explain-text classifier.keras": """
+import keras, keras_hub, numpy as np
+L = keras.layers
+ids = keras.Input((8,), dtype="int32")
+h = L.Embedding(20, 8)(ids)
+h = L.LayerNormalization()(h + L.MultiHeadAttention(2, 4)(h, h))
+keras.Model(ids, L.Dense(3)(L.GlobalAveragePooling1D()(h))).save("classifier.keras")
+open("ids.txt", "w").write("1 2 3 4\\n5 6 7\\n")
+np.save("ids.npy", np.array([[1, 2, 3, 0, 0, 0, 0, 0]]))
+open("vocab.txt", "w").write("".join(f"w{i}\\n" for i in range(20)))
+vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "a", "film"]
+pre = keras_hub.models.BertTextClassifierPreprocessor(keras_hub.tokenizers.BertTokenizer(vocabulary=vocab),
+                                                      sequence_length=16)
+bb = keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+                                   intermediate_dim=32, max_sequence_length=16)
+keras_hub.models.BertTextClassifier(bb, num_classes=2, preprocessor=pre).save("bert.keras")
+open("reviews.txt", "w").write("a bad film\\nthe movie was great\\n")
+""",
+    # SpRAy's command: a run of explain_dataset with stored inputs (400 digits, an untrained CNN)
+    "interprettensor spray runs/digits": """
+import keras
+import interprettensor as it
+x, y = it.data.load_digits()
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                          keras.layers.Flatten(), keras.layers.Dense(10)])
+it.explain_dataset(model, (x[:400], y[:400]), rule='epsilon', out='runs/digits', store_inputs=True, progress=False)
+""",
 }
 
 #: docs command -> what runs instead
 REDUCTIONS = {
+    "interprettensor demo --out output/demo": "interprettensor demo --out output/demo --epochs 1",
     # 200 of the 1,797 digits: the walk-through's explain, spray and concepts run on them
     "interprettensor digits digits/": "interprettensor digits digits/ --count 200",
     "interprettensor train --dataset digits --arch convolutional --epochs 10 --out model.keras":
@@ -65,6 +176,13 @@ REDUCTIONS = {
         "python -c \"import re, json, urllib.request; url = re.search(r'http://[0-9.:]+/', open('view.log').read())[0]; "
         "runs = json.load(urllib.request.urlopen(url + 'api/runs'))['runs']; "
         "assert 'epsilon' in [r['name'] for r in runs], runs\"; "
+        "rc=$?; kill $pid; cat view.log; exit $rc",
+    "interprettensor view runs/epsilon":
+        "interprettensor view runs/epsilon --no-browser > view.log 2>&1 & pid=$!; "
+        "for i in $(seq 150); do grep -q 'serving on' view.log && break; sleep 0.2; done; "
+        "python -c \"import re, json, urllib.request; url = re.search(r'http://[0-9.:]+/', open('view.log').read())[0]; "
+        "runs = json.load(urllib.request.urlopen(url + 'api/runs'))['runs']; "
+        "assert [r['name'] for r in runs] == ['epsilon'] and runs[0]['has_inputs'], runs\"; "
         "rc=$?; kill $pid; cat view.log; exit $rc",
 }
 
@@ -81,11 +199,12 @@ def doc_blocks():
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,code,first", doc_blocks())
 def test_docs_block(kind, code, first, tmp_path):
-    why = _entry(SKIPS, first)
+    why = _skip_reason(code, first, SKIPS, NOT_HERE)
     if why:
         pytest.skip(why)
     if kind == "python":
-        _run([sys.executable, "-c", code], tmp_path, 600)
+        script = (_entry(PREAMBLES, first) or "") + "\n" + code + "\n" + (_entry(POSTSCRIPTS, first) or "")
+        _run([sys.executable, "-c", script], tmp_path, 600)
         return
     setup = _entry(BASH_SETUP, first)
     if setup:
@@ -98,14 +217,17 @@ def test_docs_block(kind, code, first, tmp_path):
 
 
 def test_every_listed_entry_matches_a_block():
-    """Setups, reductions and skips must refer to what the pages hold (no stale entries)."""
+    """Preambles, postscripts, setups, reductions, skips and words that skip must refer to what the pages
+    hold (no stale entries)."""
     blocks = [(p.values[1], p.values[2]) for p in doc_blocks()]
-    firsts = {first for _, first in blocks}
-    for key in list(BASH_SETUP) + list(SKIPS):
+    firsts = [first for _, first in blocks]
+    for key in list(PREAMBLES) + list(POSTSCRIPTS) + list(BASH_SETUP) + list(SKIPS):
         assert sum(f.startswith(key) for f in firsts) == 1, f"not exactly one docs block starts with {key!r}"
     commands = {c for code, _ in blocks for c in _commands(code)}
     for cmd in REDUCTIONS:
         assert cmd in commands, f"the docs have no command {cmd!r}"
+    for word in NOT_HERE:
+        assert any(word in code for code, _ in blocks), f"no docs block has {word!r}"
 
 
 def test_every_page_is_in_the_nav():
