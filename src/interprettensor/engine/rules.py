@@ -1,22 +1,10 @@
 """LRP rules, each written once from three parts: input modifiers, parameter modifiers and a stabiliser.
 
-A rule explains one *linear* map ``z = f(x; W, b)`` (a dense layer, a convolution, a pooling window
-seen as a linear map, the sum of an ``Add`` layer, ...). The layer supplies ``f``; the rule says how to
-modify its inputs and parameters. Relevance ``R`` at the output is redistributed as
-
-.. math::
-
-    R_i = \\sum_g c_g \\sum_{t \\in g} x^{(t)}_i \\cdot
-          \\Big[ \\frac{\\partial}{\\partial x^{(t)}} \\sum_{t' \\in g} f(x^{(t')}; W^{(t')}, b^{(t')})
-          \\Big]^\\top \\frac{R}{\\mathrm{stab}(z_g)},
-    \\qquad z_g = \\sum_{t \\in g} f(x^{(t)}; W^{(t)}, b^{(t)})
-
-i.e. one forward pass per modified term and one vector-Jacobian product (a transposed convolution
-for a convolution) per group. Every rule in the literature that this library offers is a choice of
-groups ``g`` (with coefficient ``c_g``), terms ``t`` (input and parameter modifiers) and a stabiliser.
-A group may also select the outputs it explains by the sign of the unmodified pre-activation ``z``
-(``Group(..., outputs='positive')``: only where ``z >= 0``; ``'negative'``: where ``z < 0``): the
-generalised gamma rule uses one group for each sign, so that its denominator never changes sign.
+Every rule in the literature that this library offers is a choice of groups of terms (input and
+parameter modifiers) with coefficients, and a stabiliser; the equation that evaluates them is in
+:mod:`.rule_algebra`. A group may select the outputs it explains by the sign of the unmodified
+pre-activation: the generalised gamma rule uses one group for each sign, so that its denominator
+never changes sign.
 
 The parts rules are made of (modifiers, :class:`Term`, :class:`Group`, stabilisers, the :class:`Rule`
 interface) are in :mod:`.rule_algebra`, the name registry in :mod:`.rule_registry`; both are

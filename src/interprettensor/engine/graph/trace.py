@@ -140,8 +140,8 @@ def _expand(op: Any, node: Any, prefix: str) -> Any:
         raise ExplainError(
             f"layer {prefix + op.name!r} of type {type(op).__name__} has no LRP handler, and tracing its call "
             f"into the layers and operations it uses failed: {type(e).__name__}: {e}. Register a handler with "
-            f"interprettensor.register_handler({type(op).__name__}, handler) (see the README section 'Adding a "
-            f"rule or a layer').") from e
+            f"interprettensor.register_handler({type(op).__name__}, handler) (see 'Adding a rule or a layer' in the "
+            f"documentation, docs/tutorials/extending.md).") from e
 
 
 #: model classes that are chains of layers, each with a function listing them in order

@@ -1,6 +1,7 @@
 """The runs the viewer shows, found on disk and read lazily (numpy only: no TensorFlow).
 
-What a folder may hold (``/work`` formats of issue 13, see ``io/shards.py`` and the README):
+What a folder may hold (see ``io/shards.py``, and the documentation's command-line page
+and data-set tutorial):
 
 * an ``explain_dataset`` run: ``manifest.json`` and ``shard-00000.npz``, ... (:class:`ShardRun`);
 * an ``interprettensor explain`` run: ``relevances.npz`` (:class:`NpzRun`);
