@@ -39,6 +39,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from . import backend
+from .backend import distinct  # noqa: F401 - re-exported: the engine's modules import it from here
 from .rule_algebra import Group, Rule, Term, WeightSum, constant, identity, negative, positive
 
 Params = Mapping[str, tf.Tensor]
@@ -222,24 +224,9 @@ def _use_xla(z: tf.Tensor) -> bool:
             and per_sample.num_elements() >= XLA_MIN_ELEMENTS)
 
 
-def distinct(inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    """The inputs, with repeated tensors replaced by copies: a gradient taken with respect to a list
-    that holds one tensor twice gives both entries the full gradient."""
-    seen: set = set()
-    out = []
-    for x in inputs:
-        out.append(tf.identity(x) if id(x) in seen else x)
-        seen.add(id(x))
-    return out
-
-
 def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.Tensor) -> list[tf.Tensor]:
-    """``J^T s`` of ``f(., params)`` for each input (the forward op inside the tape is dead code)."""
-    with tf.GradientTape() as tape:
-        inputs = distinct(inputs)
-        tape.watch(inputs)
-        out = linear(inputs, params)
-    return tape.gradient(out, inputs, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    """``J^T s`` of ``f(., params)`` for each input (the forward op inside it is dead code)."""
+    return backend.vjp(lambda xs: linear(xs, params), inputs, s)
 
 
 def interval_bounds(linear: LinearMap, x: tf.Tensor, low: object, high: object) -> tuple[tf.Tensor, tf.Tensor]:

@@ -34,7 +34,7 @@ from typing import Any
 import tensorflow as tf
 
 from ..rule_names import OPERATION_RULE_NAMES, PRODUCT_RULES, product_rule_list
-from .linear import distinct
+from . import backend
 from .rules import TINY, LinearRule, Rule, constant, get_rule, register_rule, stabilize
 
 __all__ = ["OPERATION_RULE_NAMES", "AbsProportional", "CellRule", "Gate", "ProductRule", "Proportional",
@@ -178,15 +178,12 @@ def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequen
     ``R_i = shares[i] · x_i ⊙ J_iᵀ (R / stab(z))`` (one vector-Jacobian product for all factors; a
     factor with share 0 gets ``None``). A share given as a tensor (shaped like ``z``: element-wise
     products) weighs ``R`` inside the product, ``R_i = x_i ⊙ J_iᵀ (shares[i] ⊙ R / stab(z))``."""
-    with tf.control_dependencies([R]):  # not before R exists: otherwise every layer's denominator
-        s = R / stabilize(z, epsilon)   # would be computed right after the forward pass and held
+    # not before R exists: otherwise every layer's denominator would be computed right after the
+    # forward pass and held
+    s = backend.after([R], lambda: R / stabilize(z, epsilon))
     if any(tf.is_tensor(w) for w in shares):
         return _weighted_product_relevance(fn, xs, s, shares)
-    watched = distinct(xs)
-    with tf.GradientTape() as tape:
-        tape.watch(watched)
-        out = fn(watched)
-    grads = tape.gradient(out, watched, output_gradients=s, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = backend.vjp(fn, xs, s)
     result: list[tf.Tensor | None] = []
     for x, g, share in zip(xs, grads, shares):
         if share == 0:
@@ -199,19 +196,14 @@ def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequen
 
 def _weighted_product_relevance(fn, xs, s, shares) -> list[tf.Tensor | None]:
     """As :func:`product_relevance` with a tensor of shares per factor: one vector-Jacobian product each."""
-    watched = distinct(xs)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(watched)
-        out = fn(watched)
+    watched, _, back = backend.pullback(fn, xs)
     result: list[tf.Tensor | None] = []
-    for x, share in zip(watched, shares):
+    for i, (x, share) in enumerate(zip(watched, shares)):
         if not tf.is_tensor(share) and share == 0:
             result.append(None)
             continue
         w = s * tf.cast(share, s.dtype) if tf.is_tensor(share) else s * constant(share, s.dtype)
-        g = tape.gradient(out, x, output_gradients=w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        result.append(x * g)
-    del tape
+        result.append(x * back(i, w))
     return result
 
 
@@ -221,8 +213,8 @@ def softmax_relevance(x: tf.Tensor, s: tf.Tensor, R: tf.Tensor, axis: int | Sequ
     total = tf.reduce_sum(R, axis=axis, keepdims=True)
     out = x * (R - s * total)
     sentinel = constant(-1e4 if x.dtype == tf.float16 else -1e8, x.dtype)
-    with tf.control_dependencies([out]):  # the mask only once it is needed (see product_relevance)
-        masked = tf.logical_or(tf.equal(s, tf.zeros_like(s)), x <= sentinel)
+    # the mask only once it is needed (see product_relevance)
+    masked = backend.after([out], lambda: tf.logical_or(tf.equal(s, tf.zeros_like(s)), x <= sentinel))
     return tf.where(masked, tf.zeros_like(out), out)
 
 

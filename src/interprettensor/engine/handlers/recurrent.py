@@ -22,7 +22,7 @@ Each time step is taken apart into the operations LRP has rules for:
   in proportion to their two summands with the layer rule's stabiliser (``rule.merge_rule()``);
 * the activations (tanh) pass relevance unchanged.
 
-The forward pass and the relevance pass are each one ``tf.scan`` over the time steps, batched over
+The forward pass and the relevance pass are each one scan (``backend.scan``) over the time steps, batched over
 the samples. Masked time steps (a mask from ``Embedding(mask_zero=True)`` or ``Masking``) copy the
 state, as Keras does: their input gets zero relevance and the state's relevance passes through. The
 relevance that reaches the initial (zero) state is dropped.
@@ -44,6 +44,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from .. import backend
 from ..errors import ExplainError
 from ..linear import LinearMap, linear_relevance, materialize
 from ..operation_rules import Gate, ProductRule
@@ -294,7 +295,7 @@ class RecurrentHandler(Handler):
         _, rec0 = cell.step(seq[0], init_states)  # the shapes of a step's record (for the initializer)
         init = {"states": init_states, "out": zeros, "prev": init_states,
                 "rec": {k: tf.zeros_like(v) for k, v in rec0.items()}}
-        acc = tf.scan(body, (seq, m_elems), initializer=init)
+        acc = backend.scan(body, (seq, m_elems), init)
         outs_seq = acc["out"]  # (T, B, U)
         final_states = [s[-1] for s in acc["states"]]
         if layer.return_sequences:
@@ -393,7 +394,7 @@ class RecurrentHandler(Handler):
             return {"R_h": R_hp, "R_c": R_cp, "R_x": R_x}
 
         init = {"R_h": R_h0, "R_c": R_c0, "R_x": tf.zeros_like(seq[0])}
-        acc = tf.scan(body, (seq, m_elems, R_out, state["prev"], state["rec"]), initializer=init, reverse=True)
+        acc = backend.scan(body, (seq, m_elems, R_out, state["prev"], state["rec"]), init, reverse=True)
         R_x = acc["R_x"]  # (T, B, F), in the order of the processed sequence
         if layer.go_backwards:
             R_x = tf.reverse(R_x, [0])

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
-from ..linear import distinct
+from .. import backend
 from .attention import factor_relevance
 from .base import DEFAULT_PASS, GATE, ROUTE, Handler
 
@@ -17,13 +17,7 @@ __all__ = ["RouteHandler", "GateHandler", "route"]
 def route(step: Any, xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """Relevance through a map that moves, copies or selects values: its vector-Jacobian product
     (taken with respect to distinct copies of repeated inputs, so each occurrence gets its share)."""
-    with tf.GradientTape() as tape:
-        xs = distinct(xs)
-        tape.watch(xs)
-        ys = step.call(xs)
-    grads = tape.gradient(ys, xs, output_gradients=list(Rs)[: len(ys)],
-                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return list(grads)
+    return list(backend.vjp(step.call, xs, list(Rs)))
 
 
 class RouteHandler(Handler):

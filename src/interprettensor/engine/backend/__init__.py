@@ -1,0 +1,21 @@
+"""What differs between Keras' backends, behind one interface: vector-Jacobian products, ordering
+hints, stopping gradients and scans over time. The rest of the engine computes with these and with
+tensor algebra; a backend is one module here (today :mod:`._tensorflow`, the backend the engine
+runs on; JAX and PyTorch are to follow behind the same functions).
+
+* :func:`vjp`: ``J^T cotangent`` of ``fn(primals)`` with respect to each primal; a primal the output
+  does not depend on gets zeros, and a tensor given twice gets one share per occurrence (the graph
+  walk sums the relevance reaching a tensor from each of its uses).
+* :func:`pullback`: one forward pass of ``fn`` and a function that maps cotangents to ``J^T``
+  cotangent, callable several times.
+* :func:`after`: ``fn()`` computed only once ``deps`` exist (a scheduling hint that keeps a
+  denominator from being computed, and held, right after the forward pass; values never depend on it).
+* :func:`stop_gradient`, :func:`scan` (``fn(acc, elem) -> acc`` over the leading axis of ``elems``,
+  every accumulator stacked, as ``tf.scan``).
+"""
+
+from __future__ import annotations
+
+from ._tensorflow import after, distinct, pullback, scan, stop_gradient, vjp
+
+__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct"]
