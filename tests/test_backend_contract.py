@@ -75,3 +75,35 @@ def test_scan_stacks_every_accumulator(reverse):
     want = np.cumsum(terms[::-1], axis=0)[::-1] if reverse else np.cumsum(terms, axis=0)
     np.testing.assert_allclose(out["sum"].numpy(), want, rtol=RTOL)
     np.testing.assert_allclose(out["last"].numpy(), elems, rtol=RTOL)
+
+
+def test_compile_traces_once_per_signature_and_computes_the_function():
+    traces = []
+
+    def fn(x, k):
+        traces.append(1)  # a Python side effect: runs when the function is traced
+        return 2.0 * x + tf.cast(k, x.dtype)[:, None]
+
+    f = backend.compile(fn, (backend.spec((None, 3), tf.float64), backend.spec((None,), tf.int32)))
+    for n in (4, 2, 5):  # the batch size is free
+        x, k = rng.normal(size=(n, 3)), rng.integers(0, 9, n).astype(np.int32)
+        np.testing.assert_allclose(f(t(x), tf.constant(k)).numpy(), 2.0 * x + k[:, None], rtol=RTOL)
+    assert len(traces) == 1
+
+
+def test_fused_kernels_compute_the_same_values():
+    def ratio(r, z):
+        return r / (z + 0.5)
+
+    r, z = rng.normal(size=(2, 6)), rng.uniform(1.0, 2.0, size=(2, 6))
+    np.testing.assert_allclose(backend.fused(ratio)(t(r), t(z)).numpy(), r / (z + 0.5), rtol=RTOL)
+    assert not backend.use_fused(t(z), 13)       # 6 elements per sample: below the threshold
+    assert backend.use_fused(t(z), 6) == (not tf.config.functions_run_eagerly())
+
+
+def test_runtime_errors_of_a_compiled_call_are_named():
+    f = backend.compile(lambda table, i: tf.gather(table, i), (backend.spec((4,), tf.float64),
+                                                                backend.spec((None,), tf.int32)))
+    with pytest.raises(backend.RUNTIME_ERRORS) as info:
+        f(t(np.arange(4.0)), tf.constant([7], tf.int32))  # beyond the table
+    assert "7" in backend.error_message(info.value)

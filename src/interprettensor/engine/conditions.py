@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import backend
 from .errors import ExplainError
 from .explainer import Explainer
 from .graph import Graph, backward, forward
@@ -276,7 +277,7 @@ class ConditionalExplainer(Explainer):
         return relevances, activations, out, model_outputs
 
     def _signature(self, xs: Sequence[tf.Tensor]) -> tuple:
-        return tuple(tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
+        return tuple(backend.spec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
 
     def _cond_function(self, xs: Sequence[tf.Tensor], kind: str, sites: Sequence[_Site] = (),
                        stop: _Site | None = None):
@@ -284,7 +285,7 @@ class ConditionalExplainer(Explainer):
         key = (kind, sig, tuple(s.name for s in sites), None if stop is None else stop.name)
         fn = self._cond_functions.get(key)
         if fn is None:
-            targets_spec = tf.TensorSpec((None,), tf.int32)
+            targets_spec = backend.spec((None,), tf.int32)
             if kind == "statistics":
                 def run(xs, targets):
                     with layer_precision(self.graph, self.dtype):
@@ -292,7 +293,7 @@ class ConditionalExplainer(Explainer):
 
                 spec = (sig, targets_spec)
             else:
-                masks_spec = tuple(tf.TensorSpec((None, s.channels), tf.float32) for s in sites)
+                masks_spec = tuple(backend.spec((None, s.channels), tf.float32) for s in sites)
                 from_activation = kind == "activation"
 
                 def run(xs, targets, masks):
@@ -300,7 +301,7 @@ class ConditionalExplainer(Explainer):
                         return self._conditional_core(xs, targets, masks, sites, stop, from_activation)
 
                 spec = (sig, targets_spec, masks_spec)
-            fn = tf.function(run, input_signature=spec, jit_compile=self.jit_compile, autograph=False)
+            fn = backend.compile(run, spec, jit=self.jit_compile)
             self._cond_functions[key] = fn
         return fn
 
@@ -387,8 +388,8 @@ class ConditionalExplainer(Explainer):
     def _call(self, fn: Any, *args: Any) -> tuple:
         try:
             res = fn(*args)
-        except tf.errors.InvalidArgumentError as e:
-            msg = e.message or str(e)
+        except backend.RUNTIME_ERRORS as e:
+            msg = backend.error_message(e)
             if "target out of range" in msg:
                 raise ExplainError(msg[msg.index("target out of range"):].split("]")[0]) from None
             raise

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
+from . import backend
 from .composites import Composite, get_composite
 from .errors import ExplainError
 from .forward_check import locate_mismatch, outputs_agree, reference_rtol
@@ -254,7 +255,7 @@ class Explainer:
     def _function(self, xs: Sequence[tf.Tensor], mode: str, layerwise: bool):
         # per input shape (batch size included) where the graph holds only for that shape
         batch = int(xs[0].shape[0]) if self.shape_specific else None
-        sig = tuple(tf.TensorSpec((batch,) + tuple(x.shape[1:]), x.dtype) for x in xs)
+        sig = tuple(backend.spec((batch,) + tuple(x.shape[1:]), x.dtype) for x in xs)
         key = (mode, layerwise, sig)
         fn = self._functions.get(key)
         if fn is None:
@@ -263,20 +264,20 @@ class Explainer:
                     with layer_precision(self.graph, self.dtype):
                         return self._core(xs, targets, None, layerwise)
 
-                spec = (sig, tf.TensorSpec((None,), tf.int32))
+                spec = (sig, backend.spec((None,), tf.int32))
             elif mode == "position":
                 def run(xs, targets, positions):
                     with layer_precision(self.graph, self.dtype):
                         return self._core(xs, targets, None, layerwise, positions)
 
-                spec = (sig, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32))
+                spec = (sig, backend.spec((None,), tf.int32), backend.spec((None,), tf.int32))
             else:
                 def run(xs, R0):
                     with layer_precision(self.graph, self.dtype):
                         return self._core(xs, None, R0, layerwise)
 
-                spec = (sig, tf.TensorSpec(None, self.dtype))
-            fn = tf.function(run, input_signature=spec, jit_compile=self.jit_compile, autograph=False)
+                spec = (sig, backend.spec(None, self.dtype))
+            fn = backend.compile(run, spec, jit=self.jit_compile)
             self._functions[key] = fn
         return fn
 
@@ -289,7 +290,7 @@ class Explainer:
         :meth:`check_forward`). Usable inside ``tf.distribute.Strategy.run``; repeated calls never
         retrace."""
         dtypes = input_dtypes(self.model, len(specs), self.dtype)
-        specs = [tf.TensorSpec((s.shape[0] if self.shape_specific else None,) + tuple(s.shape[1:]), d)
+        specs = [backend.spec((s.shape[0] if self.shape_specific else None,) + tuple(s.shape[1:]), d)
                  for s, d in zip(specs, dtypes)]
         self._activate_for(specs)
         return self._function(specs, "target", layerwise)
@@ -423,8 +424,8 @@ class Explainer:
                     res = self._function(part, "target", layerwise)(tuple(part), targets[lo:lo + bs])
                 else:
                     res = self._function(part, "relevance", layerwise)(tuple(part), R0[lo:lo + bs])
-            except tf.errors.InvalidArgumentError as e:
-                msg = e.message or str(e)
+            except backend.RUNTIME_ERRORS as e:
+                msg = backend.error_message(e)
                 if "target out of range" in msg:
                     raise ExplainError(msg[msg.index("target out of range"):].split("]")[0]) from None
                 if "is not in [0," in msg:  # a gather beyond an embedding's table

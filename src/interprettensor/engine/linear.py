@@ -211,7 +211,7 @@ def _ratio(rule: Any, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float
                 s = tf.where(keep, s, tf.zeros_like(s))
             return s
 
-        fn = _RATIO_FUNCTIONS[key] = (tf.function(ratio, jit_compile=True, autograph=False), ratio)
+        fn = _RATIO_FUNCTIONS[key] = (backend.fused(ratio), ratio)
     args = (R.x, R.g, z) if lazy else (R, z)
     if select is not None:
         args = args + (tf.cast(z_sign, z.dtype),)
@@ -219,9 +219,7 @@ def _ratio(rule: Any, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float
 
 
 def _use_xla(z: tf.Tensor) -> bool:
-    per_sample = z.shape[1:]
-    return (not tf.config.functions_run_eagerly() and per_sample.is_fully_defined()
-            and per_sample.num_elements() >= XLA_MIN_ELEMENTS)
+    return backend.use_fused(z, XLA_MIN_ELEMENTS)
 
 
 def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.Tensor) -> list[tf.Tensor]:
@@ -365,7 +363,7 @@ def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed
         c = s * constant(rule.gamma / 2.0, s.dtype)
         return a, (c * tf.cast(e, c.dtype) if signed else c)
 
-    fns = _GAMMA_FUNCTIONS[key] = (tf.function(ratio, jit_compile=True, autograph=False), ratio)
+    fns = _GAMMA_FUNCTIONS[key] = (backend.fused(ratio), ratio)
     return fns
 
 
@@ -373,7 +371,7 @@ def _combine(x: tf.Tensor, ax: tf.Tensor, a: tf.Tensor, c: tf.Tensor) -> tf.Tens
     return x * a + ax * c
 
 
-_COMBINE = tf.function(_combine, jit_compile=True, autograph=False)
+_COMBINE = backend.fused(_combine)
 
 
 def sign_aware_gamma(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Any,

@@ -12,10 +12,15 @@ runs on; JAX and PyTorch are to follow behind the same functions).
   denominator from being computed, and held, right after the forward pass; values never depend on it).
 * :func:`stop_gradient`, :func:`scan` (``fn(acc, elem) -> acc`` over the leading axis of ``elems``,
   every accumulator stacked, as ``tf.scan``).
+* :func:`compile` (a function traced once per :func:`spec` signature), :func:`fused` and
+  :func:`use_fused` (small element-wise kernels fused where they pay), :data:`RUNTIME_ERRORS` and
+  :func:`error_message` (what a compiled call raises on bad data).
 """
 
 from __future__ import annotations
 
-from ._tensorflow import after, distinct, pullback, scan, stop_gradient, vjp
+from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, pullback, scan, spec,
+                          stop_gradient, use_fused, vjp)
 
-__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct"]
+__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
+           "RUNTIME_ERRORS", "error_message"]

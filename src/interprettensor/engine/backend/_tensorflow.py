@@ -7,7 +7,42 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct"]
+__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
+           "RUNTIME_ERRORS", "error_message"]
+
+#: what a compiled call raises on bad data (an index beyond a table, a failed runtime check)
+RUNTIME_ERRORS: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError,)
+
+
+def error_message(e: BaseException) -> str:
+    """The message of one of :data:`RUNTIME_ERRORS`."""
+    return getattr(e, "message", None) or str(e)
+
+
+def spec(shape: Sequence[int | None] | None, dtype: Any) -> tf.TensorSpec:
+    """The signature of one argument of a :func:`compile`\ d function (``None``: any size; a shape of
+    ``None``: any rank)."""
+    return tf.TensorSpec(shape, dtype)
+
+
+def compile(fn: Callable, signature: Sequence[Any], jit: bool = False) -> Callable:  # noqa: A001 - the interface's name
+    """``fn`` compiled for arguments of ``signature`` (nested :func:`spec`\ s): traced once, Python
+    side effects of ``fn`` run at that trace only; ``jit``: compiled with XLA as a whole."""
+    return tf.function(fn, input_signature=signature, jit_compile=jit, autograph=False)
+
+
+def fused(fn: Callable) -> Callable:
+    """``fn``, a small element-wise computation, compiled into one fused kernel (XLA), for large
+    activations where its element-wise ops are memory-bound (see :func:`use_fused`)."""
+    return tf.function(fn, jit_compile=True, autograph=False)
+
+
+def use_fused(z: tf.Tensor, min_elements: int) -> bool:
+    """Whether a :func:`fused` kernel pays on ``z``: not while functions run eagerly, and only where
+    every sample's shape is known and has at least ``min_elements`` elements."""
+    per_sample = z.shape[1:]
+    return (not tf.config.functions_run_eagerly() and per_sample.is_fully_defined()
+            and per_sample.num_elements() >= min_elements)
 
 
 def distinct(inputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:

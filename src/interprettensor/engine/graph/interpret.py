@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
+from .. import backend
 from ..errors import ExplainError
 from ..handlers import DEFAULT_PASS, ELEMENTWISE, SOFTMAX, PassOptions
 from ..linear import materialize
@@ -66,7 +67,7 @@ def forward(g: Graph, xs: Sequence[tf.Tensor], options: PassOptions = DEFAULT_PA
             outs, state = step.handler.forward(step.layer, ins, step, options)
         except ExplainError:
             raise
-        except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+        except (ValueError, TypeError) + backend.RUNTIME_ERRORS as e:
             raise ExplainError(f"layer {step.name!r} ({step.type_name}) failed on inputs of shape "
                                f"{[tuple(x.shape) for x in ins]}: {e}") from e
         for k, v in zip(step.outputs, outs):
