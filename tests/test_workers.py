@@ -136,3 +136,25 @@ def test_workers_from_scheduler_environments():
     assert parse_worker("auto", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == Worker(0, 2)
     with pytest.raises(StreamError, match="no worker found in the environment"):
         parse_worker("auto", {})
+
+
+def test_a_rerun_worker_removes_what_its_killed_run_left_half_written(tmp_path):
+    """A worker killed inside an atomic write leaves ``.NAME.<random>.tmp``; its rerun removes those of
+    its own files (its manifest, its shards) and leaves every other worker's alone (regression: a
+    killed worker's temporary manifest stayed in the finished run folder)."""
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(3)])
+    x = np.random.default_rng(2).random((12, 6), dtype=np.float32)
+    out = str(tmp_path / "run")
+    kw = dict(shard_size=4, batch_size=4, progress=False)
+    it.explain_dataset(model, x, out=out, worker=(0, 2), **kw)  # shards 0 and 2
+    own = [".manifest-worker-001-of-002.json.k1ll3d.tmp", ".shard-00001.npz.x7q2ab.tmp"]
+    others = [".manifest-worker-000-of-002.json.k1ll3d.tmp", ".shard-00002.npz.x7q2ab.tmp", ".notes.tmp"]
+    for f in own + others:
+        with open(os.path.join(out, f), "wb") as fh:
+            fh.write(b"half")
+    res = it.explain_dataset(model, x, out=out, worker=(1, 2), **kw)  # shard 1, then the run is complete
+    assert res.complete
+    left = os.listdir(out)
+    assert not set(own) & set(left)
+    assert set(others) <= set(left)

@@ -31,6 +31,8 @@ def _open_run(out: str, identity: dict, wk: Worker | None, resume: bool, chief: 
     except OSError as e:
         raise StreamError(f"cannot create the output folder {out!r}: {e.strerror or e}") from None
     own_manifest = os.path.join(out, MANIFEST) if wk is None else shards.worker_manifest_path(out, wk.index, wk.count)
+    if chief:
+        _remove_stale_temporaries(out, wk, own_manifest)
     if not resume and chief:
         _start_over(out, wk, own_manifest, identity["shard_size"])
     manifests = [m for m in [shards.read_manifest(out)] if m is not None] + list(shards.worker_manifests(out).values())
@@ -56,6 +58,24 @@ def _open_run(out: str, identity: dict, wk: Worker | None, resume: bool, chief: 
     if chief:
         _commit(state, out)
     return state, done
+
+
+def _remove_stale_temporaries(out: str, wk: Worker | None, own_manifest: str) -> None:
+    """Remove the temporary files that a killed writer of this run's own files left behind (an atomic
+    write interrupted between creating its temporary file and renaming it): ``.NAME.<random>.tmp`` of
+    this writer's manifest and of the shards it owns. Only this writer writes those files, so none of
+    them is being written now; other workers' files are left alone."""
+    manifest_prefix = "." + os.path.basename(own_manifest) + "."
+    for f in os.listdir(out):
+        if not (f.startswith(".") and f.endswith(".tmp")):
+            continue
+        name = f[1:].rsplit(".", 2)[0]  # ".shard-00007.npz.ab12cd.tmp" -> "shard-00007.npz"
+        m = shards._SHARD_RE.match(name)
+        if f.startswith(manifest_prefix) or (m and (wk is None or wk.owns(int(m.group(1))))):
+            try:
+                os.unlink(os.path.join(out, f))
+            except OSError:
+                pass
 
 
 def _start_over(out: str, wk: Worker | None, own_manifest: str, shard_size: int) -> None:
