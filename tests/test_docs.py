@@ -34,7 +34,7 @@ import sys
 
 import pytest
 
-from test_readme import ENV, _commands, _entry, _run, _skip_reason, markdown_blocks
+from test_readme import ENV, _commands, _skip_reason, markdown_blocks, run_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -202,18 +202,7 @@ def test_docs_block(kind, code, first, tmp_path):
     why = _skip_reason(code, first, SKIPS, NOT_HERE)
     if why:
         pytest.skip(why)
-    if kind == "python":
-        script = (_entry(PREAMBLES, first) or "") + "\n" + code + "\n" + (_entry(POSTSCRIPTS, first) or "")
-        _run([sys.executable, "-c", script], tmp_path, 600)
-        return
-    setup = _entry(BASH_SETUP, first)
-    if setup:
-        _run([sys.executable, "-c", setup], tmp_path, 300)
-    cmds = _commands(code)
-    if not cmds:
-        pytest.fail("an empty bash block")
-    for cmd in cmds:
-        _run(["bash", "-c", REDUCTIONS.get(cmd, cmd)], tmp_path, 600)
+    run_block(kind, code, first, tmp_path, PREAMBLES, POSTSCRIPTS, REDUCTIONS, BASH_SETUP)
 
 
 def test_every_listed_entry_matches_a_block():

@@ -142,21 +142,32 @@ def _run(args, cwd, timeout):
     return p
 
 
+def run_block(kind: str, code: str, first: str, folder, preambles: dict, postscripts: dict, reductions: dict,
+              bash_setup: dict | None = None) -> None:
+    """Run one block in ``folder``: a python block in a fresh interpreter between its preamble and its
+    postscript; a bash block's set-up script first, then its commands line by line (a reduced command
+    in place of one that takes minutes). Shared by the README's and the site's tests."""
+    if kind == "python":
+        script = (_entry(preambles, first) or "") + "\n" + code + "\n" + (_entry(postscripts, first) or "")
+        _run([sys.executable, "-c", script], folder, 600)
+        return
+    setup = _entry(bash_setup or {}, first)
+    if setup:
+        _run([sys.executable, "-c", setup], folder, 300)
+    cmds = _commands(code)
+    if not cmds:
+        pytest.fail("an empty bash block")
+    for cmd in cmds:
+        _run(["bash", "-c", reductions.get(cmd, cmd)], folder, 600)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,code,first", readme_blocks())
 def test_readme_block(kind, code, first, tmp_path):
     why = _skip_reason(code, first)
     if why:
         pytest.skip(why)
-    if kind == "python":
-        script = (_entry(PREAMBLES, first) or "") + "\n" + code + "\n" + (_entry(POSTSCRIPTS, first) or "")
-        _run([sys.executable, "-c", script], tmp_path, 600)
-        return
-    cmds = _commands(code)
-    if not cmds:
-        pytest.fail("an empty bash block")
-    for cmd in cmds:
-        _run(["bash", "-c", REDUCTIONS.get(cmd, cmd)], tmp_path, 600)
+    run_block(kind, code, first, tmp_path, PREAMBLES, POSTSCRIPTS, REDUCTIONS)
 
 
 def test_every_listed_entry_matches_a_block():
