@@ -1,7 +1,7 @@
 """What differs between Keras' backends, behind one interface: vector-Jacobian products, ordering
 hints, stopping gradients and scans over time. The rest of the engine computes with these and with
-tensor algebra; a backend is one module here (today :mod:`._tensorflow`, the backend the engine
-runs on; JAX and PyTorch are to follow behind the same functions).
+tensor algebra (``keras.ops``); a backend is one module here (:mod:`._tensorflow`; JAX and PyTorch
+follow behind the same functions), chosen by Keras' backend (:data:`NAME`).
 
 * :func:`vjp`: ``J^T cotangent`` of ``fn(primals)`` with respect to each primal; a primal the output
   does not depend on gets zeros, and a tensor given twice gets one share per occurrence (the graph
@@ -19,8 +19,19 @@ runs on; JAX and PyTorch are to follow behind the same functions).
 
 from __future__ import annotations
 
-from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, pullback, scan, spec,
-                          stop_gradient, use_fused, vjp)
+from typing import Any, TypeAlias
 
-__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
-           "RUNTIME_ERRORS", "error_message"]
+import keras
+
+#: a tensor of the backend Keras runs on (``tf.Tensor``, ``jax.Array``, ``torch.Tensor``)
+Tensor: TypeAlias = Any
+
+NAME: str = keras.backend.backend()
+if NAME == "tensorflow":
+    from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, pullback, scan, spec,
+                              stop_gradient, use_fused, vjp)
+else:  # pragma: no cover - the other backends' modules follow
+    raise ImportError(f"interprettensor's engine does not run on Keras' {NAME!r} backend yet")
+
+__all__ = ["NAME", "Tensor", "vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile",
+           "fused", "use_fused", "RUNTIME_ERRORS", "error_message"]
