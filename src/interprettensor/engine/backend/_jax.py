@@ -1,0 +1,114 @@
+"""The backend interface of :mod:`interprettensor.engine.backend` on JAX: ``jax.vjp``,
+``jax.lax.scan`` and ``jax.jit``.
+
+Compiled functions take the model's variables as arguments (inside a Keras ``StatelessScope``), so
+that weights are not baked into the compiled code as constants: a model trained or changed after an
+explanation is explained with its new weights, and large models do not embed their weights in the
+program."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import keras
+
+__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
+           "RUNTIME_ERRORS", "error_message"]
+
+#: what a compiled call raises on bad data (XLA clamps indices instead of failing, so the explainer
+#: checks indices and targets on the host before the call)
+RUNTIME_ERRORS: tuple[type[BaseException], ...] = (jax.errors.JaxRuntimeError,)
+
+
+def error_message(e: BaseException) -> str:
+    return str(e)
+
+
+class Spec(NamedTuple):
+    """The signature of one argument (JAX traces once per concrete shape; the spec documents it)."""
+    shape: Any
+    dtype: Any
+
+
+def spec(shape: Sequence[int | None] | None, dtype: Any) -> Spec:
+    return Spec(None if shape is None else tuple(shape), dtype)
+
+
+def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: A001 - the interface's name
+            variables: Sequence[Any] = ()) -> Callable:
+    """``jax.jit(fn)``, traced once per input shapes; ``variables`` (Keras variables that ``fn``
+    reads) are passed in as arguments at every call rather than captured as constants."""
+    variables = list(variables)
+
+    def stateless(values: list, *args: Any) -> Any:
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*args)
+
+    jitted = jax.jit(stateless)
+
+    def call(*args: Any) -> Any:
+        return jitted([v.value for v in variables], *args)
+
+    call.__wrapped__ = fn
+    return call
+
+
+def fused(fn: Callable) -> Callable:
+    """Inside ``jax.jit`` XLA fuses element-wise kernels anyway."""
+    return fn
+
+
+def use_fused(z: Any, min_elements: int) -> bool:
+    return False
+
+
+def distinct(inputs: Sequence[Any]) -> list:
+    """``jax.vjp`` takes each primal as its own argument: repeated tensors need no copies."""
+    return list(inputs)
+
+
+def _as_output(out: Any, cotangent: Any) -> Any:
+    """``cotangent`` in the structure (and dtype) of ``out``."""
+    if isinstance(out, (list, tuple)):
+        cot = list(cotangent) if isinstance(cotangent, (list, tuple)) else [cotangent]
+        return type(out)(c.astype(o.dtype) for o, c in zip(out, cot))
+    if isinstance(cotangent, (list, tuple)):
+        (cotangent,) = cotangent
+    return jax.numpy.asarray(cotangent).astype(out.dtype)
+
+
+def vjp(fn: Callable[[list], Any], primals: Sequence[Any], cotangent: Any) -> list:
+    """``J^T cotangent`` of ``fn(primals)`` for each primal (``jax.vjp``; zeros where ``fn`` does
+    not depend on a primal, one share per occurrence of a repeated tensor)."""
+    out, back = jax.vjp(lambda *xs: fn(list(xs)), *primals)
+    return list(back(_as_output(out, cotangent)))
+
+
+def pullback(fn: Callable[[list], Any], primals: Sequence[Any]) -> tuple[list, Any, Callable[[int, Any], Any]]:
+    """One forward pass and ``back(i, cotangent)`` (under ``jit`` the unused cotangents are pruned)."""
+    xs = list(primals)
+    out, pull = jax.vjp(lambda *a: fn(list(a)), *xs)
+
+    def back(i: int, cotangent: Any) -> Any:
+        return pull(_as_output(out, cotangent))[i]
+
+    return xs, out, back
+
+
+def after(deps: Sequence[Any], fn: Callable[[], Any]) -> Any:
+    """XLA schedules by data dependence; the hint has no JAX equivalent (values never depend on it)."""
+    return fn()
+
+
+def stop_gradient(x: Any) -> Any:
+    return jax.lax.stop_gradient(x)
+
+
+def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any, reverse: bool = False) -> Any:
+    """``jax.lax.scan`` with every accumulator as its per-step output (``tf.scan``'s contract)."""
+    def step(acc: Any, elem: Any) -> tuple:
+        new = fn(acc, elem)
+        return new, new
+
+    return jax.lax.scan(step, initializer, elems, reverse=reverse)[1]

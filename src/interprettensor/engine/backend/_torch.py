@@ -1,0 +1,124 @@
+"""The backend interface of :mod:`interprettensor.engine.backend` on PyTorch: ``torch.autograd.grad``
+and eager execution.
+
+PyTorch runs the engine eagerly: :func:`compile` returns the function itself (``torch.compile`` of
+the whole pass was measured and did not pay on the CPU; see the Backends page), and :func:`scan` is
+a loop over time steps, the one place where PyTorch has no batched primitive (Keras' own
+``ops.scan`` loops the same way on this backend)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+
+__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
+           "RUNTIME_ERRORS", "error_message"]
+
+#: what a call raises on bad data (an index beyond an embedding table)
+RUNTIME_ERRORS: tuple[type[BaseException], ...] = (IndexError, RuntimeError)
+
+
+def error_message(e: BaseException) -> str:
+    return str(e)
+
+
+class Spec(NamedTuple):
+    shape: Any
+    dtype: Any
+
+
+def spec(shape: Sequence[int | None] | None, dtype: Any) -> Spec:
+    return Spec(None if shape is None else tuple(shape), dtype)
+
+
+def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: A001 - the interface's name
+            variables: Sequence[Any] = ()) -> Callable:
+    """``fn`` itself, run eagerly (variables are read at every call)."""
+    return fn
+
+
+def fused(fn: Callable) -> Callable:
+    return fn
+
+
+def use_fused(z: Any, min_elements: int) -> bool:
+    return False
+
+
+def _watched(inputs: Sequence[Any]) -> list:
+    """Fresh leaves that record the operations on them (one per occurrence of a repeated tensor)."""
+    out = []
+    for x in inputs:
+        x = torch.as_tensor(x)
+        out.append(x.detach().requires_grad_(True) if x.is_floating_point() else x.detach())
+    return out
+
+
+def distinct(inputs: Sequence[Any]) -> list:
+    return _watched(inputs)
+
+
+def _grads(out: Any, xs: Sequence[Any], cotangent: Any, retain: bool) -> list:
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
+    cots = list(cotangent) if isinstance(cotangent, (list, tuple)) else [cotangent]
+    pairs = [(o, torch.as_tensor(c).to(o.dtype)) for o, c in zip(outs, cots) if o.requires_grad]
+    wanted = [x for x in xs if x.requires_grad]
+    grads = (torch.autograd.grad([o for o, _ in pairs], wanted, [c for _, c in pairs], retain_graph=retain,
+                                 allow_unused=True) if pairs and wanted else [None] * len(wanted))
+    it = iter(grads)
+    result = []
+    for x in xs:
+        g = next(it) if x.requires_grad else None
+        result.append(torch.zeros_like(x) if g is None else g)
+    return result
+
+
+def vjp(fn: Callable[[list], Any], primals: Sequence[Any], cotangent: Any) -> list:
+    """``J^T cotangent`` of ``fn(primals)`` for each primal (``torch.autograd.grad``; zeros where
+    ``fn`` does not depend on a primal, one share per occurrence of a repeated tensor)."""
+    with torch.enable_grad():
+        xs = _watched(primals)
+        out = fn(xs)
+        return [g.detach() for g in _grads(out, xs, cotangent, retain=False)]
+
+
+def pullback(fn: Callable[[list], Any], primals: Sequence[Any]) -> tuple[list, Any, Callable[[int, Any], Any]]:
+    with torch.enable_grad():
+        xs = _watched(primals)
+        out = fn(xs)
+
+    def back(i: int, cotangent: Any) -> Any:
+        with torch.enable_grad():
+            return _grads(out, [xs[i]], cotangent, retain=True)[0].detach()
+
+    return [x.detach() for x in xs], _detached(out), back
+
+
+def _detached(out: Any) -> Any:
+    if isinstance(out, (list, tuple)):
+        return type(out)(o.detach() for o in out)
+    return out.detach()
+
+
+def after(deps: Sequence[Any], fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def stop_gradient(x: Any) -> Any:
+    return x.detach()
+
+
+def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any, reverse: bool = False) -> Any:
+    """``fn(acc, elem) -> acc`` over the leading axis, every accumulator stacked (``tf.scan``'s
+    contract), as a loop over the steps."""
+    from keras import tree
+
+    flat = tree.flatten(elems)
+    n = flat[0].shape[0]
+    order = range(n - 1, -1, -1) if reverse else range(n)
+    acc, accs = initializer, [None] * n
+    for t in order:
+        acc = fn(acc, tree.pack_sequence_as(elems, [e[t] for e in flat]))
+        accs[t] = acc
+    return tree.map_structure(lambda *steps: torch.stack(steps), *accs)
