@@ -3,9 +3,9 @@
 
 :func:`install` (called once by the package) puts a meta path finder in front of the import system;
 before the first heavy submodule is imported (``it.lrp``, ``from interprettensor.io.dataset_run import ...``)
-or Keras is imported, :func:`prepare` checks that Keras runs on its TensorFlow backend (an
-:class:`ImportError` saying how to set it otherwise), imports TensorFlow without its C++ start-up
-lines (INTERPRETTENSOR_TF_LOGS=1 shows them), filters TensorFlow's retracing warning about the
+or Keras is imported, :func:`prepare` checks that Keras runs on a backend the engine supports
+(TensorFlow, JAX or PyTorch, with its framework installed; an :class:`ImportError` saying what to set
+or install otherwise), imports TensorFlow (on its backend) without its C++ start-up lines (INTERPRETTENSOR_TF_LOGS=1 shows them), filters TensorFlow's retracing warning about the
 library's own compiled functions, and registers the library's Keras layers for
 ``keras.models.load_model``."""
 
@@ -47,10 +47,24 @@ def configured_backend() -> str:
         return "tensorflow"
 
 
+#: Keras' backends the engine runs on -> the package each needs and the extra that installs it
+BACKENDS = {"tensorflow": ("tensorflow", "cpu"), "jax": ("jax", "jax"), "torch": ("torch", "torch")}
+
+
 def _refuse(backend: str) -> None:
     raise ImportError(
-        f"interprettensor needs Keras' TensorFlow backend, but Keras is set to {backend!r} "
-        f"(KERAS_BACKEND or keras.json); set KERAS_BACKEND=tensorflow")
+        f"interprettensor runs on Keras' TensorFlow, JAX and PyTorch backends, but Keras is set to {backend!r} "
+        f"(KERAS_BACKEND or keras.json); set KERAS_BACKEND to one of {', '.join(BACKENDS)}")
+
+
+def _check_installed(backend: str) -> None:
+    """An ImportError naming the extra to install when the backend's framework is missing."""
+    import importlib.util
+
+    package, extra = BACKENDS[backend]
+    if importlib.util.find_spec(package) is None:
+        raise ImportError(f"Keras is set to its {backend!r} backend (KERAS_BACKEND or keras.json), but {package} "
+                          f"is not installed; install interprettensor[{extra}]")
 
 
 class _QuietStderr:
@@ -105,14 +119,17 @@ def prepare() -> None:
     if _prepared or _preparing:
         return
     backend = configured_backend()
-    if backend != "tensorflow" and "keras" not in sys.modules:
-        _refuse(backend)
+    if "keras" not in sys.modules:
+        if backend not in BACKENDS:
+            _refuse(backend)
+        _check_installed(backend)
     _preparing = True
     try:
-        _import_tensorflow_quietly()
+        if backend == "tensorflow" or "keras" in sys.modules:
+            _import_tensorflow_quietly()
         import keras
 
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() not in BACKENDS:
             _refuse(keras.backend.backend())
         import logging
 

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress messages")
     common.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    common.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                        help="Keras' backend to run on (default: KERAS_BACKEND, else keras.json, else tensorflow); "
+                             "the command says which one it used")
 
     p = argparse.ArgumentParser(
         prog="interprettensor",
@@ -88,14 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_interrupted(args), file=sys.stderr)
             return 130
     try:
+        if not _choose_backend(args):
+            return 1
         try:  # the first heavy import: checks Keras' backend, imports TensorFlow
             from ..engine.errors import ExplainError
             from ..io.downloads import DatasetError
         except ImportError as e:
-            _error(_first_line(e) if "KERAS_BACKEND" in str(e) else
+            _error(_first_line(e) if "KERAS_BACKEND" in str(e) or "interprettensor[" in str(e) else
                    f"cannot import TensorFlow/Keras ({_first_line(e)}); install interprettensor[cpu] or "
                    f"interprettensor[gpu]", args)
             return 1
+        if not getattr(args, "quiet", False):
+            import keras
+
+            print(f"interprettensor: Keras backend {keras.backend.backend()}", file=sys.stderr)
         try:
             return int(args.func(args) or 0)
         except (CLIError, InputError, ExplainError, DatasetError) as e:
@@ -108,6 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_interrupted(args), file=sys.stderr)
         return 130
+
+
+def _choose_backend(args: argparse.Namespace) -> bool:
+    """``--backend`` sets KERAS_BACKEND before Keras is imported; False (after an error message) when
+    Keras already runs on another backend in this process."""
+    chosen = getattr(args, "backend", None)
+    if not chosen:
+        return True
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.backend.backend() != chosen:
+        _error(f"--backend {chosen}: Keras was already imported in this process with its "
+               f"{keras.backend.backend()!r} backend; run the command in a new process", args)
+        return False
+    os.environ["KERAS_BACKEND"] = chosen
+    return True
 
 
 def _interrupted(args: argparse.Namespace) -> str:
