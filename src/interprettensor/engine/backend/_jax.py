@@ -112,3 +112,24 @@ def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any, reverse: b
         return new, new
 
     return jax.lax.scan(step, initializer, elems, reverse=reverse)[1]
+
+
+def max_pool_winner(x: Any, y: Any, R: Any, pool_size: Sequence[int], strides: Sequence[int], padding: str,
+                    data_format: str = "channels_last") -> Any:
+    """Winner-takes-all relevance through a 2-D max pooling (see the TensorFlow module): the
+    vector-Jacobian product of ``keras.ops.max_pool``, whose ``select_and_scatter_add`` routes each
+    window to its first maximum in row-major order."""
+    from keras import ops
+
+    _, back = jax.vjp(lambda t: ops.max_pool(t, tuple(pool_size), tuple(strides), padding, data_format), x)
+    return back(R.astype(x.dtype))[0]
+
+
+def is_symbolic(x: Any) -> bool:
+    """Whether ``x`` is a tracer of a computation being compiled (unreadable on the host)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def runtime_error(message: str) -> BaseException:
+    """An error of :data:`RUNTIME_ERRORS`' kind for a check made on the host."""
+    return jax.errors.JaxRuntimeError(message)

@@ -122,3 +122,23 @@ def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any, reverse: b
         acc = fn(acc, tree.pack_sequence_as(elems, [e[t] for e in flat]))
         accs[t] = acc
     return tree.map_structure(lambda *steps: torch.stack(steps), *accs)
+
+
+def max_pool_winner(x: Any, y: Any, R: Any, pool_size: Sequence[int], strides: Sequence[int], padding: str,
+                    data_format: str = "channels_last") -> Any:
+    """Winner-takes-all relevance through a 2-D max pooling (see the TensorFlow module): the
+    vector-Jacobian product of ``keras.ops.max_pool`` (``max_pool2d`` routes each window to the
+    first maximum in row-major order)."""
+    from keras import ops
+
+    return vjp(lambda xs: ops.max_pool(xs[0], tuple(pool_size), tuple(strides), padding, data_format), [x], R)[0]
+
+
+def is_symbolic(x: Any) -> bool:
+    """PyTorch runs eagerly: every tensor can be read on the host."""
+    return False
+
+
+def runtime_error(message: str) -> BaseException:
+    """An error of :data:`RUNTIME_ERRORS`' kind for a check made on the host."""
+    return RuntimeError(message)
