@@ -14,8 +14,11 @@ from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from .._compiled import compile_model_fn
+from ..engine import backend, dtypes
+from ..engine.backend import Tensor
 from ..engine.errors import ExplainError
 from ..engine.precision import model_dtype as _model_dtype
 from ..engine.targets import as_inputs, as_targets
@@ -34,8 +37,7 @@ _MAX_ROWS = 256
 # ----------------------------------------------------------------------------- ReLU overrides
 
 def _is_relu_fn(act: Callable | None) -> bool:
-    return act is not None and (act is keras.activations.relu or act is tf.nn.relu
-                                or getattr(act, "__name__", "") == "relu")
+    return act is not None and (act is keras.activations.relu or getattr(act, "__name__", "") == "relu")
 
 
 def _is_relu_layer(layer: Any) -> bool:
@@ -49,24 +51,28 @@ def _is_relu_layer(layer: Any) -> bool:
     return type(layer).__name__ == "Relu"  # keras.ops.relu inside a functional model
 
 
-@tf.custom_gradient
-def _guided_relu(z: tf.Tensor):
-    def grad(g: tf.Tensor) -> tf.Tensor:
-        return tf.where(z > 0, tf.nn.relu(g), tf.zeros_like(g))
+# ``grad(upstream)`` on TensorFlow and JAX, ``grad(*inputs, upstream=...)`` on PyTorch (keras.ops.custom_gradient)
 
-    return tf.nn.relu(z), grad
+@ops.custom_gradient
+def _guided_relu(z: Tensor):
+    def grad(*args: Tensor, upstream: Tensor | None = None) -> Tensor:
+        g = args[0] if upstream is None else upstream
+        return ops.where(ops.greater(z, 0), ops.relu(g), ops.zeros_like(g))
 
-
-@tf.custom_gradient
-def _deconv_relu(z: tf.Tensor):
-    def grad(g: tf.Tensor) -> tf.Tensor:
-        return tf.nn.relu(g)
-
-    return tf.nn.relu(z), grad
+    return ops.relu(z), grad
 
 
-def _relu_override(relu: Callable[[tf.Tensor], tf.Tensor]) -> Callable:
-    def fn(layer: Any, act: Callable | None, z: tf.Tensor) -> tf.Tensor | None:
+@ops.custom_gradient
+def _deconv_relu(z: Tensor):
+    def grad(*args: Tensor, upstream: Tensor | None = None) -> Tensor:
+        g = args[0] if upstream is None else upstream
+        return ops.relu(g)
+
+    return ops.relu(z), grad
+
+
+def _relu_override(relu: Callable[[Tensor], Tensor]) -> Callable:
+    def fn(layer: Any, act: Callable | None, z: Tensor) -> Tensor | None:
         if act is not None:
             return relu(z) if _is_relu_fn(act) else None
         return relu(z) if _is_relu_layer(layer) else None
@@ -89,9 +95,6 @@ class _GradientExplainer:
 
     def __init__(self, model: keras.Model, mode: str = "plain", output: int | str | None = None,
                  times_output: bool = False):
-        if keras.backend.backend() != "tensorflow":
-            raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
-                               f"got {keras.backend.backend()!r}")
         self.model = model
         self.graph = build_graph(model, canonize=False)
         self.key, _ = explained_output(self.graph, output)
@@ -101,50 +104,49 @@ class _GradientExplainer:
         self.n_inputs = len(self.graph.inputs)
         self._fns: dict = {}
 
-    def inputs(self, x: ArrayLike) -> list[tf.Tensor]:
+    def inputs(self, x: ArrayLike) -> list[Tensor]:
         xs = as_inputs(self.model, x, self.n_inputs, self.dtype)
         n = int(xs[0].shape[0])
         if any(int(t.shape[0]) != n for t in xs):
             raise ExplainError(f"all inputs need the same batch size, got {[int(t.shape[0]) for t in xs]}")
         return xs
 
-    def _core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor):
-        xs = list(xs)
+    def _core(self, xs: Sequence[Tensor], targets: Tensor):
         options = PassOptions(activation_override=self.override)
-        with tf.GradientTape() as tape:
-            tape.watch(xs)
+
+        def explained(xs: list) -> Tensor:
             values, _ = forward(self.graph, xs, options)
             out = values[self.key]
-            size = int(np.prod(out.shape[1:]))
-            flat = tf.reshape(out, (-1, size))
-            pred = tf.argmax(flat, axis=-1, output_type=tf.int32)
-            t = tf.where(targets < 0, pred, targets)
-            tf.debugging.assert_less(t, size, message=f"target out of range: the model output has {size} "
-                                                      f"units, valid targets are 0..{size - 1}")
-            seed = tf.one_hot(t, size, dtype=flat.dtype)
-            if self.times_output:  # the backward pass starts from f_t instead of 1
-                seed = seed * tf.stop_gradient(flat)
-            score = tf.reduce_sum(flat * seed, axis=-1)
-        grads = tape.gradient(score, xs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return ops.reshape(out, (-1, int(np.prod(out.shape[1:]))))
+
+        # one forward pass; the backward pass starts from the one-hot of the target (times f_t)
+        _, flat, back = backend.pullback(explained, list(xs))
+        size = int(flat.shape[-1])
+        pred = ops.cast(ops.argmax(flat, axis=-1), "int32")
+        t = ops.where(ops.less(targets, 0), pred, targets)
+        # the one-hot of t (a row of zeros for a target out of range, which __call__ reports)
+        seed = ops.cast(ops.equal(ops.expand_dims(t, -1), ops.arange(size, dtype="int32")), flat.dtype)
+        if self.times_output:  # the backward pass starts from f_t instead of 1
+            seed = seed * flat
+        grads = [back(i, seed) for i in range(len(xs))]
         return grads, flat, t
 
-    def __call__(self, xs: Sequence[tf.Tensor], targets: tf.Tensor):
-        sig = tuple(tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
-        fn = self._fns.get(sig)
+    def __call__(self, xs: Sequence[Tensor], targets: Tensor):
+        key = tuple((tuple(x.shape[1:]), dtypes.name(x.dtype)) for x in xs)
+        fn = self._fns.get(key)
         if fn is None:
-            fn = tf.function(self._core, input_signature=(sig, tf.TensorSpec((None,), tf.int32)),
-                             autograph=False)
-            self._fns[sig] = fn
-        try:
-            return fn(tuple(xs), targets)
-        except tf.errors.InvalidArgumentError as e:
-            msg = e.message or str(e)
-            if "target out of range" in msg:
-                msg = msg[msg.index("target out of range"):]
-                raise ExplainError(msg.split("]")[0]) from None
-            raise
+            sig = tuple(backend.spec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
+            fn = compile_model_fn(self._core, [sig, backend.spec((None,), "int32")], self.model.variables)
+            self._fns[key] = fn
+        grads, flat, t = fn(tuple(xs), targets)
+        size = int(flat.shape[-1])
+        wanted = ops.convert_to_numpy(targets)
+        if (wanted >= size).any():
+            raise ExplainError(f"target out of range: the model output has {size} units, valid targets are "
+                               f"0..{size - 1}")
+        return grads, flat, t
 
-    def predicted(self, xs: Sequence[tf.Tensor], targets: tf.Tensor) -> tf.Tensor:
+    def predicted(self, xs: Sequence[Tensor], targets: Tensor) -> Tensor:
         """The targets with ``-1`` (predicted class) resolved on ``xs``."""
         return self(xs, targets)[2]
 
@@ -157,11 +159,11 @@ def _result(arrays: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 
 
 def _grad(model: keras.Model, x: ArrayLike, target: ArrayLike | None, mode: str,
-          output: int | str | None, times_output: bool = False) -> tuple[list[tf.Tensor], list[np.ndarray]]:
+          output: int | str | None, times_output: bool = False) -> tuple[list[Tensor], list[np.ndarray]]:
     g = _GradientExplainer(model, mode, output, times_output)
     xs = g.inputs(x)
     grads, _, _ = g(xs, _targets(target, int(xs[0].shape[0])))
-    return xs, [gr.numpy() for gr in grads]
+    return xs, [ops.convert_to_numpy(gr) for gr in grads]
 
 
 # ----------------------------------------------------------------------------- public baselines
@@ -178,7 +180,7 @@ def input_x_gradient(model: keras.Model, x: ArrayLike, target: ArrayLike | None 
     """Input times gradient ``x * d f_t / d x`` (Shrikumar et al. 2016, "Not just a black box");
     equals LRP-z (``'simple'``) on bias-free ReLU networks."""
     xs, grads = _grad(model, x, target, "plain", output)
-    return _result([x_.numpy() * g for x_, g in zip(xs, grads)])
+    return _result([ops.convert_to_numpy(x_) * g for x_, g in zip(xs, grads)])
 
 
 def guided_backprop(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, *,
@@ -201,7 +203,7 @@ def deconvnet(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None,
     return _result(_grad(model, x, target, "deconvnet", output, times_output)[1])
 
 
-def _augmented_mean(g: _GradientExplainer, xs: list[tf.Tensor], targets: tf.Tensor, n: int,
+def _augmented_mean(g: _GradientExplainer, xs: list[Tensor], targets: Tensor, n: int,
                     make: Callable[[int, int], list[np.ndarray]], batch_size: int | None,
                     weights: np.ndarray | None = None) -> list[np.ndarray]:
     """(Weighted) mean gradient over ``n`` modified copies of ``xs``; ``make(lo, hi)`` returns copies
@@ -213,15 +215,25 @@ def _augmented_mean(g: _GradientExplainer, xs: list[tf.Tensor], targets: tf.Tens
     for lo in range(0, n, per_call):
         hi = min(lo + per_call, n)
         if t_rep is None or int(t_rep.shape[0]) != (hi - lo) * b:
-            t_rep = tf.tile(targets, [hi - lo])
-        copies = [tf.convert_to_tensor(c, x.dtype) for c, x in zip(make(lo, hi), xs)]
+            t_rep = ops.tile(targets, [hi - lo])
+        copies = [ops.convert_to_tensor(c, dtype=x.dtype) for c, x in zip(make(lo, hi), xs)]
         grads, _, _ = g(copies, t_rep)
         for s, gr, x in zip(sums, grads, xs):
-            gr = gr.numpy().reshape((hi - lo,) + tuple(x.shape))
+            gr = ops.convert_to_numpy(gr).reshape((hi - lo,) + tuple(x.shape))
             if weights is not None:
-                gr = gr * weights[lo:hi].reshape((hi - lo,) + (1,) * x.shape.rank)
+                gr = gr * weights[lo:hi].reshape((hi - lo,) + (1,) * len(x.shape))
             s += gr.sum(axis=0)
-    return [(s / n).astype(x.dtype.as_numpy_dtype) for s, x in zip(sums, xs)]
+    return [(s / n).astype(_numpy_dtype(x.dtype)) for s, x in zip(sums, xs)]
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype of a tensor's dtype (``bfloat16``: ml_dtypes', as Keras converts it)."""
+    name = dtypes.name(dtype)
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
 
 
 def smoothgrad(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None, n: int = 64,
@@ -239,7 +251,7 @@ def smoothgrad(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None
     xs = g.inputs(x)
     targets = g.predicted(xs, _targets(target, int(xs[0].shape[0])))
     rng = np.random.default_rng(seed)
-    base = [x_.numpy() for x_ in xs]
+    base = [ops.convert_to_numpy(x_) for x_ in xs]
 
     def make(lo: int, hi: int) -> list[np.ndarray]:
         return [np.concatenate([b_ + rng.normal(0.0, noise_scale, b_.shape).astype(b_.dtype)
@@ -278,7 +290,7 @@ def integrated_gradients(model: keras.Model, x: ArrayLike, target: ArrayLike | N
     g = _GradientExplainer(model, "plain", output)
     xs = g.inputs(x)
     targets = g.predicted(xs, _targets(target, int(xs[0].shape[0])))
-    base = [x_.numpy() for x_ in xs]
+    base = [ops.convert_to_numpy(x_) for x_ in xs]
     if baseline is None:
         refs = [np.zeros_like(b_) for b_ in base]
     else:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
+from ..engine.backend import Tensor
 from ..engine.handlers import (ElementwiseHandler, FixedLinearHandler, LinearHandler, MaxPoolHandler, RouteHandler,
                                merge_batchnorm, register_handler)
 from ..engine.linear import LinearMap
@@ -17,7 +18,7 @@ class ModuleHandler(LinearHandler):
     """``Linear``/``Convolution``: ``act(bn(f(x; W, b)))``; the batch norm (training-time only in the
     original) is merged into the weights for LRP."""
 
-    def linear_map(self, layer: Any, step: Any, dtype: tf.DType) -> LinearMap:
+    def linear_map(self, layer: Any, step: Any, dtype: Any) -> LinearMap:
         lm = super().linear_map(layer, step, dtype)
         if layer.bn is not None:
             return LinearMap(lm.fn, merge_batchnorm(dict(lm.params), layer.bn, -1, dtype))
@@ -31,12 +32,12 @@ def _module_params(layer: Any) -> dict:
     return {"kernel": layer.kernel, "bias": layer.bias}
 
 
-def _module_fn(layer: Any, xs: Any, p: dict) -> tf.Tensor:
+def _module_fn(layer: Any, xs: Any, p: dict) -> Tensor:
     return layer.linear(xs[0], p["kernel"], p.get("bias"))
 
 
-def _avg_pool(layer: Any, xs: Any, p: dict) -> tf.Tensor:
-    return p["kernel"] * tf.cast(layer(xs[0]), xs[0].dtype)
+def _avg_pool(layer: Any, xs: Any, p: dict) -> Tensor:
+    return p["kernel"] * ops.cast(layer(xs[0]), xs[0].dtype)
 
 
 _activation = ElementwiseHandler(zero_preserving=True)
@@ -44,7 +45,8 @@ for _type, _handler in [
     (m.Linear, ModuleHandler(_module_params, _module_fn, activation=lambda l: l.act_fn, kind="dense")),
     (m.Convolution, ModuleHandler(_module_params, _module_fn, activation=lambda l: l.act_fn, kind="conv")),
     (m.AvgPool, FixedLinearHandler(_avg_pool)),
-    (m.MaxPool, MaxPoolHandler(lambda l, x: tf.nn.avg_pool2d(x, l.pool_size, l.pool_stride, l.pad),
+    (m.MaxPool, MaxPoolHandler(lambda l, x: ops.average_pool(x, l.pool_size, l.pool_stride, l.pad.lower(),
+                                                             data_format="channels_last"),
                                lambda l: (l.pool_size, l.pool_stride, l.pad))),
     (m.Flatten, RouteHandler()),
     (m.Softmax, ElementwiseHandler(nonneg=True)),

@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from ..engine.backend import Tensor
 from ..engine.rules import Rule
 from .variants import rule_from_variant
 
@@ -27,17 +28,28 @@ __all__ = [
     "Relu", "ReLU", "Tanh", "Sigmoid", "Elu", "get_activation",
 ]
 
-_ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+
+
+def _softmax(x: Tensor) -> Tensor:
+    return ops.softmax(x, axis=-1)
+
+
+# The name of TensorFlow's softmax, which this was until interprettensor ran on other backends: the engine
+# recognises activations by name, and a Linear or Convolution with ``act='softmax'`` is explained as it always
+# was (its output rather than its logits; not a known non-negative activation).
+_softmax.__name__ = _softmax.__qualname__ = "softmax_v2"
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "linear": lambda x: x,
-    "relu": tf.nn.relu,
-    "tanh": tf.math.tanh,
-    "sigmoid": tf.math.sigmoid,
-    "elu": tf.nn.elu,
-    "softmax": tf.nn.softmax,
+    "relu": ops.relu,
+    "tanh": ops.tanh,
+    "sigmoid": ops.sigmoid,
+    "elu": ops.elu,
+    "softmax": _softmax,
 }
 
 
-def get_activation(act: str | Callable | None) -> Callable[[tf.Tensor], tf.Tensor]:
+def get_activation(act: str | Callable | None) -> Callable[[Tensor], Tensor]:
     """An activation by the original names (linear, relu, tanh, sigmoid, elu, softmax) or a callable."""
     if act is None:
         return _ACTIVATIONS["linear"]
@@ -105,7 +117,7 @@ class _Weighted(Module):
         self.dropout = (keras.layers.Dropout(1.0 - self.keep_prob, dtype=self.dtype_policy)
                         if self.keep_prob < 1.0 else None)
 
-    def _finish(self, z: tf.Tensor, training: bool | None) -> tf.Tensor:
+    def _finish(self, z: Tensor, training: bool | None) -> Tensor:
         if self.bn is not None:
             z = self.bn(z, training=training)
         a = self.act_fn(z)
@@ -164,13 +176,13 @@ class Linear(_Weighted):
         if self.bn is not None:
             self.bn.build((None, self.output_dim))
 
-    def linear(self, x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
+    def linear(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
         """The pre-activation ``x W + b`` for given parameters (used by LRP rules)."""
-        x = tf.reshape(x, (-1, kernel.shape[0]))
-        z = tf.matmul(x, kernel)
+        x = ops.reshape(x, (-1, kernel.shape[0]))
+        z = ops.matmul(x, kernel)
         return z if bias is None else z + bias
 
-    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, x: Tensor, training: bool | None = None) -> Tensor:
         return self._finish(self.linear(x, self.kernel, self.bias), training)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -255,15 +267,15 @@ class Convolution(_Weighted):
         if self.bn is not None:
             self.bn.build((None, None, None, self.output_depth))
 
-    def linear(self, x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor | None = None) -> tf.Tensor:
+    def linear(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
         """The pre-activation ``conv(x, W) + b`` for given parameters (used by LRP rules)."""
         if len(x.shape) == 2:
             h, w = self.input_dim
-            x = tf.reshape(x, (-1, h, w, kernel.shape[2]))
-        z = tf.nn.conv2d(x, kernel, strides=self.stride_size, padding=self.pad)
+            x = ops.reshape(x, (-1, h, w, kernel.shape[2]))
+        z = ops.conv(x, kernel, strides=self.stride_size, padding=self.pad.lower(), data_format="channels_last")
         return z if bias is None else z + bias
 
-    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, x: Tensor, training: bool | None = None) -> Tensor:
         return self._finish(self.linear(x, self.kernel, self.bias), training)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -317,8 +329,8 @@ class _Pool(Module):
 class MaxPool(_Pool):
     """Max pooling. LRP: winner-takes-all, except uniform over the window under ``'flat'``/``'ww'``."""
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.nn.max_pool2d(x, self.pool_size, self.pool_stride, self.pad)
+    def call(self, x: Tensor) -> Tensor:
+        return ops.max_pool(x, self.pool_size, self.pool_stride, self.pad.lower(), data_format="channels_last")
 
 
 @keras.saving.register_keras_serializable(package="interprettensor")
@@ -326,19 +338,19 @@ class AvgPool(_Pool):
     """Average pooling (padding excluded from the mean). LRP: relevance in proportion to the inputs
     (a linear map with weights ``1/n`` under the active rule)."""
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.nn.avg_pool2d(x, self.pool_size, self.pool_stride, self.pad)
+    def call(self, x: Tensor) -> Tensor:
+        return ops.average_pool(x, self.pool_size, self.pool_stride, self.pad.lower(), data_format="channels_last")
 
 
 @keras.saving.register_keras_serializable(package="interprettensor")
 class Flatten(Module):
     """Reshape ``(N, ...)`` to ``(N, -1)``; relevance is reshaped back."""
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
+    def call(self, x: Tensor) -> Tensor:
         size = 1
         for d in x.shape[1:]:
             size = None if (d is None or size is None) else size * int(d)
-        return tf.reshape(x, (-1, size) if size is not None else (tf.shape(x)[0], -1))
+        return ops.reshape(x, (-1, size) if size is not None else (ops.shape(x)[0], -1))
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         d = 1
@@ -350,9 +362,9 @@ class Flatten(Module):
 class _Elementwise(Module):
     """Element-wise activation: relevance passes through unchanged."""
 
-    fn: Callable[[tf.Tensor], tf.Tensor]
+    fn: Callable[[Tensor], Tensor]
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
+    def call(self, x: Tensor) -> Tensor:
         return type(self).fn(x)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
@@ -363,14 +375,14 @@ class _Elementwise(Module):
 class Softmax(_Elementwise):
     """Softmax over the last axis. Relevance passes through unchanged."""
 
-    fn = staticmethod(tf.nn.softmax)
+    fn = staticmethod(_softmax)
 
 
 @keras.saving.register_keras_serializable(package="interprettensor")
 class Relu(_Elementwise):
     """ReLU activation module."""
 
-    fn = staticmethod(tf.nn.relu)
+    fn = staticmethod(ops.relu)
 
 
 ReLU = Relu
@@ -380,18 +392,18 @@ ReLU = Relu
 class Tanh(_Elementwise):
     """tanh activation module."""
 
-    fn = staticmethod(tf.math.tanh)
+    fn = staticmethod(ops.tanh)
 
 
 @keras.saving.register_keras_serializable(package="interprettensor")
 class Sigmoid(_Elementwise):
     """Logistic sigmoid activation module."""
 
-    fn = staticmethod(tf.math.sigmoid)
+    fn = staticmethod(ops.sigmoid)
 
 
 @keras.saving.register_keras_serializable(package="interprettensor")
 class Elu(_Elementwise):
     """ELU activation module."""
 
-    fn = staticmethod(tf.nn.elu)
+    fn = staticmethod(ops.elu)

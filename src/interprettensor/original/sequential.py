@@ -2,7 +2,8 @@
 
 ``net.forward(x)`` runs the network and caches every module's input and pre-activation;
 ``net.lrp(R, variant, param)`` propagates ``R`` back to the input with the shared LRP engine
-(:mod:`interprettensor.engine.graph`, :mod:`interprettensor.engine.handlers`), compiled with ``tf.function``.
+(:mod:`interprettensor.engine.graph`, :mod:`interprettensor.engine.handlers`), compiled by the backend
+(:func:`interprettensor.engine.backend.compile`).
 A variant given to the call applies to every module (LRP Toolbox semantics: max pooling is
 uniform under ``'flat'``/``'ww'``, winner-takes-all otherwise); without one, each module's preset
 (:meth:`~interprettensor.original.modules.Module.set_lrp_parameters`) applies.
@@ -14,8 +15,11 @@ from typing import Any, Iterable, Sequence as Seq
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from .._compiled import compile_model_fn
+from ..engine import dtypes
+from ..engine.backend import Tensor
 from ..engine.errors import ExplainError
 from ..engine.graph import Graph, backward, build_graph, forward, register_chain
 from ..engine.linear import materialize
@@ -76,7 +80,7 @@ class Sequential(keras.Model):
             shape = tuple(m.compute_output_shape(shape))
         self.built = True
 
-    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, x: Tensor, training: bool | None = None) -> Tensor:
         for m in self.modules:
             if isinstance(m, Module) and "training" in m.call.__code__.co_varnames:
                 x = m(x, training=training)
@@ -107,11 +111,11 @@ class Sequential(keras.Model):
             self._graph = build_graph(self, canonize=False)
         return self._graph
 
-    def _input(self, x: Any) -> tf.Tensor:
-        t = x if tf.is_tensor(x) else tf.convert_to_tensor(np.asarray(x))
-        if not t.dtype.is_floating or t.dtype != tf.as_dtype(self.compute_dtype):
-            t = tf.cast(t, self.compute_dtype)
-        if t.shape.rank is None or t.shape.rank < 2:
+    def _input(self, x: Any) -> Tensor:
+        t = x if ops.is_tensor(x) else ops.convert_to_tensor(np.asarray(x))
+        if dtypes.name(t.dtype) != dtypes.name(self.compute_dtype):
+            t = ops.cast(t, self.compute_dtype)
+        if len(t.shape) < 2:
             raise ExplainError(f"input must be a batch (N, ...), got shape {tuple(t.shape)}")
         first = self.modules[0]
         if not self.built:
@@ -123,22 +127,20 @@ class Sequential(keras.Model):
                                f"{' or '.join(str(e).replace(chr(39), '') for e in expected)}")
         return t
 
-    def forward(self, x: Any) -> tf.Tensor:
+    def forward(self, x: Any) -> Tensor:
         """Run the network on ``x`` (numpy array or tensor) and cache what LRP needs."""
         t = self._input(x)
         fn = self._lrp_fns.get("forward")
         if fn is None:
-            def run(t: tf.Tensor) -> tuple:
+            def run(t: Tensor) -> tuple:
                 values, records = forward(self.graph, [t])
-                # only tensors leave a tf.function: the cached linear maps are rebuilt by the handlers
-                records = [(ins, outs, {k: v for k, v in state.items() if tf.is_tensor(v)})
+                # only tensors leave a compiled function: the cached linear maps are rebuilt by the handlers
+                records = [(ins, outs, {k: v for k, v in state.items() if ops.is_tensor(v)})
                            for ins, outs, state in records]
                 return values[self.graph.outputs[0]], records
-            fn = self._lrp_fns["forward"] = tf.function(run, autograph=False)
-        try:
-            out, records = fn(t)
-        except ExplainError:
-            raise
+            # no signature: traced once per input shape and dtype, as the records follow from them
+            fn = self._lrp_fns["forward"] = compile_model_fn(run, None, self.variables)
+        out, records = fn(t)
         self._cache = {"x": t, "records": records, "output": out}
         return out
 
@@ -157,15 +159,15 @@ class Sequential(keras.Model):
             raise ExplainError(f"{what} needs a forward pass first: call net.forward(x) before net.{what}(R)")
         return self._cache
 
-    def _check_R(self, R: Any, shape: tf.TensorShape, where: str) -> tf.Tensor:
-        R = tf.convert_to_tensor(np.asarray(R) if not tf.is_tensor(R) else R)
-        R = tf.cast(R, self.compute_dtype)
+    def _check_R(self, R: Any, shape: tuple, where: str) -> Tensor:
+        R = ops.convert_to_tensor(np.asarray(R) if not ops.is_tensor(R) else R)
+        R = ops.cast(R, self.compute_dtype)
         if tuple(R.shape) != tuple(shape):
             raise ExplainError(f"relevance of shape {tuple(R.shape)} does not match {where} of shape "
                                f"{tuple(shape)}")
         return R
 
-    def lrp(self, R: Any, lrp_var: str | Rule | None = None, param: float | None = None) -> tf.Tensor:
+    def lrp(self, R: Any, lrp_var: str | Rule | None = None, param: float | None = None) -> Tensor:
         """Propagate relevance ``R`` (shaped like the last output) to the input of the last forward.
 
         Args:
@@ -182,14 +184,14 @@ class Sequential(keras.Model):
         if fn is None:
             graph = self.graph
 
-            def run(records: Any, R: tf.Tensor) -> tf.Tensor:
+            def run(records: Any, R: Tensor) -> Tensor:
                 rel, _ = backward(graph, records, {graph.outputs[0]: R}, rules)
-                return rel.get(graph.inputs[0], tf.zeros_like(records[0][0][0]))
-            fn = self._lrp_fns[key] = tf.function(run, autograph=False)
+                return rel.get(graph.inputs[0], ops.zeros_like(records[0][0][0]))
+            fn = self._lrp_fns[key] = compile_model_fn(run, None, self.variables)  # traced per forward's shapes
         return fn(cache["records"], R)
 
     def lrp_layerwise(self, layer: keras.layers.Layer | str, R: Any, lrp_var: str | Rule | None = None,
-                      param: float | None = None) -> tf.Tensor:
+                      param: float | None = None) -> Tensor:
         """Relevance at the input of one module, given relevance ``R`` at its output (from the last
         forward). Looping over ``net.modules[::-1]`` reproduces :meth:`lrp`."""
         cache = self._check_cache("lrp_layerwise")

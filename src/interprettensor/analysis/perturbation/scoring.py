@@ -8,8 +8,11 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from ..._compiled import compile_model_fn
+from ...engine import backend, dtypes
+from ...engine.backend import Tensor
 from ...engine.errors import ExplainError
 from ...engine.precision import model_dtype as _model_dtype
 from ...engine.targets import as_inputs
@@ -33,22 +36,22 @@ class _Scorer:
 
     def check(self, x: ArrayLike) -> np.ndarray:
         t = as_inputs(self.model, x, 1, self.dtype)[0]
-        return t.numpy()
+        return ops.convert_to_numpy(t)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Flat outputs ``(n, units)`` as float64."""
-        t = tf.convert_to_tensor(x, self.dtype)
-        sig = tf.TensorSpec((None,) + tuple(t.shape[1:]), self.dtype)
-        fn = self._fns.get(sig)
+        t = ops.convert_to_tensor(x, dtype=self.dtype)
+        key = (tuple(t.shape[1:]), dtypes.name(self.dtype))
+        fn = self._fns.get(key)
         if fn is None:
-            def run(xb: tf.Tensor) -> tf.Tensor:
+            def run(xb: Tensor) -> Tensor:
                 values, _ = forward(self.graph, [xb])
                 out = values[self.key]
-                return tf.reshape(out, (tf.shape(out)[0], -1))
+                return ops.reshape(out, (ops.shape(out)[0], -1))
 
-            fn = tf.function(run, input_signature=(sig,), autograph=False)
-            self._fns[sig] = fn
-        return fn(t).numpy().astype(np.float64)
+            fn = compile_model_fn(run, [backend.spec((None,) + tuple(t.shape[1:]), self.dtype)], self.model.variables)
+            self._fns[key] = fn
+        return ops.convert_to_numpy(fn(t)).astype(np.float64)
 
 
 def _resolve_targets(flat: np.ndarray, target: ArrayLike | None) -> np.ndarray:

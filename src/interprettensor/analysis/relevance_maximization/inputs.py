@@ -11,8 +11,9 @@ import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from ...engine.backend import Tensor
 from ...io.inputs import InputError, model_input_shape
 from ...io.shards import StreamError, run_shard_files, shard_error
 from ...io.sources import Source, make_source
@@ -45,6 +46,9 @@ class _RunSource(Source):
         self.error = []
 
     def dataset(self, ranges, dtype):
+        # a tf.data pipeline, as every source of interprettensor.io gives (Source.dataset)
+        import tensorflow as tf
+
         wanted = sorted(i for lo, hi in ranges for i in range(lo, self.n if hi is None else min(hi, self.n)))
 
         def gen():
@@ -106,10 +110,10 @@ def _open(model: Any, data: Any, target: Any, input_range: Sequence[float], colo
     return make_source(model, data, target, expected, input_range=input_range, color_mode=color_mode, resize=resize)
 
 
-def _samples(source: Source, ranges: list, dtype: tf.DType, batch_size: int) -> Iterator[tuple]:
-    """Batches ``(indices, x, targets)`` of the samples in ``ranges``."""
+def _samples(source: Source, ranges: list, dtype: Any, batch_size: int) -> Iterator[tuple[np.ndarray, Tensor, np.ndarray]]:
+    """Batches ``(indices, x, targets)`` of the samples in ``ranges`` (``x`` a tensor of Keras' backend)."""
     ds = source.dataset(ranges, dtype).map(lambda *e: (e[0], e[1], e[2])).batch(batch_size)
-    for i, x, t in ds:
-        yield i.numpy().astype(np.int64), x, t.numpy().astype(np.int32)
+    for i, x, t in ds:  # the data pipeline's tensors
+        yield np.asarray(i).astype(np.int64), ops.convert_to_tensor(np.asarray(x)), np.asarray(t).astype(np.int32)
     if getattr(source, "error", None):
         raise source.error[0]

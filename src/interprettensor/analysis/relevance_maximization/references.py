@@ -11,7 +11,7 @@ import os
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from ...engine.conditions import ConditionalExplainer
 from ...io.shards import write_npz
@@ -32,11 +32,32 @@ def crop_box(heatmap: np.ndarray, threshold: float) -> tuple[int, int, int, int]
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
+def _area_weights(n: int, size: int) -> np.ndarray:
+    """``(size, n)``: output pixel ``o`` averages the input over ``[o, o + 1) * n / size`` (each input
+    pixel by the part of it inside that span)."""
+    scale = n / size
+    lo = np.arange(size)[:, None] * scale
+    overlap = np.minimum(np.arange(n)[None, :] + 1, lo + scale) - np.maximum(np.arange(n)[None, :], lo)
+    return np.clip(overlap, 0.0, None) / scale
+
+
+def _triangle_weights(n: int, size: int) -> np.ndarray:
+    """``(size, n)``: linear interpolation between pixel centres, the triangle widened ``n / size``
+    times along an axis that shrinks (anti-aliased), each row normalised."""
+    inv = n / size
+    centre = (np.arange(size) + 0.5) * inv - 0.5
+    w = np.clip(1.0 - np.abs(centre[:, None] - np.arange(n)[None, :]) / max(inv, 1.0), 0.0, None)
+    total = w.sum(1, keepdims=True)
+    return np.where(total > 1000.0 * np.finfo(np.float32).eps, w / np.where(total != 0, total, 1.0), 0.0)
+
+
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
-    """``(h, w, c)`` -> ``(size, size, c)`` (bilinear, area-averaging when shrinking)."""
-    t = tf.convert_to_tensor(a[None].astype(np.float32))
-    return tf.image.resize(t, (size, size), method="area" if min(a.shape[:2]) >= size else "bilinear",
-                           antialias=True)[0].numpy()
+    """``(h, w, c)`` -> ``(size, size, c)`` float32 (bilinear, anti-aliased; area-averaging where both
+    axes shrink), as TensorFlow's ``image.resize`` with ``antialias=True`` (``'area'`` where
+    ``min(h, w) >= size``, else ``'bilinear'``), separably in NumPy."""
+    weights = _area_weights if min(a.shape[:2]) >= size else _triangle_weights
+    wy, wx = weights(a.shape[0], size), weights(a.shape[1], size)
+    return np.einsum("ph,qw,hwc->pqc", wy, wx, a.astype(np.float32).astype(np.float64)).astype(np.float32)
 
 
 def _to_uint8(x: np.ndarray, input_range: Sequence[float]) -> np.ndarray:
@@ -83,7 +104,7 @@ def _references(cx: ConditionalExplainer, source: Source, out: str, top: dict, n
                     H = cx.conditional(xi, conds, explained, start="output" if m == "relevance" else "activation",
                                        condition_batch_size=64)[0]  # (K, *shape)
                     for (lname, mode, c, r), h in zip(mine, H):
-                        _store(arrays, lname, mode, c, r, h, xi[0].numpy(), image, crop_size, crop_threshold,
+                        _store(arrays, lname, mode, c, r, h, ops.convert_to_numpy(xi[0]), image, crop_size, crop_threshold,
                                input_range)
             bar.update(1)
     bar.close()
