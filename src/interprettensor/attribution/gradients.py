@@ -16,7 +16,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from .._compiled import compile_model_fn
 from ..engine import backend, dtypes
 from ..engine.backend import Tensor
 from ..engine.errors import ExplainError
@@ -136,7 +135,7 @@ class _GradientExplainer:
         fn = self._fns.get(key)
         if fn is None:
             sig = tuple(backend.spec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
-            fn = compile_model_fn(self._core, [sig, backend.spec((None,), "int32")], self.model.variables)
+            fn = backend.compile(self._core, [sig, backend.spec((None,), "int32")], variables=self.model.variables)
             self._fns[key] = fn
         grads, flat, t = fn(tuple(xs), targets)
         size = int(flat.shape[-1])

@@ -17,8 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .._compiled import compile_model_fn
-from ..engine import dtypes
+from ..engine import backend, dtypes
 from ..engine.backend import Tensor
 from ..engine.errors import ExplainError
 from ..engine.graph import Graph, backward, build_graph, forward, register_chain
@@ -139,7 +138,7 @@ class Sequential(keras.Model):
                            for ins, outs, state in records]
                 return values[self.graph.outputs[0]], records
             # no signature: traced once per input shape and dtype, as the records follow from them
-            fn = self._lrp_fns["forward"] = compile_model_fn(run, None, self.variables)
+            fn = self._lrp_fns["forward"] = backend.compile(run, None, variables=self.variables)
         out, records = fn(t)
         self._cache = {"x": t, "records": records, "output": out}
         return out
@@ -187,7 +186,7 @@ class Sequential(keras.Model):
             def run(records: Any, R: Tensor) -> Tensor:
                 rel, _ = backward(graph, records, {graph.outputs[0]: R}, rules)
                 return rel.get(graph.inputs[0], ops.zeros_like(records[0][0][0]))
-            fn = self._lrp_fns[key] = compile_model_fn(run, None, self.variables)  # traced per forward's shapes
+            fn = self._lrp_fns[key] = backend.compile(run, None, variables=self.variables)  # traced per forward's shapes
         return fn(cache["records"], R)
 
     def lrp_layerwise(self, layer: keras.layers.Layer | str, R: Any, lrp_var: str | Rule | None = None,

@@ -10,7 +10,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from ..._compiled import compile_model_fn
 from ...engine import backend, dtypes
 from ...engine.backend import Tensor
 from ...engine.errors import ExplainError
@@ -49,7 +48,8 @@ class _Scorer:
                 out = values[self.key]
                 return ops.reshape(out, (ops.shape(out)[0], -1))
 
-            fn = compile_model_fn(run, [backend.spec((None,) + tuple(t.shape[1:]), self.dtype)], self.model.variables)
+            fn = backend.compile(run, [backend.spec((None,) + tuple(t.shape[1:]), self.dtype)],
+                                 variables=self.model.variables)
             self._fns[key] = fn
         return ops.convert_to_numpy(fn(t)).astype(np.float64)
 

@@ -28,7 +28,8 @@ def spec(shape: Sequence[int | None] | None, dtype: Any) -> tf.TensorSpec:
 def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: A001 - the interface's name
             variables: Sequence[Any] = ()) -> Callable:
     """``fn`` compiled for arguments of ``signature`` (nested :func:`spec`\ s): traced once, Python
-    side effects of ``fn`` run at that trace only; ``jit``: compiled with XLA as a whole.
+    side effects of ``fn`` run at that trace only (a ``signature`` of ``None``: traced once per
+    call's shapes); ``jit``: compiled with XLA as a whole.
     ``variables``: the Keras variables ``fn`` reads (``tf.function`` reads variables by reference at
     every call, so TensorFlow needs no list; JAX passes them in as arguments)."""
     return tf.function(fn, input_signature=signature, jit_compile=jit, autograph=False)
