@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
+from .. import dtypes
+from ..backend import Tensor
 from ..errors import ExplainError
 from ..linear import LinearMap, linear_relevance, materialize
 from ..operation_rules import product_relevance, softmax_relevance
@@ -29,10 +31,10 @@ def _factors(step: Any, xs: list) -> list[bool]:
     """The inputs that are factors carrying relevance (float, and computed from the explained input;
     a mask cast to float is a constant)."""
     carried = tuple(step.carried) if getattr(step, "carried", ()) else (True,) * len(xs)
-    return [x.dtype.is_floating and c for x, c in zip(xs, carried)]
+    return [dtypes.is_floating(x.dtype) and c for x, c in zip(xs, carried)]
 
 
-def signal_inputs(step: Any, xs: list, out: tf.Tensor) -> list[bool]:
+def signal_inputs(step: Any, xs: list, out: Tensor) -> list[bool]:
     """Which float inputs of a product carry the signal under :class:`Gate`: those the graph did not
     mark as gates (``step.gates``); if that leaves none or all, the first input shaped like the
     output (else the first input)."""
@@ -46,7 +48,7 @@ def signal_inputs(step: Any, xs: list, out: tf.Tensor) -> list[bool]:
     return [i == idx for i in range(len(xs))]
 
 
-def factor_relevance(step: Any, xs: list, z: tf.Tensor, R: tf.Tensor, rule: Any, elementwise: bool = False) -> list:
+def factor_relevance(step: Any, xs: list, z: Tensor, R: Tensor, rule: Any, elementwise: bool = False) -> list:
     """Relevance of the factors of the product ``step`` under the product rule ``rule`` (the shares of
     :meth:`ProductRule.shares`: uniform split, gate, or, for element-wise products only, in proportion
     to the factors' values)."""
@@ -61,8 +63,8 @@ def factor_relevance(step: Any, xs: list, z: tf.Tensor, R: tf.Tensor, rule: Any,
                                f"{rule.name!r}, which splits each element of an element-wise product by the factors' "
                                f"values, does not apply: give it 'uniform' (AttnLRP), 'half' or 'gate' (CP-LRP)")
         idx = [i for i, f in enumerate(floats) if f]
-        shape = tf.shape(z)
-        part = rule.shares([tf.broadcast_to(tf.cast(xs[i], z.dtype), shape) for i in idx], [signal[i] for i in idx])
+        shape = ops.shape(z)
+        part = rule.shares([ops.broadcast_to(ops.cast(xs[i], z.dtype), shape) for i in idx], [signal[i] for i in idx])
         shares: list = [0.0] * len(xs)
         for i, w in zip(idx, part):
             shares[i] = w
@@ -75,7 +77,7 @@ def factor_relevance(step: Any, xs: list, z: tf.Tensor, R: tf.Tensor, rule: Any,
     def fn(args):
         return step.call(args)[0]
 
-    return product_relevance(fn, xs, z, tf.reshape(materialize(R), tf.shape(z)), shares, eps)
+    return product_relevance(fn, xs, z, ops.reshape(materialize(R), ops.shape(z)), shares, eps)
 
 
 class ProductHandler(Handler):
@@ -101,7 +103,7 @@ class OpLinearHandler(Handler):
         def fn(args, p):
             return p["kernel"] * step.call(args)[0]
 
-        return LinearMap(fn, {"kernel": tf.ones((), xs[0].dtype)}, None)
+        return LinearMap(fn, {"kernel": ops.ones((), xs[0].dtype)}, None)
 
     def forward(self, layer, xs, step, options=DEFAULT_PASS):
         lm = self.linear_map(step, xs)
@@ -117,7 +119,7 @@ class OpLinearHandler(Handler):
                                f"linear maps (epsilon, z, ...)")
         rule = check_linear_rule(rule, step)
         floats = _factors(step, xs)
-        lm = cached_map(state.get("map"), [x for x in xs if x.dtype.is_floating]) or self.linear_map(step, xs)
+        lm = cached_map(state.get("map"), [x for x in xs if dtypes.is_floating(x.dtype)]) or self.linear_map(step, xs)
         z = state["z"]
         idx = [i for i, f in enumerate(floats) if f]
         if len(idx) == len(xs):
@@ -176,6 +178,6 @@ class SoftmaxHandler(Handler):
         if rule.explains_softmax:
             axis = getattr(layer, "axis", -1)
             axis = list(axis) if isinstance(axis, (list, tuple)) else axis
-            return [softmax_relevance(xs[0], ys[0], tf.cast(materialize(R), ys[0].dtype), axis)] + rest
+            return [softmax_relevance(xs[0], ys[0], ops.cast(materialize(R), ys[0].dtype), axis)] + rest
         raise ExplainError(f"layer {step.name!r} ({step.type_name}) is a softmax and cannot use rule {rule!r}: "
                            f"give it 'softmax' (AttnLRP) or 'pass'")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
 from keras import ops
 
+from ..backend import Tensor
 from ..linear import materialize
 from .base import CONSTANT, DEFAULT_PASS, EMBEDDING, Handler
 from .weighted import LinearHandler
@@ -27,9 +27,9 @@ class EmbeddingHandler(Handler):
     batch_records = True
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
-        R = tf.reshape(materialize(Rs[0]), tf.shape(ys[0]))
-        per_index = tf.reduce_sum(R, axis=-1)
-        return [tf.reshape(per_index, tf.shape(xs[0]))] + [None] * (len(xs) - 1)
+        R = ops.reshape(materialize(Rs[0]), ops.shape(ys[0]))
+        per_index = ops.sum(R, axis=-1)
+        return [ops.reshape(per_index, ops.shape(xs[0]))] + [None] * (len(xs) - 1)
 
 
 class ConstantHandler(Handler):
@@ -54,9 +54,9 @@ def _soft_cap(layer: Any) -> Any:
     if cap is None:
         return None
 
-    def soft_cap(z: tf.Tensor) -> tf.Tensor:  # element-wise: relevance passes (AttnLRP's identity rule)
-        c = tf.cast(cap, z.dtype)
-        return tf.tanh(z / c) * c
+    def soft_cap(z: Tensor) -> Tensor:  # element-wise: relevance passes (AttnLRP's identity rule)
+        c = ops.cast(cap, z.dtype)
+        return ops.tanh(z / c) * c
 
     return soft_cap
 

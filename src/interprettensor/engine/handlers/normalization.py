@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
 from ..linear import LinearMap, linear_relevance, materialize
 from .base import (
@@ -41,20 +41,21 @@ class LayerNormHandler(Handler):
         x = xs[0]
         if getattr(layer, "rms_scaling", False):
             return [y], {"z": y}
-        axes = _axes(layer, x.shape.rank)
-        _, var = tf.nn.moments(x, axes=axes, keepdims=True)
-        inv_std = tf.math.rsqrt(var + tf.cast(layer.epsilon, x.dtype))
-        shape = [1] * x.shape.rank
+        rank = len(x.shape)
+        axes = _axes(layer, rank)
+        _, var = ops.moments(x, axes=axes, keepdims=True)
+        inv_std = ops.rsqrt(var + ops.cast(layer.epsilon, x.dtype))
+        shape = [1] * rank
         for a in axes:
             shape[a] = x.shape[a]
         params = cast_params({"kernel": layer.gamma if layer.scale else None,
                               "bias": layer.beta if layer.center else None}, x.dtype)
-        params = {k: tf.reshape(v, shape) for k, v in params.items()}
+        params = {k: ops.reshape(v, shape) for k, v in params.items()}
         if "kernel" not in params:
-            params["kernel"] = tf.ones(shape, x.dtype)
+            params["kernel"] = ops.ones(shape, x.dtype)
 
         def fn(args, p):
-            centred = args[0] - tf.reduce_mean(args[0], axis=axes, keepdims=True)
+            centred = args[0] - ops.mean(args[0], axis=axes, keepdims=True)
             z = centred * inv_std * p["kernel"]
             return z if p.get("bias") is None else z + p["bias"]
 
@@ -64,6 +65,6 @@ class LayerNormHandler(Handler):
         if getattr(layer, "rms_scaling", False) or rule.passes_through:
             return pass_through(xs, [materialize(Rs[0])], step)
         rule = check_linear_rule(rule, step)
-        z = tf.cast(state["z"], xs[0].dtype)
+        z = ops.cast(state["z"], xs[0].dtype)
         return linear_relevance(state["map"], xs, shaped_like(Rs[0], z), rule, z, False, lazy=True)
 

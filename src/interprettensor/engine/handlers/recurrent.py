@@ -41,10 +41,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
-from .. import backend
+from .. import backend, dtypes
+from ..backend import Tensor
 from ..errors import ExplainError
 from ..linear import LinearMap, linear_relevance, materialize
 from ..operation_rules import Gate, ProductRule
@@ -74,11 +74,11 @@ def _check_options(layer: Any, name: str) -> None:
                            f"explain a copy of the model built with stateful=False")
 
 
-def _split_inputs(xs: Sequence[tf.Tensor], layer: Any, name: str) -> tuple[tf.Tensor, tf.Tensor | None]:
+def _split_inputs(xs: Sequence[Tensor], layer: Any, name: str) -> tuple[Tensor, Tensor | None]:
     x = xs[0]
     mask = None
     for extra in xs[1:]:
-        if extra.dtype == tf.bool:
+        if dtypes.name(extra.dtype) == "bool":
             mask = extra
         else:
             raise ExplainError(f"layer {name!r} ({type(layer).__name__}) is called with an initial state or "
@@ -86,53 +86,54 @@ def _split_inputs(xs: Sequence[tf.Tensor], layer: Any, name: str) -> tuple[tf.Te
     if mask is None:
         mask = getattr(x, "_keras_mask", None)  # Sequential: the mask travels on the tensor
         if mask is not None:
-            mask = tf.cast(mask, tf.bool)
+            mask = ops.cast(mask, "bool")
     return x, mask
 
 
 class _Cell:
     """One cell's step, its parameters cast to the computation's dtype."""
 
-    def __init__(self, layer: Any, dtype: tf.DType):
+    def __init__(self, layer: Any, dtype: Any):
         cell = layer.cell
+        dtype = dtypes.name(dtype)
         self.kind = _CELLS[type(cell)]
         self.units = cell.units
         self.act = cell.activation
         self.rec_act = getattr(cell, "recurrent_activation", None)
-        self.W = tf.cast(ops.convert_to_tensor(cell.kernel), dtype)
-        self.U = tf.cast(ops.convert_to_tensor(cell.recurrent_kernel), dtype)
-        self.b = tf.cast(ops.convert_to_tensor(cell.bias), dtype) if cell.use_bias else None
+        self.W = ops.cast(ops.convert_to_tensor(cell.kernel), dtype)
+        self.U = ops.cast(ops.convert_to_tensor(cell.recurrent_kernel), dtype)
+        self.b = ops.cast(ops.convert_to_tensor(cell.bias), dtype) if cell.use_bias else None
         self.reset_after = getattr(cell, "reset_after", False)
         self.dtype = dtype
         u = self.units
         b = self.b
         if self.kind == "gru":
             if b is None:
-                self.b_in, self.b_rec = tf.zeros([3 * u], dtype), tf.zeros([3 * u], dtype)
+                self.b_in, self.b_rec = ops.zeros((3 * u,), dtype), ops.zeros((3 * u,), dtype)
             elif self.reset_after:
                 self.b_in, self.b_rec = b[0], b[1]
             else:
-                self.b_in, self.b_rec = b, tf.zeros([3 * u], dtype)
+                self.b_in, self.b_rec = b, ops.zeros((3 * u,), dtype)
 
     def n_states(self) -> int:
         return 2 if self.kind == "lstm" else 1
 
     # ------------------------------------------------------------------ forward
-    def step(self, x: tf.Tensor, states: list) -> tuple[list, dict]:
+    def step(self, x: Tensor, states: list) -> tuple[list, dict]:
         """New states and what the relevance pass needs of this step."""
         u = self.units
         h = states[0]
         if self.kind == "simple":
-            z = tf.matmul(x, self.W) + tf.matmul(h, self.U)
+            z = ops.matmul(x, self.W) + ops.matmul(h, self.U)
             if self.b is not None:
                 z = z + self.b
             return [self.act(z)], {"z": z}
         if self.kind == "lstm":
             c = states[1]
-            z = tf.matmul(x, self.W) + tf.matmul(h, self.U)
+            z = ops.matmul(x, self.W) + ops.matmul(h, self.U)
             if self.b is not None:
                 z = z + self.b
-            zi, zf, zc, zo = tf.split(z, 4, axis=-1)
+            zi, zf, zc, zo = ops.split(z, 4, axis=-1)
             i, f, o = self.rec_act(zi), self.rec_act(zf), self.rec_act(zo)
             g = self.act(zc)
             keep, new = f * c, i * g
@@ -140,20 +141,20 @@ class _Cell:
             h_new = o * self.act(c_new)
             return [h_new, c_new], {"zc": zc, "keep": keep, "new": new, "c": c_new}
         # GRU
-        mx = tf.matmul(x, self.W) + self.b_in
-        xz, xr, xh = tf.split(mx, 3, axis=-1)
+        mx = ops.matmul(x, self.W) + self.b_in
+        xz, xr, xh = ops.split(mx, 3, axis=-1)
         if self.reset_after:
-            inner = tf.matmul(h, self.U) + self.b_rec
-            rz, rr, rh = tf.split(inner, 3, axis=-1)
+            inner = ops.matmul(h, self.U) + self.b_rec
+            rz, rr, rh = ops.split(inner, 3, axis=-1)
         else:
-            inner = tf.matmul(h, self.U[:, :2 * u])
-            rz, rr = tf.split(inner, 2, axis=-1)
+            inner = ops.matmul(h, self.U[:, :2 * u])
+            rz, rr = ops.split(inner, 2, axis=-1)
         zg = self.rec_act(xz + rz)
         r = self.rec_act(xr + rr)
         if self.reset_after:
             pre = xh + r * rh
         else:
-            pre = xh + tf.matmul(r * h, self.U[:, 2 * u:])
+            pre = xh + ops.matmul(r * h, self.U[:, 2 * u:])
         hh = self.act(pre)
         keep, new = zg * h, (1 - zg) * hh
         h_new = keep + new
@@ -167,25 +168,25 @@ class _Cell:
             params = {"kernel": self.W, "recurrent_kernel": self.U}
             if self.b is not None:
                 params["bias"] = self.b
-            return LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + tf.matmul(xs[1], p["recurrent_kernel"])
+            return LinearMap(lambda xs, p: ops.matmul(xs[0], p["kernel"]) + ops.matmul(xs[1], p["recurrent_kernel"])
                              + p.get("bias", 0.0), params)
         if self.kind == "lstm":
             params = {"kernel": self.W[:, 2 * u:3 * u], "recurrent_kernel": self.U[:, 2 * u:3 * u]}
             if self.b is not None:
                 params["bias"] = self.b[2 * u:3 * u]
-            return LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + tf.matmul(xs[1], p["recurrent_kernel"])
+            return LinearMap(lambda xs, p: ops.matmul(xs[0], p["kernel"]) + ops.matmul(xs[1], p["recurrent_kernel"])
                              + p.get("bias", 0.0), params)
         r = rec["r"]  # the reset gate: a constant (r >= 0 for sigmoid-like gates)
         params = {"kernel": self.W[:, 2 * u:], "recurrent_kernel": self.U[:, 2 * u:]}
         if self.reset_after:
             if self.b is not None:
                 params["bias"] = self.b_in[2 * u:] + r * self.b_rec[2 * u:]
-            fn = lambda xs, p: (tf.matmul(xs[0], p["kernel"]) + r * tf.matmul(xs[1], p["recurrent_kernel"])
+            fn = lambda xs, p: (ops.matmul(xs[0], p["kernel"]) + r * ops.matmul(xs[1], p["recurrent_kernel"])
                                 + p.get("bias", 0.0))
         else:
             if self.b is not None:
                 params["bias"] = self.b_in[2 * u:]
-            fn = lambda xs, p: (tf.matmul(xs[0], p["kernel"]) + tf.matmul(r * xs[1], p["recurrent_kernel"])
+            fn = lambda xs, p: (ops.matmul(xs[0], p["kernel"]) + ops.matmul(r * xs[1], p["recurrent_kernel"])
                                 + p.get("bias", 0.0))
         return LinearMap(fn, params, bias_axis=None)
 
@@ -198,22 +199,22 @@ class _Cell:
         else:
             Wz, Wr = self.W[:, :u], self.W[:, u:2 * u]
             Uz, Ur = self.U[:, :u], self.U[:, u:2 * u]
-            W, U = tf.concat([Wz, -Wz, Wr], 1), tf.concat([Uz, -Uz, Ur], 1)
+            W, U = ops.concatenate([Wz, -Wz, Wr], 1), ops.concatenate([Uz, -Uz, Ur], 1)
             b = None
             if self.b is not None:
                 bz = self.b_in[:u] + self.b_rec[:u]
-                b = tf.concat([bz, -bz, self.b_in[u:2 * u] + self.b_rec[u:2 * u]], 0)
+                b = ops.concatenate([bz, -bz, self.b_in[u:2 * u] + self.b_rec[u:2 * u]], 0)
         params = {"kernel": W, "recurrent_kernel": U}
         if b is not None:
             params["bias"] = b
-        return LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + tf.matmul(xs[1], p["recurrent_kernel"])
+        return LinearMap(lambda xs, p: ops.matmul(xs[0], p["kernel"]) + ops.matmul(xs[1], p["recurrent_kernel"])
                          + p.get("bias", 0.0), params)
 
-    def gru_parts(self, x: tf.Tensor, h: tf.Tensor) -> dict:
+    def gru_parts(self, x: Tensor, h: Tensor) -> dict:
         """A GRU step's gates and recurrent candidate term, recomputed from ``x_t`` and ``h_{t-1}``."""
         u = self.units
-        mx = tf.matmul(x, self.W) + self.b_in
-        inner = tf.matmul(h, self.U) + self.b_rec
+        mx = ops.matmul(x, self.W) + self.b_in
+        inner = ops.matmul(h, self.U) + self.b_rec
         return {"z": self.rec_act(mx[:, :u] + inner[:, :u]), "r": self.rec_act(mx[:, u:2 * u] + inner[:, u:2 * u]),
                 "rh": inner[:, 2 * u:]}
 
@@ -221,13 +222,13 @@ class _Cell:
         """``reset_after``: ``[x_t, q] -> W_h x + b + q`` with the reset product ``q = r ⊙ (U_h h + b_r)``,
         and ``h -> U_h h + b_r``."""
         u = self.units
-        pa = {"kernel": self.W[:, 2 * u:], "recurrent_kernel": tf.ones([u], self.dtype)}
+        pa = {"kernel": self.W[:, 2 * u:], "recurrent_kernel": ops.ones((u,), self.dtype)}
         pb = {"recurrent_kernel": self.U[:, 2 * u:]}
         if self.b is not None:
             pa["bias"], pb["bias"] = self.b_in[2 * u:], self.b_rec[2 * u:]
-        a = LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + xs[1] * p["recurrent_kernel"] + p.get("bias", 0.0),
+        a = LinearMap(lambda xs, p: ops.matmul(xs[0], p["kernel"]) + xs[1] * p["recurrent_kernel"] + p.get("bias", 0.0),
                       pa)
-        b = LinearMap(lambda xs, p: tf.matmul(xs[0], p["recurrent_kernel"]) + p.get("bias", 0.0), pb)
+        b = LinearMap(lambda xs, p: ops.matmul(xs[0], p["recurrent_kernel"]) + p.get("bias", 0.0), pb)
         return a, b
 
 
@@ -243,11 +244,11 @@ def cell_rules(rule: Any, step: Any) -> tuple[LinearRule, ProductRule]:
     return check_linear_rule(linear, step), (Gate() if gates is None else gates)
 
 
-def _split(gates: ProductRule, gate: tf.Tensor, signal: tf.Tensor, R: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _split(gates: ProductRule, gate: Tensor, signal: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
     """``R`` of the product ``gate ⊙ signal`` split by the product rule: ``(R_gate, R_signal)``."""
     out = []
     for a in gates.shares([gate, signal], [False, True]):
-        out.append(R * (tf.cast(a, R.dtype) if tf.is_tensor(a) else constant(a, R.dtype)))
+        out.append(R * (ops.cast(a, R.dtype) if ops.is_tensor(a) else constant(a, R.dtype)))
     return out[0], out[1]
 
 
@@ -270,13 +271,13 @@ class RecurrentHandler(Handler):
         _cell_kind(layer, step.name)
         x, mask = _split_inputs(xs, layer, step.name)
         cell = _Cell(layer, x.dtype)
-        seq = tf.transpose(x, [1, 0, 2])  # (T, B, F)
-        batch = tf.shape(x)[0]
-        m = None if mask is None else tf.transpose(mask, [1, 0])
+        seq = ops.transpose(x, (1, 0, 2))  # (T, B, F)
+        batch = ops.shape(x)[0]
+        m = None if mask is None else ops.transpose(mask, (1, 0))
         if layer.go_backwards:
-            seq = tf.reverse(seq, [0])
-            m = None if m is None else tf.reverse(m, [0])
-        zeros = tf.zeros(tf.stack([batch, cell.units]), x.dtype)
+            seq = ops.flip(seq, 0)
+            m = None if m is None else ops.flip(m, 0)
+        zeros = ops.zeros((batch, cell.units), x.dtype)
         init_states = [zeros] * cell.n_states()
         zero_out = bool(getattr(layer, "zero_output_for_mask", False))
 
@@ -286,20 +287,20 @@ class RecurrentHandler(Handler):
             new_states, rec = cell.step(x_t, states)
             out = new_states[0]
             if m is not None:
-                keep = tf.expand_dims(m_t, -1)
-                new_states = [tf.where(keep, s, p) for s, p in zip(new_states, states)]
-                out = tf.where(keep, out, tf.zeros_like(out) if zero_out else prev_out)
+                keep = ops.expand_dims(m_t, -1)
+                new_states = [ops.where(keep, s, p) for s, p in zip(new_states, states)]
+                out = ops.where(keep, out, ops.zeros_like(out) if zero_out else prev_out)
             return {"states": new_states, "out": out, "prev": states, "rec": rec}
 
-        m_elems = m if m is not None else tf.ones(tf.shape(seq)[:2], tf.bool)
+        m_elems = m if m is not None else ops.ones(ops.shape(seq)[:2], "bool")
         _, rec0 = cell.step(seq[0], init_states)  # the shapes of a step's record (for the initializer)
         init = {"states": init_states, "out": zeros, "prev": init_states,
-                "rec": {k: tf.zeros_like(v) for k, v in rec0.items()}}
+                "rec": {k: ops.zeros_like(v) for k, v in rec0.items()}}
         acc = backend.scan(body, (seq, m_elems), init)
         outs_seq = acc["out"]  # (T, B, U)
         final_states = [s[-1] for s in acc["states"]]
         if layer.return_sequences:
-            y = tf.transpose(outs_seq, [1, 0, 2])
+            y = ops.transpose(outs_seq, (1, 0, 2))
         else:
             y = outs_seq[-1]
         outputs = [y] + (final_states if layer.return_state else [])
@@ -313,24 +314,23 @@ class RecurrentHandler(Handler):
         seq = state["seq"]
         cell = _Cell(layer, seq.dtype)
         dtype = seq.dtype
-        Rs = [tf.cast(materialize(r), dtype) for r in Rs]
-        T = tf.shape(seq)[0]
-        batch = tf.shape(seq)[1]
-        zeros = tf.zeros(tf.stack([batch, cell.units]), dtype)
+        Rs = [ops.cast(materialize(r), dtype) for r in Rs]
+        T, batch = ops.shape(seq)[:2]
+        zeros = ops.zeros((batch, cell.units), dtype)
         R_y = Rs[0]
         if layer.return_sequences:
-            R_out = tf.transpose(tf.reshape(R_y, tf.shape(ys[0])), [1, 0, 2])
+            R_out = ops.transpose(ops.reshape(R_y, ops.shape(ys[0])), (1, 0, 2))
             R_h0 = zeros
         else:
-            R_out = tf.zeros(tf.stack([T, batch, cell.units]), dtype)
-            R_h0 = tf.reshape(R_y, tf.shape(zeros))
+            R_out = ops.zeros((T, batch, cell.units), dtype)
+            R_h0 = ops.reshape(R_y, ops.shape(zeros))
         R_c0 = zeros
         if layer.return_state:
             R_h0 = R_h0 + Rs[1]
             if cell.kind == "lstm":
                 R_c0 = R_c0 + Rs[2]
         m = state["mask"]
-        m_elems = m if m is not None else tf.ones(tf.shape(seq)[:2], tf.bool)
+        m_elems = m if m is not None else ops.ones(ops.shape(seq)[:2], "bool")
         zero_out = state["zero_out"]
 
         def lstm_step(x_t, h_prev, c_prev, R_h, R_c, rec):
@@ -341,12 +341,12 @@ class RecurrentHandler(Handler):
                 return (*linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_g, rule, rec["zc"]), R_cp)
             gm = cell.gate_map()
             z = gm([x_t, h_prev])
-            zi, zf, zc, zo = tf.split(z, 4, axis=-1)
+            zi, zf, zc, zo = ops.split(z, 4, axis=-1)
             R_o, R_tc = _split(gates, cell.rec_act(zo), cell.act(rec["c"]), R_h)
             R_keep, R_new = linear_relevance(_SUM, [rec["keep"], rec["new"]], R_c + R_tc, merge, rec["c"])
             R_f, R_cp = _split(gates, cell.rec_act(zf), c_prev, R_keep)
             R_i, R_g = _split(gates, cell.rec_act(zi), cell.act(zc), R_new)
-            R_x, R_hp = linear_relevance(gm, [x_t, h_prev], tf.concat([R_i, R_f, R_g, R_o], -1), rule, z)
+            R_x, R_hp = linear_relevance(gm, [x_t, h_prev], ops.concatenate([R_i, R_f, R_g, R_o], -1), rule, z)
             return R_x, R_hp, R_cp
 
         def gru_step(x_t, h_prev, R_h, rec):
@@ -369,14 +369,14 @@ class RecurrentHandler(Handler):
                 R_x, R_prod = linear_relevance(cell.candidate_map(rec), [x_t, h_prev], R_hh, rule, rec["pre"])
                 R_r, R_hs = _split(gates, r, h_prev, R_prod)
                 R_hp = R_hp + R_hs
-            Rg_x, Rg_h = linear_relevance(cell.gate_map(), [x_t, h_prev], tf.concat([R_zk, R_zn, R_r], -1), rule)
+            Rg_x, Rg_h = linear_relevance(cell.gate_map(), [x_t, h_prev], ops.concatenate([R_zk, R_zn, R_r], -1), rule)
             return R_x + Rg_x, R_hp + Rg_h
 
         def body(acc, elem):
             R_h, R_c = acc["R_h"], acc["R_c"]
             x_t, m_t, R_o, prev, rec = elem
-            keep = tf.expand_dims(m_t, -1)
-            R_o = tf.where(keep, R_o, tf.zeros_like(R_o)) if zero_out else R_o
+            keep = ops.expand_dims(m_t, -1)
+            R_o = ops.where(keep, R_o, ops.zeros_like(R_o)) if zero_out else R_o
             R_h = R_h + R_o
             h_prev = prev[0]
             if cell.kind == "simple":
@@ -388,17 +388,17 @@ class RecurrentHandler(Handler):
                 R_x, R_hp = gru_step(x_t, h_prev, R_h, rec)
                 R_cp = R_c
             # masked steps copy the state: no relevance for the input, the state's passes through
-            R_x = tf.where(keep, R_x, tf.zeros_like(R_x))
-            R_hp = tf.where(keep, R_hp, R_h)
-            R_cp = tf.where(keep, R_cp, R_c)
+            R_x = ops.where(keep, R_x, ops.zeros_like(R_x))
+            R_hp = ops.where(keep, R_hp, R_h)
+            R_cp = ops.where(keep, R_cp, R_c)
             return {"R_h": R_hp, "R_c": R_cp, "R_x": R_x}
 
-        init = {"R_h": R_h0, "R_c": R_c0, "R_x": tf.zeros_like(seq[0])}
+        init = {"R_h": R_h0, "R_c": R_c0, "R_x": ops.zeros_like(seq[0])}
         acc = backend.scan(body, (seq, m_elems, R_out, state["prev"], state["rec"]), init, reverse=True)
         R_x = acc["R_x"]  # (T, B, F), in the order of the processed sequence
         if layer.go_backwards:
-            R_x = tf.reverse(R_x, [0])
-        R_x = tf.transpose(R_x, [1, 0, 2])
+            R_x = ops.flip(R_x, 0)
+        R_x = ops.transpose(R_x, (1, 0, 2))
         return [R_x] + [None] * (len(xs) - 1)
 
 
@@ -431,14 +431,14 @@ class BidirectionalHandler(Handler):
         ys_b, st_b = self.recurrent.forward(bl, xs, self._sub(step, bl), options)
         y, y_rev = ys_f[0], ys_b[0]
         if layer.return_sequences:
-            y_rev = tf.reverse(y_rev, [1])
+            y_rev = ops.flip(y_rev, 1)
         mode = layer.merge_mode
         if mode == "concat":
-            out = [tf.concat([y, y_rev], -1)]
+            out = [ops.concatenate([y, y_rev], -1)]
         elif mode == "sum":
             out = [y + y_rev]
         elif mode == "ave":
-            out = [(y + y_rev) / tf.cast(2, y.dtype)]
+            out = [(y + y_rev) / ops.cast(2, y.dtype)]
         else:
             out = [y, y_rev]
         outputs = out + ys_f[1:] + ys_b[1:]
@@ -455,14 +455,14 @@ class BidirectionalHandler(Handler):
         if mode is None:
             R_f, R_b = R_out
         elif mode == "concat":
-            R_f, R_b = tf.split(tf.reshape(R_out[0], tf.shape(state["out"])), 2, axis=-1)
+            R_f, R_b = ops.split(ops.reshape(R_out[0], ops.shape(state["out"])), 2, axis=-1)
         else:
             scale = 1.0 if mode == "sum" else 0.5
-            merge = LinearMap(lambda v, p: (v[0] + v[1]) * tf.cast(scale, v[0].dtype), {}, bias_axis=None)
-            R_f, R_b = linear_relevance(merge, [y, y_rev], tf.reshape(R_out[0], tf.shape(state["out"])),
+            merge = LinearMap(lambda v, p: (v[0] + v[1]) * ops.cast(scale, v[0].dtype), {}, bias_axis=None)
+            R_f, R_b = linear_relevance(merge, [y, y_rev], ops.reshape(R_out[0], ops.shape(state["out"])),
                                         rule.merge_rule(), state["out"])
         if layer.return_sequences:
-            R_b = tf.reverse(R_b, [1])
+            R_b = ops.flip(R_b, 1)
         fl, bl = layer.forward_layer, layer.backward_layer
         n_states = len(state["f"][0]) - 1
         R_in = None
@@ -478,7 +478,7 @@ class MaskingHandler(Handler):
     """``Masking``: the output is the input with masked time steps zeroed; relevance passes."""
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
-        return [tf.reshape(materialize(Rs[0]), tf.shape(xs[0]))]
+        return [ops.reshape(materialize(Rs[0]), ops.shape(xs[0]))]
 
 
 def register_recurrent_layers() -> None:

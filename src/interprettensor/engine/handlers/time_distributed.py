@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
+from ..backend import Tensor
 from ..errors import ExplainError
 from ..linear import materialize
 from .base import DEFAULT_PASS, Handler
@@ -17,12 +18,12 @@ from .registry import get_handler
 __all__ = ["TimeDistributedHandler", "TimeDistributedDispatch"]
 
 
-def _fold(x: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
+def _fold(x: Tensor) -> Tensor:
+    return ops.reshape(x, (-1, *ops.shape(x)[2:]))
 
 
-def _unfold(y: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    return tf.reshape(y, tf.concat([tf.shape(like)[:2], tf.shape(y)[1:]], 0))
+def _unfold(y: Tensor, like: Tensor) -> Tensor:
+    return ops.reshape(y, (*ops.shape(like)[:2], *ops.shape(y)[1:]))
 
 
 class TimeDistributedHandler(Handler):
