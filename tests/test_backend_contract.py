@@ -107,3 +107,24 @@ def test_runtime_errors_of_a_compiled_call_are_named():
     with pytest.raises(backend.RUNTIME_ERRORS) as info:
         f(t(np.arange(4.0)), tf.constant([7], tf.int32))  # beyond the table
     assert "7" in backend.error_message(info.value)
+
+
+def test_is_symbolic_only_inside_a_traced_computation():
+    seen = []
+
+    def fn(x):
+        seen.append(backend.is_symbolic(x))
+        return 2.0 * x
+
+    f = backend.compile(fn, (backend.spec((None,), tf.float64),))
+    np.testing.assert_allclose(f(t([1.0, 2.0])).numpy(), [2.0, 4.0], rtol=RTOL)
+    assert seen == [True]
+    assert not backend.is_symbolic(t([1.0])) and not backend.is_symbolic(np.zeros(2)) and not backend.is_symbolic(3)
+
+
+def test_runtime_error_is_one_of_the_runtime_errors_and_keeps_its_message():
+    e = backend.runtime_error("target out of range: 5 units")
+    assert isinstance(e, backend.RUNTIME_ERRORS)
+    with pytest.raises(backend.RUNTIME_ERRORS) as info:
+        raise e
+    assert backend.error_message(info.value) == "target out of range: 5 units"

@@ -25,9 +25,10 @@ from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from . import backend
+from .backend import Tensor
 from .errors import ExplainError
 from .explainer import Explainer
 from .graph import Graph, backward, forward
@@ -129,7 +130,7 @@ class ConditionalExplainer(Explainer):
                                f"not fully known ({'no input shape' if not shapes else shapes}); build the model "
                                f"with keras.Input(shape) or call model.build((None, ...)) with the sample shape")
         dtypes = input_dtypes(self.model, len(shapes), self.dtype)
-        probe = [tf.zeros((1,) + s, d) for s, d in zip(shapes, dtypes)]
+        probe = [ops.zeros((1,) + s, d) for s, d in zip(shapes, dtypes)]
         if self._probe_values is None:
             with layer_precision(self.graph, self.dtype):
                 self._probe_values, _ = forward(self.graph, probe)
@@ -180,7 +181,7 @@ class ConditionalExplainer(Explainer):
         return sites, out
 
     # ------------------------------------------------------------------ traced passes
-    def _forward_and_top(self, xs: Sequence[tf.Tensor], targets: tf.Tensor, lowest: int) -> tuple:
+    def _forward_and_top(self, xs: Sequence[Tensor], targets: Tensor, lowest: int) -> tuple:
         """Forward pass, starting relevance, and the backward pass down to step ``lowest`` (exclusive):
         ``(records, relevance by key, explained output, model outputs, values, inputs in the backward
         dtype)``."""
@@ -196,20 +197,20 @@ class ConditionalExplainer(Explainer):
         rel, _ = backward(sub, records[lo:hi], start, list(rules)[lo:hi], options=self.pass_options[True])
         return rel
 
-    def _repeated_records(self, records: list, xs: Sequence[tf.Tensor], K: tf.Tensor, hi: int) -> list:
+    def _repeated_records(self, records: list, xs: Sequence[Tensor], K: Tensor, hi: int) -> list:
         """The records of steps ``0 .. hi-1`` for every sample repeated ``K`` times (sample-major)."""
         def rep(t: Any) -> Any:
-            if isinstance(t, tf.Tensor) and t.shape.rank and t.shape[0] is None:
-                return tf.repeat(t, K, axis=0)
+            if _is_tensor(t) and len(t.shape) and t.shape[0] is None:
+                return ops.repeat(t, K, axis=0)
             return t
 
         steps = self.graph.steps[:hi]
-        if all(s.handler.batch_records and all(isinstance(v, (tf.Tensor, LinearMap, tuple)) or v is None
+        if all(s.handler.batch_records and all(_is_tensor(v) or isinstance(v, (LinearMap, tuple)) or v is None
                                                         for v in st.values())
                for s, (_, _, st) in zip(steps, records)):
             out = []
             for (ins, outs, state) in records[:hi]:
-                kept = {k: rep(v) for k, v in state.items() if isinstance(v, tf.Tensor)}
+                kept = {k: rep(v) for k, v in state.items() if _is_tensor(v)}
                 out.append(([rep(t) for t in ins], [rep(t) for t in outs], kept))
             return out
         # a layer whose record is more than the batch's tensors: run the forward pass on repeated inputs
@@ -217,51 +218,51 @@ class ConditionalExplainer(Explainer):
         return (cast_floats(again, self.backward_dtype) if self._recast() else again)[:hi]
 
     @staticmethod
-    def _broadcast_mask(mask: tf.Tensor, n: tf.Tensor, site: _Site, dtype: tf.DType) -> tf.Tensor:
+    def _broadcast_mask(mask: Tensor, n: Any, site: _Site, dtype: Any) -> Tensor:
         """``(K, C)`` -> ``(N*K, 1, ..., C, ..., 1)``: condition ``k`` of sample ``i`` at row ``i*K + k``."""
-        m = tf.tile(tf.cast(mask, dtype), [n, 1])
+        m = ops.tile(ops.cast(mask, dtype), (n, 1))
         shape = [-1] + [1] * (site.rank - 1)
         shape[site.axis] = site.channels
-        return tf.reshape(m, shape)
+        return ops.reshape(m, tuple(shape))
 
-    def _conditional_core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor, masks: Sequence[tf.Tensor],
+    def _conditional_core(self, xs: Sequence[Tensor], targets: Tensor, masks: Sequence[Tensor],
                       sites: Sequence[_Site], stop: _Site | None, from_activation: bool) -> tuple:
         self.trace_count += 1
         top = sites[0]
         records, rel, out, model_outputs, values, xs_b = self._forward_and_top(
             xs, targets, len(self.graph.steps) if from_activation else top.index)
-        n = tf.shape(xs[0])[0]
-        K = tf.shape(masks[0])[0]
+        n = ops.shape(xs[0])[0]
+        K = ops.shape(masks[0])[0]
         dtype = out.dtype
         if from_activation:  # start at the layer, with its activation as the relevance
-            R_top = tf.cast(values[top.key], dtype)
+            R_top = ops.cast(values[top.key], dtype)
         elif top.key == self.start_key:
             R_top = start_relevance(out, targets, None, False, "the model output")
         else:
-            R_top = materialize(rel[top.key]) if top.key in rel else tf.zeros_like(tf.cast(values[top.key], dtype))
+            R_top = materialize(rel[top.key]) if top.key in rel else ops.zeros_like(ops.cast(values[top.key], dtype))
         lower = self._repeated_records(records, xs, K, top.index + 1)
-        xs_rep = [tf.repeat(x, K, axis=0) for x in xs_b]
-        R = tf.repeat(R_top, K, axis=0) * self._broadcast_mask(masks[0], n, top, dtype)
+        xs_rep = [ops.repeat(x, K, axis=0) for x in xs_b]
+        R = ops.repeat(R_top, K, axis=0) * self._broadcast_mask(masks[0], n, top, dtype)
         current = top
         for site, mask in zip(sites[1:], masks[1:]):
             rel = self._backward_range(lower, {current.key: R}, site.index + 1, current.index + 1, self.rules)
             R_site = rel.get(site.key)
-            R_site = tf.zeros_like(lower[site.index][1][0], dtype) if R_site is None else R_site
+            R_site = ops.zeros_like(lower[site.index][1][0], dtype) if R_site is None else R_site
             R = R_site * self._broadcast_mask(mask, n, site, dtype)
             current = site
         if stop is not None:  # the relevance at a lower layer (attribution graphs)
             rel = self._backward_range(lower, {current.key: R}, stop.index + 1, current.index + 1, self.rules)
             R_stop = rel.get(stop.key)
             if R_stop is None:
-                R_stop = tf.zeros_like(lower[stop.index][1][0], dtype)
+                R_stop = ops.zeros_like(lower[stop.index][1][0], dtype)
             return [R_stop], R_top, out, model_outputs
         rules = self._bounds_rules(xs_rep)
         rel = self._backward_range(lower, {current.key: R}, 0, current.index + 1, rules)
-        result = [rel[k] if k in rel else tf.zeros(tf.shape(x), dtype)
+        result = [rel[k] if k in rel else ops.zeros(ops.shape(x), dtype)
                   for k, x in zip(self.graph.inputs, xs_rep)]
         return result, R_top, out, model_outputs
 
-    def _statistics_core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor) -> tuple:
+    def _statistics_core(self, xs: Sequence[Tensor], targets: Tensor) -> tuple:
         self.trace_count += 1
         _, rel, out, model_outputs, values, _ = self._forward_and_top(xs, targets, self.sites[-1].index)
         relevances, activations = [], []
@@ -269,23 +270,23 @@ class ConditionalExplainer(Explainer):
             R = rel.get(s.key)
             if s.key == self.start_key:
                 R = start_relevance(out, targets, None, False, "the model output")
-            a = tf.cast(values[s.key], out.dtype)
-            R = tf.zeros_like(a) if R is None else materialize(R)
-            axes = [i for i in range(1, s.rank) if i != s.axis]
-            relevances.append(tf.reduce_sum(R, axis=axes) if axes else R)
-            activations.append(tf.reduce_max(a, axis=axes) if axes else a)
+            a = ops.cast(values[s.key], out.dtype)
+            R = ops.zeros_like(a) if R is None else materialize(R)
+            axes = tuple(i for i in range(1, s.rank) if i != s.axis)
+            relevances.append(ops.sum(R, axis=axes) if axes else R)
+            activations.append(ops.max(a, axis=axes) if axes else a)
         return relevances, activations, out, model_outputs
 
-    def _signature(self, xs: Sequence[tf.Tensor]) -> tuple:
+    def _signature(self, xs: Sequence[Tensor]) -> tuple:
         return tuple(backend.spec((None,) + tuple(x.shape[1:]), x.dtype) for x in xs)
 
-    def _cond_function(self, xs: Sequence[tf.Tensor], kind: str, sites: Sequence[_Site] = (),
+    def _cond_function(self, xs: Sequence[Tensor], kind: str, sites: Sequence[_Site] = (),
                        stop: _Site | None = None):
         sig = self._signature(xs)
         key = (kind, sig, tuple(s.name for s in sites), None if stop is None else stop.name)
         fn = self._cond_functions.get(key)
         if fn is None:
-            targets_spec = backend.spec((None,), tf.int32)
+            targets_spec = backend.spec((None,), "int32")
             if kind == "statistics":
                 def run(xs, targets):
                     with layer_precision(self.graph, self.dtype):
@@ -293,7 +294,7 @@ class ConditionalExplainer(Explainer):
 
                 spec = (sig, targets_spec)
             else:
-                masks_spec = tuple(backend.spec((None, s.channels), tf.float32) for s in sites)
+                masks_spec = tuple(backend.spec((None, s.channels), "float32") for s in sites)
                 from_activation = kind == "activation"
 
                 def run(xs, targets, masks):
@@ -336,6 +337,7 @@ class ConditionalExplainer(Explainer):
         xs = self._inputs(x)
         n = int(xs[0].shape[0])
         targets = _targets(target, n)
+        self._check_targets(ops.convert_to_numpy(targets), xs)
         K = int(masks[0].shape[0])
         kb = condition_batch_size or K
         bs = batch_size or self.batch_size or max(n, 1)
@@ -344,14 +346,14 @@ class ConditionalExplainer(Explainer):
         for lo in range(0, max(n, 1), bs):
             part = [t[lo:lo + bs] for t in xs]
             if n == 0:
-                part = [tf.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
+                part = [ops.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
             m = int(part[0].shape[0])
             row = []
             for klo in range(0, K, kb):
-                ms = tuple(tf.constant(mask[klo:klo + kb]) for mask in masks)
-                res = self._call(fn, tuple(part), targets[lo:lo + bs] if n else tf.fill((1,), -1), ms)
+                ms = tuple(ops.convert_to_tensor(mask[klo:klo + kb]) for mask in masks)
+                res = self._call(fn, tuple(part), targets[lo:lo + bs] if n else ops.full((1,), -1, dtype="int32"), ms)
                 k = int(ms[0].shape[0])
-                row.append([np.asarray(r).reshape((m, k) + tuple(r.shape[1:])) for r in res[0]])
+                row.append([ops.convert_to_numpy(r).reshape((m, k) + tuple(r.shape[1:])) for r in res[0]])
             parts.append([np.concatenate([c[i] for c in row], axis=1) for i in range(len(row[0]))])
         result = [np.concatenate([p[i] for p in parts])[:n] for i in range(len(parts[0]))]
         return result[0] if len(result) == 1 else result
@@ -366,6 +368,7 @@ class ConditionalExplainer(Explainer):
         xs = self._inputs(x)
         n = int(xs[0].shape[0])
         targets = _targets(target, n)
+        self._check_targets(ops.convert_to_numpy(targets), xs)
         bs = batch_size or self.batch_size or max(n, 1)
         fn = self._cond_function(xs, "statistics")
         rel = {s.name: [] for s in self.sites}
@@ -375,9 +378,9 @@ class ConditionalExplainer(Explainer):
             part = [t[lo:lo + bs] for t in xs]
             R, A, out, _ = self._call(fn, tuple(part), targets[lo:lo + bs])
             for s, r, a in zip(self.sites, R, A):
-                rel[s.name].append(r.numpy())
-                act[s.name].append(a.numpy())
-            outs.append(out.numpy())
+                rel[s.name].append(ops.convert_to_numpy(r))
+                act[s.name].append(ops.convert_to_numpy(a))
+            outs.append(ops.convert_to_numpy(out))
         empty = {s.name: np.zeros((0, s.channels), np.float32) for s in self.sites}
         rel = {k: np.concatenate(v) if v else empty[k] for k, v in rel.items()}
         act = {k: np.concatenate(v) if v else empty[k] for k, v in act.items()}
@@ -386,26 +389,29 @@ class ConditionalExplainer(Explainer):
         return rel, act
 
     def _call(self, fn: Any, *args: Any) -> tuple:
-        try:
-            res = fn(*args)
-        except backend.RUNTIME_ERRORS as e:
-            msg = backend.error_message(e)
-            if "target out of range" in msg:
-                raise ExplainError(msg[msg.index("target out of range"):].split("]")[0]) from None
-            raise
+        res = fn(*args)
+        if self._start_shape is None:  # known now: later target checks need no probe
+            self._start_shape = tuple(int(d) for d in res[2].shape[1:])
         if not self._verified:
             self.check_forward(list(args[0]), res[3])
         return res
 
 
-def _targets(target: Any, n: int) -> tf.Tensor:
+def _is_tensor(v: Any) -> bool:
+    """Whether ``v`` is a tensor of the backend (not a variable)."""
+    return ops.is_tensor(v) and not hasattr(v, "assign")
+
+
+def _targets(target: Any, n: int) -> Tensor:
     """``target`` as int32 ``(n,)``; an integer array may hold -1 for "the predicted class" (as the data
     set readers give it)."""
-    if isinstance(target, (np.ndarray, tf.Tensor)) and np.ndim(target) == 1 and np.asarray(target).dtype.kind in "iu":
-        t = np.asarray(target).astype(np.int32)
+    if ops.is_tensor(target):
+        target = ops.convert_to_numpy(target)
+    if isinstance(target, np.ndarray) and target.ndim == 1 and target.dtype.kind in "iu":
+        t = target.astype(np.int32)
         if len(t) != n:
             raise ExplainError(f"target has {len(t)} entries for {n} samples")
         if t.size and t.min() < -1:
             raise ExplainError(f"target out of range: negative class index {int(t.min())}")
-        return tf.constant(t)
+        return ops.convert_to_tensor(t)
     return as_targets(target, n)

@@ -12,10 +12,11 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import tree
+from keras import ops, tree
 
 from . import backend
+from . import dtypes as _dtypes
+from .backend import Tensor
 from .composites import Composite, get_composite
 from .errors import ExplainError
 from .forward_check import locate_mismatch, outputs_agree, reference_rtol
@@ -25,7 +26,7 @@ from .graph import (Graph, Step, backward, build_graph, explained_output, forwar
 from .handlers import PassOptions
 from .precision import cast_floats, layer_precision, model_dtype, resolve_dtype, scale_down, scale_up
 from .rules import Rule, constant
-from .targets import (as_inputs, as_positions, as_targets, check_finite, input_dtypes, pack_inputs,
+from .targets import (as_inputs, as_positions, as_targets, check_finite, check_targets, input_dtypes, pack_inputs,
                       start_relevance)
 
 __all__ = ["Explainer", "lrp"]
@@ -80,7 +81,7 @@ class Explainer:
     def __init__(self, model: keras.Model, rule: str | Rule | Composite = "epsilon", *,
                  layer: str | None = None, output: int | str | None = None, probability: bool = False,
                  canonize: bool = True, jit_compile: bool = False, batch_size: int | None = None,
-                 dtype: str | tf.DType | None = None, verify: bool = True, **params: Any):
+                 dtype: Any = None, verify: bool = True, **params: Any):
         if keras.backend.backend() != "tensorflow":
             raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
                                f"got {keras.backend.backend()!r}")
@@ -98,6 +99,8 @@ class Explainer:
         #: dtype of the inputs and forward pass; ``backward_dtype``: of the relevance computation
         self.dtype, self.backward_dtype = resolve_dtype(model, dtype)
         self._functions: dict = {}
+        #: the functions :meth:`compiled` returned, by the id of the compiled function they check for
+        self._checked: dict = {}
         self.trace_count = 0
         #: graphs built for concrete input shapes (models with layers traceable only at known shapes)
         self._plans: dict = {}
@@ -146,7 +149,7 @@ class Explainer:
         """The steps whose groups for negative outputs are skipped, per mode."""
         return {k: o.positive_outputs for k, o in self.pass_options.items()}
 
-    def _activate_for(self, xs: Sequence[tf.Tensor]) -> None:
+    def _activate_for(self, xs: Sequence[Tensor]) -> None:
         """For a model explained per input shape: make the graph for ``xs``'s shapes the active one."""
         if not self.shape_specific:
             return
@@ -170,8 +173,8 @@ class Explainer:
         return {s.name: r for s, r in zip(self.graph.steps, self.rules)}
 
     # ------------------------------------------------------------------ the traced pass
-    def _core(self, xs: Sequence[tf.Tensor], targets: tf.Tensor | None, R0: tf.Tensor | None,
-              layerwise: bool, positions: tf.Tensor | None = None) -> tuple:
+    def _core(self, xs: Sequence[Tensor], targets: Tensor | None, R0: Tensor | None,
+              layerwise: bool, positions: Tensor | None = None) -> tuple:
         """Forward pass, starting relevance, backward pass: ``(relevances, layerwise, explained output,
         model outputs)``."""
         self.trace_count += 1
@@ -180,20 +183,20 @@ class Explainer:
         where = f"layer {self.layer!r}" if self.layer else "the model output"
         R = start_relevance(out, targets, R0, self.layer is not None, where, positions)
         scale = None
-        if R.dtype == tf.float16:
+        if _dtypes.name(R.dtype) == "float16":
             R, scale = scale_up(R)
         rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise,
                            options=options)
-        result = [rel[k] if k in rel else tf.zeros(tf.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
+        result = [rel[k] if k in rel else ops.zeros(ops.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
-                lw[name] = rel.get(k, tf.zeros(tf.shape(x), R.dtype))
+                lw[name] = rel.get(k, ops.zeros(ops.shape(x), R.dtype))
         if scale is not None:
             result = [scale_down(r, scale) for r in result]
-            lw = tf.nest.map_structure(lambda t: scale_down(t, scale), lw)
+            lw = tree.map_structure(lambda t: scale_down(t, scale), lw)
         return result, lw, out, model_outputs
 
-    def _forward_pass(self, xs: Sequence[tf.Tensor], options: PassOptions) -> tuple:
+    def _forward_pass(self, xs: Sequence[Tensor], options: PassOptions) -> tuple:
         """The forward pass under ``options``, with its records, explained output and inputs in the
         backward dtype: ``(values, records, model outputs, explained output, inputs)``."""
         values, records = forward(self.graph, xs, options)
@@ -201,16 +204,17 @@ class Explainer:
         out = values[self.start_key]
         if self._recast():
             records = cast_floats(records, self.backward_dtype)
-            out = tf.cast(out, self.backward_dtype)
-            xs = [tf.cast(x, self.backward_dtype) if x.dtype.is_floating else x for x in xs]
+            out = ops.cast(out, _dtypes.name(self.backward_dtype))
+            xs = [ops.cast(x, _dtypes.name(self.backward_dtype)) if _dtypes.is_floating(x.dtype) else x for x in xs]
         return values, records, model_outputs, out, list(xs)
 
     def _recast(self) -> bool:
         """Whether the records need casting: mixed precision (relevance in ``backward_dtype``), or low
         precision (layers of a float32 model, autocasting their inputs, may have returned float32)."""
-        return self.backward_dtype != self.dtype or self.dtype in (tf.float16, tf.bfloat16)
+        dtype = _dtypes.name(self.dtype)
+        return _dtypes.name(self.backward_dtype) != dtype or dtype in _dtypes.LOW_PRECISION
 
-    def _model_outputs(self, values: dict) -> list[tf.Tensor]:
+    def _model_outputs(self, values: dict) -> list[Tensor]:
         """The model's outputs as the pass computed them, with a stripped final activation re-applied
         (for the comparison with the model's own output)."""
         producer = self.graph.producer()
@@ -224,7 +228,7 @@ class Explainer:
             outs.append(v)
         return outs
 
-    def _bounds_rules(self, xs: Sequence[tf.Tensor]) -> list[Rule]:
+    def _bounds_rules(self, xs: Sequence[Tensor]) -> list[Rule]:
         """Bounds of rules that need them (z^B) are given for the model input; map them through the
         affine preprocessing layers before the layer (rescaling, normalisation, padding; the composite
         assigns such rules only where the input is such) by running those layers on them. A decreasing
@@ -237,10 +241,10 @@ class Explainer:
                 continue
             mapped = []
             for bound in box:
-                filled = [tf.broadcast_to(constant(bound, x.dtype), tf.shape(x)) for x in xs]
+                filled = [ops.broadcast_to(constant(bound, x.dtype), ops.shape(x)) for x in xs]
                 values, _ = forward(self._prefix(step), filled)
                 mapped.append(values[step.inputs[0]])
-            rules[i] = rule.with_bounds(tf.minimum(mapped[0], mapped[1]), tf.maximum(mapped[0], mapped[1]))
+            rules[i] = rule.with_bounds(ops.minimum(mapped[0], mapped[1]), ops.maximum(mapped[0], mapped[1]))
         return rules
 
     def _prefix(self, step: Step) -> Graph:
@@ -252,7 +256,7 @@ class Explainer:
                 needed.update(s.inputs)
         return Graph(self.graph.inputs, list(step.inputs), order[::-1], [], [])
 
-    def _function(self, xs: Sequence[tf.Tensor], mode: str, layerwise: bool):
+    def _function(self, xs: Sequence[Tensor], mode: str, layerwise: bool):
         # per input shape (batch size included) where the graph holds only for that shape
         batch = int(xs[0].shape[0]) if self.shape_specific else None
         sig = tuple(backend.spec((batch,) + tuple(x.shape[1:]), x.dtype) for x in xs)
@@ -264,13 +268,13 @@ class Explainer:
                     with layer_precision(self.graph, self.dtype):
                         return self._core(xs, targets, None, layerwise)
 
-                spec = (sig, backend.spec((None,), tf.int32))
+                spec = (sig, backend.spec((None,), "int32"))
             elif mode == "position":
                 def run(xs, targets, positions):
                     with layer_precision(self.graph, self.dtype):
                         return self._core(xs, targets, None, layerwise, positions)
 
-                spec = (sig, backend.spec((None,), tf.int32), backend.spec((None,), tf.int32))
+                spec = (sig, backend.spec((None,), "int32"), backend.spec((None,), "int32"))
             else:
                 def run(xs, R0):
                     with layer_precision(self.graph, self.dtype):
@@ -281,19 +285,37 @@ class Explainer:
             self._functions[key] = fn
         return fn
 
-    def compiled(self, specs: Sequence[tf.TensorSpec | tf.Tensor], layerwise: bool = False):
+    def compiled(self, specs: Sequence[Any], layerwise: bool = False):
         """The compiled per-batch function for inputs like ``specs`` (tensors or TensorSpecs, one per
         model input; the batch dimension is free): ``fn(xs, targets) -> (relevances, layerwise,
         output, model_outputs)`` with ``xs`` a tuple of tensors in :attr:`dtype`, ``targets`` int32 of
         shape (N,) (-1: the predicted class), ``relevances`` a list (one per input), ``output`` the
         explained output and ``model_outputs`` the model's outputs as the pass computed them (see
         :meth:`check_forward`). Usable inside ``tf.distribute.Strategy.run``; repeated calls never
-        retrace."""
-        dtypes = input_dtypes(self.model, len(specs), self.dtype)
+        retrace. Targets the host can read (not those of a computation being traced) are checked
+        against the explained output before the compiled call; one beyond it raises one of
+        :data:`~interprettensor.engine.backend.RUNTIME_ERRORS` with a message that starts with
+        ``target out of range``."""
+        wanted = input_dtypes(self.model, len(specs), self.dtype)
         specs = [backend.spec((s.shape[0] if self.shape_specific else None,) + tuple(s.shape[1:]), d)
-                 for s, d in zip(specs, dtypes)]
+                 for s, d in zip(specs, wanted)]
         self._activate_for(specs)
-        return self._function(specs, "target", layerwise)
+        fn = self._function(specs, "target", layerwise)
+        known = self._checked.get(id(fn))
+        if known is not None:
+            return known[1]
+
+        def checked(xs, targets):
+            if not backend.is_symbolic(targets) and not any(backend.is_symbolic(x) for x in xs):
+                try:
+                    self._check_targets(ops.convert_to_numpy(targets), xs)
+                except ExplainError as e:
+                    raise backend.runtime_error(str(e)) from None
+            return fn(xs, targets)
+
+        checked.__wrapped__ = fn  # type: ignore[attr-defined]
+        self._checked[id(fn)] = (fn, checked)
+        return checked
 
     # ------------------------------------------------------------------ public call
     def __call__(self, x: ArrayLike, target: ArrayLike | None = None, *, relevance: ArrayLike | None = None,
@@ -326,26 +348,28 @@ class Explainer:
         if position is not None and R0 is not None:
             raise ExplainError("position and relevance exclude each other: a custom relevance already says "
                                "where the explanation starts")
+        if R0 is None and n:
+            self._check_targets(ops.convert_to_numpy(targets), xs, positions is not None)
         if n == 0:  # run one zero sample (XLA kernels reject zero-sized batches) and slice it away
-            xs1 = [tf.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
-            R1 = None if R0 is None else tf.zeros((1,) + tuple(R0.shape[1:]), R0.dtype)
-            P1 = None if positions is None else tf.zeros((1,), tf.int32)
-            chunks = [tf.nest.map_structure(lambda t: t[:0], c)
-                      for c in self._run_batches(xs1, tf.fill((1,), -1), R1, layerwise, 1, P1)]
+            xs1 = [ops.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
+            R1 = None if R0 is None else ops.zeros((1,) + tuple(R0.shape[1:]), R0.dtype)
+            P1 = None if positions is None else ops.zeros((1,), "int32")
+            chunks = [tree.map_structure(lambda t: t[:0], c)
+                      for c in self._run_batches(xs1, ops.full((1,), -1, dtype="int32"), R1, layerwise, 1, P1)]
         else:
             chunks = self._run_batches(xs, targets, R0, layerwise, batch_size or self.batch_size or n, positions)
-        rel = [np.concatenate([c[0][i].numpy() for c in chunks]) for i in range(len(xs))]
+        rel = [np.concatenate([ops.convert_to_numpy(c[0][i]) for c in chunks]) for i in range(len(xs))]
         result: Any = rel[0] if len(xs) == 1 else rel
         if isinstance(x, dict):
             result = pack_inputs(self.model, rel)
         extra = []
         if layerwise:
-            extra.append({k: np.concatenate([np.asarray(c[1][k]) for c in chunks]) for k in chunks[0][1]})
+            extra.append({k: np.concatenate([ops.convert_to_numpy(c[1][k]) for c in chunks]) for k in chunks[0][1]})
         if return_output:
-            extra.append(np.concatenate([c[2].numpy() for c in chunks]))
+            extra.append(np.concatenate([ops.convert_to_numpy(c[2]) for c in chunks]))
         return (result, *extra) if extra else result
 
-    def _inputs(self, x: ArrayLike) -> list[tf.Tensor]:
+    def _inputs(self, x: ArrayLike) -> list[Tensor]:
         """``x`` as checked tensors of :attr:`dtype` (building an unbuilt Sequential on it)."""
         n_inputs = len(self.graph.inputs) if self.graph is not None else len(self.model.inputs)
         xs = as_inputs(self.model, x, n_inputs, self.dtype)
@@ -361,7 +385,7 @@ class Explainer:
         check_finite(xs)
         return xs
 
-    def _check_indices(self, xs: Sequence[tf.Tensor]) -> None:
+    def _check_indices(self, xs: Sequence[Tensor]) -> None:
         """Integer inputs read by an embedding must be valid rows of its table."""
         if self.graph is None:
             return
@@ -372,7 +396,7 @@ class Explainer:
             if step.inputs[0] not in self.graph.inputs:
                 continue
             i = self.graph.inputs.index(step.inputs[0])
-            ids = xs[i].numpy()
+            ids = ops.convert_to_numpy(xs[i])
             if ids.dtype.kind not in "iu" or not ids.size:
                 continue
             lo, hi = int(ids.min()), int(ids.max())
@@ -381,14 +405,14 @@ class Explainer:
                                    f"layer {step.name!r} ({step.type_name}) has {size} rows: indices must be in "
                                    f"[0, {size - 1}]")
 
-    def _custom_relevance(self, relevance: ArrayLike | None, xs: Sequence[tf.Tensor]) -> tf.Tensor | None:
+    def _custom_relevance(self, relevance: ArrayLike | None, xs: Sequence[Tensor]) -> Tensor | None:
         """A custom starting relevance, checked: one finite row per sample, shaped like the explained
         output."""
         if relevance is None:
             return None
         n = int(xs[0].shape[0])
-        R0 = tf.convert_to_tensor(np.asarray(relevance), self.dtype)
-        if R0.shape.rank == 0 or int(R0.shape[0]) != n:
+        R0 = ops.convert_to_tensor(np.asarray(relevance), dtype=_dtypes.name(self.dtype))
+        if len(R0.shape) == 0 or int(R0.shape[0]) != n:
             raise ExplainError(f"relevance has shape {tuple(R0.shape)}: it needs one row per input sample "
                                f"({n}), shaped like the explained output")
         check_finite([R0], "relevance")
@@ -400,7 +424,7 @@ class Explainer:
                                    f"{(n,) + want}: give one relevance per output value")
         return R0
 
-    def _positions(self, position: ArrayLike | None, xs: Sequence[tf.Tensor]) -> tf.Tensor | None:
+    def _positions(self, position: ArrayLike | None, xs: Sequence[Tensor]) -> Tensor | None:
         if position is None:
             return None
         shape = self.explained_shape(xs) if int(xs[0].shape[0]) else None
@@ -409,8 +433,18 @@ class Explainer:
                                f"output has shape (N, {', '.join(map(str, shape))})")
         return as_positions(position, int(xs[0].shape[0]), None if shape is None else shape[0])
 
-    def _run_batches(self, xs: list[tf.Tensor], targets: tf.Tensor, R0: tf.Tensor | None, layerwise: bool,
-                     bs: int, positions: tf.Tensor | None = None) -> list:
+    def _check_targets(self, targets: np.ndarray, xs: Sequence[Tensor], positions: bool = False) -> None:
+        """Stop where a target (NumPy, -1: predicted) is beyond the explained output: checked on the
+        host, before the compiled pass (which cannot raise on every backend). Needs the explained
+        output's shape only where a target is given (:meth:`explained_shape`)."""
+        t = np.asarray(targets)
+        if not t.size or int(t.max()) < 0:
+            return
+        where = f"layer {self.layer!r}" if self.layer else "the model output"
+        check_targets(t, self.explained_shape(xs), self.layer is not None, where, positions)
+
+    def _run_batches(self, xs: list[Tensor], targets: Tensor, R0: Tensor | None, layerwise: bool,
+                     bs: int, positions: Tensor | None = None) -> list:
         """The compiled pass on batches of ``bs``; the first checks the forward pass once."""
         n = int(xs[0].shape[0])
         chunks = []
@@ -426,26 +460,27 @@ class Explainer:
                     res = self._function(part, "relevance", layerwise)(tuple(part), R0[lo:lo + bs])
             except backend.RUNTIME_ERRORS as e:
                 msg = backend.error_message(e)
-                if "target out of range" in msg:
-                    raise ExplainError(msg[msg.index("target out of range"):].split("]")[0]) from None
                 if "is not in [0," in msg:  # a gather beyond an embedding's table
                     raise ExplainError(f"an index input is out of range for the table it reads: "
                                        f"{msg.splitlines()[0][:300]}") from None
                 raise
+            if self._start_shape is None:  # known now: later target checks need no probe
+                self._start_shape = tuple(int(d) for d in res[2].shape[1:])
             if not self._verified:
                 self.check_forward(part, res[3])
             chunks.append(res)
         return chunks
 
     # ------------------------------------------------------------------ forward-pass check
-    def check_forward(self, xs: Sequence[tf.Tensor], model_outputs: Sequence[tf.Tensor]) -> None:
+    def check_forward(self, xs: Sequence[Tensor], model_outputs: Sequence[Tensor]) -> None:
         """Check, on the first sample of ``xs``, that the forward pass the explainer explains (each
         layer as its LRP handler computes it; ``model_outputs`` from the compiled pass) reproduces the
         model's own output; raise an :class:`ExplainError` naming the first layer whose handler
         computes something else than the layer. Runs once per explainer, on its first call
         (``verify=False`` skips it); costs one eager forward pass of the model on one sample."""
         reference = model_dtype(self.model)
-        sample = [tf.cast(t, reference) if t.dtype.is_floating else t for t in self._probe(xs)]
+        ref = _dtypes.name(reference)  # ``reference`` as precision gives it, for layer_precision
+        sample = [ops.cast(t, ref) if _dtypes.is_floating(t.dtype) else t for t in self._probe(xs)]
         n = int(sample[0].shape[0])
         try:
             expected = tree.flatten(self.model(pack_inputs(self.model, sample), training=False))
@@ -453,10 +488,10 @@ class Explainer:
             self._verified = True
             return
         rtol = reference_rtol(self.graph)
-        if self.dtype == reference:
-            got = [np.asarray(tf.cast(t[:n], tf.float64)) for t in model_outputs]
+        if _dtypes.name(self.dtype) == ref:
+            got = [ops.convert_to_numpy(ops.cast(t[:n], "float64")) for t in model_outputs]
         else:  # another precision than the model's: compare the model's own precision, eagerly
-            got = [np.asarray(tf.cast(t, tf.float64)) for t in self._eager_outputs(sample, reference)]
+            got = [ops.convert_to_numpy(ops.cast(t, "float64")) for t in self._eager_outputs(sample, reference)]
         if not outputs_agree(got, expected, rtol):
             locate_mismatch(self.graph, sample, reference, rtol)
             raise ExplainError("the forward pass that the explanation follows does not reproduce the model's "
@@ -464,20 +499,21 @@ class Explainer:
                                "followed. Please report this (Explainer(..., verify=False) skips the check)")
         self._verified = True
 
-    def _eager_outputs(self, sample: Sequence[tf.Tensor], dtype: tf.DType) -> list[tf.Tensor]:
+    def _eager_outputs(self, sample: Sequence[Tensor], dtype: Any) -> list[Tensor]:
         with layer_precision(self.graph, dtype):
             values, _ = forward(self.graph, sample, PassOptions(keep_activations=True))
         return [values[k] for k in self.graph.outputs]
 
-    def _probe(self, xs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    def _probe(self, xs: Sequence[Tensor]) -> list[Tensor]:
         """The inputs an eager check runs on: the first sample, or the whole batch where the graph was
         built for this batch's shape."""
         return list(xs) if self.shape_specific else [t[:1] for t in xs]
 
-    def explained_shape(self, xs: Sequence[tf.Tensor]) -> tuple:
+    def explained_shape(self, xs: Sequence[Tensor]) -> tuple:
         """The per-sample shape of the explained output (a custom ``relevance`` has this shape)."""
         if self._start_shape is None:
-            probe = [tf.cast(t, model_dtype(self.model)) if t.dtype.is_floating else t for t in self._probe(xs)]
+            ref = _dtypes.name(model_dtype(self.model))
+            probe = [ops.cast(t, ref) if _dtypes.is_floating(t.dtype) else t for t in self._probe(xs)]
             with layer_precision(self.graph, model_dtype(self.model)):
                 values, _ = forward(self.graph, probe)
             self._start_shape = tuple(int(d) for d in values[self.start_key].shape[1:])

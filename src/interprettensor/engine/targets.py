@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
-import tensorflow as tf
+import math
 
+import numpy as np
+from keras import ops
+
+from . import dtypes as _dtypes
+from .backend import Tensor
 from .errors import ExplainError
 
-__all__ = ["as_inputs", "as_targets", "as_positions", "check_finite", "start_relevance", "input_structure",
-           "pack_inputs", "known_input_shapes"]
+__all__ = ["as_inputs", "as_targets", "as_positions", "check_finite", "check_targets", "start_relevance",
+           "input_structure", "pack_inputs", "known_input_shapes"]
 
 ArrayLike = Any
 
@@ -69,18 +73,19 @@ def _flatten_dict(model: Any, x: dict) -> list:
     return tree.flatten({k: x[k] for k in struct})
 
 
-def input_dtypes(model: Any, n_inputs: int, dtype: tf.DType) -> list[tf.DType]:
-    """The dtype of each input: ``dtype`` for float inputs, the model's own for integer and boolean
-    inputs (token ids, masks)."""
+def input_dtypes(model: Any, n_inputs: int, dtype: Any) -> list[str]:
+    """The dtype (by name) of each input: ``dtype`` for float inputs, the model's own for integer and
+    boolean inputs (token ids, masks)."""
     kts = getattr(model, "inputs", None) or []
+    dtype = _dtypes.name(dtype)
     out = []
     for i in range(n_inputs):
-        d = tf.as_dtype(str(kts[i].dtype)) if i < len(kts) and getattr(kts[i], "dtype", None) else dtype
-        out.append(dtype if d.is_floating else d)
+        d = _dtypes.name(kts[i].dtype) if i < len(kts) and getattr(kts[i], "dtype", None) else dtype
+        out.append(dtype if _dtypes.is_floating(d) else d)
     return out
 
 
-def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[tf.Tensor]:
+def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: Any) -> list[Tensor]:
     """Convert ``x`` (array, tensor, a list of them for multi-input models, or a dict of named inputs)
     to tensors (float inputs in ``dtype``, integer inputs in the model's integer dtype) and check
     their shapes against the model's inputs."""
@@ -92,18 +97,18 @@ def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[
         raise ExplainError(f"the model takes {n_inputs} inputs, got {len(xs)}")
     out = []
     expected = [tuple(kt.shape) for kt in model.inputs] if getattr(model, "inputs", None) else [None] * n_inputs
-    dtypes = input_dtypes(model, n_inputs, dtype)
-    for i, (xi, exp, want) in enumerate(zip(xs, expected, dtypes)):
-        t = tf.convert_to_tensor(np.asarray(xi) if not tf.is_tensor(xi) else xi)
-        if not want.is_floating and t.dtype.is_floating:
-            arr = t.numpy()
+    wanted = input_dtypes(model, n_inputs, dtype)
+    for i, (xi, exp, want) in enumerate(zip(xs, expected, wanted)):
+        t = ops.convert_to_tensor(np.asarray(xi) if not ops.is_tensor(xi) else xi)
+        if not _dtypes.is_floating(want) and _dtypes.is_floating(t.dtype):
+            arr = ops.convert_to_numpy(t)
             if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-                raise ExplainError(f"input {i} ({model.inputs[i].name!r}) takes integer values ({want.name}), got "
+                raise ExplainError(f"input {i} ({model.inputs[i].name!r}) takes integer values ({want}), got "
                                    f"non-integer numbers")
-        if t.dtype != want:
-            t = tf.cast(t, want)
+        if _dtypes.name(t.dtype) != want:
+            t = ops.cast(t, want)
         if exp is not None:
-            ok = t.shape.rank == len(exp) and all(e is None or e == s for e, s in zip(exp[1:], t.shape[1:]))
+            ok = len(t.shape) == len(exp) and all(e is None or e == s for e, s in zip(exp[1:], t.shape[1:]))
             if not ok:
                 raise ExplainError(f"input {i} has shape {tuple(t.shape)} but the model's input "
                                    f"{model.inputs[i].name!r} expects {exp} (None = any size)")
@@ -111,14 +116,14 @@ def as_inputs(model: Any, x: ArrayLike, n_inputs: int, dtype: tf.DType) -> list[
     return out
 
 
-def check_finite(xs: Sequence[tf.Tensor], what: str = "input") -> None:
+def check_finite(xs: Sequence[Tensor], what: str = "input") -> None:
     """Stop with an error naming the samples whose values hold NaN or inf (their relevance would be
     NaN)."""
     for i, t in enumerate(xs):
-        if not t.dtype.is_floating or int(tf.size(t)) == 0:
+        if not _dtypes.is_floating(t.dtype) or math.prod(t.shape) == 0:
             continue
-        bad = tf.logical_not(tf.reduce_all(tf.math.is_finite(tf.reshape(t, (tf.shape(t)[0], -1))), axis=1))
-        idx = np.flatnonzero(bad.numpy())
+        bad = ops.logical_not(ops.all(ops.isfinite(ops.reshape(t, (t.shape[0], -1))), axis=1))
+        idx = np.flatnonzero(ops.convert_to_numpy(bad))
         if idx.size:
             which = f"{what} {i} " if len(xs) > 1 else f"the {what} "
             shown = ", ".join(map(str, idx[:10])) + (f", ... ({idx.size} in all)" if idx.size > 10 else "")
@@ -127,7 +132,7 @@ def check_finite(xs: Sequence[tf.Tensor], what: str = "input") -> None:
                                f"nonfinite='skip')")
 
 
-def as_positions(position: ArrayLike | None, n: int, length: int | None) -> tf.Tensor | None:
+def as_positions(position: ArrayLike | None, n: int, length: int | None) -> Tensor | None:
     """``position`` (None, an int, or one int per sample; negative counts from the end) as int32 of
     shape (n,), or None."""
     if position is None:
@@ -142,13 +147,13 @@ def as_positions(position: ArrayLike | None, n: int, length: int | None) -> tf.T
             raise ExplainError(f"position out of range: the explained output has {length} positions, got "
                                f"{sorted(set(p.tolist()))}")
         p = np.where(p < 0, p + length, p)
-    return tf.constant(p, tf.int32)
+    return ops.convert_to_tensor(np.asarray(p, np.int32))
 
 
-def as_targets(target: ArrayLike | None, n: int) -> tf.Tensor:
+def as_targets(target: ArrayLike | None, n: int) -> Tensor:
     """``target`` (None, an int, or one int per sample) as int32 of shape (n,); -1 = predicted."""
     if target is None:
-        return tf.fill((n,), -1)
+        return ops.full((n,), -1, dtype="int32")
     t = np.asarray(target)
     if t.ndim == 0:
         t = np.full((n,), int(t))
@@ -158,11 +163,37 @@ def as_targets(target: ArrayLike | None, n: int) -> tf.Tensor:
         raise ExplainError(f"target must be integer class indices, got {t.dtype}")
     if (t < 0).any():
         raise ExplainError(f"target out of range: negative class index {int(t.min())}")
-    return tf.constant(t, tf.int32)
+    return ops.convert_to_tensor(np.asarray(t, np.int32))
 
 
-def start_relevance(out: tf.Tensor, targets: tf.Tensor | None, R0: tf.Tensor | None, channels: bool,
-                    where: str, positions: tf.Tensor | None = None) -> tf.Tensor:
+def target_depth(shape: Sequence[int], channels: bool, positions: bool = False) -> tuple[int, str]:
+    """How many classes a target may pick from an explained output of per-sample ``shape`` under
+    :func:`start_relevance`'s modes, and what they are called (``'channels'`` or ``'units'``)."""
+    shape = tuple(int(d) for d in shape)
+    if positions:
+        return math.prod(shape[1:]), "units"
+    if channels and len(shape) > 1:
+        return shape[-1], "channels"
+    return math.prod(shape), "units"
+
+
+def check_targets(targets: ArrayLike, shape: Sequence[int], channels: bool, where: str,
+                  positions: bool = False) -> None:
+    """Stop with an error where a target (NumPy, -1: predicted) is beyond the explained output of
+    per-sample ``shape`` (see :func:`target_depth`; with ``positions``: the output at one position,
+    named ``where`` at the position). The compiled pass does not check: a target beyond the output
+    would give zero relevance."""
+    t = np.asarray(targets)
+    if not t.size:
+        return
+    depth, what = target_depth(shape, channels, positions)
+    if int(t.max()) >= depth:
+        where = f"{where} at the position" if positions else where
+        raise ExplainError(f"target out of range: {where} has {depth} {what}, valid targets are 0..{depth - 1}")
+
+
+def start_relevance(out: Tensor, targets: Tensor | None, R0: Tensor | None, channels: bool,
+                    where: str, positions: Tensor | None = None) -> Tensor:
     """The relevance that starts the backward pass, shaped like the explained output ``out``:
 
     * ``R0`` if given (a custom relevance);
@@ -172,29 +203,29 @@ def start_relevance(out: tf.Tensor, targets: tf.Tensor | None, R0: tf.Tensor | N
       next-token logits are explained): the output at that position times the one-hot mask of
       ``target`` (the largest output at that position where -1), zero at every other position;
     * else the output times the one-hot mask of ``target`` (the largest output where -1).
+
+    Targets are not checked here (a compiled pass cannot raise on every backend): the caller checks
+    them on the host first (:func:`check_targets`); a target beyond the output gives zero relevance.
     """
     if R0 is not None:
-        return tf.reshape(tf.cast(R0, out.dtype), tf.shape(out))
+        return ops.reshape(ops.cast(R0, out.dtype), ops.shape(out))
+    rank = len(out.shape)
     if positions is not None:
-        at = tf.gather(out, positions, axis=1, batch_dims=1)  # (N, ...)
+        index = ops.reshape(positions, (-1,) + (1,) * (rank - 1))
+        at = ops.squeeze(ops.take_along_axis(out, index, axis=1), axis=1)  # (N, ...)
         R_at = start_relevance(at, targets, None, False, f"{where} at the position")
-        length = tf.shape(out)[1]
-        onehot = tf.one_hot(positions, length, dtype=out.dtype)  # (N, T)
-        onehot = tf.reshape(onehot, tf.concat([tf.shape(onehot), tf.ones([out.shape.rank - 2], tf.int32)], 0))
-        return onehot * tf.expand_dims(R_at, 1)
-    if channels and out.shape.rank > 2:
+        onehot = ops.one_hot(positions, ops.shape(out)[1], dtype=out.dtype)  # (N, T)
+        onehot = ops.reshape(onehot, ops.shape(onehot) + (1,) * (rank - 2))
+        return onehot * ops.expand_dims(R_at, 1)
+    if channels and rank > 2:
         depth = int(out.shape[-1])
-        axes = list(range(1, out.shape.rank - 1))
-        pred = tf.argmax(tf.reduce_sum(out, axis=axes), axis=-1, output_type=tf.int32)
-        t = tf.where(targets < 0, pred, targets)
-        tf.debugging.assert_less(t, depth, message=f"target out of range: {where} has {depth} channels, "
-                                                   f"valid targets are 0..{depth - 1}")
-        mask = tf.one_hot(t, depth, dtype=out.dtype)
-        return out * tf.reshape(mask, [-1] + [1] * len(axes) + [depth])
-    flat = tf.reshape(out, (-1, int(np.prod(out.shape[1:]))))
-    depth = int(flat.shape[-1])
-    pred = tf.argmax(flat, axis=-1, output_type=tf.int32)
-    t = tf.where(targets < 0, pred, targets)
-    tf.debugging.assert_less(t, depth, message=f"target out of range: {where} has {depth} units, valid "
-                                               f"targets are 0..{depth - 1}")
-    return tf.reshape(flat * tf.one_hot(t, depth, dtype=flat.dtype), tf.shape(out))
+        axes = tuple(range(1, rank - 1))
+        pred = ops.cast(ops.argmax(ops.sum(out, axis=axes), axis=-1), "int32")
+        t = ops.where(targets < 0, pred, targets)
+        mask = ops.one_hot(t, depth, dtype=out.dtype)
+        return out * ops.reshape(mask, (-1,) + (1,) * len(axes) + (depth,))
+    depth = math.prod(int(d) for d in out.shape[1:])
+    flat = ops.reshape(out, (-1, depth))
+    pred = ops.cast(ops.argmax(flat, axis=-1), "int32")
+    t = ops.where(targets < 0, pred, targets)
+    return ops.reshape(flat * ops.one_hot(t, depth, dtype=flat.dtype), ops.shape(out))

@@ -14,7 +14,9 @@ follow behind the same functions), chosen by Keras' backend (:data:`NAME`).
   every accumulator stacked, as ``tf.scan``).
 * :func:`compile` (a function traced once per :func:`spec` signature), :func:`fused` and
   :func:`use_fused` (small element-wise kernels fused where they pay), :data:`RUNTIME_ERRORS` and
-  :func:`error_message` (what a compiled call raises on bad data).
+  :func:`error_message` (what a compiled call raises on bad data), :func:`runtime_error` (one of them,
+  raised by a check made on the host instead) and :func:`is_symbolic` (whether a value is a placeholder
+  of a computation being traced, unreadable on the host).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ Tensor: TypeAlias = Any
 
 NAME: str = keras.backend.backend()
 if NAME == "tensorflow":
-    from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, pullback, scan, spec,
-                              stop_gradient, use_fused, vjp)
+    from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, is_symbolic, pullback,
+                              runtime_error, scan, spec, stop_gradient, use_fused, vjp)
 else:  # pragma: no cover - the other backends' modules follow
     raise ImportError(f"interprettensor's engine does not run on Keras' {NAME!r} backend yet")
 
 __all__ = ["NAME", "Tensor", "vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile",
-           "fused", "use_fused", "RUNTIME_ERRORS", "error_message"]
+           "fused", "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error"]

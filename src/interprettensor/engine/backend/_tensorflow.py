@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 __all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
-           "RUNTIME_ERRORS", "error_message"]
+           "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error"]
 
 #: what a compiled call raises on bad data (an index beyond a table, a failed runtime check)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError,)
@@ -103,3 +103,17 @@ def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any, reverse: b
     ``initializer``; every accumulator, stacked along a new leading axis (``reverse``: from the last
     element to the first, stacked in the order of ``elems``)."""
     return tf.scan(fn, elems, initializer=initializer, reverse=reverse)
+
+
+def is_symbolic(x: Any) -> bool:
+    """Whether ``x`` is a placeholder of a computation being traced (inside a :func:`compile`\ d
+    function, a ``tf.function`` or ``tf.distribute.Strategy.run``), whose values the host cannot read;
+    ``False`` for an eager tensor, a NumPy array or a Python number."""
+    return bool(tf.is_symbolic_tensor(x))
+
+
+def runtime_error(message: str) -> BaseException:
+    """An error of :data:`RUNTIME_ERRORS`' kind that carries ``message`` (:func:`error_message` reads
+    it back): what a check made on the host, in place of one inside a compiled call, raises so that
+    callers catch it as they catch the compiled call's own errors on bad data."""
+    return tf.errors.InvalidArgumentError(None, None, message)
