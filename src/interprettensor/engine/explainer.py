@@ -82,9 +82,6 @@ class Explainer:
                  layer: str | None = None, output: int | str | None = None, probability: bool = False,
                  canonize: bool = True, jit_compile: bool = False, batch_size: int | None = None,
                  dtype: Any = None, verify: bool = True, **params: Any):
-        if keras.backend.backend() != "tensorflow":
-            raise ExplainError(f"interprettensor needs the TensorFlow backend of Keras, "
-                               f"got {keras.backend.backend()!r}")
         self.model = model
         self.composite = get_composite(rule, **params)
         self.layer = layer

@@ -21,6 +21,7 @@ follow behind the same functions), chosen by Keras' backend (:data:`NAME`).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, TypeAlias
 
 import keras
@@ -28,12 +29,17 @@ import keras
 #: a tensor of the backend Keras runs on (``tf.Tensor``, ``jax.Array``, ``torch.Tensor``)
 Tensor: TypeAlias = Any
 
-NAME: str = keras.backend.backend()
-if NAME == "tensorflow":
-    from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, is_symbolic, pullback,
-                              runtime_error, scan, spec, stop_gradient, use_fused, vjp)
-else:  # pragma: no cover - the other backends' modules follow
-    raise ImportError(f"interprettensor's engine does not run on Keras' {NAME!r} backend yet")
+#: the interface: what each backend module defines
+INTERFACE = ("vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
+             "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner")
+#: Keras' backend -> the module that implements the interface on it
+MODULES = {"tensorflow": "._tensorflow", "jax": "._jax", "torch": "._torch"}
 
-__all__ = ["NAME", "Tensor", "vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile",
-           "fused", "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error"]
+NAME: str = keras.backend.backend()
+if NAME not in MODULES:
+    raise ImportError(f"interprettensor runs on Keras' TensorFlow, JAX and PyTorch backends, but Keras is set to "
+                      f"{NAME!r}; set KERAS_BACKEND to one of {', '.join(MODULES)}")
+_module = importlib.import_module(MODULES[NAME], __name__)
+globals().update({name: getattr(_module, name) for name in INTERFACE})
+
+__all__ = ["NAME", "Tensor", *INTERFACE]
