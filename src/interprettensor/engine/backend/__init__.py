@@ -12,6 +12,8 @@ follow behind the same functions), chosen by Keras' backend (:data:`NAME`).
   denominator from being computed, and held, right after the forward pass; values never depend on it).
 * :func:`stop_gradient`, :func:`scan` (``fn(acc, elem) -> acc`` over the leading axis of ``elems``,
   every accumulator stacked, as ``tf.scan``).
+* :func:`max_pool_winner`: winner-takes-all relevance through a 2-D max pooling (its
+  vector-Jacobian product, ties to the first maximum of each window; TensorFlow has a kernel for it).
 * :func:`compile` (a function traced once per :func:`spec` signature), :func:`fused` and
   :func:`use_fused` (small element-wise kernels fused where they pay), :data:`RUNTIME_ERRORS` and
   :func:`error_message` (what a compiled call raises on bad data).
@@ -28,10 +30,10 @@ Tensor: TypeAlias = Any
 
 NAME: str = keras.backend.backend()
 if NAME == "tensorflow":
-    from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, pullback, scan, spec,
-                              stop_gradient, use_fused, vjp)
+    from ._tensorflow import (RUNTIME_ERRORS, after, compile, distinct, error_message, fused, max_pool_winner, pullback,
+                              scan, spec, stop_gradient, use_fused, vjp)
 else:  # pragma: no cover - the other backends' modules follow
     raise ImportError(f"interprettensor's engine does not run on Keras' {NAME!r} backend yet")
 
 __all__ = ["NAME", "Tensor", "vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile",
-           "fused", "use_fused", "RUNTIME_ERRORS", "error_message"]
+           "fused", "use_fused", "RUNTIME_ERRORS", "error_message", "max_pool_winner"]
