@@ -15,6 +15,9 @@ from .routing import route
 
 __all__ = ["MaxPoolHandler", "winner_takes_all_3d"]
 
+#: the dtypes of :func:`~interprettensor.engine.backend.max_pool_winner` (others: the layer's gradient)
+_POOL_GRAD_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
 
 class MaxPoolHandler(Handler):
     """Max pooling.
@@ -57,7 +60,7 @@ class MaxPoolHandler(Handler):
         if self._winner is not None:
             return [self._winner(layer, xs[0], Rs[0])]
         window = self._window(layer) if self._window is not None else None
-        if window is not None and dtypes.is_floating(xs[0].dtype):
+        if window is not None and dtypes.name(xs[0].dtype) in _POOL_GRAD_DTYPES:
             ksize, strides, padding = window
             return [_winner_2d(xs[0], ys[0], Rs[0], ksize, strides, padding)]
         return route(step, xs, Rs)
@@ -68,7 +71,7 @@ def _winner_2d(x: Tensor, y: Tensor, R: Tensor, ksize, strides, padding: str) ->
     ``x``'s dtype, ``R`` shaped like ``y``."""
     y = ops.cast(y, x.dtype)
     R = ops.reshape(ops.cast(R, x.dtype), ops.shape(y))
-    return backend.max_pool_winner(x, y, R, ksize, strides, padding, "channels_last")
+    return backend.max_pool_winner(x, y, R, ksize, strides, padding.lower(), "channels_last")
 
 
 def winner_takes_all_3d(layer: Any, x: Tensor, R: Tensor) -> Tensor:
