@@ -128,3 +128,42 @@ def test_runtime_error_is_one_of_the_runtime_errors_and_keeps_its_message():
     with pytest.raises(backend.RUNTIME_ERRORS) as info:
         raise e
     assert backend.error_message(info.value) == "target out of range: 5 units"
+
+
+def _max_pool_winner_reference(x, R, pool, strides, padding):
+    """Winner-takes-all through a 2-D max pooling of ``x`` (N, H, W, C), in NumPy: each window's
+    relevance to its first maximum in row-major order (padded positions never win); the pooling; and
+    how many windows hold their maximum more than once."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = pool, strides
+    if padding == "valid":
+        oh, ow, top, left = (h - kh) // sh + 1, (w - kw) // sw + 1, 0, 0
+    else:
+        oh, ow = -(-h // sh), -(-w // sw)
+        top, left = max((oh - 1) * sh + kh - h, 0) // 2, max((ow - 1) * sw + kw - w, 0) // 2
+    y, out, ties = np.zeros((n, oh, ow, c)), np.zeros_like(x), 0
+    for b, i, j, ch in np.ndindex(n, oh, ow, c):
+        r0, c0 = i * sh - top, j * sw - left
+        rows, cols = range(max(r0, 0), min(r0 + kh, h)), range(max(c0, 0), min(c0 + kw, w))
+        cells = [(r, q) for r in rows for q in cols]  # row-major
+        values = [x[b, r, q, ch] for r, q in cells]
+        r, q = cells[int(np.argmax(values))]  # np.argmax: the first maximum
+        y[b, i, j, ch] = x[b, r, q, ch]
+        out[b, r, q, ch] += R[b, i, j, ch]
+        ties += values.count(max(values)) > 1
+    return y, out, ties
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("pool,strides", [((2, 2), (2, 2)), ((3, 2), (2, 1))])
+def test_max_pool_winner_routes_each_window_to_its_first_maximum(pool, strides, padding, data_format):
+    x = rng.integers(0, 3, size=(2, 7, 6, 3)).astype(np.float64)  # few values: many ties
+    x[0, :3, :3, 0] = 1.0  # a window of equal values
+    y, _, _ = _max_pool_winner_reference(x, np.zeros_like(x), pool, strides, padding)
+    R = rng.normal(size=y.shape)
+    y, want, ties = _max_pool_winner_reference(x, R, pool, strides, padding)
+    assert ties > 5
+    first = (lambda a: np.transpose(a, (0, 3, 1, 2))) if data_format == "channels_first" else (lambda a: a)
+    got = backend.max_pool_winner(t(first(x)), t(first(y)), t(first(R)), pool, strides, padding, data_format)
+    np.testing.assert_allclose(np.asarray(got), first(want), rtol=RTOL, atol=0.0)  # zeros exact: one winner each

@@ -1,5 +1,5 @@
 """The backend interface of :mod:`interprettensor.engine.backend` on TensorFlow: gradient tapes,
-control dependencies and ``tf.scan``."""
+control dependencies, ``tf.scan`` and max pooling's gradient kernel."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import tensorflow as tf
 
 __all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
-           "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error"]
+           "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner"]
 
 #: what a compiled call raises on bad data (an index beyond a table, a failed runtime check)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError,)
@@ -117,3 +117,34 @@ def runtime_error(message: str) -> BaseException:
     it back): what a check made on the host, in place of one inside a compiled call, raises so that
     callers catch it as they catch the compiled call's own errors on bad data."""
     return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def max_pool_winner(x: tf.Tensor, y: tf.Tensor, R: tf.Tensor, pool_size: Sequence[int], strides: Sequence[int],
+                    padding: str, data_format: str = "channels_last") -> tf.Tensor:
+    """Winner-takes-all relevance through the 2-D max pooling ``y = max_pool(x)``: the vector-Jacobian
+    product of max pooling with cotangent ``R``.
+
+    ``x`` is (N, H, W, C) for ``data_format='channels_last'``, (N, C, H, W) for ``'channels_first'``;
+    ``y`` is its max pooling over windows of ``pool_size`` (rows, columns) moved by ``strides``, with
+    Keras' ``padding`` (``'valid'``: only whole windows; ``'same'``: ``ceil(H / stride)`` windows per
+    axis, the padding split with the smaller half before the data, and padded positions never win);
+    ``R`` is shaped like ``y``; ``x``, ``y`` and ``R`` share one floating dtype.
+
+    Returns a tensor shaped and typed like ``x``: the relevance ``R`` of each window goes, whole, to
+    the one input of the window that holds the window's maximum; an input that wins several
+    (overlapping) windows gets the sum of their relevances; every other input gets zero. Ties: of
+    several inputs equal to a window's maximum, the first in the window's row-major order (the
+    smallest row, then the smallest column) wins, as the argmax that the vector-Jacobian products of
+    max pooling route to (PyTorch's ``max_pool2d`` indices, JAX's ``select_and_scatter_add`` with
+    ``>=``). Only values equal to the maximum can win: a value close to it gets nothing.
+
+    TensorFlow: one ``MaxPoolGrad`` kernel, which reads ``y`` instead of pooling again (its CPU kernel
+    finds each window's first maximum in row-major order; ``'channels_first'`` is transposed to
+    channels-last around it).
+    """
+    channels_first = data_format == "channels_first"
+    if channels_first:
+        x, y, R = (tf.transpose(a, [0, 2, 3, 1]) for a in (x, y, R))
+    out = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=R, ksize=[1, *pool_size, 1],
+                                 strides=[1, *strides, 1], padding=padding.upper())
+    return tf.transpose(out, [0, 3, 1, 2]) if channels_first else out

@@ -10,11 +10,12 @@ which layer and :mod:`.keras_layers` registers Keras' own layers.
 
 Register a handler for your own layer type with :func:`register_handler`::
 
+    from keras import ops
     from interprettensor.engine.handlers import LinearHandler
 
     it.register_handler(MyDense, LinearHandler(
         params=lambda layer: {"kernel": layer.w, "bias": layer.b},
-        fn=lambda layer, xs, p: tf.matmul(xs[0], p["kernel"]) + p.get("bias", 0.0)))
+        fn=lambda layer, xs, p: ops.matmul(xs[0], p["kernel"]) + p.get("bias", 0.0)))
 """
 
 from ..errors import ExplainError

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
-import tensorflow as tf
 from keras import ops
 
+from .. import dtypes
+from ..backend import Tensor
 from ..errors import ExplainError
 from ..linear import LinearMap, Product
 from ..rule_algebra import Rule
@@ -59,13 +60,13 @@ class PassOptions:
     relu_denominator: frozenset = frozenset()
     positive_outputs: frozenset = frozenset()
     keep_activations: bool = False
-    activation_override: Callable[[Any, Callable | None, tf.Tensor], tf.Tensor | None] | None = None
+    activation_override: Callable[[Any, Callable | None, Tensor], Tensor | None] | None = None
 
     def strips_activation(self, step: Any) -> bool:
         """Whether ``step`` leaves out its activation in this pass (a final softmax/sigmoid)."""
         return bool(step.strip_activation) and not self.keep_activations
 
-    def activate(self, layer: Any, act: Callable | None, z: tf.Tensor) -> tf.Tensor:
+    def activate(self, layer: Any, act: Callable | None, z: Tensor) -> Tensor:
         """``act(z)``, or what :attr:`activation_override` says instead."""
         if self.activation_override is not None:
             out = self.activation_override(layer, act, z)
@@ -110,13 +111,13 @@ class Handler:
     #: how composites address the layer's kind (``'dense'``, ``'conv'``) where it has weights
     kind: str = "conv"
 
-    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any,
+    def forward(self, layer: Any, xs: Sequence[Tensor], step: Any,
                 options: PassOptions = DEFAULT_PASS) -> tuple[list, dict]:
         return step.call(xs), {}
 
-    def relevance(self, layer: Any, xs: Sequence[tf.Tensor], ys: Sequence[tf.Tensor], state: dict,
-                  Rs: Sequence[tf.Tensor], rule: Rule, step: Any, options: PassOptions = DEFAULT_PASS,
-                  ) -> list[tf.Tensor]:
+    def relevance(self, layer: Any, xs: Sequence[Tensor], ys: Sequence[Tensor], state: dict,
+                  Rs: Sequence[Tensor], rule: Rule, step: Any, options: PassOptions = DEFAULT_PASS,
+                  ) -> list[Tensor]:
         raise NotImplementedError
 
     def output_nonneg(self, layer: Any, inputs_nonneg: Sequence[bool], step: Any) -> bool:
@@ -182,15 +183,18 @@ def is_gating_activation(act: Any) -> bool:
     return act is not None and getattr(act, "__name__", "") in GATING_ACTIVATIONS
 
 
-def cast_params(params: dict, dtype: tf.DType) -> dict:
-    """The layer's parameters as tensors of ``dtype`` (``None`` entries dropped)."""
-    return {k: tf.cast(ops.convert_to_tensor(v), dtype) for k, v in params.items() if v is not None}
+def cast_params(params: dict, dtype: Any) -> dict:
+    """The layer's parameters as tensors of ``dtype`` (a dtype or its name; ``None`` entries dropped)."""
+    return {k: ops.cast(ops.convert_to_tensor(v), dtype) for k, v in params.items() if v is not None}
 
 
-def cached_map(lm: LinearMap | None, xs: Sequence[tf.Tensor]) -> LinearMap | None:
+def cached_map(lm: LinearMap | None, xs: Sequence[Tensor]) -> LinearMap | None:
     """The linear map the forward pass built, if its parameters have the inputs' dtype (under mixed
     precision the backward pass runs in another dtype than the forward)."""
-    if lm is None or any(v.dtype != xs[0].dtype for v in lm.params.values()):
+    if lm is None:
+        return None
+    dtype = dtypes.name(xs[0].dtype)
+    if any(dtypes.name(v.dtype) != dtype for v in lm.params.values()):
         return None
     return lm
 
@@ -204,21 +208,35 @@ def check_linear_rule(rule: Rule, step: Any) -> Rule:
     return rule
 
 
-def shaped_like(R: "tf.Tensor | Product", z: tf.Tensor) -> "tf.Tensor | Product":
+def rank(x: Any) -> int | None:
+    """The number of axes of ``x`` (``None`` where unknown: a TensorFlow shape of unknown rank)."""
+    try:
+        return len(x.shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _known(shape: Any) -> bool:
+    return all(d is not None for d in shape)
+
+
+def shaped_like(R: "Tensor | Product", z: Tensor) -> "Tensor | Product":
     """``R`` shaped like ``z`` (a lazy product stays lazy when the shapes already agree)."""
+    if isinstance(R, Product) and rank(R) is not None and rank(z) is not None:
+        r_shape, z_shape = tuple(R.shape), tuple(z.shape)
+        if _known(r_shape) and _known(z_shape) and r_shape == z_shape:
+            return R
+        if r_shape[1:] == z_shape[1:] and _known(r_shape[1:]):
+            return R
     if isinstance(R, Product):
-        if R.shape.is_fully_defined() and z.shape.is_fully_defined() and R.shape == z.shape:
-            return R
-        if R.shape[1:] == z.shape[1:] and R.shape[1:].is_fully_defined():
-            return R
         R = R.value()
-    return tf.reshape(R, tf.shape(z))
+    return ops.reshape(R, ops.shape(z))
 
 
-def pass_through(xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor], step: Any) -> list[tf.Tensor]:
+def pass_through(xs: Sequence[Tensor], Rs: Sequence[Tensor], step: Any) -> list[Tensor]:
     """The ``pass`` rule: relevance unchanged, for layers whose input and output have one shape."""
-    if len(xs) != 1 or len(Rs) != 1 or xs[0].shape.rank != Rs[0].shape.rank:
+    if len(xs) != 1 or len(Rs) != 1 or rank(xs[0]) != rank(Rs[0]):
         raise ExplainError(f"rule 'pass' needs a layer whose input and output have the same shape; "
                            f"layer {step.name!r} ({step.type_name}) maps {[tuple(x.shape) for x in xs]} "
                            f"to {[tuple(r.shape) for r in Rs]}")
-    return [tf.reshape(Rs[0], tf.shape(xs[0]))]
+    return [ops.reshape(Rs[0], ops.shape(xs[0]))]

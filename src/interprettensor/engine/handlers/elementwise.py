@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from .base import DEFAULT_PASS, ELEMENTWISE, GATING_ACTIVATIONS, Handler, is_nonneg_activation, shaped_like
 
@@ -94,7 +94,7 @@ class ElementwiseHandler(Handler):
         return step.call(xs), {}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
-        return [shaped_like(Rs[0], xs[0])] + [tf.zeros_like(x) for x in xs[1:]]
+        return [shaped_like(Rs[0], xs[0])] + [ops.zeros_like(x) for x in xs[1:]]
 
 
 def _nonneg_layer(layer: Any) -> bool:

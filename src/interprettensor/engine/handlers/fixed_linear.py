@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from .. import dtypes
+from ..backend import Tensor
 from ..linear import LinearMap, linear_relevance
 from .base import DEFAULT_PASS, LINEAR, Handler, cached_map, check_linear_rule, pass_through, shaped_like
 from .elementwise import ElementwiseHandler
@@ -27,13 +29,13 @@ class FixedLinearHandler(Handler):
     accepts_lazy = True
     batch_records = True
 
-    def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[tf.Tensor]], dict] | None = None,
+    def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[Tensor]], dict] | None = None,
                  sign_preserving: bool = True):
         self._fn = fn
-        self._weights = weights or (lambda layer, xs: {"kernel": tf.ones((), xs[0].dtype)})
+        self._weights = weights or (lambda layer, xs: {"kernel": ops.ones((), dtype=xs[0].dtype)})
         self.sign_preserving = sign_preserving
 
-    def linear_map(self, layer: Any, xs: Sequence[tf.Tensor]) -> LinearMap:
+    def linear_map(self, layer: Any, xs: Sequence[Tensor]) -> LinearMap:
         return LinearMap(lambda xs_, p: self._fn(layer, xs_, p), self._weights(layer, xs), None)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
@@ -58,7 +60,7 @@ class FixedLinearHandler(Handler):
         rule = check_linear_rule(rule, step)
         lm = cached_map(state.get("map"), xs) or self.linear_map(layer, xs)
         R = shaped_like(Rs[0], state["z"])
-        idx = [i for i, x in enumerate(xs) if x.dtype.is_floating]
+        idx = [i for i, x in enumerate(xs) if dtypes.is_floating(x.dtype)]
         if len(idx) == len(xs):
             return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg, lazy=True)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from ..backend import Tensor
 from .attention import ContractionHandler, OpLinearHandler, SoftmaxHandler
 from .elementwise import ElementwiseHandler
 from .embedding import ConstantHandler, EmbeddingHandler, ReversibleEmbeddingHandler
@@ -31,7 +31,7 @@ def _kernel_params(layer: Any, *names: str) -> dict:
     return p
 
 
-def _dense_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _dense_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     return bias_add(ops.matmul(xs[0], p["kernel"]), p)
 
 
@@ -39,12 +39,12 @@ def _einsum_params(layer: Any) -> dict:
     return _kernel_params(layer, "kernel") if getattr(layer, "bias", None) is not None else {"kernel": layer.kernel}
 
 
-def _einsum_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _einsum_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     z = ops.einsum(layer.equation, xs[0], p["kernel"])
     return z if p.get("bias") is None else z + p["bias"]
 
 
-def _conv_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _conv_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     x = xs[0]
     if getattr(layer, "padding", None) == "causal":  # Conv1D causal: left padding, then valid
         pad = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
@@ -56,13 +56,13 @@ def _conv_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
     return bias_add(z, p, layer.data_format == "channels_first")
 
 
-def _depthwise_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _depthwise_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     z = ops.depthwise_conv(xs[0], p["kernel"], strides=layer.strides, padding=layer.padding,
                            dilation_rate=layer.dilation_rate, data_format=layer.data_format)
     return bias_add(z, p, layer.data_format == "channels_first")
 
 
-def _conv_transpose_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _conv_transpose_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     z = ops.conv_transpose(xs[0], p["kernel"], strides=list(layer.strides), padding=layer.padding,
                            output_padding=layer.output_padding, dilation_rate=layer.dilation_rate,
                            data_format=layer.data_format)
@@ -70,28 +70,28 @@ def _conv_transpose_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tenso
 
 
 # ----------------------------------------------------------------------------- fixed linear maps
-def _bn_affine_weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
+def _bn_affine_weights(layer: Any, xs: Sequence[Tensor]) -> dict:
     s, t = batchnorm_affine(layer, xs[0].dtype)
-    rank = xs[0].shape.rank
+    rank = len(xs[0].shape)
     axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
     shape = [1] * rank
     shape[axis % rank] = -1
-    return {"kernel": tf.reshape(s, shape), "bias": tf.reshape(t, shape)}
+    return {"kernel": ops.reshape(s, shape), "bias": ops.reshape(t, shape)}
 
 
-def _affine_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _affine_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     z = xs[0] * p["kernel"]
     return z if p.get("bias") is None else z + p["bias"]
 
 
 def _merge_weights(signs: Callable[[int], list[float]]) -> Callable:
-    def weights(layer: Any, xs: Sequence[tf.Tensor]) -> dict:
-        return {"kernel": tf.constant(signs(len(xs)), xs[0].dtype)}
+    def weights(layer: Any, xs: Sequence[Tensor]) -> dict:
+        return {"kernel": ops.convert_to_tensor(signs(len(xs)), dtype=xs[0].dtype)}
 
     return weights
 
 
-def _merge_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _merge_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     z = None
     for i, x in enumerate(xs):
         t = p["kernel"][i] * x
@@ -99,15 +99,15 @@ def _merge_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
     return z
 
 
-def _own_call_fn(layer: Any, xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+def _own_call_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     """Average pooling, upsampling: the layer's own (linear) call, times a scalar kernel (a second input
     is the mask of a masked global average)."""
     kwargs = {"mask": xs[1]} if len(xs) > 1 else {}
-    return p["kernel"] * tf.cast(layer(xs[0], **kwargs), xs[0].dtype)
+    return p["kernel"] * ops.cast(layer(xs[0], **kwargs), xs[0].dtype)
 
 
 # ----------------------------------------------------------------------------- max pooling
-def _avg_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
+def _avg_for_max(layer: Any, x: Tensor) -> Tensor:
     return ops.average_pool(x, layer.pool_size, layer.strides, layer.padding, layer.data_format)
 
 
@@ -117,8 +117,8 @@ def _window_2d(layer: Any) -> tuple | None:
     return tuple(layer.pool_size), tuple(layer.strides), layer.padding.upper()
 
 
-def _global_mean_for_max(layer: Any, x: tf.Tensor) -> tf.Tensor:
-    rank = x.shape.rank
+def _global_mean_for_max(layer: Any, x: Tensor) -> Tensor:
+    rank = len(x.shape)
     axes = list(range(1, rank - 1)) if layer.data_format == "channels_last" else list(range(2, rank))
     return ops.mean(x, axis=axes, keepdims=layer.keepdims)
 

@@ -3,15 +3,20 @@ or spreads uniformly over the window under a rule with ``uniform_max_pool`` (fla
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-import tensorflow as tf
+from keras import ops
 
+from .. import backend, dtypes
+from ..backend import Tensor
 from ..linear import LinearMap, linear_relevance
 from .base import DEFAULT_PASS, MAXPOOL, Handler, check_linear_rule, pass_through
 from .routing import route
 
 __all__ = ["MaxPoolHandler", "winner_takes_all_3d"]
+
+#: the dtypes of :func:`~interprettensor.engine.backend.max_pool_winner` (others: the layer's gradient)
+_POOL_GRAD_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 class MaxPoolHandler(Handler):
@@ -20,7 +25,8 @@ class MaxPoolHandler(Handler):
     Args:
         avg_fn: ``avg_fn(layer, x)``: average pooling with the same windows (the uniform split).
         window: ``window(layer)``: ``(ksize, strides, padding)`` of a 2-D channels-last pooling, or
-            ``None``; winner-takes-all then uses the forward output directly (one MaxPoolGrad op).
+            ``None``; winner-takes-all then uses the forward output directly
+            (:func:`~interprettensor.engine.backend.max_pool_winner`: one MaxPoolGrad op on TensorFlow).
         winner: ``winner(layer, x, R)``: winner-takes-all by another route than the layer's gradient.
     Otherwise winner-takes-all is the gradient of the layer's own call.
     """
@@ -28,9 +34,9 @@ class MaxPoolHandler(Handler):
     category = MAXPOOL
     batch_records = True
 
-    def __init__(self, avg_fn: Callable[[Any, tf.Tensor], tf.Tensor],
+    def __init__(self, avg_fn: Callable[[Any, Tensor], Tensor],
                  window: Callable[[Any], tuple | None] | None = None,
-                 winner: Callable[[Any, tf.Tensor, tf.Tensor], tf.Tensor] | None = None):
+                 winner: Callable[[Any, Tensor, Tensor], Tensor] | None = None):
         self._avg_fn = avg_fn
         self._window = window
         self._winner = winner
@@ -47,55 +53,47 @@ class MaxPoolHandler(Handler):
         mode = rule.max_pool()
         if mode == "uniform":
             lm = LinearMap(lambda xs_, p: p["kernel"] * self._avg_fn(layer, xs_[0]),
-                           {"kernel": tf.ones((), xs[0].dtype)}, None)
+                           {"kernel": ops.ones((), dtype=xs[0].dtype)}, None)
             return linear_relevance(lm, xs, Rs[0], rule)
         if mode != "winner":
             check_linear_rule(rule, step)  # the error naming the layer
         if self._winner is not None:
             return [self._winner(layer, xs[0], Rs[0])]
         window = self._window(layer) if self._window is not None else None
-        if window is not None and xs[0].dtype in (tf.float32, tf.float16, tf.bfloat16, tf.float64):
+        if window is not None and dtypes.name(xs[0].dtype) in _POOL_GRAD_DTYPES:
             ksize, strides, padding = window
-            y = tf.cast(ys[0], xs[0].dtype)
-            grad = tf.reshape(tf.cast(Rs[0], y.dtype), tf.shape(y))
-            return [tf.raw_ops.MaxPoolGrad(orig_input=xs[0], orig_output=y, grad=grad, ksize=[1, *ksize, 1],
-                                           strides=[1, *strides, 1], padding=padding)]
+            return [_winner_2d(xs[0], ys[0], Rs[0], ksize, strides, padding)]
         return route(step, xs, Rs)
 
 
-def _argmax_pool_2d(x: tf.Tensor, ksize: Sequence[int], strides: Sequence[int], padding: str,
-                    ) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
-    """2-D max pooling of ``x`` (N, H, W, C) with its argmax, and the map that sends a relevance shaped
-    like the output to the one winner of each window."""
-    y, argmax = tf.nn.max_pool_with_argmax(x, [1, *ksize, 1], [1, *strides, 1], padding,
-                                           include_batch_in_index=True)
-
-    def back(r: tf.Tensor) -> tf.Tensor:
-        return tf.raw_ops.MaxPoolGradWithArgmax(input=x, grad=tf.reshape(tf.cast(r, x.dtype), tf.shape(y)),
-                                                argmax=argmax, ksize=[1, *ksize, 1], strides=[1, *strides, 1],
-                                                padding=padding, include_batch_in_index=True)
-
-    return y, back
+def _winner_2d(x: Tensor, y: Tensor, R: Tensor, ksize, strides, padding: str) -> Tensor:
+    """Winner-takes-all through the 2-D channels-last max pooling ``y`` of ``x``: ``y`` and ``R`` in
+    ``x``'s dtype, ``R`` shaped like ``y``."""
+    y = ops.cast(y, x.dtype)
+    R = ops.reshape(ops.cast(R, x.dtype), ops.shape(y))
+    return backend.max_pool_winner(x, y, R, ksize, strides, padding.lower(), "channels_last")
 
 
-def winner_takes_all_3d(layer: Any, x: tf.Tensor, R: tf.Tensor) -> tf.Tensor:
+def winner_takes_all_3d(layer: Any, x: Tensor, R: Tensor) -> Tensor:
     """Winner-takes-all through a 3-D max pooling, exactly: TensorFlow's MaxPool3DGrad kernel gives
     a window's relevance to every input *close* to the maximum (seen on CPU: two values 6e-6 apart
     both received it). The maximum over a box is the maximum over depth of the maxima over height
-    and width, so two 2-D poolings with argmax route each window's relevance to one input."""
+    and width, so two 2-D poolings route each window's relevance to one input
+    (:func:`~interprettensor.engine.backend.max_pool_winner`: to the first maximum of each window over
+    height and width, then over depth)."""
     channels_first = layer.data_format == "channels_first"
     if channels_first:
-        x = tf.transpose(x, [0, 2, 3, 4, 1])
+        x = ops.transpose(x, (0, 2, 3, 4, 1))
     (kd, kh, kw), (sd, sh, sw) = layer.pool_size, layer.strides
-    padding = layer.padding.upper()
-    shape = tf.shape(x)
-    n, d, c = shape[0], shape[1], shape[4]
-    planes = tf.reshape(x, tf.concat([[n * d], shape[2:]], 0))            # (N*D, H, W, C)
-    t, back_hw = _argmax_pool_2d(planes, (kh, kw), (sh, sw), padding)
-    hw = tf.shape(t)[1:3]
-    cols = tf.reshape(t, tf.stack([n, d, 1, hw[0] * hw[1] * c]))        # (N, D, 1, H'W'C)
-    y, back_d = _argmax_pool_2d(cols, (kd, 1), (sd, 1), padding)
-    r = R if not channels_first else tf.transpose(R, [0, 2, 3, 4, 1])
-    r_t = tf.reshape(back_d(tf.reshape(r, tf.shape(y))), tf.shape(t))
-    out = tf.reshape(back_hw(r_t), shape)
-    return tf.transpose(out, [0, 4, 1, 2, 3]) if channels_first else out
+    padding = layer.padding.lower()
+    shape = ops.shape(x)
+    n, d, h, w, c = shape
+    planes = ops.reshape(x, (n * d, h, w, c))                                  # (N*D, H, W, C)
+    t = ops.max_pool(planes, (kh, kw), (sh, sw), padding, "channels_last")
+    _, h2, w2, _ = ops.shape(t)
+    cols = ops.reshape(t, (n, d, 1, h2 * w2 * c))                              # (N, D, 1, H'W'C)
+    y = ops.max_pool(cols, (kd, 1), (sd, 1), padding, "channels_last")
+    r = R if not channels_first else ops.transpose(R, (0, 2, 3, 4, 1))
+    r_t = ops.reshape(_winner_2d(cols, y, r, (kd, 1), (sd, 1), padding), ops.shape(t))
+    out = ops.reshape(_winner_2d(planes, t, r_t, (kh, kw), (sh, sw), padding), shape)
+    return ops.transpose(out, (0, 4, 1, 2, 3)) if channels_first else out

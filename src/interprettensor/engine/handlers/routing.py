@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import tensorflow as tf
+from keras import ops
 
 from .. import backend
+from ..backend import Tensor
 from .attention import factor_relevance
 from .base import DEFAULT_PASS, GATE, ROUTE, Handler
 
 __all__ = ["RouteHandler", "GateHandler", "route"]
 
 
-def route(step: Any, xs: Sequence[tf.Tensor], Rs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+def route(step: Any, xs: Sequence[Tensor], Rs: Sequence[Tensor]) -> list[Tensor]:
     """Relevance through a map that moves, copies or selects values: its vector-Jacobian product
     (taken with respect to distinct copies of repeated inputs, so each occurrence gets its share)."""
     return list(backend.vjp(step.call, xs, list(Rs)))
@@ -62,5 +63,5 @@ class GateHandler(Handler):
             return factor_relevance(step, list(xs), ys[0], Rs[0], rule, elementwise=True)
         out_shape = ys[0].shape
         signal = next((i for i, x in enumerate(xs) if x.shape == out_shape), 0)
-        return [tf.reshape(Rs[0], tf.shape(x)) if i == signal else tf.zeros_like(x)
+        return [ops.reshape(Rs[0], ops.shape(x)) if i == signal else ops.zeros_like(x)
                 for i, x in enumerate(xs)]

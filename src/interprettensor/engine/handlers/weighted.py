@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import tensorflow as tf
 from keras import ops
 
+from ..backend import Tensor
 from ..linear import LinearMap, interval_bounds, linear_relevance
 from ..rules import constant
 from .base import (DEFAULT_PASS, WEIGHTED, Handler, PassOptions, cached_map, cast_params, check_linear_rule,
@@ -34,7 +34,7 @@ class LinearHandler(Handler):
     uses_output_signs = True
     batch_records = True
 
-    def __init__(self, params: Callable[[Any], dict], fn: Callable[[Any, Sequence[tf.Tensor], dict], tf.Tensor],
+    def __init__(self, params: Callable[[Any], dict], fn: Callable[[Any, Sequence[Tensor], dict], Tensor],
                  activation: Callable[[Any], Callable | None] = lambda layer: getattr(layer, "activation", None),
                  channel_axis: int | None = -1, kind: str = "conv"):
         self._params, self._fn, self._activation = params, fn, activation
@@ -51,17 +51,17 @@ class LinearHandler(Handler):
         act = self.activation_of(layer)
         return self.channel_axis is not None and (act is None or getattr(act, "__name__", "") == "linear")
 
-    def linear_map(self, layer: Any, step: Any, dtype: tf.DType) -> LinearMap:
+    def linear_map(self, layer: Any, step: Any, dtype: Any) -> LinearMap:
         params = cast_params(self._params(layer), dtype)
         for bn in getattr(step, "fused", ()):
             params = merge_batchnorm(params, bn, self.channel_axis, dtype)
 
-        def fn(xs: Sequence[tf.Tensor], p: dict) -> tf.Tensor:
+        def fn(xs: Sequence[Tensor], p: dict) -> Tensor:
             return self._fn(layer, xs, p)
 
         return LinearMap(fn, params, 1 if getattr(layer, "data_format", None) == "channels_first" else -1)
 
-    def forward(self, layer: Any, xs: Sequence[tf.Tensor], step: Any,
+    def forward(self, layer: Any, xs: Sequence[Tensor], step: Any,
                 options: PassOptions = DEFAULT_PASS) -> tuple[list, dict]:
         lm = self.linear_map(layer, step, xs[0].dtype)
         z = lm(xs)
@@ -91,7 +91,7 @@ class LinearHandler(Handler):
         return is_gating_activation(self.activation_of(layer))
 
 
-def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.DType) -> dict:
+def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: Any) -> dict:
     """Fold an inference-mode BatchNormalization into the preceding layer's kernel and bias:
     ``W' = W * s``, ``b' = b * s + t`` (see :func:`batchnorm_affine`)."""
     s, t = batchnorm_affine(bn, dtype)
@@ -99,38 +99,38 @@ def merge_batchnorm(params: dict, bn: Any, channel_axis: int | None, dtype: tf.D
     weight_names = [k for k in params if k != "bias"]
     name = weight_names[-1]  # the last weight produces the output channels (pointwise for separable)
     kernel = params[name]
-    rank = kernel.shape.rank
+    rank = len(kernel.shape)
     axis = channel_axis % rank
     if kernel.shape[axis] == s.shape[0]:
         shape = [1] * rank
         shape[axis] = -1
-        out[name] = kernel * tf.reshape(s, shape)
+        out[name] = kernel * ops.reshape(s, shape)
     else:  # depthwise (kh, kw, in, multiplier): output channel c*mult + m
         shape = [1] * (rank - 2) + list(kernel.shape[-2:])
-        out[name] = kernel * tf.reshape(s, shape)
+        out[name] = kernel * ops.reshape(s, shape)
     bias = params.get("bias")
     out["bias"] = t if bias is None else bias * s + t
     return out
 
 
-def batchnorm_affine(bn: Any, dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+def batchnorm_affine(bn: Any, dtype: Any) -> tuple[Tensor, Tensor]:
     """An inference-mode BatchNormalization as ``y = x * s + t``: ``s = gamma / sqrt(var + eps)``,
-    ``t = beta - mean * s``."""
-    mean = tf.cast(ops.convert_to_tensor(bn.moving_mean), dtype)
-    var = tf.cast(ops.convert_to_tensor(bn.moving_variance), dtype)
-    gamma = tf.cast(ops.convert_to_tensor(bn.gamma), dtype) if bn.scale else tf.ones_like(mean)
-    beta = tf.cast(ops.convert_to_tensor(bn.beta), dtype) if bn.center else tf.zeros_like(mean)
-    s = gamma * tf.math.rsqrt(var + constant(float(bn.epsilon), dtype))
+    ``t = beta - mean * s`` (in ``dtype``, a dtype or its name)."""
+    mean = ops.cast(ops.convert_to_tensor(bn.moving_mean), dtype)
+    var = ops.cast(ops.convert_to_tensor(bn.moving_variance), dtype)
+    gamma = ops.cast(ops.convert_to_tensor(bn.gamma), dtype) if bn.scale else ops.ones_like(mean)
+    beta = ops.cast(ops.convert_to_tensor(bn.beta), dtype) if bn.center else ops.zeros_like(mean)
+    s = gamma * ops.rsqrt(var + constant(float(bn.epsilon), dtype))
     return s, beta - mean * s
 
 
-def bias_add(z: tf.Tensor, p: dict, channels_first: bool = False) -> tf.Tensor:
+def bias_add(z: Tensor, p: dict, channels_first: bool = False) -> Tensor:
     """``z`` plus ``p['bias']`` (if any) along the channel axis."""
     b = p.get("bias")
     if b is None:
         return z
     if channels_first:
-        b = tf.reshape(b, [1, -1] + [1] * (z.shape.rank - 2))
+        b = ops.reshape(b, (1, -1) + (1,) * (len(z.shape) - 2))
     return z + b
 
 
@@ -149,7 +149,7 @@ class SeparableHandler(Handler):
         act = self.activation_of(layer)
         return act is None or getattr(act, "__name__", "") == "linear"
 
-    def maps(self, layer: Any, step: Any, dtype: tf.DType) -> tuple[LinearMap, LinearMap]:
+    def maps(self, layer: Any, step: Any, dtype: Any) -> tuple[LinearMap, LinearMap]:
         params = cast_params({"kernel": layer.pointwise_kernel,
                               "bias": layer.bias if layer.use_bias else None}, dtype)
         for bn in getattr(step, "fused", ()):
@@ -175,7 +175,7 @@ class SeparableHandler(Handler):
         rule = check_linear_rule(rule, step)
         maps = state.get("maps")
         dw, pw = maps if maps and cached_map(maps[0], xs) else self.maps(layer, step, xs[0].dtype)
-        R = tf.reshape(Rs[0], tf.shape(state["z"]))
+        R = ops.reshape(Rs[0], ops.shape(state["z"]))
         pw_rule = rule
         box = rule.bounds()
         if box is not None:
