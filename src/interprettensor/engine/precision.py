@@ -7,7 +7,6 @@ import contextlib
 from typing import Any, Iterator
 
 import keras
-import tensorflow as tf
 from keras import ops, tree
 
 from . import dtypes
@@ -23,23 +22,24 @@ DTYPES = {"float64": ("float64", "float64"), "float32": ("float32", "float32"),
           "mixed_float16": ("float16", "float32"), "mixed_bfloat16": ("bfloat16", "float32")}
 
 
-def model_dtype(model: Any) -> tf.DType:
-    """The dtype of the model's (first) input, else of its first layer's computation."""
+def model_dtype(model: Any) -> str:
+    """The dtype of the model's (first) input, else of its first layer's computation, by name
+    (``'float32'``)."""
     inputs = getattr(model, "inputs", None)
     if inputs and getattr(inputs[0], "dtype", None) is not None:
         try:
-            return tf.as_dtype(dtypes.name(inputs[0].dtype))
+            return dtypes.name(inputs[0].dtype)
         except (TypeError, ValueError):
             pass
     for layer in getattr(model, "layers", []):
         dt = getattr(layer, "compute_dtype", None)
         if dt:
-            return tf.as_dtype(dtypes.name(dt))
-    return tf.float32
+            return dtypes.name(dt)
+    return "float32"
 
 
-def resolve_dtype(model: Any, dtype: Any) -> tuple[tf.DType, tf.DType]:
-    """(forward dtype, backward dtype) from ``dtype=`` or, when None, from the model: a Keras
+def resolve_dtype(model: Any, dtype: Any) -> tuple[str, str]:
+    """(forward dtype, backward dtype), by name, from ``dtype=`` or, when None, from the model: a Keras
     ``mixed_float16``/``mixed_bfloat16`` policy on its layers gives the matching mixed mode."""
     if dtype is None:
         for layer in getattr(model, "layers", []):
@@ -53,8 +53,7 @@ def resolve_dtype(model: Any, dtype: Any) -> tuple[tf.DType, tf.DType]:
     key = str(getattr(dtype, "name", dtype))
     if key not in DTYPES:
         raise ExplainError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    fwd, bwd = DTYPES[key]
-    return tf.as_dtype(fwd), tf.as_dtype(bwd)
+    return DTYPES[key]
 
 
 def cast_floats(structure: Any, dtype: Any) -> Any:
