@@ -123,9 +123,9 @@ def scale_up(R: Tensor) -> tuple[Tensor, Tensor]:
     axes = tuple(range(1, len(R.shape)))
     R32 = ops.cast(R, "float32")
     peak = ops.max(ops.abs(R32), axis=axes)
-    two = ops.convert_to_tensor(2.0, dtype="float32")
+    one, two = (ops.convert_to_tensor(v, dtype="float32") for v in (1.0, 2.0))
     exponent = ops.round(ops.log(1024.0 / ops.maximum(peak, 1e-30)) / ops.log(two))
-    scale = ops.where(peak > 0, ops.power(two, ops.clip(exponent, 0.0, 10.0)), ops.ones_like(peak))
+    scale = ops.where(peak > 0, ops.power(two, ops.clip(exponent, 0.0, 10.0)), one)
     return ops.cast(R32 * ops.reshape(scale, (-1,) + (1,) * len(axes)), R.dtype), scale
 
 
