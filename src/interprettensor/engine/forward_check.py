@@ -35,8 +35,10 @@ def reference_rtol(graph: Graph) -> float:
 
 
 def outputs_agree(got: Sequence[np.ndarray], expected: Sequence[np.ndarray], rtol: float) -> bool:
-    return len(got) == len(expected) and all(close(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol)
-                                             for a, b in zip(got, expected))
+    def host(t: Any) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(t), np.float64)
+
+    return len(got) == len(expected) and all(close(host(a), host(b), rtol) for a, b in zip(got, expected))
 
 
 def locate_mismatch(graph: Graph, sample: Sequence[Tensor], dtype: Any, rtol: float) -> None:
