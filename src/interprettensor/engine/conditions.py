@@ -205,7 +205,9 @@ class ConditionalExplainer(Explainer):
             return t
 
         steps = self.graph.steps[:hi]
-        if all(s.handler.batch_records and all(_is_tensor(v) or isinstance(v, (LinearMap, tuple)) or v is None
+        # a traced batch axis of unknown size (TensorFlow's compiled signature) tells the samples' tensors
+        # from the weights; where shapes are concrete (JAX, PyTorch) the forward pass runs again instead
+        if xs[0].shape[0] is None and all(s.handler.batch_records and all(_is_tensor(v) or isinstance(v, (LinearMap, tuple)) or v is None
                                                         for v in st.values())
                for s, (_, _, st) in zip(steps, records)):
             out = []
@@ -214,7 +216,7 @@ class ConditionalExplainer(Explainer):
                 out.append(([rep(t) for t in ins], [rep(t) for t in outs], kept))
             return out
         # a layer whose record is more than the batch's tensors: run the forward pass on repeated inputs
-        _, again = forward(self.graph, [rep(x) for x in xs], self.pass_options[True])
+        _, again = forward(self.graph, [ops.repeat(x, K, axis=0) for x in xs], self.pass_options[True])
         return (cast_floats(again, self.backward_dtype) if self._recast() else again)[:hi]
 
     @staticmethod

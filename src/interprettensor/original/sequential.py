@@ -44,6 +44,25 @@ _OPTIMIZERS = {
 }
 
 
+class _ForwardCache:
+    """The last forward pass: what ``lrp`` reads (``cache["records"]``)."""
+
+    def __init__(self, values: dict):
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+
+def _plain(structure: Any) -> Any:
+    """``structure`` with lists and dicts (Keras' tracked ones included) as plain tuples and dicts."""
+    if isinstance(structure, dict):
+        return {k: _plain(v) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return tuple(_plain(v) for v in structure)
+    return structure
+
+
 @keras.saving.register_keras_serializable(package="interprettensor")
 class Sequential(keras.Model):
     """A stack of interprettensor modules (or any Keras layers with an LRP handler).
@@ -140,7 +159,9 @@ class Sequential(keras.Model):
             # no signature: traced once per input shape and dtype, as the records follow from them
             fn = self._lrp_fns["forward"] = backend.compile(run, None, variables=self.variables)
         out, records = fn(t)
-        self._cache = {"x": t, "records": records, "output": out}
+        # a plain tuple in a holder: Keras would track a list or dict set on the model as its own
+        # containers, which a compiled function (jax.jit) does not take as arguments
+        self._cache = _ForwardCache({"x": t, "records": _plain(records), "output": out})
         return out
 
     def _rules(self, lrp_var: str | Rule | None, param: float | None) -> tuple[Rule, ...]:
