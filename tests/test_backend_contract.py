@@ -6,7 +6,7 @@ the rounding of sums of at most 4 products (rtol 1e-12)."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from interprettensor.engine import backend
 
@@ -15,54 +15,64 @@ rng = np.random.default_rng(0)
 
 
 def t(a):
-    return tf.constant(np.asarray(a, np.float64))
+    return ops.convert_to_tensor(np.asarray(a, np.float64), dtype="float64")
+
+
+def host(x):
+    return ops.convert_to_numpy(x)
+
+
+def matmul(a, b):
+    """``a @ b`` in the inputs' dtype on every backend (Keras 3.15's ``ops.matmul`` on PyTorch returns
+    float64 products in float32; ``ops.einsum`` keeps float64)."""
+    return ops.einsum("ij,jk->ik", a, b)
 
 
 def test_vjp_of_a_linear_map_is_its_transpose():
     W, x, s = rng.normal(size=(4, 3)), rng.normal(size=(2, 4)), rng.normal(size=(2, 3))
-    (g,) = backend.vjp(lambda xs: tf.matmul(xs[0], t(W)), [t(x)], t(s))
-    np.testing.assert_allclose(g.numpy(), s @ W.T, rtol=RTOL)
+    (g,) = backend.vjp(lambda xs: matmul(xs[0], t(W)), [t(x)], t(s))
+    np.testing.assert_allclose(host(g), s @ W.T, rtol=RTOL)
 
 
 def test_vjp_gives_each_occurrence_of_a_repeated_tensor_its_share():
     x, s = t(rng.normal(size=(3,))), rng.normal(size=(3,))
     g1, g2 = backend.vjp(lambda xs: 2.0 * xs[0] + 3.0 * xs[1], [x, x], t(s))
-    np.testing.assert_allclose(g1.numpy(), 2.0 * s, rtol=RTOL)
-    np.testing.assert_allclose(g2.numpy(), 3.0 * s, rtol=RTOL)
+    np.testing.assert_allclose(host(g1), 2.0 * s, rtol=RTOL)
+    np.testing.assert_allclose(host(g2), 3.0 * s, rtol=RTOL)
 
 
 def test_vjp_gives_zeros_to_an_unused_primal_and_takes_several_outputs():
     a, b = t(rng.normal(size=(3,))), t(rng.normal(size=(3,)))
     s1, s2 = rng.normal(size=(3,)), rng.normal(size=(3,))
     ga, gb = backend.vjp(lambda xs: [5.0 * xs[0], -xs[0]], [a, b], [t(s1), t(s2)])
-    np.testing.assert_allclose(ga.numpy(), 5.0 * s1 - s2, rtol=RTOL)
-    np.testing.assert_array_equal(gb.numpy(), np.zeros(3))
+    np.testing.assert_allclose(host(ga), 5.0 * s1 - s2, rtol=RTOL)
+    np.testing.assert_array_equal(host(gb), np.zeros(3))
 
 
 def test_vjp_of_a_product_holds_the_other_factor_fixed():
     a, b, s = rng.normal(size=(2, 3)), rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
     ga, gb = backend.vjp(lambda xs: xs[0] * xs[1], [t(a), t(b)], t(s))
-    np.testing.assert_allclose(ga.numpy(), b * s, rtol=RTOL)
-    np.testing.assert_allclose(gb.numpy(), a * s, rtol=RTOL)
+    np.testing.assert_allclose(host(ga), b * s, rtol=RTOL)
+    np.testing.assert_allclose(host(gb), a * s, rtol=RTOL)
 
 
 def test_pullback_answers_several_cotangents_from_one_forward_pass():
     a, b = rng.normal(size=(2, 3)), rng.normal(size=(3, 4))
-    watched, out, back = backend.pullback(lambda xs: tf.matmul(xs[0], xs[1]), [t(a), t(b)])
-    np.testing.assert_allclose(out.numpy(), a @ b, rtol=RTOL)
-    np.testing.assert_allclose(watched[0].numpy(), a)
+    watched, out, back = backend.pullback(lambda xs: matmul(xs[0], xs[1]), [t(a), t(b)])
+    np.testing.assert_allclose(host(out), a @ b, rtol=RTOL)
+    np.testing.assert_allclose(host(watched[0]), a)
     s1, s2 = rng.normal(size=(2, 4)), rng.normal(size=(2, 4))
-    np.testing.assert_allclose(back(0, t(s1)).numpy(), s1 @ b.T, rtol=RTOL)
-    np.testing.assert_allclose(back(1, t(s2)).numpy(), a.T @ s2, rtol=RTOL)
-    np.testing.assert_allclose(back(0, t(s2)).numpy(), s2 @ b.T, rtol=RTOL)  # callable again
+    np.testing.assert_allclose(host(back(0, t(s1))), s1 @ b.T, rtol=RTOL)
+    np.testing.assert_allclose(host(back(1, t(s2))), a.T @ s2, rtol=RTOL)
+    np.testing.assert_allclose(host(back(0, t(s2))), s2 @ b.T, rtol=RTOL)  # callable again
 
 
 def test_stop_gradient_and_after():
     x, s = t(rng.normal(size=(3,))), rng.normal(size=(3,))
     (g,) = backend.vjp(lambda xs: xs[0] * backend.stop_gradient(xs[0]), [x], t(s))
-    np.testing.assert_allclose(g.numpy(), x.numpy() * s, rtol=RTOL)  # the stopped factor is a constant
+    np.testing.assert_allclose(host(g), host(x) * s, rtol=RTOL)  # the stopped factor is a constant
     y = backend.after([x], lambda: 2.0 * x)
-    np.testing.assert_allclose(y.numpy(), 2.0 * x.numpy(), rtol=RTOL)
+    np.testing.assert_allclose(host(y), 2.0 * host(x), rtol=RTOL)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -73,8 +83,8 @@ def test_scan_stacks_every_accumulator(reverse):
                        (t(elems), t(weights)), {"sum": t(np.zeros(2)), "last": t(np.zeros(2))}, reverse=reverse)
     terms = elems * weights[:, None]
     want = np.cumsum(terms[::-1], axis=0)[::-1] if reverse else np.cumsum(terms, axis=0)
-    np.testing.assert_allclose(out["sum"].numpy(), want, rtol=RTOL)
-    np.testing.assert_allclose(out["last"].numpy(), elems, rtol=RTOL)
+    np.testing.assert_allclose(host(out["sum"]), want, rtol=RTOL)
+    np.testing.assert_allclose(host(out["last"]), elems, rtol=RTOL)
 
 
 def test_compile_traces_once_per_signature_and_computes_the_function():
@@ -82,13 +92,14 @@ def test_compile_traces_once_per_signature_and_computes_the_function():
 
     def fn(x, k):
         traces.append(1)  # a Python side effect: runs when the function is traced
-        return 2.0 * x + tf.cast(k, x.dtype)[:, None]
+        return 2.0 * x + ops.cast(k, x.dtype)[:, None]
 
-    f = backend.compile(fn, (backend.spec((None, 3), tf.float64), backend.spec((None,), tf.int32)))
+    f = backend.compile(fn, (backend.spec((None, 3), "float64"), backend.spec((None,), "int32")))
     for n in (4, 2, 5):  # the batch size is free
         x, k = rng.normal(size=(n, 3)), rng.integers(0, 9, n).astype(np.int32)
-        np.testing.assert_allclose(f(t(x), tf.constant(k)).numpy(), 2.0 * x + k[:, None], rtol=RTOL)
-    assert len(traces) == 1
+        np.testing.assert_allclose(host(f(t(x), ops.convert_to_tensor(k))), 2.0 * x + k[:, None], rtol=RTOL)
+    # TensorFlow traces once for the free batch size; JAX once per concrete shape; PyTorch runs eagerly
+    assert len(traces) == (1 if backend.NAME == "tensorflow" else 3)
 
 
 def test_fused_kernels_compute_the_same_values():
@@ -96,17 +107,25 @@ def test_fused_kernels_compute_the_same_values():
         return r / (z + 0.5)
 
     r, z = rng.normal(size=(2, 6)), rng.uniform(1.0, 2.0, size=(2, 6))
-    np.testing.assert_allclose(backend.fused(ratio)(t(r), t(z)).numpy(), r / (z + 0.5), rtol=RTOL)
+    np.testing.assert_allclose(host(backend.fused(ratio)(t(r), t(z))), r / (z + 0.5), rtol=RTOL)
     assert not backend.use_fused(t(z), 13)       # 6 elements per sample: below the threshold
-    assert backend.use_fused(t(z), 6) == (not tf.config.functions_run_eagerly())
+    if backend.NAME == "tensorflow":
+        import tensorflow as tf
+
+        assert backend.use_fused(t(z), 6) == (not tf.config.functions_run_eagerly())
+    else:  # inside jax.jit XLA fuses anyway; PyTorch runs eagerly
+        assert not backend.use_fused(t(z), 6)
 
 
+@pytest.mark.skipif(backend.NAME == "jax", reason="XLA clamps an index beyond a table instead of failing: the "
+                    "explainer checks indices and targets on the host (tests/test_errors.py)")
 def test_runtime_errors_of_a_compiled_call_are_named():
-    f = backend.compile(lambda table, i: tf.gather(table, i), (backend.spec((4,), tf.float64),
-                                                                backend.spec((None,), tf.int32)))
+    f = backend.compile(lambda table, i: ops.take(table, i, axis=0), (backend.spec((4,), "float64"),
+                                                                backend.spec((None,), "int32")))
     with pytest.raises(backend.RUNTIME_ERRORS) as info:
-        f(t(np.arange(4.0)), tf.constant([7], tf.int32))  # beyond the table
-    assert "7" in backend.error_message(info.value)
+        f(t(np.arange(4.0)), ops.convert_to_tensor(np.array([7], np.int32)))  # beyond the table
+    message = backend.error_message(info.value)
+    assert "7" in message or "out of range" in message  # PyTorch's names the problem, not the index
 
 
 def test_is_symbolic_only_inside_a_traced_computation():
@@ -116,9 +135,9 @@ def test_is_symbolic_only_inside_a_traced_computation():
         seen.append(backend.is_symbolic(x))
         return 2.0 * x
 
-    f = backend.compile(fn, (backend.spec((None,), tf.float64),))
-    np.testing.assert_allclose(f(t([1.0, 2.0])).numpy(), [2.0, 4.0], rtol=RTOL)
-    assert seen == [True]
+    f = backend.compile(fn, (backend.spec((None,), "float64"),))
+    np.testing.assert_allclose(host(f(t([1.0, 2.0]))), [2.0, 4.0], rtol=RTOL)
+    assert seen == [backend.NAME != "torch"]  # PyTorch runs eagerly: nothing is symbolic
     assert not backend.is_symbolic(t([1.0])) and not backend.is_symbolic(np.zeros(2)) and not backend.is_symbolic(3)
 
 
@@ -167,3 +186,14 @@ def test_max_pool_winner_routes_each_window_to_its_first_maximum(pool, strides, 
     first = (lambda a: np.transpose(a, (0, 3, 1, 2))) if data_format == "channels_first" else (lambda a: a)
     got = backend.max_pool_winner(t(first(x)), t(first(y)), t(first(R)), pool, strides, padding, data_format)
     np.testing.assert_allclose(np.asarray(got), first(want), rtol=RTOL, atol=0.0)  # zeros exact: one winner each
+
+
+@pytest.mark.parametrize("name", sorted(backend.MODULES))
+def test_every_backend_module_defines_the_whole_interface(name):
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed")
+    module = importlib.import_module(backend.MODULES[name], backend.__name__)
+    assert [n for n in backend.INTERFACE if not hasattr(module, n)] == []

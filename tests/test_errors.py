@@ -79,3 +79,18 @@ def test_the_root_imports_nothing_heavy():
     assert p.returncode == 0, p.stderr[-2000:]
     assert "HEAVY []" in p.stdout, p.stdout
     assert "ENGINE ['interprettensor.engine', 'interprettensor.engine.errors']" in p.stdout, p.stdout
+
+
+def test_float64_is_refused_by_name_where_keras_computes_it_in_float32(monkeypatch):
+    """Keras promotes float64 to float32 on JAX and PyTorch: the explainer says so instead of
+    silently explaining in float32 (simulated here by the backend's flag)."""
+    import keras
+
+    import interprettensor as it
+    from interprettensor.engine import backend
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    monkeypatch.setattr(backend, "FLOAT64", False)
+    with pytest.raises(it.ExplainError, match=r"dtype= float64 needs Keras' TensorFlow backend.*promotes float64"):
+        it.Explainer(model, dtype="float64")
+    it.Explainer(model, dtype="float32")

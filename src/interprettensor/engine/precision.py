@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import keras
 from keras import ops, tree
 
-from . import dtypes
+from . import backend, dtypes
 from .backend import Tensor
 from .errors import ExplainError
 from .graph import Graph
@@ -49,11 +49,21 @@ def resolve_dtype(model: Any, dtype: Any) -> tuple[str, str]:
                 break
         else:
             d = model_dtype(model)
-            return d, d
+            return _computable(d, "the model's dtype"), d
     key = str(getattr(dtype, "name", dtype))
     if key not in DTYPES:
         raise ExplainError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    _computable(DTYPES[key][0], "dtype=")
     return DTYPES[key]
+
+
+def _computable(dtype: str, what: str) -> str:
+    """``dtype``, or an error where Keras' backend would compute it in another precision."""
+    if dtype == "float64" and not backend.FLOAT64:
+        raise ExplainError(f"{what} float64 needs Keras' TensorFlow backend: Keras' {backend.NAME!r} backend "
+                           f"promotes float64 to float32 (keras.backend.result_type), so the explanation would "
+                           f"not be computed in float64; use float32, or KERAS_BACKEND=tensorflow")
+    return dtype
 
 
 def cast_floats(structure: Any, dtype: Any) -> Any:

@@ -30,8 +30,8 @@ import keras
 Tensor: TypeAlias = Any
 
 #: the interface: what each backend module defines
-INTERFACE = ("vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
-             "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner")
+INTERFACE = ("FLOAT64", "vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused",
+             "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner")
 #: Keras' backend -> the module that implements the interface on it
 MODULES = {"tensorflow": "._tensorflow", "jax": "._jax", "torch": "._torch"}
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import keras
 
-__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
-           "RUNTIME_ERRORS", "error_message"]
+#: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
+FLOAT64 = False
 
 #: what a compiled call raises on bad data (XLA clamps indices instead of failing, so the explainer
 #: checks indices and targets on the host before the call)

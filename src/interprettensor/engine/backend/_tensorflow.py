@@ -7,8 +7,8 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
-           "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner"]
+#: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
+FLOAT64 = True
 
 #: what a compiled call raises on bad data (an index beyond a table, a failed runtime check)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError,)

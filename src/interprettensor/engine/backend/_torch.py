@@ -12,8 +12,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
-__all__ = ["vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused", "use_fused",
-           "RUNTIME_ERRORS", "error_message"]
+#: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
+FLOAT64 = False
 
 #: what a call raises on bad data (an index beyond an embedding table)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (IndexError, RuntimeError)
