@@ -62,7 +62,7 @@ def test_dtypes_of_the_passes():
                               ("mixed_float16", "float16", "float32", "float32"),
                               ("mixed_bfloat16", "bfloat16", "float32", "float32"), (None, "float32", "float32", "float32")]:
         e = it.Explainer(model, "epsilon", dtype=dt)
-        assert (e.dtype.name, e.backward_dtype.name) == (fwd, bwd)
+        assert (e.dtype, e.backward_dtype) == (fwd, bwd)
         R, out = e(x, return_output=True)
         assert R.dtype.name == res and R.shape == x.shape and np.isfinite(R).all()
         e(x[:2])
@@ -81,7 +81,7 @@ def test_keras_mixed_precision_policy_is_honoured():
         keras.mixed_precision.set_global_policy("float32")
     model.set_weights(reference.get_weights())
     e = it.Explainer(model, "epsilon_gamma_box", low=0.0, high=1.0)
-    assert (e.dtype.name, e.backward_dtype.name) == ("float16", "float32")
+    assert (e.dtype, e.backward_dtype) == ("float16", "float32")
     R = e(x)
     R32 = it.Explainer(reference, "epsilon_gamma_box", low=0.0, high=1.0)(x)
     assert np.isfinite(R).all()

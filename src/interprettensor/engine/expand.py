@@ -113,11 +113,9 @@ class CausalMask(keras.layers.Layer):
     scores' shape."""
 
     def call(self, scores: Any) -> Any:
-        import tensorflow as tf
-
-        t, s = tf.shape(scores)[-2], tf.shape(scores)[-1]
-        lower = tf.linalg.band_part(tf.ones((t, s), tf.bool), -1, 0)
-        return tf.broadcast_to(lower, tf.shape(scores))
+        shape = ops.shape(scores)
+        lower = ops.tril(ops.ones((shape[-2], shape[-1]), dtype="bool"))
+        return ops.broadcast_to(lower, shape)
 
     def compute_output_spec(self, scores: Any) -> Any:
         return keras.KerasTensor(scores.shape, dtype="bool")

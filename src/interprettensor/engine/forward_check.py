@@ -5,11 +5,12 @@ else than the layer itself."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from .backend import Tensor
 from .errors import ExplainError
 from .graph import Graph
 from .handlers import PassOptions
@@ -34,11 +35,13 @@ def reference_rtol(graph: Graph) -> float:
 
 
 def outputs_agree(got: Sequence[np.ndarray], expected: Sequence[np.ndarray], rtol: float) -> bool:
-    return len(got) == len(expected) and all(close(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol)
-                                             for a, b in zip(got, expected))
+    def host(t: Any) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(t), np.float64)
+
+    return len(got) == len(expected) and all(close(host(a), host(b), rtol) for a, b in zip(got, expected))
 
 
-def locate_mismatch(graph: Graph, sample: Sequence[tf.Tensor], dtype: tf.DType, rtol: float) -> None:
+def locate_mismatch(graph: Graph, sample: Sequence[Tensor], dtype: Any, rtol: float) -> None:
     """Run the steps eagerly one by one on ``sample``, comparing each handler's forward with the
     layer's own call (and the BatchNorms merged into it); raise an :class:`ExplainError` naming the
     first layer that differs. Returns if every layer matches."""
@@ -52,7 +55,7 @@ def locate_mismatch(graph: Graph, sample: Sequence[tf.Tensor], dtype: tf.DType, 
             for bn in step.fused:
                 ref = [bn(ref[0], training=False)]
             for a, b in zip(outs, ref):
-                a64, b64 = np.asarray(tf.cast(a, tf.float64)), np.asarray(tf.cast(b, tf.float64))
+                a64, b64 = (ops.convert_to_numpy(ops.cast(t, "float64")) for t in (a, b))
                 if a64.shape != b64.shape or not close(a64, b64, rtol):
                     diff = (float(np.max(np.abs(a64 - b64))) if a64.shape == b64.shape
                             else f"shape {a64.shape} instead of {b64.shape}")

@@ -6,9 +6,10 @@ Handlers call :func:`linear_relevance`, which asks the rule (:meth:`Rule.relevan
 
 A layer contributes a :class:`LinearMap`: a function ``f(xs, params) -> z`` that is linear in each
 input for fixed parameters (plus a bias), and its parameters. The transpose needed by LRP is never
-written by hand: it is the vector-Jacobian product of ``f``, which TensorFlow computes as one
-transposed matmul or transposed convolution. Under ``tf.function`` the forward op that the gradient
-tape records for it is pruned (its value is not used), so each term costs exactly one backward op.
+written by hand: it is the vector-Jacobian product of ``f`` (``backend.vjp``), one transposed
+matmul or transposed convolution. On TensorFlow, under ``tf.function``, the forward op that the
+gradient tape records for it is pruned (its value is not used), so each term costs exactly one
+backward op.
 
 Denominators are computed with as few forward passes as the rule allows:
 
@@ -37,13 +38,14 @@ import contextvars
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
-import tensorflow as tf
+from keras import ops
 
 from . import backend
+from .backend import Tensor
 from .backend import distinct  # noqa: F401 - re-exported: the engine's modules import it from here
 from .rule_algebra import Group, Rule, Term, WeightSum, constant, identity, negative, positive
 
-Params = Mapping[str, tf.Tensor]
+Params = Mapping[str, Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,22 +55,23 @@ class LinearMap:
     modifier (dropping it when the modifier is ``None``). ``bias_axis`` is the axis of ``z`` that the
     bias runs along (``None``: the bias is already broadcastable to ``z``)."""
 
-    fn: Callable[[Sequence[tf.Tensor], Params], tf.Tensor]
+    fn: Callable[[Sequence[Tensor], Params], Tensor]
     params: Params
     bias_axis: int | None = -1
 
-    def __call__(self, xs: Sequence[tf.Tensor], params: Params | None = None) -> tf.Tensor:
+    def __call__(self, xs: Sequence[Tensor], params: Params | None = None) -> Tensor:
         return self.fn(xs, self.params if params is None else params)
 
-    def broadcast_bias(self, b: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
-        if self.bias_axis is None or b.shape.rank != 1:
+    def broadcast_bias(self, b: Tensor, z: Tensor) -> Tensor:
+        if self.bias_axis is None or len(b.shape) != 1:
             return b
-        shape = [1] * z.shape.rank
-        shape[self.bias_axis % z.shape.rank] = -1
-        return tf.reshape(b, shape)
+        rank = len(z.shape)
+        shape = [1] * rank
+        shape[self.bias_axis % rank] = -1
+        return ops.reshape(b, tuple(shape))
 
 
-def modify_params(params: Params, term: Term, with_bias: bool = True) -> dict[str, tf.Tensor]:
+def modify_params(params: Params, term: Term, with_bias: bool = True) -> dict[str, Tensor]:
     out = {}
     for name, value in params.items():
         if name == "bias":
@@ -94,11 +97,11 @@ class _Values:
     """Bias-free term values ``f(input(x); kernel(W))``, computed once and derived where linearity
     allows."""
 
-    def __init__(self, linear: LinearMap, xs: Sequence[tf.Tensor], z: tf.Tensor | None):
+    def __init__(self, linear: LinearMap, xs: Sequence[Tensor], z: Tensor | None):
         self.linear, self.xs, self.z = linear, xs, z
         self.cache: dict = {}
 
-    def with_bias(self, term: Term) -> tf.Tensor:
+    def with_bias(self, term: Term) -> Tensor:
         """The term's value including its (modified) bias; the plain term is the forward's ``z``."""
         bias = self.linear.params.get("bias")
         if self.z is not None and term.is_identity:
@@ -108,14 +111,14 @@ class _Values:
             v = v + self.linear.broadcast_bias(term.bias(bias), v)
         return v
 
-    def _known(self, inp: object, ker: object) -> tf.Tensor | None:
+    def _known(self, inp: object, ker: object) -> Tensor | None:
         """The value of ``f(inp(x); ker(W))`` if it is cached or is the forward's ``z`` (minus the bias)."""
         if (inp, ker) not in self.cache and inp is identity and ker is identity and self.z is not None:
             b = self.linear.params.get("bias")
             self.cache[(identity, identity)] = self.z if b is None else self.z - self.linear.broadcast_bias(b, self.z)
         return self.cache.get((inp, ker))
 
-    def _derive(self, inp: object, ker: object) -> tf.Tensor | None:
+    def _derive(self, inp: object, ker: object) -> Tensor | None:
         """``f(inp(x); ker(W))`` from values already known, by linearity in the weights
         (``f(x; W^+) + f(x; W^-) = f(x; W)``, and sums of weight modifiers) or in the inputs
         (``f(x^+; W) + f(x^-; W) = f(x; W)``); ``None`` if it has to be computed."""
@@ -136,7 +139,7 @@ class _Values:
                 return whole - other
         return self._known(inp, ker)
 
-    def get(self, term: Term) -> tf.Tensor:
+    def get(self, term: Term) -> Tensor:
         """The bias-free value ``f(input(x); kernel(W))``, derived from known values where linearity
         allows, else computed (one forward pass)."""
         key = (term.input, term.kernel)
@@ -160,22 +163,22 @@ class Product:
 
     __slots__ = ("x", "g")
 
-    def __init__(self, x: tf.Tensor, g: tf.Tensor):
+    def __init__(self, x: Tensor, g: Tensor):
         self.x, self.g = x, g
 
     @property
-    def shape(self) -> tf.TensorShape:
+    def shape(self) -> Any:
         return self.x.shape
 
     @property
-    def dtype(self) -> tf.DType:
+    def dtype(self) -> Any:
         return self.x.dtype
 
-    def value(self) -> tf.Tensor:
+    def value(self) -> Tensor:
         return self.x * self.g
 
 
-def materialize(R: "tf.Tensor | Product") -> tf.Tensor:
+def materialize(R: "Tensor | Product") -> Tensor:
     return R.value() if isinstance(R, Product) else R
 
 
@@ -186,8 +189,8 @@ _RATIO_FUNCTIONS: dict = {}
 XLA_MIN_ELEMENTS = 2 ** 19
 
 
-def _ratio(rule: Any, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float,
-           select: str | None = None, z_sign: tf.Tensor | None = None) -> tf.Tensor:
+def _ratio(rule: Any, R: "Tensor | Product", z: Tensor, coefficient: float,
+           select: str | None = None, z_sign: Tensor | None = None) -> Tensor:
     """``coefficient * R / stabilize(z)``, on large activations as one fused XLA kernel: there the
     stabiliser's element-wise ops are memory-bound, and fusing them (with the product that formed
     ``R``) keeps LRP-epsilon at the cost of gradient x input. Plain ops on small tensors (see
@@ -198,7 +201,7 @@ def _ratio(rule: Any, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float
     key = (rule, coefficient, lazy, select)
     fn = _RATIO_FUNCTIONS.get(key)
     if fn is None:
-        def ratio(*args: tf.Tensor) -> tf.Tensor:
+        def ratio(*args: Tensor) -> Tensor:
             if select is not None:
                 *args, sign = args
             *r, z = args
@@ -208,32 +211,32 @@ def _ratio(rule: Any, R: "tf.Tensor | Product", z: tf.Tensor, coefficient: float
                 s = s * constant(coefficient, s.dtype)
             if select is not None:
                 keep = sign >= 0 if select == "positive" else sign < 0
-                s = tf.where(keep, s, tf.zeros_like(s))
+                s = ops.where(keep, s, ops.zeros_like(s))
             return s
 
         fn = _RATIO_FUNCTIONS[key] = (backend.fused(ratio), ratio)
     args = (R.x, R.g, z) if lazy else (R, z)
     if select is not None:
-        args = args + (tf.cast(z_sign, z.dtype),)
+        args = args + (ops.cast(z_sign, z.dtype),)
     return fn[0](*args) if _use_xla(z) else fn[1](*args)
 
 
-def _use_xla(z: tf.Tensor) -> bool:
+def _use_xla(z: Tensor) -> bool:
     return backend.use_fused(z, XLA_MIN_ELEMENTS)
 
 
-def _vjp(linear: LinearMap, inputs: Sequence[tf.Tensor], params: Params, s: tf.Tensor) -> list[tf.Tensor]:
+def _vjp(linear: LinearMap, inputs: Sequence[Tensor], params: Params, s: Tensor) -> list[Tensor]:
     """``J^T s`` of ``f(., params)`` for each input (the forward op inside it is dead code)."""
     return backend.vjp(lambda xs: linear(xs, params), inputs, s)
 
 
-def interval_bounds(linear: LinearMap, x: tf.Tensor, low: object, high: object) -> tuple[tf.Tensor, tf.Tensor]:
+def interval_bounds(linear: LinearMap, x: Tensor, low: object, high: object) -> tuple[Tensor, Tensor]:
     """Bounds of ``linear([x])`` for every ``x`` in the box ``[low, high]`` (interval arithmetic):
     ``l' = f(l; W^+) + f(h; W^-) + b`` and ``h' = f(h; W^+) + f(l; W^-) + b``."""
-    lo = tf.broadcast_to(constant(low, x.dtype), tf.shape(x))
-    hi = tf.broadcast_to(constant(high, x.dtype), tf.shape(x))
+    lo = ops.broadcast_to(constant(low, x.dtype), ops.shape(x))
+    hi = ops.broadcast_to(constant(high, x.dtype), ops.shape(x))
 
-    def f(v: tf.Tensor, kernel: object) -> tf.Tensor:
+    def f(v: Tensor, kernel: object) -> Tensor:
         return linear([v], modify_params(linear.params, Term(identity, kernel, None), with_bias=False))
 
     new_lo = f(lo, positive) + f(hi, negative)
@@ -256,8 +259,8 @@ def active_groups(rule: Any, positive_outputs_only: bool = False) -> tuple[Group
                  for g in groups if g.outputs != "negative")
 
 
-def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Rule,
-                     z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False,
+def linear_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product", rule: Rule,
+                     z: Tensor | None = None, nonneg: Sequence[bool] | bool = False,
                      lazy: bool = False, positive_outputs_only: bool = False) -> list:
     """Relevance at each input of ``linear`` given relevance ``R`` at its (pre-activation) output, as
     ``rule`` computes it (:meth:`~interprettensor.engine.rule_algebra.Rule.relevance`).
@@ -276,15 +279,15 @@ def linear_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
     return rule.relevance(linear, xs, R, z, nonneg, lazy, positive_outputs_only)
 
 
-def term_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Any,
-                   z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False,
+def term_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product", rule: Any,
+                   z: Tensor | None = None, nonneg: Sequence[bool] | bool = False,
                    lazy: bool = False, positive_outputs_only: bool = False) -> list:
     """A linear rule's groups (``rule.groups()``, stabilised by ``rule.stabilize``) evaluated term by
     term: the equation of :mod:`.rule_algebra`. Arguments as for :func:`linear_relevance`."""
     groups = active_groups(rule, positive_outputs_only)
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
-    result: list[tf.Tensor] | None = None
+    result: list[Tensor] | None = None
     for group in groups:
         terms = [t for t in (_simplify(t, all_nonneg) for t in group.terms) if t is not None]
         if not terms:
@@ -294,7 +297,7 @@ def term_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | P
             v = values.with_bias(term)
             zg = v if zg is None else zg + v
         z_sign = values.with_bias(Term()) if group.outputs is not None else None
-        s = tf.cast(_ratio(rule, R, tf.cast(zg, R.dtype), float(group.coefficient), group.outputs, z_sign), zg.dtype)
+        s = ops.cast(_ratio(rule, R, ops.cast(zg, R.dtype), float(group.coefficient), group.outputs, z_sign), zg.dtype)
         if lazy and len(groups) == 1 and len(terms) == 1:
             inputs = [terms[0].input(x) for x in xs]
             grads = _vjp(linear, inputs, modify_params(linear.params, terms[0], with_bias=False), s)
@@ -307,7 +310,7 @@ def term_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | P
             part = contrib if part is None else [a + c for a, c in zip(part, contrib)]
         result = part if result is None else [a + c for a, c in zip(result, part)]
     if result is None:
-        return [tf.zeros_like(x) for x in xs]
+        return [ops.zeros_like(x) for x in xs]
     return result
 
 
@@ -316,8 +319,8 @@ def term_relevance(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | P
 GENERIC_GAMMA: contextvars.ContextVar = contextvars.ContextVar("generic_gamma", default=False)
 
 
-def absolute(t: tf.Tensor) -> tf.Tensor:
-    return tf.abs(t)
+def absolute(t: Tensor) -> Tensor:
+    return ops.abs(t)
 
 
 _GAMMA_FUNCTIONS: dict = {}
@@ -334,7 +337,7 @@ def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed
     if fns is not None:
         return fns
 
-    def ratio(*args: tf.Tensor) -> "tf.Tensor | tuple[tf.Tensor, tf.Tensor]":
+    def ratio(*args: Tensor) -> "Tensor | tuple[Tensor, Tensor]":
         args = list(args)
         b = args.pop() if has_bias else None
         t = args.pop() if term is not None else None
@@ -343,39 +346,39 @@ def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed
         with_b = b is not None and rule.bias
         z0 = z - b if b is not None and not (with_b and term == "Q") else z  # bias-free f(x; W)
         d = z if with_b else z0
-        e = tf.where(z >= 0, constant(1, z.dtype), constant(-1, z.dtype)) if signed else None
+        e = ops.where(z >= 0, constant(1, z.dtype), constant(-1, z.dtype)) if signed else None
         if term == "Q":
             # where z >= 0: P + b^+ = (z0 + Q + b + |b|) / 2; elsewhere N + b^- = (z0 - Q + b - |b|) / 2
             if with_b:
-                q = t + tf.abs(b)
+                q = t + ops.abs(b)
                 d = d + constant(rule.gamma / 2.0, z.dtype) * (z + (e * q if signed else q))
             else:
                 d = d + constant(rule.gamma / 2.0, z.dtype) * (z0 + (e * t if signed else t))
         elif term == "P":
-            part = tf.where(z >= 0, t, z0 - t) if signed else t  # P where z >= 0, N = z0 - P elsewhere
+            part = ops.where(z >= 0, t, z0 - t) if signed else t  # P where z >= 0, N = z0 - P elsewhere
             if with_b:
-                part = part + constant(0.5, z.dtype) * (b + e * tf.abs(b) if signed else b + tf.abs(b))
+                part = part + constant(0.5, z.dtype) * (b + e * ops.abs(b) if signed else b + ops.abs(b))
             d = d + constant(rule.gamma, z.dtype) * part
-        s = num / rule.stabilize(tf.cast(d, num.dtype))
+        s = num / rule.stabilize(ops.cast(d, num.dtype))
         if not split:
             return s
         a = s * constant(1.0 + rule.gamma / 2.0, s.dtype)
         c = s * constant(rule.gamma / 2.0, s.dtype)
-        return a, (c * tf.cast(e, c.dtype) if signed else c)
+        return a, (c * ops.cast(e, c.dtype) if signed else c)
 
     fns = _GAMMA_FUNCTIONS[key] = (backend.fused(ratio), ratio)
     return fns
 
 
-def _combine(x: tf.Tensor, ax: tf.Tensor, a: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
+def _combine(x: Tensor, ax: Tensor, a: Tensor, c: Tensor) -> Tensor:
     return x * a + ax * c
 
 
 _COMBINE = backend.fused(_combine)
 
 
-def sign_aware_gamma(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor | Product", rule: Any,
-                     z: tf.Tensor | None = None, nonneg: Sequence[bool] | bool = False, lazy: bool = False,
+def sign_aware_gamma(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product", rule: Any,
+                     z: Tensor | None = None, nonneg: Sequence[bool] | bool = False, lazy: bool = False,
                      positive_outputs_only: bool = False) -> list:
     """The generalised gamma rule (:class:`~interprettensor.engine.rules.Gamma`, ``generalized=True``),
     both of its groups at once; equal to the term-by-term evaluation of its groups up to round-off.
@@ -402,7 +405,7 @@ def sign_aware_gamma(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
         z = linear(xs)
     signed = not positive_outputs_only
     split = gamma != 0 and (signed or not all_nonneg)
-    abs_xs = [x if nn else tf.abs(x) for x, nn in zip(xs, flags)]
+    abs_xs = [x if nn else ops.abs(x) for x, nn in zip(xs, flags)]
     args: list = [R.x, R.g] if isinstance(R, Product) else [R]
     args.append(z)
     term = None
@@ -419,10 +422,10 @@ def sign_aware_gamma(linear: LinearMap, xs: Sequence[tf.Tensor], R: "tf.Tensor |
     out = fns[0](*args) if _use_xla(z) else fns[1](*args)
     if not split:
         kernel = WeightSum(((1.0, identity), (gamma, positive))) if gamma != 0 else identity
-        s = tf.cast(out, z.dtype)
+        s = ops.cast(out, z.dtype)
         grads = _vjp(linear, xs, modify_params(params, Term(kernel=kernel), with_bias=False), s)
         return [Product(x, g) if lazy else x * g for x, g in zip(xs, grads)]
-    a, c = (tf.cast(v, z.dtype) for v in out)
+    a, c = (ops.cast(v, z.dtype) for v in out)
     grads_w = _vjp(linear, xs, modify_params(params, Term(), with_bias=False), a)
     grads_abs = _vjp(linear, xs, modify_params(params, Term(kernel=absolute), with_bias=False), c)
     result = []

@@ -28,13 +28,16 @@ layer or operation.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
 from ..rule_names import OPERATION_RULE_NAMES, PRODUCT_RULES, product_rule_list
-from . import backend
+from . import backend, dtypes
+from .backend import Tensor
 from .rules import TINY, LinearRule, Rule, constant, get_rule, register_rule, stabilize
 
 __all__ = ["OPERATION_RULE_NAMES", "AbsProportional", "CellRule", "Gate", "ProductRule", "Proportional",
@@ -61,7 +64,7 @@ class ProductRule(Rule):
     def params(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}
 
-    def shares(self, values: Sequence[tf.Tensor], signal: Sequence[bool]) -> list[float | tf.Tensor]:
+    def shares(self, values: Sequence[Tensor], signal: Sequence[bool]) -> list[float | Tensor]:
         """The fraction of a product's relevance that each factor receives: a number, or (for rules
         that look at the values) a tensor shaped like the broadcast ``values``. ``signal[i]``: factor
         ``i`` carries the signal (is not a gate)."""
@@ -103,7 +106,7 @@ class Proportional(ProductRule):
     elementwise_only = True
 
     def shares(self, values, signal):
-        den = stabilize(tf.add_n(list(values)) if len(values) > 1 else values[0], self.epsilon)
+        den = stabilize(_sum(values), self.epsilon)
         return [v / den for v in values]
 
 
@@ -115,9 +118,14 @@ class AbsProportional(ProductRule):
     elementwise_only = True
 
     def shares(self, values, signal):
-        mags = [tf.abs(v) for v in values]
-        den = stabilize(tf.add_n(mags) if len(mags) > 1 else mags[0], self.epsilon)
+        mags = [ops.abs(v) for v in values]
+        den = stabilize(_sum(mags), self.epsilon)
         return [m / den for m in mags]
+
+
+def _sum(values: Sequence[Tensor]) -> Tensor:
+    """The element-wise sum of the tensors (broadcast), added from the first to the last."""
+    return functools.reduce(operator.add, values)
 
 
 def get_product_rule(rule: ProductRule | str, what: str = "gates") -> ProductRule:
@@ -172,8 +180,8 @@ class SoftmaxRule(Rule):
     explains_softmax = True
 
 
-def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequence[tf.Tensor], z: tf.Tensor,
-                      R: tf.Tensor, shares: Sequence[float | tf.Tensor], epsilon: float) -> list[tf.Tensor | None]:
+def product_relevance(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Tensor], z: Tensor,
+                      R: Tensor, shares: Sequence[float | Tensor], epsilon: float) -> list[Tensor | None]:
     """Relevance of the factors of a product ``z = fn(xs)`` that is linear in each factor:
     ``R_i = shares[i] · x_i ⊙ J_iᵀ (R / stab(z))`` (one vector-Jacobian product for all factors; a
     factor with share 0 gets ``None``). A share given as a tensor (shaped like ``z``: element-wise
@@ -181,10 +189,10 @@ def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequen
     # not before R exists: otherwise every layer's denominator would be computed right after the
     # forward pass and held
     s = backend.after([R], lambda: R / stabilize(z, epsilon))
-    if any(tf.is_tensor(w) for w in shares):
+    if any(ops.is_tensor(w) for w in shares):
         return _weighted_product_relevance(fn, xs, s, shares)
     grads = backend.vjp(fn, xs, s)
-    result: list[tf.Tensor | None] = []
+    result: list[Tensor | None] = []
     for x, g, share in zip(xs, grads, shares):
         if share == 0:
             result.append(None)
@@ -194,28 +202,28 @@ def product_relevance(fn: Callable[[Sequence[tf.Tensor]], tf.Tensor], xs: Sequen
     return result
 
 
-def _weighted_product_relevance(fn, xs, s, shares) -> list[tf.Tensor | None]:
+def _weighted_product_relevance(fn, xs, s, shares) -> list[Tensor | None]:
     """As :func:`product_relevance` with a tensor of shares per factor: one vector-Jacobian product each."""
     watched, _, back = backend.pullback(fn, xs)
-    result: list[tf.Tensor | None] = []
+    result: list[Tensor | None] = []
     for i, (x, share) in enumerate(zip(watched, shares)):
-        if not tf.is_tensor(share) and share == 0:
+        if not ops.is_tensor(share) and share == 0:
             result.append(None)
             continue
-        w = s * tf.cast(share, s.dtype) if tf.is_tensor(share) else s * constant(share, s.dtype)
+        w = s * ops.cast(share, s.dtype) if ops.is_tensor(share) else s * constant(share, s.dtype)
         result.append(x * back(i, w))
     return result
 
 
-def softmax_relevance(x: tf.Tensor, s: tf.Tensor, R: tf.Tensor, axis: int | Sequence[int] = -1) -> tf.Tensor:
+def softmax_relevance(x: Tensor, s: Tensor, R: Tensor, axis: int | Sequence[int] = -1) -> Tensor:
     """``x ⊙ (R − s · Σ_axis R)``; positions where ``s`` is exactly 0 get 0, and so do masked positions
     (inputs at a large negative mask value: Keras sets masked scores to -1e9 or lower, -3e4 in float16)."""
-    total = tf.reduce_sum(R, axis=axis, keepdims=True)
+    total = ops.sum(R, axis=tuple(axis) if isinstance(axis, (list, tuple)) else axis, keepdims=True)
     out = x * (R - s * total)
-    sentinel = constant(-1e4 if x.dtype == tf.float16 else -1e8, x.dtype)
+    sentinel = constant(-1e4 if dtypes.name(x.dtype) == "float16" else -1e8, x.dtype)
     # the mask only once it is needed (see product_relevance)
-    masked = backend.after([out], lambda: tf.logical_or(tf.equal(s, tf.zeros_like(s)), x <= sentinel))
-    return tf.where(masked, tf.zeros_like(out), out)
+    masked = backend.after([out], lambda: ops.logical_or(ops.equal(s, ops.zeros_like(s)), x <= sentinel))
+    return ops.where(masked, ops.zeros_like(out), out)
 
 
 #: the product rules by their ``name``; registered under the names of :data:`interprettensor.rule_names.PRODUCT_RULES`

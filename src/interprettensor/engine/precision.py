@@ -7,8 +7,10 @@ import contextlib
 from typing import Any, Iterator
 
 import keras
-import tensorflow as tf
+from keras import ops, tree
 
+from . import dtypes
+from .backend import Tensor
 from .errors import ExplainError
 from .graph import Graph
 
@@ -20,23 +22,24 @@ DTYPES = {"float64": ("float64", "float64"), "float32": ("float32", "float32"),
           "mixed_float16": ("float16", "float32"), "mixed_bfloat16": ("bfloat16", "float32")}
 
 
-def model_dtype(model: Any) -> tf.DType:
-    """The dtype of the model's (first) input, else of its first layer's computation."""
+def model_dtype(model: Any) -> str:
+    """The dtype of the model's (first) input, else of its first layer's computation, by name
+    (``'float32'``)."""
     inputs = getattr(model, "inputs", None)
-    if inputs:
+    if inputs and getattr(inputs[0], "dtype", None) is not None:
         try:
-            return tf.as_dtype(inputs[0].dtype)
-        except TypeError:
+            return dtypes.name(inputs[0].dtype)
+        except (TypeError, ValueError):
             pass
     for layer in getattr(model, "layers", []):
         dt = getattr(layer, "compute_dtype", None)
         if dt:
-            return tf.as_dtype(dt)
-    return tf.float32
+            return dtypes.name(dt)
+    return "float32"
 
 
-def resolve_dtype(model: Any, dtype: Any) -> tuple[tf.DType, tf.DType]:
-    """(forward dtype, backward dtype) from ``dtype=`` or, when None, from the model: a Keras
+def resolve_dtype(model: Any, dtype: Any) -> tuple[str, str]:
+    """(forward dtype, backward dtype), by name, from ``dtype=`` or, when None, from the model: a Keras
     ``mixed_float16``/``mixed_bfloat16`` policy on its layers gives the matching mixed mode."""
     if dtype is None:
         for layer in getattr(model, "layers", []):
@@ -50,18 +53,19 @@ def resolve_dtype(model: Any, dtype: Any) -> tuple[tf.DType, tf.DType]:
     key = str(getattr(dtype, "name", dtype))
     if key not in DTYPES:
         raise ExplainError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    fwd, bwd = DTYPES[key]
-    return tf.as_dtype(fwd), tf.as_dtype(bwd)
+    return DTYPES[key]
 
 
-def cast_floats(structure: Any, dtype: tf.DType) -> Any:
-    """Every floating tensor in ``structure`` cast to ``dtype``."""
+def cast_floats(structure: Any, dtype: Any) -> Any:
+    """Every floating tensor in ``structure`` cast to ``dtype`` (a dtype or its name)."""
+    dtype = dtypes.name(dtype)
+
     def cast(t: Any) -> Any:
-        if tf.is_tensor(t) and t.dtype.is_floating and t.dtype != dtype:
-            return tf.cast(t, dtype)
+        if ops.is_tensor(t) and dtypes.is_floating(t.dtype) and dtypes.name(t.dtype) != dtype:
+            return ops.cast(t, dtype)
         return t
 
-    return tf.nest.map_structure(cast, structure)
+    return tree.map_structure(cast, structure)
 
 
 class ComputePolicy(keras.DTypePolicy):
@@ -75,7 +79,7 @@ class ComputePolicy(keras.DTypePolicy):
 
 
 @contextlib.contextmanager
-def layer_precision(graph: Graph, dtype: tf.DType) -> Iterator[None]:
+def layer_precision(graph: Graph, dtype: Any) -> Iterator[None]:
     """While tracing in a dtype other than the layers' own, make every tensor of the pass have it:
 
     * wider (float64 for a float32 model): Keras layers compute in float64 instead of casting their
@@ -84,18 +88,21 @@ def layer_precision(graph: Graph, dtype: tf.DType) -> Iterator[None]:
     * narrower (float16/bfloat16 for a float32 model): layers without weights (pooling, activations,
       ...) compute in the low precision instead of autocasting their inputs to float32; layers with
       weights are computed by their handlers in the low precision.
+
+    ``dtype``: a dtype or its name.
     """
+    dtype = dtypes.name(dtype)
     changed, unautocast = [], []
     for step in graph.steps:
         layer = step.layer
-        if not isinstance(layer, keras.layers.Layer) or layer.compute_dtype == dtype.name \
+        if not isinstance(layer, keras.layers.Layer) or layer.compute_dtype == dtype \
                 or not keras.backend.is_float_dtype(layer.compute_dtype):
             continue
         policy = getattr(layer, "dtype_policy", None)
-        if dtype.size > tf.as_dtype(layer.compute_dtype).size:
+        if dtypes.itemsize(dtype) > dtypes.itemsize(layer.compute_dtype):
             if type(policy) is keras.DTypePolicy:
                 changed.append((layer, policy))
-                layer.dtype_policy = ComputePolicy(dtype.name, policy.variable_dtype)
+                layer.dtype_policy = ComputePolicy(dtype, policy.variable_dtype)
         elif not layer.weights and getattr(layer, "autocast", False):
             layer.autocast = False
             unautocast.append(layer)
@@ -108,21 +115,23 @@ def layer_precision(graph: Graph, dtype: tf.DType) -> Iterator[None]:
             layer.autocast = True
 
 
-def scale_up(R: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def scale_up(R: Tensor) -> tuple[Tensor, Tensor]:
     """float16 has a narrow range: relevance spread over many input elements would underflow. LRP is
     linear in the starting relevance, so each sample's is scaled by a power of two (exact) towards a
     peak of 2**10 (at most: the ratios R / z grow with it); returns the scaled relevance and the
     per-sample factor for :func:`scale_down`."""
-    axes = list(range(1, R.shape.rank))
-    peak = tf.reduce_max(tf.abs(tf.cast(R, tf.float32)), axis=axes)
-    exponent = tf.round(tf.math.log(1024.0 / tf.maximum(peak, 1e-30)) / tf.math.log(2.0))
-    scale = tf.where(peak > 0, tf.pow(2.0, tf.clip_by_value(exponent, 0.0, 10.0)), 1.0)
-    return tf.cast(tf.cast(R, tf.float32) * tf.reshape(scale, [-1] + [1] * len(axes)), R.dtype), scale
+    axes = tuple(range(1, len(R.shape)))
+    R32 = ops.cast(R, "float32")
+    peak = ops.max(ops.abs(R32), axis=axes)
+    one, two = (ops.convert_to_tensor(v, dtype="float32") for v in (1.0, 2.0))
+    exponent = ops.round(ops.log(1024.0 / ops.maximum(peak, 1e-30)) / ops.log(two))
+    scale = ops.where(peak > 0, ops.power(two, ops.clip(exponent, 0.0, 10.0)), one)
+    return ops.cast(R32 * ops.reshape(scale, (-1,) + (1,) * len(axes)), R.dtype), scale
 
 
-def scale_down(t: Any, scale: tf.Tensor) -> Any:
+def scale_down(t: Any, scale: Tensor) -> Any:
     """Undo :func:`scale_up` on a per-sample relevance, returning float32 (the unscaled values may lie
     outside float16's range)."""
-    if not tf.is_tensor(t) or not t.dtype.is_floating or t.shape.rank == 0:
+    if not ops.is_tensor(t) or not dtypes.is_floating(t.dtype) or len(t.shape) == 0:
         return t
-    return tf.cast(t, tf.float32) / tf.reshape(scale, [-1] + [1] * (t.shape.rank - 1))
+    return ops.cast(t, "float32") / ops.reshape(scale, (-1,) + (1,) * (len(t.shape) - 1))

@@ -25,7 +25,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
-import tensorflow as tf
+from keras import ops
+
+from . import dtypes
+from .backend import Tensor
 
 __all__ = ["TINY", "Modifier", "identity", "positive", "negative", "ones", "square", "WeightSum", "constant",
            "sign0", "stabilize", "Term", "Group", "Rule"]
@@ -34,27 +37,27 @@ __all__ = ["TINY", "Modifier", "identity", "positive", "negative", "ones", "squa
 #: ``z == 0`` (all numerators are then 0 too), small enough not to change any result in float32.
 TINY = 1e-12
 
-Modifier = Callable[[tf.Tensor], tf.Tensor]
+Modifier = Callable[[Tensor], Tensor]
 
 
-def identity(t: tf.Tensor) -> tf.Tensor:
+def identity(t: Tensor) -> Tensor:
     return t
 
 
-def positive(t: tf.Tensor) -> tf.Tensor:
-    return tf.maximum(t, tf.constant(0, t.dtype))
+def positive(t: Tensor) -> Tensor:
+    return ops.maximum(t, constant(0, t.dtype))
 
 
-def negative(t: tf.Tensor) -> tf.Tensor:
-    return tf.minimum(t, tf.constant(0, t.dtype))
+def negative(t: Tensor) -> Tensor:
+    return ops.minimum(t, constant(0, t.dtype))
 
 
-def ones(t: tf.Tensor) -> tf.Tensor:
-    return tf.ones_like(t)
+def ones(t: Tensor) -> Tensor:
+    return ops.ones_like(t)
 
 
-def square(t: tf.Tensor) -> tf.Tensor:
-    return tf.square(t)
+def square(t: Tensor) -> Tensor:
+    return ops.square(t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +72,7 @@ class WeightSum:
 
     parts: tuple[tuple[float, Modifier], ...]
 
-    def __call__(self, t: tf.Tensor) -> tf.Tensor:
+    def __call__(self, t: Tensor) -> Tensor:
         out = None
         for c, m in self.parts:
             v = m(t) if c == 1.0 else constant(c, t.dtype) * m(t)
@@ -77,31 +80,33 @@ class WeightSum:
         return out
 
 
-def constant(value: Any, dtype: tf.DType) -> tf.Tensor:
-    """``value`` (a Python number, array or tensor) as a tensor of ``dtype``. Unlike ``tf.cast`` of a
-    Python float, which makes a float32 tensor first, this keeps a float64 value exact."""
-    if tf.is_tensor(value):
-        return tf.cast(value, dtype)
-    return tf.constant(value, dtype=dtype)
+def constant(value: Any, dtype: Any) -> Tensor:
+    """``value`` (a Python number, array or tensor) as a tensor of ``dtype`` (a dtype or its name).
+    Unlike a cast of a Python float, which makes a float32 tensor first, this keeps a float64 value
+    exact."""
+    if ops.is_tensor(value):
+        return ops.cast(value, dtype)
+    return ops.convert_to_tensor(value, dtype=dtype)
 
 
-def sign0(z: tf.Tensor) -> tf.Tensor:
+def sign0(z: Tensor) -> Tensor:
     """+1 where ``z >= 0``, -1 elsewhere (the sign convention of all stabilisers)."""
-    return tf.where(z >= 0, tf.constant(1, z.dtype), tf.constant(-1, z.dtype))
+    return ops.where(z >= 0, constant(1, z.dtype), constant(-1, z.dtype))
 
 
 #: smallest normal number of each float dtype: a stabiliser is kept at least this large, so that
 #: e.g. TINY (1e-12) does not underflow to 0 in float16 and ``R / stab(0)`` is never ``0 / 0``
-_SMALLEST_NORMAL = {tf.float16: 2.0 ** -14, tf.bfloat16: 2.0 ** -126, tf.float32: 2.0 ** -126,
-                    tf.float64: 2.0 ** -1022}
+_SMALLEST_NORMAL = {"float16": 2.0 ** -14, "bfloat16": 2.0 ** -126, "float32": 2.0 ** -126,
+                    "float64": 2.0 ** -1022}
 
 
-def stabilize(z: tf.Tensor, epsilon: float) -> tf.Tensor:
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign0(z)``: moves the denominator away from zero, keeping its sign. ``epsilon``
     is raised to at least the dtype's smallest normal number, so the result is never zero."""
-    if isinstance(epsilon, (int, float)) and z.dtype in _SMALLEST_NORMAL:
-        epsilon = max(float(epsilon), _SMALLEST_NORMAL[z.dtype])
-    return z + tf.constant(epsilon, z.dtype) * sign0(z)
+    dtype = dtypes.name(z.dtype)
+    if isinstance(epsilon, (int, float)) and dtype in _SMALLEST_NORMAL:
+        epsilon = max(float(epsilon), _SMALLEST_NORMAL[dtype])
+    return z + constant(epsilon, z.dtype) * sign0(z)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +187,7 @@ class Rule:
         stabiliser where it has one."""
         return None
 
-    def relevance(self, linear: Any, xs: Sequence[tf.Tensor], R: Any, z: tf.Tensor | None = None,
+    def relevance(self, linear: Any, xs: Sequence[Tensor], R: Any, z: Tensor | None = None,
                   nonneg: Sequence[bool] | bool = False, lazy: bool = False,
                   positive_outputs_only: bool = False) -> list:
         """Relevance at each input of the linear map ``linear`` (a

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import tensorflow as tf
+from keras import ops
 
 from . import linear as linear_module
+from .backend import Tensor
 from .linear import term_relevance
 from .rule_algebra import (TINY, Group, Modifier, Rule, Term, WeightSum, constant, identity, negative, ones,
                            positive, sign0, square, stabilize)
@@ -74,10 +75,10 @@ class LinearRule(Rule):
     def groups(self) -> tuple[Group, ...]:
         raise NotImplementedError
 
-    def stabilize(self, z: tf.Tensor) -> tf.Tensor:
+    def stabilize(self, z: Tensor) -> Tensor:
         return stabilize(z, self.epsilon)
 
-    def relevance(self, linear: Any, xs: Sequence[tf.Tensor], R: Any, z: tf.Tensor | None = None,
+    def relevance(self, linear: Any, xs: Sequence[Tensor], R: Any, z: Tensor | None = None,
                   nonneg: Sequence[bool] | bool = False, lazy: bool = False,
                   positive_outputs_only: bool = False) -> list:
         """The equation of the module docstring, group by group (see
@@ -327,15 +328,15 @@ class ZBox(LinearRule):
         low, high = self.low, self.high
 
         def fill(value: Any) -> Modifier:
-            def mod(x: tf.Tensor) -> tf.Tensor:
-                return tf.broadcast_to(constant(value, x.dtype), tf.shape(x))
+            def mod(x: Tensor) -> Tensor:
+                return ops.broadcast_to(constant(value, x.dtype), ops.shape(x))
 
             return mod
 
-        def neg_pos(w: tf.Tensor) -> tf.Tensor:
+        def neg_pos(w: Tensor) -> Tensor:
             return -positive(w)
 
-        def neg_neg(w: tf.Tensor) -> tf.Tensor:
+        def neg_neg(w: Tensor) -> Tensor:
             return -negative(w)
 
         return (Group((Term(identity, identity, None), Term(fill(low), neg_pos, None),
@@ -346,7 +347,7 @@ def check_bounds(low: Any, high: Any) -> None:
     """``low`` and ``high`` must be finite numbers (or arrays of them) with ``low <= high``."""
     import numpy as np
 
-    if tf.is_tensor(low) or tf.is_tensor(high):  # mapped bounds inside a traced pass
+    if ops.is_tensor(low) or ops.is_tensor(high):  # mapped bounds inside a traced pass
         return
     try:
         lo, hi = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
@@ -373,8 +374,8 @@ class GradientMap(LinearRule):
     def groups(self) -> tuple[Group, ...]:
         return (Group((Term(input=ones, bias=None),)),)
 
-    def stabilize(self, z: tf.Tensor) -> tf.Tensor:
-        return tf.ones_like(z)
+    def stabilize(self, z: Tensor) -> Tensor:
+        return ops.ones_like(z)
 
 
 class Pass(Rule):

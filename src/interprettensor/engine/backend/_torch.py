@@ -34,8 +34,14 @@ def spec(shape: Sequence[int | None] | None, dtype: Any) -> Spec:
 
 def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: A001 - the interface's name
             variables: Sequence[Any] = ()) -> Callable:
-    """``fn`` itself, run eagerly (variables are read at every call)."""
-    return fn
+    """``fn`` run eagerly (variables are read at every call), recording operations only inside
+    :func:`vjp` and :func:`pullback` (everything else under ``torch.no_grad``)."""
+    def call(*args: Any) -> Any:
+        with torch.no_grad():
+            return fn(*args)
+
+    call.__wrapped__ = fn
+    return call
 
 
 def fused(fn: Callable) -> Callable:

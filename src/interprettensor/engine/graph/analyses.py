@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
 
 from ..errors import ExplainError
 from ..handlers import GATE, PRODUCT
@@ -66,9 +65,12 @@ def mark_nonneg(g: Graph) -> None:
 
 def _is_plain_relu(step: Step) -> bool:
     act = step.handler.activation_of(step.layer) if step.handler.uses_output_signs else None
-    return act is not None and (act in (keras.activations.relu, tf.nn.relu)
-                                or getattr(act, "__name__", "") == "relu" and getattr(act, "__module__", "").startswith(
-                                    ("keras", "tensorflow")))
+    if act is None:
+        return False
+    # keras' relu, or a backend's own (tf.nn.relu, jax.nn.relu, torch.relu), by its name
+    module = getattr(act, "__module__", None) or ""
+    return act is keras.activations.relu or (getattr(act, "__name__", "") == "relu"
+                                             and module.startswith(("keras", "tensorflow", "jax", "torch")))
 
 
 class _ZeroAnalysis:

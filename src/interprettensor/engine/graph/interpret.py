@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from .. import backend
+from .. import backend, dtypes
+from ..backend import Tensor
 from ..errors import ExplainError
 from ..handlers import DEFAULT_PASS, ELEMENTWISE, SOFTMAX, PassOptions
 from ..linear import materialize
@@ -56,7 +57,7 @@ def explained_output(g: Graph, output: int | str | None, probability: bool = Fal
     return key, step
 
 
-def forward(g: Graph, xs: Sequence[tf.Tensor], options: PassOptions = DEFAULT_PASS) -> tuple[dict, list]:
+def forward(g: Graph, xs: Sequence[Tensor], options: PassOptions = DEFAULT_PASS) -> tuple[dict, list]:
     """Run the steps on the inputs ``xs`` under the pass's ``options``: ``(value by key, one record
     (inputs, outputs, state) per step)``."""
     values = dict(zip(g.inputs, xs))
@@ -85,10 +86,10 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
     layerwise: dict = {}
     for step, (ins, outs, state), rule in zip(reversed(g.steps), reversed(records), reversed(rules)):
         Rs = [rel.get(k) for k in step.outputs]
-        if all(r is None for r in Rs) or not any(o.dtype.is_floating for o in outs):
+        if all(r is None for r in Rs) or not any(dtypes.is_floating(o.dtype) for o in outs):
             continue
         dtype = next(r.dtype for r in Rs if r is not None)
-        Rs = [tf.zeros(tf.shape(o), dtype) if r is None else r for r, o in zip(Rs, outs)]
+        Rs = [ops.zeros_like(o, dtype=dtype) if r is None else r for r, o in zip(Rs, outs)]
         if keep or not step.handler.accepts_lazy:
             Rs = [materialize(r) for r in Rs]
         if keep:
@@ -97,7 +98,7 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
         R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step, options)
         to_integers = step.handler.integer_inputs
         for k, r, x in zip(step.inputs, R_in, ins):
-            if r is None or not (x.dtype.is_floating or to_integers):
+            if r is None or not (dtypes.is_floating(x.dtype) or to_integers):
                 continue  # relevance does not flow into masks and indices (only embeddings credit them)
             rel[k] = r if k not in rel else materialize(rel[k]) + materialize(r)
     return {k: materialize(r) for k, r in rel.items()}, layerwise

@@ -9,8 +9,7 @@ import dataclasses
 import fnmatch
 from typing import Any, Callable, Hashable, Sequence
 
-import tensorflow as tf
-
+from ..backend import Tensor
 from ..errors import ExplainError
 from ..handlers import Handler
 
@@ -26,7 +25,7 @@ class Step:
     handler: Handler
     inputs: list
     outputs: list
-    call: Callable[[Sequence[tf.Tensor]], list]
+    call: Callable[[Sequence[Tensor]], list]
     strip_activation: bool = False
     fused: tuple = ()
     aliases: tuple = ()

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import keras
-import tensorflow as tf
 from keras import tree
 
+from ..backend import Tensor
 from ..errors import ExplainError
 from ..expand import CONCRETE_SPECS, ShapeDependent, expansion
 from ..handlers import ConstantHandler, handler_for, load_optional_handlers, overridden_parent
@@ -24,7 +24,7 @@ def _is_model(op: Any) -> bool:
 
 
 def _layer_call(layer: Any) -> Callable:
-    def call(xs: Sequence[tf.Tensor]) -> list:
+    def call(xs: Sequence[Tensor]) -> list:
         return tree.flatten(layer(xs[0] if len(xs) == 1 else list(xs)))
 
     return call
@@ -33,7 +33,7 @@ def _layer_call(layer: Any) -> Callable:
 def _node_call(op: Any, node: Any) -> Callable:
     ids = [id(kt) for kt in node.input_tensors]
 
-    def call(xs: Sequence[tf.Tensor]) -> list:
+    def call(xs: Sequence[Tensor]) -> list:
         args, kwargs = node.arguments.fill_in(dict(zip(ids, xs)))
         kwargs.pop("training", None)
         return tree.flatten(op(*args, **kwargs))

@@ -127,7 +127,7 @@ def _run_identity(model: Any, explainer: Explainer, rule: Any, params: dict, sou
         "shard_size": int(shard_size),
         "target": parse_target(target).describe(),
         "explained": f"layer={explainer.layer!r} output={explainer.start_key!r}"[:200],
-        "dtype": f"{explainer.dtype.name}/{explainer.backward_dtype.name}",
+        "dtype": f"{explainer.dtype}/{explainer.backward_dtype}",
     }
     # the optional arrays: only named when there are any, so that runs written without them still resume
     stored = [name for name, on in (("inputs", store_inputs), ("labels", source.has_labels)) if on]
