@@ -52,6 +52,15 @@ SCRIPT = textwrap.dedent("""
             "scale": float(np.abs(direct).max()),
             "n": int(len(two["indices"])),
         }
+    # a target beyond the output is checked on the host before the strategy step (inside it, it would give zeros)
+    from interprettensor.io.shards import StreamError
+    for name, target in (("const", 9), ("per sample", [0] * 20 + [9] * 5)):
+        try:
+            it.explain_dataset(model, x, "epsilon", out=f"{out}/bad-{name}", shard_size=7, batch_size=4,
+                               strategy=strategy, target=target, progress=False)
+            report["bad " + name] = "no error"
+        except StreamError as e:
+            report["bad " + name] = str(e)
     print("REPORT" + json.dumps(report))
 """)
 
@@ -68,3 +77,8 @@ def test_mirrored_strategy_on_two_logical_cpus_equals_one_device():
         assert r["indices_equal"] and r["targets_equal"], (name, r)
         tol = 1e-5 * r["scale"]
         assert r["max_rel_diff"] <= tol and r["max_direct_diff"] <= tol and r["max_out_diff"] <= 1e-4, (name, r)
+    assert report["bad const"].startswith("target out of range: the model output has 4 units, valid targets are 0..3; "
+                                          "no shard was complete yet"), report["bad const"]
+    # samples 0..13 (shards 0 and 1) come before the first bad target (sample 20, in the batch 18..20)
+    assert report["bad per sample"].startswith("target out of range: the model output has 4 units"), report
+    assert "shards 0..1 are complete (14 samples)" in report["bad per sample"], report["bad per sample"]

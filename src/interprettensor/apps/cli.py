@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     p.add_argument("--version", action="version", version=f"interprettensor {__version__}")
+    # also before the command (interprettensor --backend jax explain ...); its own dest: a subcommand's
+    # default (None) would overwrite it
+    p.add_argument("--backend", dest="main_backend", choices=("tensorflow", "jax", "torch"), default=None,
+                   help="Keras' backend to run on (also accepted after the command)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__package__}.commands.{name}").add_parser(sub, common)
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _choose_backend(args: argparse.Namespace) -> bool:
     """``--backend`` sets KERAS_BACKEND before Keras is imported; False (after an error message) when
     Keras already runs on another backend in this process."""
-    chosen = getattr(args, "backend", None)
+    chosen = getattr(args, "backend", None) or getattr(args, "main_backend", None)
     if not chosen:
         return True
     keras = sys.modules.get("keras")

@@ -149,20 +149,23 @@ def build_recurrent_model(arch: str = "lstm", vocab_size: int = len(VOCAB), seq_
 def gradient_x_input(model, ids: np.ndarray, target: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Gradient x input at the embedding output of a :func:`build_recurrent_model` model, summed over the
     embedding axis: one relevance per token, ``(n, seq_len)``. ``target``: the class explained per
-    sentence. The layers are called one after the other (with the embedding's padding mask) under a
-    ``tf.GradientTape`` watching the embedding output."""
-    import tensorflow as tf
+    sentence. The layers are called one after the other (with the embedding's padding mask); the gradient
+    of the explained logit with respect to the embedding output is the vector-Jacobian product with its
+    one-hot vector (:func:`interprettensor.engine.backend.vjp`, on any Keras backend)."""
+    from keras import ops
+
+    from ..engine import backend
 
     emb, rnn, head = (model.get_layer(n) for n in ("token_embedding", "recurrent", "logits"))
     out = []
     for s in range(0, len(ids), batch_size):
-        x = tf.constant(np.asarray(ids[s:s + batch_size], dtype=np.int32))
-        t = tf.constant(np.asarray(target[s:s + batch_size], dtype=np.int64))
+        x = ops.convert_to_tensor(np.asarray(ids[s:s + batch_size], dtype=np.int32))
+        onehot = ops.one_hot(ops.convert_to_tensor(np.asarray(target[s:s + batch_size], dtype=np.int32)),
+                             int(head.units), dtype="float32")
         e = emb(x)
-        with tf.GradientTape() as tape:
-            tape.watch(e)
-            y = tf.gather(head(rnn(e, mask=emb.compute_mask(x))), t, axis=1, batch_dims=1)
-        out.append(tf.reduce_sum(tape.gradient(y, e) * e, axis=-1).numpy())
+        mask = emb.compute_mask(x)
+        (g,) = backend.vjp(lambda es: head(rnn(es[0], mask=mask)), [e], onehot)
+        out.append(ops.convert_to_numpy(ops.sum(g * e, axis=-1)))
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, ids.shape[1]))
 
 

@@ -225,10 +225,10 @@ def _explain(args: argparse.Namespace, model: Any, tm: Any, x: Any, target: Any,
     """Relevance of the token ids ``(N, T)`` float32, the explained output, and the positions (resolved
     from the end where negative)."""
     import numpy as np
-    import tensorflow as tf
 
     import interprettensor as it
 
+    from ..engine import backend
     from ..engine.errors import ExplainError
 
     explainer = it.Explainer(model, args.rule, **params)
@@ -242,8 +242,8 @@ def _explain(args: argparse.Namespace, model: Any, tm: Any, x: Any, target: Any,
             if msg.startswith(old) or f" {old}" in msg:
                 msg = msg.replace(old, new, 1)
         raise TextCommandError(msg) from None
-    except tf.errors.InvalidArgumentError as e:
-        found = re.search(r"indices\[[^\]]*\] = -?\d+ is not in \[\d+, \d+\)", e.message or "")
+    except backend.RUNTIME_ERRORS as e:  # the explainer checks ids on the host; a kernel's own check, in case
+        found = re.search(r"indices\[[^\]]*\] = -?\d+ is not in \[\d+, \d+\)", backend.error_message(e) or "")
         if found:
             raise TextCommandError(f"a token id is outside the vocabulary of an embedding ({found.group(0)}): check "
                                    f"the ids against the model's vocabulary") from None

@@ -14,17 +14,39 @@ def load_digits(size: int = 28, digit_size: int = 20) -> tuple[np.ndarray, np.nd
     in a ``size`` x ``size`` frame, as MNIST digits are. Returns ``(x, y)`` with ``x`` of shape
     (N, size, size, 1), float32, and integer labels ``y`` of shape (N,).
     """
-    import tensorflow as tf
     from sklearn.datasets import load_digits as _sk_digits
 
     d = _sk_digits()
     imgs = (d.images / 16.0).astype("float32")[..., None]
-    small = tf.image.resize(imgs, (digit_size, digit_size), method="bilinear").numpy()
+    small = _resize_bilinear(imgs, digit_size)
     small = np.clip(small, 0.0, 1.0)
     lo = (size - digit_size) // 2
     x = np.zeros((len(imgs), size, size, 1), "float32")
     x[:, lo:lo + digit_size, lo:lo + digit_size] = small
     return x, d.target.astype("int64")
+
+
+def _resize_bilinear(imgs: np.ndarray, size: int) -> np.ndarray:
+    """``(N, H, W, C)`` float32 images resized to ``size`` x ``size`` bilinearly with half-pixel centres,
+    in float32: the values of ``tf.image.resize(imgs, (size, size), "bilinear")`` bit for bit (the same
+    sample positions, clamping and interpolation order), without TensorFlow."""
+
+    def axis(out: int, inp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scale = np.float32(inp) / np.float32(out)
+        src = (np.arange(out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+        floor = np.floor(src)
+        lo = np.maximum(floor, 0).astype(np.int64)
+        hi = np.minimum(np.ceil(src), inp - 1).astype(np.int64)
+        return lo, hi, (src - floor).astype(np.float32)
+
+    imgs = np.asarray(imgs, np.float32)
+    ylo, yhi, yf = axis(size, imgs.shape[1])
+    xlo, xhi, xf = axis(size, imgs.shape[2])
+    top, bottom = imgs[:, ylo], imgs[:, yhi]
+    xf, yf = xf[None, None, :, None], yf[None, :, None, None]
+    top = top[:, :, xlo] + (top[:, :, xhi] - top[:, :, xlo]) * xf
+    bottom = bottom[:, :, xlo] + (bottom[:, :, xhi] - bottom[:, :, xlo]) * xf
+    return top + (bottom - top) * yf
 
 
 def to_pretrained_input(x: np.ndarray) -> np.ndarray:

@@ -1,47 +1,127 @@
 """The data sets that :func:`~interprettensor.explain_dataset` reads: numpy arrays (with labels or
-not), folders and lists of image files and ``.npy`` arrays, and ``tf.data`` datasets; each as a
-stream of ``(index, x, target, label)`` from any sample on, with the ``target=`` argument checked."""
+not), folders and lists of image files and ``.npy`` arrays, Python iterables (generators, iterators),
+``keras.utils.PyDataset`` and ``tf.data`` datasets; each as a stream of NumPy blocks ``(indices, x,
+targets, labels)`` from any sample on (:meth:`Source.chunks`), with the ``target=`` argument checked.
+
+Every source is read on the host, whatever Keras' backend: a ``tf.data.Dataset`` through
+``as_numpy_iterator()`` (it needs TensorFlow installed, as it does to exist). :meth:`Source.dataset` gives
+the same samples as a ``tf.data`` pipeline for code that wants one (TensorFlow only)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
-from typing import Any, Sequence
+import sys
+from typing import Any, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from .inputs import InputError, collect_inputs, folder_labels, load_image
 from .shards import StreamError
 
-__all__ = ["make_source", "Source"]
+__all__ = ["make_source", "Source", "Chunk"]
 
 
 Ranges = Sequence[tuple[int, "int | None"]]
+#: a block of consecutive samples of a source: ``(indices int64 (k,), x (k, ...), targets int32 (k,),
+#: labels int32 (k,))``; targets -1: the predicted class, labels -1: none
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: samples per block that an array source hands out at once
+_BLOCK = 1024
 
 
 class Source:
-    """The input as an unbatched ``tf.data.Dataset`` of ``(index, x, target, label)`` over given ranges
-    of sample indices (``label``: the data's class label, -1 where it has none; ``has_labels``: whether
-    it has them)."""
+    """The input as NumPy blocks of ``(index, x, target, label)`` over given ranges of sample indices
+    (``label``: the data's class label, -1 where it has none; ``has_labels``: whether it has them;
+    ``x_dtype``: the dtype of ``x`` as read)."""
 
     n: int | None = None
     has_labels: bool = False
     names: list[str] | None = None
     description: str = ""
     sample_shape: tuple = ()
-    error: list  # an exception raised while reading (set by generator-based sources)
+    x_dtype: Any = np.float32
+    error: list  # an exception raised while reading through :meth:`dataset` (reported after the stream)
 
-    def dataset(self, ranges: Ranges, dtype: tf.DType) -> tf.data.Dataset:
+    def chunks(self, ranges: Ranges) -> Iterator[Chunk]:
         """The samples whose index lies in one of ``ranges`` (``[lo, hi)`` pairs in increasing order;
-        ``hi=None``: to the end), in index order."""
+        ``hi=None``: to the end), in index order, as blocks of consecutive samples (NumPy arrays); a
+        reading error is raised where it happens (a :class:`StreamError` for bad data)."""
         raise NotImplementedError
+
+    def samples(self, ranges: Ranges, batch_size: int) -> Iterator[Chunk]:
+        """:meth:`chunks` regrouped into batches of at most ``batch_size`` samples."""
+        pending: list[Chunk] = []
+        count = 0
+        for chunk in self.chunks(ranges):
+            while len(chunk[0]):
+                take = min(batch_size - count, len(chunk[0]))
+                pending.append(tuple(v[:take] for v in chunk))  # type: ignore[arg-type]
+                chunk = tuple(v[take:] for v in chunk)  # type: ignore[assignment]
+                count += take
+                if count == batch_size:
+                    yield _concat(pending)
+                    pending, count = [], 0
+        if pending:
+            yield _concat(pending)
+
+    def dataset(self, ranges: Ranges, dtype: Any) -> Any:
+        """The samples of :meth:`chunks` as an unbatched ``tf.data.Dataset`` of ``(index, x, target,
+        label)`` with ``x`` cast to ``dtype`` (needs TensorFlow). A reading error ends the dataset and is
+        kept in :attr:`error`."""
+        tf = _tensorflow("a tf.data pipeline of the data set")
+
+        def gen():
+            try:
+                for idx, x, t, lab in self.chunks(ranges):
+                    for j in range(len(idx)):
+                        yield idx[j], x[j], t[j], lab[j]
+            except Exception as e:  # noqa: BLE001 - reported by the reader after the samples before it
+                self.error.append(e)
+
+        spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.as_dtype(np.dtype(self.x_dtype))),
+                tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32))
+        dtype = getattr(dtype, "name", dtype)
+        return tf.data.Dataset.from_generator(gen, output_signature=spec).map(
+            lambda i, xi, ti, li: (i, tf.cast(xi, dtype), ti, li))
+
+
+def _tensorflow(what: str) -> Any:
+    """TensorFlow, imported for a TensorFlow-only feature; else an error naming what to install."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise StreamError(f"{what} needs TensorFlow, which is not installed: pip install tensorflow "
+                          f"(or interprettensor[cpu])") from None
+    return tf
+
+
+def is_tf_dataset(data: Any) -> bool:
+    """Whether ``data`` is a ``tf.data.Dataset`` (without importing TensorFlow: one exists only if it is)."""
+    tf = sys.modules.get("tensorflow")
+    data_module = getattr(tf, "data", None) if tf is not None else None
+    return data_module is not None and isinstance(data, data_module.Dataset)
+
+
+def _concat(parts: list[Chunk]) -> Chunk:
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))  # type: ignore[return-value]
 
 
 def _indices(ranges: Ranges, n: int):
     for lo, hi in ranges:
         yield from range(lo, n if hi is None else min(hi, n))
+
+
+def _blocks(ranges: Ranges, n: int, size: int = _BLOCK) -> Iterator[tuple[int, int]]:
+    """``[lo, hi)`` blocks of at most ``size`` samples covering ``ranges`` (clipped to ``n``)."""
+    for lo, hi in ranges:
+        hi = n if hi is None else min(hi, n)
+        for a in range(lo, hi, size):
+            yield a, min(a + size, hi)
 
 
 @dataclasses.dataclass
@@ -80,8 +160,8 @@ def parse_target(target: Any) -> _Target:
         if target < 0:
             raise StreamError(f"target must be a class index >= 0, got {target}")
         return _Target("const", int(target))
-    if tf.is_tensor(target):
-        target = target.numpy()
+    if not isinstance(target, (list, tuple, np.ndarray)) and hasattr(target, "__array__"):
+        target = np.asarray(target)  # a tensor of any backend
     if isinstance(target, (list, tuple, np.ndarray)):
         arr = np.asarray(target)
         if arr.ndim == 0:
@@ -115,8 +195,8 @@ def _check_target_length(tgt: _Target, n: int | None) -> None:
         return
     assert tgt.array is not None
     if n is None:
-        raise StreamError("target as an array needs a data set of known length (tf.data cardinality); pass "
-                          "(x, label) pairs instead")
+        raise StreamError("target as an array needs a data set of known length (an array, files, a PyDataset, "
+                          "a tf.data cardinality); pass (x, label) pairs instead")
     if len(tgt.array) != n:
         raise StreamError(f"target has {len(tgt.array)} class indices, but the data has {n} samples; give one per "
                           f"sample")
@@ -155,18 +235,11 @@ class _ArraySource(Source):
         if labels is not None:
             self.description += f":labels:{hashlib.sha256(labels.tobytes()).hexdigest()[:16]}"
         self.error = []
+        self.x_dtype = x.dtype
 
-    def dataset(self, ranges: Ranges, dtype: tf.DType) -> tf.data.Dataset:
-        x, t, labels, n = self.x, self.t, self.labels, self.n
-
-        def gen():
-            for i in _indices(ranges, n):
-                yield np.int64(i), np.asarray(x[i]), t[i], labels[i]
-
-        spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.as_dtype(x.dtype)),
-                tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32))
-        return tf.data.Dataset.from_generator(gen, output_signature=spec).map(
-            lambda i, xi, ti, li: (i, tf.cast(xi, dtype), ti, li))
+    def chunks(self, ranges: Ranges) -> Iterator[Chunk]:
+        for lo, hi in _blocks(ranges, self.n):
+            yield (np.arange(lo, hi, dtype=np.int64), np.asarray(self.x[lo:hi]), self.t[lo:hi], self.labels[lo:hi])
 
 
 def _label_array(t: np.ndarray, n: int) -> np.ndarray:
@@ -237,27 +310,234 @@ class _FileSource(Source):
         except InputError as e:
             raise StreamError(str(e)) from None
 
-    def dataset(self, ranges: Ranges, dtype: tf.DType) -> tf.data.Dataset:
-        def gen():
-            for i in _indices(ranges, self.n):
-                try:
-                    x = self._load(i)
-                    if tuple(x.shape) != self.sample_shape:
-                        raise StreamError(f"input {self.items[i].path!r} has shape {tuple(x.shape)}, the "
-                                          f"first input {self.sample_shape}")
-                except Exception as e:  # noqa: BLE001 - reported by explain_dataset after the last good shard
-                    self.error.append(e)
-                    return
-                yield np.int64(i), x, self.t[i], self.labels[i]
-
-        spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.float32),
-                tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32))
-        return tf.data.Dataset.from_generator(gen, output_signature=spec).map(
-            lambda i, xi, ti, li: (i, tf.cast(xi, dtype), ti, li))
+    def chunks(self, ranges: Ranges) -> Iterator[Chunk]:
+        for i in _indices(ranges, self.n):
+            x = self._load(i)
+            if tuple(x.shape) != self.sample_shape:
+                raise StreamError(f"input {self.items[i].path!r} has shape {tuple(x.shape)}, the "
+                                  f"first input {self.sample_shape}")
+            yield np.array([i], np.int64), x[None], self.t[i:i + 1], self.labels[i:i + 1]
 
 
-class _TFDataSource(Source):
-    def __init__(self, ds: tf.data.Dataset, target: _Target, shape: "_ShapeCheck"):
+class _StreamSource(Source):
+    """A source read element by element: ``x`` or ``(x, label)`` (samples or batches; a label is a class
+    index or a one-hot vector), with ``target=`` resolved per block in NumPy. Subclasses give the
+    elements (:meth:`_elements`) and call :meth:`_setup` with what the first element says."""
+
+    kind = "the data"
+
+    def _setup(self, x_shape: tuple, y_shape: tuple | None, y_numeric: bool, batched: bool, target: _Target,
+               shape: "_ShapeCheck") -> None:
+        self.sample_shape = shape(tuple(x_shape[1:] if batched else x_shape))
+        self.batched = batched
+        if y_shape is None and target.kind == "label":
+            raise StreamError(f"target='label' needs {self.kind} of (x, label) pairs")
+        use_label = target.uses_label(y_shape is not None)
+        trank = None if y_shape is None else len(y_shape) - (1 if batched else 0)
+        if use_label and trank not in (0, 1):
+            raise StreamError(f"labels must be class indices or one-hot vectors, got shape {_shape_str(y_shape)}")
+        # labels that are no class indices (e.g. masks) are not stored when they are not explained
+        self.has_labels = y_shape is not None and trank in (0, 1) and y_numeric
+        self.per_sample = None
+        const = -1
+        if not use_label:
+            if target.kind == "array":
+                if self.n is not None:  # else checked while reading, and at the end
+                    _check_target_length(target, self.n)
+                self.per_sample = target.array
+            const = target.value if target.kind == "const" else -1
+        self.use_label, self.const = use_label, const
+        self.keep_label = self.has_labels or use_label
+        self.error = []
+
+    def _elements(self, ranges: Ranges) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+        """``(indices, x, y or None)`` blocks of the samples in ``ranges`` (x and y with a batch axis)."""
+        raise NotImplementedError
+
+    def chunks(self, ranges: Ranges) -> Iterator[Chunk]:
+        for idx, x, y in self._elements(ranges):
+            if not len(idx):
+                continue
+            x = np.asarray(x)
+            if tuple(x.shape[1:]) != self.sample_shape:
+                raise StreamError(f"sample {int(idx[0])} of {self.kind} has shape {_shape_str(x.shape[1:])}, the "
+                                  f"first {_shape_str(self.sample_shape)}")
+            label = np.full((len(idx),), -1, np.int32)
+            if self.keep_label:
+                y = np.asarray(y)
+                label = (y if y.ndim == 1 else y.argmax(-1)).astype(np.int32)
+            if self.use_label:
+                t = label
+            elif self.per_sample is not None:
+                m = len(self.per_sample)
+                if int(idx[-1]) >= m:
+                    raise StreamError(f"{_TOO_FEW}{m} class indices, but the data has more samples; give one per "
+                                      f"sample")
+                t = self.per_sample[idx]
+            else:
+                t = np.full((len(idx),), self.const, np.int32)
+            yield idx, x, t, label
+
+
+def _split(element: Any, what: str) -> tuple[Any, Any]:
+    """``x`` or ``(x,)`` or ``(x, label)`` -> ``(x, label or None)``."""
+    if isinstance(element, (tuple, list)):
+        if len(element) == 1:
+            return element[0], None
+        if len(element) == 2:
+            return element[0], element[1]
+        raise StreamError(f"{what} must yield x or (x, label), got a {type(element).__name__} of {len(element)} "
+                          f"items")
+    if isinstance(element, dict):
+        raise StreamError(f"{what} must yield x or (x, label) arrays (explain_dataset supports single-input "
+                          f"models), got a dict")
+    return element, None
+
+
+def _as_array(v: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(v)
+    except Exception as e:  # noqa: BLE001 - whatever the element is, say what it was
+        raise StreamError(f"{what} must yield arrays (NumPy or tensors), got {type(v).__name__}: {e}") from None
+    if arr.dtype == object:
+        raise StreamError(f"{what} must yield arrays (NumPy or tensors), got {type(v).__name__} that is no "
+                          f"numeric array")
+    return arr
+
+
+def _first_element(x: np.ndarray, y: Any, shape: "_ShapeCheck", what: str) -> tuple[bool, tuple | None, bool]:
+    """What the first element says: whether elements are batches, the label's shape and whether it is
+    numeric."""
+    if x.ndim == 0:
+        raise StreamError(f"{what} yields x of shape (): samples need at least one axis")
+    batched = shape.batched(tuple(x.shape))
+    y_shape, numeric = None, False
+    if y is not None:
+        ya = _as_array(y, what)
+        y_shape = tuple(ya.shape)
+        numeric = np.issubdtype(ya.dtype, np.integer) or np.issubdtype(ya.dtype, np.floating)
+    return batched, y_shape, numeric
+
+
+def _numbered(blocks: Iterator[tuple[np.ndarray, Any]], ranges: Ranges) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+    """Number the samples of consecutive blocks ``(x, y)`` from 0 on and keep those in ``ranges``."""
+    start = 0
+    los = np.array([lo for lo, _ in ranges], np.int64)
+    his = np.array([np.iinfo(np.int64).max if hi is None else hi for _, hi in ranges], np.int64)
+    end = int(his.max()) if len(his) else 0
+    for x, y in blocks:
+        k = len(x)
+        idx = np.arange(start, start + k, dtype=np.int64)
+        start += k
+        keep = ((idx[:, None] >= los) & (idx[:, None] < his)).any(-1)
+        if keep.all():
+            yield idx, x, y
+        elif keep.any():
+            yield idx[keep], x[keep], None if y is None else np.asarray(y)[keep]
+        if start >= end:
+            return
+
+
+class _IterableSource(_StreamSource):
+    """A Python iterable or iterator (a generator, a ``torch.utils.data.DataLoader``, ...) yielding ``x`` or
+    ``(x, label)`` as NumPy arrays or tensors of any backend, samples or batches; read once, in order (its
+    length is unknown: a stream written shard by shard)."""
+
+    kind = "the iterable"
+
+    def __init__(self, data: Any, target: _Target, shape: "_ShapeCheck"):
+        self.iterator = iter(data)
+        try:
+            first = next(self.iterator)
+        except StopIteration:
+            raise StreamError("the iterable yields no samples") from None
+        x, y = _split(first, "the iterable")
+        x = _as_array(x, "the iterable")
+        batched, y_shape, numeric = _first_element(x, y, shape, "the iterable")
+        self.first = first
+        self.n = None
+        self._setup(tuple(x.shape), y_shape, numeric, batched, target, shape)
+        self.x_dtype = x.dtype
+        self.description = f"iterable:{type(data).__name__}:{_shape_str(self.sample_shape)}:{x.dtype}"
+
+    def _blocks(self) -> Iterator[tuple[np.ndarray, Any]]:
+        for element in itertools.chain([self.first], self.iterator):
+            x, y = _split(element, "the iterable")
+            x = _as_array(x, "the iterable")
+            y = None if y is None or not self.keep_label else _as_array(y, "the iterable")
+            if not self.batched:
+                x, y = x[None], (None if y is None else y[None])
+            yield x, y
+
+    def _elements(self, ranges: Ranges) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+        if self.iterator is None:
+            raise StreamError("the iterable was read already; pass a new one (a generator is read once)")
+        try:
+            yield from _numbered(self._blocks(), ranges)
+        finally:
+            self.iterator = None
+
+
+class _PyDatasetSource(_StreamSource):
+    """A ``keras.utils.PyDataset``: batches ``x`` or ``(x, label)`` read by index (only those of the wanted
+    ranges); every batch but the last holds the same number of samples (read from the first and the
+    last batch: the data's length)."""
+
+    kind = "the PyDataset"
+
+    def __init__(self, data: Any, target: _Target, shape: "_ShapeCheck"):
+        self.data = data
+        try:
+            count = data.num_batches
+        except NotImplementedError:
+            count = None
+        if count is None:
+            raise StreamError("the PyDataset is infinite (num_batches is None); explain_dataset needs one of known "
+                              "length")
+        self.count = int(count)
+        if self.count < 1:
+            raise StreamError("the PyDataset holds no batches")
+        x, y = self._batch(0)
+        if x.ndim < 2:
+            raise StreamError(f"the PyDataset's batches must be (N, ...) arrays, got shape {_shape_str(x.shape)}")
+        self.batch_size = len(x)
+        last = len(self._batch(self.count - 1)[0]) if self.count > 1 else self.batch_size
+        self.n = self.batch_size * (self.count - 1) + last
+        y_shape = None if y is None else tuple(np.shape(y))
+        numeric = y is not None and (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating))
+        self._setup(tuple(x.shape), y_shape, numeric, True, target, shape)
+        self.x_dtype = x.dtype
+        self.description = (f"PyDataset:{type(data).__name__}:{self.count}x{self.batch_size}:{self.n}:"
+                            f"{_shape_str(self.sample_shape)}:{x.dtype}")
+
+    def _batch(self, b: int) -> tuple[np.ndarray, Any]:
+        x, y = _split(self.data[b], "the PyDataset")
+        x = _as_array(x, "the PyDataset")
+        return x, (None if y is None else _as_array(y, "the PyDataset"))
+
+    def _elements(self, ranges: Ranges) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+        B = self.batch_size
+        for lo, hi in ranges:
+            hi = self.n if hi is None else min(hi, self.n)
+            for b in range(lo // B, -(-hi // B)):
+                x, y = self._batch(b)
+                want = B if b < self.count - 1 else self.n - b * B
+                if len(x) != want:
+                    raise StreamError(f"batch {b} of the PyDataset holds {len(x)} samples, the first {B}: every "
+                                      f"batch but the last must hold as many")
+                a, z = max(lo, b * B) - b * B, min(hi, (b + 1) * B) - b * B
+                yield (np.arange(b * B + a, b * B + z, dtype=np.int64), x[a:z],
+                       None if y is None or not self.keep_label else y[a:z])
+
+
+class _TFDataSource(_StreamSource):
+    """A ``tf.data.Dataset``, read as NumPy (``as_numpy_iterator``) on any Keras backend."""
+
+    kind = "the dataset"
+
+    def __init__(self, ds: Any, target: _Target, shape: "_ShapeCheck"):
+        import tensorflow as tf  # the dataset exists: so does TensorFlow
+
         spec = ds.element_spec
         if isinstance(spec, tf.TensorSpec):
             xs, ts = spec, None
@@ -268,57 +548,22 @@ class _TFDataSource(Source):
         if xs.shape.rank is None:
             raise StreamError(f"the dataset yields x of unknown rank ({xs}); give it a shape")
         batched = shape.batched(tuple(xs.shape))
-        self.sample_shape = shape(tuple(xs.shape[1:] if batched else xs.shape))
         if batched:
             ds = ds.unbatch()
-        if ts is None and target.kind == "label":
-            raise StreamError("target='label' needs a dataset of (x, label) pairs")
-        use_label = target.uses_label(ts is not None)
-        trank = None if ts is None or ts.shape.rank is None else ts.shape.rank - (1 if batched else 0)
-        if use_label and trank not in (0, 1):
-            raise StreamError(f"labels must be class indices or one-hot vectors, got shape {tuple(ts.shape)}")
-        # labels that are no class indices (e.g. masks) are not stored when they are not explained
-        self.has_labels = ts is not None and trank in (0, 1) and (ts.dtype.is_integer or ts.dtype.is_floating)
         card = int(ds.cardinality())
         self.n = card if card >= 0 else None
-        self.per_sample = None
-        if not use_label:
-            if target.kind == "array":
-                if self.n is not None:  # else checked while reading, and at the end
-                    _check_target_length(target, self.n)
-                self.per_sample = target.array
-            const = target.value if target.kind == "const" else -1
-        else:
-            const = -1
-        self.ds, self.has_label, self.use_label, self.const = ds, ts is not None, use_label, const
+        y_shape = None if ts is None else (tuple(ts.shape) if ts.shape.rank is not None else (None,) * 9)
+        self._setup(tuple(xs.shape), y_shape, ts is not None and (ts.dtype.is_integer or ts.dtype.is_floating),
+                    batched, target, shape)
+        self.ds, self.has_label = ds, ts is not None
+        self.x_dtype = xs.dtype.as_numpy_dtype
         self.description = f"tf.data:{spec}"
-        self.error = []
 
-    def dataset(self, ranges: Ranges, dtype: tf.DType) -> tf.data.Dataset:
-        use_label, has_label, const = self.use_label, self.has_label, self.const
-        keep_label = self.has_labels or use_label
-        per_sample = None if self.per_sample is None else tf.constant(self.per_sample, tf.int32)
-
-        def fix(i, elem):
-            x = elem[0] if isinstance(elem, tuple) else elem
-            label = tf.constant(-1, tf.int32)
-            if keep_label:
-                y = elem[1]
-                label = tf.cast(y if y.shape.rank == 0 else tf.argmax(y, axis=-1), tf.int32)
-            if use_label:
-                t = label
-            elif per_sample is not None:
-                m = int(per_sample.shape[0])
-                with tf.control_dependencies([tf.debugging.assert_less(
-                        i, tf.constant(m, tf.int64), message=f"{_TOO_FEW}{m} class indices, but the data has more "
-                                                             f"samples; give one per sample")]):
-                    t = tf.gather(per_sample, tf.minimum(i, m - 1))
-            else:
-                t = tf.constant(const, tf.int32)
-            return i, tf.cast(x, dtype), t, label
+    def _elements(self, ranges: Ranges) -> Iterator[tuple[np.ndarray, np.ndarray, Any]]:
+        import tensorflow as tf
 
         ds = self.ds
-        if has_label and not keep_label:
+        if self.has_label and not self.keep_label:
             ds = ds.map(lambda *e: e[0])
         ds = ds.enumerate()
         if ranges and ranges[-1][1] is not None:
@@ -329,7 +574,11 @@ class _TFDataSource(Source):
             los = tf.constant([lo for lo, _ in ranges], tf.int64)
             his = tf.constant([np.iinfo(np.int64).max if hi is None else hi for _, hi in ranges], tf.int64)
             ds = ds.filter(lambda i, e: tf.reduce_any((i >= los) & (i < his)))
-        return ds.map(fix)
+        for i, elem in ds.batch(256).prefetch(2).as_numpy_iterator():
+            if self.keep_label:
+                yield i.astype(np.int64), elem[0], elem[1]
+            else:
+                yield i.astype(np.int64), (elem[0] if isinstance(elem, tuple) else elem), None
 
 
 def _shape_str(shape: Sequence[Any]) -> str:
@@ -400,7 +649,7 @@ def _is_paths(data: Any) -> bool:
 def make_source(model: Any, data: Any, target: Any, expected: tuple | None, **file_options: Any) -> Source:
     tgt = parse_target(target)
     shape = _ShapeCheck(model, expected)
-    if isinstance(data, tf.data.Dataset):
+    if is_tf_dataset(data):
         return _TFDataSource(data, tgt, shape)
     if _is_paths(data):
         paths = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [os.fspath(p) for p in data]
@@ -409,13 +658,36 @@ def make_source(model: Any, data: Any, target: Any, expected: tuple | None, **fi
         files, given = data  # (files or a folder, one label per input)
         paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(p) for p in files]
         return _FileSource(paths, tgt, shape, labels=np.asarray(given), **file_options)
+    if _is_pydataset(data):
+        return _PyDatasetSource(data, tgt, shape)
+    if _is_iterable(data):
+        return _IterableSource(data, tgt, shape)
     labels = None
     if isinstance(data, tuple) and len(data) == 2:
         data, labels = data
-    arr = np.asarray(data)
+    try:
+        arr = np.asarray(data)
+    except Exception:  # noqa: BLE001 - ragged lists and the like: named below
+        arr = np.asarray(None)
     if arr.dtype == object or arr.ndim < 1:
-        raise StreamError(f"explain_dataset takes a tf.data.Dataset, a numpy array (or (x, labels)), a folder "
-                          f"or a list of files; got {type(data).__name__}")
+        raise StreamError(f"explain_dataset takes a numpy array (or (x, labels)), a folder or a list of files, a "
+                          f"Python iterable or generator, a keras.utils.PyDataset, or a tf.data.Dataset; got "
+                          f"{type(data).__name__}")
     if arr.ndim < 2:
         raise StreamError(f"the array must be a batch of samples (N, ...), got shape {arr.shape}")
     return _ArraySource(arr, labels, tgt, shape)
+
+
+def _is_pydataset(data: Any) -> bool:
+    keras = sys.modules.get("keras")
+    return keras is not None and isinstance(data, keras.utils.PyDataset)
+
+
+def _is_iterable(data: Any) -> bool:
+    """An iterable to read once, element by element: not an array, a tensor, a list or a tuple (those are
+    arrays, or lists of files) nor a string."""
+    if isinstance(data, (str, bytes, os.PathLike, list, tuple, dict, np.ndarray)) or hasattr(data, "__array__"):
+        return False
+    if hasattr(data, "shape") and hasattr(data, "dtype"):  # a tensor
+        return False
+    return hasattr(data, "__iter__") or hasattr(data, "__next__")

@@ -4,7 +4,9 @@ and the pictures of sequences: a strip per channel over time for multivariate se
 
 The summaries are written with TensorFlow's own ``tf.summary.write`` and the metadata of TensorBoard's
 scalar, histogram and image plugins, so that the ``tensorboard`` package is needed only to *view*
-the logs (``pip install tensorboard``; ``tensorboard --logdir=LOGDIR``), not to write them.
+the logs (``pip install tensorboard``; ``tensorboard --logdir=LOGDIR``), not to write them. They hold
+NumPy values, so they are written the same whatever Keras' backend (TensorFlow, JAX, PyTorch), as long as
+TensorFlow is installed (``pip install tensorflow``); without it a :class:`SummaryWriter` says so.
 
 Example::
 
@@ -26,9 +28,20 @@ from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 __all__ = ["SummaryWriter", "EpochSummaries", "read_events"]
+
+
+def _tensorflow(what: str = "TensorBoard summaries") -> Any:
+    """TensorFlow, which writes (and reads) the event files on any Keras backend; else an ImportError
+    naming what to install."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ImportError(f"{what} are written with tf.summary, and TensorFlow is not installed (Keras runs on "
+                          f"{keras.backend.backend()!r}): pip install tensorflow (the CPU build is enough; "
+                          f"or interprettensor[cpu])") from None
+    return tf
 
 
 def _metadata(plugin: str, data_class: str, description: str = ""):
@@ -62,12 +75,15 @@ class SummaryWriter:
     """
 
     def __init__(self, logdir: str):
+        tf = _tensorflow()
         os.makedirs(logdir, exist_ok=True)
         self.logdir = logdir
+        self._tf = tf
         self._writer = tf.summary.create_file_writer(logdir)
 
     def scalar(self, tag: str, value: float, step: int, description: str = "") -> None:
         """One scalar (shown in TensorBoard's *Scalars* tab)."""
+        tf = self._tf
         with self._writer.as_default():
             tf.summary.write(tag, tf.constant(float(value), tf.float32), step=int(step),
                              metadata=_metadata("scalars", "DATA_CLASS_SCALAR", description))
@@ -75,6 +91,7 @@ class SummaryWriter:
     def histogram(self, tag: str, values: Any, step: int, bins: int = 30, description: str = "") -> None:
         """A histogram of ``values`` (shown in the *Histograms* and *Distributions* tabs)."""
         buckets = _histogram_buckets(np.asarray(values), bins)
+        tf = self._tf
         with self._writer.as_default():
             tf.summary.write(tag, tf.constant(buckets, tf.float64), step=int(step),
                              metadata=_metadata("histograms", "DATA_CLASS_TENSOR", description))
@@ -88,6 +105,7 @@ class SummaryWriter:
         if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3, 4):
             raise ValueError(f"images must be (N, H, W) or (N, H, W, C) with C in 1, 3, 4; got {imgs.shape}")
         imgs = (np.clip(imgs[:max_outputs], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        tf = self._tf
         encoded = [tf.io.encode_png(tf.constant(im)) for im in imgs]
         h, w = imgs.shape[1:3]
         tensor = tf.stack([tf.constant(str(w)), tf.constant(str(h))] + encoded)
@@ -167,7 +185,7 @@ class SummaryWriter:
                 sentence = (tokens[i], R[i], f"sample {i}") + (() if mask is None else (np.asarray(mask)[i],))
                 render_text.save_png(path, [sentence], cmap=cmap, width_inches=width_inches, dpi=dpi)
                 with open(path, "rb") as f:
-                    pictures.append(tf.io.decode_png(f.read(), channels=3).numpy() / 255.0)
+                    pictures.append(self._tf.io.decode_png(f.read(), channels=3).numpy() / 255.0)
         self.images(tag, _pad_white(pictures), step, max_outputs)
 
     def flush(self) -> None:
@@ -257,6 +275,7 @@ def read_events(logdir: str) -> dict[str, list[tuple[int, Any]]]:
     Scalars are floats, histograms ``(bins, 3)`` arrays, images lists of PNG bytes. Tags of
     subfolders are prefixed with the subfolder (``'train/loss'``).
     """
+    tf = _tensorflow("TensorBoard event files")
     from tensorflow.core.util import event_pb2
 
     out: dict[str, list[tuple[int, Any]]] = {}

@@ -1,7 +1,7 @@
 """``interprettensor digits OUT``: write scikit-learn's handwritten digits (the embedded data set of
 ``train --dataset digits``, as 28x28 frames) as PNG files in class subfolders, ``OUT/0/digit-0000.png``,
 ``OUT/1/digit-0001.png``, ...: the folder that ``explain``, ``concepts`` and ``evaluate`` read, with
-the class of each digit given by its subfolder. (The frames are resized with TensorFlow, as
+the class of each digit given by its subfolder. (The frames are resized as
 :func:`interprettensor.data.load_digits` does.)"""
 
 from __future__ import annotations

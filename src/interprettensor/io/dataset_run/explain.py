@@ -10,7 +10,6 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 import keras
-import tensorflow as tf
 
 from ...engine.explainer import Explainer
 from .. import shards
@@ -43,18 +42,23 @@ class StreamResult:
 
 
 def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out: str = "explanations", *,
-                    shard_size: int = 1024, batch_size: int = 64, strategy: tf.distribute.Strategy | None = None,
+                    shard_size: int = 1024, batch_size: int = 64, strategy: Any = None,
                     worker: Any = None, target: int | str | None = None, progress: bool = True,
                     resume: bool = True, input_range: Sequence[float] = (0.0, 1.0), color_mode: str = "auto",
                     resize: bool = False, on_shard: Callable[[int, dict], None] | None = None,
                     nonfinite: str = "error", store_inputs: bool = False, **params: Any) -> StreamResult:
     """Explain every sample of ``dataset`` with LRP and write the results to ``out`` shard by shard.
 
+    Runs on each of Keras' backends (TensorFlow, JAX, PyTorch): the input is read on the host as NumPy
+    arrays and the output files are the same. Only ``strategy=`` needs the TensorFlow backend.
+
     Args:
         model: a single-input Keras model (see :class:`~interprettensor.Explainer`).
-        dataset: a ``tf.data.Dataset`` yielding ``x`` or ``(x, label)`` (samples or batches; a label is a
-            class index or a one-hot vector), a numpy array ``x`` or a pair ``(x, labels)``, or a folder /
-            a list of image files and ``.npy`` arrays (read like ``interprettensor explain`` does: pixels
+        dataset: a numpy array ``x`` or a pair ``(x, labels)``; a Python iterable or generator (read once,
+            in order; its length is unknown) or a ``keras.utils.PyDataset`` (batches read by index; every
+            batch but the last of one size) yielding ``x`` or ``(x, label)`` as NumPy arrays or tensors; a
+            ``tf.data.Dataset`` yielding the same (read as NumPy on any backend); samples or batches, a label
+            being a class index or a one-hot vector; or a folder / a list of image files and ``.npy`` arrays (read like ``interprettensor explain`` does: pixels
             0..255 mapped to ``input_range``, ``color_mode`` and ``resize`` as there). Files have labels
             from a class-per-subfolder layout (``digits/0/*.png``, ``digits/1/*.png``, ...: integer
             subfolder names are the classes, other names are sorted into classes 0..K-1, recorded as
@@ -66,12 +70,12 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
         shard_size: samples per shard file.
         batch_size: samples per LRP pass (over all replicas under a strategy); bounds the peak memory
             together with ``shard_size``. Batches never cross a shard boundary.
-        strategy: a ``tf.distribute.Strategy``: batches are split over its replicas; the result equals
-            that of one device.
+        strategy: a ``tf.distribute.Strategy`` (Keras' TensorFlow backend only): batches are split over
+            its replicas; the result equals that of one device.
         worker: ``None`` (this process explains everything), ``(i, N)`` or ``'i/N'`` (worker ``i`` of
             ``N`` independent processes sharing ``out``: it explains the shards ``k % N == i``), or
             ``'auto'`` (from a Slurm job array or a Kubernetes indexed job, see
-            :mod:`interprettensor.io.workers`). Needs an input of known length.
+            :mod:`interprettensor.io.workers`). Needs an input of known length (not a generator).
         target: ``None``: the label if the data has labels, else the predicted class; ``'predicted'``;
             ``'label'``; a class index for all samples; or one class index per sample (a list or an
             integer array of length N, values >= 0; a ``tf.data`` input then needs a known length).
@@ -117,6 +121,10 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
         raise StreamError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}")
     if nonfinite not in ("error", "skip"):
         raise StreamError(f"nonfinite must be 'error' or 'skip', got {nonfinite!r}")
+    if strategy is not None and keras.backend.backend() != "tensorflow":
+        raise StreamError(f"strategy= needs Keras' TensorFlow backend (Keras runs on {keras.backend.backend()!r}): "
+                          f"a tf.distribute strategy splits TensorFlow computations; drop it to explain on one "
+                          f"device, or split the run over processes with worker=(i, N)")
     wk = parse_worker(worker)
     if wk is not None and strategy is not None and _multi_worker(strategy):
         raise StreamError("worker= splits a data set over independent processes; a MultiWorkerMirroredStrategy "
@@ -124,8 +132,9 @@ def explain_dataset(model: keras.Model, dataset: Any, rule: Any = "epsilon", out
     explainer = _make_explainer(model, rule, strategy, params)
     source = _open_source(model, dataset, target, input_range, color_mode, resize)
     if wk is not None and source.n is None:
-        raise StreamError("worker= needs an input of known length (an array, files, or a tf.data.Dataset with a "
-                          "known cardinality: dataset.apply(tf.data.experimental.assert_cardinality(n)))")
+        raise StreamError("worker= needs an input of known length (an array, files, a PyDataset, or a "
+                          "tf.data.Dataset with a known cardinality: "
+                          "dataset.apply(tf.data.experimental.assert_cardinality(n))); a generator has none")
     identity = _run_identity(model, explainer, rule, params, source, shard_size, target, store_inputs)
     chief = _is_chief(strategy)
     state, done = _open_run(out, identity, wk, resume, chief, source.n)

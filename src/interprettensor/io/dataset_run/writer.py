@@ -11,15 +11,14 @@ import sys
 from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
 
 from ...engine.explainer import Explainer
 from .. import shards
 from ..shards import RERUN, RunState, StreamError, shard_path
-from ..sources import Source, _list, _TOO_FEW
+from ..sources import Source, _list
 from ..workers import Worker
 from .folder import _owned_todo
-from .pipeline import _batches, _make_step
+from .pipeline import _batches, _distributed, _explained, _ReadError
 
 
 def _explain_shards(explainer: Explainer, source: Source, out: str, state: RunState, done: dict,
@@ -34,12 +33,12 @@ def _explain_shards(explainer: Explainer, source: Source, out: str, state: RunSt
     else:
         first = max(done) + 1 if done else 0
         ranges, total = [(first * shard_size, None)], None
-    ds = _batches(source.dataset(ranges, explainer.dtype), shard_size, batch_size, source.n, strategy)
-    step = _make_step(explainer, source.sample_shape, strategy)
-    if strategy is not None:
-        opts = tf.data.Options()
-        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        ds = strategy.experimental_distribute_dataset(ds.with_options(opts))
+    batches = _batches(source.chunks(ranges), shard_size, batch_size, source.n, full=strategy is not None)
+    if strategy is None:
+        results = _explained(explainer, batches, source.sample_shape)
+    else:
+        results = _distributed(explainer, batches, source.sample_shape, source.x_dtype,
+                               min(batch_size, shard_size), strategy)
     writer = _ShardWriter(out, state, source, shard_size, chief, on_shard, done, store_inputs)
 
     from tqdm.auto import tqdm
@@ -48,8 +47,7 @@ def _explain_shards(explainer: Explainer, source: Source, out: str, state: RunSt
                disable=not progress, file=sys.stderr, leave=False)
     try:
         try:
-            for batch in ds:
-                idx, rel, tgt, outp, x, ok, lab = step(batch)
+            for idx, rel, tgt, outp, x, ok, lab in results:
                 if nonfinite == "error" and not ok.all():
                     bad = np.sort(idx[~ok])
                     files = (f" (files: {_list([source.names[i] for i in bad])})" if source.names is not None
@@ -58,12 +56,12 @@ def _explain_shards(explainer: Explainer, source: Source, out: str, state: RunSt
                                       f"pass nonfinite='skip' to explain the others (relevance 0, valid False)")
                 writer.add(idx, rel, tgt, outp, x, ok, lab)
                 bar.update(len(idx))
-        except tf.errors.OpError as e:
-            if source.error:
-                raise source.error[0]
-            raise _op_error(e, writer.finished()) from None
-        if source.error:
-            raise source.error[0]
+        except _ReadError as e:
+            raise _read_error(e.error) from None
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # stops the reading thread
         writer.flush()
         per_sample = getattr(source, "per_sample", None)
         if per_sample is not None and source.n is None:
@@ -178,13 +176,10 @@ def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _op_error(e: tf.errors.OpError, finished: str) -> StreamError:
-    msg = e.message or str(e)
-    if "target out of range" in msg:
-        detail = msg[msg.index("target out of range"):].split("]")[0].split("\n")[0]
-        return StreamError(f"{detail}; {finished}")
-    if _TOO_FEW in msg:
-        detail = msg[msg.index(_TOO_FEW):].split("\n")[0]
-        return StreamError(f"{detail[:detail.index('per sample') + 10]}; {finished}")
-    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
-    return StreamError(f"reading or explaining the input failed: {first}; {finished}")
+def _read_error(e: BaseException) -> StreamError:
+    """An exception raised while reading the input, as a :class:`StreamError` (one already is)."""
+    if isinstance(e, StreamError):
+        return e
+    msg = str(e).strip()
+    first = msg.splitlines()[0] if msg else ""
+    return StreamError(f"reading the input failed: {type(e).__name__}{': ' + first if first else ''}")
