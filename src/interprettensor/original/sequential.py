@@ -145,8 +145,22 @@ class Sequential(keras.Model):
                                f"{' or '.join(str(e).replace(chr(39), '') for e in expected)}")
         return t
 
-    def forward(self, x: Any) -> Tensor:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # on Keras' PyTorch backend a layer is a torch.nn.Module, whose __call__ runs ``forward``: while
+        # Keras calls the network, ``forward`` is the module's, not the 2017 API's (see ``forward``)
+        depth = self.__dict__.get("_keras_calls", 0)
+        object.__setattr__(self, "_keras_calls", depth + 1)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            object.__setattr__(self, "_keras_calls", depth)
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Tensor:
         """Run the network on ``x`` (numpy array or tensor) and cache what LRP needs."""
+        if self.__dict__.get("_keras_calls"):  # torch.nn.Module.__call__ inside a Keras call (PyTorch backend)
+            return super().forward(x, *args, **kwargs)
+        if args or kwargs:
+            raise TypeError(f"forward takes one input, got also {args or ''}{kwargs or ''}")
         t = self._input(x)
         fn = self._lrp_fns.get("forward")
         if fn is None:
