@@ -486,9 +486,9 @@ class Explainer:
             return
         rtol = reference_rtol(self.graph)
         if _dtypes.name(self.dtype) == ref:
-            got = [ops.convert_to_numpy(ops.cast(t[:n], "float64")) for t in model_outputs]
+            got = [ops.convert_to_numpy(t[:n]).astype(np.float64) for t in model_outputs]
         else:  # another precision than the model's: compare the model's own precision, eagerly
-            got = [ops.convert_to_numpy(ops.cast(t, "float64")) for t in self._eager_outputs(sample, reference)]
+            got = [ops.convert_to_numpy(t).astype(np.float64) for t in self._eager_outputs(sample, reference)]
         if not outputs_agree(got, expected, rtol):
             locate_mismatch(self.graph, sample, reference, rtol)
             raise ExplainError("the forward pass that the explanation follows does not reproduce the model's "

@@ -55,7 +55,7 @@ def locate_mismatch(graph: Graph, sample: Sequence[Tensor], dtype: Any, rtol: fl
             for bn in step.fused:
                 ref = [bn(ref[0], training=False)]
             for a, b in zip(outs, ref):
-                a64, b64 = (ops.convert_to_numpy(ops.cast(t, "float64")) for t in (a, b))
+                a64, b64 = (ops.convert_to_numpy(t).astype(np.float64) for t in (a, b))
                 if a64.shape != b64.shape or not close(a64, b64, rtol):
                     diff = (float(np.max(np.abs(a64 - b64))) if a64.shape == b64.shape
                             else f"shape {a64.shape} instead of {b64.shape}")

@@ -45,37 +45,20 @@ class _RunSource(Source):
         self.names = None
         self.error = []
 
-    def dataset(self, ranges, dtype):
-        # a tf.data pipeline, as every source of interprettensor.io gives (Source.dataset)
-        import tensorflow as tf
-
-        wanted = sorted(i for lo, hi in ranges for i in range(lo, self.n if hi is None else min(hi, self.n)))
-
-        def gen():
-            start = 0
-            want = iter(wanted)
-            nxt = next(want, None)
-            for f, c in zip(self.files, self.counts):
-                if nxt is None:
-                    return
-                if nxt >= start + c:
-                    start += c
-                    continue
-                try:
-                    with _open_shard(f) as z:
-                        xs, ts = _read(z, "inputs", f), _read(z, "targets", f)
-                except StreamError as e:  # reported by _samples after the batches read before
-                    self.error.append(e)
-                    return
-                while nxt is not None and nxt < start + c:
-                    yield nxt, xs[nxt - start], ts[nxt - start]
-                    nxt = next(want, None)
-                start += c
-
-        spec = (tf.TensorSpec((), tf.int64), tf.TensorSpec(self.sample_shape, tf.float32),
-                tf.TensorSpec((), tf.int32))
-        return tf.data.Dataset.from_generator(gen, output_signature=spec).map(
-            lambda i, x, t: (i, tf.cast(x, dtype), t))
+    def chunks(self, ranges):
+        """The stored inputs and explained targets of the samples in ``ranges``, shard by shard (labels
+        -1: the run's inputs carry none here); a missing or damaged shard raises a StreamError naming it."""
+        wanted = np.array(sorted(i for lo, hi in ranges for i in range(lo, self.n if hi is None else min(hi, self.n))),
+                          np.int64)
+        start = 0
+        for f, c in zip(self.files, self.counts):
+            take = wanted[(wanted >= start) & (wanted < start + c)]
+            if len(take):
+                with _open_shard(f) as z:
+                    xs, ts = _read(z, "inputs", f), _read(z, "targets", f)
+                yield (take, np.asarray(xs[take - start], np.float32), np.asarray(ts[take - start], np.int32),
+                       np.full(len(take), -1, np.int32))
+            start += c
 
 
 def _open_shard(path: str) -> Any:
@@ -112,8 +95,6 @@ def _open(model: Any, data: Any, target: Any, input_range: Sequence[float], colo
 
 def _samples(source: Source, ranges: list, dtype: Any, batch_size: int) -> Iterator[tuple[np.ndarray, Tensor, np.ndarray]]:
     """Batches ``(indices, x, targets)`` of the samples in ``ranges`` (``x`` a tensor of Keras' backend)."""
-    ds = source.dataset(ranges, dtype).map(lambda *e: (e[0], e[1], e[2])).batch(batch_size)
-    for i, x, t in ds:  # the data pipeline's tensors
-        yield np.asarray(i).astype(np.int64), ops.convert_to_tensor(np.asarray(x)), np.asarray(t).astype(np.int32)
-    if getattr(source, "error", None):
-        raise source.error[0]
+    for i, x, t, _ in source.samples(ranges, batch_size):  # NumPy blocks read on the host
+        yield (np.asarray(i).astype(np.int64), ops.convert_to_tensor(np.asarray(x), dtype=dtype),
+               np.asarray(t).astype(np.int32))
