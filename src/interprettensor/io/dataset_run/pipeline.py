@@ -80,8 +80,9 @@ def _pad(i: np.ndarray, x: np.ndarray, t: np.ndarray, lab: np.ndarray, size: int
             np.concatenate([lab, np.full((k,), -1, np.int32)]))
 
 
-class _ReadError(Exception):
-    """An exception raised while reading the input (not while explaining it), carried to the reader."""
+class _ReadError(StreamError):
+    """An exception raised while reading the input (not while explaining it), carried to the reader
+    (which reports the original, :attr:`error`)."""
 
     def __init__(self, error: BaseException):
         super().__init__(str(error))
