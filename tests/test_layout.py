@@ -4,6 +4,7 @@ apps), there are no import cycles between modules, and the old flat module names
 import ast
 import importlib
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -157,3 +158,24 @@ def test_old_from_imports_work_in_a_fresh_process():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "OK interprettensor.engine.explainer interprettensor.analysis.evaluate" in p.stdout
+
+
+def test_backend_specific_code_lives_in_the_backend_modules():
+    """The engine speaks keras.ops: TensorFlow, JAX and PyTorch are named only in engine/backend's
+    modules (issue 20); io/ and apps/ import TensorFlow only inside the functions that need it."""
+    import re
+
+    frameworks = re.compile(r"^\s*(import|from)\s+(tensorflow|jax|torch)\b|\btf\.[a-z_]+\(", re.M)
+    offenders = []
+    src = pathlib.Path(ROOT)
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src).as_posix()
+        if rel.startswith("engine/backend/_"):
+            continue
+        text = path.read_text()
+        code = re.sub(r'"""(?:.|\n)*?"""', "", text)  # docstrings may name TensorFlow's functions
+        if rel.startswith("engine/") and frameworks.search(code):
+            offenders.append(rel)
+        elif re.search(r"^(import|from)\s+(tensorflow|jax|torch)\b", code, re.M):  # module-level elsewhere
+            offenders.append(rel)
+    assert offenders == []
