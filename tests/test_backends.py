@@ -5,7 +5,7 @@
   LSTM/GRU, the 2017 ``Sequential``), saved once as .keras files, explained by every rule family
   (epsilon, alpha-beta, z+, gamma, w², flat, the box rule, presets, AttnLRP, CP-LRP, layer-wise
   relevances, hidden-channel targets, CRP's conditional heatmaps, a gradient baseline), each backend
-  in its own process. JAX's and PyTorch's results equal TensorFlow's within float32 rounding: the
+  in its own process (TensorFlow's in the test's). JAX's and PyTorch's results equal TensorFlow's within float32 rounding: the
   backends sum in different orders, each rounding of a float32 sum errs by at most 2^-24 of the
   magnitude summed, and a relevance here is at most a few layers of sums of at most a few hundred
   terms, so ``|got - want| <= 2^-23 * 1000 * max|want|`` per result.
@@ -52,9 +52,12 @@ def _run(backend, *args, timeout=900, **extra):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    """The saved models and TensorFlow's results, computed in this (TensorFlow) process."""
+    import backend_parity
+
     folder = str(tmp_path_factory.mktemp("parity"))
-    _run("tensorflow", SCRIPT, "build", folder)
-    _run("tensorflow", SCRIPT, "run", folder, os.path.join(folder, "tensorflow.npz"))
+    backend_parity.build(folder)
+    backend_parity.run(folder, os.path.join(folder, "tensorflow.npz"))
     return folder
 
 
@@ -81,8 +84,12 @@ def test_every_rule_family_equals_tensorflow(models, backend):
 
 @pytest.mark.parametrize("backend", OTHER)
 def test_core_rules_and_backend_contract_on(backend):
-    # JAX computes float64 only with x64 enabled (the contract's exact claims are float64's)
-    p = _run(backend, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+    # JAX computes float64 only with x64 enabled (the contract's exact claims are float64's); JAX compiles
+    # each case, so by default it runs the dense layer and whole random networks of every variant (the
+    # convolution and pooling cases too with INTERPRETTENSOR_BACKEND_TESTS=all)
+    select = [] if backend != "jax" or os.environ.get("INTERPRETTENSOR_BACKEND_TESTS") == "all" else \
+        ["-k", "test_linear or test_random_networks or test_lrp_layerwise or test_backend_contract"]
+    p = _run(backend, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *select,
              os.path.join(HERE, "test_core_rules.py"), os.path.join(HERE, "test_backend_contract.py"),
              JAX_ENABLE_X64="1")
     assert " passed" in p.stdout and "failed" not in p.stdout, p.stdout[-2000:]

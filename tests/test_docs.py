@@ -112,16 +112,21 @@ assert os.listdir('runs/val') == ['manifest-worker-000-of-008.json'] or 'shard-0
 }
 
 #: Python code run in the block's folder first, keyed by the block's first line
-BASH_SETUP = {
-    # "Whole data sets": the model and the batch the commands explain
-    "interprettensor explain model.keras batch.npy": """
+#: a digits CNN and a batch of 100 digits, as model.keras and batch.npy
+_MODEL_AND_BATCH = """
 import keras, numpy as np
 import interprettensor as it
 keras.utils.set_random_seed(0)
 keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
                   keras.layers.Flatten(), keras.layers.Dense(10)]).save('model.keras')
 np.save('batch.npy', it.data.load_digits()[0][:100])
-""",
+"""
+
+BASH_SETUP = {
+    # "Whole data sets": the model and the batch the commands explain
+    "interprettensor explain model.keras batch.npy": _MODEL_AND_BATCH,
+    # "Backends": the same, explained on JAX
+    "interprettensor --backend jax explain model.keras batch.npy": _MODEL_AND_BATCH,
     # "Command line": batch.npy, "a batch" of the user's (the block makes digits/ and model.keras itself)
     "interprettensor demo --out output/demo": """
 import numpy as np

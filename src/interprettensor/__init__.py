@@ -1,4 +1,4 @@
-"""interprettensor: Layer-wise Relevance Propagation (LRP) for TensorFlow 2 and Keras 3.
+"""interprettensor: Layer-wise Relevance Propagation (LRP) for Keras 3 on TensorFlow, JAX and PyTorch.
 
 Two ways in, one engine:
 

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="interprettensor",
-        description="Layer-wise Relevance Propagation (LRP) for TensorFlow 2 / Keras 3.",
+        description="Layer-wise Relevance Propagation (LRP) for Keras 3 on TensorFlow, JAX and PyTorch.",
         epilog="Run 'interprettensor COMMAND --help' for the options of a command.")
     from .. import __version__
 

@@ -1,10 +1,11 @@
 """The backend interface of :mod:`interprettensor.engine.backend` on PyTorch: ``torch.autograd.grad``
 and eager execution.
 
-PyTorch runs the engine eagerly: :func:`compile` returns the function itself (``torch.compile`` of
-the whole pass was measured and did not pay on the CPU; see the Backends page), and :func:`scan` is
-a loop over time steps, the one place where PyTorch has no batched primitive (Keras' own
-``ops.scan`` loops the same way on this backend)."""
+PyTorch runs the engine eagerly: :func:`compile` returns the function run under ``torch.no_grad``
+(operations are recorded only inside :func:`vjp` and :func:`pullback`); ``torch.compile`` is not
+used yet (not measured). :func:`scan` is a loop over time steps, the one place where PyTorch has no
+batched primitive (Keras' own ``ops.scan`` loops the same way on this backend).
+"""
 
 from __future__ import annotations
 
