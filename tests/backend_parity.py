@@ -25,7 +25,8 @@ CASES: dict[str, list[tuple[str, str, dict]]] = {
             ("layerwise", "layerwise", {"rule": "epsilon_plus"}),
             ("hidden_channel", "lrp", {"rule": "epsilon", "layer": "conv2", "target": 1}),
             ("concepts", "conditional", {"layer": "conv2", "channels": [0, 2, [1, 3]]}),
-            ("input_x_gradient", "baseline", {"method": "input_x_gradient"})],
+            ("input_x_gradient", "baseline", {"method": "input_x_gradient"}),
+            ("region_perturbation", "evaluate", {"patch": 3, "steps": 5, "perturbation": "mean"})],
     "resnet": [("epsilon_plus", "lrp", {"rule": "epsilon_plus"}),
                ("zplus", "lrp", {"rule": "zplus"}),
                ("gamma", "lrp", {"rule": "gamma", "gamma": 0.5}),
@@ -146,7 +147,7 @@ def run(folder: str, out: str) -> None:
     import keras
 
     import interprettensor as it
-    from interprettensor import attribution, concepts
+    from interprettensor import attribution, concepts, evaluate
 
     data = dict(np.load(os.path.join(folder, "inputs.npz")))
     results = {}
@@ -167,6 +168,8 @@ def run(folder: str, out: str) -> None:
                 results[f"{key}/channels"] = concepts.relevance(model, x, kw["layer"], target=0)
             elif how == "baseline":
                 results[f"{key}/0"] = getattr(attribution, kw["method"])(model, x)
+            elif how == "evaluate":  # the scores along a (seeded, random) ordering of the regions
+                results[f"{key}/scores"] = evaluate.region_perturbation(model, x, "random", **kw).scores
             elif how == "original":
                 y = keras.ops.convert_to_numpy(model.forward(x))
                 R = np.where(np.arange(y.shape[1]) == np.argmax(y, axis=1)[:, None], y, 0.0)

@@ -1,7 +1,8 @@
 """What differs between Keras' backends, behind one interface: vector-Jacobian products, ordering
 hints, stopping gradients and scans over time. The rest of the engine computes with these and with
-tensor algebra (``keras.ops``); a backend is one module here (:mod:`._tensorflow`; JAX and PyTorch
-follow behind the same functions), chosen by Keras' backend (:data:`NAME`).
+tensor algebra (``keras.ops``); a backend is one module here (:mod:`._tensorflow`, :mod:`._jax`,
+:mod:`._torch`, listed in :data:`MODULES`), chosen by Keras' backend (:data:`NAME`), and each defines
+every name of :data:`INTERFACE`.
 
 * :func:`vjp`: ``J^T cotangent`` of ``fn(primals)`` with respect to each primal; a primal the output
   does not depend on gets zeros, and a tensor given twice gets one share per occurrence (the graph
@@ -17,6 +18,10 @@ follow behind the same functions), chosen by Keras' backend (:data:`NAME`).
   :func:`error_message` (what a compiled call raises on bad data), :func:`runtime_error` (one of them,
   raised by a check made on the host instead) and :func:`is_symbolic` (whether a value is a placeholder
   of a computation being traced, unreadable on the host).
+* :func:`max_pool_winner`: winner-takes-all relevance through a 2-D max pooling (each window's
+  relevance to its first maximum in row-major order).
+* :data:`FLOAT64`: whether float64 computes in float64 (Keras promotes it to float32 on JAX and
+  PyTorch; the explainer refuses it there).
 """
 
 from __future__ import annotations

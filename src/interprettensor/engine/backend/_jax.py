@@ -8,9 +8,11 @@ program."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+
+from ._shapes import error_message, spec  # noqa: F401 - the interface
 import keras
 
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
@@ -19,20 +21,6 @@ FLOAT64 = False
 #: what a compiled call raises on bad data (XLA clamps indices instead of failing, so the explainer
 #: checks indices and targets on the host before the call)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (jax.errors.JaxRuntimeError,)
-
-
-def error_message(e: BaseException) -> str:
-    return str(e)
-
-
-class Spec(NamedTuple):
-    """The signature of one argument (JAX traces once per concrete shape; the spec documents it)."""
-    shape: Any
-    dtype: Any
-
-
-def spec(shape: Sequence[int | None] | None, dtype: Any) -> Spec:
-    return Spec(None if shape is None else tuple(shape), dtype)
 
 
 def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: A001 - the interface's name

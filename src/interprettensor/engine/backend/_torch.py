@@ -9,28 +9,17 @@ batched primitive (Keras' own ``ops.scan`` loops the same way on this backend).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+
+from ._shapes import error_message, spec  # noqa: F401 - the interface
 
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
 FLOAT64 = False
 
 #: what a call raises on bad data (an index beyond an embedding table)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (IndexError, RuntimeError)
-
-
-def error_message(e: BaseException) -> str:
-    return str(e)
-
-
-class Spec(NamedTuple):
-    shape: Any
-    dtype: Any
-
-
-def spec(shape: Sequence[int | None] | None, dtype: Any) -> Spec:
-    return Spec(None if shape is None else tuple(shape), dtype)
 
 
 def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: A001 - the interface's name
