@@ -44,7 +44,8 @@ CASES: dict[str, list[tuple[str, str, dict]]] = {
                  ("epsilon", "original", {"variant": "epsilon", "param": 0.01}),
                  ("alphabeta", "original", {"variant": "alphabeta", "param": 2.0}),
                  ("ww", "original", {"variant": "ww"}),
-                 ("flat", "original", {"variant": "flat"})],
+                 ("flat", "original", {"variant": "flat"}),
+                 ("fit", "fit", {})],
 }
 
 
@@ -174,6 +175,11 @@ def run(folder: str, out: str) -> None:
                 y = keras.ops.convert_to_numpy(model.forward(x))
                 R = np.where(np.arange(y.shape[1]) == np.argmax(y, axis=1)[:, None], y, 0.0)
                 results[f"{key}/0"] = model.lrp(R, kw["variant"], kw.get("param"))
+            elif how == "fit":  # the 2017 API's net.fit: one epoch of plain SGD, in order, then the weights
+                labels = np.eye(10)[np.arange(len(x)) % 10]
+                model.fit(x, labels, loss="softmax_crossentropy", optimizer="sgd", opt_params=[0.05], epochs=1,
+                          batch_size=1, shuffle=False)
+                _store(results, key, model.get_weights())
             else:  # pragma: no cover
                 raise ValueError(how)
     np.savez(out, **{k: np.asarray(keras.ops.convert_to_numpy(v), np.float64) for k, v in results.items()})
