@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ._shapes import error_message, spec  # noqa: F401 - the interface
+from ._concrete import error_message, fused, spec, use_fused  # noqa: F401 - the interface
 
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
 FLOAT64 = False
@@ -32,14 +32,6 @@ def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: 
 
     call.__wrapped__ = fn
     return call
-
-
-def fused(fn: Callable) -> Callable:
-    return fn
-
-
-def use_fused(z: Any, min_elements: int) -> bool:
-    return False
 
 
 def _watched(inputs: Sequence[Any]) -> list:

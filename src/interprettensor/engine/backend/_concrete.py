@@ -1,0 +1,29 @@
+"""What the JAX and PyTorch modules share, as both run on concrete shapes (JAX traces once per shape,
+PyTorch runs eagerly): signatures as plain records, errors read by their text, and no separately
+fused kernels (XLA fuses inside ``jax.jit``; PyTorch runs op by op)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+
+class Spec(NamedTuple):
+    """The signature of one argument of a compiled function (``None``: any size)."""
+    shape: Any
+    dtype: Any
+
+
+def spec(shape: Sequence[int | None] | None, dtype: Any) -> Spec:
+    return Spec(None if shape is None else tuple(shape), dtype)
+
+
+def error_message(e: BaseException) -> str:
+    return str(e)
+
+
+def fused(fn: Callable) -> Callable:
+    return fn
+
+
+def use_fused(z: Any, min_elements: int) -> bool:
+    return False
