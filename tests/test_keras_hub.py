@@ -169,3 +169,96 @@ def test_keras_hub_bert_equals_bert_written_by_hand():
         got = it.lrp(hub, x, rule=rule)["token_ids"]
         want = it.lrp(hand, args, rule=rule)[0]
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- Gemma 3 by hand
+def _gemma3():
+    b = keras_hub.models.Gemma3Backbone(
+        vocabulary_size=50, image_size=16, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=16,
+        intermediate_dim=32, head_dim=8, use_query_key_norm=True, use_post_ffw_norm=True,
+        use_post_attention_norm=True, use_sliding_window_attention=True, sliding_window_size=4)
+    return keras_hub.models.Gemma3CausalLM(backbone=b, preprocessor=None)
+
+
+def _rope_tables(seq: int, dim: int, wavelength: float, scaling: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of RoFormer's rotary position embedding (Su et al. 2021, eq. 34) for positions
+    0..seq-1, each frequency used for both halves of the feature axis, as ``(1, seq, 1, dim)``."""
+    inverse = wavelength ** (-np.arange(0, dim, 2) / dim) / scaling
+    angles = np.arange(seq)[:, None] * inverse[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)[None, :, None, :]
+    return np.cos(angles).astype("float32"), np.sin(angles).astype("float32")
+
+
+def _hand_written_gemma3(hub: keras.Model, seq: int) -> keras.Model:
+    """keras_hub's Gemma 3 causal LM (text only) as plain keras.layers and keras.ops, with its weights:
+    scaled embedding, RMS norms with scale 1 + w, query/key norms, rotary positions, grouped-query
+    attention under a causal sliding-window mask, GeGLU feed-forward, post-norms, tied output."""
+    bb = hub.backbone
+    hidden, heads, kv, dim = bb.hidden_dim, bb.num_query_heads, bb.num_key_value_heads, bb.head_dim
+    ids = keras.Input((seq,), dtype="int32", name="token_ids")
+    pad = keras.Input((seq,), dtype="int32", name="padding_mask")
+    copies = []
+
+    def rms(source, name):
+        layer = L.RMSNormalization(epsilon=source.epsilon, name=name)
+        copies.append((layer, [1.0 + source.scale.numpy()]))
+        return layer
+
+    def dense(source, equation, shape, name):
+        layer = L.EinsumDense(equation, output_shape=shape, name=name)
+        copies.append((layer, source.get_weights()))
+        return layer
+
+    embed = L.Embedding(bb.vocabulary_size, hidden, name="embed")
+    copies.append((embed, [bb.token_embedding.embeddings.numpy()]))
+    x = embed(ids) * np.float32(np.sqrt(hidden))
+    i, j = np.arange(seq)[:, None], np.arange(seq)[None, :]
+    for n, block in enumerate(bb.transformer_layers):
+        att = block.attention
+        window = (i - j < att.sliding_window_size) if att.use_sliding_window_attention else np.ones((seq, seq), bool)
+        allowed = ((i >= j) & window)[None, None, None]  # (1, kv, groups, t, s) after broadcasting
+        mask = ops.logical_and(allowed, ops.cast(pad, "bool")[:, None, None, None, :])
+        cos, sin = _rope_tables(seq, dim, att.rope_wavelength, att.rope_scaling_factor)
+
+        def rope(t):
+            t1, t2 = ops.split(t, 2, axis=-1)
+            return t * cos + ops.concatenate([-t2, t1], axis=-1) * sin
+
+        h = rms(block.pre_attention_norm, f"pre_attention_norm_{n}")(x)
+        q = rms(att.query_norm, f"query_norm_{n}")(dense(att.query_dense, "btd,ndh->btnh", (None, heads, dim),
+                                                         f"query_{n}")(h))
+        k = rms(att.key_norm, f"key_norm_{n}")(dense(att.key_dense, "bsd,kdh->bskh", (None, kv, dim), f"key_{n}")(h))
+        v = dense(att.value_dense, "bsd,kdh->bskh", (None, kv, dim), f"value_{n}")(h)
+        q = ops.reshape(rope(q) * np.float32(1 / np.sqrt(dim)), (-1, seq, kv, heads // kv, dim))
+        logits = ops.einsum("btkgh,bskh->bkgts", q, rope(k))
+        weights = L.Softmax(name=f"softmax_{n}")(logits, mask=mask)
+        a = ops.reshape(ops.einsum("bkgts,bskh->btkgh", weights, v), (-1, seq, heads, dim))
+        a = dense(att.output_dense, "btnh,nhd->btd", (None, hidden), f"attention_output_{n}")(a)
+        x = x + rms(block.post_attention_norm, f"post_attention_norm_{n}")(a)
+        h = rms(block.pre_ffw_norm, f"pre_ffw_norm_{n}")(x)
+        g = dense(block.gating_ffw, "btd,df->btf", (None, block.intermediate_dim), f"ffw_gating_{n}")(h)
+        u = dense(block.gating_ffw_2, "btd,df->btf", (None, block.intermediate_dim), f"ffw_gating_2_{n}")(h)
+        f = dense(block.ffw_linear, "btf,fd->btd", (None, hidden), f"ffw_linear_{n}")(
+            _gelu_approximate(g) * u)
+        x = x + rms(block.post_ffw_norm, f"post_ffw_norm_{n}")(f)
+    x = rms(bb.layer_norm, "final_normalization")(x)
+    out = L.Dense(bb.vocabulary_size, use_bias=False, name="logits")
+    copies.append((out, [bb.token_embedding.embeddings.numpy().T]))
+    model = keras.Model([ids, pad], out(x))
+    for layer, weights in copies:
+        layer.set_weights(weights)
+    return model
+
+
+def test_keras_hub_gemma3_equals_gemma3_written_by_hand():
+    keras.utils.set_random_seed(6)
+    hub = _gemma3()
+    hand = _hand_written_gemma3(hub, 8)
+    x = _text_inputs(np.random.default_rng(7), n=2, seq=8, pad_last=0)
+    args = [x["token_ids"], x["padding_mask"]]
+    np.testing.assert_allclose(np.asarray(hand(args)), np.asarray(hub(x)), rtol=1e-4, atol=1e-5)
+    for rule in ("attnlrp", "cp_lrp"):
+        for pos in (3, -1):
+            got = it.lrp(hub, x, rule=rule, position=pos, target=7)["token_ids"]
+            want = it.lrp(hand, args, rule=rule, position=pos, target=7)[0]
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
