@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import types
 from collections.abc import Callable, Iterator
@@ -24,7 +25,8 @@ from keras import ops, tree
 
 from .errors import ExplainError
 
-__all__ = ["CONCRETE_SPECS", "ShapeDependent", "expansion", "is_composite_layer", "register_expansion"]
+__all__ = ["CONCRETE_SPECS", "CONSTANT_OUTPUT", "ConstantOutput", "ConstantTensor", "ShapeDependent", "expansion",
+           "is_composite_layer", "output_spec", "register_expansion"]
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -55,39 +57,197 @@ def is_composite_layer(op: Any) -> bool:
 
 
 def _trace_call(op: Any, *args: Any, **kwargs: Any) -> Any:
-    import inspect
-
-    try:
-        params = inspect.signature(op.call).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "training" in params:
+    """``op.call`` in inference mode (``training=False`` where the call takes it; a ``training``
+    recorded by the caller is dropped where it does not)."""
+    unused = _context_args_not_taken(op.call)
+    for name in unused:
+        kwargs.pop(name, None)
+    if "training" not in unused:
         kwargs["training"] = False
     return op.call(*args, **kwargs)
 
 
-@contextlib.contextmanager
-def _generic_output_specs(op: Any) -> Iterator[None]:
-    """While tracing ``op``: sub-layers whose class overrides ``call`` but inherits a parent's own
-    ``compute_output_spec`` (keras_hub's cached attention takes arguments that Keras' attention's
-    output spec does not) infer their output spec from their call, as Keras does for any layer."""
-    generic = keras.layers.Layer.compute_output_spec
-    patched = []
-    for layer in op._flatten_layers(include_self=False, recursive=True) if isinstance(op, keras.layers.Layer) else ():
-        cls = type(layer)
-        if "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
-            layer.compute_output_spec = types.MethodType(generic, layer)
-            patched.append(layer)
+def _strip_none(layer: Any, out: Any) -> Any:
+    """``out`` without the ``None`` among its outputs (a cache or attention scores not asked for),
+    the full structure kept on ``layer`` for :func:`_with_optional_outputs` to restore."""
+    flat = tree.flatten(out)
+    if not any(t is None for t in flat):
+        return out
+    object.__setattr__(layer, "_it_optional_outputs", out)
+    return [t for t in flat if t is not None]
+
+
+_OPTIONAL_CLASSES: dict[type, type] = {}
+
+
+def _with_optional_outputs(cls: type) -> type:
+    """A subclass of ``cls`` whose ``__call__`` gives its caller the structure the call returned, with
+    its ``None`` in place, while Keras records only the tensors (its graph nodes take tensors only)."""
+    sub = _OPTIONAL_CLASSES.get(cls)
+    if sub is None:
+        def __call__(self, *args, **kwargs):
+            out = cls.__call__(self, *args, **kwargs)
+            structure = self.__dict__.pop("_it_optional_outputs", None)
+            if structure is None:
+                return out
+            tensors = iter(tree.flatten(out))
+            return tree.pack_sequence_as(structure, [None if t is None else next(tensors)
+                                                     for t in tree.flatten(structure)])
+
+        sub = _OPTIONAL_CLASSES[cls] = type(cls.__name__, (cls,), {"__call__": __call__,
+                                                                  "__module__": cls.__module__})
+    return sub
+
+
+#: the arguments Keras passes on to sub-layers by itself (its call context)
+_CONTEXT_ARGS = ("training",)
+
+
+def _context_args_not_taken(call: Callable) -> tuple[str, ...]:
+    """The call-context arguments (``training``) that ``call`` does not take (nor ``**kwargs``)."""
+    import inspect
+
     try:
+        params = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return ()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return ()
+    return tuple(name for name in _CONTEXT_ARGS if name not in params)
+
+
+def _less_known(out: Any, inputs: Any) -> bool:
+    """Some output size is unknown (``None``) while every size of the tensor inputs is known."""
+    shapes = [tuple(t.shape) for t in tree.flatten(inputs) if isinstance(t, keras.KerasTensor)]
+    if not shapes or any(d is None for s in shapes for d in s):
+        return False
+    return any(d is None for t in tree.flatten(out) if isinstance(t, keras.KerasTensor) for d in t.shape)
+
+
+def output_spec(op: Any, *args: Any, **kwargs: Any) -> Any:
+    """The output spec of ``op`` called on symbolic ``args``: its own, else (a library's hand-written
+    spec or shape that does not fit these arguments) inferred from its call under the conventions of
+    :func:`_tracing_conventions`. Outputs that are ``None`` are left out."""
+    try:
+        out = op.compute_output_spec(*args, **kwargs)
+    except Exception:  # noqa: BLE001
+        if not isinstance(op, keras.layers.Layer):
+            raise
+        with _tracing_conventions(op):
+            out = keras.Operation.compute_output_spec(op, *args, **kwargs)
+    return [t for t in tree.flatten(out) if t is not None]
+
+
+def _traceable(layer: Any) -> dict:
+    """Instance attributes that make ``layer`` traceable on symbolic tensors, whatever its library's
+    conventions: outputs that are ``None`` are left out of the graph (and restored for the caller); an
+    output spec that the layer's own ``compute_output_spec`` or ``compute_output_shape`` cannot give
+    for the arguments of this call is inferred from the call itself, as Keras does for any layer."""
+    cls = type(layer)
+    generic = keras.layers.Layer.compute_output_spec
+    own = layer.compute_output_spec
+    if "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
+        # keras_hub's cached attention overrides call but inherits Keras' attention's output spec
+        own = types.MethodType(generic, layer)
+    call = layer.call
+    unused = _context_args_not_taken(call)
+
+    @functools.wraps(call)
+    def traced_call(*args: Any, **kwargs: Any) -> Any:
+        for name in unused:  # e.g. training= passed by a block to a sub-layer whose call does not take it
+            kwargs.pop(name, None)
+        return _strip_none(layer, call(*args, **kwargs))
+
+    def output_spec(*args: Any, **kwargs: Any) -> Any:
+        for name in unused:
+            kwargs.pop(name, None)
+        try:
+            out = own(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - a hand-written spec or shape that does not fit this call
+            out = None
+        if out is None or _less_known(out, (args, kwargs)):
+            # a spec the layer cannot give, or one vaguer than its inputs (EinsumDense's configured
+            # output shape has None where the input's size is known): what its call computes
+            out = keras.Operation.compute_output_spec(layer, *args, **kwargs)
+        return _strip_none(layer, out)
+
+    return {"call": traced_call, "compute_output_spec": output_spec}
+
+
+@contextlib.contextmanager
+def _tracing_conventions(op: Any) -> Iterator[None]:
+    """While tracing ``op``: its sub-layers follow :func:`_traceable` (instance attributes and a
+    subclass that are removed afterwards; the layers compute what they computed before)."""
+    patched = []
+    layers = op._flatten_layers(include_self=False, recursive=True) if isinstance(op, keras.layers.Layer) else ()
+    try:
+        for layer in layers:
+            if isinstance(layer, keras.Model):
+                continue
+            cls = type(layer)
+            for name, value in _traceable(layer).items():
+                object.__setattr__(layer, name, value)
+            object.__setattr__(layer, "__class__", _with_optional_outputs(cls))
+            patched.append((layer, cls))
         yield
     finally:
-        for layer in patched:
-            del layer.compute_output_spec
+        for layer, cls in patched:
+            object.__setattr__(layer, "__class__", cls)
+            for name in ("call", "compute_output_spec", "_it_optional_outputs"):
+                layer.__dict__.pop(name, None)
 
 
-def expansion(op: Any, node: Any) -> keras.Model | None:
-    """``op``'s call at ``node`` as a functional model of explainable parts, or ``None`` if ``op`` is
-    neither registered for expansion nor a composite layer (or cannot be traced)."""
+class ConstantOutput:
+    """What :func:`expansion` answers for a layer whose outputs do not depend on its inputs (e.g. a
+    relative position embedding computed from the layer's weights): a constant, through which no
+    relevance flows."""
+
+
+#: the answer of :func:`expansion` for a layer whose outputs are constants
+CONSTANT_OUTPUT = ConstantOutput()
+
+
+class ConstantTensor(keras.layers.Layer):
+    """An output of a traced call that does not depend on the call's inputs (computed while tracing,
+    for the traced shapes), as a layer of the traced graph: its input only places it there."""
+
+    def __init__(self, value: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.value = ops.convert_to_numpy(value)
+
+    def call(self, anchor: Any) -> Any:
+        return ops.convert_to_tensor(self.value)
+
+    def compute_output_spec(self, anchor: Any) -> Any:
+        return keras.KerasTensor(self.value.shape, dtype=str(self.value.dtype))
+
+
+def _runtime_shapes(model: keras.Model) -> list[str]:
+    """The operations of a traced ``model`` that hold a shape read while tracing with unknown
+    dimensions (``ops.reshape(x, ops.shape(y))`` records ``None`` where the size is only known at run
+    time), as ``'Reshape (newshape=(None, None, 4))'``."""
+    found = []
+    for node_op in model.operations:
+        if isinstance(node_op, keras.layers.Layer):
+            continue
+        for attr, value in vars(node_op).items():
+            if not (isinstance(value, (tuple, list)) and value and any(d is None for d in value)
+                    and all(d is None or isinstance(d, int) for d in value)):
+                continue
+            if type(node_op).__name__ == "Reshape" and attr == "newshape" and sum(d is None for d in value) == 1:
+                # one unknown size of a reshape follows from the others: -1 is exact for any input size
+                node_op.newshape = tuple(-1 if d is None else d for d in value)
+                continue
+            found.append(f"{type(node_op).__name__} ({attr}={tuple(value)})")
+    return found
+
+
+def expansion(op: Any, node: Any) -> keras.Model | ConstantOutput | None:
+    """``op``'s call at ``node`` as a functional model of explainable parts, :data:`CONSTANT_OUTPUT` if
+    its outputs do not depend on its inputs, or ``None`` if ``op`` is neither registered for expansion
+    nor a composite layer (or cannot be traced). Outputs that are ``None`` (optional outputs not asked
+    for) are left out, as Keras leaves them out of the node. Raises :class:`ShapeDependent` where the
+    call reads a size that is unknown until run time (the graph is then built for the input's shapes)."""
     builder = _EXPANSIONS.get(type(op).__name__)
     if builder is None:
         if not is_composite_layer(op):
@@ -98,12 +258,24 @@ def expansion(op: Any, node: Any) -> keras.Model | None:
              for i, kt in enumerate(node.input_tensors)]
     args, kwargs = node.arguments.fill_in({id(kt): f for kt, f in zip(node.input_tensors, fresh)})
     kwargs = dict(kwargs)
-    with _generic_output_specs(op):
+    with _tracing_conventions(op):
         outs = builder(op, *args, **kwargs)
-    flat = tree.flatten(outs)
+    flat = [t for t in tree.flatten(outs) if t is not None]
     if len(flat) != len(node.outputs):
         return None
-    return keras.Model(fresh, flat, name=op.name)
+    symbolic = [isinstance(t, keras.KerasTensor) for t in flat]
+    if not any(symbolic):
+        return CONSTANT_OUTPUT
+    if not all(symbolic):  # e.g. an empty placeholder for hidden states not asked for, beside the output
+        flat = [t if s else ConstantTensor(t)(fresh[0]) for t, s in zip(flat, symbolic)]
+    model = keras.Model(fresh, flat, name=op.name)
+    unknown = _runtime_shapes(model)
+    if unknown:
+        if not CONCRETE_SPECS.get():
+            raise ShapeDependent(f"layer {op.name!r} ({type(op).__name__}) reads sizes that are only known at run "
+                                 f"time: {', '.join(unknown)}")
+        raise ValueError(f"its call reads sizes that are unknown even for inputs of known shape: {', '.join(unknown)}")
+    return model
 
 
 # ----------------------------------------------------------------------------- dot-product attention
@@ -158,3 +330,12 @@ def _dot_product_attention(op: Any, query: Any, key: Any, value: Any, bias: Any 
 
 
 register_expansion("DotProductAttention", _dot_product_attention)
+
+
+def _register_constant_tensor() -> None:
+    from .handlers import ConstantHandler, register_handler
+
+    register_handler(ConstantTensor, ConstantHandler())
+
+
+_register_constant_tensor()

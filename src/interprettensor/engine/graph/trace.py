@@ -12,7 +12,7 @@ from keras import tree
 
 from ..backend import Tensor
 from ..errors import ExplainError
-from ..expand import CONCRETE_SPECS, ShapeDependent, expansion
+from ..expand import CONCRETE_SPECS, CONSTANT_OUTPUT, ShapeDependent, expansion, output_spec
 from ..handlers import ConstantHandler, handler_for, load_optional_handlers, overridden_parent
 from .analyses import mark_carried, mark_gates, mark_nonneg
 from .canonical import fuse_batchnorm
@@ -36,7 +36,8 @@ def _node_call(op: Any, node: Any) -> Callable:
     def call(xs: Sequence[Tensor]) -> list:
         args, kwargs = node.arguments.fill_in(dict(zip(ids, xs)))
         kwargs.pop("training", None)
-        return tree.flatten(op(*args, **kwargs))
+        # optional outputs the call returns as None are not in the graph (Keras' nodes hold tensors only)
+        return [t for t in tree.flatten(op(*args, **kwargs)) if t is not None]
 
     return call
 
@@ -50,9 +51,10 @@ def _floating(kts: Sequence[Any] | None) -> list[bool] | None:
 _CONSTANT = ConstantHandler()
 
 
-def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None) -> Step:
+def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None,
+               constant: bool = False) -> Step:
     out_float = _floating(node.outputs) if node is not None else None
-    handler = handler_for(op)
+    handler = _CONSTANT if constant else handler_for(op)
     if handler is not None:  # a wrapper is built around the wrapped layer's handler; a sum of one tensor
         handler = handler.for_layer(op, len(ins))  # and constants is an element-wise shift
     if out_float is not None and not any(out_float):
@@ -105,6 +107,10 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
                 expanded = _expand(op, node, prefix)
             if _is_model(op):
                 outs = _add_model(g, op, ins, prefix + op.name + "/", keys)
+            elif expanded is CONSTANT_OUTPUT:  # outputs that do not depend on the inputs
+                outs = [keys.new() for _ in node.outputs]
+                step = _make_step(op, prefix + op.name, ins, outs, _node_call(op, node), node, constant=True)
+                g.steps.append(step)
             elif expanded is not None:
                 outs = _add_model(g, expanded, ins, prefix + op.name + "/", keys)
                 _name_block_output(g, outs, prefix + op.name)
@@ -139,9 +145,25 @@ def _expand(op: Any, node: Any, prefix: str) -> Any:
                                  f"traced: {type(e).__name__}: {e}") from e
         raise ExplainError(
             f"layer {prefix + op.name!r} of type {type(op).__name__} has no LRP handler, and tracing its call "
-            f"into the layers and operations it uses failed: {type(e).__name__}: {e}. Register a handler with "
-            f"interprettensor.register_handler({type(op).__name__}, handler) (see 'Adding a rule or a layer' in the "
+            f"into the layers and operations it uses failed{_where(e)}: {type(e).__name__}: {e}. Register a handler "
+            f"with interprettensor.register_handler({type(op).__name__}, handler) (see 'Adding a rule or a layer' in the "
             f"documentation, docs/tutorials/extending.md).") from e
+
+
+def _where(e: BaseException) -> str:
+    """`` at file:line (`source`)``: the innermost line of the traced layer's own code (not Keras', the
+    backend's or this library's) where ``e`` was raised, i.e. the operation that could not be traced."""
+    import linecache
+    import os
+    import traceback
+
+    skip = tuple(os.sep + p + os.sep for p in ("keras", "tensorflow", "jax", "torch", "interprettensor", "optree"))
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not any(p in f.filename for p in skip)]
+    if not frames:
+        return ""
+    f = frames[-1]
+    line = (f.line or linecache.getline(f.filename, f.lineno)).strip()
+    return f" at {os.path.basename(f.filename)}:{f.lineno} (`{line}`)"
 
 
 #: model classes that are chains of layers, each with a function listing them in order
@@ -196,7 +218,7 @@ def _functional_specs(model: Any, ins: list, specs: dict) -> list | None:
                     outs = _functional_specs(op, values, specs)
                 else:
                     args, kwargs = node.arguments.fill_in({id(kt): v for kt, v in zip(node.input_tensors, values)})
-                    outs = tree.flatten(op.compute_output_spec(*args, **kwargs))
+                    outs = output_spec(op, *args, **kwargs)
             except Exception:  # noqa: BLE001 - shapes not inferable here: later expansions use the model's
                 continue
             if outs is not None:

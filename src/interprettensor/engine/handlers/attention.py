@@ -56,7 +56,9 @@ def factor_relevance(step: Any, xs: list, z: Tensor, R: Tensor, rule: Any, eleme
         raise ExplainError(f"layer {step.name!r} ({step.type_name}) multiplies two computed tensors and cannot use "
                            f"rule {rule!r}: give it 'uniform' (AttnLRP) or 'gate' (CP-LRP)")
     floats = _factors(step, xs)
-    signal = signal_inputs(step, xs, z) if any(floats) else [False] * len(xs)
+    if not any(floats):  # a product of constants, masks and positions (an ALiBi bias): no relevance flows back
+        return [None] * len(xs)
+    signal = signal_inputs(step, xs, z)
     if rule.elementwise_only:
         if not elementwise:
             raise ExplainError(f"layer {step.name!r} ({step.type_name}) contracts its factors (einsum, matmul), so rule "
