@@ -288,3 +288,47 @@ def test_untraceable_call_names_the_layer_and_the_line():
     with pytest.raises(ExplainError, match=r"'opaque' of type Opaque.*test_tracing_conventions\.py:\d+ "
                                            r"\(`return self\.proj\(x\) \* float"):
         it.lrp(model, _x(), rule="epsilon")
+
+
+# ----------------------------------------------------------------------------- a constant of the input's shape
+class CosSin(L.Layer):
+    """A layer of its own (no sub-layers, no handler) whose outputs depend on the input's length only
+    (SmolLM3's rotary embedding: cos and sin of the positions)."""
+
+    def call(self, x):
+        pos = ops.arange(ops.shape(x)[1], dtype="float32")[:, None] * ops.arange(1, D + 1, dtype="float32")
+        return ops.cos(pos), ops.sin(pos)
+
+
+class CosSinTwin(L.Layer):
+    def call(self, x):
+        return CosSin()(x)
+
+
+it.register_handler(CosSinTwin, ConstantHandler())
+
+
+def test_layer_of_its_own_whose_outputs_are_constants_of_the_input_shape():
+    inp = keras.Input((None, D))
+    h = L.Dense(D, use_bias=False)(inp)
+    cos, sin = CosSin()(inp)
+    head = L.Dense(2, use_bias=False)
+    model = keras.Model(inp, head(h * cos + h * sin))
+    cos2, sin2 = CosSinTwin()(inp)
+    h2 = model.layers[1](inp)
+    twin = keras.Model(inp, head(h2 * cos2 + h2 * sin2))
+    _same(model, twin, _x())
+
+
+class Unexplained(L.Layer):
+    """A layer of its own whose output depends on its input: it needs a handler."""
+
+    def call(self, x):
+        return ops.cumsum(x, axis=1)
+
+
+def test_layer_of_its_own_that_depends_on_its_input_still_needs_a_handler():
+    inp = keras.Input((3, D))
+    model = keras.Model(inp, Unexplained(name="unexplained")(inp))
+    with pytest.raises(ExplainError, match="'unexplained' of type Unexplained cannot be explained: no LRP handler"):
+        it.lrp(model, _x(), rule="epsilon")

@@ -249,23 +249,37 @@ def expansion(op: Any, node: Any) -> keras.Model | ConstantOutput | None:
     for) are left out, as Keras leaves them out of the node. Raises :class:`ShapeDependent` where the
     call reads a size that is unknown until run time (the graph is then built for the input's shapes)."""
     builder = _EXPANSIONS.get(type(op).__name__)
+    constant_only = False
     if builder is None:
-        if not is_composite_layer(op):
+        if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
             return None
+        # a layer of its own (no sub-layers) is traced only to find outputs that do not depend on its
+        # inputs (a rotary embedding's cos and sin for the input's length); otherwise it needs a handler
+        constant_only = not is_composite_layer(op)
         builder = _trace_call
     specs = CONCRETE_SPECS.get() or {}
     fresh = [keras.Input(batch_shape=tuple(specs.get(id(kt), kt).shape), dtype=kt.dtype, name=f"{op.name}_in{i}")
              for i, kt in enumerate(node.input_tensors)]
     args, kwargs = node.arguments.fill_in({id(kt): f for kt, f in zip(node.input_tensors, fresh)})
     kwargs = dict(kwargs)
-    with _tracing_conventions(op):
-        outs = builder(op, *args, **kwargs)
+    try:
+        with _tracing_conventions(op):
+            outs = builder(op, *args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        if not constant_only:
+            raise
+        if not specs and any(d is None for f in fresh for d in f.shape):
+            raise ShapeDependent(f"layer {op.name!r} ({type(op).__name__}) may be a constant of the input's "
+                                 f"shape: {type(e).__name__}: {e}") from e
+        return None
     flat = [t for t in tree.flatten(outs) if t is not None]
     if len(flat) != len(node.outputs):
         return None
     symbolic = [isinstance(t, keras.KerasTensor) for t in flat]
     if not any(symbolic):
         return CONSTANT_OUTPUT
+    if constant_only:
+        return None
     if not all(symbolic):  # e.g. an empty placeholder for hidden states not asked for, beside the output
         flat = [t if s else ConstantTensor(t)(fresh[0]) for t, s in zip(flat, symbolic)]
     model = keras.Model(fresh, flat, name=op.name)
