@@ -332,3 +332,29 @@ def test_layer_of_its_own_that_depends_on_its_input_still_needs_a_handler():
     model = keras.Model(inp, Unexplained(name="unexplained")(inp))
     with pytest.raises(ExplainError, match="'unexplained' of type Unexplained cannot be explained: no LRP handler"):
         it.lrp(model, _x(), rule="epsilon")
+
+
+# ----------------------------------------------------------------------------- output specs vaguer than the inputs
+class PositionShift(L.Layer):
+    """An ``EinsumDense`` whose configured output shape leaves the length unknown (``(None, D)``), and a
+    call that reads that length (DeBERTa-v3's relative positions): the spec must come from the call."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.q = L.EinsumDense("btd,dh->bth", output_shape=(None, D))
+
+    def call(self, x):
+        q = self.q(x)
+        return q * ops.cast(ops.arange(ops.shape(q)[1]) + 1, q.dtype)[:, None]
+
+
+def test_sub_layer_spec_vaguer_than_its_inputs_is_taken_from_its_call():
+    inp = keras.Input((None, D))
+    layer = PositionShift()
+    model = keras.Model(inp, L.Dense(2, use_bias=False)(layer(inp)))
+    t = keras.Input((3, D))
+    q = L.EinsumDense("btd,dh->bth", output_shape=(None, D))
+    y = q(t) * ops.cast(ops.arange(3) + 1, "float32")[:, None]
+    twin = keras.Model(t, model.layers[-1](y))
+    q.set_weights(layer.q.get_weights())
+    _same(model, twin, _x(), rules=("epsilon",))
