@@ -28,7 +28,6 @@ XFAIL = {
     "Qwen 3 MoE": _NORMS,  # Qwen3MoeLayerNorm, then the experts' routing
     "Mixtral": _NORMS,  # MixtralLayerNormalization, then the experts' routing
     "Phi-3": _NORMS,  # Phi3LayerNorm
-    "SmolLM3": _NORMS,  # SmolLM3RotaryEmbedding (RoPE)
     "Bloom": _NORMS,  # AlibiBias
     "DINOv2": _NORMS,  # DINOV2LayerScale
     "Gemma 3 vision": "Gemma3InterleaveEmbeddings (image embeddings scattered into the text) has no handler",
