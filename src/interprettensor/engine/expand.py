@@ -133,6 +133,8 @@ def output_spec(op: Any, *args: Any, **kwargs: Any) -> Any:
     except Exception:  # noqa: BLE001
         if not isinstance(op, keras.layers.Layer):
             raise
+        out = None
+    if out is None or (isinstance(op, keras.layers.Layer) and _less_known(out, (args, kwargs))):
         with _tracing_conventions(op):
             out = keras.Operation.compute_output_spec(op, *args, **kwargs)
     return [t for t in tree.flatten(out) if t is not None]
@@ -158,7 +160,7 @@ def _traceable(layer: Any) -> dict:
             kwargs.pop(name, None)
         return _strip_none(layer, call(*args, **kwargs))
 
-    def output_spec(*args: Any, **kwargs: Any) -> Any:
+    def spec(*args: Any, **kwargs: Any) -> Any:
         for name in unused:
             kwargs.pop(name, None)
         try:
@@ -171,7 +173,7 @@ def _traceable(layer: Any) -> dict:
             out = keras.Operation.compute_output_spec(layer, *args, **kwargs)
         return _strip_none(layer, out)
 
-    return {"call": traced_call, "compute_output_spec": output_spec}
+    return {"call": traced_call, "compute_output_spec": spec}
 
 
 @contextlib.contextmanager
@@ -185,16 +187,22 @@ def _tracing_conventions(op: Any) -> Iterator[None]:
             if isinstance(layer, keras.Model):
                 continue
             cls = type(layer)
-            for name, value in _traceable(layer).items():
+            attrs = _traceable(layer)
+            before = {name: layer.__dict__[name] for name in attrs if name in layer.__dict__}
+            for name, value in attrs.items():
                 object.__setattr__(layer, name, value)
             object.__setattr__(layer, "__class__", _with_optional_outputs(cls))
-            patched.append((layer, cls))
+            patched.append((layer, cls, attrs, before))
         yield
     finally:
-        for layer, cls in patched:
+        for layer, cls, attrs, before in patched:
             object.__setattr__(layer, "__class__", cls)
-            for name in ("call", "compute_output_spec", "_it_optional_outputs"):
-                layer.__dict__.pop(name, None)
+            layer.__dict__.pop("_it_optional_outputs", None)
+            for name in attrs:
+                if name in before:
+                    object.__setattr__(layer, name, before[name])
+                else:
+                    layer.__dict__.pop(name, None)
 
 
 class ConstantOutput:
