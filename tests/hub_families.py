@@ -84,6 +84,9 @@ def _headed(backbone: Any, inputs: Any, key: str | None, pool: str = "mean", out
     elif pool == "first":
         out = out[:, 0, :]
     out = keras.layers.Dense(3, name="head")(out)
+    if isinstance(ins, dict) and not isinstance(inputs, dict):  # an image backbone that takes {"images": ...}
+        (key,) = ins
+        inputs = {key: inputs}
     return HubCase(keras.Model(ins, out, name=f"{backbone.name}_classifier"), inputs, key=key)
 
 

@@ -288,3 +288,73 @@ def test_untraceable_call_names_the_layer_and_the_line():
     with pytest.raises(ExplainError, match=r"'opaque' of type Opaque.*test_tracing_conventions\.py:\d+ "
                                            r"\(`return self\.proj\(x\) \* float"):
         it.lrp(model, _x(), rule="epsilon")
+
+
+# ----------------------------------------------------------------------------- a constant of the input's shape
+class CosSin(L.Layer):
+    """A layer of its own (no sub-layers, no handler) whose outputs depend on the input's length only
+    (SmolLM3's rotary embedding: cos and sin of the positions)."""
+
+    def call(self, x):
+        pos = ops.arange(ops.shape(x)[1], dtype="float32")[:, None] * ops.arange(1, D + 1, dtype="float32")
+        return ops.cos(pos), ops.sin(pos)
+
+
+class CosSinTwin(L.Layer):
+    def call(self, x):
+        return CosSin()(x)
+
+
+it.register_handler(CosSinTwin, ConstantHandler())
+
+
+def test_layer_of_its_own_whose_outputs_are_constants_of_the_input_shape():
+    inp = keras.Input((None, D))
+    h = L.Dense(D, use_bias=False)(inp)
+    cos, sin = CosSin()(inp)
+    head = L.Dense(2, use_bias=False)
+    model = keras.Model(inp, head(h * cos + h * sin))
+    cos2, sin2 = CosSinTwin()(inp)
+    h2 = model.layers[1](inp)
+    twin = keras.Model(inp, head(h2 * cos2 + h2 * sin2))
+    _same(model, twin, _x())
+
+
+class Unexplained(L.Layer):
+    """A layer of its own whose output depends on its input: it needs a handler."""
+
+    def call(self, x):
+        return ops.cumsum(x, axis=1)
+
+
+def test_layer_of_its_own_that_depends_on_its_input_still_needs_a_handler():
+    inp = keras.Input((3, D))
+    model = keras.Model(inp, Unexplained(name="unexplained")(inp))
+    with pytest.raises(ExplainError, match="'unexplained' of type Unexplained cannot be explained: no LRP handler"):
+        it.lrp(model, _x(), rule="epsilon")
+
+
+# ----------------------------------------------------------------------------- output specs vaguer than the inputs
+class PositionShift(L.Layer):
+    """An ``EinsumDense`` whose configured output shape leaves the length unknown (``(None, D)``), and a
+    call that reads that length (DeBERTa-v3's relative positions): the spec must come from the call."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.q = L.EinsumDense("btd,dh->bth", output_shape=(None, D))
+
+    def call(self, x):
+        q = self.q(x)
+        return q * ops.cast(ops.arange(ops.shape(q)[1]) + 1, q.dtype)[:, None]
+
+
+def test_sub_layer_spec_vaguer_than_its_inputs_is_taken_from_its_call():
+    inp = keras.Input((None, D))
+    layer = PositionShift()
+    model = keras.Model(inp, L.Dense(2, use_bias=False)(layer(inp)))
+    t = keras.Input((3, D))
+    q = L.EinsumDense("btd,dh->bth", output_shape=(None, D))
+    y = q(t) * ops.cast(ops.arange(3) + 1, "float32")[:, None]
+    twin = keras.Model(t, model.layers[-1](y))
+    q.set_weights(layer.q.get_weights())
+    _same(model, twin, _x(), rules=("epsilon",))

@@ -133,6 +133,8 @@ def output_spec(op: Any, *args: Any, **kwargs: Any) -> Any:
     except Exception:  # noqa: BLE001
         if not isinstance(op, keras.layers.Layer):
             raise
+        out = None
+    if out is None or (isinstance(op, keras.layers.Layer) and _less_known(out, (args, kwargs))):
         with _tracing_conventions(op):
             out = keras.Operation.compute_output_spec(op, *args, **kwargs)
     return [t for t in tree.flatten(out) if t is not None]
@@ -158,7 +160,7 @@ def _traceable(layer: Any) -> dict:
             kwargs.pop(name, None)
         return _strip_none(layer, call(*args, **kwargs))
 
-    def output_spec(*args: Any, **kwargs: Any) -> Any:
+    def spec(*args: Any, **kwargs: Any) -> Any:
         for name in unused:
             kwargs.pop(name, None)
         try:
@@ -171,7 +173,7 @@ def _traceable(layer: Any) -> dict:
             out = keras.Operation.compute_output_spec(layer, *args, **kwargs)
         return _strip_none(layer, out)
 
-    return {"call": traced_call, "compute_output_spec": output_spec}
+    return {"call": traced_call, "compute_output_spec": spec}
 
 
 @contextlib.contextmanager
@@ -185,16 +187,22 @@ def _tracing_conventions(op: Any) -> Iterator[None]:
             if isinstance(layer, keras.Model):
                 continue
             cls = type(layer)
-            for name, value in _traceable(layer).items():
+            attrs = _traceable(layer)
+            before = {name: layer.__dict__[name] for name in attrs if name in layer.__dict__}
+            for name, value in attrs.items():
                 object.__setattr__(layer, name, value)
             object.__setattr__(layer, "__class__", _with_optional_outputs(cls))
-            patched.append((layer, cls))
+            patched.append((layer, cls, attrs, before))
         yield
     finally:
-        for layer, cls in patched:
+        for layer, cls, attrs, before in patched:
             object.__setattr__(layer, "__class__", cls)
-            for name in ("call", "compute_output_spec", "_it_optional_outputs"):
-                layer.__dict__.pop(name, None)
+            layer.__dict__.pop("_it_optional_outputs", None)
+            for name in attrs:
+                if name in before:
+                    object.__setattr__(layer, name, before[name])
+                else:
+                    layer.__dict__.pop(name, None)
 
 
 class ConstantOutput:
@@ -249,23 +257,37 @@ def expansion(op: Any, node: Any) -> keras.Model | ConstantOutput | None:
     for) are left out, as Keras leaves them out of the node. Raises :class:`ShapeDependent` where the
     call reads a size that is unknown until run time (the graph is then built for the input's shapes)."""
     builder = _EXPANSIONS.get(type(op).__name__)
+    constant_only = False
     if builder is None:
-        if not is_composite_layer(op):
+        if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
             return None
+        # a layer of its own (no sub-layers) is traced only to find outputs that do not depend on its
+        # inputs (a rotary embedding's cos and sin for the input's length); otherwise it needs a handler
+        constant_only = not is_composite_layer(op)
         builder = _trace_call
     specs = CONCRETE_SPECS.get() or {}
     fresh = [keras.Input(batch_shape=tuple(specs.get(id(kt), kt).shape), dtype=kt.dtype, name=f"{op.name}_in{i}")
              for i, kt in enumerate(node.input_tensors)]
     args, kwargs = node.arguments.fill_in({id(kt): f for kt, f in zip(node.input_tensors, fresh)})
     kwargs = dict(kwargs)
-    with _tracing_conventions(op):
-        outs = builder(op, *args, **kwargs)
+    try:
+        with _tracing_conventions(op):
+            outs = builder(op, *args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        if not constant_only:
+            raise
+        if not specs and any(d is None for f in fresh for d in f.shape):
+            raise ShapeDependent(f"layer {op.name!r} ({type(op).__name__}) may be a constant of the input's "
+                                 f"shape: {type(e).__name__}: {e}") from e
+        return None
     flat = [t for t in tree.flatten(outs) if t is not None]
     if len(flat) != len(node.outputs):
         return None
     symbolic = [isinstance(t, keras.KerasTensor) for t in flat]
     if not any(symbolic):
         return CONSTANT_OUTPUT
+    if constant_only:
+        return None
     if not all(symbolic):  # e.g. an empty placeholder for hidden states not asked for, beside the output
         flat = [t if s else ConstantTensor(t)(fresh[0]) for t, s in zip(flat, symbolic)]
     model = keras.Model(fresh, flat, name=op.name)
