@@ -24,7 +24,8 @@ from keras import ops, tree
 
 from .errors import ExplainError
 
-__all__ = ["CONCRETE_SPECS", "ShapeDependent", "expansion", "is_composite_layer", "register_expansion"]
+__all__ = ["CONCRETE_SPECS", "ShapeDependent", "expansion", "is_composite_layer", "register_expansion",
+           "register_traced"]
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -45,6 +46,15 @@ def register_expansion(name: str, builder: Callable[..., Any]) -> None:
     """Explain the operation or layer class ``name`` as what ``builder(op, *args, **kwargs)``
     computes on symbolic tensors (with the call's own arguments)."""
     _EXPANSIONS[name] = builder
+
+
+def register_traced(name: str) -> None:
+    """Explain the layer class ``name`` through its ``call``, traced into the keras operations it uses,
+    as a layer built from other layers is; for layers that compute with keras operations on their
+    own weights and hold no sub-layers (the stacked experts of keras_hub's mixtures of experts:
+    ``einsum`` over the expert axis, an element-wise gate, another ``einsum``). A weight is a constant
+    of the traced graph, so an ``einsum`` of an activation with it is a linear map."""
+    register_expansion(name, _trace_call)
 
 
 def is_composite_layer(op: Any) -> bool:
@@ -70,12 +80,21 @@ def _trace_call(op: Any, *args: Any, **kwargs: Any) -> Any:
 def _generic_output_specs(op: Any) -> Iterator[None]:
     """While tracing ``op``: sub-layers whose class overrides ``call`` but inherits a parent's own
     ``compute_output_spec`` (keras_hub's cached attention takes arguments that Keras' attention's
-    output spec does not) infer their output spec from their call, as Keras does for any layer."""
+    output spec does not) infer their output spec from their call, as Keras does for any layer; so
+    do all sub-layers while a graph is built for concrete input shapes (:data:`CONCRETE_SPECS`)."""
     generic = keras.layers.Layer.compute_output_spec
+    concrete = CONCRETE_SPECS.get() is not None
     patched = []
     for layer in op._flatten_layers(include_self=False, recursive=True) if isinstance(op, keras.layers.Layer) else ():
         cls = type(layer)
-        if "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
+        # with the inputs' shapes known, every sub-layer's output spec is inferred from its call: a
+        # layer's own spec may leave a dimension unknown that its call fixes (EinsumDense's output
+        # shape given as (None, heads, head_dim)), and a call traced after it may need it (gpt-oss
+        # builds its sliding window from the query's length)
+        if concrete:  # from the call itself (not from compute_output_shape, which Layer's would prefer)
+            layer.compute_output_spec = types.MethodType(keras.Operation.compute_output_spec, layer)
+            patched.append(layer)
+        elif "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
             layer.compute_output_spec = types.MethodType(generic, layer)
             patched.append(layer)
     try:
