@@ -76,6 +76,21 @@ def _trace_call(op: Any, *args: Any, **kwargs: Any) -> Any:
     return op.call(*args, **kwargs)
 
 
+def _known_output_spec(own: Callable[..., Any]) -> Callable[..., Any]:
+    """A layer's ``compute_output_spec`` that, where its own answer leaves a dimension unknown although
+    every input's shape is known, infers the spec from the layer's call instead."""
+
+    def spec(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = own(*args, **kwargs)
+        ins = [t for t in tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+        outs = [t for t in tree.flatten(out) if isinstance(t, keras.KerasTensor)]
+        if all(None not in t.shape for t in ins) and any(None in t.shape for t in outs):
+            return keras.Operation.compute_output_spec(self, *args, **kwargs)
+        return out
+
+    return spec
+
+
 @contextlib.contextmanager
 def _generic_output_specs(op: Any) -> Iterator[None]:
     """While tracing ``op``: sub-layers whose class overrides ``call`` but inherits a parent's own
@@ -87,12 +102,11 @@ def _generic_output_specs(op: Any) -> Iterator[None]:
     patched = []
     for layer in op._flatten_layers(include_self=False, recursive=True) if isinstance(op, keras.layers.Layer) else ():
         cls = type(layer)
-        # with the inputs' shapes known, every sub-layer's output spec is inferred from its call: a
-        # layer's own spec may leave a dimension unknown that its call fixes (EinsumDense's output
-        # shape given as (None, heads, head_dim)), and a call traced after it may need it (gpt-oss
-        # builds its sliding window from the query's length)
-        if concrete:  # from the call itself (not from compute_output_shape, which Layer's would prefer)
-            layer.compute_output_spec = types.MethodType(keras.Operation.compute_output_spec, layer)
+        # with the inputs' shapes known, a layer's own spec may still leave a dimension unknown that its
+        # call fixes (EinsumDense's output shape given as (None, heads, head_dim)), and a call traced
+        # after it may need it (gpt-oss builds its sliding window from the query's length)
+        if concrete:
+            layer.compute_output_spec = types.MethodType(_known_output_spec(layer.compute_output_spec), layer)
             patched.append(layer)
         elif "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
             layer.compute_output_spec = types.MethodType(generic, layer)
