@@ -146,3 +146,41 @@ def test_moe_block_relevance_is_the_gated_sum_split_with_constant_routing(rule, 
 
 
 # ----------------------------------------------------------------------------- gpt-oss's attention sinks
+def _softmax_rule(x, r, axis=-1):
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1) at the logits ``x``: ``x ⊙ (R − s Σ R)``."""
+    s = np.exp(x - x.max(axis, keepdims=True))
+    s /= s.sum(axis, keepdims=True)
+    return x * (r - s * r.sum(axis, keepdims=True))
+
+
+def test_attention_sinks_and_the_max_shift_give_the_softmax_rule_at_the_unshifted_logits():
+    """gpt-oss's attention: ``softmax([x, sink] − stop_gradient(max))[..., :-1]`` (its operations, in a
+    functional model, float64). The logits get the softmax rule at the unshifted logits (the shift by the
+    row's maximum is invisible, as the softmax's value is); the sink column's relevance is dropped."""
+    heads, b = 2, 2
+    rng = np.random.default_rng(8)
+    sink = rng.normal(size=heads) * 2.0
+    scores = keras.Input(batch_shape=(b, heads, SEQ, SEQ), dtype="float64")
+    sinks = ops.zeros_like(scores[..., :1]) + sink.reshape(1, heads, 1, 1)  # one sink logit per head and row
+    combined = ops.concatenate([scores, sinks], axis=-1)
+    shifted = combined - ops.stop_gradient(ops.max(combined, axis=-1, keepdims=True))
+    probs = L.Softmax(axis=-1, dtype="float64")(shifted)
+    model = keras.Model(scores, probs[..., :-1])
+    x = rng.normal(size=(b, heads, SEQ, SEQ)) * 3.0
+    x[..., 0, 0] = 0.5 + np.abs(x).max()  # a row whose maximum is a token, the others mostly the sink's
+    r = rng.normal(size=(b, heads, SEQ, SEQ))
+    explainer = it.Explainer(model, "attnlrp")
+    got = explainer(x, relevance=r)
+    full = np.concatenate([x, np.broadcast_to(sink.reshape(1, heads, 1, 1), (b, heads, SEQ, 1))], -1)
+    want = _softmax_rule(full, np.concatenate([r, np.zeros((b, heads, SEQ, 1))], -1))[..., :-1]
+    # the z-rule at the subtraction x − m (stabiliser TINY) gives x_j/(d_j + TINY) of each share
+    # R_in_j = d_j (R_j − s_j ΣR), d = x − m; the rest, through max, returns to the row's maximum:
+    # each share differs from the ideal by |x_j R_in_j| TINY / d_j², and float64 rounds sums of SEQ + 1 terms
+    d = full - full.max(-1, keepdims=True)
+    share = np.abs(_softmax_rule(full, np.concatenate([r, np.zeros((b, heads, SEQ, 1))], -1)) / np.where(d == 0, 1, full))
+    inv_d = np.where(d == 0, 0.0, 1 / np.where(d == 0, 1, np.abs(d)))
+    top = np.abs(full).max(-1, keepdims=True)
+    stab = TINY * (np.abs(full) * inv_d * share + top * (inv_d * share).sum(-1, keepdims=True))[..., :-1]
+    rounding = 2.0**-52 * (SEQ + 1) * np.abs(full).max() * 2 * np.abs(r).sum(-1, keepdims=True)
+    np.testing.assert_array_less(np.abs(got - want), stab + rounding)
+    assert np.abs(got[..., 0, 0]).max() > 0, "the row's maximum keeps its relevance"
