@@ -184,3 +184,100 @@ def test_attention_sinks_and_the_max_shift_give_the_softmax_rule_at_the_unshifte
     rounding = 2.0**-52 * (SEQ + 1) * np.abs(full).max() * 2 * np.abs(r).sum(-1, keepdims=True)
     np.testing.assert_array_less(np.abs(got - want), stab + rounding)
     assert np.abs(got[..., 0, 0]).max() > 0, "the row's maximum keeps its relevance"
+
+
+# ----------------------------------------------------------------------------- Mixtral written by hand
+def _rope_tables(seq: int, head_dim: int, wavelength: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+    """RoPE's cos and sin (Su et al. 2021) per position and feature, halves rotated together:
+    ``(1, seq, 1, head_dim)``."""
+    inv = wavelength ** -(np.arange(0, head_dim, 2, dtype="float32") / head_dim)
+    freq = np.arange(seq, dtype="float32")[:, None] * inv[None, :]
+    emb = np.concatenate([freq, freq], -1)[None, :, None, :]
+    return np.cos(emb).astype("float32"), np.sin(emb).astype("float32")
+
+
+def _rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = ops.concatenate([ops.negative(x[..., half:]), x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _hand_written_mixtral(hub: keras.Model) -> keras.Model:
+    """keras_hub's Mixtral causal LM as keras.layers and keras.ops, with its weights; each expert its own
+    Dense layers (keras_hub stacks them in one einsum), the routing weights from top_k."""
+    bb = hub.backbone
+    heads, kv_heads, hidden = bb.num_query_heads, bb.num_key_value_heads, bb.hidden_dim
+    head_dim = hidden // heads
+    ids = keras.Input((SEQ,), dtype="int32", name="token_ids")
+    pad = keras.Input((SEQ,), dtype="int32", name="padding_mask")
+    emb = L.Embedding(VOCAB, hidden)
+    x = emb(ids)
+    copies = [(emb, [bb.token_embedding.embeddings.numpy()])]
+    cos, sin = _rope_tables(SEQ, head_dim)
+    causal = np.tril(np.ones((SEQ, SEQ), "int32"))[None]
+    mask = ops.minimum(ops.expand_dims(pad, 1), causal)  # (batch, query, key); the window (512) covers all
+    for block in bb.transformer_layers:
+        att, moe = block._self_attention_layer, block._sparse_moe_block
+        norm1 = L.RMSNormalization(epsilon=block.layer_norm_epsilon)
+        q_d = L.EinsumDense("bqm,muh->bquh", output_shape=(SEQ, heads, head_dim))
+        k_d = L.EinsumDense("bkm,mvh->bkvh", output_shape=(SEQ, kv_heads, head_dim))
+        v_d = L.EinsumDense("bkm,mvh->bkvh", output_shape=(SEQ, kv_heads, head_dim))
+        o_d = L.EinsumDense("bquh,uhm->bqm", output_shape=(SEQ, hidden))
+        h = norm1(x)
+        q, k, v = _rope(q_d(h), cos, sin), _rope(k_d(h), cos, sin), v_d(h)
+        k, v = ops.repeat(k, heads // kv_heads, axis=2), ops.repeat(v, heads // kv_heads, axis=2)
+        scores = ops.einsum("bquh,bkuh->buqk", q, k) * float(1.0 / np.sqrt(head_dim))
+        probs = L.Softmax(axis=-1)(scores, mask=ops.expand_dims(mask, 1))
+        x = x + o_d(ops.einsum("buqk,bkuh->bquh", probs, v))
+        norm2 = L.RMSNormalization(epsilon=block.layer_norm_epsilon)
+        t = ops.reshape(norm2(x), (-1, hidden))  # the tokens of the batch
+        router = L.Dense(EXPERTS, use_bias=False)
+        top_p, top_i = ops.top_k(L.Softmax()(router(t)), k=TOP_K)
+        top_p = top_p / ops.sum(top_p, axis=-1, keepdims=True)
+        routing = ops.sum(ops.one_hot(top_i, EXPERTS) * top_p[..., None], axis=1)  # (tokens, experts)
+        bank = moe.expert_bank
+        gate_w = bank._expert_feedforward_gate_dense.numpy()
+        up_w = bank._expert_feedforward_intermediate_dense.numpy()
+        out_w = bank._expert_feedforward_output_dense.numpy()
+        outs = []
+        for e in range(EXPERTS):
+            gate = L.Dense(gate_w.shape[-1], use_bias=False, activation="silu")
+            up = L.Dense(up_w.shape[-1], use_bias=False)
+            down = L.Dense(hidden, use_bias=False)
+            outs.append(down(L.Multiply()([up(t), gate(t)])) * routing[:, e:e + 1])
+            copies += [(gate, [gate_w[e]]), (up, [up_w[e]]), (down, [out_w[e]])]
+        x = x + ops.reshape(L.Add()(outs), (-1, SEQ, hidden))
+        copies += [(norm1, [block._self_attention_layernorm.scale.numpy()]),
+                   (q_d, [att.query_dense.kernel.numpy()]), (k_d, [att.key_dense.kernel.numpy()]),
+                   (v_d, [att.value_dense.kernel.numpy()]), (o_d, [att.output_dense.kernel.numpy()]),
+                   (norm2, [block._feedforward_layernorm.scale.numpy()]),
+                   (router, [moe._sparse_feedforward_gate_dense.kernel.numpy()])]
+    norm = L.RMSNormalization(epsilon=bb.layer_norm_epsilon)
+    head = L.Dense(VOCAB, use_bias=False)
+    model = keras.Model([ids, pad], head(norm(x)))
+    copies += [(norm, [bb.layer_norm.scale.numpy()]), (head, [bb.token_embedding.reverse_embeddings.numpy()])]
+    for layer, weights in copies:
+        layer.set_weights(weights)
+    return model
+
+
+def test_keras_hub_mixtral_equals_mixtral_written_by_hand():
+    keras.utils.set_random_seed(9)
+    hub = _lm("mixtral")
+    hand = _hand_written_mixtral(hub)
+    x = _tokens(10)
+    x["padding_mask"][1, -2:] = 0
+    args = [x["token_ids"], x["padding_mask"]]
+    out_hub, out_hand = np.asarray(hub(x)), np.asarray(hand(args))
+    np.testing.assert_allclose(out_hand, out_hub, rtol=0, atol=2.0**-23 * HIDDEN * 8 * np.abs(out_hub).max())
+    # epsilon = the z-rule's stabiliser: keras_hub's experts are einsums with constant weights (the rule of
+    # linear operations, z), the hand-written ones Dense layers (epsilon): one equation then
+    for rule in ("attnlrp", "cp_lrp"):
+        got = it.lrp(hub, x, rule=rule, position=5, target=7, epsilon=TINY)["token_ids"]
+        want = it.lrp(hand, args, rule=rule, position=5, target=7, epsilon=TINY)[0]
+        # float32 rounding: eps times the lengths of the sums along the chain (per layer: q/k/v and output
+        # projections, scores, softmax, A·V, the experts' three projections, the experts' sum, residuals;
+        # then the head), times the largest relevance
+        chain = 2 * (4 * HIDDEN + HIDDEN // 4 + 2 * SEQ + 2 * HIDDEN + 32 + EXPERTS + 2) + HIDDEN
+        np.testing.assert_allclose(got, want, rtol=0, atol=2.0**-23 * chain * np.abs(want).max())
+        assert np.abs(want[:, :6]).sum() > 0 and np.all(want[:, 6:] == 0)

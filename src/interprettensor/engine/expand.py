@@ -95,21 +95,24 @@ def _known_output_spec(own: Callable[..., Any]) -> Callable[..., Any]:
 def _generic_output_specs(op: Any) -> Iterator[None]:
     """While tracing ``op``: sub-layers whose class overrides ``call`` but inherits a parent's own
     ``compute_output_spec`` (keras_hub's cached attention takes arguments that Keras' attention's
-    output spec does not) infer their output spec from their call, as Keras does for any layer; so
-    do all sub-layers while a graph is built for concrete input shapes (:data:`CONCRETE_SPECS`)."""
+    output spec does not) infer their output spec from their call, as Keras does for any layer; and
+    while a graph is built for concrete input shapes (:data:`CONCRETE_SPECS`), so does any sub-layer
+    whose own spec leaves a dimension unknown (:func:`_known_output_spec`)."""
     generic = keras.layers.Layer.compute_output_spec
     concrete = CONCRETE_SPECS.get() is not None
     patched = []
     for layer in op._flatten_layers(include_self=False, recursive=True) if isinstance(op, keras.layers.Layer) else ():
         cls = type(layer)
+        own = None
+        if "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
+            own = types.MethodType(generic, layer)
         # with the inputs' shapes known, a layer's own spec may still leave a dimension unknown that its
         # call fixes (EinsumDense's output shape given as (None, heads, head_dim)), and a call traced
         # after it may need it (gpt-oss builds its sliding window from the query's length)
         if concrete:
-            layer.compute_output_spec = types.MethodType(_known_output_spec(layer.compute_output_spec), layer)
-            patched.append(layer)
-        elif "call" in vars(cls) and "compute_output_spec" not in vars(cls) and cls.compute_output_spec is not generic:
-            layer.compute_output_spec = types.MethodType(generic, layer)
+            own = types.MethodType(_known_output_spec(own or layer.compute_output_spec), layer)
+        if own is not None:
+            layer.compute_output_spec = own
             patched.append(layer)
     try:
         yield
