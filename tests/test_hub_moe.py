@@ -172,16 +172,19 @@ def test_attention_sinks_and_the_max_shift_give_the_softmax_rule_at_the_unshifte
     explainer = it.Explainer(model, "attnlrp")
     got = explainer(x, relevance=r)
     full = np.concatenate([x, np.broadcast_to(sink.reshape(1, heads, 1, 1), (b, heads, SEQ, 1))], -1)
-    want = _softmax_rule(full, np.concatenate([r, np.zeros((b, heads, SEQ, 1))], -1))[..., :-1]
-    # the z-rule at the subtraction x − m (stabiliser TINY) gives x_j/(d_j + TINY) of each share
-    # R_in_j = d_j (R_j − s_j ΣR), d = x − m; the rest, through max, returns to the row's maximum:
-    # each share differs from the ideal by |x_j R_in_j| TINY / d_j², and float64 rounds sums of SEQ + 1 terms
+    r_full = np.concatenate([r, np.zeros((b, heads, SEQ, 1))], -1)  # the sink's probability is dropped: R = 0
+    want = _softmax_rule(full, r_full)[..., :-1]
+    # the z-rule at the subtraction d = x − m (stabiliser TINY) passes x_j / (d_j + TINY) of each share
+    # R_in_j = d_j (R_j − p_j ΣR), and m / (d_j + TINY) of it returns through max to the row's maximum: each
+    # differs from the ideal by |x_j or m| |R_j − p_j ΣR| TINY / |d_j|; float64 rounds sums of SEQ + 1 terms
+    p = np.exp(full - full.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    share = np.abs(r_full - p * r_full.sum(-1, keepdims=True))
     d = full - full.max(-1, keepdims=True)
-    share = np.abs(_softmax_rule(full, np.concatenate([r, np.zeros((b, heads, SEQ, 1))], -1)) / np.where(d == 0, 1, full))
     inv_d = np.where(d == 0, 0.0, 1 / np.where(d == 0, 1, np.abs(d)))
     top = np.abs(full).max(-1, keepdims=True)
     stab = TINY * (np.abs(full) * inv_d * share + top * (inv_d * share).sum(-1, keepdims=True))[..., :-1]
-    rounding = 2.0**-52 * (SEQ + 1) * np.abs(full).max() * 2 * np.abs(r).sum(-1, keepdims=True)
+    rounding = 2.0**-52 * (SEQ + 1) * top * 2 * np.abs(r).sum(-1, keepdims=True)
     np.testing.assert_array_less(np.abs(got - want), stab + rounding)
     assert np.abs(got[..., 0, 0]).max() > 0, "the row's maximum keeps its relevance"
 

@@ -194,3 +194,12 @@ def _dot_product_attention(op: Any, query: Any, key: Any, value: Any, bias: Any 
 
 
 register_expansion("DotProductAttention", _dot_product_attention)
+
+
+# ----------------------------------------------------------------------------- mixtures of experts
+#: keras_hub's stacked experts (Mixtral, Qwen-MoE, Qwen3-MoE, Qwen3.5-MoE, gpt-oss): every expert for every
+#: token in one ``einsum`` over the expert axis, a gated unit, another ``einsum``; the block around them
+#: weighs the outputs with the router's top-k weights (zero for the experts a token does not use) and
+#: sums over the expert axis. By class name, so that keras_hub need not be imported here.
+for _experts in ("MixtralMoeExperts", "QwenMoeExperts", "Qwen3MoeExperts", "Qwen3_5MoeExperts", "GptOssExperts"):
+    register_traced(_experts)
