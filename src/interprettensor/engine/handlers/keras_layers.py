@@ -16,7 +16,7 @@ from .fixed_linear import FixedLinearHandler
 from .normalization import LayerNormHandler
 from .pooling import MaxPoolHandler, winner_takes_all_3d
 from .registry import register_keras_family, register_op_handler
-from .routing import GateHandler, RouteHandler
+from .routing import GateHandler, RouteHandler, RoutingDecisionHandler
 from .time_distributed import TimeDistributedDispatch
 from .weighted import LinearHandler, SeparableHandler, batchnorm_affine, bias_add
 
@@ -199,5 +199,7 @@ for _name, _handler in [("Add", _sum), ("Subtract", _difference), ("Multiply", _
                         *[(n, _contraction) for n in ("Einsum", "Matmul", "Tensordot", "Dot", "Inner")],
                         *[(n, _op_linear) for n in ("Mean", "Sum", "Negative")],
                         *[(n, _scale) for n in ("Divide", "TrueDivide")],
-                        *[(n, _constant) for n in ("ZerosLike", "OnesLike", "FullLike")]]:
+                        *[(n, _constant) for n in ("ZerosLike", "OnesLike", "FullLike", "OneHot")],
+                        *[(n, _route) for n in ("Max", "Min")],
+                        ("Clip", _pass), ("TopK", RoutingDecisionHandler())]:
     register_op_handler(_name, _handler)

@@ -1,5 +1,6 @@
-"""Layers that move, copy or select values (reshapes, padding, cropping, concatenation): relevance
-follows the values, by the layer's vector-Jacobian product. And ``Multiply`` as a gate."""
+"""Layers that move, copy or select values (reshapes, padding, cropping, concatenation, ``max``):
+relevance follows the values, by the layer's vector-Jacobian product. ``Multiply`` as a gate. And the
+routing decision of a mixture of experts (``top_k``), held constant."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from .. import backend
 from ..backend import Tensor
 from .attention import factor_relevance
 from .base import DEFAULT_PASS, GATE, ROUTE, Handler
+from .embedding import ConstantHandler
 
-__all__ = ["RouteHandler", "GateHandler", "route"]
+__all__ = ["RouteHandler", "GateHandler", "RoutingDecisionHandler", "route"]
 
 
 def route(step: Any, xs: Sequence[Tensor], Rs: Sequence[Tensor]) -> list[Tensor]:
@@ -65,3 +67,13 @@ class GateHandler(Handler):
         signal = next((i for i, x in enumerate(xs) if x.shape == out_shape), 0)
         return [ops.reshape(Rs[0], ops.shape(x)) if i == signal else ops.zeros_like(x)
                 for i, x in enumerate(xs)]
+
+
+class RoutingDecisionHandler(ConstantHandler):
+    """``top_k`` as the router of a mixture of experts uses it (Mixtral, Qwen-MoE, gpt-oss): which
+    experts each token goes to (the indices) and with which weights (the values, then normalised or
+    passed through a softmax). Both are constants of the explanation: the routing weights ``g_e`` are
+    gates held fixed, as CP-LRP (Ali et al., ICML 2022) holds attention weights fixed, so the relevance
+    of the block's output ``y = Σ_e g_e z_e`` reaches each selected expert's output ``z_e`` by its share
+    ``g_e z_e / y`` (the sum's rule), and the router receives none. The indices are integers and carry
+    no relevance in any case."""
