@@ -24,6 +24,7 @@ from .expand import ShapeDependent
 from .graph import (Graph, Step, backward, build_graph, explained_output, forward, positive_output_steps,
                     relu_denominator_steps)
 from .handlers import PassOptions
+from .handlers.quantised import weight_only
 from .precision import cast_floats, layer_precision, model_dtype, resolve_dtype, scale_down, scale_up
 from .rules import Rule, constant
 from .targets import (as_inputs, as_positions, as_targets, check_finite, check_targets, input_dtypes, pack_inputs,
@@ -479,18 +480,22 @@ class Explainer:
         ref = _dtypes.name(reference)  # ``reference`` as precision gives it, for layer_precision
         sample = [ops.cast(t, ref) if _dtypes.is_floating(t.dtype) else t for t in self._probe(xs)]
         n = int(sample[0].shape[0])
-        try:
-            expected = tree.flatten(self.model(pack_inputs(self.model, sample), training=False))
-        except Exception:  # noqa: BLE001 - the model cannot run eagerly on its own: nothing to compare with
-            self._verified = True
-            return
+        # a quantised model is explained as its dequantised weights applied to float inputs: the model
+        # is compared with its input quantisers switched off (interprettensor.engine.handlers.quantised)
+        with weight_only(self.model):
+            try:
+                expected = tree.flatten(self.model(pack_inputs(self.model, sample), training=False))
+            except Exception:  # noqa: BLE001 - the model cannot run eagerly on its own: nothing to compare with
+                self._verified = True
+                return
         rtol = reference_rtol(self.graph)
         if _dtypes.name(self.dtype) == ref:
             got = [ops.convert_to_numpy(t[:n]).astype(np.float64) for t in model_outputs]
         else:  # another precision than the model's: compare the model's own precision, eagerly
             got = [ops.convert_to_numpy(t).astype(np.float64) for t in self._eager_outputs(sample, reference)]
         if not outputs_agree(got, expected, rtol):
-            locate_mismatch(self.graph, sample, reference, rtol)
+            with weight_only(self.model):
+                locate_mismatch(self.graph, sample, reference, rtol)
             raise ExplainError("the forward pass that the explanation follows does not reproduce the model's "
                                "output, although every layer matched its own call: the model's wiring was not "
                                "followed. Please report this (Explainer(..., verify=False) skips the check)")
