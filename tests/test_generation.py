@@ -4,6 +4,8 @@ relevance per attention head; the relevance matrix rendered."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,90 @@ def test_bad_prompts_are_named():
         it.explain_generation(model, PROMPT, 0)
     with pytest.raises(ExplainError, match="sampler"):
         it.explain_generation(model, PROMPT, 1, sampler="beam")
+
+
+# ----------------------------------------------------------------------------- the command line
+def _bpe(words):
+    """A byte-level BPE vocabulary and merges that spell each of ``words`` as one token, with and without a
+    leading space (``'Ġcat'``, ``'cat'``); the space-led merges rank first, so they win."""
+    vocab, spaced, plain = {"<|endoftext|>": 0}, [], []
+    for ch in sorted(set("".join(words))) + ["Ġ"]:
+        vocab.setdefault(ch, len(vocab))
+    for w in words:
+        for s, rest, merges in (("Ġ", w, spaced), (w[0], w[1:], plain)):
+            for ch in rest:
+                if f"{s} {ch}" not in merges:
+                    merges.append(f"{s} {ch}")
+                s += ch
+                vocab.setdefault(s, len(vocab))
+    return vocab, spaced + plain
+
+
+def _cli(capsys, *args):
+    from interprettensor.apps import cli
+
+    code = cli.main(["explain-text", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return code, out, err
+
+
+def test_explain_text_reads_a_keras_hub_preset_folder_and_explains_a_generation(tmp_path, capsys):
+    keras.utils.set_random_seed(5)
+    vocab, merges = _bpe(["the", "cat", "sat", "on", "mat", "a", "dog", "ran"])
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
+    pre = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer=tokenizer, sequence_length=12)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=len(vocab), max_sequence_length=16, num_layers=2,
+                                             num_heads=2, hidden_dim=16, intermediate_dim=32)
+    model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=pre)
+    folder = tmp_path / "gpt2_tiny"
+    model.save_to_preset(str(folder))
+    prompt = np.array([0, vocab["the"], vocab["Ġcat"], vocab["Ġsat"]], "int32")  # what the preprocessor makes
+    code, out, err = _cli(capsys, folder, "--text", "the cat sat", "--out", tmp_path / "o")
+    assert code == 0, err
+    with np.load(tmp_path / "o" / "relevances.npz") as z:
+        np.testing.assert_array_equal(z["token_ids"][0, :4], prompt)
+        assert z["mask"][0].sum() == 4 and int(z["positions"][0]) == 3
+        want = it.lrp(model, _x(z["token_ids"][0]) | {"padding_mask": z["mask"][:1].astype("int32")},
+                      rule="attnlrp", position=3, target=int(z["targets"][0]))["token_ids"][0]
+        np.testing.assert_allclose(z["relevance"][0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    code, out, err = _cli(capsys, folder, "--text", "the cat sat", "--generate", "3", "--out", tmp_path / "g")
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path / "g")) == ["generation.html", "generation.npz", "generation_text_1.png"]
+    g = it.explain_generation(model, prompt, 3)
+    with np.load(tmp_path / "g" / "generation.npz") as z:
+        np.testing.assert_array_equal(z["text_1/token_ids"], g.token_ids)
+        assert int(z["text_1/prompt_length"]) == 4
+        np.testing.assert_allclose(z["text_1/relevance"], g.relevance, rtol=1e-4, atol=1e-6 * np.abs(g.relevance).max())
+    page = (tmp_path / "g" / "generation.html").read_text(encoding="utf-8")
+    assert page.count('<div class="it-sentence">') == 3 and "cat" in page
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "is not a keras_hub preset or a Hugging Face checkpoint (it has no config.json)"),
+    (lambda p: (p.mkdir(), (p / "config.json").write_text("{not json")), "cannot load the keras_hub preset"),
+])
+def test_a_bad_model_folder_is_named(tmp_path, capsys, make, message):
+    make(tmp_path / "bad_preset")
+    code, _, err = _cli(capsys, tmp_path / "bad_preset", "--text", "the cat", "--out", tmp_path / "o")
+    assert code == 1 and message in err and "bad_preset" in err, err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_generate_on_token_ids_and_its_errors(tmp_path, capsys):
+    keras.utils.set_random_seed(6)
+    ids = keras.Input((None,), dtype="int32")
+    h = keras.layers.Embedding(20, 8)(ids)
+    h = keras.layers.LayerNormalization()(h + keras.layers.MultiHeadAttention(2, 4)(h, h, use_causal_mask=True))
+    lm = keras.Model(ids, keras.layers.Dense(20)(h))
+    lm.save(tmp_path / "lm.keras")
+    (tmp_path / "ids.txt").write_text("1 2 3\n")
+    code, out, err = _cli(capsys, tmp_path / "lm.keras", tmp_path / "ids.txt", "--generate", "2", "--out", tmp_path / "g")
+    assert code == 0, err
+    g = it.explain_generation(lm, np.array([1, 2, 3], "int32"), 2)
+    with np.load(tmp_path / "g" / "generation.npz") as z:
+        np.testing.assert_array_equal(z["ids:1/token_ids"], g.token_ids)
+        np.testing.assert_allclose(z["ids:1/relevance"], g.relevance, rtol=1e-4, atol=1e-6 * np.abs(g.relevance).max())
+    code, _, err = _cli(capsys, tmp_path / "lm.keras", tmp_path / "ids.txt", "--generate", "2", "--position", "1",
+                        "--out", tmp_path / "e")
+    assert code == 1 and "--position and --generate exclude each other" in err and not os.path.exists(tmp_path / "e")

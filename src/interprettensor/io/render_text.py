@@ -373,7 +373,8 @@ def save_matrix_png(path: str, R: Any, tokens: Sequence[Any], prompt_length: int
     future = np.arange(T)[None, :] >= (prompt_length + np.arange(G))[:, None]
     rgba[future] = (0.85, 0.85, 0.85, 1.0)
     cell = 0.45
-    fig = Figure(figsize=(1.6 + cell * T, 1.2 + cell * G), dpi=dpi, facecolor="white")
+    label = 0.09 * max(len(t) for t in toks)  # inches for the rotated token labels
+    fig = Figure(figsize=(1.6 + label + cell * T, 1.8 + label + cell * G), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(rgba, aspect="equal", interpolation="nearest")
