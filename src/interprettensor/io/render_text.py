@@ -353,7 +353,8 @@ def save_matrix_png(path: str, R: Any, tokens: Sequence[Any], prompt_length: int
         R: ``(G, T)``: row ``k`` the relevance of the ``T`` tokens for generated token ``k``, which is
             token ``prompt_length + k`` of ``tokens``; cells at or after it (what its logit cannot
             see) are drawn grey.
-        tokens: the ``T`` token strings (or ids) of the prompt and the generated tokens.
+        tokens: the ``T`` token strings (or ids, shown as numbers) of the prompt and the generated
+            tokens.
         prompt_length: where the generated tokens start (a line is drawn there).
         cmap, normalization, percentile: the colours, each row scaled on its own as in
             :func:`token_colors`.
@@ -362,7 +363,7 @@ def save_matrix_png(path: str, R: Any, tokens: Sequence[Any], prompt_length: int
     from matplotlib.figure import Figure
 
     R = np.asarray(R, dtype=np.float64)
-    toks = _token_strings(tokens)
+    toks = _token_strings([str(int(t)) if isinstance(t, (int, np.integer)) else t for t in tokens])
     if R.ndim != 2 or R.shape[1] != len(toks):
         raise ValueError(f"R must be (generated, tokens) with {len(toks)} tokens, got shape {R.shape}")
     G, T = R.shape
