@@ -4,6 +4,7 @@ relevance per attention head; the relevance matrix rendered."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -173,7 +174,7 @@ def test_explain_text_reads_a_keras_hub_preset_folder_and_explains_a_generation(
     tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
     pre = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer=tokenizer, sequence_length=12)
     backbone = keras_hub.models.GPT2Backbone(vocabulary_size=len(vocab), max_sequence_length=16, num_layers=2,
-                                             num_heads=2, hidden_dim=16, intermediate_dim=32)
+                                             num_heads=2, hidden_dim=16, intermediate_dim=64)  # GPT-2's 4 x hidden
     model = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=pre)
     folder = tmp_path / "gpt2_tiny"
     model.save_to_preset(str(folder))
@@ -196,6 +197,18 @@ def test_explain_text_reads_a_keras_hub_preset_folder_and_explains_a_generation(
         np.testing.assert_allclose(z["text_1/relevance"], g.relevance, rtol=1e-4, atol=1e-6 * np.abs(g.relevance).max())
     page = (tmp_path / "g" / "generation.html").read_text(encoding="utf-8")
     assert page.count('<div class="it-sentence">') == 3 and "cat" in page
+    # the same model as a Hugging Face checkpoint folder (model.safetensors, config.json, vocab.json,
+    # merges.txt), which keras_hub converts; the "architectures" entry is what transformers writes
+    pytest.importorskip("safetensors")
+    hf = tmp_path / "gpt2_hf"
+    model.export_to_transformers(str(hf))
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps(dict(config, architectures=["GPT2LMHeadModel"])))
+    code, out, err = _cli(capsys, hf, "--text", "the cat sat", "--generate", "3", "--out", tmp_path / "h")
+    assert code == 0, err
+    with np.load(tmp_path / "h" / "generation.npz") as z:
+        np.testing.assert_array_equal(z["text_1/token_ids"], g.token_ids)
+        np.testing.assert_allclose(z["text_1/relevance"], g.relevance, rtol=1e-4, atol=1e-6 * np.abs(g.relevance).max())
 
 
 @pytest.mark.parametrize("make, message", [
