@@ -136,7 +136,15 @@ def _gpt2():
     return keras_hub.models.GPT2CausalLM(backbone=b, preprocessor=None)
 
 
-@pytest.mark.parametrize("make,mode", [(_llama, "int8"), (_gpt2, "int4")])
+def _qwen():
+    import keras_hub
+
+    b = keras_hub.models.QwenBackbone(vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+                                      hidden_dim=16, intermediate_dim=32)
+    return keras_hub.models.QwenCausalLM(backbone=b, preprocessor=None)
+
+
+@pytest.mark.parametrize("make,mode", [(_llama, "int8"), (_gpt2, "int4"), (_qwen, "int4")])
 def test_quantised_causal_language_models(make, mode):
     pytest.importorskip("keras_hub")
     keras.utils.set_random_seed(1)
