@@ -101,6 +101,8 @@ def test_contrastive_target_is_the_difference_of_the_two_explanations():
                                it.lrp(clf, xs, target=[1, 2]) - it.lrp(clf, xs, target=[0, 3]), rtol=1e-5, atol=1e-7)
     with pytest.raises(ExplainError, match="target out of range"):
         it.lrp(clf, xs, target=1, contrast=4)
+    with pytest.raises(ExplainError, match="contrast and relevance exclude each other"):
+        it.lrp(clf, xs, relevance=np.ones((2, 4), "float32"), contrast=0)
     # the generation explains logit(generated) - logit(contrast)
     g = it.explain_generation(model, PROMPT, 2, contrast=3)
     logits = np.asarray(model(_x(g.token_ids)))[0]
