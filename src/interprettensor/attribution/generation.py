@@ -134,6 +134,9 @@ def _generate(model: Any, prompt: np.ndarray, new_tokens: int, sampler: str,
     if not hasattr(model, "generate"):
         raise ExplainError(f"sampler='model' needs a keras_hub CausalLM (with generate()); model {model.name!r} "
                            f"has none: use sampler='greedy'")
+    if getattr(model, "preprocessor", None) is not None:
+        raise ExplainError(f"sampler='model' runs {type(model).__name__}.generate on token ids, which needs the model "
+                           f"built with preprocessor=None (its preprocessor expects text); use sampler='greedy'")
     length = len(prompt) + new_tokens
     ids = np.zeros((1, length), "int32")
     ids[0, :len(prompt)] = prompt
@@ -184,7 +187,8 @@ def explain_generation(model: Any, prompt: Any, new_tokens: int, *, rule: Any = 
         rule: the rule, preset or composite (AttnLRP by default); ``params`` go to the
             :class:`~interprettensor.Explainer`.
         sampler: ``'greedy'`` (the most likely token, one model call per token) or ``'model'``
-            (keras_hub's ``CausalLM.generate`` with the sampler the model was compiled with).
+            (keras_hub's ``CausalLM.generate`` with the sampler the model was compiled with; the model
+            built with ``preprocessor=None``).
         stop_token_ids: stop after generating one of these.
         contrast: explain ``logit[generated] - logit[contrast]`` instead (a token id, or one per
             generated token).
