@@ -153,6 +153,26 @@ bb = keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num
 keras_hub.models.BertTextClassifier(bb, num_classes=2, preprocessor=pre).save("bert.keras")
 open("reviews.txt", "w").write("a bad film\\nthe movie was great\\n")
 """,
+    # explain-text --generate: a tiny GPT-2 saved as a keras_hub preset folder with a byte-pair tokenizer
+    "interprettensor explain-text gpt2_preset --text": """
+import keras_hub
+words = ["the", "cat", "sat", "on", "a", "mat"]
+vocab, spaced, plain = {"<|endoftext|>": 0}, [], []
+for ch in sorted(set("".join(words))) + ["\u0120"]:
+    vocab.setdefault(ch, len(vocab))
+for w in words:
+    for s, rest, merges in (("\u0120", w, spaced), (w[0], w[1:], plain)):
+        for ch in rest:
+            if f"{s} {ch}" not in merges:
+                merges.append(f"{s} {ch}")
+            s += ch
+            vocab.setdefault(s, len(vocab))
+tok = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=spaced + plain)
+pre = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer=tok, sequence_length=12)
+bb = keras_hub.models.GPT2Backbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+                                   intermediate_dim=32, max_sequence_length=16)
+keras_hub.models.GPT2CausalLM(backbone=bb, preprocessor=pre).save_to_preset("gpt2_preset")
+""",
     # SpRAy's command: a run of explain_dataset with stored inputs (400 digits, an untrained CNN)
     "interprettensor spray runs/digits": """
 import keras

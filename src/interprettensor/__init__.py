@@ -8,7 +8,8 @@ Two ways in, one engine:
 
 The package's face (``__all__``):
 
-* explaining: :func:`lrp`, :class:`Explainer`, :class:`Composite` and :func:`get_composite`, the rules
+* explaining: :func:`lrp`, :class:`Explainer`, :func:`explain_generation` (a language model's
+  generated tokens, each explained), :class:`Composite` and :func:`get_composite`, the rules
   (:mod:`rules`) and the registries :func:`register_rule`, :func:`register_preset`,
   :func:`register_handler`;
 * data sets: :func:`explain_dataset`, :func:`load_relevances`; analysis: :mod:`evaluate`,
@@ -57,6 +58,7 @@ _NAMES = {
     "Composite": "engine.composites", "get_composite": "engine.composites", "register_preset": "engine.composites",
     "register_rule": "engine.rules", "register_handler": "engine.handlers",
     "InterpretTensorError": "engine.errors",
+    "explain_generation": "attribution.generation",
     "explain_dataset": "io.dataset_run", "load_relevances": "io.shards",
     "spray": "analysis.spray", "load_spray": "analysis.spray",
     "Sequential": "original", "Module": "original", "Linear": "original", "Convolution": "original",
@@ -71,7 +73,7 @@ _SUBPACKAGES = ("engine", "original", "attribution", "analysis", "io", "apps", "
 _MOVED = _legacy.MOVED
 
 __all__ = [
-    "lrp", "Explainer", "Composite", "get_composite", "rules", "register_rule", "register_preset",
+    "lrp", "Explainer", "explain_generation", "Composite", "get_composite", "rules", "register_rule", "register_preset",
     "register_handler", "explain_dataset", "load_relevances", "evaluate", "concepts", "spray", "load_spray",
     "attribution", "data", "render", "render_text", "InterpretTensorError",
     # the 2017 API

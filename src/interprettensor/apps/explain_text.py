@@ -1,6 +1,7 @@
 """``interprettensor explain-text``: explain a text model (a transformer) on token ids or texts.
 
-Two kinds of saved models (``.keras``):
+Two kinds of saved models (a ``.keras`` file, or a keras_hub preset folder written by
+``save_to_preset`` or a Hugging Face checkpoint folder that keras_hub converts):
 
 * a model whose input is integer token ids (``(batch, sequence)``; a keras_hub backbone's
   ``padding_mask``/``segment_ids`` inputs are filled from the ids): INPUTS are ``.npy`` arrays of ids
@@ -13,7 +14,10 @@ Two kinds of saved models (``.keras``):
   model's inputs and its tokenizer names the tokens; padding is hidden.
 
 For an output with a sequence axis ``(batch, sequence, vocabulary)`` (a causal language model) the
-next-token logits at ``--position`` are explained, by default at each sentence's last token.
+next-token logits at ``--position`` are explained, by default at each sentence's last token; with
+``--generate N`` each sentence is a prompt after which N tokens are generated (greedily), each one's
+logit explained over the prompt and the tokens before it (``OUT/generation.npz``,
+``OUT/generation.html``, ``OUT/generation_NAME.png``).
 Writes ``OUT/relevances.npz``, ``OUT/explanations.html`` and ``OUT/explanations.png`` together at the
 end (temporary files and renames: an error leaves none of them behind, and older ones as they were).
 """
@@ -47,9 +51,9 @@ def run(args: argparse.Namespace, prepare_out_dir: Callable[[str], Any]) -> int:
 
     import interprettensor as it
 
-    from ..io.inputs import InputError, load_model
+    from ..io.inputs import InputError
     from ..io.render import get_cmap
-    from ..io.text_inputs import read_vocab, text_model
+    from ..io.text_inputs import load_text_model, read_vocab, text_model
 
     params = {} if args.epsilon is None else {"epsilon": args.epsilon}
     try:
@@ -67,10 +71,22 @@ def run(args: argparse.Namespace, prepare_out_dir: Callable[[str], Any]) -> int:
         if not os.path.exists(p):
             raise InputError(f"input {p!r} does not exist")
     vocab = read_vocab(args.vocab) if args.vocab else None
-    model = load_model(args.model)
+    model = load_text_model(args.model)
     tm = text_model(model)
     out_shape = tm.output_shape
     seq_output = out_shape is not None and len(out_shape) == 3
+    generate = getattr(args, "generate", None)
+    if generate is not None:
+        if out_shape is not None and not seq_output:
+            raise TextCommandError(f"--generate needs a causal language model (output: batch, sequence, vocabulary); "
+                                   f"model {model.name!r} gives (batch, {', '.join(map(str, out_shape[1:]))})")
+        if tm.length is not None:
+            raise TextCommandError(f"--generate: model {model.name!r} takes sequences of exactly {tm.length} tokens, "
+                                   f"so it cannot read a prompt grown by generated tokens")
+        for flag, value in (("--position", args.position), ("--target", args.target)):
+            if value is not None:
+                raise TextCommandError(f"{flag} and --generate exclude each other: --generate explains each "
+                                       f"generated token at the position before it")
     if args.position is not None and out_shape is not None and len(out_shape) == 2:
         raise TextCommandError(f"--position selects a position of a sequence output (batch, sequence, vocabulary), "
                                f"such as a language model's next-token logits; model {model.name!r} gives one "
@@ -98,6 +114,8 @@ def run(args: argparse.Namespace, prepare_out_dir: Callable[[str], Any]) -> int:
         tokenizer = vocab
 
     n = len(names)
+    if generate is not None:
+        return _generation(args, model, ids, real, names, texts, tokenizer, params, prepare_out_dir)
     positions = None
     if args.position is not None:
         positions = np.full(n, args.position, np.int64)
@@ -253,6 +271,67 @@ def _explain(args: argparse.Namespace, model: Any, tm: Any, x: Any, target: Any,
     if positions is not None:
         positions = np.where(positions < 0, positions + logits.shape[1], positions).astype(np.int64)
     return R, logits, positions
+
+
+# ---------------------------------------------------------------------------------------------- generation
+GEN_NPZ, GEN_HTML = "generation.npz", "generation.html"
+
+
+def _generation(args: argparse.Namespace, model: Any, ids: Any, real: Any, names: list, texts: Any,
+                tokenizer: Any, params: dict, prepare_out_dir: Callable[[str], Any]) -> int:
+    """``--generate N``: each sentence is a prompt; N tokens are generated greedily and each one's logit
+    explained over the prompt and the tokens before it (:func:`interprettensor.explain_generation`).
+    Writes OUT/generation.npz (per prompt NAME: NAME/token_ids, NAME/prompt_length, NAME/relevance,
+    NAME/logits), OUT/generation.html (one line per generated token) and OUT/generation_NAME.png (the
+    relevance matrix)."""
+    import numpy as np
+
+    import interprettensor as it
+
+    from ..engine.errors import ExplainError
+    from ..io import render_text
+
+    explainer = it.Explainer(model, args.rule, **params)
+    out_dir = args.out
+    existed = os.path.isdir(out_dir)
+    prepare_out_dir(out_dir)
+    arrays: dict[str, Any] = {}
+    sentences: list = []
+    pngs: list = []
+    try:
+        for i, name in enumerate(names):
+            prompt = np.asarray(ids[i])[np.asarray(real[i], bool)]
+            if not prompt.size:
+                raise TextCommandError(f"{name}: the prompt has no tokens")
+            try:
+                g = it.explain_generation(model, prompt.astype("int32"), args.generate, explainer=explainer,
+                                          batch_size=args.batch_size)
+            except ExplainError as e:
+                raise TextCommandError(f"{name}: {e}") from None
+            tokens = _token_strings(g.token_ids[None], tokenizer)[0]
+            for key, value in (("token_ids", g.token_ids), ("prompt_length", np.int64(g.prompt_length)),
+                               ("relevance", g.relevance.astype(np.float32)), ("logits", g.logits)):
+                arrays[f"{name}/{key}"] = value
+            for tokens_k, R_k, title in g.sentences(tokens):
+                sentences.append((tokens_k, R_k, f"{name}: {title}"))
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+            pngs.append((os.path.join(out_dir, f"generation_{safe}.png"), g.relevance, tokens, g.prompt_length, name))
+            if not args.quiet:
+                shown = f' "{_short(texts[i])}"' if texts is not None else ""
+                print(f"{name}{shown}: generated {len(g.generated)} token(s): {tokens[g.prompt_length:]}", flush=True)
+        with open(os.path.join(out_dir, GEN_NPZ), "wb") as f:
+            np.savez(f, **arrays)
+        render_text.save_html(os.path.join(out_dir, GEN_HTML), sentences, cmap=args.cmap,
+                              title=f"Relevance of each generated token ({args.rule})")
+        for path, R, tokens, P, name in pngs:
+            render_text.save_matrix_png(path, R, tokens, P, cmap=args.cmap, title=name)
+    except BaseException:
+        if not existed and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        raise
+    print(f"explained {len(names)} generation(s) with {args.rule}: {os.path.join(out_dir, GEN_HTML)}, "
+          f"{os.path.join(out_dir, GEN_NPZ)}, {', '.join(p[0] for p in pngs)}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- outputs

@@ -21,12 +21,17 @@ is skipped), found by the same graph machinery as LRP.
 ================================  ================================================================
 
 :func:`attribute` runs any of them, or any LRP rule or preset, by name.
+
+:func:`explain_generation` (also ``it.explain_generation``) generates tokens with a causal language
+model and explains each generated token's logit with LRP over the prompt and the tokens before it
+(:mod:`.generation`); :func:`attention_heads` splits a layer-wise explanation per attention head.
 """
 
 from ..engine.rules import GradientMap
 from .deep_taylor import bounded_deep_taylor, deep_taylor
+from .generation import Generation, attention_heads, explain_generation
 from .gradients import deconvnet, gradient, guided_backprop, input_x_gradient, integrated_gradients, smoothgrad
 from .methods import _ALIASES, METHODS, attribute  # noqa: F401 - the CLI reads the aliases
 
 __all__ = ["gradient", "input_x_gradient", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet",
-           "deep_taylor", "bounded_deep_taylor", "attribute", "METHODS", "GradientMap"]
+           "deep_taylor", "bounded_deep_taylor", "attribute", "METHODS", "GradientMap", "explain_generation", "Generation", "attention_heads"]

@@ -24,6 +24,7 @@ from .expand import ShapeDependent
 from .graph import (Graph, Step, backward, build_graph, explained_output, forward, positive_output_steps,
                     relu_denominator_steps)
 from .handlers import PassOptions
+from .handlers.quantised import weight_only
 from .precision import cast_floats, layer_precision, model_dtype, resolve_dtype, scale_down, scale_up
 from .rules import Rule, constant
 from .targets import (as_inputs, as_positions, as_targets, check_finite, check_targets, input_dtypes, pack_inputs,
@@ -171,14 +172,14 @@ class Explainer:
 
     # ------------------------------------------------------------------ the traced pass
     def _core(self, xs: Sequence[Tensor], targets: Tensor | None, R0: Tensor | None,
-              layerwise: bool, positions: Tensor | None = None) -> tuple:
+              layerwise: bool, positions: Tensor | None = None, contrast: Tensor | None = None) -> tuple:
         """Forward pass, starting relevance, backward pass: ``(relevances, layerwise, explained output,
         model outputs)``."""
         self.trace_count += 1
         options = self.pass_options[R0 is None]  # for the forward and the backward pass
         values, records, model_outputs, out, xs = self._forward_pass(xs, options)
         where = f"layer {self.layer!r}" if self.layer else "the model output"
-        R = start_relevance(out, targets, R0, self.layer is not None, where, positions)
+        R = start_relevance(out, targets, R0, self.layer is not None, where, positions, contrast)
         scale = None
         if _dtypes.name(R.dtype) == "float16":
             R, scale = scale_up(R)
@@ -260,7 +261,20 @@ class Explainer:
         key = (mode, layerwise, sig)
         fn = self._functions.get(key)
         if fn is None:
-            if mode == "target":
+            ids = backend.spec((None,), "int32")
+            if mode == "contrast":
+                def run(xs, targets, contrast):
+                    with layer_precision(self.graph, self.dtype):
+                        return self._core(xs, targets, None, layerwise, None, contrast)
+
+                spec = (sig, ids, ids)
+            elif mode == "position_contrast":
+                def run(xs, targets, positions, contrast):
+                    with layer_precision(self.graph, self.dtype):
+                        return self._core(xs, targets, None, layerwise, positions, contrast)
+
+                spec = (sig, ids, ids, ids)
+            elif mode == "target":
                 def run(xs, targets):
                     with layer_precision(self.graph, self.dtype):
                         return self._core(xs, targets, None, layerwise)
@@ -317,7 +331,7 @@ class Explainer:
     # ------------------------------------------------------------------ public call
     def __call__(self, x: ArrayLike, target: ArrayLike | None = None, *, relevance: ArrayLike | None = None,
                  layerwise: bool = False, batch_size: int | None = None, return_output: bool = False,
-                 position: ArrayLike | None = None):
+                 position: ArrayLike | None = None, contrast: ArrayLike | None = None):
         """Relevance of ``x`` (an array shaped like ``x``; a list for multi-input models, a dict for
         models that take a dict). For integer inputs (token ids) the relevance has the shape of the ids:
         one value per token, the relevance that reached its embedding, summed over the embedding axis.
@@ -329,6 +343,10 @@ class Explainer:
             position: for an output with a sequence axis ``(N, T, classes)`` (a language model's
                 next-token logits): explain the output at this position (an int, negative from the
                 end, or one per sample); ``target`` is then a class (token) at that position.
+            contrast: explain the difference ``logit[target] - logit[contrast]`` (an int, or one per
+                sample): the backward pass starts from ``+z_target`` at the target and ``-z_contrast`` at
+                the contrast class; LRP's backward pass is linear in its starting relevance, so this is
+                the explanation of the target minus that of the contrast ("why A rather than B").
             relevance: a custom starting relevance shaped like the explained output (overrides target).
             layerwise: also return ``{layer name: relevance of that layer's output}`` (and the
                 inputs' relevance under the input names), from the same backward pass.
@@ -341,20 +359,30 @@ class Explainer:
         n = int(xs[0].shape[0])
         targets = as_targets(target, n)
         R0 = self._custom_relevance(relevance, xs)
+        contrasts = None
+        if contrast is not None:
+            if R0 is not None:
+                raise ExplainError("contrast and relevance exclude each other: a custom relevance already says "
+                                   "where the explanation starts")
+            contrasts = as_targets(contrast, n)
         positions = self._positions(position, xs) if R0 is None else None
         if position is not None and R0 is not None:
             raise ExplainError("position and relevance exclude each other: a custom relevance already says "
                                "where the explanation starts")
         if R0 is None and n:
             self._check_targets(ops.convert_to_numpy(targets), xs, positions is not None)
+            if contrasts is not None:
+                self._check_targets(ops.convert_to_numpy(contrasts), xs, positions is not None)
         if n == 0:  # run one zero sample (XLA kernels reject zero-sized batches) and slice it away
             xs1 = [ops.zeros((1,) + tuple(t.shape[1:]), t.dtype) for t in xs]
             R1 = None if R0 is None else ops.zeros((1,) + tuple(R0.shape[1:]), R0.dtype)
             P1 = None if positions is None else ops.zeros((1,), "int32")
+            C1 = None if contrasts is None else ops.zeros((1,), "int32")
             chunks = [tree.map_structure(lambda t: t[:0], c)
-                      for c in self._run_batches(xs1, ops.full((1,), -1, dtype="int32"), R1, layerwise, 1, P1)]
+                      for c in self._run_batches(xs1, ops.full((1,), -1, dtype="int32"), R1, layerwise, 1, P1, C1)]
         else:
-            chunks = self._run_batches(xs, targets, R0, layerwise, batch_size or self.batch_size or n, positions)
+            chunks = self._run_batches(xs, targets, R0, layerwise, batch_size or self.batch_size or n, positions,
+                                       contrasts)
         rel = [np.concatenate([ops.convert_to_numpy(c[0][i]) for c in chunks]) for i in range(len(xs))]
         result: Any = rel[0] if len(xs) == 1 else rel
         if isinstance(x, dict):
@@ -441,14 +469,20 @@ class Explainer:
         check_targets(t, self.explained_shape(xs), self.layer is not None, where, positions)
 
     def _run_batches(self, xs: list[Tensor], targets: Tensor, R0: Tensor | None, layerwise: bool,
-                     bs: int, positions: Tensor | None = None) -> list:
+                     bs: int, positions: Tensor | None = None, contrasts: Tensor | None = None) -> list:
         """The compiled pass on batches of ``bs``; the first checks the forward pass once."""
         n = int(xs[0].shape[0])
         chunks = []
         for lo in range(0, n, bs):
             part = [t[lo:lo + bs] for t in xs]
             try:
-                if positions is not None:
+                if contrasts is not None and positions is not None:
+                    res = self._function(part, "position_contrast", layerwise)(
+                        tuple(part), targets[lo:lo + bs], positions[lo:lo + bs], contrasts[lo:lo + bs])
+                elif contrasts is not None:
+                    res = self._function(part, "contrast", layerwise)(tuple(part), targets[lo:lo + bs],
+                                                                      contrasts[lo:lo + bs])
+                elif positions is not None:
                     res = self._function(part, "position", layerwise)(tuple(part), targets[lo:lo + bs],
                                                                       positions[lo:lo + bs])
                 elif R0 is None:
@@ -479,18 +513,22 @@ class Explainer:
         ref = _dtypes.name(reference)  # ``reference`` as precision gives it, for layer_precision
         sample = [ops.cast(t, ref) if _dtypes.is_floating(t.dtype) else t for t in self._probe(xs)]
         n = int(sample[0].shape[0])
-        try:
-            expected = tree.flatten(self.model(pack_inputs(self.model, sample), training=False))
-        except Exception:  # noqa: BLE001 - the model cannot run eagerly on its own: nothing to compare with
-            self._verified = True
-            return
+        # a quantised model is explained as its dequantised weights applied to float inputs: the model
+        # is compared with its input quantisers switched off (interprettensor.engine.handlers.quantised)
+        with weight_only(self.model):
+            try:
+                expected = tree.flatten(self.model(pack_inputs(self.model, sample), training=False))
+            except Exception:  # noqa: BLE001 - the model cannot run eagerly on its own: nothing to compare with
+                self._verified = True
+                return
         rtol = reference_rtol(self.graph)
         if _dtypes.name(self.dtype) == ref:
             got = [ops.convert_to_numpy(t[:n]).astype(np.float64) for t in model_outputs]
         else:  # another precision than the model's: compare the model's own precision, eagerly
             got = [ops.convert_to_numpy(t).astype(np.float64) for t in self._eager_outputs(sample, reference)]
         if not outputs_agree(got, expected, rtol):
-            locate_mismatch(self.graph, sample, reference, rtol)
+            with weight_only(self.model):
+                locate_mismatch(self.graph, sample, reference, rtol)
             raise ExplainError("the forward pass that the explanation follows does not reproduce the model's "
                                "output, although every layer matched its own call: the model's wiring was not "
                                "followed. Please report this (Explainer(..., verify=False) skips the check)")
@@ -520,7 +558,7 @@ class Explainer:
 def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilon", target: ArrayLike | None = None,
         *, layer: str | None = None, output: int | str | None = None, relevance: ArrayLike | None = None,
         layerwise: bool = False, batch_size: int | None = None, canonize: bool = True,
-        position: ArrayLike | None = None, **params: Any):
+        position: ArrayLike | None = None, contrast: ArrayLike | None = None, **params: Any):
     """Explain ``model``'s prediction for ``x`` with LRP; returns relevance shaped like ``x``.
 
     A final softmax is skipped: the chosen class's logit is the starting relevance. See
@@ -531,6 +569,8 @@ def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilo
 
         R = it.lrp(model, x, rule="epsilon", epsilon=0.01)
         R = it.lrp(model, x, rule="epsilon_gamma_box", low=0.0, high=1.0, target=7)
+        R = it.lrp(lm, tokens, rule="attnlrp", position=-1, target=7, contrast=3)  # logit 7 - logit 3
     """
     explainer = Explainer(model, rule, layer=layer, output=output, canonize=canonize, **params)
-    return explainer(x, target, relevance=relevance, layerwise=layerwise, batch_size=batch_size, position=position)
+    return explainer(x, target, relevance=relevance, layerwise=layerwise, batch_size=batch_size, position=position,
+                     contrast=contrast)

@@ -193,7 +193,7 @@ def check_targets(targets: ArrayLike, shape: Sequence[int], channels: bool, wher
 
 
 def start_relevance(out: Tensor, targets: Tensor | None, R0: Tensor | None, channels: bool,
-                    where: str, positions: Tensor | None = None) -> Tensor:
+                    where: str, positions: Tensor | None = None, contrast: Tensor | None = None) -> Tensor:
     """The relevance that starts the backward pass, shaped like the explained output ``out``:
 
     * ``R0`` if given (a custom relevance);
@@ -202,13 +202,19 @@ def start_relevance(out: Tensor, targets: Tensor | None, R0: Tensor | None, chan
     * ``positions`` (a sequence output ``(N, T, ...)``: one position per sample, e.g. the token whose
       next-token logits are explained): the output at that position times the one-hot mask of
       ``target`` (the largest output at that position where -1), zero at every other position;
-    * else the output times the one-hot mask of ``target`` (the largest output where -1).
+    * else the output times the one-hot mask of ``target`` (the largest output where -1);
+    * with ``contrast`` (classes, one per sample): the relevance of ``target`` minus the relevance of
+      ``contrast`` chosen the same way, i.e. ``+z_target`` and ``-z_contrast``: the backward pass is
+      linear in its start, so it explains ``z_target - z_contrast``.
 
     Targets are not checked here (a compiled pass cannot raise on every backend): the caller checks
     them on the host first (:func:`check_targets`); a target beyond the output gives zero relevance.
     """
     if R0 is not None:
         return ops.reshape(ops.cast(R0, out.dtype), ops.shape(out))
+    if contrast is not None:
+        return (start_relevance(out, targets, None, channels, where, positions)
+                - start_relevance(out, contrast, None, channels, where, positions))
     rank = len(out.shape)
     if positions is not None:
         index = ops.reshape(positions, (-1,) + (1,) * (rank - 1))

@@ -9,7 +9,9 @@ each value belongs to one token. The colours are those of :mod:`.render`: each s
 * :func:`tokens_html`: one sentence as an HTML fragment (a ``<div>`` of coloured ``<span>`` s);
 * :func:`save_html`: sentences as a standalone HTML document with a colour legend;
 * :func:`save_png`: the same as a PNG image (matplotlib object API, Agg canvas, lines wrapped);
-* :func:`tokens_from_ids`: token strings from ids and a vocabulary (a list, a dict or a tokenizer).
+* :func:`tokens_from_ids`: token strings from ids and a vocabulary (a list, a dict or a tokenizer);
+* :func:`save_matrix_png`: a generation's relevance matrix (generated tokens x all tokens) as a
+  heatmap, each row scaled on its own, the cells a token cannot see (the causal future) grey.
 
 Sub-word pieces are shown as words: WordPiece continuations (``'##ing'``) join the piece before
 them, and SentencePiece / byte-level BPE word starts (``'▁the'``, ``'Ġthe'``) begin a new word, their
@@ -36,7 +38,7 @@ import numpy as np
 from .render import get_cmap, normalize
 from .shards import atomic_write
 
-__all__ = ["save_html", "save_png", "token_colors", "tokens_from_ids", "tokens_html"]
+__all__ = ["save_html", "save_png", "save_matrix_png", "token_colors", "tokens_from_ids", "tokens_html"]
 
 #: word-start markers of SentencePiece ("▁", U+2581) and byte-level BPE ("Ġ", U+0120)
 WORD_START = ("\u2581", "\u0120")
@@ -338,6 +340,55 @@ def save_png(path: str, sentences: Sequence[Sequence[Any]], cmap: str = "bwr",
         for at, label, ha in ((margin, "-max", "left"), (margin + bar_w / 2, "0", "center"),
                               (margin + bar_w, "+max", "right")):
             fig.text(fx(at), below, label, fontsize=0.75 * fontsize, ha=ha, va="top")
+    return _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, facecolor="white"))
+
+
+# ------------------------------------------------------------------------------------- matrices
+def save_matrix_png(path: str, R: Any, tokens: Sequence[Any], prompt_length: int, cmap: str = "bwr",
+                    normalization: str | None = "maxabs", percentile: float = 99.5, dpi: int = 100,
+                    title: str | None = None) -> str:
+    """Write a generation's relevance matrix as a heatmap PNG and return ``path``.
+
+    Args:
+        R: ``(G, T)``: row ``k`` the relevance of the ``T`` tokens for generated token ``k``, which is
+            token ``prompt_length + k`` of ``tokens``; cells at or after it (what its logit cannot
+            see) are drawn grey.
+        tokens: the ``T`` token strings (or ids, shown as numbers) of the prompt and the generated
+            tokens.
+        prompt_length: where the generated tokens start (a line is drawn there).
+        cmap, normalization, percentile: the colours, each row scaled on its own as in
+            :func:`token_colors`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    R = np.asarray(R, dtype=np.float64)
+    toks = _token_strings([str(int(t)) if isinstance(t, (int, np.integer)) else t for t in tokens])
+    if R.ndim != 2 or R.shape[1] != len(toks):
+        raise ValueError(f"R must be (generated, tokens) with {len(toks)} tokens, got shape {R.shape}")
+    G, T = R.shape
+    if not 0 < prompt_length <= T - G:
+        raise ValueError(f"prompt_length must be in 1..{T - G} for {G} generated of {T} tokens, got {prompt_length}")
+    v = np.clip(R, -1.0, 1.0) if normalization is None else normalize(R, normalization, percentile)
+    rgba = np.asarray(get_cmap(cmap)(0.5 + 0.5 * v), dtype=np.float64)
+    future = np.arange(T)[None, :] >= (prompt_length + np.arange(G))[:, None]
+    rgba[future] = (0.85, 0.85, 0.85, 1.0)
+    cell = 0.45
+    label = 0.09 * max(len(t) for t in toks)  # inches for the rotated token labels
+    fig = Figure(figsize=(1.6 + label + cell * T, 1.8 + label + cell * G), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(rgba, aspect="equal", interpolation="nearest")
+    ax.set_xticks(range(T))
+    ax.set_xticklabels(toks, rotation=90)
+    ax.set_yticks(range(G))
+    ax.set_yticklabels([toks[prompt_length + k] for k in range(G)])
+    ax.axvline(prompt_length - 0.5, color="black", linewidth=1.0)
+    ax.set_xlabel("tokens (prompt | generated)")
+    ax.set_ylabel("generated token")
+    if title is not None:
+        ax.set_title(title)
+    fig.tight_layout()
     return _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, facecolor="white"))
 
 

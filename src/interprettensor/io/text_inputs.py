@@ -12,7 +12,7 @@ from typing import Any
 
 from .inputs import InputError, shape_str
 
-__all__ = ["PAD_ID", "IdSentences", "TextModel", "read_id_sentences", "read_texts", "read_vocab", "text_model",
+__all__ = ["load_text_model", "PAD_ID", "IdSentences", "TextModel", "read_id_sentences", "read_texts", "read_vocab", "text_model",
            "vocabulary_size"]
 
 #: the id that pads sentences (at their end); trailing ids PAD_ID are padding, not tokens
@@ -280,3 +280,41 @@ def text_model(model: Any) -> TextModel:
                          f"explain-text needs (batch, sequence)")
     return TextModel(preprocessor, ids_key, structure, names, length, vocabulary_size(model, ids_input),
                      output_shape)
+
+
+def load_text_model(path: str) -> Any:
+    """A saved text model: a ``.keras`` / ``.h5`` file (:func:`~.inputs.load_model`), or a folder: a
+    keras_hub preset (``task.save_to_preset(folder)``: its ``task.json`` names the task class, which
+    loads it with its preprocessor) or a backbone preset / Hugging Face checkpoint that keras_hub
+    converts (loaded as a ``keras_hub.models.CausalLM``). Raises an :class:`InputError` naming the
+    path where it cannot be loaded."""
+    import json
+
+    from .inputs import load_model
+
+    if not os.path.isdir(path):
+        return load_model(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise InputError(f"model folder {path!r} is not a keras_hub preset or a Hugging Face checkpoint (it has no "
+                         f"config.json); give a .keras file or a folder written by save_to_preset()")
+    try:
+        import keras_hub
+    except ImportError:
+        raise InputError(f"model folder {path!r}: loading a preset folder needs keras_hub "
+                         f"(pip install keras-hub)") from None
+    import importlib
+
+    task_file = os.path.join(path, "task.json")
+    try:
+        if os.path.isfile(task_file):
+            with open(task_file, encoding="utf-8") as f:
+                spec = json.load(f)
+            cls = getattr(importlib.import_module(spec["module"]), spec["class_name"])
+        else:
+            cls = keras_hub.models.CausalLM
+        return cls.from_preset(path)
+    except Exception as e:  # noqa: BLE001 - keras_hub raises many kinds for a broken preset
+        text = str(e).strip()
+        msg = text.splitlines()[0] if text else type(e).__name__
+        raise InputError(f"cannot load the keras_hub preset {path!r}: {type(e).__name__}: {msg[:300]}") from None
+

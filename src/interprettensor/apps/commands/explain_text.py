@@ -16,7 +16,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     x = sub.add_parser(
         "explain-text", parents=[common], help="explain a text model (transformer) on token ids or texts",
         usage="interprettensor explain-text MODEL [INPUTS ...] [--text TEXT ...] [options]",
-        description="Explain a saved text model (.keras) with LRP, one relevance per token. A model whose "
+        description="Explain a saved text model (.keras, or a keras_hub preset folder written by save_to_preset, "
+                    "or a Hugging Face checkpoint folder that keras_hub converts) with LRP, one relevance per token. "
+                    "A model whose "
                     "input is integer token ids takes .npy arrays (N, T) and .txt files with one sentence per "
                     "line as space-separated ids (padded at the end with id 0 to the model's sequence length "
                     "or the longest sentence; trailing 0s are padding); --vocab names the tokens. A keras_hub "
@@ -25,8 +27,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                     "vocabulary) the next-token logit at --position is explained (default: at each "
                     "sentence's last token). Writes OUT/relevances.npz (token_ids, relevance, mask, targets, "
                     "predictions, scores, names; positions, texts), OUT/explanations.html and "
-                    "OUT/explanations.png.")
-    x.add_argument("model", help="a saved Keras model (.keras)")
+                    "OUT/explanations.png. With --generate N (causal language models) N tokens are generated "
+                    "after each sentence and each one's logit explained over the tokens before it: "
+                    "OUT/generation.npz, OUT/generation.html, OUT/generation_NAME.png.")
+    x.add_argument("model", help="a saved Keras model (.keras) or a keras_hub preset / Hugging Face checkpoint folder")
     x.add_argument("inputs", nargs="*", metavar="INPUTS",
                    help=".npy arrays or .txt files of token ids; for a keras_hub model with a preprocessor, .txt "
                         "files with one text per line")
@@ -40,6 +44,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     x.add_argument("--position", type=int, default=None,
                    help="for outputs (batch, sequence, vocabulary): the position whose next-token logit is "
                         "explained, negative from the end (default: each sentence's last token)")
+    x.add_argument("--generate", type=_positive_int, default=None, metavar="N",
+                   help="causal language models: generate N tokens (greedily) after each sentence and explain "
+                        "each generated token's logit (a relevance matrix per sentence)")
     x.add_argument("--vocab", default=None, metavar="FILE",
                    help="token strings for token-id inputs: one token per line, line i = id i "
                         "(default: show the ids)")

@@ -11,6 +11,7 @@ from keras import ops
 from ..backend import Tensor
 from ..linear import materialize
 from .base import CONSTANT, DEFAULT_PASS, EMBEDDING, Handler
+from .quantised import dequantised_reverse_embeddings
 from .weighted import LinearHandler
 
 __all__ = ["ConstantHandler", "EmbeddingHandler", "ReversibleEmbeddingHandler"]
@@ -45,10 +46,6 @@ class ConstantHandler(Handler):
         return [None] * len(xs)
 
 
-def _reverse_kernel(layer: Any) -> Any:
-    return ops.transpose(layer.embeddings) if layer.tie_weights else layer.reverse_embeddings
-
-
 def _soft_cap(layer: Any) -> Any:
     cap = getattr(layer, "logit_soft_cap", None)
     if cap is None:
@@ -69,7 +66,7 @@ class ReversibleEmbeddingHandler(LinearHandler):
     integer_inputs = True
 
     def __init__(self) -> None:
-        super().__init__(params=lambda layer: {"kernel": _reverse_kernel(layer)},
+        super().__init__(params=lambda layer: {"kernel": dequantised_reverse_embeddings(layer)},
                          fn=lambda layer, xs, p: ops.matmul(xs[0], p["kernel"]), activation=_soft_cap,
                          channel_axis=None, kind="dense")
         self._lookup = EmbeddingHandler()

@@ -15,6 +15,7 @@ from .embedding import ConstantHandler, EmbeddingHandler, ReversibleEmbeddingHan
 from .fixed_linear import FixedLinearHandler
 from .normalization import LayerNormHandler
 from .pooling import MaxPoolHandler, winner_takes_all_3d
+from .quantised import dequantised_kernel
 from .registry import register_keras_family, register_op_handler
 from .routing import GateHandler, RouteHandler, RoutingDecisionHandler
 from .time_distributed import TimeDistributedDispatch
@@ -31,12 +32,16 @@ def _kernel_params(layer: Any, *names: str) -> dict:
     return p
 
 
+def _dense_params(layer: Any) -> dict:
+    """A Dense or EinsumDense layer's kernel (dequantised where the layer is quantised) and bias."""
+    p = {"kernel": dequantised_kernel(layer)}
+    if getattr(layer, "bias", None) is not None and getattr(layer, "use_bias", True):
+        p["bias"] = layer.bias
+    return p
+
+
 def _dense_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     return bias_add(ops.matmul(xs[0], p["kernel"]), p)
-
-
-def _einsum_params(layer: Any) -> dict:
-    return _kernel_params(layer, "kernel") if getattr(layer, "bias", None) is not None else {"kernel": layer.kernel}
 
 
 def _einsum_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
@@ -143,8 +148,8 @@ _scale = _ScaleHandler()
 
 register_keras_family([
     # layers with weights
-    (L.Dense, LinearHandler(lambda l: _kernel_params(l, "kernel"), _dense_fn, kind="dense")),
-    (L.EinsumDense, LinearHandler(_einsum_params, _einsum_fn, channel_axis=None, kind="dense")),
+    (L.Dense, LinearHandler(_dense_params, _dense_fn, kind="dense")),
+    (L.EinsumDense, LinearHandler(_dense_params, _einsum_fn, channel_axis=None, kind="dense")),
     (_conv_base.base_conv.BaseConv, LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_fn)),
     (_conv_base.base_depthwise_conv.BaseDepthwiseConv, LinearHandler(lambda l: _kernel_params(l, "kernel"),
                                                                      _depthwise_fn)),
