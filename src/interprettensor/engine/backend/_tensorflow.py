@@ -67,7 +67,7 @@ def vjp(fn: Callable[[list], Any], primals: Sequence[tf.Tensor], cotangent: Any)
     are pruned: the cost is the backward pass."""
     with tf.GradientTape() as tape:
         xs = distinct(primals)
-        tape.watch(xs)
+        tape.watch([x for x in xs if x.dtype.is_floating])  # masks and indices carry no gradient
         out = fn(xs)
     return tape.gradient(out, xs, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
@@ -79,7 +79,7 @@ def pullback(fn: Callable[[list], Any], primals: Sequence[tf.Tensor]) -> tuple[l
     tape = tf.GradientTape(persistent=True)
     with tape:
         xs = distinct(primals)
-        tape.watch(xs)
+        tape.watch([x for x in xs if x.dtype.is_floating])  # masks and indices carry no gradient
         out = fn(xs)
 
     def back(i: int, cotangent: Any) -> tf.Tensor:
