@@ -73,6 +73,9 @@ def _grads(out: Any, xs: Sequence[Any], cotangent: Any, retain: bool) -> list:
 _aten = torch.ops.aten
 #: operations whose vector-Jacobian product never reads their output (only their inputs)
 _UNREAD_OUTPUT = frozenset({_aten.convolution.default, _aten.mm.default, _aten.bmm.default})
+#: operations not marked as views that return a view of a contiguous input (``matmul`` of a 3-D tensor
+#: reshapes ``mm``'s output with it); checked by the storage of what they return
+_ALIASING = frozenset({_aten._unsafe_view.default})
 
 
 class _DeadForward(TorchDispatchMode):
@@ -106,8 +109,10 @@ class _DeadForward(TorchDispatchMode):
             return out
         lazy = self.pending and any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in self.pending
                                     for t in leaves)
-        if lazy and func.is_view:  # a view of an output not computed yet: computed when read
-            return func(*args, **kwargs)
+        if lazy and (func.is_view or func in _ALIASING):
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() in self.pending:
+                return out  # a view of an output not computed yet: computed when read
         if lazy:
             self._compute(leaves)
         return func(*args, **kwargs)
