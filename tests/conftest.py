@@ -81,8 +81,8 @@ def _record_tolerances(path: str) -> None:
 
 #: the longest test files, started first: with ``-n 2 --dist loadfile`` a file runs on one worker, and
 #: a long file that starts last keeps the run going after the other worker has finished
-LONGEST_FIRST = ("test_readme.py", "test_docs.py", "test_backends.py", "test_applications.py", "test_cli.py",
-                 "test_properties.py")
+LONGEST_FIRST = ("test_readme.py", "test_docs.py", "test_backends.py", "test_backends_core.py", "test_applications.py",
+                 "test_cli.py", "test_properties.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -78,9 +78,10 @@ def test_help_for_every_command(tmp_path):
 def test_demo_writes_png_and_events(tmp_path):
     from interprettensor.io.summaries import read_events
 
-    p = run("demo", "--epochs", "2", "--n", "3", "--out", "out", "-q", cwd=tmp_path)
+    p = run("demo", "--epochs", "2", "--n", "3", "--aopc", "4", "--out", "out", "-q", cwd=tmp_path)
     png = tmp_path / "out" / "demo_heatmaps.png"
     assert is_png(png)
+    assert is_png(tmp_path / "out" / "aopc_curves.png")  # --aopc 4: the region perturbation ran
     from PIL import Image
 
     with Image.open(png) as im:
@@ -103,10 +104,11 @@ def test_demo_writes_png_and_events(tmp_path):
 
 @pytest.mark.slow
 def test_demo_pretrained(tmp_path):
-    p = run("demo", "--pretrained", "--n", "2", "--out", "o", "-q", cwd=tmp_path)
+    p = run("demo", "--pretrained", "--n", "2", "--aopc", "0", "--out", "o", "-q", cwd=tmp_path)
     acc = float(next(line for line in p.stdout.splitlines() if line.startswith("test accuracy")).split()[-1])
     assert acc > 0.75  # the original project's weights: about 84% on the digits
     assert is_png(tmp_path / "o" / "demo_heatmaps.png")
+    assert not (tmp_path / "o" / "aopc_curves.png").exists()  # --aopc 0 skips the region perturbation
 
 
 def test_train_then_explain_all_formats(work):

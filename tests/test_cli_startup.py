@@ -16,9 +16,9 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHON
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "interprettensor")
 
 
-def py(code, env=None, timeout=120):
+def py(code, env=None, timeout=120, cwd=None):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=env or ENV)
+                          env=env or ENV, cwd=cwd)
 
 
 def test_cli_and_package_import_no_tensorflow():
@@ -169,3 +169,16 @@ def test_backend_option_refuses_to_switch_a_running_keras(capsys):
     assert main(["explain", "m.keras", "x.npy", "--backend", "jax"]) == 1
     err = capsys.readouterr().err
     assert "--backend jax: Keras was already imported in this process with its 'tensorflow' backend" in err
+
+
+def test_digits_command_imports_no_tensorflow(tmp_path):
+    """``interprettensor digits`` writes PNG files from NumPy arrays: it starts without TensorFlow or Keras
+    (the tutorials run it before every other command)."""
+    p = py("import sys\n"
+           "from interprettensor.apps.cli import main\n"
+           "rc = main(['digits', 'out', '--count', '12'])\n"
+           "print('RC', rc, 'HEAVY', sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))",
+           cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "RC 0 HEAVY []" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert len(list((tmp_path / "out").rglob("digit-*.png"))) == 12

@@ -27,6 +27,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from test_backends import JAX_FLAGS
+
 N, SHARD, BATCH = 60, 16, 6  # 4 shards (the last of 12), batches of 6 padded at each shard's end
 PARAMS = {"epsilon": 0.1}
 
@@ -198,7 +200,8 @@ def prepared(tmp_path_factory):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_explain_dataset_and_cli_on_backend(prepared, backend):
     d, ref = prepared
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               **(JAX_FLAGS if backend == "jax" and "XLA_FLAGS" not in os.environ else {}))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(d), json.dumps(PARAMS), str(SHARD), str(BATCH)],
                           capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -16,6 +16,9 @@ What is not run as printed, and why:
 * REDUCTIONS: README commands that take minutes at full size run smaller (listed with the exact
   replacement): fewer epochs or digits, and the viewer's server, which runs until stopped, is started
   without a browser, asked for its runs and stopped.
+* A bash block whose commands (as run: reduced) all run, in the same order and from a fresh folder,
+  in one block of the documentation site (tests/test_docs.py runs it) is not run twice: the README's
+  walk-through from the digits to the viewer is the site's (see :func:`covered_by`).
 
 Every entry must match a block of the README (no stale entries), and a block of the README that is
 not listed here runs as printed: a new block either runs or needs an entry here. The sections that
@@ -135,6 +138,38 @@ def _commands(code):
     return cmds
 
 
+def _is_subsequence(short, long):
+    rest = iter(long)
+    return all(any(c == d for d in rest) for c in short)
+
+
+def covered_by(kind, code, first, reductions, blocks, bash_setup=None):
+    """The id of a block of ``blocks`` (``(id, code, first, reductions, bash_setup)``, in page order)
+    that runs every command of this bash block, reduced the same way and in the same order, from a
+    fresh folder with no set-up on either side (so running this block too would repeat what that one
+    asserts), or None. Of blocks with the same commands the first in ``blocks`` runs."""
+    if kind != "bash" or _entry(bash_setup or {}, first):
+        return None
+    mine = [reductions.get(c, c) for c in _commands(code)]
+    position = next((i for i, b in enumerate(blocks) if b[1] is code), None)
+    for i, (other_id, other_code, other_first, other_reductions, other_setup) in enumerate(blocks):
+        if i == position or _entry(other_setup or {}, other_first):
+            continue
+        theirs = [other_reductions.get(c, c) for c in _commands(other_code)]
+        if theirs == mine and position is not None and i > position:
+            continue  # the same commands later in the same pages: this block is the one that runs
+        if _is_subsequence(mine, theirs):
+            return other_id
+    return None
+
+
+def _docs_blocks():
+    """The site's bash blocks as :func:`covered_by` takes them (tests/test_docs.py's tables)."""
+    import test_docs
+
+    return test_docs._bash_blocks()
+
+
 def _run(args, cwd, timeout):
     p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
@@ -167,6 +202,9 @@ def test_readme_block(kind, code, first, tmp_path):
     why = _skip_reason(code, first)
     if why:
         pytest.skip(why)
+    other = covered_by(kind, code, first, REDUCTIONS, _docs_blocks())
+    if other:
+        pytest.skip(f"every command runs, reduced the same way, in tests/test_docs.py's {other}")
     run_block(kind, code, first, tmp_path, PREAMBLES, POSTSCRIPTS, REDUCTIONS)
 
 

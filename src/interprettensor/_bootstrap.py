@@ -20,7 +20,7 @@ PACKAGE = __name__.rpartition(".")[0]
 
 #: modules that need neither TensorFlow nor Keras (the command line's start and ``--help``)
 LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "apps.viewer", "io", "io.inputs", "io.render", "__main__",
-                   "cli", "engine", "engine.errors", "io.shards", "analysis", "analysis.spray", "io.virelay",
+                   "cli", "engine", "engine.errors", "io.shards", "io.digits", "analysis", "analysis.spray", "io.virelay",
                    "_bootstrap", "_legacy", "rule_names"})
 #: packages whose modules are all light (the command line's subcommand parsers, the viewer, SpRAy)
 LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.", "analysis.spray.")

@@ -6,6 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
 from .options import _positive_float, _positive_int, _say, prepare_out_dir
 
 __all__ = ["add_parser", "cmd_demo"]
@@ -25,6 +32,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     d.add_argument("--pretrained", action="store_true", help="use the original project's pretrained CNN")
     d.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default: %(default)s)")
     d.add_argument("--n", type=_positive_int, default=8, help="test digits to explain (default: %(default)s)")
+    d.add_argument("--aopc", type=_non_negative_int, default=64, metavar="N",
+                   help="test digits for the region perturbation (AOPC) of the methods; 0 skips it "
+                        "(default: %(default)s)")
     d.add_argument("--batch-size", type=_positive_int, default=32, help="training batch size (default: %(default)s)")
     d.add_argument("--learning-rate", type=_positive_float, default=3e-3, help="Adam learning rate (default: %(default)s)")
     d.add_argument("--cmap", default="bwr", help="colour map: bwr, coldnhot or a matplotlib name (default: %(default)s)")
@@ -41,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare_out_dir(args.out)
     res = run_demo(args.out, epochs=args.epochs, n=args.n, pretrained=args.pretrained, batch_size=args.batch_size,
                    learning_rate=args.learning_rate, cmap=args.cmap, quiet=args.quiet, seed=args.seed,
-                   echo=lambda m: _say(args, m))
+                   echo=lambda m: _say(args, m), aopc_samples=args.aopc)
     print(f"test accuracy: {res.accuracy:.4f}")
     if res.aopc is not None:
         print(res.aopc.table())

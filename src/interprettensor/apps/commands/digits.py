@@ -2,7 +2,7 @@
 ``train --dataset digits``, as 28x28 frames) as PNG files in class subfolders, ``OUT/0/digit-0000.png``,
 ``OUT/1/digit-0001.png``, ...: the folder that ``explain``, ``concepts`` and ``evaluate`` read, with
 the class of each digit given by its subfolder. (The frames are resized as
-:func:`interprettensor.data.load_digits` does.)"""
+:func:`interprettensor.data.load_digits` does.) Needs neither TensorFlow nor Keras."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     d.add_argument("out", metavar="OUT", help="folder to create (it must not exist or be empty)")
     d.add_argument("--count", type=_positive_int, default=None, metavar="N",
                    help="write only the first N digits (default: all 1,797)")
-    d.set_defaults(func=cmd_digits)
+    d.set_defaults(func=cmd_digits, light=True)
 
 
 def write_digits(out: str, count: int | None = None) -> tuple[int, list[int]]:
