@@ -1,9 +1,13 @@
 """Layers explained through what they are made of.
 
-A layer without a handler of its own that is built from other layers (a transformer block, Keras'
-``MultiHeadAttention``, keras_hub's encoder and decoder layers) is traced: its ``call`` runs on
-symbolic inputs, which records the sub-layers and keras operations it uses as a small functional
-graph, and the graph walk explains that graph like a nested model. Fused operations expand into their
+A layer without a handler of its own (a transformer block, Keras' ``MultiHeadAttention``, keras_hub's
+encoder and decoder layers, but also a layer computed from keras operations alone: an RMS norm, a
+layer scale ``x * γ``, a drop path) is traced: its ``call`` runs on symbolic inputs, which records the
+sub-layers and keras operations it uses as a small functional graph, and the graph walk explains that
+graph like a nested model (the graph analyses then recognise what the operations compute, e.g. a
+normalisation's statistic: :func:`interprettensor.engine.graph.mark_statistics`). A layer whose traced
+outputs do not depend on its inputs' values at all (a rotary table or a bias computed from the input's
+shape) is a constant (:data:`CONSTANT_OUTPUTS`). Fused operations expand into their
 explicit parts in the same way (:func:`register_expansion`): ``keras.ops.dot_product_attention``
 becomes ``Q·Kᵀ``, a masked softmax and ``A·V``, so that each part gets its own rule.
 
@@ -24,7 +28,12 @@ from keras import ops, tree
 
 from .errors import ExplainError
 
-__all__ = ["CONCRETE_SPECS", "ShapeDependent", "expansion", "is_composite_layer", "register_expansion"]
+__all__ = ["CONCRETE_SPECS", "CONSTANT_OUTPUTS", "ShapeDependent", "expansion", "is_composite_layer",
+           "is_traceable_layer", "register_expansion"]
+
+#: what :func:`expansion` returns for a layer whose traced outputs are all computed without reading its
+#: inputs' values (from their static shapes only, e.g. DINOv3's rotary cos/sin table): a constant
+CONSTANT_OUTPUTS = "constant outputs"
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -52,6 +61,12 @@ def is_composite_layer(op: Any) -> bool:
     if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
         return False
     return any(True for _ in op._flatten_layers(include_self=False, recursive=False))
+
+
+def is_traceable_layer(op: Any) -> bool:
+    """A layer (not a model): without a handler, it is traced through its ``call`` (a composite layer
+    into its sub-layers and operations, a layer without sub-layers into the keras operations it uses)."""
+    return isinstance(op, keras.layers.Layer) and not isinstance(op, keras.Model)
 
 
 def _trace_call(op: Any, *args: Any, **kwargs: Any) -> Any:
@@ -85,12 +100,49 @@ def _generic_output_specs(op: Any) -> Iterator[None]:
             del layer.compute_output_spec
 
 
-def expansion(op: Any, node: Any) -> keras.Model | None:
-    """``op``'s call at ``node`` as a functional model of explainable parts, or ``None`` if ``op`` is
-    neither registered for expansion nor a composite layer (or cannot be traced)."""
+#: a variable's binary operators and the keras operation each computes (``reflected``: ``other ∘ self``)
+_VARIABLE_OPERATORS = {"__add__": (ops.add, False), "__radd__": (ops.add, True),
+                       "__sub__": (ops.subtract, False), "__rsub__": (ops.subtract, True),
+                       "__mul__": (ops.multiply, False), "__rmul__": (ops.multiply, True),
+                       "__truediv__": (ops.divide, False), "__rtruediv__": (ops.divide, True),
+                       "__matmul__": (ops.matmul, False), "__rmatmul__": (ops.matmul, True)}
+
+
+def _symbolic_operator(fn: Callable, reflected: bool, original: Callable) -> Callable:
+    def operator(self: Any, other: Any) -> Any:
+        if isinstance(other, keras.KerasTensor):
+            return fn(other, self) if reflected else fn(self, other)
+        return original(self, other)
+
+    return operator
+
+
+@contextlib.contextmanager
+def _symbolic_variables() -> Iterator[None]:
+    """While tracing: ``variable * symbolic`` (T5's ``self.weight * x``) is the keras operation on the
+    live variable, as ``symbolic * variable`` already is (a variable's own operators compute with the
+    backend and refuse symbolic tensors)."""
+    cls = keras.Variable
+    own = {name: vars(cls)[name] for name in _VARIABLE_OPERATORS if name in vars(cls)}
+    for name, (fn, reflected) in _VARIABLE_OPERATORS.items():
+        setattr(cls, name, _symbolic_operator(fn, reflected, getattr(cls, name)))
+    try:
+        yield
+    finally:
+        for name in _VARIABLE_OPERATORS:
+            if name in own:
+                setattr(cls, name, own[name])
+            else:
+                delattr(cls, name)
+
+
+def expansion(op: Any, node: Any) -> keras.Model | str | None:
+    """``op``'s call at ``node`` as a functional model of explainable parts; :data:`CONSTANT_OUTPUTS` if
+    the traced call computes every output without reading the inputs' values; ``None`` if ``op`` is
+    neither registered for expansion nor a layer (or its outputs do not match the node's)."""
     builder = _EXPANSIONS.get(type(op).__name__)
     if builder is None:
-        if not is_composite_layer(op):
+        if not is_traceable_layer(op):
             return None
         builder = _trace_call
     specs = CONCRETE_SPECS.get() or {}
@@ -98,10 +150,15 @@ def expansion(op: Any, node: Any) -> keras.Model | None:
              for i, kt in enumerate(node.input_tensors)]
     args, kwargs = node.arguments.fill_in({id(kt): f for kt, f in zip(node.input_tensors, fresh)})
     kwargs = dict(kwargs)
-    with _generic_output_specs(op):
+    with _generic_output_specs(op), _symbolic_variables():
         outs = builder(op, *args, **kwargs)
     flat = tree.flatten(outs)
     if len(flat) != len(node.outputs):
+        return None
+    symbolic = [isinstance(t, keras.KerasTensor) for t in flat]
+    if not any(symbolic):
+        return CONSTANT_OUTPUTS
+    if not all(symbolic):
         return None
     return keras.Model(fresh, flat, name=op.name)
 

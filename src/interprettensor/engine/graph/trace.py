@@ -12,9 +12,10 @@ from keras import tree
 
 from ..backend import Tensor
 from ..errors import ExplainError
-from ..expand import CONCRETE_SPECS, ShapeDependent, expansion
+from ..expand import CONCRETE_SPECS, CONSTANT_OUTPUTS, ShapeDependent, expansion
 from ..handlers import ConstantHandler, handler_for, load_optional_handlers, overridden_parent
 from .analyses import mark_carried, mark_gates, mark_nonneg
+from .statistics import mark_statistics
 from .canonical import fuse_batchnorm
 from .model import Graph, Step, _Keys
 
@@ -50,9 +51,10 @@ def _floating(kts: Sequence[Any] | None) -> list[bool] | None:
 _CONSTANT = ConstantHandler()
 
 
-def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None) -> Step:
+def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: Any = None,
+               constant: bool = False) -> Step:
     out_float = _floating(node.outputs) if node is not None else None
-    handler = handler_for(op)
+    handler = _CONSTANT if constant else handler_for(op)
     if handler is not None:  # a wrapper is built around the wrapped layer's handler; a sum of one tensor
         handler = handler.for_layer(op, len(ins))  # and constants is an element-wise shift
     if out_float is not None and not any(out_float):
@@ -71,6 +73,9 @@ def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: 
     if node is not None:
         options = {k: v for k, v in node.arguments.kwargs.items()
                    if isinstance(v, (bool, int, float, str, type(None)))}
+        # numbers among the positional arguments (an exponent, ``1 / x``'s numerator), by position
+        options.update({f"arg{i}": v for i, v in enumerate(node.arguments.args)
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return Step(name, op, handler, ins, outs, call, options=options)
 
 
@@ -105,6 +110,9 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
                 expanded = _expand(op, node, prefix)
             if _is_model(op):
                 outs = _add_model(g, op, ins, prefix + op.name + "/", keys)
+            elif expanded is CONSTANT_OUTPUTS:  # computed from the inputs' shapes only (a rotary table)
+                outs = [keys.new() for _ in node.outputs]
+                g.steps.append(_make_step(op, prefix + op.name, ins, outs, _node_call(op, node), node, constant=True))
             elif expanded is not None:
                 outs = _add_model(g, expanded, ins, prefix + op.name + "/", keys)
                 _name_block_output(g, outs, prefix + op.name)
@@ -242,6 +250,7 @@ def build_graph(model: Any, canonize: bool = True, input_shapes: Sequence[Sequen
     g.output_names = [producer[k].name if k in producer else f"output_{i}" for i, k in enumerate(g.outputs)]
     if canonize:
         fuse_batchnorm(g)
+    mark_statistics(g)
     mark_carried(g, _floating(model.inputs) if chain is None else [True])
     mark_nonneg(g)
     mark_gates(g)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from .attention import OpLinearHandler
+from .attention import MultiOutputLinearHandler, OpLinearHandler
 from .elementwise import ElementwiseHandler
 from .embedding import ConstantHandler
 from .registry import register_handler
@@ -21,6 +21,10 @@ _LAYERS = {
     ("keras_hub.src.layers.modeling.position_embedding", "PositionEmbedding"): "constant",
     ("keras_hub.src.layers.modeling.rotary_embedding", "RotaryEmbedding"): "linear",
     ("keras_hub.src.models.llama.llama_rotary_embedding", "LlamaRotaryEmbedding"): "linear",
+    # RoFormer v2's rotation of queries and keys in one call (indexing that symbolic tensors refuse)
+    ("keras_hub.src.models.roformer_v2.roformer_v2_attention", "RoformrPositionalEmbedding"): "linear_outputs",
+    # ALiBi: a constant of the scores' shape added to them (its key length must be known to trace it)
+    ("keras_hub.src.layers.modeling.alibi_bias", "AlibiBias"): "pass",
     ("keras_hub.src.layers.modeling.rms_normalization", "RMSNormalization"): "pass",
     ("keras_hub.src.models.llama.llama_layernorm", "LlamaLayerNorm"): "pass",
     ("keras_hub.src.models.qwen.qwen_layernorm", "QwenLayerNorm"): "pass",
@@ -38,7 +42,8 @@ def register_keras_hub_layers() -> None:
     if _registered:
         return
     _registered = True
-    handlers = {"constant": ConstantHandler(), "linear": OpLinearHandler(), "pass": ElementwiseHandler()}
+    handlers = {"constant": ConstantHandler(), "linear": OpLinearHandler(), "linear_outputs": MultiOutputLinearHandler(),
+                "pass": ElementwiseHandler()}
     for (module, name), kind in _LAYERS.items():
         try:
             cls = getattr(importlib.import_module(module), name)
