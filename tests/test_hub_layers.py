@@ -308,15 +308,35 @@ def test_alibi_shift_passes_relevance_into_the_softmax_rule():
     np.testing.assert_allclose(np.asarray(R_s), ref, rtol=0, atol=tol)
 
 
-def test_dinov3_rotary_table_is_a_constant():
-    """DINOv3's RoPE layer computes cos/sin from the image's shape only: traced, it is a constant."""
-    from keras_hub.src.models.dinov3.dinov3_layers import DINOV3RopePositionEmbedding
+def test_dinov3_rotary_table_is_a_constant_and_its_rotation_linear():
+    """DINOv3's RoPE layer computes cos/sin from the image's shape only: traced, it is a constant. The
+    rotation that applies them, ``q·cos + rot(q)·sin`` with ``rot(q) = [−q₂, q₁]`` (keras_hub's own
+    ``_apply_rotary``, traced), is explained as one linear map by the z-rule:
+    ``R_q = q ⊙ (g·cos + rotᵀ(g·sin))``, ``g = R_z / z``, ``rotᵀ(u) = [u₂, −u₁]``."""
+    from keras_hub.src.models.dinov3.dinov3_layers import DINOV3Attention, DINOV3RopePositionEmbedding
 
-    inp = keras.Input((16, 16, 3))
-    cos, sin = DINOV3RopePositionEmbedding(16, 2, 100.0, 4, name="rope")(inp)
-    model = keras.Model(inp, L.Dense(2)(L.Flatten()(L.Dense(4)(inp))) + ops.sum(cos) * 0 + ops.sum(sin) * 0)
-    g = it.Explainer(model, "attnlrp").graph
-    assert g.find("rope").category == "constant" and not g.find("rope").handler.depends_on_values
+    class Rotary(keras.layers.Layer):
+        def call(self, q, cos, sin):
+            return DINOV3Attention._apply_rotary(self, q, q, cos, sin, 0)[0]
+
+    img, q_in = keras.Input((16, 16, 3)), keras.Input((16, 2, 8))
+    cos, sin = DINOV3RopePositionEmbedding(16, 2, 100.0, 4, name="rope")(img)
+    z = Rotary(name="rot")(q_in, cos, sin)
+    model = keras.Model([img, q_in], L.Dense(3, name="d")(L.Flatten()(z)))
+    rng = np.random.default_rng(11)
+    x_img, q = rng.random((2, 16, 16, 3)).astype("float32"), rng.normal(size=(2, 16, 2, 8)).astype("float32")
+    ex = it.Explainer(model, it.Composite(**COMPOSITE))
+    (R_img, R_q), lw = ex([x_img, q], target=0, layerwise=True)
+    rope = ex.graph.find("rope")
+    assert rope.category == "constant" and not rope.handler.depends_on_values and np.all(np.asarray(R_img) == 0)
+    c, s_ = (np.asarray(t, "float64")[None, :, None, :] for t in DINOV3RopePositionEmbedding(16, 2, 100.0, 4)(x_img))
+    q64 = q.astype("float64")
+    z_np = q64 * c + np.concatenate([-q64[..., 4:], q64[..., :4]], -1) * s_
+    g = np.asarray(lw["rot"], "float64") / z_np
+    u = g * s_
+    ref = q64 * (g * c + np.concatenate([u[..., 4:], -u[..., :4]], -1))
+    tol = 16 * U32 * (np.abs(q64) * (np.abs(g) * (np.abs(c) + np.abs(s_)))).max()
+    np.testing.assert_allclose(np.asarray(R_q), ref, rtol=0, atol=tol)
 
 
 def test_fourier_mixing_is_linear():
