@@ -339,6 +339,45 @@ def test_dinov3_rotary_table_is_a_constant_and_its_rotation_linear():
     np.testing.assert_allclose(np.asarray(R_q), ref, rtol=0, atol=tol)
 
 
+def test_roformer_rotation_of_queries_and_keys_is_linear():
+    """RoFormer v2's rotary layer rotates queries and keys in one call (two outputs): one linear map, the
+    z-rule on both outputs, ``R_t = t ⊙ (g·cos + Pᵀ(g·sin))`` per tensor with ``g = R / z`` and the pair
+    rotation ``P t = [−t₁, t₀, −t₃, t₂, ...]``, ``Pᵀu = [u₁, −u₀, u₃, −u₂, ...]``; angles
+    ``p · 10000^(−2i/d)`` (Su et al. 2021)."""
+    from keras_hub.src.models.roformer_v2.roformer_v2_attention import RoformrPositionalEmbedding
+
+    T, H, D = 8, 2, 8
+    q_in, k_in = keras.Input((T, H, D)), keras.Input((T, H, D))
+    rq, rk = RoformrPositionalEmbedding(D, name="rope")([q_in, k_in])
+    model = keras.Model([q_in, k_in], L.Dense(3, name="d")(L.Flatten()(ops.concatenate([rq, 2.0 * rk], axis=-1))))
+    rng = np.random.default_rng(12)
+    q, k = (rng.normal(size=(2, T, H, D)).astype("float32") for _ in range(2))
+    ex = it.Explainer(model, it.Composite(**COMPOSITE))
+    (R_q, R_k), lw = ex([q, k], target=1, layerwise=True)
+    assert ex.graph.find("rope").category == "linear"
+    angles = np.arange(T)[:, None] * 10000.0 ** (-2 * np.arange(D // 2) / D)
+    cos = np.repeat(np.cos(angles), 2, -1)[None, :, None, :]
+    sin = np.repeat(np.sin(angles), 2, -1)[None, :, None, :]
+
+    def pair(t):
+        out = np.empty_like(t)
+        out[..., 0::2], out[..., 1::2] = -t[..., 1::2], t[..., 0::2]
+        return out
+
+    def pair_t(u):
+        out = np.empty_like(u)
+        out[..., 0::2], out[..., 1::2] = u[..., 1::2], -u[..., 0::2]
+        return out
+
+    R_out = lw["rope"]
+    for t, R_t, R_z in ((q, R_q, R_out[0]), (k, R_k, R_out[1])):
+        t64 = t.astype("float64")
+        g = np.asarray(R_z, "float64") / (t64 * cos + pair(t64) * sin)
+        ref = t64 * (g * cos + pair_t(g * sin))
+        tol = 16 * U32 * (np.abs(t64) * np.abs(g)).max() * (1 + T)  # float32 angles of up to T radians: cos, sin off by T·2^-23
+        np.testing.assert_allclose(np.asarray(R_t), ref, rtol=0, atol=tol)
+
+
 def test_fourier_mixing_is_linear():
     """FNet's mixing ``Re(DFT₂(x))`` over (tokens, features) is linear and symmetric (``Aᵀ = A``: the DFT
     matrix is symmetric): the z-rule, ``R_x = x ⊙ Re(DFT₂(R_z / z))``."""
