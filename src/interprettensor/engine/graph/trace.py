@@ -114,7 +114,7 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
                 outs = [keys.new() for _ in node.outputs]
                 g.steps.append(_make_step(op, prefix + op.name, ins, outs, _node_call(op, node), node, constant=True))
             elif expanded is not None:
-                outs = _add_model(g, expanded, ins, prefix + op.name + "/", keys)
+                outs = _add_traced(g, op, expanded, ins, prefix, keys)
                 _name_block_output(g, outs, prefix + op.name)
             else:
                 outs = [keys.new() for _ in node.outputs]
@@ -122,6 +122,23 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
             for kt, k in zip(node.outputs, outs):
                 kmap[id(kt)] = k
     return [kmap[id(kt)] for kt in model.outputs]
+
+
+_TRACED_NOTE = "traced because it has no handler"
+
+
+def _add_traced(g: Graph, op: Any, expanded: Any, ins: list, prefix: str, keys: _Keys) -> list:
+    """The traced layer's graph added; an error inside it also names the layer (the innermost one), for
+    which a handler can be registered instead."""
+    try:
+        return _add_model(g, expanded, ins, prefix + op.name + "/", keys)
+    except ShapeDependent:
+        raise
+    except ExplainError as e:
+        if _TRACED_NOTE in str(e):
+            raise
+        raise ExplainError(f"{e} It is part of layer {prefix + op.name!r} of type {type(op).__name__}, {_TRACED_NOTE}: "
+                           f"or register one with interprettensor.register_handler({type(op).__name__}, handler).") from e
 
 
 def _name_block_output(g: Graph, outs: list, name: str) -> None:
