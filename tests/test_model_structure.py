@@ -257,25 +257,51 @@ def test_unknown_preset_and_rule_errors():
 
 def test_layer_without_handler_error_and_registering_a_handler():
     class Scale(L.Layer):
-        def __init__(self, **kw):
-            super().__init__(**kw)
+        """x · w through an operation without a handler (traced, it names the operation and the layer)."""
 
         def build(self, shape):
             self.w = self.add_weight(shape=(shape[-1],), initializer="ones", name="w")
 
         def call(self, x):
-            return x * self.w
+            return keras.ops.convert_to_tensor(x) * self.w
 
     inp = keras.Input((4,))
     model = keras.Model(inp, L.Dense(2, name="d")(Scale(name="my_scale")(inp)))
     x = np.random.default_rng(16).normal(size=(2, 4))
-    with pytest.raises(it.ExplainError, match="'my_scale' of type Scale.*register_handler"):
+    with pytest.raises(it.ExplainError, match=r"ConvertToTensor.*'my_scale' of type Scale.*register_handler\(Scale"):
         it.lrp(model, x)
     it.register_handler(Scale, it.handlers.LinearHandler(
         params=lambda layer: {"kernel": layer.w}, fn=lambda layer, xs, p: xs[0] * p["kernel"],
         activation=lambda layer: None))
     got = it.lrp(model, x, rule="simple")
     assert got.shape == x.shape and np.all(np.isfinite(got))
+
+
+def test_layer_of_keras_operations_is_traced_without_a_handler():
+    """A layer without sub-layers whose call is keras operations (a layer scale ``x · w``) is traced into
+    them: under the z-rule its diagonal map passes relevance, as a registered linear handler's does."""
+
+    class Scale(L.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1],), initializer=keras.initializers.RandomUniform(0.5, 2.0))
+
+        def call(self, x):
+            return x * self.w
+
+    class Registered(Scale):
+        pass
+
+    it.register_handler(Registered, it.handlers.LinearHandler(
+        params=lambda layer: {"kernel": layer.w}, fn=lambda layer, xs, p: xs[0] * p["kernel"],
+        activation=lambda layer: None))
+    inp = keras.Input((4,))
+    traced = keras.Model(inp, L.Dense(2, name="d")(Scale(name="s")(inp)))
+    registered = keras.Model(inp, L.Dense(2, name="d")(Registered(name="s")(inp)))
+    registered.set_weights(traced.get_weights())
+    x = np.random.default_rng(17).normal(size=(2, 4))
+    # R·xw/(xw) in float32: a few roundings per element
+    np.testing.assert_allclose(it.lrp(traced, x, rule="simple"), it.lrp(registered, x, rule="simple"),
+                               rtol=8 * 2.0 ** -23, atol=1e-30)
 
 
 def test_custom_rule_interface():

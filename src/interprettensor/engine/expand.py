@@ -1,9 +1,13 @@
 """Layers explained through what they are made of.
 
-A layer without a handler of its own that is built from other layers (a transformer block, Keras'
-``MultiHeadAttention``, keras_hub's encoder and decoder layers) is traced: its ``call`` runs on
-symbolic inputs, which records the sub-layers and keras operations it uses as a small functional
-graph, and the graph walk explains that graph like a nested model. Fused operations expand into their
+A layer without a handler of its own (a transformer block, Keras' ``MultiHeadAttention``, keras_hub's
+encoder and decoder layers, but also a layer computed from keras operations alone: an RMS norm, a
+layer scale ``x * γ``, a drop path) is traced: its ``call`` runs on symbolic inputs, which records the
+sub-layers and keras operations it uses as a small functional graph, and the graph walk explains that
+graph like a nested model (the graph analyses then recognise what the operations compute, e.g. a
+normalisation's statistic: :func:`interprettensor.engine.graph.mark_statistics`). A layer whose traced
+outputs do not depend on its inputs' values at all (a rotary table or a bias computed from the input's
+shape) is a constant (:data:`CONSTANT_OUTPUT`). Fused operations expand into their
 explicit parts in the same way (:func:`register_expansion`): ``keras.ops.dot_product_attention``
 becomes ``Q·Kᵀ``, a masked softmax and ``A·V``, so that each part gets its own rule.
 
@@ -26,7 +30,7 @@ from keras import ops, tree
 from .errors import ExplainError
 
 __all__ = ["CONCRETE_SPECS", "CONSTANT_OUTPUT", "ConstantOutput", "ConstantTensor", "ShapeDependent", "expansion",
-           "is_composite_layer", "output_spec", "register_expansion", "register_traced"]
+           "is_composite_layer", "is_traceable_layer", "output_spec", "register_expansion", "register_traced"]
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -63,6 +67,12 @@ def is_composite_layer(op: Any) -> bool:
     if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
         return False
     return any(True for _ in op._flatten_layers(include_self=False, recursive=False))
+
+
+def is_traceable_layer(op: Any) -> bool:
+    """A layer (not a model): without a handler, it is traced through its ``call`` (a composite layer
+    into its sub-layers and operations, a layer without sub-layers into the keras operations it uses)."""
+    return isinstance(op, keras.layers.Layer) and not isinstance(op, keras.Model)
 
 
 def _trace_call(op: Any, *args: Any, **kwargs: Any) -> Any:
@@ -259,20 +269,57 @@ def _runtime_shapes(model: keras.Model) -> list[str]:
     return found
 
 
+#: a variable's binary operators and the keras operation each computes (``reflected``: ``other ∘ self``)
+_VARIABLE_OPERATORS = {"__add__": (ops.add, False), "__radd__": (ops.add, True),
+                       "__sub__": (ops.subtract, False), "__rsub__": (ops.subtract, True),
+                       "__mul__": (ops.multiply, False), "__rmul__": (ops.multiply, True),
+                       "__truediv__": (ops.divide, False), "__rtruediv__": (ops.divide, True),
+                       "__matmul__": (ops.matmul, False), "__rmatmul__": (ops.matmul, True)}
+
+
+def _symbolic_operator(fn: Callable, reflected: bool, original: Callable) -> Callable:
+    def operator(self: Any, other: Any) -> Any:
+        if isinstance(other, keras.KerasTensor):
+            return fn(other, self) if reflected else fn(self, other)
+        return original(self, other)
+
+    return operator
+
+
+@contextlib.contextmanager
+def _symbolic_variables() -> Iterator[None]:
+    """While tracing: ``variable * symbolic`` (T5's ``self.weight * x``) is the keras operation on the
+    live variable, as ``symbolic * variable`` already is (a variable's own operators compute with the
+    backend and refuse symbolic tensors)."""
+    cls = keras.Variable
+    own = {name: vars(cls)[name] for name in _VARIABLE_OPERATORS if name in vars(cls)}
+    for name, (fn, reflected) in _VARIABLE_OPERATORS.items():
+        setattr(cls, name, _symbolic_operator(fn, reflected, getattr(cls, name)))
+    try:
+        yield
+    finally:
+        for name in _VARIABLE_OPERATORS:
+            if name in own:
+                setattr(cls, name, own[name])
+            else:
+                delattr(cls, name)
+
+
 def expansion(op: Any, node: Any) -> keras.Model | ConstantOutput | None:
     """``op``'s call at ``node`` as a functional model of explainable parts, :data:`CONSTANT_OUTPUT` if
     its outputs do not depend on its inputs, or ``None`` if ``op`` is neither registered for expansion
-    nor a composite layer (or cannot be traced). Outputs that are ``None`` (optional outputs not asked
+    nor a layer (or a layer without sub-layers whose call cannot be traced). Outputs that are ``None`` (optional outputs not asked
     for) are left out, as Keras leaves them out of the node. Raises :class:`ShapeDependent` where the
     call reads a size that is unknown until run time (the graph is then built for the input's shapes)."""
     builder = _EXPANSIONS.get(type(op).__name__)
-    constant_only = False
+    leaf = False
     if builder is None:
-        if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
+        if not is_traceable_layer(op):
             return None
-        # a layer of its own (no sub-layers) is traced only to find outputs that do not depend on its
-        # inputs (a rotary embedding's cos and sin for the input's length); otherwise it needs a handler
-        constant_only = not is_composite_layer(op)
+        # a layer of its own (no sub-layers) is traced into the keras operations it uses (a norm written
+        # out, a layer scale, a rotary table for the input's length); if its call cannot be traced on
+        # symbolic tensors, it needs a handler
+        leaf = not is_composite_layer(op)
         builder = _trace_call
     specs = CONCRETE_SPECS.get() or {}
     fresh = [keras.Input(batch_shape=tuple(specs.get(id(kt), kt).shape), dtype=kt.dtype, name=f"{op.name}_in{i}")
@@ -280,10 +327,10 @@ def expansion(op: Any, node: Any) -> keras.Model | ConstantOutput | None:
     args, kwargs = node.arguments.fill_in({id(kt): f for kt, f in zip(node.input_tensors, fresh)})
     kwargs = dict(kwargs)
     try:
-        with _tracing_conventions(op):
+        with _tracing_conventions(op), _symbolic_variables():
             outs = builder(op, *args, **kwargs)
     except Exception as e:  # noqa: BLE001
-        if not constant_only:
+        if not leaf:
             raise
         if not specs and any(d is None for f in fresh for d in f.shape):
             raise ShapeDependent(f"layer {op.name!r} ({type(op).__name__}) may be a constant of the input's "
@@ -295,8 +342,6 @@ def expansion(op: Any, node: Any) -> keras.Model | ConstantOutput | None:
     symbolic = [isinstance(t, keras.KerasTensor) for t in flat]
     if not any(symbolic):
         return CONSTANT_OUTPUT
-    if constant_only:
-        return None
     if not all(symbolic):  # e.g. an empty placeholder for hidden states not asked for, beside the output
         flat = [t if s else ConstantTensor(t)(fresh[0]) for t, s in zip(flat, symbolic)]
     model = keras.Model(fresh, flat, name=op.name)

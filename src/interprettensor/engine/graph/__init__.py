@@ -7,7 +7,7 @@ writes. Nested models are inlined. :func:`forward` runs the steps and records wh
 consumers (skip connections, shared inputs).
 
 One module per idea, each importing only the ones before it: :mod:`.model` (:class:`Step`,
-:class:`Graph`, keys), :mod:`.canonical` (:func:`fuse_batchnorm`), :mod:`.analyses` (the static
+:class:`Graph`, keys), :mod:`.canonical` (:func:`fuse_batchnorm`), :mod:`.statistics` (:func:`mark_statistics`: normalisations recognised by what they compute), :mod:`.analyses` (the static
 analyses: :func:`mark_carried`, :func:`mark_nonneg`, :func:`mark_gates`, :func:`relu_denominator_steps`,
 :func:`positive_output_steps`), :mod:`.trace` (:func:`build_graph`, :func:`register_chain`,
 :func:`concrete_specs`) and :mod:`.interpret` (:func:`explained_output`, :func:`forward`,
@@ -20,8 +20,9 @@ from .analyses import mark_carried, mark_gates, mark_nonneg, positive_output_ste
 from .canonical import fuse_batchnorm
 from .interpret import backward, explained_output, forward
 from .model import Graph, Key, Step
+from .statistics import mark_statistics
 from .trace import build_graph, concrete_specs, register_chain
 
 __all__ = ["Key", "Step", "Graph", "build_graph", "register_chain", "concrete_specs", "fuse_batchnorm",
-           "mark_carried", "mark_nonneg", "mark_gates", "relu_denominator_steps", "positive_output_steps",
+           "mark_statistics", "mark_carried", "mark_nonneg", "mark_gates", "relu_denominator_steps", "positive_output_steps",
            "explained_output", "forward", "backward"]

@@ -24,6 +24,12 @@ def mark_carried(g: Graph, inputs_float: Sequence[bool]) -> None:
     for step in g.steps:
         step.carried = tuple(k in carried for k in step.inputs)
         handler = step.handler.for_inputs(sum(step.carried))
+        if handler is None and getattr(step.handler, "statistic_op", False):
+            raise ExplainError(
+                f"layer {step.name!r} of type {step.type_name} cannot be explained: it is a nonlinear operation on "
+                f"a tensor that carries relevance, which the engine explains only inside a normalisation's "
+                f"statistic (x * rsqrt(mean(x**2) + eps), x / sqrt(var + eps)), held constant there; register a "
+                f"handler for the layer that contains it (interprettensor.register_handler)")
         if handler is None:
             raise ExplainError(f"layer {step.name!r} of type {step.type_name} cannot be explained: it combines "
                                f"{sum(step.carried)} computed tensors in a way that has no LRP rule")

@@ -15,6 +15,7 @@ from ..errors import ExplainError
 from ..expand import CONCRETE_SPECS, CONSTANT_OUTPUT, ShapeDependent, expansion, output_spec
 from ..handlers import ConstantHandler, handler_for, load_optional_handlers, overridden_parent
 from .analyses import mark_carried, mark_gates, mark_nonneg
+from .statistics import mark_statistics
 from .canonical import fuse_batchnorm
 from .model import Graph, Step, _Keys
 
@@ -73,6 +74,9 @@ def _make_step(op: Any, name: str, ins: list, outs: list, call: Callable, node: 
     if node is not None:
         options = {k: v for k, v in node.arguments.kwargs.items()
                    if isinstance(v, (bool, int, float, str, type(None)))}
+        # numbers among the positional arguments (an exponent, ``1 / x``'s numerator), by position
+        options.update({f"arg{i}": v for i, v in enumerate(node.arguments.args)
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return Step(name, op, handler, ins, outs, call, options=options)
 
 
@@ -112,7 +116,7 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
                 step = _make_step(op, prefix + op.name, ins, outs, _node_call(op, node), node, constant=True)
                 g.steps.append(step)
             elif expanded is not None:
-                outs = _add_model(g, expanded, ins, prefix + op.name + "/", keys)
+                outs = _add_traced(g, op, expanded, ins, prefix, keys)
                 _name_block_output(g, outs, prefix + op.name)
             else:
                 outs = [keys.new() for _ in node.outputs]
@@ -120,6 +124,23 @@ def _add_functional(g: Graph, model: Any, in_keys: list, prefix: str, keys: _Key
             for kt, k in zip(node.outputs, outs):
                 kmap[id(kt)] = k
     return [kmap[id(kt)] for kt in model.outputs]
+
+
+_TRACED_NOTE = "traced because it has no handler"
+
+
+def _add_traced(g: Graph, op: Any, expanded: Any, ins: list, prefix: str, keys: _Keys) -> list:
+    """The traced layer's graph added; an error inside it also names the layer (the innermost one), for
+    which a handler can be registered instead."""
+    try:
+        return _add_model(g, expanded, ins, prefix + op.name + "/", keys)
+    except ShapeDependent:
+        raise
+    except ExplainError as e:
+        if _TRACED_NOTE in str(e):
+            raise
+        raise ExplainError(f"{e} It is part of layer {prefix + op.name!r} of type {type(op).__name__}, {_TRACED_NOTE}: "
+                           f"or register one with interprettensor.register_handler({type(op).__name__}, handler).") from e
 
 
 def _name_block_output(g: Graph, outs: list, name: str) -> None:
@@ -264,6 +285,7 @@ def build_graph(model: Any, canonize: bool = True, input_shapes: Sequence[Sequen
     g.output_names = [producer[k].name if k in producer else f"output_{i}" for i, k in enumerate(g.outputs)]
     if canonize:
         fuse_batchnorm(g)
+    mark_statistics(g)
     mark_carried(g, _floating(model.inputs) if chain is None else [True])
     mark_nonneg(g)
     mark_gates(g)

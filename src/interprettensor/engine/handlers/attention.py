@@ -24,7 +24,8 @@ from .base import (
     shaped_like,
 )
 
-__all__ = ["ContractionHandler", "OpLinearHandler", "ProductHandler", "SoftmaxHandler", "signal_inputs"]
+__all__ = ["ContractionHandler", "MultiOutputLinearHandler", "OpLinearHandler", "ProductHandler", "SoftmaxHandler",
+           "signal_inputs"]
 
 
 def _factors(step: Any, xs: list) -> list[bool]:
@@ -139,6 +140,35 @@ class OpLinearHandler(Handler):
         for i, r in zip(idx, part):
             out[i] = r
         return out
+
+
+def _joined(ts: list) -> Tensor:
+    """The tensors flattened per sample and joined: ``(batch, n_1 + n_2 + ...)``."""
+    flat = [ops.reshape(t, (ops.shape(t)[0], -1)) for t in ts]
+    return flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=1)
+
+
+class MultiOutputLinearHandler(OpLinearHandler):
+    """A map linear in its computed inputs with several outputs (``keras.ops.fft2``'s real and
+    imaginary parts; a rotary embedding applied to queries and keys in one call): one linear map whose
+    output is all of the outputs joined per sample (:func:`_joined`), so that the composite's rule
+    (``merge``: the z-rule under the presets) sees every output's relevance at once, ``R_x = x ⊙ Jᵀ(R /
+    stab(z))`` with ``z`` and ``R`` the joined outputs and their relevance. An output whose relevance is
+    ``None`` (an imaginary part nobody reads) contributes zeros."""
+
+    def linear_map(self, step: Any, xs) -> LinearMap:
+        def fn(args, p):
+            return p["kernel"] * _joined([ops.cast(o, args[0].dtype) for o in step.call(args)])
+
+        return LinearMap(fn, {"kernel": ops.ones((), xs[0].dtype)}, None)
+
+    def forward(self, layer, xs, step, options=DEFAULT_PASS):
+        outs = step.call(xs)
+        return outs, {"z": _joined([ops.cast(o, xs[0].dtype) for o in outs]), "map": self.linear_map(step, xs)}
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        R = _joined([ops.cast(materialize(r), state["z"].dtype) for r in Rs])
+        return super().relevance(layer, xs, ys, state, [R], rule, step, options)
 
 
 class ContractionHandler(Handler):

@@ -9,11 +9,11 @@ import keras
 from keras import ops
 
 from ..backend import Tensor
-from .attention import ContractionHandler, OpLinearHandler, SoftmaxHandler
+from .attention import ContractionHandler, MultiOutputLinearHandler, OpLinearHandler, SoftmaxHandler
 from .elementwise import ElementwiseHandler
 from .embedding import ConstantHandler, EmbeddingHandler, ReversibleEmbeddingHandler
 from .fixed_linear import FixedLinearHandler
-from .normalization import LayerNormHandler
+from .normalization import LayerNormHandler, StatisticOpHandler
 from .pooling import MaxPoolHandler, winner_takes_all_3d
 from .quantised import dequantised_kernel
 from .registry import register_keras_family, register_op_handler
@@ -203,8 +203,13 @@ for _name, _handler in [("Add", _sum), ("Subtract", _difference), ("Multiply", _
                         ("Softmax", _softmax),
                         *[(n, _contraction) for n in ("Einsum", "Matmul", "Tensordot", "Dot", "Inner")],
                         *[(n, _op_linear) for n in ("Mean", "Sum", "Negative")],
+                        # discrete Fourier transforms: linear in the (real, imaginary) parts
+                        *[(n, MultiOutputLinearHandler()) for n in ("FFT", "FFT2", "IFFT2", "RFFT", "IRFFT")],
                         *[(n, _scale) for n in ("Divide", "TrueDivide")],
                         *[(n, _constant) for n in ("ZerosLike", "OnesLike", "FullLike", "OneHot")],
                         *[(n, _route) for n in ("Max", "Min")],
-                        ("Clip", _pass), ("TopK", RoutingDecisionHandler())]:
+                        ("Clip", _pass), ("TopK", RoutingDecisionHandler()),
+                        # made into statistics of normalisations (graph.statistics), nowhere else
+                        *[(n, StatisticOpHandler()) for n in ("Square", "Power", "Sqrt", "Rsqrt", "Reciprocal", "Var",
+                                                              "Std", "Norm", "Abs")]]:
     register_op_handler(_name, _handler)

@@ -2,7 +2,15 @@
 deviation is a constant of the forward pass, so ``y = (x − mean(x)) / σ · γ + β`` is a linear map of
 ``x`` (the mean subtraction and the affine part) that the composite's rule explains. RMS
 normalisation ``x / rms(x) · γ`` with ``rms`` constant is the identity for relevance (each output
-comes from one input): relevance passes through."""
+comes from one input): relevance passes through.
+
+The same convention for normalisations written out in keras operations (any layer whose traced call
+multiplies a tensor by ``rsqrt(mean(x²) + ε)``, ``1 / sqrt(var + ε)``, ``(var + ε)^-½`` of it, or
+divides it by ``sqrt(...)``; :func:`interprettensor.engine.graph.mark_statistics` finds them):
+:class:`NormScaleHandler` passes relevance through the scaling by the held statistic,
+:class:`HeldStatisticHandler` holds the statistic's operations constant (no relevance enters them),
+and :class:`StatisticOpHandler` serves the nonlinear operations such statistics are made of (square,
+power, square root, ...), which have no LRP rule anywhere else."""
 
 from __future__ import annotations
 
@@ -11,8 +19,11 @@ from typing import Any
 from keras import ops
 
 from ..linear import LinearMap, linear_relevance, materialize
+from ..errors import ExplainError
 from .base import (
+    CONSTANT,
     DEFAULT_PASS,
+    ELEMENTWISE,
     NORM,
     Handler,
     cast_params,
@@ -21,7 +32,7 @@ from .base import (
     shaped_like,
 )
 
-__all__ = ["LayerNormHandler"]
+__all__ = ["HeldStatisticHandler", "LayerNormHandler", "NormScaleHandler", "StatisticOpHandler"]
 
 
 def _axes(layer: Any, rank: int) -> list[int]:
@@ -68,3 +79,62 @@ class LayerNormHandler(Handler):
         z = ops.cast(state["z"], xs[0].dtype)
         return linear_relevance(state["map"], xs, shaped_like(Rs[0], z), rule, z, False, lazy=True)
 
+
+
+class NormScaleHandler(Handler):
+    """``y = a ⊙ s`` or ``y = a / s`` where ``s`` is a statistic of ``a`` that scales it to degree 0
+    (``rsqrt(mean(a²) + ε)``, ``1 / std(a)``): a normalisation whose statistic is held constant
+    (AttnLRP, Achtibat et al. 2024, Sec. 3.3; LXT's identity rule for RMSNorm). With ``s`` constant the
+    map is diagonal, each output read from one input, so every conservative rule gives the identity:
+    the signal ``a`` receives the relevance unchanged, the statistic none (as
+    :class:`LayerNormHandler` does for ``rms_scaling``). Built by
+    :func:`interprettensor.engine.graph.mark_statistics` with the index of the signal input."""
+
+    category = NORM
+    accepts_lazy = True
+    batch_records = True
+
+    def __init__(self, signal: int = 0):
+        self.signal = signal
+
+    def zero_relevance(self, layer, rule):
+        return "moved"
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        a = xs[self.signal]
+        R = materialize(Rs[0])
+        if tuple(a.shape[1:]) != tuple(ys[0].shape[1:]):
+            raise ExplainError(f"layer {step.name!r} ({step.type_name}) normalises a tensor of shape {tuple(a.shape)} "
+                               f"into one of shape {tuple(ys[0].shape)}: relevance passes through a normalisation "
+                               f"only where the two shapes agree")
+        return [ops.reshape(R, ops.shape(a)) if i == self.signal else None for i in range(len(xs))]
+
+
+class HeldStatisticHandler(Handler):
+    """An operation of a normalisation's statistic (``x²``, its mean, ``+ ε``, ``rsqrt``), held constant
+    (:class:`NormScaleHandler`): it computes its value in the forward pass; no relevance enters it and
+    its output counts as independent of the explained input."""
+
+    category = CONSTANT
+    depends_on_values = False
+    batch_records = True
+
+    def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
+        return [None] * len(xs)
+
+
+class StatisticOpHandler(Handler):
+    """A nonlinear keras operation that statistics are made of (``square``, ``power``, ``sqrt``,
+    ``rsqrt``, ``reciprocal``, ``var``, ``std``, ``norm``, ``abs``): on constants it is a constant;
+    inside a normalisation's statistic :func:`~interprettensor.engine.graph.mark_statistics` holds it
+    constant; on a tensor that carries relevance anywhere else it has no LRP rule
+    (:meth:`for_inputs` says so and the graph names it)."""
+
+    category = ELEMENTWISE
+    #: the graph's error names the operation as one explained only inside a statistic
+    statistic_op = True
+
+    def for_inputs(self, n_computed: int) -> "Handler | None":
+        if n_computed == 0:
+            return HeldStatisticHandler()
+        return None
