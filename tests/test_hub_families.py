@@ -4,8 +4,7 @@ finite and nonzero; the explained output is the model's own logit (the predicted
 position for language models); and, on families built without additive biases, CP-LRP with epsilon 0
 conserves: the relevance of the tokens adds up to the logit.
 
-Families that fail only for want of handlers another branch adds are marked ``xfail(strict=True)``
-with that branch's name, so that the merge flips them."""
+Families that do not explain yet are marked ``xfail(strict=True)`` with the reason."""
 
 from __future__ import annotations
 
@@ -20,16 +19,8 @@ import interprettensor as it  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-_NORMS = "handled on branch i21-norms/i21-moe"
 #: family -> why it is expected to fail today (first error in the comment)
 XFAIL = {
-    "Qwen 3": _NORMS,  # Qwen3LayerNorm has no handler
-    "Qwen 2 MoE": _NORMS,  # QwenMoeLayerNorm, then the experts' routing
-    "Qwen 3 MoE": _NORMS,  # Qwen3MoeLayerNorm, then the experts' routing
-    "Mixtral": _NORMS,  # MixtralLayerNormalization, then the experts' routing
-    "Phi-3": _NORMS,  # Phi3LayerNorm
-    "Bloom": _NORMS,  # AlibiBias
-    "DINOv2": _NORMS,  # DINOV2LayerScale
     "Gemma 3 vision": "Gemma3InterleaveEmbeddings (image embeddings scattered into the text) has no handler",
     "DeBERTa-v3": "DisentangledSelfAttention calls tf.gather, not a keras operation: it cannot be traced",
 }

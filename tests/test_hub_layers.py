@@ -407,26 +407,13 @@ def _image():
     return np.random.default_rng(9).random((2, 16, 16, 3)).astype("float32")
 
 
+#: families with a layer recognised here (Qwen 3, Phi-3, DINOv2 and Bloom are in tests/test_hub_families.py)
 _FAMILIES = {
-    "Qwen3": lambda: (M.Qwen3CausalLM(backbone=M.Qwen3Backbone(
-        vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2, head_dim=4, hidden_dim=16,
-        intermediate_dim=32), preprocessor=None), _text(), dict(position=-1)),
-    "Phi3": lambda: (M.Phi3CausalLM(backbone=M.Phi3Backbone(
-        vocabulary_size=50, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=16,
-        intermediate_dim=32), preprocessor=None), _text(), dict(position=-1)),
-    "DINOv2": lambda: (M.DINOV2Backbone(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
-                                        image_shape=(16, 16, 3), position_embedding_shape=(16, 16, 3)), _image(), {}),
     "DINOv3": lambda: (M.DINOV3Backbone(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
                                         image_shape=(16, 16, 3)), _image(), {}),
-    "Bloom": lambda: (M.BloomCausalLM(backbone=M.BloomBackbone(
-        vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32), preprocessor=None),
-        _text(), dict(position=-1)),
     "FNet": lambda: (M.FNetTextClassifier(backbone=M.FNetBackbone(
         vocabulary_size=50, num_layers=2, hidden_dim=16, intermediate_dim=32, dropout=0.0, max_sequence_length=16),
         num_classes=3, preprocessor=None), _text(keys=("token_ids", "segment_ids")), {}),
-}
-#: families that stop at a cause other helpers fix (keras.ops.shape reshapes inside attention: i21-trace)
-_ELSEWHERE = {
     "RoformerV2": lambda: (M.RoformerV2TextClassifier(backbone=M.RoformerV2Backbone(
         vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32, head_size=8, dropout=0.0),
         num_classes=3, preprocessor=None), _text(keys=("token_ids", "segment_ids")), {}),
@@ -449,13 +436,3 @@ def _explains(make):
 @pytest.mark.parametrize("family", sorted(_FAMILIES))
 def test_keras_hub_family_explains(family):
     _explains(_FAMILIES[family])
-
-
-@pytest.mark.parametrize("family", sorted(_ELSEWHERE))
-def test_keras_hub_family_waiting_for_shape_tracing(family):
-    try:
-        _explains(_ELSEWHERE[family])
-    except ExplainError as e:
-        if "Reshape" in str(e):
-            pytest.xfail(f"{family}: a reshape to keras.ops.shape inside attention (fixed on branch i21-trace)")
-        raise

@@ -14,23 +14,13 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 import interprettensor as it  # noqa: E402
-from interprettensor.engine.handlers import ElementwiseHandler  # noqa: E402
 from interprettensor.engine.rule_algebra import TINY  # noqa: E402
 
 L = keras.layers
 M = keras_hub.models
 pytestmark = pytest.mark.slow
 
-# the RMS normalisations of these models have no handler on this branch (another branch recognises norms
-# generically): relevance passes them, as for keras_hub's QwenLayerNorm
-from keras_hub.src.models.gpt_oss.gpt_oss_layer_norm import GptOssLayerNormalization  # noqa: E402
-from keras_hub.src.models.mixtral.mixtral_layer_norm import MixtralLayerNormalization  # noqa: E402
 from keras_hub.src.models.qwen3_moe.qwen3_moe_decoder import Qwen3SparseMoeBlock  # noqa: E402
-from keras_hub.src.models.qwen3_moe.qwen3_moe_layernorm import Qwen3MoeLayerNorm  # noqa: E402
-from keras_hub.src.models.qwen_moe.qwen_moe_layernorm import QwenMoeLayerNorm  # noqa: E402
-
-for _norm in (MixtralLayerNormalization, QwenMoeLayerNorm, Qwen3MoeLayerNorm, GptOssLayerNormalization):
-    it.register_handler(_norm, ElementwiseHandler())
 
 SEQ, VOCAB, HIDDEN, EXPERTS, TOP_K = 8, 50, 16, 4, 2
 _COMMON = dict(vocabulary_size=VOCAB, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=HIDDEN,

@@ -261,7 +261,8 @@ def _runtime_shapes(model: keras.Model) -> list[str]:
             if not (isinstance(value, (tuple, list)) and value and any(d is None for d in value)
                     and all(d is None or isinstance(d, int) for d in value)):
                 continue
-            if type(node_op).__name__ == "Reshape" and attr == "newshape" and sum(d is None for d in value) == 1:
+            if (type(node_op).__name__ == "Reshape" and attr == "newshape" and sum(d is None for d in value) == 1
+                    and -1 not in value):
                 # one unknown size of a reshape follows from the others: -1 is exact for any input size
                 node_op.newshape = tuple(-1 if d is None else d for d in value)
                 continue
