@@ -536,6 +536,19 @@ def test_unsupported_layer_is_refused_by_name(case):
     assert name in str(err.value), f"the message does not name {name!r}: {err.value}"
 
 
+def test_layer_made_of_operations_with_handlers_is_traced_and_explained():
+    """Keras' AdditiveAttention has no handler of its own; its call (tanh of sums, a softmax, a
+    weighted sum) is traced into operations that have one: the explained output is the model's."""
+    inp = keras.Input((4, 6))
+    h = keras.layers.AdditiveAttention(name="my_attention")([inp, inp])
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(0).normal(size=(2, 4, 6)).astype("float32")
+    for rule in ("epsilon", "attnlrp"):
+        R, out = it.Explainer(model, rule=rule)(x, return_output=True)
+        np.testing.assert_allclose(out, keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-6)
+        assert R.shape == x.shape and np.isfinite(R).all() and np.abs(R).sum() > 0
+
+
 def test_subclass_of_a_supported_layer_is_explained_exactly_or_refused():
     """A Dense subclass that overrides ``call`` (output 2 z + 1): the engine must either refuse it by
     name, or explain what the layer computes (its explained output is the model's output)."""

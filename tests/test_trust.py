@@ -230,11 +230,25 @@ class PlainDense(L.Dense):
     pass
 
 
-def test_subclass_that_overrides_call_has_no_handler():
+def test_subclass_that_overrides_call_is_explained_as_what_its_call_computes():
+    """ScaledDense computes 2 (x W + b) + 1: Dense's handler would explain another map, so its call is
+    traced into a matrix product, a bias, a scale and a shift. The shifts by constants pass relevance,
+    as element-wise functions do, and the scale is diagonal, so the whole output's relevance y_j
+    reaches the product x W, which the z-rule splits: R_i = Σ_j x_i W_ij / (x W)_j · y_j (numpy)."""
     inp = keras.Input((4,))
-    model = keras.Model(inp, ScaledDense(3, name="scaled")(inp))
-    with pytest.raises(it.ExplainError, match="'scaled' of type ScaledDense.*subclasses Dense but overrides call"):
-        it.lrp(model, np.ones((1, 4)))
+    scaled = ScaledDense(3, name="scaled")
+    model = keras.Model(inp, scaled(inp))
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (2, 4))
+    scaled.bias.assign(np.array([0.3, -0.2, 0.1], "float32"))
+    W, b = scaled.kernel.numpy().astype("float64"), scaled.bias.numpy().astype("float64")
+    u = x @ W
+    assert np.abs(u).min() > 0.05, "test data near the z-rule's singularity"
+    y = 2 * (u + b) + 1
+    for target in range(3):
+        got = it.lrp(model, x.astype("float32"), rule="z", target=target)
+        want = x * W[:, target] / u[:, target:target + 1] * y[:, target:target + 1]
+        # float32: a sum of 4 products, a division and three element-wise steps, each a few roundings
+        np.testing.assert_allclose(got, want, rtol=0, atol=64 * 2**-23 * np.abs(want).max())
     # a subclass that leaves call alone computes what Dense computes, and is explained as one
     inp = keras.Input((4,))
     plain = keras.Model(inp, PlainDense(3)(inp))
