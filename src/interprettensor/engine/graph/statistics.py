@@ -38,7 +38,7 @@ _POWERS = {"Square": Fraction(2), "Sqrt": Fraction(1, 2), "Rsqrt": Fraction(-1, 
            "Abs": Fraction(1)}
 
 #: the operations a statistic may be made of (the keras operation's class name; the layers ``Add``,
-#: ``Multiply``, ``Subtract`` alike), documented by :func:`_degree`
+#: ``Multiply``, ``Subtract`` alike), each with its degree in :meth:`_Deg.of`
 _DEGREE = frozenset(_SAME + tuple(_REDUCTIONS) + tuple(_POWERS) + ("Power", "Add", "Subtract", "Multiply", "Divide",
                                                                   "TrueDivide"))
 
