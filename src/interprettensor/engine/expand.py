@@ -425,3 +425,39 @@ _register_constant_tensor()
 #: sums over the expert axis. By class name, so that keras_hub need not be imported here.
 for _experts in ("MixtralMoeExperts", "QwenMoeExperts", "Qwen3MoeExperts", "Qwen3_5MoeExperts", "GptOssExperts"):
     register_traced(_experts)
+
+
+# ----------------------------------------------------------------------------- DeBERTa-v3
+def _disentangled_scores(op: Any, query: Any, key: Any, rel_embeddings: Any) -> Any:
+    """DeBERTa's content-to-position and position-to-content scores (He et al. 2021, eq. 2-4) with
+    ``ops.take_along_axis`` for the relative-position gathers (keras_hub's layer calls ``tf.gather`` on
+    TensorFlow, which cannot run on symbolic tensors): ``Q_c·K_rᵀ`` and ``K_c·Q_rᵀ`` gathered at the
+    bucketed relative positions ``δ(i, j)``, scaled; the positions are integer constants."""
+    batch_size = ops.shape(query)[0]
+    num_positions = ops.shape(query)[1]
+    rel_pos = op._get_rel_pos(num_positions)
+    span = op.bucket_size
+    shape = (batch_size, op.num_heads, num_positions, num_positions)
+    pos_query = op._query_dense(rel_embeddings)
+    pos_key = op._key_dense(rel_embeddings)
+    c2p = ops.einsum("aecd,abcd->acbe", pos_key, query)
+    c2p_pos = ops.broadcast_to(ops.clip(rel_pos + span, 0, span * 2 - 1), shape)
+    c2p = ops.multiply(ops.take_along_axis(c2p, c2p_pos, axis=3), op.scale_factor)
+    p2c = ops.einsum("aecd,abcd->acbe", pos_query, key)
+    p2c_pos = ops.broadcast_to(ops.clip(-rel_pos + span, 0, span * 2 - 1), shape)
+    p2c = ops.transpose(ops.take_along_axis(p2c, p2c_pos, axis=3), [0, 1, 3, 2])
+    return ops.add(c2p, ops.multiply(p2c, op.scale_factor))
+
+
+def _disentangled_self_attention(op: Any, *args: Any, **kwargs: Any) -> Any:
+    """keras_hub's ``DisentangledSelfAttention`` traced through its own ``call`` (its dense layers and
+    weights), the relative scores computed by :func:`_disentangled_scores`."""
+    object.__setattr__(op, "_compute_disentangled_attention",
+                       lambda query, key, rel_embeddings: _disentangled_scores(op, query, key, rel_embeddings))
+    try:
+        return _trace_call(op, *args, **kwargs)
+    finally:
+        object.__delattr__(op, "_compute_disentangled_attention")
+
+
+register_expansion("DisentangledSelfAttention", _disentangled_self_attention)
