@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 #: family -> why it is expected to fail today (first error in the comment)
 XFAIL = {
-    "Gemma 3 vision": "Gemma3InterleaveEmbeddings (image embeddings scattered into the text) has no handler",
+
 
 }
 

@@ -30,7 +30,8 @@ from keras import ops, tree
 from .errors import ExplainError
 
 __all__ = ["CONCRETE_SPECS", "CONSTANT_OUTPUT", "ConstantOutput", "ConstantTensor", "ShapeDependent", "expansion",
-           "is_composite_layer", "is_traceable_layer", "output_spec", "register_expansion", "register_traced"]
+           "is_composite_layer", "is_traceable_layer", "output_spec", "register_expansion", "register_spec_from_call",
+           "register_traced"]
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -143,10 +144,32 @@ def _less_known(out: Any, inputs: Any) -> bool:
     return any(d is None for t in tree.flatten(out) if isinstance(t, keras.KerasTensor) for d in t.shape)
 
 
+#: layer class names whose own ``compute_output_shape`` is wrong for their call (keras_hub's
+#: ``Gemma3InterleaveEmbeddings`` gives its first input's, the image embeddings', shape for the text
+#: sequence it returns): their output spec is inferred from the call where the call can run
+_SPEC_FROM_CALL: set[str] = set()
+
+
+def register_spec_from_call(name: str) -> None:
+    """Infer the output spec of layer class ``name`` from its call (on symbolic tensors), not from its
+    own ``compute_output_spec``/``compute_output_shape``, wherever the call can run on them."""
+    _SPEC_FROM_CALL.add(name)
+
+
 def output_spec(op: Any, *args: Any, **kwargs: Any) -> Any:
     """The output spec of ``op`` called on symbolic ``args``: its own, else (a library's hand-written
-    spec or shape that does not fit these arguments) inferred from its call under the conventions of
-    :func:`_tracing_conventions`. Outputs that are ``None`` are left out."""
+    spec or shape that does not fit these arguments, or a class of :func:`register_spec_from_call`)
+    inferred from its call under the conventions of :func:`_tracing_conventions`. Outputs that are
+    ``None`` are left out."""
+    if type(op).__name__ in _SPEC_FROM_CALL:
+        # on dense tensors, as the engine computes (Keras marks ``embeddings * scale`` as sparse)
+        dense = functools.partial(tree.map_structure, lambda t: keras.KerasTensor(t.shape, dtype=t.dtype)
+                                  if isinstance(t, keras.KerasTensor) else t)
+        try:
+            out = keras.Operation.compute_output_spec(op, *dense(list(args)), **dense(dict(kwargs)))
+            return [t for t in tree.flatten(out) if t is not None]
+        except Exception:  # noqa: BLE001 - a call that needs known sizes: the layer's own spec
+            pass
     try:
         out = op.compute_output_spec(*args, **kwargs)
     except Exception:  # noqa: BLE001
@@ -461,3 +484,6 @@ def _disentangled_self_attention(op: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 register_expansion("DisentangledSelfAttention", _disentangled_self_attention)
+
+
+register_spec_from_call("Gemma3InterleaveEmbeddings")
