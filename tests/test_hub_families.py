@@ -20,10 +20,7 @@ import interprettensor as it  # noqa: E402
 pytestmark = pytest.mark.slow
 
 #: family -> why it is expected to fail today (first error in the comment)
-XFAIL = {
-
-
-}
+XFAIL: dict[str, str] = {}
 
 _CASES: dict = {}
 _OUTPUTS: dict = {}
