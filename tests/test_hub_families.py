@@ -20,10 +20,7 @@ import interprettensor as it  # noqa: E402
 pytestmark = pytest.mark.slow
 
 #: family -> why it is expected to fail today (first error in the comment)
-XFAIL = {
-    "Gemma 3 vision": "Gemma3InterleaveEmbeddings (image embeddings scattered into the text) has no handler",
-    "DeBERTa-v3": "DisentangledSelfAttention calls tf.gather, not a keras operation: it cannot be traced",
-}
+XFAIL: dict[str, str] = {}
 
 _CASES: dict = {}
 _OUTPUTS: dict = {}

@@ -436,3 +436,51 @@ def _explains(make):
 @pytest.mark.parametrize("family", sorted(_FAMILIES))
 def test_keras_hub_family_explains(family):
     _explains(_FAMILIES[family])
+
+
+def test_gemma3_interleave_routes_relevance_to_where_each_embedding_came_from():
+    """Gemma 3 scatters the image embeddings into the text embeddings at ``vision_indices`` (integer,
+    constant): each output position is exactly one input element, so its relevance goes back to that
+    element (the image embedding placed there, or the text embedding kept there); a text embedding
+    overwritten by an image one gets none. The relevances are copies: exact."""
+    from keras_hub.src.models.gemma3.gemma3_layers import Gemma3InterleaveEmbeddings
+
+    B, N, S, D = 2, 3, 6, 4
+    img_in, txt_in, idx_in = keras.Input((N, D)), keras.Input((S, D)), keras.Input((N,), dtype="int32")
+    z = Gemma3InterleaveEmbeddings(N, name="interleave")(img_in, txt_in, idx_in)
+    # per position, then averaged (keras_hub's spec of the layer's output is the image embeddings' shape)
+    model = keras.Model([img_in, txt_in, idx_in], ops.mean(L.Dense(2, name="d")(z), axis=1))
+    rng = np.random.default_rng(12)
+    img, txt = rng.normal(size=(B, N, D)).astype("float32"), rng.normal(size=(B, S, D)).astype("float32")
+    idx = np.array([[1, 3, 4], [2, 3, 5]], "int32")  # no 0: keras_hub pads with 0 and restores position 0
+    (R_img, R_txt, _), lw = it.Explainer(model, "attnlrp")([img, txt, idx], target=0, layerwise=True)
+    R_out = np.asarray(lw["interleave"])
+    rows = np.arange(B)[:, None]
+    ref_img = R_out[rows, idx]
+    ref_txt = R_out.copy()
+    ref_txt[rows, idx] = 0
+    np.testing.assert_array_equal(np.asarray(R_img), ref_img)
+    np.testing.assert_array_equal(np.asarray(R_txt), ref_txt)
+    # the layer's own output: the embeddings placed as the reference says
+    placed = txt.copy()
+    placed[rows, idx] = img
+    np.testing.assert_array_equal(np.asarray(model.get_layer("interleave")(img, txt, idx)), placed)
+
+
+def test_deberta_expansion_computes_the_layers_own_scores():
+    """DeBERTa-v3's disentangled attention (content-to-content, content-to-position and
+    position-to-content scores, He et al. 2021 eq. 4) expanded with ``take_along_axis`` for the relative
+    gathers gives the layer's own output (keras_hub's ``tf.gather`` path on TensorFlow)."""
+    from keras_hub.src.models.deberta_v3.disentangled_self_attention import DisentangledSelfAttention
+
+    from interprettensor.engine.expand import _EXPANSIONS
+
+    layer = DisentangledSelfAttention(num_heads=2, hidden_dim=8, max_position_embeddings=16, bucket_size=4)
+    rng = np.random.default_rng(13)
+    x, rel = rng.normal(size=(2, 6, 8)).astype("float32"), rng.normal(size=(1, 8, 8)).astype("float32")
+    mask = np.ones((2, 6, 6), "int32")
+    mask[1, :, 4:] = 0  # the second sample padded after 4 tokens
+    want = np.asarray(layer(x, rel_embeddings=rel, attention_mask=mask))
+    got = np.asarray(_EXPANSIONS["DisentangledSelfAttention"](layer, x, rel_embeddings=rel, attention_mask=mask))
+    # the same float32 operations in the same order, the gathers exact
+    np.testing.assert_array_equal(got, want)

@@ -30,7 +30,8 @@ from keras import ops, tree
 from .errors import ExplainError
 
 __all__ = ["CONCRETE_SPECS", "CONSTANT_OUTPUT", "ConstantOutput", "ConstantTensor", "ShapeDependent", "expansion",
-           "is_composite_layer", "is_traceable_layer", "output_spec", "register_expansion", "register_traced"]
+           "is_composite_layer", "is_traceable_layer", "output_spec", "register_expansion", "register_spec_from_call",
+           "register_traced"]
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -143,10 +144,32 @@ def _less_known(out: Any, inputs: Any) -> bool:
     return any(d is None for t in tree.flatten(out) if isinstance(t, keras.KerasTensor) for d in t.shape)
 
 
+#: layer class names whose own ``compute_output_shape`` is wrong for their call (keras_hub's
+#: ``Gemma3InterleaveEmbeddings`` gives its first input's, the image embeddings', shape for the text
+#: sequence it returns): their output spec is inferred from the call where the call can run
+_SPEC_FROM_CALL: set[str] = set()
+
+
+def register_spec_from_call(name: str) -> None:
+    """Infer the output spec of layer class ``name`` from its call (on symbolic tensors), not from its
+    own ``compute_output_spec``/``compute_output_shape``, wherever the call can run on them."""
+    _SPEC_FROM_CALL.add(name)
+
+
 def output_spec(op: Any, *args: Any, **kwargs: Any) -> Any:
     """The output spec of ``op`` called on symbolic ``args``: its own, else (a library's hand-written
-    spec or shape that does not fit these arguments) inferred from its call under the conventions of
-    :func:`_tracing_conventions`. Outputs that are ``None`` are left out."""
+    spec or shape that does not fit these arguments, or a class of :func:`register_spec_from_call`)
+    inferred from its call under the conventions of :func:`_tracing_conventions`. Outputs that are
+    ``None`` are left out."""
+    if type(op).__name__ in _SPEC_FROM_CALL:
+        # on dense tensors, as the engine computes (Keras marks ``embeddings * scale`` as sparse)
+        dense = functools.partial(tree.map_structure, lambda t: keras.KerasTensor(t.shape, dtype=t.dtype)
+                                  if isinstance(t, keras.KerasTensor) else t)
+        try:
+            out = keras.Operation.compute_output_spec(op, *dense(list(args)), **dense(dict(kwargs)))
+            return [t for t in tree.flatten(out) if t is not None]
+        except Exception:  # noqa: BLE001 - a call that needs known sizes: the layer's own spec
+            pass
     try:
         out = op.compute_output_spec(*args, **kwargs)
     except Exception:  # noqa: BLE001
@@ -425,3 +448,42 @@ _register_constant_tensor()
 #: sums over the expert axis. By class name, so that keras_hub need not be imported here.
 for _experts in ("MixtralMoeExperts", "QwenMoeExperts", "Qwen3MoeExperts", "Qwen3_5MoeExperts", "GptOssExperts"):
     register_traced(_experts)
+
+
+# ----------------------------------------------------------------------------- DeBERTa-v3
+def _disentangled_scores(op: Any, query: Any, key: Any, rel_embeddings: Any) -> Any:
+    """DeBERTa's content-to-position and position-to-content scores (He et al. 2021, eq. 2-4) with
+    ``ops.take_along_axis`` for the relative-position gathers (keras_hub's layer calls ``tf.gather`` on
+    TensorFlow, which cannot run on symbolic tensors): ``Q_c·K_rᵀ`` and ``K_c·Q_rᵀ`` gathered at the
+    bucketed relative positions ``δ(i, j)``, scaled; the positions are integer constants."""
+    batch_size = ops.shape(query)[0]
+    num_positions = ops.shape(query)[1]
+    rel_pos = op._get_rel_pos(num_positions)
+    span = op.bucket_size
+    shape = (batch_size, op.num_heads, num_positions, num_positions)
+    pos_query = op._query_dense(rel_embeddings)
+    pos_key = op._key_dense(rel_embeddings)
+    c2p = ops.einsum("aecd,abcd->acbe", pos_key, query)
+    c2p_pos = ops.broadcast_to(ops.clip(rel_pos + span, 0, span * 2 - 1), shape)
+    c2p = ops.multiply(ops.take_along_axis(c2p, c2p_pos, axis=3), op.scale_factor)
+    p2c = ops.einsum("aecd,abcd->acbe", pos_query, key)
+    p2c_pos = ops.broadcast_to(ops.clip(-rel_pos + span, 0, span * 2 - 1), shape)
+    p2c = ops.transpose(ops.take_along_axis(p2c, p2c_pos, axis=3), [0, 1, 3, 2])
+    return ops.add(c2p, ops.multiply(p2c, op.scale_factor))
+
+
+def _disentangled_self_attention(op: Any, *args: Any, **kwargs: Any) -> Any:
+    """keras_hub's ``DisentangledSelfAttention`` traced through its own ``call`` (its dense layers and
+    weights), the relative scores computed by :func:`_disentangled_scores`."""
+    object.__setattr__(op, "_compute_disentangled_attention",
+                       lambda query, key, rel_embeddings: _disentangled_scores(op, query, key, rel_embeddings))
+    try:
+        return _trace_call(op, *args, **kwargs)
+    finally:
+        object.__delattr__(op, "_compute_disentangled_attention")
+
+
+register_expansion("DisentangledSelfAttention", _disentangled_self_attention)
+
+
+register_spec_from_call("Gemma3InterleaveEmbeddings")

@@ -1,6 +1,7 @@
 """keras_hub's own layers that the engine names by class: position embeddings (constants of the input's
 shape), rotary embeddings (a rotation of each position: linear; RoFormer v2's rotates queries and keys
-in one call), ALiBi (a constant added to the scores: relevance passes) and the RMS normalisations of
+in one call), ALiBi (a constant added to the scores: relevance passes), Gemma 3's interleaving of image and text
+embeddings (a scatter: relevance is routed back) and the RMS normalisations of
 its first language models (relevance passes, as for Keras' ``RMSNormalization``).
 
 Every other keras_hub layer is traced through its call (:mod:`interprettensor.engine.expand`) and
@@ -22,6 +23,7 @@ from .attention import MultiOutputLinearHandler, OpLinearHandler
 from .elementwise import ElementwiseHandler
 from .embedding import ConstantHandler
 from .registry import register_handler
+from .routing import RouteHandler
 
 __all__ = ["register_keras_hub_layers"]
 
@@ -34,6 +36,9 @@ _LAYERS = {
     ("keras_hub.src.models.roformer_v2.roformer_v2_attention", "RoformrPositionalEmbedding"): "linear_outputs",
     # ALiBi: a constant of the scores' shape added to them (its key length must be known to trace it)
     ("keras_hub.src.layers.modeling.alibi_bias", "AlibiBias"): "pass",
+    # Gemma 3's image embeddings scattered into the text embeddings at the (integer, constant) vision
+    # indices: each output position is one input element, so relevance goes back to where it came from
+    ("keras_hub.src.models.gemma3.gemma3_layers", "Gemma3InterleaveEmbeddings"): "route",
     ("keras_hub.src.layers.modeling.rms_normalization", "RMSNormalization"): "pass",
     ("keras_hub.src.models.llama.llama_layernorm", "LlamaLayerNorm"): "pass",
     ("keras_hub.src.models.qwen.qwen_layernorm", "QwenLayerNorm"): "pass",
@@ -52,7 +57,7 @@ def register_keras_hub_layers() -> None:
         return
     _registered = True
     handlers = {"constant": ConstantHandler(), "linear": OpLinearHandler(), "linear_outputs": MultiOutputLinearHandler(),
-                "pass": ElementwiseHandler()}
+                "pass": ElementwiseHandler(), "route": RouteHandler()}
     for (module, name), kind in _LAYERS.items():
         try:
             cls = getattr(importlib.import_module(module), name)
