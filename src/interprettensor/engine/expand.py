@@ -30,8 +30,7 @@ from keras import ops, tree
 from .errors import ExplainError
 
 __all__ = ["CONCRETE_SPECS", "CONSTANT_OUTPUT", "ConstantOutput", "ConstantTensor", "ShapeDependent", "expansion",
-           "is_composite_layer", "is_traceable_layer", "output_spec", "register_expansion", "register_spec_from_call",
-           "register_traced"]
+           "is_composite_layer", "is_traceable_layer", "output_spec", "register_expansion", "register_spec_from_call"]
 
 #: ``{id(KerasTensor): KerasTensor}``: the model's tensors with the shapes of the inputs being explained
 #: (set while a graph is built for concrete input shapes; see :class:`ShapeDependent`)
@@ -52,15 +51,6 @@ def register_expansion(name: str, builder: Callable[..., Any]) -> None:
     """Explain the operation or layer class ``name`` as what ``builder(op, *args, **kwargs)``
     computes on symbolic tensors (with the call's own arguments)."""
     _EXPANSIONS[name] = builder
-
-
-def register_traced(name: str) -> None:
-    """Explain the layer class ``name`` through its ``call``, traced into the keras operations it uses,
-    as a layer built from other layers is; for layers that compute with keras operations on their
-    own weights and hold no sub-layers (the stacked experts of keras_hub's mixtures of experts:
-    ``einsum`` over the expert axis, an element-wise gate, another ``einsum``). A weight is a constant
-    of the traced graph, so an ``einsum`` of an activation with it is a linear map."""
-    register_expansion(name, _trace_call)
 
 
 def is_composite_layer(op: Any) -> bool:
@@ -439,15 +429,6 @@ def _register_constant_tensor() -> None:
 
 
 _register_constant_tensor()
-
-
-# ----------------------------------------------------------------------------- mixtures of experts
-#: keras_hub's stacked experts (Mixtral, Qwen-MoE, Qwen3-MoE, Qwen3.5-MoE, gpt-oss): every expert for every
-#: token in one ``einsum`` over the expert axis, a gated unit, another ``einsum``; the block around them
-#: weighs the outputs with the router's top-k weights (zero for the experts a token does not use) and
-#: sums over the expert axis. By class name, so that keras_hub need not be imported here.
-for _experts in ("MixtralMoeExperts", "QwenMoeExperts", "Qwen3MoeExperts", "Qwen3_5MoeExperts", "GptOssExperts"):
-    register_traced(_experts)
 
 
 # ----------------------------------------------------------------------------- DeBERTa-v3
