@@ -12,7 +12,8 @@ The package's face (``__all__``):
   generated tokens, each explained), :class:`Composite` and :func:`get_composite`, the rules
   (:mod:`rules`) and the registries :func:`register_rule`, :func:`register_preset`,
   :func:`register_handler`;
-* data sets: :func:`explain_dataset`, :func:`load_relevances`; analysis: :mod:`evaluate`,
+* data sets: :func:`explain_dataset`, :func:`load_relevances`; analysis: :mod:`evaluate`, :mod:`metrics`
+  (Quantus' metrics),
   :mod:`concepts`, :func:`spray` and :func:`load_spray`; baselines: :mod:`attribution`;
 * input and output: :mod:`data` (the embedded digits), :mod:`render` (heatmaps), :mod:`render_text`
   (tokens coloured by relevance);
@@ -67,6 +68,7 @@ _NAMES = {
 }
 #: public modules -> where they live (also their old flat import paths, ``import interprettensor.rules``)
 _MODULES = {name: _legacy.MOVED[name] for name in ("rules", "evaluate", "concepts", "data", "render", "render_text")}
+_MODULES["metrics"] = "analysis.metrics"
 #: the subpackages, reachable as attributes (``it.engine``, ``it.io``, ``it.pretrained``, ...)
 _SUBPACKAGES = ("engine", "original", "attribution", "analysis", "io", "apps", "pretrained")
 #: every old flat module name -> where it lives (tests/test_layout.py imports each)
@@ -74,7 +76,7 @@ _MOVED = _legacy.MOVED
 
 __all__ = [
     "lrp", "Explainer", "explain_generation", "Composite", "get_composite", "rules", "register_rule", "register_preset",
-    "register_handler", "explain_dataset", "load_relevances", "evaluate", "concepts", "spray", "load_spray",
+    "register_handler", "explain_dataset", "load_relevances", "evaluate", "metrics", "concepts", "spray", "load_spray",
     "attribution", "data", "render", "render_text", "InterpretTensorError",
     # the 2017 API
     "Sequential", "Module", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",

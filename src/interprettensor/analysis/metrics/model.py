@@ -1,0 +1,208 @@
+"""The model as the metrics see it (:class:`MetricModel`): batched, compiled predictions (logits or
+softmax probabilities, as Quantus' ``softmax=`` asks), inputs in either channel layout, hidden
+representations, and copies with randomised layers for the randomisation metrics.
+
+The metrics work on channels-last arrays ``(N, *spatial, C)`` (or ``(N, D)`` feature vectors); a model
+that takes channels-first inputs (``channel_first=True``) gets its inputs transposed back on each
+call, so every metric is written once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import keras
+import numpy as np
+
+from ...engine.errors import ExplainError
+from ..perturbation.scoring import _Scorer
+
+__all__ = ["MetricModel", "to_channels_last", "to_channels_first", "softmax"]
+
+
+def to_channels_last(x: np.ndarray) -> np.ndarray:
+    """``(N, C, *spatial)`` -> ``(N, *spatial, C)``."""
+    return np.moveaxis(x, 1, -1) if x.ndim >= 3 else x
+
+
+def to_channels_first(x: np.ndarray) -> np.ndarray:
+    """``(N, *spatial, C)`` -> ``(N, C, *spatial)``."""
+    return np.moveaxis(x, -1, 1) if x.ndim >= 3 else x
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class MetricModel:
+    """A Keras model wrapped for the metrics.
+
+    Args:
+        model: a Keras model with one input and a class-score output (a final softmax is fine).
+        channel_first: whether the model takes channels-first inputs; the metrics always hand
+            :meth:`predict` channels-last arrays.
+        softmax: whether :meth:`predict` returns softmax probabilities (``True``) or the logits
+            before a final softmax (``False``), as Quantus' argument of that name.
+        batch_size: inputs per model call (more are split into calls of this size).
+        model_predict_kwargs: Quantus' argument; Keras models take none at prediction time here,
+            so anything given is an error rather than silently dropped.
+    """
+
+    def __init__(self, model: keras.Model, channel_first: bool = False, softmax: bool = False,
+                 batch_size: int = 64, model_predict_kwargs: dict | None = None):
+        if isinstance(model, MetricModel):
+            model = model.model
+        if not isinstance(model, keras.Model):
+            raise ExplainError(f"model must be a Keras model, got {type(model).__name__}")
+        if model_predict_kwargs:
+            raise ExplainError(f"model_predict_kwargs {sorted(model_predict_kwargs)} are not supported: Keras "
+                               f"models are called with their inputs only")
+        if int(batch_size) < 1:
+            raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.channel_first = bool(channel_first)
+        self.softmax = bool(softmax)
+        self.batch_size = int(batch_size)
+        self._scorer: _Scorer | None = None
+        self.calls = 0  # inputs passed through the model (for the benchmarks' floors)
+
+    @property
+    def scorer(self) -> _Scorer:
+        if self._scorer is None:
+            self._scorer = _Scorer(self.model)
+        return self._scorer
+
+    def native(self, x: np.ndarray) -> np.ndarray:
+        """Channels-last ``x`` in the layout the model takes."""
+        return to_channels_first(x) if self.channel_first else x
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """The model's scores before a final softmax, ``(n, classes)`` float64, in calls of
+        ``batch_size`` inputs (``x`` channels-last)."""
+        x = np.asarray(x)
+        if x.shape[0] == 0:
+            raise ExplainError("no inputs to predict")
+        outs = []
+        for s in range(0, x.shape[0], self.batch_size):
+            outs.append(self.scorer(self.native(x[s:s + self.batch_size])))
+        self.calls += x.shape[0]
+        return np.concatenate(outs)
+
+    def predict(self, x: np.ndarray, softmax: bool | None = None) -> np.ndarray:
+        """Class scores of channels-last ``x``: softmax probabilities or logits (``softmax``, default
+        this model's), ``(n, classes)`` float64."""
+        z = self.logits(x)
+        use = self.softmax if softmax is None else bool(softmax)
+        return softmax_fn(z) if use else z
+
+    def scores(self, x: np.ndarray, y: np.ndarray, softmax: bool | None = None) -> np.ndarray:
+        """``predict(x)[i, y[i]]`` for a batch ``x`` of ``n`` inputs and ``y`` of ``(n,)``; ``x`` may
+        also hold ``k`` versions of each input, ``(k, n, ...)``, in one call: then ``(k, n)``."""
+        x = np.asarray(x)
+        y = np.asarray(y).astype(np.int64).reshape(-1)
+        if x.ndim == self.input_rank:
+            return self.predict(x, softmax)[np.arange(len(y)), y]
+        if x.ndim != self.input_rank + 1 or x.shape[1] != len(y):
+            raise ExplainError(f"inputs of shape {x.shape} do not match {len(y)} labels and the model's "
+                               f"input rank {self.input_rank}")
+        k = x.shape[0]
+        p = self.predict(x.reshape((-1,) + x.shape[2:]), softmax).reshape(k, x.shape[1], -1)
+        return p[:, np.arange(len(y)), y]
+
+    @property
+    def input_rank(self) -> int:
+        """Rank of a batch of inputs (``len(model.input_shape)``)."""
+        shape = self.model.inputs[0].shape if getattr(self.model, "inputs", None) else None
+        if shape is None:
+            raise ExplainError("the model has no known input shape; build it on an input first")
+        return len(shape)
+
+    # ------------------------------------------------------------------ hidden representations
+
+    def hidden(self, x: np.ndarray, layer_names: Sequence[str] | None = None,
+               layer_indices: Sequence[int] | None = None) -> np.ndarray:
+        """Activations of the chosen layers (all layers by default), flattened per input and
+        concatenated: ``(n, features)``; Quantus' ``get_hidden_representations``."""
+        layers = [la for la in self.model.layers if not isinstance(la, keras.layers.InputLayer)]
+        if layer_names is not None and layer_indices is not None:
+            raise ExplainError("give layer_names or layer_indices, not both")
+        if layer_names is not None:
+            known = {la.name: la for la in layers}
+            missing = [n for n in layer_names if n not in known]
+            if missing:
+                raise ExplainError(f"the model has no layers {missing}; its layers: {list(known)}")
+            chosen = [known[n] for n in layer_names]
+        elif layer_indices is not None:
+            try:
+                chosen = [layers[int(i)] for i in layer_indices]
+            except IndexError:
+                raise ExplainError(f"layer_indices {list(layer_indices)} out of range: the model has "
+                                   f"{len(layers)} layers") from None
+        else:
+            chosen = layers
+        key = tuple(la.name for la in chosen)
+        cache = self.__dict__.setdefault("_hidden", {})
+        fn = cache.get(key)
+        if fn is None:
+            fn = keras.Model(self.model.inputs, [la.output for la in chosen])
+            cache[key] = fn
+        outs = []
+        for s in range(0, x.shape[0], self.batch_size):
+            res = fn(self.native(x[s:s + self.batch_size]), training=False)
+            res = res if isinstance(res, (list, tuple)) else [res]
+            outs.append(np.concatenate([keras.ops.convert_to_numpy(r).reshape(r.shape[0], -1) for r in res], 1))
+        return np.concatenate(outs).astype(np.float64)
+
+    # ------------------------------------------------------------------ randomisation
+
+    def weighted_layers(self) -> list[keras.layers.Layer]:
+        """Layers with weights, in the order of the model (bottom up), nested models flattened."""
+        from ..randomisation import weighted_layers
+
+        return weighted_layers(self.model)
+
+    def randomised_layers(self, order: str = "top_down", seed: int = 42,
+                          independent: bool = False) -> Iterator[tuple[str, "MetricModel"]]:
+        """Yield ``(layer name, model)`` with the weights of more and more layers replaced by random
+        ones (``'top_down'`` from the output, ``'bottom_up'`` from the input; cumulative unless
+        ``independent``), as Quantus' ``get_random_layer_generator``: each layer's weights are
+        shuffled... drawn anew from a normal distribution with the weights' mean and standard deviation."""
+        if order not in ("top_down", "bottom_up"):
+            raise ExplainError(f"layer_order must be 'top_down' or 'bottom_up', got {order!r}")
+        layers = self.weighted_layers()
+        if order == "top_down":
+            layers = layers[::-1]
+        rng = np.random.default_rng(seed)
+        clone = keras.models.clone_model(self.model)
+        clone.set_weights(self.model.get_weights())
+        clone_layers = {la.path if hasattr(la, "path") else la.name: la for la in _walk(clone)}
+        originals = {id(la): la for la in layers}
+        del originals
+        for layer in layers:
+            target = clone_layers.get(layer.path if hasattr(layer, "path") else layer.name)
+            if target is None:
+                raise ExplainError(f"layer {layer.name!r} not found in the model's copy")
+            if independent:
+                clone = keras.models.clone_model(self.model)
+                clone.set_weights(self.model.get_weights())
+                clone_layers = {la.path if hasattr(la, "path") else la.name: la for la in _walk(clone)}
+                target = clone_layers[layer.path if hasattr(layer, "path") else layer.name]
+            new = []
+            for w in target.get_weights():
+                w = np.asarray(w)
+                new.append(rng.normal(w.mean(), w.std(), w.shape).astype(w.dtype) if w.size else w)
+            target.set_weights(new)
+            yield layer.name, MetricModel(clone, self.channel_first, self.softmax, self.batch_size)
+
+
+def _walk(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    for la in model.layers:
+        yield la
+        if isinstance(la, keras.Model):
+            yield from _walk(la)
+
+
+softmax_fn = softmax
