@@ -1,0 +1,248 @@
+"""Quantus' metrics in interprettensor: each metric's time next to its floor (the model calls and
+explanations it needs, timed alone in the same run) and next to Quantus 0.6.0 on a PyTorch model with
+the same weights (a script, not a timed test)::
+
+    python benchmarks/bench_metrics.py                 # VGG16 224 x 224 and a small CNN, batch 8
+    python benchmarks/bench_metrics.py --quick         # the small CNN only (a minute or two)
+    python benchmarks/bench_metrics.py --no-quantus    # without Quantus' column
+
+Quantus cannot share Keras 3's environment (its TensorFlow extra pins ``keras<3``); the benchmark
+creates its own virtual environment (``--quantus-venv``, default ``.bench-quantus/``: ``pip install
+quantus==0.6.0 torch``; CPU wheels) on first use and runs Quantus there in a separate process
+(``benchmarks/quantus_side.py``) on the same weights (the Keras model's weights written to an
+``.npz``; PyTorch rebuilds the network, flattening in channels-last order), the same inputs and the same
+attributions. Models are built with random weights (nothing downloads).
+
+The metrics and settings (the issue's): PixelFlipping with 32 steps (``features_in_step`` = pixels / 32,
+black baseline), RegionPerturbation with 20 regions of 16 x 16 (8 x 8 on the small CNN),
+MaxSensitivity with 10 samples (gradient explanations), MPRT bottom-up over all layers (gradient
+explanations). The floor of a perturbation metric is the number of model inputs it evaluates times the
+time per input of a compiled forward pass at the same batch size; of an explanation metric, the
+explanations it computes times the time of one explanation (plus its forward passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(name: str):
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    if name == "vgg16":
+        model = keras.applications.VGG16(weights=None, input_shape=(224, 224, 3), classes=1000,
+                                         classifier_activation=None)
+        size, patch = 224, 16
+    else:
+        model = keras.Sequential([
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+        size, patch = 32, 8
+    x = np.random.default_rng(0).uniform(0, 1, (8, size, size, 3)).astype("float32")
+    return model, x, patch
+
+
+def export(model, path: Path) -> list[dict]:
+    """The network as a list of operations with their weights in ``path`` (.npz), for PyTorch."""
+    import keras
+    import numpy as np
+
+    spec, arrays = [], {}
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.layers.Conv2D):
+            w, b = layer.get_weights()
+            arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+            spec.append({"op": "conv", "w": f"w{i}", "b": f"b{i}", "padding": layer.padding,
+                         "act": layer.activation.__name__})
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            spec.append({"op": "maxpool", "size": int(layer.pool_size[0])})
+        elif isinstance(layer, keras.layers.Flatten):
+            spec.append({"op": "flatten"})
+        elif isinstance(layer, keras.layers.Dense):
+            w, b = layer.get_weights()
+            arrays[f"w{i}"], arrays[f"b{i}"] = w, b
+            spec.append({"op": "dense", "w": f"w{i}", "b": f"b{i}", "act": layer.activation.__name__})
+        else:
+            raise SystemExit(f"cannot export layer {layer.name} ({type(layer).__name__}) to PyTorch")
+    np.savez(path, **arrays)
+    return spec
+
+
+def best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def ours(model, x, y, a, patch: int, repeats: int) -> dict:
+    """interprettensor's time per metric and its floor, in this process."""
+    import numpy as np
+
+    import interprettensor as it
+
+    n, size = x.shape[0], x.shape[1]
+    mm = it.metrics.MetricModel(model, batch_size=64)
+    mm.predict(x)  # compile
+    explain = lambda m, xs, ys: it.metrics.explain(m, xs, ys, method="gradient")  # noqa: E731
+    explain(model, x, y)
+    per_input = {}
+
+    def forward_time(batch: int) -> float:
+        if batch not in per_input:
+            xb = np.concatenate([x] * (batch // n + 1))[:batch]
+            mm.predict(xb)
+            per_input[batch] = best(lambda: mm.predict(xb), repeats) / batch
+        return per_input[batch]
+
+    t_explain = best(lambda: explain(model, x, y), repeats)
+    metrics = {
+        "PixelFlipping (32 steps)": (it.metrics.PixelFlipping(features_in_step=size * size // 32,
+                                                              perturb_baseline="black"), {"a_batch": a}),
+        "RegionPerturbation (20 regions)": (it.metrics.RegionPerturbation(patch_size=patch, regions_evaluation=20),
+                                            {"a_batch": a}),
+        "MaxSensitivity (10 samples)": (it.metrics.MaxSensitivity(nr_samples=10),
+                                        {"explain_func": it.metrics.explain,
+                                         "explain_func_kwargs": {"method": "gradient"}}),
+        "MPRT (bottom-up)": (it.metrics.MPRT(layer_order="bottom_up"),
+                             {"explain_func": it.metrics.explain, "explain_func_kwargs": {"method": "gradient"}}),
+    }
+    rows = {}
+    for label, (metric, kw) in metrics.items():
+        counted = _count_calls(metric, model, x, y, kw)
+        t = best(lambda: metric(model=model, x_batch=x, y_batch=y, batch_size=64, **kw), repeats)
+        floor = counted["inputs"] * forward_time(64) + counted["explanations"] * t_explain / n
+        rows[label] = {"seconds": t, "floor": floor, "score": float(np.nanmean(_flat(metric.evaluation_scores)))}
+    return rows
+
+
+def _flat(scores) -> list[float]:
+    import numpy as np
+
+    out = []
+    for s in scores:
+        out.extend(np.ravel(np.asarray(s, np.float64)).tolist() if not isinstance(s, dict) else list(s.values()))
+    return out
+
+
+def _count_calls(metric, model, x, y, kw) -> dict:
+    """Model inputs evaluated and samples explained by one call of the metric (counted, not timed)."""
+    import interprettensor as it
+    from interprettensor.analysis.metrics import model as model_module
+
+    counts = {"inputs": 0, "explanations": 0}
+    original_logits = model_module.MetricModel.logits
+
+    def logits(self, xs):
+        counts["inputs"] += len(xs)
+        return original_logits(self, xs)
+
+    def explain(*args, **kwargs):
+        inputs = kwargs.get("inputs", args[1] if len(args) > 1 else None)
+        counts["explanations"] += len(inputs)
+        return it.metrics.explain(*args, **kwargs)
+
+    kw = dict(kw)
+    if "explain_func" in kw:
+        kw["explain_func"] = explain
+    model_module.MetricModel.logits = logits
+    try:
+        metric(model=model, x_batch=x, y_batch=y, batch_size=64, **kw)
+    finally:
+        model_module.MetricModel.logits = original_logits
+    return counts
+
+
+def quantus_python(venv: Path) -> Path | None:
+    py = venv / "bin" / "python"
+    if py.exists():
+        return py
+    print(f"setting up Quantus in {venv} (once) ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "quantus==0.6.0", "torch"], check=True)
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"Quantus could not be installed ({e}); its column is left out")
+        return None
+    return py
+
+
+def theirs(py: Path, spec: list[dict], weights: Path, x, y, a, patch: int, repeats: int) -> dict | None:
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data.npz"
+        np.savez(data, x=x, y=y, a=a)
+        cmd = [str(py), str(HERE / "quantus_side.py"), json.dumps(spec), str(weights), str(data), str(patch),
+               str(repeats)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"Quantus' run failed:\n{res.stderr[-2000:]}")
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the small CNN only")
+    ap.add_argument("--no-quantus", action="store_true", help="leave Quantus' column out")
+    ap.add_argument("--quantus-venv", default=str(HERE.parent / ".bench-quantus"))
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    import keras
+    import numpy as np
+
+    import interprettensor as it
+
+    py = None if args.no_quantus else quantus_python(Path(args.quantus_venv))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Keras {keras.__version__} "
+          f"({keras.backend.backend()})")
+    print("| model | metric | interprettensor (s) | its floor (s) | ratio to floor | Quantus 0.6.0 (s) | "
+          "Quantus / interprettensor |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in (["small_cnn"] if args.quick else ["small_cnn", "vgg16"]):
+        model, x, patch = build(name)
+        y = np.asarray(model(x)).argmax(-1)
+        a = it.metrics.explain(model, x, y, method="gradient")
+        rows = ours(model, x, y, a, patch, args.repeats)
+        other = None
+        if py is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                weights = Path(tmp) / "weights.npz"
+                spec = export(model, weights)
+                other = theirs(py, spec, weights, x, y, a, patch, args.repeats)
+        label = "VGG16 224x224, batch 8" if name == "vgg16" else "small CNN 32x32, batch 8"
+        for metric, r in rows.items():
+            q = other.get(metric) if other else None
+            qs = f"{q['seconds']:.2f}" if q else "-"
+            ratio = f"{q['seconds'] / r['seconds']:.1f}x" if q else "-"
+            print(f"| {label} | {metric} | {r['seconds']:.2f} | {r['floor']:.2f} | {r['seconds'] / r['floor']:.2f} | "
+                  f"{qs} | {ratio} |", flush=True)
+        if other:
+            agree = {m: (round(rows[m]["score"], 4), round(other[m]["score"], 4)) for m in rows if m in other}
+            print(f"mean scores (interprettensor, Quantus) on {label}: {agree}")
+
+
+if __name__ == "__main__":
+    main()
