@@ -130,6 +130,9 @@ class Metric:
     needs_segmentation: bool = False
     #: whether the metric needs the model
     needs_model: bool = True
+    #: the score direction (Quantus' ``score_direction``): True where higher scores mean better
+    #: explanations, False where lower ones do; used by :func:`~.comparison.compare`'s ranking
+    higher_is_better: bool = True
 
     def __call__(self, model: keras.Model | None, x_batch: Any, y_batch: Any, a_batch: Any = None,
                  s_batch: Any = None, channel_first: bool | None = None, explain_func: ExplainFunc | None = None,
@@ -274,6 +277,18 @@ class Metric:
         return scores
 
     # ------------------------------------------------------------------ reporting
+
+    def summarise(self, scores: Any) -> tuple[np.ndarray, str]:
+        """One number per sample from what the call returned, and the summary's name (for
+        :func:`~.comparison.compare`): scores as they are (``"score"``); curves (one array per
+        sample) by the mean over their points (``"mean of curve"``). Metrics returning other
+        structures override this."""
+        if isinstance(scores, dict):
+            raise ExplainError(f"{type(self).__name__} returns a dict of scores; it must define summarise()")
+        rows = [np.asarray(v, np.float64) for v in scores]
+        if all(r.ndim == 0 for r in rows):
+            return np.array([float(r) for r in rows]), "score"
+        return np.array([float(np.mean(r)) for r in rows]), "mean of curve"
 
     @property
     def get_params(self) -> dict[str, Any]:
