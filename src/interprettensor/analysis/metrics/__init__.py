@@ -30,3 +30,7 @@ __all__ = ["Metric", "MetricModel", "explain", "as_explain_func", "normalise_by_
 from .randomisation import *  # noqa: E402,F401,F403
 
 __all__ += randomisation.__all__
+
+from .comparison import *  # noqa: E402,F401,F403
+
+__all__ += comparison.__all__
