@@ -37,7 +37,7 @@ class MeanAbs(M.Metric):
 
 
 class Curve(M.Metric):
-    """A two-point curve per sample, [sum a, 2 sum a] (lower is better here)."""
+    """A three-point curve per sample, [t, 2 t, 4 t] with t = sum a (lower is better here)."""
 
     higher_is_better = False
 
@@ -46,7 +46,11 @@ class Curve(M.Metric):
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch):
         t = a_batch.reshape(len(a_batch), -1).sum(1)
-        return [np.array([v, 2 * v]) for v in t]
+        return [np.array([v, 2 * v, 4 * v]) for v in t]
+
+
+class AreaCurve(Curve):
+    curve_summary = "auc"
 
 
 CALLS = []
@@ -76,7 +80,7 @@ def expected(x):
     n = len(x)
     a = {"ones": np.ones_like(x, np.float64), "neg_x": -2.0 * x.astype(np.float64)}
     return {(m, "MeanAbs"): np.abs(v).reshape(n, -1).mean(1) for m, v in a.items()} | \
-        {(m, "Curve"): 1.5 * v.reshape(n, -1).sum(1) for m, v in a.items()}
+        {(m, "Curve"): 7 / 3 * v.reshape(n, -1).sum(1) for m, v in a.items()}
 
 
 def test_table_ranking_csv_plot(data, tmp_path):
@@ -99,6 +103,10 @@ def test_table_ranking_csv_plot(data, tmp_path):
                                                           ("ones", "Curve"), ("neg_x", "Curve")]
     assert float(rows[3]["mean"]) == pytest.approx(exp[("neg_x", "Curve")].mean(), rel=1e-7)
     assert rows[2]["higher_is_better"] == "False" and rows[0]["n"] == "6"
+    # the area under [t, 2t, 4t] on 0, 1/2, 1 by trapezoids: (1.5 t + 3 t) / 2
+    area = M.compare(model, x, y, methods=METHODS[:1], metrics=[AreaCurve()])
+    np.testing.assert_allclose(area.values[("ones", "AreaCurve")], 2.25 * x[0].size, rtol=1e-12)
+    assert area.summary == {"AreaCurve": "area under curve"}
     fig = res.plot(str(tmp_path / "t.png"))
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"

@@ -336,6 +336,7 @@ def compare(model: Any, x: Any, y: Any = None, methods: Sequence[Any] | Mapping[
     y = np.asarray(y)
     if y.shape[:1] != x.shape[:1]:
         raise ExplainError(f"y must hold one label per sample ({len(x)}), got shape {y.shape}")
+    settings = {n: _settings(m) for n, m in zip(names, built)}  # before any call changes their state
     inputs_key = _fingerprint(x, y, None if s is None else np.asarray(s))
     res = MetricComparison([m[0] for m in specs], names, {}, {}, {n: bool(m.higher_is_better)
                                                                for n, m in zip(names, built)})
@@ -348,7 +349,7 @@ def compare(model: Any, x: Any, y: Any = None, methods: Sequence[Any] | Mapping[
         a = None
         for name, metric in zip(names, built):
             meta = {"format": FORMAT, "inputs": inputs_key, "method": label, "explain_kwargs": _describe(kw),
-                    "explain_func": _describe(fn), "metric": type(metric).__name__, "settings": _settings(metric),
+                    "explain_func": _describe(fn), "metric": type(metric).__name__, "settings": settings[name],
                     "higher_is_better": bool(metric.higher_is_better), "n": int(len(x))}
             if folder is not None:
                 stored = _load_result(folder, _slug(name), meta)
