@@ -130,6 +130,9 @@ class Metric:
     needs_segmentation: bool = False
     #: whether the metric needs the model
     needs_model: bool = True
+    #: the score direction (Quantus' ``score_direction``): True where higher scores mean better
+    #: explanations, False where lower ones do; used by :func:`~.comparison.compare`'s ranking
+    higher_is_better: bool = True
 
     def __call__(self, model: keras.Model | None, x_batch: Any, y_batch: Any, a_batch: Any = None,
                  s_batch: Any = None, channel_first: bool | None = None, explain_func: ExplainFunc | None = None,
@@ -274,6 +277,30 @@ class Metric:
         return scores
 
     # ------------------------------------------------------------------ reporting
+
+    #: how :meth:`summarise` makes one number of a curve: ``"mean"`` of its points, or ``"auc"``, the
+    #: trapezoidal area under it with the points evenly spaced on [0, 1]
+    curve_summary: str = "mean"
+
+    def summarise(self, scores: Any) -> tuple[np.ndarray, str]:
+        """One number per sample from what the call returned, and the summary's name (for
+        :func:`~.comparison.compare`): scores as they are (``"score"``); curves (one array per
+        sample) by ``curve_summary`` (``"mean of curve"`` or ``"area under curve"``). Metrics
+        returning other structures override this."""
+        if isinstance(scores, dict):
+            raise ExplainError(f"{type(self).__name__} returns a dict of scores; it must define summarise()")
+        rows = [np.asarray(v, np.float64) for v in scores]
+        if all(r.ndim == 0 for r in rows):
+            return np.array([float(r) for r in rows]), "score"
+        if self.curve_summary == "mean":
+            return np.array([float(np.mean(r)) for r in rows]), "mean of curve"
+        if self.curve_summary == "auc":
+            def area(r: np.ndarray) -> float:
+                r = r.reshape(-1)
+                return float(r[0]) if r.size == 1 else float(((r[1:] + r[:-1]) / 2).sum() / (r.size - 1))
+
+            return np.array([area(r) for r in rows]), "area under curve"
+        raise ExplainError(f"{type(self).__name__}.curve_summary must be 'mean' or 'auc', got {self.curve_summary!r}")
 
     @property
     def get_params(self) -> dict[str, Any]:

@@ -166,36 +166,48 @@ class MetricModel:
 
     def randomised_layers(self, order: str = "top_down", seed: int = 42,
                           independent: bool = False) -> Iterator[tuple[str, "MetricModel"]]:
-        """Yield ``(layer name, model)`` with the weights of more and more layers replaced by random
-        ones (``'top_down'`` from the output, ``'bottom_up'`` from the input; cumulative unless
-        ``independent``), as Quantus' ``get_random_layer_generator``: each layer's weights are
-        shuffled... drawn anew from a normal distribution with the weights' mean and standard deviation."""
-        if order not in ("top_down", "bottom_up"):
-            raise ExplainError(f"layer_order must be 'top_down' or 'bottom_up', got {order!r}")
-        layers = self.weighted_layers()
+        """Yield ``(layer name, model)`` with the weights of one more layer randomised at each step, as
+        Quantus 0.6's Keras wrapper (``TensorFlowModel.get_random_layer_generator``) does it:
+
+        * the layers are the model's top-level layers that hold weights (``len(layer.get_weights()) >
+          0``; a nested model is one layer), in the model's order; ``'top_down'`` reverses them,
+          ``'bottom_up'`` keeps them, ``'independent'`` keeps them and restores the original weights
+          before each layer (``independent=True`` does so in either order); otherwise cumulative
+          (cascading, Adebayo et al. 2018);
+        * a layer is randomised by permuting each of its weight arrays (``get_weights()`` order, the
+          non-trainable ones such as batch-norm statistics included) along its first axis with
+          ``np.random.RandomState(seed + 1)``, re-seeded for every layer (Quantus' ``np.random.seed(seed
+          + 1); np.random.permutation(w)``); scalars stay as they are.
+
+        Difference from Quantus: its Keras wrapper clones the model with ``clone_model``, which
+        re-initialises every weight, so its cascade starts from a freshly initialised model; here the
+        copy starts from the model's own weights. One copy is made and changed in place: the model
+        yielded at a step is the same object each time and holds that step's weights until the
+        next step. The wrapped model itself is never changed."""
+        from ..randomisation import _clone
+
+        if order not in ("top_down", "bottom_up", "independent"):
+            raise ExplainError(f"layer_order must be 'top_down', 'bottom_up' or 'independent', got {order!r}")
+        independent = bool(independent) or order == "independent"
+        clone = _clone(self.model)
+        original = [np.asarray(w) for w in clone.get_weights()]
+        layers = [la for la in clone.layers if len(la.get_weights()) > 0]
+        if not layers:
+            raise ExplainError("the model has no layers with weights to randomise")
         if order == "top_down":
             layers = layers[::-1]
-        rng = np.random.default_rng(seed)
-        clone = keras.models.clone_model(self.model)
-        clone.set_weights(self.model.get_weights())
-        clone_layers = {la.path if hasattr(la, "path") else la.name: la for la in _walk(clone)}
-        originals = {id(la): la for la in layers}
-        del originals
+        wrapped = MetricModel(clone, self.channel_first, self.softmax, self.batch_size)
         for layer in layers:
-            target = clone_layers.get(layer.path if hasattr(layer, "path") else layer.name)
-            if target is None:
-                raise ExplainError(f"layer {layer.name!r} not found in the model's copy")
             if independent:
-                clone = keras.models.clone_model(self.model)
-                clone.set_weights(self.model.get_weights())
-                clone_layers = {la.path if hasattr(la, "path") else la.name: la for la in _walk(clone)}
-                target = clone_layers[layer.path if hasattr(layer, "path") else layer.name]
-            new = []
-            for w in target.get_weights():
-                w = np.asarray(w)
-                new.append(rng.normal(w.mean(), w.std(), w.shape).astype(w.dtype) if w.size else w)
-            target.set_weights(new)
-            yield layer.name, MetricModel(clone, self.channel_first, self.softmax, self.batch_size)
+                clone.set_weights(original)
+            rs = np.random.RandomState(int(seed) + 1)
+            layer.set_weights([rs.permutation(w) if np.ndim(w) > 0 else w for w in layer.get_weights()])
+            yield layer.name, wrapped
+
+    def randomisable_layers(self) -> list[str]:
+        """Names of the layers :meth:`randomised_layers` randomises, in the model's order (Quantus'
+        ``random_layer_generator_length`` is their number)."""
+        return [la.name for la in self.model.layers if len(la.get_weights()) > 0]
 
 
 def _walk(model: keras.Model) -> Iterator[keras.layers.Layer]:

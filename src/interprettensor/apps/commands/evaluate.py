@@ -1,6 +1,7 @@
 """``interprettensor evaluate``: region perturbation (pixel flipping, AOPC) of several explanation methods
 on a saved model or the digits CNN, and with ``--sanity`` the model-randomisation check
-(:mod:`interprettensor.analysis.evaluate`)."""
+(:mod:`interprettensor.analysis.evaluate`); ``--metrics`` adds Quantus' metrics
+(:func:`interprettensor.analysis.metrics.compare`)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     v.add_argument("--sanity", action="store_true",
                    help="also run the cascading model-randomisation sanity check on up to 16 inputs; writes "
                         "OUT/randomisation.png and OUT/randomisation.csv")
+    v.add_argument("--metrics", nargs="+", default=None, metavar="NAME[,NAME]",
+                   help="also score the methods by Quantus' metrics (it.metrics class names, e.g. "
+                        "MPRT,RandomLogit,EfficientMPRT) with their default settings: prints the mean and "
+                        "standard error per method and metric and the ranking, writes OUT/metrics.csv and "
+                        "OUT/metrics.png; results are kept in OUT/metrics/ and a rerun skips them")
     v.add_argument("--batch-size", type=_positive_int, default=256,
                    help="perturbed inputs per forward pass (default: %(default)s)")
     v.add_argument("--seed", type=int, default=0, help="random seed of noise and training (default: %(default)s)")
@@ -167,6 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.value_range is not None:
         _check_range("--value-range", args.value_range)
     methods = _parse_methods(args.methods)
+    metric_list = _parse_metrics(args.metrics)
     out = prepare_out_dir(args.out)
     paths = list(args.paths)
     if args.demo_model:
@@ -217,6 +224,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"curves: {png_path}\ntable: {csv_path}")
     if args.sanity:
         _sanity(args, ev, model, xs, cmp, methods, target, value_range, out)
+    if metric_list:
+        _metrics(args, ev, model, xs, methods, metric_list, target, value_range, out)
     _say(args, f"done in {time.time() - t0:.1f} s")
     return 0
 
@@ -268,3 +277,53 @@ def _sanity(args: argparse.Namespace, ev: Any, model: Any, xs: Any, cmp: Any, me
         done = f"; the results of {', '.join(runs)} are in {rpath}" if runs else ""
         raise CLIError(f"the sanity check failed for {', '.join(failed)} (see above){done}")
 
+
+
+def _parse_metrics(specs: Sequence[str] | None) -> list[str] | None:
+    """``--metrics A,B C`` -> ['A', 'B', 'C']; unknown names fail here, naming the metrics."""
+    if specs is None:
+        return None
+    from ...analysis.metrics import metric_names
+
+    names = [n.strip() for spec in specs for n in spec.split(",") if n.strip()]
+    valid = metric_names()
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise CLIError(f"--metrics: unknown metric{'s' if len(bad) > 1 else ''} {', '.join(bad) or '(none given)'}; "
+                       f"the metrics: {', '.join(valid)}")
+    return names
+
+
+def _metrics(args: argparse.Namespace, ev: Any, model: Any, xs: Any, methods: list | None, names: list[str],
+             target: Any, value_range: Any, out: str) -> None:
+    """``evaluate --metrics``: it.metrics.compare over the methods (the random baseline has no
+    explanation function and is left out); box rules get --value-range (or the data's range)."""
+    import numpy as np
+
+    from ...analysis.metrics import compare
+
+    specs = methods or [(a, b, dict(c)) for a, b, c in ev.DEFAULT_METHODS]
+    low, high = value_range if value_range is not None else (float(xs.min()), float(xs.max()))
+    chosen = []
+    for label, name, params in specs:
+        if name == "random":
+            continue
+        params = dict(params)
+        if needs_box(name):
+            params.setdefault("low", low)
+            params.setdefault("high", high)
+        chosen.append((label, name, params))
+    if not chosen:
+        raise CLIError("--metrics needs explanation methods other than random")
+    y = None if target is None else np.full((len(xs),), int(target))
+    res = compare(model, xs, y, methods=chosen, metrics=names, seed=args.seed, batch_size=args.batch_size,
+                  out=os.path.join(out, "metrics"), progress=lambda m: _say(args, f"  {m} ..."))
+    print(f"Quantus metrics ({len(xs)} inputs; mean ± standard error):")
+    print(res.table())
+    for metric, order in res.ranking().items():
+        print(f"ranking by {metric}: {' > '.join(order)}")
+    csv_path = res.to_csv(os.path.join(out, "metrics.csv"))
+    png_path = os.path.join(out, "metrics.png")
+    res.plot(png_path)
+    kept = f" ({len(res.loaded)} results read back from {os.path.join(out, 'metrics')})" if res.loaded else ""
+    print(f"metrics: {png_path}, {csv_path}{kept}")
