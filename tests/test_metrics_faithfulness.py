@@ -309,6 +309,9 @@ def test_bad_arguments_raise(data):
         it.metrics.ROAD(percentages=[150])
     with pytest.raises(ExplainError, match="return_aggregate"):
         it.metrics.ROAD(return_aggregate=True)
+    with pytest.raises(ExplainError, match="y_batch"):
+        it.metrics.PixelFlipping(features_in_step=64)(model=model, x_batch=x, y_batch=None,
+                                                      a_batch=attributions["a3"])
     with pytest.raises(TypeError, match="unexpected"):
         it.metrics.Selectivity(patch_sise=2)
     with pytest.raises(ExplainError, match="single segment"):

@@ -19,8 +19,12 @@ Baselines (``perturb_baseline``) follow Quantus' batched replacement: the value 
 from the input *as perturbed so far* (``'black'`` its minimum, ``'white'`` its maximum -- both
 unchanged by the replacement -- and ``'mean'`` its current mean, which drifts as features are
 replaced); ``'uniform'`` draws one value per feature from ``[uniform_low, uniform_high)`` (set in
-``perturb_func_kwargs``) with the metric's ``seed``; a number or an array (one sample's or the
-batch's shape, channels-last) is used as given.
+``perturb_func_kwargs``) with the metric's ``seed`` (Quantus 0.6's batched replacement draws one value
+per sample for all features of a step, unseeded); a number or an array (one sample's or the batch's
+shape, channels-last) is used as given. ``perturb_func`` is not taken (the replacement is built in,
+batched): passing one raises rather than being ignored.
+
+Quantus' ``features_in_step`` must divide the spatial size of the inputs, as there.
 """
 
 from __future__ import annotations
@@ -151,6 +155,15 @@ class _Perturbation(Metric):
         self.max_elements = int(max_elements)
         self._rng = np.random.default_rng(seed)
 
+    def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
+        if y_batch is None:
+            raise ExplainError(f"{type(self).__name__} needs y_batch, the explained classes")
+        if model is None:
+            raise ExplainError(f"{type(self).__name__} needs the model")
+        f = getattr(self, "features_in_step", None)
+        if f is not None:
+            _check_spatial_divisible(f, x_batch, type(self).__name__)
+
     # the values a perturbed feature takes ------------------------------------------------------
     def _fixed_baseline(self, x: np.ndarray) -> np.ndarray:
         """The baseline of channels-last ``x`` as the perturbed features' values (``'mean'`` excluded:
@@ -221,9 +234,6 @@ class PixelFlipping(_Perturbation):
                          perturb_func_kwargs=perturb_func_kwargs, seed=seed, **kwargs)
         self.features_in_step = _check_features_in_step(features_in_step, type(self).__name__)
         self.return_auc_per_sample = bool(return_auc_per_sample)
-
-    def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
-        _check_spatial_divisible(self.features_in_step, x_batch, type(self).__name__)
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         n = x_batch.shape[0]
@@ -430,9 +440,6 @@ class Monotonicity(_Perturbation):
                          perturb_func_kwargs=perturb_func_kwargs, seed=seed, **kwargs)
         self.features_in_step = _check_features_in_step(features_in_step, type(self).__name__)
 
-    def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
-        _check_spatial_divisible(self.features_in_step, x_batch, type(self).__name__)
-
     def curves(self, model: MetricModel, x_batch: np.ndarray, y_batch: np.ndarray,
                a_batch: np.ndarray) -> np.ndarray:
         """The scores after each insertion step, ``(n, k)``."""
@@ -489,9 +496,6 @@ class MonotonicityCorrelation(_Perturbation):
         self.similarity_func = similarity_func
         self.eps = float(eps)
         self.nr_samples = int(nr_samples)
-
-    def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
-        _check_spatial_divisible(self.features_in_step, x_batch, type(self).__name__)
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         n = x_batch.shape[0]
@@ -555,9 +559,6 @@ class FaithfulnessEstimate(_Perturbation):
                          perturb_func_kwargs=perturb_func_kwargs, seed=seed, **kwargs)
         self.features_in_step = _check_features_in_step(features_in_step, type(self).__name__)
         self.similarity_func = similarity_func
-
-    def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
-        _check_spatial_divisible(self.features_in_step, x_batch, type(self).__name__)
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         n = x_batch.shape[0]
@@ -785,7 +786,7 @@ class ROAD(_Perturbation):
         ranks = _ranks(a, descending=True).reshape(n, H, W)
         counts = [int(H * W * float(p) / 100) for p in self.percentages]
         results = np.zeros((n, len(counts)), np.int64)
-        for sl in _step_chunks(len(counts), n * H * W * C * 4, self.max_elements):
+        for sl in _step_chunks(len(counts), n * H * W * C, self.max_elements):
             masks = ranks[None] < np.asarray(counts[sl])[:, None, None, None]
             xs = noisy_linear_imputation(x_batch, masks, self.noise, self._rng)
             pred = model.predict(xs.reshape((-1,) + x_batch.shape[1:]).astype(np.float32))
