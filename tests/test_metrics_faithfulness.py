@@ -327,3 +327,39 @@ def test_seeded_random_order_and_uniform_baseline_are_reproducible(data):
     assert r[0] == r[1] and r[0] != r[2]
     u = [it.metrics.PixelFlipping(features_in_step=64, perturb_baseline="uniform", seed=s)(**kw) for s in (0, 0, 1)]
     assert u[0] == u[1] and u[0] != u[2]
+
+
+def test_irof_samples_with_different_segment_counts_from_the_paper(data):
+    """Samples cut into different numbers of superpixels score as if alone: numpy, one sample at a
+    time, from Rieger & Hansen 2020 (segments removed by decreasing mean attribution, replaced by the
+    sample's current mean; m - trapz(f(x_j) / f(x)))."""
+    model, x, y, attributions = data
+    sizes = [2, 4, 8, 2, 4, 8]  # square blocks: 16, 4 and 1 segments
+
+    def blocks(img):
+        i = int(np.argmin(np.abs(x - img[None]).reshape(6, -1).sum(1)))
+        s = sizes[i]
+        return (np.arange(SIZE)[:, None] // s) * (SIZE // s) + np.arange(SIZE)[None, :] // s
+
+    a = attributions["a3"]
+    with pytest.raises(ExplainError, match="single segment"):
+        it.metrics.IROF(segmentation_method=blocks, return_aggregate=False)(
+            model=model, x_batch=x, y_batch=y, a_batch=a)
+    sizes[2] = sizes[5] = 1  # 64 segments
+    ours = it.metrics.IROF(segmentation_method=blocks, return_aggregate=False)(
+        model=model, x_batch=x, y_batch=y, a_batch=a)
+    an = a / np.abs(a).max()
+    expected = []
+    for i in range(6):
+        seg = blocks(x[i])
+        m = seg.max() + 1
+        means = np.array([an[i][seg == s].mean() for s in range(m)])
+        cur = x[i].astype(np.float64).copy()
+        f0 = float(np.asarray(model(x[i:i + 1]))[0, y[i]])
+        curve = []
+        for s in np.argsort(-means, kind="stable"):
+            cur[seg == s] = cur.mean()
+            curve.append(float(np.asarray(model(cur[None].astype(np.float32)))[0, y[i]]) / f0)
+        expected.append(m - np.trapezoid(curve))
+    # each ratio to ~1e-6 relative; a sum of up to 64 of them
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=64 * 1e-6 * np.abs(expected).max())
