@@ -363,3 +363,14 @@ def test_irof_samples_with_different_segment_counts_from_the_paper(data):
         expected.append(m - np.trapezoid(curve))
     # each ratio to ~1e-6 relative; a sum of up to 64 of them
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=64 * 1e-6 * np.abs(expected).max())
+
+
+def test_explain_func_gives_the_scores_of_its_attributions(data):
+    """explain_func instead of a_batch: the same scores as the attributions it returns, given."""
+    model, x, y, _ = data
+    a = it.metrics.explain(model=model, inputs=x, targets=y, method="gradient")
+    kw = dict(model=model, x_batch=x, y_batch=y)
+    from_func = it.metrics.Selectivity(patch_size=2)(**kw, explain_func=it.metrics.explain,
+                                                     explain_func_kwargs={"method": "gradient"})
+    given = it.metrics.Selectivity(patch_size=2)(**kw, a_batch=a)
+    np.testing.assert_allclose(from_func, given, atol=1e-12)
