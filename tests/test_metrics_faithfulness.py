@@ -297,6 +297,8 @@ def test_bad_arguments_raise(data):
         it.metrics.Selectivity(patch_size=0)
     with pytest.raises(ExplainError, match="perturb_baseline"):
         it.metrics.PixelFlipping(perturb_baseline="purple")
+    with pytest.raises(ExplainError, match="neighbourhood"):
+        it.metrics.RegionPerturbation(perturb_baseline="neighbourhood_mean")
     with pytest.raises(ExplainError, match="perturb_func"):
         it.metrics.FaithfulnessEstimate(perturb_func=lambda arr, **k: arr)
     with pytest.raises(ExplainError, match="perturb_func_kwargs"):
@@ -327,6 +329,8 @@ def test_seeded_random_order_and_uniform_baseline_are_reproducible(data):
     assert r[0] == r[1] and r[0] != r[2]
     u = [it.metrics.PixelFlipping(features_in_step=64, perturb_baseline="uniform", seed=s)(**kw) for s in (0, 0, 1)]
     assert u[0] == u[1] and u[0] != u[2]
+    metric = it.metrics.PixelFlipping(features_in_step=64, perturb_baseline="uniform", seed=0)
+    assert metric(**kw) == metric(**kw) == u[0]  # each call starts the stream anew
 
 
 def test_irof_samples_with_different_segment_counts_from_the_paper(data):

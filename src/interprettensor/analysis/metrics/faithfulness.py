@@ -147,15 +147,20 @@ class _Perturbation(Metric):
                                f"uniform_high for the 'uniform' baseline)")
         if isinstance(perturb_baseline, str) and perturb_baseline.lower() not in (
                 "black", "white", "mean", "uniform"):
-            _baseline(perturb_baseline, np.zeros((1, 1)))  # raises the shared, clear error
-            raise ExplainError(f"{name}: perturb_baseline {perturb_baseline!r} is not supported here")
+            raise ExplainError(f"{name}: perturb_baseline must be 'black', 'white', 'mean', 'uniform', a number "
+                               f"or an array, got {perturb_baseline!r} (the neighbourhood baselines need a "
+                               f"patch; Quantus' batched replacement does not take them either)")
         self.perturb_baseline = perturb_baseline
         self.perturb_func_kwargs = extra
         self.seed = seed
         self.max_elements = int(max_elements)
         self._rng = np.random.default_rng(seed)
+        self._dtype = np.float32
 
     def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
+        # every call starts the random stream anew: the same call gives the same scores
+        self._rng = np.random.default_rng(self.seed)
+        self._dtype = x_batch.dtype if np.issubdtype(x_batch.dtype, np.floating) else np.float32
         if y_batch is None:
             raise ExplainError(f"{type(self).__name__} needs y_batch, the explained classes")
         if model is None:
@@ -202,7 +207,7 @@ class _Perturbation(Metric):
         out = []
         for sl in _step_chunks(k, n * F, self.max_elements):
             flat = build(sl)
-            out.append(model.scores(_from_cf_flat(flat, x_shape).astype(np.float32), y))
+            out.append(model.scores(_from_cf_flat(flat, x_shape).astype(self._dtype), y))
         return np.concatenate(out, 0).T
 
 
@@ -294,9 +299,9 @@ class _Patches(_Perturbation):
         return int(patch_size)
 
     def _curves(self, model: MetricModel, x_batch: np.ndarray, y_batch: np.ndarray, a_batch: np.ndarray,
-                order: str, max_regions: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """The scores after each patch removed cumulatively in ``order`` ((n, k)) and unperturbed
-        scores are not included. ``max_regions`` limits the number of steps."""
+                order: str, max_regions: int | None) -> np.ndarray:
+        """The explained scores ``(n, k)`` after each of the first ``k`` patches (all, or
+        ``max_regions``) is replaced, cumulatively, in ``order``."""
         name = type(self).__name__
         orig_shape = x_batch.shape
         x = _image_view(x_batch, name)
@@ -341,7 +346,7 @@ class _Patches(_Perturbation):
             return full.reshape(sl.stop - sl.start, n, -1)
 
         curves = self._predict_stacked(model, orig_shape, y_batch, k, build)
-        return curves, sums
+        return curves
 
 
 class RegionPerturbation(_Patches):
@@ -375,7 +380,7 @@ class RegionPerturbation(_Patches):
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         y0 = model.scores(x_batch, y_batch)
-        curves, _ = self._curves(model, x_batch, y_batch, a_batch, self.order, self.regions_evaluation)
+        curves = self._curves(model, x_batch, y_batch, a_batch, self.order, self.regions_evaluation)
         return [list(map(float, c)) for c in y0[:, None] - curves]
 
     @property
@@ -405,7 +410,7 @@ class Selectivity(_Patches):
         self.patch_size = self._check_patch(patch_size)
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
-        curves, _ = self._curves(model, x_batch, y_batch, a_batch, "morf", None)
+        curves = self._curves(model, x_batch, y_batch, a_batch, "morf", None)
         return [list(map(float, c)) for c in curves]
 
     @property
@@ -527,7 +532,7 @@ class MonotonicityCorrelation(_Perturbation):
         out = []
         for sl in _step_chunks(k, n * F * r, self.max_elements):
             flat = build(np.arange(sl.start, sl.stop))
-            out.append(model.scores(_from_cf_flat(flat, x_batch.shape).astype(np.float32), y_batch))
+            out.append(model.scores(_from_cf_flat(flat, x_batch.shape).astype(self._dtype), y_batch))
         scores = np.concatenate(out, 0).reshape(k, r, n)
         var = ((scores - y0[None, None]) ** 2).mean(1).T * inv[:, None]
         atts = np.zeros((n, k))
@@ -789,7 +794,7 @@ class ROAD(_Perturbation):
         for sl in _step_chunks(len(counts), n * H * W * C, self.max_elements):
             masks = ranks[None] < np.asarray(counts[sl])[:, None, None, None]
             xs = noisy_linear_imputation(x_batch, masks, self.noise, self._rng)
-            pred = model.predict(xs.reshape((-1,) + x_batch.shape[1:]).astype(np.float32))
+            pred = model.predict(xs.reshape((-1,) + x_batch.shape[1:]).astype(self._dtype))
             results[:, sl] = (pred.argmax(-1).reshape(-1, n) == np.asarray(y_batch)[None]).T
         return [r for r in results]
 
