@@ -378,3 +378,26 @@ def test_explain_func_gives_the_scores_of_its_attributions(data):
                                                      explain_func_kwargs={"method": "gradient"})
     given = it.metrics.Selectivity(patch_size=2)(**kw, a_batch=a)
     np.testing.assert_allclose(from_func, given, atol=1e-12)
+
+
+def test_feature_vectors_from_the_paper():
+    """(n, D) inputs: pixel-flipping and the faithfulness estimate against numpy from their
+    definitions on a linear model (logits w . x + b: the drop of a group is w . (x - baseline) over it)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(10, 2)).astype(np.float32)
+    inp = keras.Input((10,))
+    model = keras.Model(inp, keras.layers.Dense(2, name="d")(inp))
+    model.get_layer("d").set_weights([w, np.zeros(2, np.float32)])
+    x = rng.uniform(size=(4, 10)).astype(np.float32)
+    y = np.array([0, 1, 0, 1])
+    a = rng.normal(size=(4, 10))
+    logits = x.astype(np.float64) @ w
+    pf = it.metrics.PixelFlipping(features_in_step=2)(model=model, x_batch=x, y_batch=y, a_batch=a, softmax=False)
+    fe = it.metrics.FaithfulnessEstimate(features_in_step=2)(model=model, x_batch=x, y_batch=y, a_batch=a)
+    for i in range(4):
+        order = np.argsort(-a[i], kind="stable").reshape(5, 2)
+        contrib = w[:, y[i]] * (x[i] - x[i].min())     # what replacing a feature by the minimum removes
+        drops = contrib[order].sum(1)
+        np.testing.assert_allclose(pf[i], logits[i, y[i]] - np.cumsum(drops), atol=1e-5)
+        an = a[i] / np.abs(a).max()
+        np.testing.assert_allclose(fe[i], np.corrcoef(an[order].sum(1), drops)[0, 1], atol=1e-5)

@@ -241,7 +241,6 @@ class PixelFlipping(_Perturbation):
         self.return_auc_per_sample = bool(return_auc_per_sample)
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
-        n = x_batch.shape[0]
         arr = _cf_flat(x_batch).astype(np.float64)
         F = arr.shape[1]
         a = _cf_flat(_broadcast_attributions(a_batch, x_batch))
