@@ -27,6 +27,9 @@ from .perturb import BASELINES
 __all__ = ["Metric", "MetricModel", "explain", "as_explain_func", "normalise_by_max", "normalise_by_negative",
            "infer_channel_first", "BASELINES"]
 
+from .faithfulness import *  # noqa: E402,F401,F403
+__all__ += faithfulness.__all__
+
 from .randomisation import *  # noqa: E402,F401,F403
 
 __all__ += randomisation.__all__
