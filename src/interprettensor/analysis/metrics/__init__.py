@@ -26,3 +26,11 @@ from .perturb import BASELINES
 
 __all__ = ["Metric", "MetricModel", "explain", "as_explain_func", "normalise_by_max", "normalise_by_negative",
            "infer_channel_first", "BASELINES"]
+from .localisation import *  # noqa: E402,F401,F403
+__all__ += localisation.__all__  # noqa: F405
+from .complexity import *  # noqa: E402,F401,F403
+__all__ += complexity.__all__  # noqa: F405
+from .axiomatic import *  # noqa: E402,F401,F403
+__all__ += axiomatic.__all__  # noqa: F405
+from .ground_truth import *  # noqa: E402,F401,F403
+__all__ += ground_truth.__all__  # noqa: F405
