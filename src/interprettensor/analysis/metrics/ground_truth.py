@@ -129,15 +129,15 @@ def localisation_benchmark(model: keras.Model, x: np.ndarray, y: np.ndarray, mas
                            methods: Sequence[str] = ("epsilon_gamma_box", "preset_a", "gradient",
                                                      "input_x_gradient", "random"),
                            metrics: Mapping[str, Any] | None = None, seed: int = 0,
-                           relevance: str = "positive") -> dict[str, dict[str, float]]:
+                           relevance: str = "abs", per_sample: bool = False) -> dict[str, dict[str, Any]]:
     """Mean localisation scores ``{method: {metric: mean over the samples}}`` of each method's
     attributions against ``masks``. Each pixel's relevance is the sum over its colour channels, then
-    its positive part (``relevance='positive'``, as Arras et al. 2022 score CLEVR-XAI), its
-    magnitude (``'abs'``) or kept signed (``'signed'``). ``methods`` are names for
+    its magnitude (``relevance='abs'``, the default), its positive part (``'positive'``) or kept
+    signed (``'signed'``; the mass metrics then divide by a sum that may be near zero). ``methods`` are names for
     :func:`~.explain.explain` or ``'random'`` (uniform noise drawn from ``seed``); ``metrics`` maps
     names to metric objects (default RelevanceMassAccuracy, RelevanceRankAccuracy, PointingGame,
     AttributionLocalisation with Quantus' defaults). Samples a metric scores NaN are left out of its
-    mean."""
+    mean; ``per_sample=True`` returns the scores (arrays) instead of the means."""
     from .explain import explain
     from .localisation import AttributionLocalisation, PointingGame, RelevanceMassAccuracy, RelevanceRankAccuracy
 
@@ -158,15 +158,24 @@ def localisation_benchmark(model: keras.Model, x: np.ndarray, y: np.ndarray, mas
             a = np.maximum(a, 0.0)
         elif relevance == "abs":
             a = np.abs(a)
-        table[method] = {name: float(np.nanmean(m(model=model, x_batch=x, y_batch=y, a_batch=a, s_batch=masks)))
-                         for name, m in metrics.items()}
+        scores = {name: np.asarray(m(model=model, x_batch=x, y_batch=y, a_batch=a, s_batch=masks), np.float64)
+                  for name, m in metrics.items()}
+        table[method] = scores if per_sample else {k: float(np.nanmean(v)) for k, v in scores.items()}
     return table
 
 
 def format_table(table: Mapping[str, Mapping[str, float]]) -> str:
-    """A Markdown table of :func:`localisation_benchmark`'s result."""
+    """A Markdown table of :func:`localisation_benchmark`'s result (means; with ``per_sample`` scores,
+    mean +- standard error)."""
+    def cell(v: Any) -> str:
+        v = np.asarray(v, np.float64)
+        if v.ndim == 0:
+            return f"{float(v):.3f}"
+        v = v[np.isfinite(v)]
+        return f"{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f}"
+
     names = list(next(iter(table.values())))
     lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for method, row in table.items():
-        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.3f}" for k in names) + " |")
+        lines.append(f"| {method} | " + " | ".join(cell(row[k]) for k in names) + " |")
     return "\n".join(lines)
