@@ -138,3 +138,17 @@ def test_input_invariance_gradient_yes_input_x_gradient_no(valid_model, d):
         metric(model=d["model"], x_batch=x, y_batch=y, explain_func="gradient")
     with pytest.raises(ExplainError, match="explain_func"):
         metric(model=valid_model, x_batch=x, y_batch=y, a_batch=d["a"])
+
+
+def test_uniform_baseline_is_seeded_and_labels_are_needed(d):
+    x, y, a, model = d["x"], d["y"], d["a"], d["model"]
+    metric = it.metrics.NonSensitivity(eps=1e-3, perturb_baseline="uniform", seed=3)
+    first = metric(model=model, x_batch=x, y_batch=y, a_batch=a)
+    assert metric(model=model, x_batch=x, y_batch=y, a_batch=a) == first
+    other = it.metrics.NonSensitivity(eps=1e-3, perturb_baseline="uniform", seed=4)(model=model, x_batch=x,
+                                                                                      y_batch=y, a_batch=a)
+    assert other != first
+    with pytest.raises(ExplainError, match="needs y_batch"):
+        it.metrics.Completeness()(model=model, x_batch=x, y_batch=None, a_batch=a)
+    with pytest.raises(TypeError, match="perturb_func_kwargs"):
+        it.metrics.NonSensitivity(perturb_func_kwargs={"patch_size": 2})

@@ -67,6 +67,10 @@ class Completeness(Metric):
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
 
+    def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
+        _need_labels(type(self).__name__, y_batch)
+        self.rng = np.random.default_rng(self.seed)  # every call draws the same baselines
+
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         x = np.asarray(x_batch)
         x0 = baseline(self.perturb_baseline, x, self.rng, **self.perturb_kwargs).astype(x.dtype)
@@ -118,6 +122,10 @@ class NonSensitivity(Metric):
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.max_elements = int(max_elements)
+
+    def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
+        _need_labels(type(self).__name__, y_batch)
+        self.rng = np.random.default_rng(self.seed)  # every call draws the same baselines
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         x = np.asarray(x_batch)
@@ -180,18 +188,17 @@ class InputInvariance(Metric):
         self.input_shift = float(extra.pop("input_shift", input_shift))
         if extra:
             raise TypeError(f"InputInvariance got unexpected perturb_func_kwargs {sorted(extra)}")
-        self._shifted: dict[int, MetricModel] = {}
+        self._shifted: MetricModel | None = None
 
     def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
         if self.explain_func is None:
             raise ExplainError("InputInvariance needs explain_func (to explain the shifted model)")
+        # the shifted copy of this call's model, made once per call
+        self._shifted = MetricModel(shift_first_layer(model.model, self.input_shift), channel_first=model.channel_first,
+                                    softmax=model.softmax, batch_size=model.batch_size)
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
-        shifted = self._shifted.get(id(model))
-        if shifted is None:
-            shifted = MetricModel(shift_first_layer(model.model, self.input_shift), channel_first=model.channel_first,
-                                  softmax=model.softmax, batch_size=model.batch_size)
-            self._shifted = {id(model): shifted}
+        shifted = self._shifted
         xs = (np.asarray(x_batch, np.float64) + self.input_shift).astype(np.asarray(x_batch).dtype)
         a_shift = self.explain_batch(shifted, xs, y_batch)
         a = np.broadcast_to(a_batch, np.broadcast_shapes(a_batch.shape, a_shift.shape))
@@ -232,6 +239,11 @@ def shift_first_layer(model: keras.Model, shift: float) -> keras.Model:
     response = kernel.reshape(-1, kernel.shape[-1]).sum(0) * float(shift)
     target.bias.assign((bias - response).astype(keras.backend.standardize_dtype(target.bias.dtype)))
     return copy
+
+
+def _need_labels(name: str, y: np.ndarray | None) -> None:
+    if y is None:
+        raise ExplainError(f"{name} needs y_batch (the explained classes)")
 
 
 def _perturb_kwargs(name: str, perturb_func: Callable | None, kwargs: Mapping[str, Any] | None) -> dict:

@@ -52,10 +52,12 @@ def shapes_dataset(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, n
     ``[0, 1]`` ``(n, size, size, 3)``, labels ``(n,)`` int64 and the objects' masks ``(n, size, size)``
     bool.
 
-    The shape's half-width is drawn from ``[0.16, 0.3] * size``; the object is fully inside the image.
-    Its colour differs from the local background by at least 0.35 in brightness, so the object is
-    visible; the background (smooth gradients, noise, a few thin random strokes) carries no class
-    information."""
+    The shape's half-width ``r`` is drawn from ``[0.16, 0.3] * size`` (the square's side is ``1.7 r``,
+    the cross's arms ``2r / 3`` wide); the object lies fully inside the image. Its colour is the
+    background's base colour plus 0.35 to 0.5 per channel (clipped to 1), with a little noise; the
+    background (the base colour, gradients of up to 0.2 across the image per axis, noise, two thin
+    random lines each way) carries no class information.
+    """
     if int(n) < 1 or int(size) < 12:
         raise ExplainError(f"shapes_dataset needs n >= 1 and size >= 12, got n={n}, size={size}")
     n, size = int(n), int(size)

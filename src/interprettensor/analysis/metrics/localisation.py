@@ -22,7 +22,7 @@ from ...engine.errors import ExplainError
 from .base import Metric
 
 __all__ = ["PointingGame", "AttributionLocalisation", "TopKIntersection", "RelevanceRankAccuracy",
-           "RelevanceMassAccuracy", "AUC", "Focus", "make_mosaics"]
+           "RelevanceMassAccuracy", "AUC", "Focus", "make_mosaics", "quadrant_masks"]
 
 
 def _flat(a: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
