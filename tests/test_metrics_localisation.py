@@ -142,3 +142,19 @@ def test_complexity_extremes():
     cx = it.metrics.Complexity()(**kw)
     assert cx[0] == pytest.approx(0.0, abs=1e-10) and cx[1] == pytest.approx(np.log(16), rel=1e-10)
     assert it.metrics.EffectiveComplexity()(**kw) == [1, 16]
+
+
+def test_explain_func_gives_the_scores_of_its_attributions(d):
+    """With explain_func the metric explains the batch itself (normalised per batch, as Quantus):
+    the same scores as the attributions passed as a_batch (one batch)."""
+    from models import keras_model
+
+    model = keras_model()
+    x, y, s = d["x"], d["y"], d["s"]
+    a = it.metrics.explain(model, x, y, method="gradient")
+    metric = it.metrics.RelevanceRankAccuracy(abs=True)
+    given = metric(model=model, x_batch=x, y_batch=y, a_batch=a, s_batch=s)
+    computed = metric(model=model, x_batch=x, y_batch=y, s_batch=s, explain_func=it.metrics.explain,
+                      explain_func_kwargs={"method": "gradient"})
+    np.testing.assert_array_equal(given, computed)
+    assert np.isfinite(given).all()
