@@ -37,3 +37,12 @@ __all__ += randomisation.__all__
 from .comparison import *  # noqa: E402,F401,F403
 
 __all__ += comparison.__all__
+
+from .localisation import *  # noqa: E402,F401,F403
+__all__ += localisation.__all__  # noqa: F405
+from .complexity import *  # noqa: E402,F401,F403
+__all__ += complexity.__all__  # noqa: F405
+from .axiomatic import *  # noqa: E402,F401,F403
+__all__ += axiomatic.__all__  # noqa: F405
+from .ground_truth import *  # noqa: E402,F401,F403
+__all__ += ground_truth.__all__  # noqa: F405
