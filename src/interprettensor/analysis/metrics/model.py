@@ -147,7 +147,8 @@ class MetricModel:
         cache = self.__dict__.setdefault("_hidden", {})
         fn = cache.get(key)
         if fn is None:
-            fn = keras.Model(self.model.inputs, [la.output for la in chosen])
+            ins = self.model.inputs
+            fn = keras.Model(ins[0] if len(ins) == 1 else ins, [la.output for la in chosen])
             cache[key] = fn
         outs = []
         for s in range(0, x.shape[0], self.batch_size):
