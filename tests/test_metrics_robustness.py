@@ -236,3 +236,63 @@ def test_quantus_defaults():
     c = it.metrics.Continuity()
     assert (c.nr_steps, c.abs, c.normalise) == (28, True, True)
     assert it.metrics.Consistency().discretise_func is robustness.top_n_sign
+
+
+def _channels_first_model():
+    """The reference network taking channels-first inputs (a Permute in front of the same layers)."""
+    import keras
+
+    base = keras_model()
+    inp = keras.Input((CHANNELS, SIZE, SIZE))
+    h = keras.layers.Permute((2, 3, 1))(inp)
+    for name in ("conv", "pool", "flatten", "dense"):
+        h = base.get_layer(name)(h)
+    return keras.Model(inp, h)
+
+
+@pytest.mark.parametrize("name", ["ris_elementwise", "ros_elementwise", "rrs_elementwise",
+                                  "max_sensitivity_normalised_abs", "continuity_input_x_gradient"])
+def test_channels_first_equals_quantus(name):
+    """channel_first=True: a channels-first model and inputs give Quantus' scores (perturb_func sees
+    channels-last rows, so the same deltas apply)."""
+    case = CASES[name]
+    init = dict(case["init"])
+    if case["fixed_perturbation"]:
+        init["perturb_func"] = _fixed_perturb(case["delta_scale"])
+    x, y = inputs(N)
+    ours = getattr(it.metrics, case["metric"])(**init)(
+        model=_channels_first_model(), x_batch=x.transpose(0, 3, 1, 2), y_batch=y, channel_first=True,
+        **_explain_kwargs(case["explain"]))
+    np.testing.assert_allclose(ours, case["scores"], rtol=RTOL_MODEL)
+
+
+def test_continuity_own_perturbation_and_nan_where_the_prediction_changes(model):
+    """Continuity honours perturb_func (Quantus 0.6 ignores it) and, with
+    return_nan_when_prediction_changes, scores NaN where a step changes the predicted class (compared
+    with the unperturbed prediction, not y_batch as Quantus 0.6 does); the other scores follow
+    Montavon et al.'s ratio, in numpy."""
+    n = 8
+    x, y = inputs(n)
+
+    pattern = deltas(1, n, 1.0, channels_last=True)[0].reshape(x.shape)
+
+    def wobble(arr, perturb_dx=0, **kw):  # channels-last batch, shift-dependent amplitude
+        return (arr + 0.04 * perturb_dx * pattern).astype(arr.dtype)
+
+    metric = it.metrics.Continuity(nr_steps=4, perturb_func=wobble, return_nan_when_prediction_changes=True)
+    got = np.asarray(metric(model=model, x_batch=x, y_batch=y, explain_func=elementwise_explain))
+    shifts = (-4, 0, 4, 8)  # dx = 17 // 4
+    xs = np.stack([wobble(x, s) for s in shifts])
+    pred = np.asarray(model(x)).argmax(-1)
+    changed = (np.asarray(model(xs.reshape((-1,) + x.shape[1:]))).argmax(-1).reshape(4, n) != pred).any(0)
+    assert changed.any() and not changed.all()
+    np.testing.assert_array_equal(np.isnan(got), changed)
+
+    def prepared(v):  # normalised by each step's batch maximum, absolute (Continuity's defaults)
+        a = elementwise_explain(inputs=v, targets=y).reshape(n, -1)
+        return np.abs(a / np.abs(a).max())
+
+    a0 = prepared(x)
+    ratios = np.stack([np.abs(prepared(v) - a0).sum(1)
+                       / (np.linalg.norm((v.astype(np.float64) - x).reshape(n, -1), axis=1) + 1e-9) for v in xs])
+    np.testing.assert_allclose(got[~changed], ratios.max(0)[~changed], rtol=1e-9)

@@ -148,7 +148,7 @@ class MetricModel:
         fn = cache.get(key)
         if fn is None:
             ins = self.model.inputs
-            fn = keras.Model(ins[0] if len(ins) == 1 else ins, [la.output for la in chosen])
+            fn = keras.Model(ins[0] if len(ins) == 1 else ins, [_output_in(self.model, la) for la in chosen])
             cache[key] = fn
         outs = []
         for s in range(0, x.shape[0], self.batch_size):
@@ -209,6 +209,16 @@ class MetricModel:
         """Names of the layers :meth:`randomised_layers` randomises, in the model's order (Quantus'
         ``random_layer_generator_length`` is their number)."""
         return [la.name for la in self.model.layers if len(la.get_weights()) > 0]
+
+
+def _output_in(model: keras.Model, layer: keras.layers.Layer) -> Any:
+    """``layer``'s output in ``model``'s own graph (``layer.output`` is its first call's, another
+    graph's when the layer is shared or a nested model)."""
+    for depth in sorted(getattr(model, "_nodes_by_depth", {}), reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.operation is layer:
+                return node.outputs[0] if len(node.outputs) == 1 else node.outputs
+    return layer.output
 
 
 def _walk(model: keras.Model) -> Iterator[keras.layers.Layer]:

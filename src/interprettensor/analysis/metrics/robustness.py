@@ -504,7 +504,9 @@ class Continuity(_Perturbing):
             raise ExplainError(f"nr_steps={self.nr_steps} is more than the {2 * width + 1} translations of inputs "
                                f"{width} wide: every step would translate by 0 pixels")
 
-    #: Continuity re-explains x itself (as Quantus), so a given a_batch is not needed
+    #: Continuity explains x itself, with its translations (a given a_batch is not used, as in Quantus)
+    needs_attributions = False
+
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         n = x_batch.shape[0]
         width = x_batch.shape[2] if x_batch.ndim == 4 else x_batch.shape[1]
