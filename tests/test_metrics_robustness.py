@@ -191,7 +191,7 @@ def test_functions_are_batched_as_quantus():
     noisy = robustness.uniform_noise(np.zeros((2, 1000), np.float32), lower_bound=0.1, upper_bound=0.3,
                                      rng=np.random.default_rng(0))
     assert noisy.dtype == np.float32 and 0.1 <= noisy.min() and noisy.max() < 0.3
-    sm = robustness.normalise_by_average_second_moment_estimate(a)
+    sm = it.metrics.normalise_by_average_second_moment_estimate(a)
     np.testing.assert_allclose(np.mean(sm ** 2), 1.0)
     np.testing.assert_array_equal(robustness.top_n_sign(np.array([[1.0, -2, 0, 3, 4, 5]]), n=3), [[1, -1, 0]])
 
@@ -296,3 +296,10 @@ def test_continuity_own_perturbation_and_nan_where_the_prediction_changes(model)
     ratios = np.stack([np.abs(prepared(v) - a0).sum(1)
                        / (np.linalg.norm((v.astype(np.float64) - x).reshape(n, -1), axis=1) + 1e-9) for v in xs])
     np.testing.assert_allclose(got[~changed], ratios.max(0)[~changed], rtol=1e-9)
+
+
+def test_score_directions():
+    assert not any(getattr(it.metrics, c)().higher_is_better for c in (
+        "MaxSensitivity", "AvgSensitivity", "LocalLipschitzEstimate", "Continuity", "RelativeInputStability",
+        "RelativeOutputStability", "RelativeRepresentationStability"))
+    assert it.metrics.Consistency().higher_is_better  # Dasgupta et al.: agreeing explanations, agreeing classes

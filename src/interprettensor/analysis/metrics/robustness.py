@@ -45,12 +45,13 @@ from ...engine.errors import ExplainError
 from .base import Metric, normalise_by_max
 from .model import MetricModel, to_channels_first
 from .perturb import baseline
+from .randomisation import normalise_by_average_second_moment_estimate
 
 __all__ = ["MaxSensitivity", "AvgSensitivity", "LocalLipschitzEstimate", "Continuity", "Consistency",
            "RelativeInputStability", "RelativeOutputStability", "RelativeRepresentationStability",
            "uniform_noise", "gaussian_noise", "batched_translation", "difference", "fro_norm", "l2_norm",
            "linf_norm", "distance_euclidean", "distance_manhattan", "lipschitz_constant", "top_n_sign",
-           "normalise_by_average_second_moment_estimate", "MAX_STACKED_FEATURES"]
+           "MAX_STACKED_FEATURES"]
 
 #: at most this many input values (steps x samples x features) are explained in one call
 MAX_STACKED_FEATURES = 1 << 24
@@ -164,22 +165,6 @@ def top_n_sign(a: np.ndarray, n: int = 5, **kwargs: Any) -> np.ndarray:
     return np.sign(a[:, :int(n)])
 
 
-def normalise_by_average_second_moment_estimate(a: np.ndarray, normalise_axes: Sequence[int] | None = None,
-                                                 **kwargs: Any) -> np.ndarray:
-    """``a / sqrt(mean(a**2))`` over ``normalise_axes`` (default all axes), as Quantus' function of that
-    name (the default ``normalise_func`` of the relative stability metrics, Agarwal et al. 2022); if
-    a second moment is zero, ``a`` is returned unchanged with a warning, as Quantus does."""
-    a = np.asarray(a, np.float64)
-    if not np.any(a):
-        return a
-    axes = tuple(range(a.ndim)) if normalise_axes is None else tuple(normalise_axes)
-    root = np.sqrt(np.mean(a ** 2, axis=axes, keepdims=True))
-    if np.any(root == 0):
-        warnings.warn("a second moment of the attributions is zero: they are left unnormalised", stacklevel=2)
-        return a
-    return a / root
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 
 def _rows(arr: Any, name: str) -> np.ndarray:
@@ -235,6 +220,7 @@ class _Perturbing(Metric):
     """Shared machinery: seeded perturbation of all steps at once, stacked explanation."""
 
     category = "Robustness"
+    higher_is_better = False
 
     def _init_perturb(self, perturb_func: Callable | None, default: Callable, perturb_func_kwargs: Mapping | None,
                       seed: int | None, **defaults: Any) -> None:
@@ -536,10 +522,12 @@ class Consistency(Metric):
     ``discretise_func(a) -> (N,)`` or ``(N, m)`` labels of the flattened attributions ``(N, d)``
     (flattened in channels-first order when they have several channels, as Quantus flattens them);
     Quantus' per-sample functions (``a (d,) -> hashable``) are refused with that explanation. As in
-    Quantus, samples are compared within each batch of ``batch_size``.
+    Quantus, samples are compared within each batch of ``batch_size``. Higher is better, as in the
+    paper (Quantus 0.6 declares ``ScoreDirection.LOWER``).
     """
 
     category = "Robustness"
+    higher_is_better = True
     default_softmax = True
 
     def __init__(self, discretise_func: Callable | None = None, abs: bool = True, normalise: bool = True,
