@@ -99,6 +99,8 @@ class NonSensitivity(Metric):
     ``features_in_step=1`` the scores equal Quantus'.
     """
 
+    higher_is_better = False
+
     category = "Axiomatic"
     default_softmax = True
 

@@ -45,6 +45,8 @@ class Complexity(_Complexity):
     IJCAI): the entropy of the attributions' shares, ``-sum_i p_i log(p_i + 1e-12)`` with ``p_i = a_i
     / sum_j |a_j|``. Expects non-negative attributions (``abs=True``)."""
 
+    higher_is_better = False
+
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         a = a_batch.reshape(len(a_batch), -1)
         p = a / np.abs(a).sum(-1, keepdims=True)
@@ -58,6 +60,8 @@ class EffectiveComplexity(_Complexity):
     Args:
         eps: the threshold.
     """
+
+    higher_is_better = False
 
     def __init__(self, eps: float = 1e-5, abs: bool = True, normalise: bool = True,
                  normalise_func: Callable | None = None, normalise_func_kwargs: Mapping[str, Any] | None = None,

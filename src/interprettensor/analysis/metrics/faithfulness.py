@@ -224,6 +224,8 @@ class PixelFlipping(_Perturbation):
     the score of the explained class after each step is the curve (``return_auc_per_sample``: its
     trapezoidal area instead). One model call per chunk of steps over the whole batch."""
 
+    higher_is_better = False
+
     def __init__(self, features_in_step: int = 1, abs: bool = False, normalise: bool = True,
                  normalise_func: Callable | None = None, normalise_func_kwargs: Mapping[str, Any] | None = None,
                  perturb_func: Callable | None = None, perturb_baseline: Any = "black",
@@ -354,6 +356,12 @@ class RegionPerturbation(_Patches):
     ``'lerf'`` least relevant first, ``'random'`` seeded), cumulatively, for ``regions_evaluation``
     steps; the curve is the score of the explained class before minus after each step."""
 
+    @property
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        """The curve holds drops: most relevant first, larger drops are better; least relevant first,
+        smaller ones (Quantus 0.6.0 declares 'lower' in both orders)."""
+        return self.order != "lerf"
+
     def __init__(self, patch_size: int = 8, order: str = "morf", regions_evaluation: int = 100,
                  abs: bool = False, normalise: bool = True, normalise_func: Callable | None = None,
                  normalise_func_kwargs: Mapping[str, Any] | None = None, perturb_func: Callable | None = None,
@@ -392,6 +400,8 @@ class Selectivity(_Patches):
     """Selectivity (Montavon et al. 2018, Digital Signal Processing 73): square patches replaced by
     the baseline in order of decreasing attribution sum, cumulatively, until all are; the curve is
     the score of the explained class after each step (lower area: better)."""
+
+    higher_is_better = False
 
     def __init__(self, patch_size: int = 8, abs: bool = False, normalise: bool = True,
                  normalise_func: Callable | None = None, normalise_func_kwargs: Mapping[str, Any] | None = None,
@@ -755,6 +765,8 @@ class ROAD(_Perturbation):
     first batch. Here pixels are ranked by their attribution (summed over the channels when the
     attributions have them), ``int(H*W*p/100)`` pixels are imputed in all channels, and all samples
     count. On one-channel images both agree."""
+
+    higher_is_better = False
 
     def __init__(self, percentages: Sequence[float] | None = None, noise: float = 0.01, abs: bool = False,
                  normalise: bool = True, normalise_func: Callable | None = None,
