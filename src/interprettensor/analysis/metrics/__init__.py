@@ -48,3 +48,5 @@ from .ground_truth import *  # noqa: E402,F401,F403
 __all__ += ground_truth.__all__  # noqa: F405
 from .faithfulness_sampling import *  # noqa: E402,F401,F403
 __all__ += faithfulness_sampling.__all__  # noqa: F405
+from .text import *  # noqa: E402,F401,F403
+__all__ += text.__all__  # noqa: F405
