@@ -93,6 +93,29 @@ def test_faithfulness_correlation_is_batched(data):
     assert seen == [6, 60]
 
 
+def test_sensitivity_n_and_infidelity_are_batched(data):
+    """Every step's perturbed batch is stacked: SensitivityN's 16 steps in one call after the
+    original's; Infidelity's 4 + 16 patches in one call per patch size."""
+    model, _, x, y, a = data
+    seen = []
+    original = it.metrics.MetricModel.logits
+
+    def spy(self, xx):
+        seen.append(len(xx))
+        return original(self, xx)
+
+    it.metrics.MetricModel.logits = spy
+    try:
+        it.metrics.SensitivityN(features_in_step=3, n_max_percentage=0.25)(model=model, x_batch=x, y_batch=y,
+                                                                           a_batch=a, batch_size=64)
+        assert seen == [6, 6 * 16]
+        seen.clear()
+        it.metrics.Infidelity(perturb_patch_sizes=[4, 2])(model=model, x_batch=x, y_batch=y, a_batch=a)
+        assert seen == [6, 6 * 4, 6 * 16]
+    finally:
+        it.metrics.MetricModel.logits = original
+
+
 def test_faithfulness_correlation_within_standard_errors_of_quantus(data):
     """Quantus draws from np.random (20 seeds stored); ours from 10 seeds of its own generator: the
     per-sample means agree within 4 combined standard errors."""

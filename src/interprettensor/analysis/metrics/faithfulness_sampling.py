@@ -10,8 +10,8 @@ values per stacked call, split further by ``batch_size``); random draws come fro
 Perturbations replace features by a baseline as Quantus' ``batch_baseline_replacement_by_indices``
 does: ``'black'`` / ``'white'`` / ``'mean'`` are the minimum / maximum / mean of the sample as it is
 when the step is taken, ``'uniform'`` one value per sample and step drawn from ``[uniform_low,
-uniform_high)`` (``perturb_func_kwargs``), a number that number, an array shaped like one sample the
-array's values at the replaced features. Features are numbered in the channels-last flat order of
+uniform_high)`` (``perturb_func_kwargs``), a number that number, an array shaped like one sample
+(channels-last) the array's values at the replaced features. Features are numbered in the channels-last flat order of
 ``x``; a custom ``perturb_func(arr=(n, F), indices=(n, k), perturb_baseline=..., **perturb_func_kwargs)``
 sees that order.
 """
@@ -127,8 +127,9 @@ class _Perturbing(Metric):
             if unknown:
                 raise TypeError(f"{type(self).__name__}: perturb_func_kwargs {sorted(unknown)} are not arguments "
                                 f"of the default perturbation (uniform_low, uniform_high)")
-            baseline_replacement_by_indices(np.zeros((1, 2)), np.zeros((1, 1), np.int64), perturb_baseline,
-                                            np.random.default_rng(0), **self.perturb_func_kwargs)
+            if isinstance(perturb_baseline, (str, bool, np.bool_)) or np.ndim(perturb_baseline) == 0:
+                baseline_replacement_by_indices(np.zeros((1, 2)), np.zeros((1, 1), np.int64), perturb_baseline,
+                                                np.random.default_rng(0), **self.perturb_func_kwargs)
 
     def _perturb(self, arr: np.ndarray, indices: np.ndarray) -> np.ndarray:
         if self.custom_perturb_func is None:

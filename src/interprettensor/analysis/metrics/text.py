@@ -110,7 +110,10 @@ class TokenFlipping:
         rows = inputs[self.token_key].shape[0]
         outs = []
         if not is_dict:
-            wrapped = MetricModel(model, batch_size=self.batch_size)
+            cached = self.__dict__.get("_wrapped")
+            if cached is None or cached.model is not model:
+                cached = self._wrapped = MetricModel(model, batch_size=self.batch_size)
+            wrapped = cached
             flat = wrapped.logits(inputs[self.token_key])
             self.calls += -(-rows // self.batch_size)
             shape = tuple(model.outputs[0].shape[1:])
@@ -235,6 +238,8 @@ class TokenFlipping:
     def _relevance(self, model: keras.Model, x_batch: Any, inputs: dict[str, np.ndarray], y: np.ndarray,
                    pos: np.ndarray | None, a_batch: Any, explain_func: Callable | None,
                    explain_func_kwargs: Mapping[str, Any] | None) -> np.ndarray:
+        if a_batch is None and explain_func is None and self.order == "random":
+            return np.zeros(inputs[self.token_key].shape)  # the random order does not read relevance
         if a_batch is not None:
             if explain_func is not None:
                 raise ExplainError("give a_batch or explain_func, not both")
