@@ -313,6 +313,10 @@ class SensitivityN(_Perturbing):
         deltas = np.concatenate(deltas).T                                              # (n, steps)
         return [(d, s) for d, s in zip(deltas, sums)]
 
+    def summarise(self, scores: Any) -> tuple[np.ndarray, str]:
+        """The correlations as they are: one per step (or their aggregate), not one per sample."""
+        return np.asarray(scores, np.float64).reshape(-1), "correlation across samples per step"
+
     def custom_postprocess(self, scores: list) -> list:
         self.pred_deltas = np.stack([d for d, _ in scores])
         self.att_sums = np.stack([s for _, s in scores])
@@ -351,6 +355,7 @@ class Infidelity(_Perturbing):
 
     category = "Faithfulness"
     default_softmax = False
+    higher_is_better = False
 
     def __init__(self, loss_func: str | Callable = "mse", perturb_patch_sizes: Sequence[int] | None = None,
                  n_perturb_samples: int = 10, abs: bool = False, normalise: bool = False,
