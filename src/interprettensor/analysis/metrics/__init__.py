@@ -27,25 +27,20 @@ from .perturb import BASELINES
 __all__ = ["Metric", "MetricModel", "explain", "as_explain_func", "normalise_by_max", "normalise_by_negative",
            "infer_channel_first", "BASELINES"]
 
-from .faithfulness import *  # noqa: E402,F401,F403
-__all__ += faithfulness.__all__
-
-from .randomisation import *  # noqa: E402,F401,F403
-
-__all__ += randomisation.__all__
-
-from .comparison import *  # noqa: E402,F401,F403
-
-__all__ += comparison.__all__
-
-from .localisation import *  # noqa: E402,F401,F403
-__all__ += localisation.__all__  # noqa: F405
-from .complexity import *  # noqa: E402,F401,F403
-__all__ += complexity.__all__  # noqa: F405
+from . import (axiomatic, comparison, complexity, faithfulness, faithfulness_sampling, ground_truth,  # noqa: E402
+               localisation, randomisation, robustness, text)
 from .axiomatic import *  # noqa: E402,F401,F403
-__all__ += axiomatic.__all__  # noqa: F405
+from .comparison import *  # noqa: E402,F401,F403
+from .complexity import *  # noqa: E402,F401,F403
+from .faithfulness import *  # noqa: E402,F401,F403
+from .faithfulness_sampling import *  # noqa: E402,F401,F403
 from .ground_truth import *  # noqa: E402,F401,F403
-__all__ += ground_truth.__all__  # noqa: F405
-
+from .localisation import *  # noqa: E402,F401,F403
+from .randomisation import *  # noqa: E402,F401,F403
 from .robustness import *  # noqa: E402,F401,F403
-__all__ += robustness.__all__
+from .text import *  # noqa: E402,F401,F403
+
+for _module in (faithfulness, faithfulness_sampling, robustness, localisation, complexity, randomisation, axiomatic,
+                text, comparison, ground_truth):
+    __all__ += [name for name in _module.__all__ if name not in __all__]
+del _module
