@@ -10,6 +10,8 @@ predicted class, an int or one int per sample a given class; the explained score
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import keras
@@ -157,9 +159,30 @@ def _result(arrays: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     return arrays[0] if len(arrays) == 1 else list(arrays)
 
 
+#: the compiled gradient explainers of the models explained last (a model's graph is built and its
+#: function traced once, not on every call: the evaluation explains the same model many times)
+_RECENT: "OrderedDict[tuple, tuple[weakref.ref, _GradientExplainer]]" = OrderedDict()
+_RECENT_SIZE = 8
+
+
+def _explainer(model: keras.Model, mode: str, output: int | str | None, times_output: bool) -> _GradientExplainer:
+    """The gradient explainer of ``model`` (reused while ``model`` is among the last few explained;
+    it reads the model's variables on every call, so changed weights are seen)."""
+    key = (id(model), mode, output, bool(times_output))
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0]() is model:
+        _RECENT.move_to_end(key)
+        return hit[1]
+    g = _GradientExplainer(model, mode, output, times_output)
+    _RECENT[key] = (weakref.ref(model), g)
+    while len(_RECENT) > _RECENT_SIZE:
+        _RECENT.popitem(last=False)
+    return g
+
+
 def _grad(model: keras.Model, x: ArrayLike, target: ArrayLike | None, mode: str,
           output: int | str | None, times_output: bool = False) -> tuple[list[Tensor], list[np.ndarray]]:
-    g = _GradientExplainer(model, mode, output, times_output)
+    g = _explainer(model, mode, output, times_output)
     xs = g.inputs(x)
     grads, _, _ = g(xs, _targets(target, int(xs[0].shape[0])))
     return xs, [ops.convert_to_numpy(gr) for gr in grads]
@@ -246,7 +269,7 @@ def smoothgrad(model: keras.Model, x: ArrayLike, target: ArrayLike | None = None
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    g = _GradientExplainer(model, "plain", output)
+    g = _explainer(model, "plain", output, False)
     xs = g.inputs(x)
     targets = g.predicted(xs, _targets(target, int(xs[0].shape[0])))
     rng = np.random.default_rng(seed)
@@ -286,7 +309,7 @@ def integrated_gradients(model: keras.Model, x: ArrayLike, target: ArrayLike | N
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    g = _GradientExplainer(model, "plain", output)
+    g = _explainer(model, "plain", output, False)
     xs = g.inputs(x)
     targets = g.predicted(xs, _targets(target, int(xs[0].shape[0])))
     base = [ops.convert_to_numpy(x_) for x_ in xs]

@@ -5,6 +5,8 @@ where a metric takes ``explain_func``."""
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import Any, Callable
 
 import keras
@@ -37,12 +39,47 @@ def explain(model: keras.Model, inputs: Any, targets: Any, method: str = "gradie
         kwargs.setdefault("low", float(x.min()))
         kwargs.setdefault("high", float(x.max()))
     target = None if targets is None else np.asarray(targets).astype(np.int64)
-    a = attribute(model, x, method, target=target, **kwargs)
+    explainer = _lrp_explainer(model, method, kwargs)
+    a = explainer(x, target=target) if explainer is not None else attribute(model, x, method, target=target, **kwargs)
     if isinstance(a, list):
         if len(a) != 1:
             raise ExplainError("the metrics evaluate single-input models")
         a = a[0]
     return np.asarray(a, np.float64)
+
+
+#: the compiled LRP explainers of the models explained last: a metric explains the same model many
+#: times (perturbed inputs, randomised weights), and an Explainer traces once per input signature
+_RECENT: "OrderedDict[tuple, tuple[weakref.ref, Any]]" = OrderedDict()
+_RECENT_SIZE = 8
+
+
+def _lrp_explainer(model: keras.Model, method: Any, params: dict) -> Any:
+    """A reusable :class:`interprettensor.Explainer` for an LRP rule or preset given by name with
+    hashable parameters (None for the gradient baselines, which keep their own, and for anything
+    else: :func:`interprettensor.attribution.attribute` then runs it once)."""
+    from ...attribution.methods import _ALIASES, METHODS
+    from ...engine.explainer import Explainer
+
+    if not isinstance(method, str):
+        return None
+    name = method.lower().replace("-", "_")
+    if _ALIASES.get(name, name) in METHODS:
+        return None
+    try:
+        key = (id(model), method, tuple(sorted(params.items())))
+        hash(key)
+    except TypeError:
+        return None
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0]() is model:
+        _RECENT.move_to_end(key)
+        return hit[1]
+    explainer = Explainer(model, method, **params)
+    _RECENT[key] = (weakref.ref(model), explainer)
+    while len(_RECENT) > _RECENT_SIZE:
+        _RECENT.popitem(last=False)
+    return explainer
 
 
 def as_explain_func(obj: Any) -> Callable[..., np.ndarray] | None:
