@@ -5,6 +5,7 @@ the same weights (a script, not a timed test)::
     python benchmarks/bench_metrics.py                 # VGG16 224 x 224 and a small CNN, batch 8
     python benchmarks/bench_metrics.py --quick         # the small CNN only (a minute or two)
     python benchmarks/bench_metrics.py --no-quantus    # without Quantus' column
+    python benchmarks/bench_metrics.py --ground-truth  # the localisation ranking on shapes with known masks
 
 Quantus cannot share Keras 3's environment (its TensorFlow extra pins ``keras<3``); the benchmark
 creates its own virtual environment (``--quantus-venv``, default ``.bench-quantus/``: ``pip install
@@ -207,13 +208,34 @@ def theirs(py: Path, spec: list[dict], weights: Path, x, y, a, patch: int, repea
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def ground_truth(n_test: int = 64) -> None:
+    """The localisation ranking: a CNN trained on 1600 generated shape images (the shape decides the
+    class), explained on ``n_test`` held-out ones; mean and standard error per method and metric."""
+    import interprettensor as it
+
+    x, y, _ = it.metrics.shapes_dataset(1600, size=32, seed=0)
+    model = it.metrics.train_shapes_cnn(x, y, epochs=3, seed=0)
+    xt, yt, st = it.metrics.shapes_dataset(256, size=32, seed=1)
+    acc = float((model.predict(xt, verbose=0).argmax(-1) == yt).mean())
+    table = it.metrics.localisation_benchmark(model, xt[:n_test], yt[:n_test], st[:n_test], per_sample=True)
+    print(f"shapes CNN: held-out accuracy {acc:.3f}; {n_test} held-out images; relevance summed over colour "
+          f"channels, absolute; mean +- standard error")
+    print(it.metrics.ground_truth.format_table(table))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the small CNN only")
     ap.add_argument("--no-quantus", action="store_true", help="leave Quantus' column out")
     ap.add_argument("--quantus-venv", default=str(HERE.parent / ".bench-quantus"))
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--ground-truth", action="store_true",
+                    help="only the ground-truth benchmark: a CNN trained on shapes with known masks, the "
+                         "localisation metrics of LRP presets, gradient, input x gradient and random")
     args = ap.parse_args()
+    if args.ground_truth:
+        ground_truth()
+        return
 
     import keras
     import numpy as np
