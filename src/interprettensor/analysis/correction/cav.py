@@ -8,7 +8,9 @@ samples without (Kim et al. 2018, TCAV). Its estimators (``method``):
   "Navigating neural space: revisiting concept activation vectors", the CAV Reveal-to-Revise uses): it
   points where the artefact moves the activations, not where a classifier's filter points, which is
   what a projection needs;
-* ``'mean_difference'``: ``mean(h | artefact) - mean(h | clean)``;
+* ``'mean_difference'``: ``mean(h | artefact) - mean(h | clean)``; for one binary concept this is the
+  pattern's direction (``cov(h, t) = p (1 - p) (mean_a - mean_c)`` with ``p`` the artefact share), so
+  the two give the same unit CAV;
 * ``'svm'`` (:class:`sklearn.svm.LinearSVC`), ``'logistic'`` (:class:`sklearn.linear_model.LogisticRegression`),
   ``'ridge'`` (:class:`sklearn.linear_model.Ridge` on ``t``), ``'lasso'`` (:class:`sklearn.linear_model.Lasso`):
   the normal of a linear model's decision function (a filter).

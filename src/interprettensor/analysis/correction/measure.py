@@ -74,10 +74,11 @@ def measure(model: Any, x_clean: Any, y_clean: Any, x_poisoned: Any, y_poisoned:
 
 def table(rows: Mapping[str, Measurement]) -> str:
     """A text table of measurements by name (``{'before': m0, 'P-ClArC': m1}``)."""
-    head = f"{'model':<24} {'artefact share':>15} {'clean acc':>10} {'poisoned acc':>13} {'poisoned/clean':>15}"
+    w = max([len("model")] + [len(str(k)) for k in rows])
+    head = f"{'model':<{w}} {'artefact share':>15} {'clean acc':>10} {'poisoned acc':>13} {'poisoned/clean':>15}"
     lines = [head, "-" * len(head)]
     for name, m in rows.items():
         ratio = m.poisoned_accuracy / m.clean_accuracy if m.clean_accuracy > 0 else float("nan")
-        lines.append(f"{name:<24} {m.artifact_share:>15.3f} {100 * m.clean_accuracy:>9.1f}% "
+        lines.append(f"{name:<{w}} {m.artifact_share:>15.3f} {100 * m.clean_accuracy:>9.1f}% "
                      f"{100 * m.poisoned_accuracy:>12.1f}% {ratio:>15.3f}")
     return "\n".join(lines)
