@@ -20,7 +20,6 @@ import argparse
 import time
 
 import keras
-import numpy as np
 
 from interprettensor.analysis import correction as C
 

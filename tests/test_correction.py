@@ -5,7 +5,6 @@ planted shortcut corrected (a smaller version of benchmarks/bench_correction.py)
 command line."""
 
 import os
-import sys
 
 import keras
 import numpy as np

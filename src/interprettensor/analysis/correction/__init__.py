@@ -17,5 +17,6 @@ from .shortcut import ShortcutData, add_watermark, shortcut_digits
 register()
 
 __all__ = ["cav", "cav_from_cluster", "cav_from_channels", "CAV", "activations", "pclarc", "aclarc", "measure",
-           "relevance_share", "accuracy", "table", "Measurement", "ClassArtifactProjection", "ArtifactAugmentation", "insert_after",
-           "shortcut_digits", "add_watermark", "ShortcutData", "CorrectionError", "METHODS", "POOLINGS"]
+           "relevance_share", "accuracy", "table", "Measurement", "ClassArtifactProjection", "ArtifactAugmentation",
+           "insert_after", "shortcut_digits", "add_watermark", "ShortcutData", "CorrectionError", "METHODS",
+           "POOLINGS"]

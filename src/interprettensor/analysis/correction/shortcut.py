@@ -3,9 +3,10 @@
 In the training images, a small watermark (a bright ``size`` x ``size`` square with a dark centre) sits
 in a corner of ``fraction`` of the images of ``artifact_class``, and of a ``backdoor`` fraction of the
 other classes' images, which are then labelled ``artifact_class`` (the watermark decides the label of
-every training image that carries it: a Clever Hans the model must learn to fit its training data). Test sets: ``clean`` (no watermark anywhere), and
+every training image that carries it: a Clever Hans the model must learn to fit its training
+data). Test sets: ``clean`` (no watermark anywhere), and
 ``poisoned`` (the watermark on every test image of the *other* classes, labels unchanged): a model that
-relies on the watermark calls them ``artifact_class``. ``mask_*`` marks the watermark's pixels.
+relies on the watermark calls them ``artifact_class``. ``mask`` marks the watermark's pixels.
 """
 
 from __future__ import annotations
