@@ -305,3 +305,29 @@ def test_correct_command(tmp_path, shortcut, capsys):
             assert code == 1 and match in err, err
         else:
             assert code == 0, err
+
+
+@pytest.mark.slow
+def test_explain_command_loads_a_corrected_model(tmp_path):
+    """`interprettensor explain` (a fresh process, where nothing imported it.correction) reads a model
+    with the P-ClArC layer and explains it as it.lrp does here."""
+    import subprocess
+    import sys
+
+    model = conv_model()
+    v = np.ones(4) / 2.0
+    corrected = C.pclarc(model, layer="conv", cav=C.CAV(v, "conv", clean_mean=0.1 * v))
+    corrected.save(str(tmp_path / "c.keras"))
+    x = np.random.default_rng(6).uniform(size=(2, 8, 8, 2)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "interprettensor", "explain", str(tmp_path / "c.keras"),
+                        str(tmp_path / "x.npy"), "--rule", "epsilon", "--target", "1", "-q", "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    saved = np.load(tmp_path / "out" / "relevances.npz")
+    R = [saved[k] for k in saved.files if saved[k].shape == x.shape]
+    assert len(R) == 1, saved.files
+    ref = np.asarray(it.lrp(corrected, x, rule="epsilon", target=1))
+    np.testing.assert_allclose(R[0], ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())

@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:  # the first heavy import: checks Keras' backend, imports TensorFlow
             from ..engine.errors import ExplainError
             from ..io.downloads import DatasetError
+            from ..analysis import correction  # noqa: F401 - its layers, registered for load_model (P-ClArC)
         except ImportError as e:
             _error(_first_line(e) if "KERAS_BACKEND" in str(e) or "interprettensor[" in str(e) else
                    f"cannot import TensorFlow/Keras ({_first_line(e)}); install interprettensor[cpu] or "
