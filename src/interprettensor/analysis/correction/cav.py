@@ -21,10 +21,14 @@ mean_c) > 0``).
 Features (``pooling``) for a layer whose output has positions (``(N, H, W, C)``, ``(N, T, C)``):
 ``'flatten'`` (default) keeps every position's channels: a direction over ``H * W * C`` features,
 projected out of the whole sample at once, so it captures where the artefact sits as well as what it
-looks like (at the cost of a ``(H W C)^2`` projection; at most :data:`MAX_FLAT` features).
+looks like (at the cost of a ``(H W C)^2`` projection; at most :data:`MAX_FLAT` features). This is
+Reveal-to-Revise's "full feature" ClArC, the one its paper evaluates (signal CAV on flattened
+activations, ``x' = x - (v.x - v.z) v`` with ``z`` the clean mean of the whole feature map).
 ``'mean'`` and ``'max'`` pool each channel over the positions, giving a direction over the channels
-that the projection applies at every position (Reveal-to-Revise pools conv activations per channel,
-with the max, for its channel CAVs): cheap, and right when the artefact has channels of its own, but
+that the projection applies at every position, ``h_p' = h_p - (v.h_p - v.z) v`` with ``z`` the clean
+mean over samples and positions (Reveal-to-Revise's older channel variant instead measures the length
+on max-pooled channels and shifts every position by the same amount; a per-position projection keeps
+the layer affine and position-wise): cheap, and right when the artefact has channels of its own, but
 where the artefact's channels also carry the class's evidence (a watermark drawn with the same strokes
 as the digits) projecting them out everywhere removes that evidence too: on the planted-shortcut
 digits (``benchmarks/bench_correction.py``) channel CAVs at the second convolution left the poisoned
