@@ -56,6 +56,18 @@ NOT_HERE = {
 
 #: block first line (or its beginning) -> Python code run before it (the names its prose defines)
 PREAMBLES = {
+    # "Correcting a Clever Hans", A-ClArC: the walk-through's names (d, model with a layer 'pool', cav),
+    # with a smaller model and CAV so that the block's fine-tuning stays short
+    "tuned, history = it.correction.aclarc(": """
+import keras, numpy as np
+import interprettensor as it
+d = it.correction.shortcut_digits(artifact_class=0, fraction=0.7, backdoor=0.2)
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                          keras.layers.MaxPooling2D(2, name='pool'), keras.layers.Flatten(), keras.layers.Dense(10)])
+clean = d.x_train[d.y_train != 0][:50]
+cav = it.correction.cav(model, layer='pool', artifact=it.correction.add_watermark(clean)[0], clean=clean)
+""",
     # "Many workers": a model, a folder of images and the worker's index i
     "it.explain_dataset(model, 'images/'": """
 import os, numpy as np, keras
@@ -100,6 +112,11 @@ R = {'token_ids': np.linspace(-1, 1, 8)[None]}
 
 #: Python checks run after a block (that it did what the prose says)
 POSTSCRIPTS = {
+    # A-ClArC fine-tuned a copy for two epochs and kept the architecture
+    "tuned, history = it.correction.aclarc(": """
+assert len(history.history['loss']) == 2
+assert [l.name for l in tuned.layers] == [l.name for l in model.layers]
+""",
     # the original API example trains (not ~25 % as with a ReLU before the softmax)
     "import interprettensor as it": """
 import numpy as np
@@ -126,6 +143,18 @@ np.save('batch.npy', it.data.load_digits()[0][:100])
 """
 
 BASH_SETUP = {
+    # "Correcting a Clever Hans": a model with a layer 'pool', images with and without the watermark
+    "interprettensor correct model.keras": """
+import keras, numpy as np
+import interprettensor as it
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
+                          keras.layers.MaxPooling2D(2, name='pool'), keras.layers.Flatten(), keras.layers.Dense(10)])
+model.save('model.keras')
+clean = it.data.load_digits()[0][:40]
+np.save('clean.npy', clean)
+np.save('marked.npy', it.correction.add_watermark(clean)[0])
+""",
     # "Whole data sets": the model and the batch the commands explain
     "interprettensor explain model.keras batch.npy": _MODEL_AND_BATCH,
     # "Backends": the same, explained on JAX

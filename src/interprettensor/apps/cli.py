@@ -49,7 +49,7 @@ __all__ = ["main", "build_parser", "CLIError"]
 #: name with ``_`` for ``-``), each with ``add_parser(sub, common)`` that sets ``func`` (and ``light=True`` for
 #: a command that needs neither TensorFlow nor Keras); the modules import neither, so that ``--help`` stays fast
 SUBCOMMANDS: tuple[str, ...] = ("demo", "demo_text", "train", "explain", "evaluate", "explain_text", "finalize",
-                                "concepts", "view", "spray", "digits")
+                                "concepts", "view", "spray", "digits", "correct")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:  # the first heavy import: checks Keras' backend, imports TensorFlow
             from ..engine.errors import ExplainError
             from ..io.downloads import DatasetError
+            from ..analysis import correction  # noqa: F401 - its layers, registered for load_model (P-ClArC)
         except ImportError as e:
             _error(_first_line(e) if "KERAS_BACKEND" in str(e) or "interprettensor[" in str(e) else
                    f"cannot import TensorFlow/Keras ({_first_line(e)}); install interprettensor[cpu] or "
