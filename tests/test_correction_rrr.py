@@ -128,8 +128,12 @@ def test_bad_input_errors():
     x, y, mask = _data()
     with pytest.raises(it.InterpretTensorError, match="unknown RRR method"):
         C.rrr_penalty(model, x, y, mask, method="saliency")
-    with pytest.raises(it.InterpretTensorError, match="only to method='lrp'"):
+    with pytest.raises(it.InterpretTensorError, match="apply only to method=.lrp."):
         C.rrr_penalty(model, x, y, mask, method="gradient", epsilon=0.1)
+    with pytest.raises(it.InterpretTensorError, match="rule='zplus'"):
+        C.rrr_penalty(model, x, y, mask, method="gradient", rule="zplus")
+    with pytest.raises(it.InterpretTensorError, match="unknown starting relevance"):
+        C.rrr_penalty(model, x, y, mask, start="logits")
     with pytest.raises(it.InterpretTensorError, match="does not fit"):
         C.rrr_penalty(model, x, y, mask[:, :2, :2, None, None], method="gradient")
     with pytest.raises(it.InterpretTensorError, match="masks of shape"):

@@ -100,22 +100,23 @@ class _Penalty:
     """``P(x, y, mask)`` of :mod:`this module <interprettensor.analysis.correction.rrr>`, differentiable
     with respect to the model's weights (TensorFlow)."""
 
-    def __init__(self, model: keras.Model, method: str = "lrp", rule: Any = "epsilon",
+    def __init__(self, model: keras.Model, method: str = "lrp", rule: Any = None,
                  from_logits: bool | None = None, start: str = "log_probs", **rule_params: Any):
         if method not in METHODS:
             raise ExplainError(f"unknown RRR method {method!r}: use one of {METHODS}")
         if start not in STARTS:
             raise ExplainError(f"unknown starting relevance {start!r}: use one of {STARTS}")
-        if method == "gradient" and (rule_params or start != "log_probs"):
-            raise ExplainError(f"rule parameters and start= apply only to method='lrp', got "
-                               f"{sorted(rule_params) + ([f'start={start!r}'] if start != 'log_probs' else [])}")
+        if method == "gradient" and (rule_params or start != "log_probs" or rule is not None):
+            given = sorted(rule_params) + [f"{k}={v!r}" for k, v in (("start", start), ("rule", rule))
+                                           if v is not None and v != "log_probs"]
+            raise ExplainError(f"rule, rule parameters and start= apply only to method='lrp', got {given}")
         shape = getattr(model, "output_shape", None)
         if not isinstance(shape, tuple) or len(shape) != 2 or not isinstance(shape[-1], int) or shape[-1] < 2:
             raise ExplainError(f"RRR needs a classifier with one output of shape (N, classes >= 2) (logits or a "
                                f"softmax); model {model.name!r} has output shape {shape}")
         self.model = model
         self.method = method
-        self.rule = rule
+        self.rule = "epsilon" if rule is None else rule
         self.start = start
         self.rule_params = rule_params
         self.from_logits = (not _final_softmax(model)) if from_logits is None else bool(from_logits)
@@ -192,7 +193,7 @@ class _Penalty:
         return tf.reduce_mean(per_sample)
 
 
-def rrr_penalty(model: keras.Model, x: Any, y: Any, mask: Any, *, method: str = "lrp", rule: Any = "epsilon",
+def rrr_penalty(model: keras.Model, x: Any, y: Any, mask: Any, *, method: str = "lrp", rule: Any = None,
                 from_logits: bool | None = None, start: str = "log_probs", **rule_params: Any) -> Any:
     """The RRR penalty ``P`` (module docstring: ``P_grad`` or ``P_lrp``) of one batch, as a scalar tensor
     differentiable with respect to ``model``'s weights (call it under a ``tf.GradientTape``).
@@ -218,7 +219,8 @@ class RRRModel(keras.Model):
         model: the Keras classifier to correct.
         lam: the penalty's weight ``lambda``.
         method: ``'lrp'`` (the default) or ``'gradient'``.
-        rule: the engine's rule or preset for ``method='lrp'``; ``rule_params`` its parameters.
+        rule: the engine's rule or preset for ``method='lrp'`` (default ``'epsilon'``); ``rule_params``
+            its parameters.
         from_logits: whether ``model`` outputs logits (default: unless its last layer is a softmax).
         start: where the LRP penalty's backward pass starts (:data:`STARTS`).
 
@@ -229,7 +231,7 @@ class RRRModel(keras.Model):
         rrr.fit(x, y, sample_weight=masks, epochs=3)
     """
 
-    def __init__(self, model: keras.Model, lam: float = 1.0, method: str = "lrp", rule: Any = "epsilon",
+    def __init__(self, model: keras.Model, lam: float = 1.0, method: str = "lrp", rule: Any = None,
                  from_logits: bool | None = None, start: str = "log_probs", **rule_params: Any):
         _tf()
         super().__init__(name=f"rrr_{model.name}")
@@ -242,6 +244,11 @@ class RRRModel(keras.Model):
 
     def call(self, x: Any, training: bool = False) -> Any:
         return self.model(x, training=training)
+
+    def compile(self, *args: Any, jit_compile: Any = False, **kwargs: Any) -> None:
+        """Keras' ``compile``; ``jit_compile`` defaults to ``False`` here (Keras' ``'auto'`` turns XLA on
+        where a GPU is present; the second-order step through the LRP pass is tested without XLA)."""
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     @property
     def metrics(self) -> list:
@@ -289,12 +296,13 @@ class RRRModel(keras.Model):
 
 
 def rrr_fit(model: keras.Model, x: Any, y: Any = None, masks: Any = None, *, epochs: int = 1, lam: float = 1.0,
-            method: str = "lrp", rule: Any = "epsilon", start: str = "log_probs", batch_size: int = 32, optimizer: Any = None,
-            learning_rate: float = 1e-3, from_logits: bool | None = None, verbose: Any = "auto",
-            validation_data: Any = None, callbacks: Any = None, **rule_params: Any) -> keras.callbacks.History:
+            method: str = "lrp", rule: Any = None, start: str = "log_probs", batch_size: int = 32,
+            optimizer: Any = None, learning_rate: float | None = None, from_logits: bool | None = None,
+            verbose: Any = "auto", validation_data: Any = None, callbacks: Any = None,
+            **rule_params: Any) -> keras.callbacks.History:
     """Fine-tune ``model`` in place with the RRR penalty (:class:`RRRModel`, sparse cross-entropy, Adam
-    unless ``optimizer``) and return Keras' ``History`` (``loss``, ``penalty``, ``accuracy``; progress
-    bar by ``verbose``).
+    with ``learning_rate`` (default 1e-3) unless ``optimizer``) and return Keras' ``History``
+    (``loss``, ``penalty``, ``accuracy``; progress bar by ``verbose``).
 
     ``x``: an array with ``y`` (integer labels) and ``masks`` (shaped like ``x`` or (N, H, W)), or a
     PyDataset / ``tf.data.Dataset`` yielding ``(x, y, mask)`` batches (then ``y`` and ``masks`` are
@@ -312,9 +320,12 @@ def rrr_fit(model: keras.Model, x: Any, y: Any = None, masks: Any = None, *, epo
             raise ExplainError(f"masks of shape {masks.shape} do not fit x of shape {x.shape}: give them shaped like x "
                                f"or without its channel axis")
     wrapper = RRRModel(model, lam=lam, method=method, rule=rule, from_logits=from_logits, start=start, **rule_params)
-    opt = optimizer if optimizer is not None else keras.optimizers.Adam(learning_rate)
-    wrapper.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=wrapper.penalty.from_logits),
-                    metrics=["accuracy"], jit_compile=False)
+    if optimizer is not None and learning_rate is not None:
+        raise ExplainError("give an optimizer or a learning_rate (for Adam), not both")
+    if optimizer is None:
+        optimizer = keras.optimizers.Adam(1e-3 if learning_rate is None else learning_rate)
+    wrapper.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=wrapper.penalty.from_logits),
+                    metrics=["accuracy"])
     if y is not None:
         return wrapper.fit(x, np.asarray(y), sample_weight=masks, epochs=epochs, batch_size=batch_size,
                            verbose=verbose, validation_data=validation_data, callbacks=callbacks)
