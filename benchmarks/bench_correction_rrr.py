@@ -2,8 +2,8 @@
 
 Data: the embedded digits 3 (class 0) and 8 (class 1), 28 x 28, split 80/20; a 4 x 4 watermark in the
 top-left corner on 90 % of the training 8s and on no 3 (:func:`~interprettensor.correction.plant_watermark`):
-"watermark present => 8, absent => 3" is right on 95 % of the training images. A small CNN is trained
-on it, then fine-tuned from the same weights in each row: without a penalty (``lam = 0``, the
+"watermark present => 8, absent => 3" is right on 95 % of the training images. A small MLP is trained
+on it (5 epochs), then fine-tuned from the same weights in each row: without a penalty (``lam = 0``, the
 control: as many epochs as the others), with RRR's input-gradient penalty (Ross et al. 2017) and with
 its LRP form under each start (:data:`~interprettensor.analysis.correction.rrr.STARTS`).
 
@@ -41,10 +41,11 @@ def data(size: int, mark: int, seed: int = 0):
     return (xw, ytr, mw), (xte, yte), xp, (xm[mk], mm[mk], yte[mk])
 
 
-def cnn(size: int) -> keras.Model:
-    return keras.Sequential([keras.Input((size, size, 1)), keras.layers.Conv2D(8, 5, activation="relu"),
-                             keras.layers.MaxPooling2D(2), keras.layers.Conv2D(8, 3, activation="relu"),
-                             keras.layers.MaxPooling2D(2), keras.layers.Flatten(), keras.layers.Dense(2)])
+def mlp(size: int) -> keras.Model:
+    """A multilayer perceptron, as Ross et al. use on their decoy MNIST (a CNN with pooling learns these
+    digits well enough to ignore a 4 x 4 watermark: share 0.04, poisoned accuracy = clean accuracy)."""
+    return keras.Sequential([keras.Input((size, size, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)])
 
 
 def measure(model, test, poisoned, marked) -> dict:
@@ -61,12 +62,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--mark", type=int, default=4, help="watermark side in pixels")
     p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs per row")
-    p.add_argument("--base-epochs", type=int, default=10)
+    p.add_argument("--base-epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-3)
     args = p.parse_args()
     train, test, poisoned, marked = data(args.size, args.mark)
     keras.utils.set_random_seed(0)
-    base = cnn(args.size)
+    base = mlp(args.size)
     base.compile(keras.optimizers.Adam(args.lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     base.fit(train[0], train[1], epochs=args.base_epochs, batch_size=32, verbose=0)
     weights = base.get_weights()
@@ -80,7 +81,7 @@ def main() -> None:
           f"{len(test[0])} test, {args.size} x {args.size}, fine-tuning {args.epochs} epochs", flush=True)
     for name, kw in configs:
         keras.utils.set_random_seed(1)
-        model = cnn(args.size)
+        model = mlp(args.size)
         model.set_weights(weights)
         t = time.perf_counter()
         C.rrr_fit(model, *train, epochs=args.epochs, learning_rate=args.lr, verbose=0, **kw)

@@ -161,10 +161,10 @@ def shortcut():
     xw, mw, _ = C.plant_watermark(xtr, ytr, 1, fraction=0.9, size=2, offset=0, seed=0)
     xm, mm, mk = C.plant_watermark(xte, yte, 1, fraction=1.0, size=2, offset=0)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                              keras.layers.MaxPooling2D(2), keras.layers.Flatten(), keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(xw, ytr, epochs=10, batch_size=32, verbose=0)
+    model.fit(xw, ytr, epochs=5, batch_size=32, verbose=0)
     return model, (xw, ytr, mw), (xte, yte), (xm[mk], mm[mk], yte[mk])
 
 
@@ -176,12 +176,12 @@ def test_rrr_fit_halves_the_artifact_share(shortcut):
     model, (xw, ytr, mw), (xte, yte), (xm, mm, ym) = shortcut
     before = C.artifact_share(model, xm, mm, target=ym).mean()
     acc_before = (model.predict(xte, verbose=0).argmax(1) == yte).mean()
-    hist = C.rrr_fit(model, xw, ytr, mw, epochs=8, lam=100.0, start="classes", learning_rate=3e-3, verbose=0)
-    assert set(hist.history) >= {"loss", "penalty", "accuracy"} and len(hist.history["loss"]) == 8
+    hist = C.rrr_fit(model, xw, ytr, mw, epochs=5, lam=100.0, start="classes", learning_rate=3e-3, verbose=0)
+    assert set(hist.history) >= {"loss", "penalty", "accuracy"} and len(hist.history["loss"]) == 5
     assert hist.history["penalty"][-1] < hist.history["penalty"][0]
     after = C.artifact_share(model, xm, mm, target=ym).mean()
     acc_after = (model.predict(xte, verbose=0).argmax(1) == yte).mean()
-    assert before > 0.05
+    assert before > 0.2  # the model relies on the watermark (4 of the 100 pixels)
     assert after <= before / 2
     assert acc_after >= acc_before - 0.05
 
