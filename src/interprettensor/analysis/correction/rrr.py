@@ -20,8 +20,11 @@ Two forms of the penalty, added to the model's own loss ``L`` (the cross-entropy
   where ``R^(k)`` is the relevance of logit ``k`` (of ``K``): the backward pass starts from
   ``R0_k = z_k (1 - K p_k)``, the logits times the gradient of Ross et al.'s ``sum_k log p_k`` with
   respect to them (``start="log_probs"``; ``start="label"``: ``R = R^(y_n)``, the true class's logit,
-  which a model can empty by shifting all its logits without changing what it relies on). A model with
-  a final softmax uses ``z = log p``.
+  which a model can empty by shifting all its logits without changing what it relies on;
+  ``start="classes"``: every class's relevance, ``P = 1/N sum_n sum_k sum_d (A_nd R^(k)_d(x_n))^2``). A
+  model with a final softmax uses ``z = log p``. (Reveal to Revise's own RRR code penalises input
+  gradients; this LRP form, the squared masked relevance in Ross et al.'s shape, is this module's
+  reading of "penalise the relevance on the artefact".)
 
 with ``A`` the annotation mask (1 on the artefact, 0 elsewhere; an (N, H, W) mask is broadcast over
 the channels). The training loss is ``L + lam * P``. The relevance ``R`` is computed by
