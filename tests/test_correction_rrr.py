@@ -17,12 +17,12 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason=
 C = it.correction
 
 
-def _mlp(dtype: str = "float32", seed: int = 0) -> keras.Model:
+def _mlp(dtype: str = "float32", seed: int = 0, activation: str | None = None) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((4, 4, 1), dtype=dtype), keras.layers.Flatten(dtype=dtype),
                              keras.layers.Dense(6, activation="relu", dtype=dtype,
                                                 bias_initializer=keras.initializers.RandomNormal(0.0, 0.1, seed)),
-                             keras.layers.Dense(3, dtype=dtype,
+                             keras.layers.Dense(3, dtype=dtype, activation=activation,
                                                 bias_initializer=keras.initializers.RandomNormal(0.0, 0.1, seed))])
 
 
@@ -39,9 +39,11 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def test_gradient_penalty_equals_numpy():
-    """Ross et al. eq. 1 by hand: d/dx sum_k log p_k = ((1 - K p) W2^T * [h > 0]) W1^T."""
-    model = _mlp("float64")
+@pytest.mark.parametrize("activation", [None, "softmax"])
+def test_gradient_penalty_equals_numpy(activation):
+    """Ross et al. eq. 1 by hand: d/dx sum_k log p_k = ((1 - K p) W2^T * [h > 0]) W1^T (the same for a
+    model that outputs logits and one that ends in a softmax)."""
+    model = _mlp("float64", activation=activation)
     x, y, mask = _data("float64")
     (W1, b1), (W2, b2) = [(l.kernel.numpy(), l.bias.numpy()) for l in model.layers[1:]]
     xf = x.reshape(5, -1)
