@@ -296,3 +296,38 @@ def test_attention_flops_by_hand():
     macs = 6 * 16 * 12 * 2 + 6 * 16 * 8 + 4 * 36 * 3 + 4 * 36 * 2 + 6 * 8 * 16 + 16 * 3
     biases = 6 * 12 * 2 + 6 * 8 + 6 * 16 + 3
     assert count_flops(m) == 2 * macs + biases
+
+
+def test_command_line(tmp_path, capsys, cnn32):
+    from interprettensor.apps import cli
+
+    model_path, data, labels = tmp_path / "m.keras", tmp_path / "ref.npy", tmp_path / "y.npy"
+    cnn32.save(model_path)
+    x = np.random.default_rng(12).uniform(0, 1, (6, 7, 7, 3)).astype("float32")
+    np.save(data, x)
+    np.save(labels, np.array([0, 1, 2, 0, 1, 2]))
+    out = tmp_path / "p.keras"
+    code = cli.main(["prune", str(model_path), str(data), "--labels", str(labels), "--amount", "0.4", "--criterion",
+                     "lrp", "--out", str(out), "-q"])
+    text = capsys.readouterr().out
+    assert code == 0 and f"parameters {_hand_params(4, 5, 6)} ->" in text and "saved the pruned model" in text
+    _, report = pruning.prune(cnn32, x, [0, 1, 2, 0, 1, 2], amount=0.4, criterion="lrp")
+    pruned = keras.models.load_model(out)
+    assert count_params(pruned) == report.params_after
+    for name, idx in report.removed.items():  # the same channels as the API
+        assert f"{name}: removed channels {', '.join(map(str, idx))}" in text or not idx
+
+    def fails(*args, match):
+        assert cli.main(list(args)) == 1
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err, err
+
+    fails("prune", str(model_path), "--criterion", "lrp", "--out", str(out), "-q", match="needs reference data")
+    fails("prune", str(model_path), str(data), "--labels", str(labels), "--layers", "d2", "--out", str(out), "-q",
+          match="d2: a model output")
+    fails("prune", str(tmp_path / "none.keras"), str(data), "--out", str(out), "-q", match="does not exist")
+    fails("prune", str(model_path), str(data), "--criterion", "magnitude", "--epsilon", "0.1", "--out", str(out),
+          "-q", match="only apply to --criterion lrp")
+    with pytest.raises(SystemExit):
+        cli.main(["prune", str(model_path), str(data), "--amount", "1.5"])
+    assert "fraction in [0, 1)" in capsys.readouterr().err
