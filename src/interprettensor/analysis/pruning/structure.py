@@ -79,9 +79,11 @@ def graph_of(model: keras.Model) -> Any:
             raise PruningError("the Sequential model is not built with an input shape: build it (model.build(shape) "
                                "or keras.Input as first layer) before pruning")
         return model._functional
-    if not hasattr(model, "_nodes_by_depth") or not hasattr(model, "get_config") or \
-            type(model).__name__ not in ("Functional", "Model") and not isinstance(model, keras.Model):
-        raise PruningError(f"pruning needs a functional or Sequential Keras model, got {type(model).__name__}")
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        kind = f"{type(model).__module__}.{type(model).__name__}"
+        raise PruningError(f"pruning needs a functional or keras.Sequential model (it is rebuilt from its layer "
+                           f"graph); got {kind}, which has no such graph (a subclassed model, or the 2017 API's "
+                           f"it.Sequential: rebuild it from keras.layers)")
     try:
         model.get_config()["layers"]
     except Exception:  # noqa: BLE001 - a subclassed model has no layer graph in its config

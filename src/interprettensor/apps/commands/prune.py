@@ -111,7 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """``interprettensor prune``."""
     from tqdm.auto import tqdm
 
-    from ...analysis.pruning import PruningError, prune
+    from ...analysis.pruning import PruningError, plan, prune
     from ...io.inputs import load_model
 
     params = {k: getattr(args, k) for k in RULE_PARAMS if getattr(args, k) is not None}
@@ -123,6 +123,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not os.path.isdir(parent):
         raise CLIError(f"--out {args.out!r}: folder {parent!r} does not exist")
     model = load_model(args.model)
+    try:  # what can be pruned, before the reference data is read and scored
+        plan(model, args.unit, args.layers)
+    except PruningError as e:
+        raise CLIError(str(e)) from None
     x, y = _reference(args, model)
     if x is not None and args.criterion != "magnitude":
         _say(args, f"scoring {args.unit}s by {args.criterion} on {len(x)} reference samples"
