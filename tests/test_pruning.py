@@ -189,6 +189,9 @@ def test_magnitude_scores_are_l1_norms(cnn):
     for _, n, i in allnorm[:3]:
         expect.setdefault(n, []).append(i)
     assert {k: sorted(v) for k, v in report.removed.items() if v} == {k: sorted(v) for k, v in expect.items()}
+    # per-layer ranking: round(0.4 * size) lowest of each layer (2 of 4, 2 of 5, 2 of 6)
+    _, report = pruning.prune(cnn, amount=0.4, criterion="magnitude", ranking="layer")
+    assert report.removed == {n: sorted(np.argsort(raw[n])[:k].tolist()) for n, k in (("c1", 2), ("c2", 2), ("d1", 2))}
 
 
 @pytest.fixture(scope="module")
