@@ -3,7 +3,7 @@ digits (``it.data.load_digits``) and a VGG-like net trained on a generated 10-cl
 colours), each pruned by 30 % and 50 % of its convolution channels (global ranking of per-layer normalised
 scores) by the LRP, magnitude and Taylor criteria; prints test accuracy, parameters and FLOPs per setting.
 
-    PYTHONPATH=src python benchmarks/bench_pruning.py [--seeds 3] [--reference 20] [--epochs 6]
+    PYTHONPATH=src python benchmarks/bench_pruning.py [--seeds 3] [--reference 20] [--epochs 6] [--steps 1]
 
 The reference set: ``--reference`` training samples per class (Yeom et al. use few reference samples).
 """
@@ -82,6 +82,21 @@ def reference(x, y, per_class: int, seed: int):
     return x[idx], y[idx]
 
 
+def prune_in_steps(pruning, model, x_ref, y_ref, amount, criterion, layers, steps, rule="epsilon_plus"):
+    """``amount`` of the channels removed in ``steps`` equal steps, the scores recomputed on the pruned model
+    before each (Yeom et al. prune iteratively); returns the last model and (params, FLOPs) after."""
+    current, removed, total = model, 0, None
+    for s in range(steps):
+        plan = pruning.plan(current, "channel", layers)
+        left = sum(u.size for u in plan.units)
+        total = left if total is None else total
+        n = int(np.floor(amount * total + 0.5) * (s + 1) / steps + 1e-9) - removed
+        current, rep = pruning.prune(current, x_ref, y_ref, amount=n / left, criterion=criterion, layers=layers,
+                                     **({"rule": rule} if criterion == "lrp" else {}))
+        removed += rep.n_removed
+    return current, rep
+
+
 def run(name, build, data, args, keras, it, pruning):
     x_tr, y_tr, x_te, y_te = data
     rows = []
@@ -99,11 +114,12 @@ def run(name, build, data, args, keras, it, pruning):
         x_ref, y_ref = reference(x_tr, y_tr, args.reference, seed)
         for amount in (0.3, 0.5):
             for criterion in ("lrp", "magnitude", "taylor"):
-                pruned, rep = pruning.prune(model, x_ref, y_ref, amount=amount, criterion=criterion, layers=convs)
-                rows.append((seed, amount, criterion, base, accuracy(pruned, x_te, y_te), rep.params_before,
-                             rep.params_after, rep.flops_before, rep.flops_after))
-    print(f"\n{name}: test accuracy after pruning convolution channels (no fine-tuning), mean over "
-          f"{args.seeds} seed(s) [min, max]")
+                pruned, rep = prune_in_steps(pruning, model, x_ref, y_ref, amount, criterion, convs, args.steps,
+                                             args.rule)
+                rows.append((seed, amount, criterion, base, accuracy(pruned, x_te, y_te), pruning.count_params(model),
+                             rep.params_after, pruning.count_flops(model), rep.flops_after))
+    print(f"\n{name}: test accuracy after pruning convolution channels (no fine-tuning, {args.steps} step(s)), "
+          f"mean over {args.seeds} seed(s) [min, max]")
     print(f"{'amount':>6} | {'criterion':<9} | {'accuracy':>20} | {'params':>17} | {'FLOPs':>23}")
     print("-" * 90)
     print(f"{'0':>6} | {'unpruned':<9} | {np.mean([r[3] for r in rows]):>20.4f} | {rows[0][5]:>17,} | "
@@ -123,6 +139,9 @@ def main() -> None:
     p.add_argument("--reference", type=int, default=20, help="reference samples per class (default 20)")
     p.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
     p.add_argument("--images", type=int, default=3000, help="generated images (80 %% training; default 3000)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="prune in this many steps, rescoring the pruned model before each (default 1: one shot)")
+    p.add_argument("--rule", default="epsilon_plus", help="LRP rule or preset of the lrp criterion")
     p.add_argument("--only", choices=["digits", "vgg"], default=None)
     args = p.parse_args()
     import keras
