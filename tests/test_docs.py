@@ -159,6 +159,8 @@ np.save('marked.npy', it.correction.add_watermark(clean)[0])
     "interprettensor explain model.keras batch.npy": _MODEL_AND_BATCH,
     # "Backends": the same, explained on JAX
     "interprettensor --backend jax explain model.keras batch.npy": _MODEL_AND_BATCH,
+    # "Pruning by explanation": the same model pruned with the batch as reference data
+    "interprettensor prune model.keras batch.npy": _MODEL_AND_BATCH,
     # "Command line": batch.npy, "a batch" of the user's (the block makes digits/ and model.keras itself)
     "interprettensor demo --out output/demo": """
 import numpy as np

@@ -70,6 +70,7 @@ _NAMES = {
 _MODULES = {name: _legacy.MOVED[name] for name in ("rules", "evaluate", "concepts", "data", "render", "render_text")}
 _MODULES["metrics"] = "analysis.metrics"
 _MODULES["correction"] = "analysis.correction"
+_MODULES["pruning"] = "analysis.pruning"
 #: the subpackages, reachable as attributes (``it.engine``, ``it.io``, ``it.pretrained``, ...)
 _SUBPACKAGES = ("engine", "original", "attribution", "analysis", "io", "apps", "pretrained")
 #: every old flat module name -> where it lives (tests/test_layout.py imports each)
@@ -77,9 +78,8 @@ _MOVED = _legacy.MOVED
 
 __all__ = [
     "lrp", "Explainer", "explain_generation", "Composite", "get_composite", "rules", "register_rule", "register_preset",
-    "register_handler", "explain_dataset", "load_relevances", "evaluate", "metrics", "correction", "concepts", "spray",
-    "load_spray",
-    "attribution", "data", "render", "render_text", "InterpretTensorError",
+    "register_handler", "explain_dataset", "load_relevances", "evaluate", "metrics", "correction", "pruning",
+    "concepts", "spray", "load_spray", "attribution", "data", "render", "render_text", "InterpretTensorError",
     # the 2017 API
     "Sequential", "Module", "Linear", "Convolution", "MaxPool", "AvgPool", "Flatten", "Softmax", "Relu", "ReLU",
     "Tanh", "Sigmoid", "Elu",

@@ -49,7 +49,7 @@ __all__ = ["main", "build_parser", "CLIError"]
 #: name with ``_`` for ``-``), each with ``add_parser(sub, common)`` that sets ``func`` (and ``light=True`` for
 #: a command that needs neither TensorFlow nor Keras); the modules import neither, so that ``--help`` stays fast
 SUBCOMMANDS: tuple[str, ...] = ("demo", "demo_text", "train", "explain", "evaluate", "explain_text", "finalize",
-                                "concepts", "view", "spray", "digits", "correct")
+                                "concepts", "view", "spray", "digits", "correct", "prune")
 
 
 def build_parser() -> argparse.ArgumentParser:
