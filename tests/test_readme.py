@@ -82,6 +82,15 @@ PREAMBLES = {
 
 #: Python checks run after a block (that it did what the prose says)
 POSTSCRIPTS = {
+    # the metrics example: one score per sample, one curve per sample, a table over three methods, a plot
+    "# shapes on textured backgrounds": """
+import os
+import numpy as np
+assert len(rma) == len(x) == 100 and all(0.0 <= r <= 1.0 for r in rma), rma
+assert len(curves) == len(x) and all(np.ndim(c) == 1 and len(c) > 1 for c in curves)
+assert set(cmp.ranking()) == {"RelevanceRankAccuracy", "PointingGame", "Sparseness"}, cmp.ranking()
+assert os.path.getsize("metrics.png") > 1000
+""",
     # the 2017 API: the network trains (a ReLU before the softmax would stall it near 25 %)
     "import interprettensor as it": """
 import numpy as np
