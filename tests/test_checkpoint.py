@@ -163,3 +163,15 @@ def test_checkpointed_lrp_function_and_custom_relevance():
     _close(it.lrp(model, x, relevance=R0, checkpoint=True), it.lrp(model, x, relevance=R0), k)
     # a hidden layer's unit inside a dropped segment: the start lies in it
     _close(it.lrp(model, x, layer="block0_out", checkpoint=["block1_out"]), it.lrp(model, x, layer="block0_out"), k)
+
+
+def test_mixed_precision_recomputed_records_are_recast():
+    """Under ``mixed_bfloat16`` the forward pass runs in bfloat16 and the relevance in float32: the
+    recomputed records are cast like the forward pass's, so the checkpointed pass computes the same
+    float32 relevance (to float32 rounding: bfloat16 records left uncast would differ at 2**-8)."""
+    model = _residual_cnn()
+    x = np.random.default_rng(6).normal(size=(2, 8, 8, 3)).astype("float32")
+    a = it.Explainer(model, dtype="mixed_bfloat16")(x, target=2)
+    b = it.Explainer(model, dtype="mixed_bfloat16", checkpoint=["block0_out", "block1_out"])(x, target=2)
+    assert a.dtype == b.dtype == np.float32
+    _close(b, a, 3 * 3 * 8 * 64)
