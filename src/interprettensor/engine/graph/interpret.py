@@ -103,7 +103,7 @@ def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
     fixed = {k: v for k, v in seg.saved.items() if k not in keys}
 
     def run(xs: list) -> list:
-        values = dict(fixed, **dict(zip(keys, xs))) if fixed else dict(zip(keys, xs))
+        values = {**fixed, **dict(zip(keys, xs))}
         out = []
         for step in seg.steps:
             ins = [values[k] for k in step.inputs]
