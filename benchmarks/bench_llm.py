@@ -23,7 +23,11 @@ Rows (batch 1, the next-token logit of the predicted token at the last position 
    (median of ``--repeats`` calls after one warm-up call) and peak memory above the model's own
    (peak RSS of the process minus its peak after building the model and one forward pass);
 2. sequence 4096: AttnLRP's peak memory without and with ``checkpoint=True``;
-3. the 8B-shaped model on 256 tokens: AttnLRP's time and peak memory (or why it could not run).
+3. the 8B-shaped model on 256 tokens: AttnLRP's time and peak memory (or why it could not run). Its
+   weights stay in bfloat16 (or int8); the explanation computes in float32 (``dtype='float32'``: each
+   layer reads its weights as float32 when it runs). ``dtype='mixed_bfloat16'`` and the model's own
+   bfloat16 do not run on a bfloat16-variable keras_hub model today (a dtype mismatch in the attention
+   scale's relevance, and an autocast error in the token embedding).
 
 ``--quick``: the same rows on tiny shapes (2 layers, hidden 64, sequences 64 / 256 / 32; the long
 prompt row for the Qwen-shaped model only), about two minutes on an idle 2-core CPU: a check that the
@@ -168,7 +172,7 @@ def child(args) -> None:
         fn = gradient_x_input(model)
     else:
         fn = attnlrp(model, checkpoint=True if args.method == "attnlrp_checkpoint" else None,
-                     dtype="mixed_bfloat16" if dtype == "bfloat16" else None)
+                     dtype="float32" if dtype == "bfloat16" else None)
     times = []
     for _ in range(1 + args.repeats):
         t0 = time.perf_counter()
