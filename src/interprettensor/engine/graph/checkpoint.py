@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Sequence
 
 from ..errors import ExplainError
@@ -53,7 +54,8 @@ def check_checkpoint(checkpoint: Any) -> Any:
     :func:`plan_segments`): ``None``/``False`` (off), ``True``, a positive int, or layer names."""
     if checkpoint is None or isinstance(checkpoint, bool):
         return checkpoint or None
-    if isinstance(checkpoint, int):
+    if isinstance(checkpoint, numbers.Integral):
+        checkpoint = int(checkpoint)
         if checkpoint < 1:
             raise ExplainError(f"checkpoint={checkpoint}: a segment length must be a positive number of steps")
         return checkpoint
