@@ -27,7 +27,11 @@ Rows (batch 1, the next-token logit of the predicted token at the last position 
    weights stay in bfloat16 (or int8); the explanation computes in float32 (``dtype='float32'``: each
    layer reads its weights as float32 when it runs). ``dtype='mixed_bfloat16'`` and the model's own
    bfloat16 do not run on a bfloat16-variable keras_hub model today (a dtype mismatch in the attention
-   scale's relevance, and an autocast error in the token embedding).
+   scale's relevance, and an autocast error in the token embedding). ``--int8`` (the bfloat16 model
+   quantised with ``model.quantize('int8')``) does not run today either: the quantised layers keep
+   computing in bfloat16 under the explanation's float32 (a bfloat16/float32 mismatch at the first
+   residual add); the row prints the error. A float32 8B model (32 GB of weights) cannot be built in
+   24 GiB, and Keras quantises a model only after building it in a float dtype.
 
 ``--quick``: the same rows on tiny shapes (2 layers, hidden 64, sequences 64 / 256 / 32; the long
 prompt row for the Qwen-shaped model only), about two minutes on an idle 2-core CPU: a check that the
