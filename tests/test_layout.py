@@ -18,7 +18,7 @@ LAYERS = {"engine": 0, "original": 1, "attribution": 2, "analysis": 3, "io": 3, 
 #: order inside the engine: each module imports only earlier ones (a dotted name orders a package's
 #: modules, the package's own name its ``__init__``, which re-exports them)
 ENGINE = ["errors", "dtypes", "backend._tensorflow", "backend._concrete", "backend._jax", "backend._torch", "backend", "rule_algebra", "rule_registry", "linear", "rules", "operation_rules", "handlers", "expand", "graph.model", "graph.canonical",
-          "graph.analyses", "graph.statistics", "graph.trace", "graph.interpret", "graph", "composites", "precision", "targets",
+          "graph.analyses", "graph.statistics", "graph.trace", "graph.checkpoint", "graph.interpret", "graph", "composites", "precision", "targets",
           "forward_check", "explainer", "conditions"]
 #: io may not import analysis (analysis builds on io's runs); the exceptions: deprecated aliases of
 #: modules that moved from io to analysis

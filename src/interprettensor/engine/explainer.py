@@ -21,8 +21,9 @@ from .composites import Composite, get_composite
 from .errors import ExplainError
 from .forward_check import locate_mismatch, outputs_agree, reference_rtol
 from .expand import ShapeDependent
-from .graph import (Graph, Step, backward, build_graph, explained_output, forward, positive_output_steps,
-                    relu_denominator_steps)
+from .graph import (Graph, Step, backward, build_graph, explained_output, forward, plan_segments,
+                    positive_output_steps, relu_denominator_steps)
+from .graph.checkpoint import check_checkpoint
 from .handlers import PassOptions
 from .handlers.quantised import weight_only
 from .precision import cast_floats, layer_precision, model_dtype, resolve_dtype, scale_down, scale_up
@@ -69,6 +70,13 @@ class Explainer:
             returned as float32) or ``'mixed_float16'``/``'mixed_bfloat16'`` (forward pass in low precision, the
             relevance divisions in float32: the accurate choice). Default: the model's input dtype, or
             the mixed mode of a Keras mixed-precision policy on the model.
+        checkpoint: keep memory to about a forward pass's by recomputing forward activations per
+            segment of the layers instead of keeping them all for the backward pass (gradient
+            checkpointing): ``True`` (segments of about ``sqrt(steps)`` steps, cut where one tensor
+            carries everything, e.g. the residual stream between a transformer's blocks), an int
+            (segments of about that many steps), or layer names (a cut after each, e.g. a decoder's
+            ``['transformer_layer_0', 'transformer_layer_1', ...]``). The relevance is the same; the
+            forward computation of every segment but the last runs twice.
         **params: rule parameters (``epsilon=``, ``alpha=``, ``beta=``, ``gamma=``, ``low=``, ``high=``).
 
     Example::
@@ -82,8 +90,11 @@ class Explainer:
     def __init__(self, model: keras.Model, rule: str | Rule | Composite = "epsilon", *,
                  layer: str | None = None, output: int | str | None = None, probability: bool = False,
                  canonize: bool = True, jit_compile: bool = False, batch_size: int | None = None,
-                 dtype: Any = None, verify: bool = True, **params: Any):
+                 dtype: Any = None, verify: bool = True, checkpoint: bool | int | Sequence[str] | None = None,
+                 **params: Any):
         self.model = model
+        #: ``checkpoint=`` as given (checked); :func:`~interprettensor.engine.graph.plan_segments` cuts it
+        self.checkpoint = check_checkpoint(checkpoint)
         self.composite = get_composite(rule, **params)
         self.layer = layer
         self.output = output
@@ -122,9 +133,11 @@ class Explainer:
         else:
             start_key, start_step = explained_output(graph, self.output, self.probability)
         # per mode (True: starting relevance = output x mask; False: a custom relevance)
+        segments = plan_segments(graph, self.checkpoint)
         options = {start: PassOptions(relu_denominator=relu_denominator_steps(graph, rules, start_key, start),
-                                      positive_outputs=positive_output_steps(graph, rules, start_key, start))
-                   if FUSE_RELU_DENOMINATORS else PassOptions() for start in (True, False)}
+                                      positive_outputs=positive_output_steps(graph, rules, start_key, start),
+                                      checkpoints=segments)
+                   if FUSE_RELU_DENOMINATORS else PassOptions(checkpoints=segments) for start in (True, False)}
         return {"graph": graph, "rules": rules, "start_key": start_key, "start_step": start_step,
                 "pass_options": options}
 
@@ -183,8 +196,9 @@ class Explainer:
         scale = None
         if _dtypes.name(R.dtype) == "float16":
             R, scale = scale_up(R)
+        recast = (lambda recs: cast_floats(recs, self.backward_dtype)) if self._recast() else None
         rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise,
-                           options=options)
+                           options=options, recast=recast)
         result = [rel[k] if k in rel else ops.zeros(ops.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
@@ -197,7 +211,7 @@ class Explainer:
     def _forward_pass(self, xs: Sequence[Tensor], options: PassOptions) -> tuple:
         """The forward pass under ``options``, with its records, explained output and inputs in the
         backward dtype: ``(values, records, model outputs, explained output, inputs)``."""
-        values, records = forward(self.graph, xs, options)
+        values, records = forward(self.graph, xs, options, keep=(self.start_key,))
         model_outputs = self._model_outputs(values)
         out = values[self.start_key]
         if self._recast():
@@ -558,7 +572,8 @@ class Explainer:
 def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilon", target: ArrayLike | None = None,
         *, layer: str | None = None, output: int | str | None = None, relevance: ArrayLike | None = None,
         layerwise: bool = False, batch_size: int | None = None, canonize: bool = True,
-        position: ArrayLike | None = None, contrast: ArrayLike | None = None, **params: Any):
+        position: ArrayLike | None = None, contrast: ArrayLike | None = None,
+        checkpoint: bool | int | Sequence[str] | None = None, **params: Any):
     """Explain ``model``'s prediction for ``x`` with LRP; returns relevance shaped like ``x``.
 
     A final softmax is skipped: the chosen class's logit is the starting relevance. See
@@ -571,6 +586,6 @@ def lrp(model: keras.Model, x: ArrayLike, rule: str | Rule | Composite = "epsilo
         R = it.lrp(model, x, rule="epsilon_gamma_box", low=0.0, high=1.0, target=7)
         R = it.lrp(lm, tokens, rule="attnlrp", position=-1, target=7, contrast=3)  # logit 7 - logit 3
     """
-    explainer = Explainer(model, rule, layer=layer, output=output, canonize=canonize, **params)
+    explainer = Explainer(model, rule, layer=layer, output=output, canonize=canonize, checkpoint=checkpoint, **params)
     return explainer(x, target, relevance=relevance, layerwise=layerwise, batch_size=batch_size, position=position,
                      contrast=contrast)

@@ -11,6 +11,9 @@ every name of :data:`INTERFACE`.
   cotangent, callable several times.
 * :func:`after`: ``fn()`` computed only once ``deps`` exist (a scheduling hint that keeps a
   denominator from being computed, and held, right after the forward pass; values never depend on it).
+* :func:`recompute`: ``fn(inputs)`` computed again once ``deps`` exist, never merged with an earlier
+  computation of the same values (a checkpointed segment's forward records, recomputed in the backward
+  pass: :mod:`interprettensor.engine.graph.checkpoint`).
 * :func:`stop_gradient`, :func:`scan` (``fn(acc, elem) -> acc`` over the leading axis of ``elems``,
   every accumulator stacked, as ``tf.scan``).
 * :func:`compile` (a function traced once per :func:`spec` signature), :func:`fused` and
@@ -35,7 +38,7 @@ import keras
 Tensor: TypeAlias = Any
 
 #: the interface: what each backend module defines
-INTERFACE = ("FLOAT64", "vjp", "pullback", "after", "stop_gradient", "scan", "distinct", "spec", "compile", "fused",
+INTERFACE = ("FLOAT64", "vjp", "pullback", "after", "recompute", "stop_gradient", "scan", "distinct", "spec", "compile", "fused",
              "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner")
 #: Keras' backend -> the module that implements the interface on it
 MODULES = {"tensorflow": "._tensorflow", "jax": "._jax", "torch": "._torch"}

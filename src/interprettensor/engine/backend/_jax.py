@@ -80,6 +80,14 @@ def after(deps: Sequence[Any], fn: Callable[[], Any]) -> Any:
     return fn()
 
 
+def recompute(deps: Sequence[Any], inputs: Sequence[Any], fn: Callable[[list], Any]) -> Any:
+    """``fn(inputs)`` computed anew once ``deps`` exist: an optimisation barrier ties the inputs to
+    ``deps``, so XLA neither merges the recomputation with the forward pass's same operations (common
+    subexpression elimination would keep those alive) nor hoists it (as ``jax.checkpoint`` does)."""
+    _, xs = jax.lax.optimization_barrier((list(deps), list(inputs)))
+    return fn(list(xs))
+
+
 def stop_gradient(x: Any) -> Any:
     return jax.lax.stop_gradient(x)
 

@@ -94,6 +94,15 @@ def after(deps: Sequence[Any], fn: Callable[[], Any]) -> Any:
         return fn()
 
 
+def recompute(deps: Sequence[Any], inputs: Sequence[tf.Tensor], fn: Callable[[list], Any]) -> Any:
+    """``fn(inputs)`` computed anew once ``deps`` exist: the inputs pass through identities that depend
+    on ``deps``, so the graph optimiser cannot merge the recomputation with the forward pass's same
+    operations (and keep those alive), nor schedule it before the backward pass reaches it."""
+    with tf.control_dependencies(list(deps)):
+        xs = [tf.identity(x) for x in inputs]
+    return fn(xs)
+
+
 def stop_gradient(x: tf.Tensor) -> tf.Tensor:
     return tf.stop_gradient(x)
 

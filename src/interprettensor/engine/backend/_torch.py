@@ -164,6 +164,12 @@ def after(deps: Sequence[Any], fn: Callable[[], Any]) -> Any:
     return fn()
 
 
+def recompute(deps: Sequence[Any], inputs: Sequence[Any], fn: Callable[[list], Any]) -> Any:
+    """``fn(inputs)``: eagerly, the recomputation runs when called (after ``deps``), and the forward
+    pass's records were freed when the engine let go of them."""
+    return fn(list(inputs))
+
+
 def stop_gradient(x: Any) -> Any:
     return x.detach()
 

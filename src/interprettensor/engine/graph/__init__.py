@@ -9,7 +9,7 @@ consumers (skip connections, shared inputs).
 One module per idea, each importing only the ones before it: :mod:`.model` (:class:`Step`,
 :class:`Graph`, keys), :mod:`.canonical` (:func:`fuse_batchnorm`), :mod:`.statistics` (:func:`mark_statistics`: normalisations recognised by what they compute), :mod:`.analyses` (the static
 analyses: :func:`mark_carried`, :func:`mark_nonneg`, :func:`mark_gates`, :func:`relu_denominator_steps`,
-:func:`positive_output_steps`), :mod:`.trace` (:func:`build_graph`, :func:`register_chain`,
+:func:`positive_output_steps`), :mod:`.checkpoint` (:func:`plan_segments`: checkpointed segments), :mod:`.trace` (:func:`build_graph`, :func:`register_chain`,
 :func:`concrete_specs`) and :mod:`.interpret` (:func:`explained_output`, :func:`forward`,
 :func:`backward`).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .analyses import mark_carried, mark_gates, mark_nonneg, positive_output_steps, relu_denominator_steps
 from .canonical import fuse_batchnorm
+from .checkpoint import plan_segments
 from .interpret import backward, explained_output, forward
 from .model import Graph, Key, Step
 from .statistics import mark_statistics
@@ -25,4 +26,4 @@ from .trace import build_graph, concrete_specs, register_chain
 
 __all__ = ["Key", "Step", "Graph", "build_graph", "register_chain", "concrete_specs", "fuse_batchnorm",
            "mark_statistics", "mark_carried", "mark_nonneg", "mark_gates", "relu_denominator_steps", "positive_output_steps",
-           "explained_output", "forward", "backward"]
+           "explained_output", "forward", "backward", "plan_segments"]

@@ -5,7 +5,7 @@ the steps in reverse, summing the relevance that reaches a tensor from all of it
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 from keras import ops
@@ -16,6 +16,7 @@ from ..errors import ExplainError
 from ..handlers import DEFAULT_PASS, ELEMENTWISE, SOFTMAX, PassOptions
 from ..linear import materialize
 from ..rules import Rule
+from .checkpoint import Dropped, Segment, drop_segment
 from .model import Graph, Step
 
 
@@ -57,36 +58,90 @@ def explained_output(g: Graph, output: int | str | None, probability: bool = Fal
     return key, step
 
 
-def forward(g: Graph, xs: Sequence[Tensor], options: PassOptions = DEFAULT_PASS) -> tuple[dict, list]:
+def _run_step(step: Step, ins: list, options: PassOptions) -> tuple[list, Any]:
+    """One step's handler forward on ``ins``: ``(outputs, state)``; a failure names the layer."""
+    try:
+        return step.handler.forward(step.layer, ins, step, options)
+    except ExplainError:
+        raise
+    except (ValueError, TypeError) + backend.RUNTIME_ERRORS as e:
+        raise ExplainError(f"layer {step.name!r} ({step.type_name}) failed on inputs of shape "
+                           f"{[tuple(x.shape) for x in ins]}: {e}") from e
+
+
+def forward(g: Graph, xs: Sequence[Tensor], options: PassOptions = DEFAULT_PASS,
+            keep: Sequence[Any] = ()) -> tuple[dict, list]:
     """Run the steps on the inputs ``xs`` under the pass's ``options``: ``(value by key, one record
-    (inputs, outputs, state) per step)``."""
+    (inputs, outputs, state) per step)``. The steps of ``options.checkpoints``' segments get
+    :class:`~.checkpoint.Dropped` records (recomputed by :func:`backward`), and the values written inside
+    them that no later step, model output or ``keep`` key reads are not returned."""
     values = dict(zip(g.inputs, xs))
-    records = []
-    for step in g.steps:
+    records: list = []
+    ends = {hi: lo for lo, hi in options.checkpoints}
+    for i, step in enumerate(g.steps):
         ins = [values[k] for k in step.inputs]
-        try:
-            outs, state = step.handler.forward(step.layer, ins, step, options)
-        except ExplainError:
-            raise
-        except (ValueError, TypeError) + backend.RUNTIME_ERRORS as e:
-            raise ExplainError(f"layer {step.name!r} ({step.type_name}) failed on inputs of shape "
-                               f"{[tuple(x.shape) for x in ins]}: {e}") from e
+        outs, state = _run_step(step, ins, options)
         for k, v in zip(step.outputs, outs):
             values[k] = v
         records.append((ins, outs, state))
+        if i + 1 in ends:
+            drop_segment(g, ends[i + 1], i + 1, values, records, keep)
     return values, records
 
 
+def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
+               recast: Callable[[list], list] | None) -> None:
+    """Fill the :class:`~.checkpoint.Dropped` records of ``seg`` in ``records``: its steps run again on
+    its saved inputs, ordered after the relevance that has reached the segment (so that the backend
+    neither merges them with the forward pass's computation nor runs them early)."""
+    deps = []
+    for k in seg.produced:
+        if k in rel:
+            rel[k] = materialize(rel[k])
+            deps.append(rel[k])
+    keys = [k for k, v in seg.saved.items() if ops.is_tensor(v)]
+    fixed = {k: v for k, v in seg.saved.items() if k not in keys}
+
+    def run(xs: list) -> list:
+        values = {**fixed, **dict(zip(keys, xs))}
+        out = []
+        for step in seg.steps:
+            ins = [values[k] for k in step.inputs]
+            outs, state = _run_step(step, ins, options)
+            values.update(zip(step.outputs, outs))
+            out.append((ins, outs, state))
+        return out
+
+    new = backend.recompute(deps, [seg.saved[k] for k in keys], run)
+    if recast is not None:
+        new = recast(new)
+    for j, r in enumerate(records):
+        if isinstance(r, Dropped) and r.segment is seg:
+            records[j] = new[r.offset]
+
+
 def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
-             keep: bool = False, options: PassOptions = DEFAULT_PASS) -> tuple[dict, dict]:
+             keep: bool = False, options: PassOptions = DEFAULT_PASS,
+             recast: Callable[[list], list] | None = None) -> tuple[dict, dict]:
     """Relevance at every tensor reached from ``start`` (key -> relevance), each step's rule asked by
     its handler under the pass's ``options`` (those of the :func:`forward` that made ``records``).
+    A dropped segment's records are recomputed when the walk reaches it (``recast`` maps them as the
+    caller mapped the forward pass's records, e.g. to the backward dtype) and let go once walked.
     Returns ``(relevance by key, relevance of each layer's output by layer name)``."""
     rel = dict(start)
     layerwise: dict = {}
-    for step, (ins, outs, state), rule in zip(reversed(g.steps), reversed(records), reversed(rules)):
+    records = list(records)
+    for i in range(len(g.steps) - 1, -1, -1):
+        step, rule = g.steps[i], rules[i]
         Rs = [rel.get(k) for k in step.outputs]
-        if all(r is None for r in Rs) or not any(dtypes.is_floating(o.dtype) for o in outs):
+        if all(r is None for r in Rs):
+            records[i] = None
+            continue
+        if isinstance(records[i], Dropped):
+            _recompute(records, records[i].segment, rel, options, recast)
+            Rs = [rel.get(k) for k in step.outputs]
+        (ins, outs, state), records[i] = records[i], None
+        if not any(dtypes.is_floating(o.dtype) for o in outs):
             continue
         dtype = next(r.dtype for r in Rs if r is not None)
         Rs = [ops.zeros_like(o, dtype=dtype) if r is None else r for r, o in zip(Rs, outs)]

@@ -55,12 +55,16 @@ class PassOptions:
             ``activation=`` of layers with weights, and element-wise activation layers with
             ``activation=None``); a tensor it returns replaces the activation's output, ``None`` keeps
             it. Gradient baselines (guided backprop, deconvnet) change ReLU's gradient with it.
+        checkpoints: segments ``(lo, hi)`` of the step list whose forward records the pass drops and
+            recomputes from the segments' saved inputs when the backward pass reaches them
+            (:mod:`interprettensor.engine.graph.checkpoint`; the explainer's ``checkpoint=``).
     """
 
     relu_denominator: frozenset = frozenset()
     positive_outputs: frozenset = frozenset()
     keep_activations: bool = False
     activation_override: Callable[[Any, Callable | None, Tensor], Tensor | None] | None = None
+    checkpoints: tuple = ()
 
     def strips_activation(self, step: Any) -> bool:
         """Whether ``step`` leaves out its activation in this pass (a final softmax/sigmoid)."""
