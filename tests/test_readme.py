@@ -104,8 +104,11 @@ REDUCTIONS = {
         "runs = json.load(urllib.request.urlopen(url + 'api/runs'))['runs']; "
         "run = next(r for r in runs if r['name'] == 'epsilon'); assert run['has_inputs'], runs\"; "
         "rc=$?; kill $pid; cat view.log; exit $rc",
+    # the same reduction as the site's: the block is then the site's docs/tutorials/evaluation.md block,
+    # which runs it (the default methods are the library's, tests/test_evaluate.py)
     "interprettensor evaluate --demo-model --digits 200 --sanity --out output/evaluate":
-        "interprettensor evaluate --demo-model --epochs 1 --digits 8 --sanity --out output/evaluate",
+        "interprettensor evaluate --demo-model --epochs 1 --digits 8 --methods epsilon random --sanity "
+        "--out output/evaluate",
 }
 
 
