@@ -17,7 +17,8 @@ them. What is not run as printed, and why:
   keras_hub GPT-2 backbone and ViT classifier at small sizes, a folder of images), keyed by the block's
   first line. POSTSCRIPTS: checks run after a block.
 * BASH_SETUP: files a user brings that a bash block reads (``model.keras``, ``batch.npy``, text
-  models, a run to analyse), made by a Python script in the block's folder first.
+  models, a run to analyse), made by a Python script in the block's folder first (in the test's
+  process, which has TensorFlow and keras_hub loaded already).
 * REDUCTIONS: commands that take minutes at full size run smaller (fewer digits, one epoch), and the
   viewer's server, which runs until stopped, is started without a browser, asked for its runs and
   stopped.

@@ -180,10 +180,22 @@ def _run(args, cwd, timeout):
     return p
 
 
+def _setup_in_process(code: str, folder) -> None:
+    """Run a bash block's set-up script (the files a user brings, not the block itself) in this process,
+    in ``folder``: the test's process has TensorFlow, Keras and keras_hub loaded already, where a fresh
+    interpreter would spend several seconds importing them again. What it writes is all the block reads."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        exec(compile(code, "<bash block set-up>", "exec"), {"__name__": "__setup__"})
+    finally:
+        os.chdir(here)
+
+
 def run_block(kind: str, code: str, first: str, folder, preambles: dict, postscripts: dict, reductions: dict,
               bash_setup: dict | None = None) -> None:
     """Run one block in ``folder``: a python block in a fresh interpreter between its preamble and its
-    postscript; a bash block's set-up script first, then its commands line by line (a reduced command
+    postscript; a bash block's set-up script first (in this process), then its commands line by line (a reduced command
     in place of one that takes minutes). Shared by the README's and the site's tests."""
     if kind == "python":
         script = (_entry(preambles, first) or "") + "\n" + code + "\n" + (_entry(postscripts, first) or "")
@@ -191,7 +203,7 @@ def run_block(kind: str, code: str, first: str, folder, preambles: dict, postscr
         return
     setup = _entry(bash_setup or {}, first)
     if setup:
-        _run([sys.executable, "-c", setup], folder, 300)
+        _setup_in_process(setup, folder)
     cmds = _commands(code)
     if not cmds:
         pytest.fail("an empty bash block")
