@@ -103,9 +103,12 @@ def test_demo_writes_png_and_events(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_pretrained(tmp_path):
-    p = run("demo", "--pretrained", "--n", "2", "--aopc", "0", "--out", "o", "-q", cwd=tmp_path)
-    acc = float(next(line for line in p.stdout.splitlines() if line.startswith("test accuracy")).split()[-1])
+def test_demo_pretrained(tmp_path, capsys, monkeypatch):
+    # in this process (the demo's own process start runs in test_demo_writes_png_and_events)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "demo", "--pretrained", "--n", "2", "--aopc", "0", "--out", "o", "-q")
+    assert code == 0, err
+    acc = float(next(line for line in out.splitlines() if line.startswith("test accuracy")).split()[-1])
     assert acc > 0.75  # the original project's weights: about 84% on the digits
     assert is_png(tmp_path / "o" / "demo_heatmaps.png")
     assert not (tmp_path / "o" / "aopc_curves.png").exists()  # --aopc 0 skips the region perturbation
