@@ -20,6 +20,15 @@ def float64():
     keras.config.set_dtype_policy("float32")
 
 
+@pytest.fixture
+def exhaustive(request) -> bool:
+    """Whether to run a test's full cross product (``--run-exhaustive`` or INTERPRETTENSOR_EXHAUSTIVE=1)
+    instead of the sample of it that keeps the default run under about 15 minutes on 2 cores: the
+    default covers every item of each axis at least once (every model, every preset), the exhaustive
+    run every pair."""
+    return bool(request.config.getoption("--run-exhaustive")) or os.environ.get("INTERPRETTENSOR_EXHAUSTIVE") == "1"
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same random state (Keras initialisers, numpy, TensorFlow), so a
@@ -41,6 +50,9 @@ def pytest_addoption(parser):
                     help="append, for every numpy.testing.assert_allclose call, how much of its tolerance the "
                          "error used (max |actual - desired| / (atol + rtol |desired|)) to FILE as JSON lines: "
                          "assertions near 1 depend on the machine's rounding")
+    group.addoption("--run-exhaustive", action="store_true", default=False,
+                    help="run the full cross products that the default run samples (every keras.applications "
+                         "model under every preset, ...; also INTERPRETTENSOR_EXHAUSTIVE=1)")
 
 
 def pytest_configure(config):

@@ -14,11 +14,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("backend", OTHER)
-def test_core_rules_and_backend_contract_on(backend):
+def test_core_rules_and_backend_contract_on(backend, exhaustive):
     # JAX computes float64 only with x64 enabled (the contract's exact claims are float64's); JAX compiles
     # each case, so by default it runs the dense layer and whole random networks of every variant (the
-    # convolution and pooling cases too with INTERPRETTENSOR_BACKEND_TESTS=all)
-    select = [] if backend != "jax" or os.environ.get("INTERPRETTENSOR_BACKEND_TESTS") == "all" else \
+    # convolution and pooling cases too with INTERPRETTENSOR_BACKEND_TESTS=all or --run-exhaustive)
+    every = exhaustive or os.environ.get("INTERPRETTENSOR_BACKEND_TESTS") == "all"
+    select = [] if backend != "jax" or every else \
         ["-k", "test_linear or test_random_networks or test_lrp_layerwise or test_backend_contract"]
     p = _run(backend, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *select,
              os.path.join(HERE, "test_core_rules.py"), os.path.join(HERE, "test_backend_contract.py"),

@@ -17,13 +17,15 @@ them. What is not run as printed, and why:
   keras_hub GPT-2 backbone and ViT classifier at small sizes, a folder of images), keyed by the block's
   first line. POSTSCRIPTS: checks run after a block.
 * BASH_SETUP: files a user brings that a bash block reads (``model.keras``, ``batch.npy``, text
-  models, a run to analyse), made by a Python script in the block's folder first.
+  models, a run to analyse), made by a Python script in the block's folder first (in the test's
+  process, which has TensorFlow and keras_hub loaded already).
 * REDUCTIONS: commands that take minutes at full size run smaller (fewer digits, one epoch), and the
   viewer's server, which runs until stopped, is started without a browser, asked for its runs and
   stopped.
 * A bash block whose commands (as run: reduced) all run, in the same order and from a fresh folder,
   in a longer block of the pages is not run twice (``test_readme.covered_by``): the tutorial's first
-  steps with the digits are part of its walk-through from the digits to the viewer.
+  steps with the digits are part of its walk-through from the digits to the viewer. TESTED_ELSEWHERE:
+  the same for a block that is covered but for a command whose claim another test (named) makes.
 
 Every entry must match a block of the pages (no stale entries), and a block that is not listed here
 runs as printed: a new block either runs or needs an entry here.
@@ -247,6 +249,16 @@ REDUCTIONS = {
 }
 
 
+#: command -> the test that makes its claim (named in the skip): a bash block whose other commands all run,
+#: reduced the same way and in the same order, in a longer block is not run twice for that one command
+TESTED_ELSEWHERE = {
+    # the viewer's section repeats the walk-through's digits -> train -> explain (the next block runs them)
+    # and views the run alone: the viewer serving an explain run from the command line is
+    "interprettensor view runs/epsilon":
+        "tests/test_viewer.py::test_view_needs_no_tensorflow_and_serves_from_the_command_line",
+}
+
+
 def doc_pages():
     return sorted(glob.glob(os.path.join(DOCS, "**", "*.md"), recursive=True))
 
@@ -269,12 +281,30 @@ def test_docs_block(kind, code, first, tmp_path):
     other = covered_by(kind, code, first, REDUCTIONS, _bash_blocks(), BASH_SETUP)
     if other:
         pytest.skip(f"every command runs, reduced the same way, in {other}")
+    elsewhere = _covered_but_for_tested_elsewhere(kind, code, first)
+    if elsewhere:
+        pytest.skip(elsewhere)
     run_block(kind, code, first, tmp_path, PREAMBLES, POSTSCRIPTS, REDUCTIONS, BASH_SETUP)
 
 
 def _bash_blocks():
     """The pages' bash blocks as ``covered_by`` takes them."""
     return [(p.id, p.values[1], p.values[2], REDUCTIONS, BASH_SETUP) for p in BLOCKS if p.values[0] == "bash"]
+
+
+def _covered_but_for_tested_elsewhere(kind, code, first):
+    """Why a bash block is not run when its commands but those of TESTED_ELSEWHERE run in another block
+    (``covered_by`` on the rest), or None."""
+    cmds = _commands(code) if kind == "bash" else []
+    rest = [c for c in cmds if c not in TESTED_ELSEWHERE]
+    if not rest or rest == cmds:
+        return None
+    others = [b for b in _bash_blocks() if b[1] is not code]
+    other = covered_by(kind, "\n".join(rest), first, REDUCTIONS, others, BASH_SETUP)
+    if other is None:
+        return None
+    tests = "; ".join(f"{c!r}: {TESTED_ELSEWHERE[c]}" for c in cmds if c in TESTED_ELSEWHERE)
+    return f"every other command runs, reduced the same way, in {other} ({tests})"
 
 
 def test_every_listed_entry_matches_a_block():
@@ -285,7 +315,7 @@ def test_every_listed_entry_matches_a_block():
     for key in list(PREAMBLES) + list(POSTSCRIPTS) + list(BASH_SETUP) + list(SKIPS):
         assert sum(f.startswith(key) for f in firsts) == 1, f"not exactly one docs block starts with {key!r}"
     commands = {c for code, _ in blocks for c in _commands(code)}
-    for cmd in REDUCTIONS:
+    for cmd in list(REDUCTIONS) + list(TESTED_ELSEWHERE):
         assert cmd in commands, f"the docs have no command {cmd!r}"
     for word in NOT_HERE:
         assert any(word in code for code, _ in blocks), f"no docs block has {word!r}"

@@ -113,8 +113,11 @@ REDUCTIONS = {
         "runs = json.load(urllib.request.urlopen(url + 'api/runs'))['runs']; "
         "run = next(r for r in runs if r['name'] == 'epsilon'); assert run['has_inputs'], runs\"; "
         "rc=$?; kill $pid; cat view.log; exit $rc",
+    # the same reduction as the site's: the block is then the site's docs/tutorials/evaluation.md block,
+    # which runs it (the default methods are the library's, tests/test_evaluate.py)
     "interprettensor evaluate --demo-model --digits 200 --sanity --out output/evaluate":
-        "interprettensor evaluate --demo-model --epochs 1 --digits 8 --sanity --out output/evaluate",
+        "interprettensor evaluate --demo-model --epochs 1 --digits 8 --methods epsilon random --sanity "
+        "--out output/evaluate",
 }
 
 
@@ -186,10 +189,22 @@ def _run(args, cwd, timeout):
     return p
 
 
+def _setup_in_process(code: str, folder) -> None:
+    """Run a bash block's set-up script (the files a user brings, not the block itself) in this process,
+    in ``folder``: the test's process has TensorFlow, Keras and keras_hub loaded already, where a fresh
+    interpreter would spend several seconds importing them again. What it writes is all the block reads."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        exec(compile(code, "<bash block set-up>", "exec"), {"__name__": "__setup__"})
+    finally:
+        os.chdir(here)
+
+
 def run_block(kind: str, code: str, first: str, folder, preambles: dict, postscripts: dict, reductions: dict,
               bash_setup: dict | None = None) -> None:
     """Run one block in ``folder``: a python block in a fresh interpreter between its preamble and its
-    postscript; a bash block's set-up script first, then its commands line by line (a reduced command
+    postscript; a bash block's set-up script first (in this process), then its commands line by line (a reduced command
     in place of one that takes minutes). Shared by the README's and the site's tests."""
     if kind == "python":
         script = (_entry(preambles, first) or "") + "\n" + code + "\n" + (_entry(postscripts, first) or "")
@@ -197,7 +212,7 @@ def run_block(kind: str, code: str, first: str, folder, preambles: dict, postscr
         return
     setup = _entry(bash_setup or {}, first)
     if setup:
-        _run([sys.executable, "-c", setup], folder, 300)
+        _setup_in_process(setup, folder)
     cmds = _commands(code)
     if not cmds:
         pytest.fail("an empty bash block")
