@@ -227,7 +227,7 @@ def main() -> None:
           f"above the model's own (MiB), one process per measurement")
     if "time" in rows:
         seq = (SEQ_QUICK if args.quick else SEQ)["time"]
-        print(f"\n| model | seq | gradient x input (s) | AttnLRP (s) | ratio | grad mem | AttnLRP mem | ratio |")
+        print("\n| model | seq | gradient x input (s) | AttnLRP (s) | ratio | grad mem | AttnLRP mem | ratio |")
         print("|---|---|---|---|---|---|---|---|")
         for m in models:
             if m == "llama3_8b":
@@ -242,7 +242,7 @@ def main() -> None:
                   f"{mg:.0f} | {ma:.0f} | {ma / max(mg, 1.0):.2f} |")
     if "long" in rows:
         seq = (SEQ_QUICK if args.quick else SEQ)["long"]
-        print(f"\n| model | seq | AttnLRP mem | checkpoint=True mem | AttnLRP (s) | checkpointed (s) |")
+        print("\n| model | seq | AttnLRP mem | checkpoint=True mem | AttnLRP (s) | checkpointed (s) |")
         print("|---|---|---|---|---|---|")
         for m in models:
             if m == "llama3_8b" or (args.quick and m != "qwen3_0.6b" and "qwen3_0.6b" in models):
@@ -256,7 +256,7 @@ def main() -> None:
     if "big" in rows and "llama3_8b" in models:
         seq = (SEQ_QUICK if args.quick else SEQ)["big"]
         kind = "int8" if args.int8 else "bfloat16"
-        print(f"\n| model | weights | seq | AttnLRP (s) | model RSS (MiB) | peak RSS (MiB) |")
+        print("\n| model | weights | seq | AttnLRP (s) | model RSS (MiB) | peak RSS (MiB) |")
         print("|---|---|---|---|---|---|")
         for method in ("attnlrp_checkpoint",) if args.quick else ("attnlrp", "attnlrp_checkpoint"):
             r = measure("llama3_8b", "big", method, args.quick, 1, int8=args.int8)

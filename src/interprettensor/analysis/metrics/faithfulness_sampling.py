@@ -18,7 +18,6 @@ sees that order.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -283,7 +282,7 @@ class SensitivityN(_Perturbing):
             raise ExplainError(f"features_in_step ({self.features_in_step}) must divide the number of features "
                                f"of a sample ({features})")
         if self.steps(features) < 1:
-            raise ExplainError(f"n_max_percentage * features // features_in_step is 0: no step to take")
+            raise ExplainError("n_max_percentage * features // features_in_step is 0: no step to take")
 
     def steps(self, features: int) -> int:
         """The number of removal steps for samples of ``features`` features."""

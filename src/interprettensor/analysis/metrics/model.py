@@ -221,11 +221,4 @@ def _output_in(model: keras.Model, layer: keras.layers.Layer) -> Any:
     return layer.output
 
 
-def _walk(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    for la in model.layers:
-        yield la
-        if isinstance(la, keras.Model):
-            yield from _walk(la)
-
-
 softmax_fn = softmax
