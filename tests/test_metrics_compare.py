@@ -180,3 +180,18 @@ def test_cli_metrics(data, tmp_path, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert code == 1 and "Traceback" not in err
     assert "unknown metric Sparsness; the metrics:" in err and "RandomLogit" in err
+
+
+def test_random_logit_by_name_on_a_model_without_output_tensors():
+    """The 2017 Sequential (a subclassed model: no ``outputs``) gets RandomLogit's num_classes from its
+    output; before, the default 1000 classes drew targets the 10-class model does not have."""
+    x = np.random.default_rng(0).uniform(0, 1, (4, 8)).astype("float32")
+    net = it.Sequential([it.Linear(input_dim=8, output_dim=6, act="relu"), it.Linear(3), it.Softmax()])
+    net.forward(x)
+    res = M.compare(net, x, methods=["gradient"], metrics=["RandomLogit"], seed=1)
+    assert np.isfinite(res.values[("gradient", "RandomLogit")]).all()
+    other = M.RandomLogit(num_classes=3, seed=1)
+    y = np.asarray(net.forward(x)).argmax(-1)
+    direct = other(model=net, x_batch=x, y_batch=y, a_batch=M.explain(net, x, y, method="gradient"),
+                   explain_func=M.explain, explain_func_kwargs={"method": "gradient"})
+    np.testing.assert_allclose(res.values[("gradient", "RandomLogit")], direct, rtol=0, atol=1e-12)

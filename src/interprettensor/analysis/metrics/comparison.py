@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import keras
 import numpy as np
 
 from ...engine.errors import ExplainError
@@ -48,9 +49,11 @@ def metric_names() -> list[str]:
     return sorted(set(out))
 
 
-def _build_metric(spec: Any, model: Any, seed: int) -> Metric:
+def _build_metric(spec: Any, model: Any, seed: int, x: np.ndarray) -> Metric:
     """A Metric instance as it is, or a class name built with its defaults; ``seed`` for metrics that take
-    one and ``num_classes`` (where taken) from the model's outputs."""
+    one and ``num_classes`` (where taken) from the model's outputs (read from its output tensor, or from
+    its output on the first input where the model has none: subclassed models, the 2017
+    ``Sequential``)."""
     if isinstance(spec, Metric):
         return spec
     if not isinstance(spec, str):
@@ -66,9 +69,14 @@ def _build_metric(spec: Any, model: Any, seed: int) -> Metric:
     if "seed" in params:
         kw["seed"] = int(seed)
     if "num_classes" in params:
-        outputs = getattr(model, "outputs", None)
+        try:
+            outputs = model.outputs
+        except (AttributeError, ValueError):
+            outputs = None
         if outputs and outputs[0].shape[-1] is not None:
             kw["num_classes"] = int(outputs[0].shape[-1])
+        else:
+            kw["num_classes"] = int(keras.ops.convert_to_numpy(model(x[:1], training=False)).shape[-1])
     return cls(**kw)
 
 
@@ -306,7 +314,6 @@ def compare(model: Any, x: Any, y: Any = None, methods: Sequence[Any] | Mapping[
         :class:`MetricComparison`; a metric's per-sample value is its score, or its summary
         (:meth:`Metric.summarise`, e.g. the mean of a curve) named in ``summary``.
     """
-    import keras
 
     if not isinstance(model, keras.Model):
         raise ExplainError(f"model must be a Keras model, got {type(model).__name__}")
@@ -316,7 +323,7 @@ def compare(model: Any, x: Any, y: Any = None, methods: Sequence[Any] | Mapping[
     if int(batch_size) < 1:
         raise ExplainError(f"batch_size must be >= 1, got {batch_size}")
     specs = _methods(methods)
-    built = [_build_metric(m, model, seed) for m in metrics]
+    built = [_build_metric(m, model, seed, x) for m in metrics]
     if not built:
         raise ExplainError(f"metrics: none given; the metrics: {', '.join(metric_names())}")
     names = []
