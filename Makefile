@@ -37,7 +37,7 @@ demo: setup
 	$(BIN)/interprettensor demo --out output/demo
 
 test: $(BIN)/.installed-hub
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
 docs: $(BIN)/.installed-docs
 	$(BIN)/mkdocs build --strict --site-dir site

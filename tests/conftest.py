@@ -91,10 +91,13 @@ def _record_tolerances(path: str) -> None:
     np.testing.assert_allclose = assert_allclose
 
 
-#: the longest test files, started first: with ``-n 2 --dist loadfile`` a file runs on one worker, and
+#: the longest test files, started first: with ``-n 2 --dist loadgroup`` a file runs on one worker, and
 #: a long file that starts last keeps the run going after the other worker has finished
 LONGEST_FIRST = ("test_readme.py", "test_docs.py", "test_backends.py", "test_backends_core.py", "test_applications.py",
                  "test_cli.py", "test_properties.py")
+#: files whose tests are independent of each other (each in its own folder, no module-scoped fixture worth
+#: sharing) and long together: under ``--dist loadgroup`` their tests spread over the workers one by one
+SPREAD = ("test_docs.py",)
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -103,7 +106,17 @@ def pytest_collection_modifyitems(session, config, items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # a stable sort: the order inside each file is kept
+    _group_by_file(items)
     _skip_float64_where_keras_demotes_it(items)
+
+
+def _group_by_file(items):
+    """Under ``pytest-xdist --dist loadgroup`` (the Makefile's), the tests of a file run on one worker,
+    sharing its module-scoped fixtures (trained models, saved files), as under ``--dist loadfile``;
+    the files of :data:`SPREAD` are not grouped. A test's own ``xdist_group`` mark is kept."""
+    for item in items:
+        if item.path.name not in SPREAD and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 def _skip_float64_where_keras_demotes_it(items):

@@ -113,8 +113,36 @@ def test_fused_kernels_compute_the_same_values():
         import tensorflow as tf
 
         assert backend.use_fused(t(z), 6) == (not tf.config.functions_run_eagerly())
-    else:  # inside jax.jit XLA fuses anyway; PyTorch runs eagerly
+    elif backend.NAME == "torch":  # compiled by torch.compile (Inductor) from 6 elements per sample
+        assert backend.use_fused(t(z), 6)
+    else:  # inside jax.jit XLA fuses anyway
         assert not backend.use_fused(t(z), 6)
+
+
+def test_the_engine_fused_and_op_by_op_give_the_same_relevances(monkeypatch):
+    """The stabilised divisions of LRP-epsilon and of the generalised gamma rule (and its combination
+    of two products), as the backend fuses them on large activations, against the same functions op by
+    op: the threshold is lowered so that this small network's layers use the fused kernels. Both sides
+    compute the same float32 operations per element (at most a few roundings apart where a compiler
+    contracts a multiply-add), so they agree within a few float32 ulps of the relevances."""
+    import keras
+
+    import interprettensor as it
+    from interprettensor.engine import linear
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Conv2D(3, 3), keras.layers.Flatten(), keras.layers.Dense(3)])
+    x = rng.uniform(-1, 1, (2, 6, 6, 2)).astype("float32")
+    # the preset: the box rule on the first layer, the generalised gamma on the second (signed inputs: both
+    # of its groups and their combination), epsilon on the dense layer (each kind of fused kernel once)
+    for rule, kw in (("epsilon_gamma_box", {"low": -1.0, "high": 1.0}),):
+        plain = host(it.lrp(model, x, rule=rule, **kw))
+        monkeypatch.setattr(linear, "XLA_MIN_ELEMENTS", 1)
+        fused = host(it.lrp(model, x, rule=rule, **kw))
+        monkeypatch.setattr(linear, "XLA_MIN_ELEMENTS", 2 ** 19)
+        assert np.all(np.isfinite(fused))
+        np.testing.assert_allclose(fused, plain, rtol=0, atol=2.0 ** -23 * 16 * np.abs(plain).max(), err_msg=rule)
 
 
 @pytest.mark.skipif(backend.NAME == "jax", reason="XLA clamps an index beyond a table instead of failing: the "
