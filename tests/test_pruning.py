@@ -177,6 +177,40 @@ def test_head_criteria(tmp_path):
                                rtol=0, atol=0)
 
 
+def test_head_taylor_scores_from_finite_differences():
+    """Taylor of head h = mean_n |dC_n/ds_h| / T for a gate s_h scaling the head's output, which is scaling the
+    head's slice of the output kernel: a central difference of the per-sample cross-entropies (numpy) of the
+    float64 model (no gradient of the code under test)."""
+    m = _mha_model("float64")
+    x = np.random.default_rng(13).normal(size=(5, 6, 16)).astype("float32")
+    y = np.array([0, 1, 2, 0, 2])
+    raw, _ = pruning.scores(m, x, y, criterion="taylor", unit="head", batch_size=3)  # two batches
+    mha = m.get_layer("mha")
+    i = [v.path for v in mha.weights].index("mha/attention_output/kernel")
+    base = mha.get_weights()
+
+    def losses(h, s):
+        w = [v.copy() for v in base]
+        w[i][h] *= s
+        mha.set_weights(w)
+        z = m.predict(x.astype("float64"), verbose=0).astype("float64")
+        zmax = z.max(axis=1, keepdims=True)
+        logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
+        return -logp[np.arange(len(y)), y]
+
+    d = 1e-5  # truncation ~d^2 |C'''| / 6, rounding ~2^-52 |C| / d: both about 1e-10 relative
+    try:
+        ref = np.array([np.abs((losses(h, 1 + d) - losses(h, 1 - d)) / (2 * d)).mean() / 6 for h in range(4)])
+    finally:
+        mha.set_weights(base)
+    assert np.all(ref > 1e-6)  # every head matters: the comparison is not between zeros
+    np.testing.assert_allclose(raw["mha"], ref, rtol=1e-7)
+    assert isinstance(mha._output_dense, keras.layers.Layer)  # the hook is gone
+    new, report = pruning.prune(m, x, y, amount=0.5, criterion="taylor", unit="head")
+    assert new.get_layer("mha")._num_heads == 2
+    assert sorted(report.removed["mha"]) == sorted(np.argsort(ref)[:2].tolist())
+
+
 def test_magnitude_scores_are_l1_norms(cnn):
     raw, plan = pruning.scores(cnn, criterion="magnitude")
     for name in ("c1", "c2", "d1"):

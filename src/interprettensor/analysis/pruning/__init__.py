@@ -152,7 +152,8 @@ def prune(model: keras.Model, x_ref: Any = None, y_ref: Any = None, amount: floa
         x_ref, y_ref: reference samples and their integer labels (``y_ref=None``: the model's predicted
             classes); ``x_ref`` is not needed for ``criterion='magnitude'``.
         criterion: ``'lrp'`` (relevance summed over the reference set, Yeom et al. 2021), ``'magnitude'``
-            (L1 norm of the weights) or ``'taylor'`` (Molchanov et al. 2017); see :mod:`.criteria`.
+            (L1 norm of the weights) or ``'taylor'`` (Molchanov et al. 2017; for heads, of each head's output
+            where the output projection reads it); see :mod:`.criteria`.
         unit: ``'channel'`` (output channels of Conv1D/2D/3D and units of Dense layers that feed other
             layers) or ``'head'`` (MultiHeadAttention heads).
         rule: the LRP rule or preset for ``'lrp'`` (default ``'epsilon_plus'``: epsilon in dense layers, z+ in
