@@ -8,8 +8,9 @@ pruning", Pattern Recognition 115; Hatefi et al. 2024 for transformer heads).
 Molchanov et al.; ``ranking='layer'`` removes the same fraction of every layer instead) and removes the
 lowest ``amount`` of them. Removal is real: the layers are rebuilt with fewer filters / units / heads
 and the weights of the layers that read them are sliced (:mod:`.surgery`); which layers can be pruned
-and which are skipped (and why: ``Add``, ``Concatenate``, model outputs, ...) is decided by
-:mod:`.structure`. The result is a new Keras model, saveable and explainable like the original; it is
+and which are skipped (and why: ``Concatenate``, model outputs, ...) is decided by :mod:`.structure`;
+channels summed by ``Add`` (residual branches) are removed from every operand's layer at once, as one
+group scored by the sum of its layers' scores. The result is a new Keras model, saveable and explainable like the original; it is
 not compiled.
 """
 
@@ -35,7 +36,8 @@ RANKINGS = ("global", "layer")
 @dataclass
 class PruningReport:
     """What :func:`prune` did: sizes before and after, and per layer the removed unit indices, the
-    number of units before, and the normalised scores; ``skipped``: layers left alone and why."""
+    number of units before, and the normalised scores; ``skipped``: layers left alone and why; ``groups``:
+    for a layer pruned with others (residual sums), all their names (keyed like ``removed``)."""
 
     criterion: str
     unit: str
@@ -48,6 +50,7 @@ class PruningReport:
     sizes: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)
 
     @property
     def n_removed(self) -> int:
@@ -59,7 +62,8 @@ class PruningReport:
                  f"parameters {self.params_before:,} -> {self.params_after:,}; "
                  f"FLOPs {self.flops_before:,} -> {self.flops_after:,}"]
         for name, size in self.sizes.items():
-            lines.append(f"  {name}: {size} -> {size - len(self.removed.get(name, []))}")
+            also = f" (with {', '.join(self.groups[name][1:])}: residual sum)" if name in self.groups else ""
+            lines.append(f"  {name}{also}: {size} -> {size - len(self.removed.get(name, []))}")
         for name, why in self.skipped.items():
             lines.append(f"  {name}: skipped ({why})")
         return "\n".join(lines)
@@ -182,5 +186,6 @@ def prune(model: keras.Model, x_ref: Any = None, y_ref: Any = None, amount: floa
     new = remove(model, p, keep, unit)
     report = PruningReport(criterion, unit, amount, count_params(model), count_params(new), count_flops(model),
                            count_flops(new), {k: [int(i) for i in v] for k, v in removed.items()},
-                           {u.layer.name: u.size for u in p.units}, normalised, dict(p.skipped))
+                           {u.layer.name: u.size for u in p.units}, normalised, dict(p.skipped),
+                           {u.layer.name: [m.name for m in u.layers] for u in p.units if u.group})
     return new, report

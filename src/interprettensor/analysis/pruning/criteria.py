@@ -57,9 +57,12 @@ def magnitude_scores(units: list[Unit], unit: str = "channel") -> dict[str, np.n
                 total += w.sum(axis=tuple(a for a in range(w.ndim) if a != 0)) \
                     if "attention_output" in var.path else w.sum(axis=(0, 2))
             out[u.layer.name] = total
-        else:
-            w = np.abs(np.asarray(u.layer.get_weights()[0], dtype="float64"))
-            out[u.layer.name] = w.reshape(-1, w.shape[-1]).sum(axis=0)
+        else:  # a residual group: the L1 norms of its layers' filters for the channel, summed
+            total = np.zeros(u.size)
+            for layer in u.layers:
+                w = np.abs(np.asarray(layer.get_weights()[0], dtype="float64"))
+                total += w.reshape(-1, w.shape[-1]).sum(axis=0)
+            out[u.layer.name] = total
     return out
 
 
@@ -87,13 +90,14 @@ def lrp_scores(model: keras.Model, units: list[Unit], x: np.ndarray, y: np.ndarr
         xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
         _, lw = explainer(xb, yb, layerwise=True)
         for u in units:
-            key = _head_key(u.layer, lw) if unit == "head" else u.layer.name
-            if key not in lw:
-                raise PruningError(f"the LRP pass returned no relevance for {key!r} (layer {u.layer.name}); "
-                                   f"layerwise relevances exist for {sorted(lw)[:12]}")
-            r = np.asarray(lw[key], dtype="float64")
-            axis = r.ndim - 2 if unit == "head" else r.ndim - 1
-            sums[u.layer.name] += r.sum(axis=tuple(a for a in range(r.ndim) if a != axis))
+            keys = [_head_key(u.layer, lw)] if unit == "head" else [layer.name for layer in u.layers]
+            for key in keys:  # a residual group: the relevances at its layers' outputs, summed
+                if key not in lw:
+                    raise PruningError(f"the LRP pass returned no relevance for {key!r} (layer {u.layer.name}); "
+                                       f"layerwise relevances exist for {sorted(lw)[:12]}")
+                r = np.asarray(lw[key], dtype="float64")
+                axis = r.ndim - 2 if unit == "head" else r.ndim - 1
+                sums[u.layer.name] += r.sum(axis=tuple(a for a in range(r.ndim) if a != axis))
         if progress:
             progress(len(xb))
     return sums
@@ -110,14 +114,17 @@ def taylor_scores(model: keras.Model, units: list[Unit], x: np.ndarray, y: np.nd
                   batch_size: int = 64, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Molchanov et al.'s first-order Taylor criterion: ``mean_n |mean_positions(a * dC/da)|`` per unit,
     ``C`` the sparse categorical cross-entropy of the labels; the gradient reaches each layer's output
-    through a zero added there (the model run operation by operation)."""
+    through a zero added there (the model run operation by operation). A residual group (its channel
+    removed from every layer at once): ``mean_n |sum_layers mean_positions(a * dC/da)|``, the first-order
+    change of removing it."""
     if unit == "head":
         return _taylor_head_scores(model, units, x, y, batch_size, progress)
     g = graph_of(model)
-    names = [u.layer.name for u in units]
+    names = [layer.name for u in units for layer in u.layers]
+    owner = {layer.name: u.layer.name for u in units for layer in u.layers}
     probe = keras.Model(g.inputs, [model.get_layer(n).output for n in names])
     probs = _from_probabilities(model)
-    sums = {n: np.zeros(u.size) for n, u in zip(names, units)}
+    sums = {u.layer.name: np.zeros(u.size) for u in units}
     for lo in range(0, len(x), batch_size):
         xb = ops.convert_to_tensor(np.asarray(x[lo:lo + batch_size], dtype="float32"))
         yb = ops.convert_to_tensor(np.asarray(y[lo:lo + batch_size], dtype="int32"))
@@ -135,14 +142,19 @@ def taylor_scores(model: keras.Model, units: list[Unit], x: np.ndarray, y: np.nd
 
             out = g._run_through_graph(xb, operation_fn=wrap)
             out = out[0] if isinstance(out, (list, tuple)) else out
-            return ops.sum(keras.losses.sparse_categorical_crossentropy(yb, out, from_logits=not probs))
+            # float32 whatever the model's dtype, to match the cotangent (the cast's gradient is exact)
+            return ops.cast(ops.sum(keras.losses.sparse_categorical_crossentropy(yb, out, from_logits=not probs)),
+                            "float32")
 
         grads = backend.vjp(loss, zeros, ops.convert_to_tensor(1.0))
+        signed: dict = {}
         for n, a, gr in zip(names, acts, grads):
             prod = np.asarray(ops.convert_to_numpy(a), dtype="float64") * np.asarray(ops.convert_to_numpy(gr),
                                                                                       dtype="float64")
-            per_sample = np.abs(prod.reshape(prod.shape[0], -1, prod.shape[-1]).mean(axis=1))
-            sums[n] += per_sample.sum(axis=0)
+            mean = prod.reshape(prod.shape[0], -1, prod.shape[-1]).mean(axis=1)
+            signed[owner[n]] = signed.get(owner[n], 0.0) + mean
+        for n, mean in signed.items():
+            sums[n] += np.abs(mean).sum(axis=0)
         if progress:
             progress(len(xb))
     return {n: s / max(len(x), 1) for n, s in sums.items()}
