@@ -2,8 +2,8 @@
 of an artefact (:func:`cav`), P-ClArC (:func:`pclarc`: a projection layer, no training) and A-ClArC
 (:func:`aclarc`: fine-tuning with the artefact added in feature space; Anders et al. 2022), and the
 measurement before and after (:func:`measure`, :func:`table`) on a planted-shortcut data set
-(:func:`shortcut_digits`, :func:`plant_watermark`); Right for the Right Reasons (:mod:`.rrr`: the input-gradient and the LRP
-form of the relevance penalty, in the training step).
+(:func:`shortcut_digits`, :func:`plant_watermark`); Right for the Right Reasons (:mod:`.rrr`: the
+input-gradient and the LRP form of the relevance penalty, in the training step).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ lowest ``amount`` of them. Removal is real: the layers are rebuilt with fewer fi
 and the weights of the layers that read them are sliced (:mod:`.surgery`); which layers can be pruned
 and which are skipped (and why: ``Concatenate``, model outputs, ...) is decided by :mod:`.structure`;
 channels summed by ``Add`` (residual branches) are removed from every operand's layer at once, as one
-group scored by the sum of its layers' scores. The result is a new Keras model, saveable and explainable like the original; it is
-not compiled.
+group scored by the sum of its layers' scores. The result is a new Keras model, saveable and
+explainable like the original; it is not compiled.
 """
 
 from __future__ import annotations

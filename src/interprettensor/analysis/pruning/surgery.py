@@ -19,8 +19,9 @@ def remove(model: keras.Model, plan: Plan, keep: dict[str, np.ndarray], unit: st
     """A new model without the removed units: ``keep[layer name]`` = sorted indices of the units kept.
 
     Channels: the layer (and every layer of its residual group) is rebuilt with ``len(keep)`` filters/units
-    (kernel and bias sliced on the output axis), BatchNormalization's vectors and depthwise kernels downstream sliced, and the consumers'
-    kernels sliced on their input axis (through ``Flatten``: every position's copy of the channel).
+    (kernel and bias sliced on the output axis), BatchNormalization's vectors and depthwise kernels
+    downstream sliced, and the consumers' kernels sliced on their input axis (through ``Flatten``: every
+    position's copy of the channel).
     Heads: ``num_heads`` reduced, the query / key / value kernels and biases sliced on the head axis and
     the output kernel on its head axis."""
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
