@@ -23,7 +23,6 @@ import platform
 import time
 
 import keras
-import numpy as np
 
 import interprettensor as it
 
@@ -88,7 +87,7 @@ def main() -> None:
         rows.append((name, kw, measure(model, test, poisoned, marked), time.perf_counter() - t))
         print(f"  {name}: done in {rows[-1][3]:.0f} s", flush=True)
     ref = rows[0][2]
-    print(f"\n| model | clean acc | poisoned acc | share (eps) | share (eps-gamma-box) | fine-tuning s |")
+    print("\n| model | clean acc | poisoned acc | share (eps) | share (eps-gamma-box) | fine-tuning s |")
     print("|---|---|---|---|---|---|")
     for name, _, m, secs in rows:
         print(f"| {name} | {m['clean']:.3f} | {m['poisoned']:.3f} | {m['share_eps']:.3f} "
