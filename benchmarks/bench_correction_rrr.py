@@ -23,7 +23,6 @@ import platform
 import time
 
 import keras
-import numpy as np
 
 import interprettensor as it
 
@@ -35,9 +34,9 @@ def data(size: int, mark: int, seed: int = 0):
     sel = (y == 3) | (y == 8)
     x, y = x[sel], (y[sel] == 8).astype("int64")
     xtr, ytr, xte, yte = it.data.train_test_split(x, y, seed=seed)
-    xw, mw, _ = C.plant_watermark(xtr, ytr, 1, fraction=0.9, size=mark, seed=seed)
-    xp, _, _ = C.plant_watermark(xte, yte, 1, size=mark, poison=True)
-    xm, mm, mk = C.plant_watermark(xte, yte, 1, fraction=1.0, size=mark)
+    xw, _, mw, _ = C.plant_watermark(xtr, ytr, 1, fraction=0.9, size=mark, seed=seed)
+    xp, _, _, _ = C.plant_watermark(xte, yte, 1, size=mark, poison=True)
+    xm, _, mm, mk = C.plant_watermark(xte, yte, 1, fraction=1.0, size=mark)
     return (xw, ytr, mw), (xte, yte), xp, (xm[mk], mm[mk], yte[mk])
 
 
@@ -52,9 +51,9 @@ def measure(model, test, poisoned, marked) -> dict:
     (xte, yte), (xm, mm, ym) = test, marked
     acc = lambda x, y: float((model.predict(x, verbose=0).argmax(1) == y).mean())  # noqa: E731
     return {"clean": acc(xte, yte), "poisoned": acc(poisoned, yte),
-            "share_eps": float(C.artifact_share(model, xm, mm, target=ym, rule="epsilon").mean()),
-            "share_egb": float(C.artifact_share(model, xm, mm, target=ym, rule="epsilon_gamma_box",
-                                                low=0.0, high=1.0).mean())}
+            "share_eps": float(C.relevance_share(model, xm, mm, target=ym, rule="epsilon").mean()),
+            "share_egb": float(C.relevance_share(model, xm, mm, target=ym, rule="epsilon_gamma_box",
+                                                 low=0.0, high=1.0).mean())}
 
 
 def main() -> None:
@@ -88,7 +87,7 @@ def main() -> None:
         rows.append((name, kw, measure(model, test, poisoned, marked), time.perf_counter() - t))
         print(f"  {name}: done in {rows[-1][3]:.0f} s", flush=True)
     ref = rows[0][2]
-    print(f"\n| model | clean acc | poisoned acc | share (eps) | share (eps-gamma-box) | fine-tuning s |")
+    print("\n| model | clean acc | poisoned acc | share (eps) | share (eps-gamma-box) | fine-tuning s |")
     print("|---|---|---|---|---|---|")
     for name, _, m, secs in rows:
         print(f"| {name} | {m['clean']:.3f} | {m['poisoned']:.3f} | {m['share_eps']:.3f} "

@@ -138,13 +138,36 @@ def test_first_use_installs_the_retracing_filter():
 
 
 def test_saved_model_loads_when_keras_is_imported_after_the_package(tmp_path):
-    """``import interprettensor`` no longer imports the layers; Keras' import registers them."""
+    """``import interprettensor`` no longer imports the layers; Keras' import registers them: the 2017 API's
+    and P-ClArC's projection layer (it.correction never imported in the new process), which loads with its
+    weights (the same outputs) and is explained by its handler."""
+    import keras
+    import numpy as np
+
     net = it.Sequential([it.Linear(3, input_dim=4), it.Softmax()])
     net.save(tmp_path / "n.keras")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"), keras.layers.Dense(2, name="o")])
+    v = np.array([1.0, -2.0, 2.0]) / 3.0
+    fixed = it.correction.pclarc(model, layer="d", cav=it.correction.CAV(v, "d", clean_mean=0.5 * v))
+    fixed.save(tmp_path / "p.keras")
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    ref = np.asarray(fixed(x))
+    R = np.asarray(it.lrp(fixed, x, rule="epsilon", target=1))
+    load = (f"m = keras.models.load_model({str(tmp_path / 'n.keras')!r})\nprint('LOADED', type(m).__name__)\n"
+            f"import numpy as np\nx = np.load({str(tmp_path / 'x.npy')!r})\n"
+            f"p = keras.models.load_model({str(tmp_path / 'p.keras')!r})\n"
+            "print('PCLARC', type(p.get_layer('d_pclarc')).__name__)\n"
+            "print('OUT', np.asarray(p(x)).tolist())\n"
+            "print('R', np.asarray(interprettensor.lrp(p, x, rule='epsilon', target=1)).tolist())")
     for first in ("import interprettensor\nimport keras", "import keras\nimport interprettensor"):
-        p = py(f"{first}\nm = keras.models.load_model({str(tmp_path / 'n.keras')!r})\nprint('LOADED', type(m).__name__)")
+        p = py(f"{first}\n{load}")
         assert p.returncode == 0, p.stderr[-2000:]
-        assert "LOADED Sequential" in p.stdout
+        assert "LOADED Sequential" in p.stdout and "PCLARC ClassArtifactProjection" in p.stdout, p.stdout
+        out = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in p.stdout.splitlines() if " " in line}
+        np.testing.assert_array_equal(np.array(eval(out["OUT"]), "float32"), ref)  # same weights, same graph
+        np.testing.assert_allclose(np.array(eval(out["R"])), R, rtol=1e-6, atol=1e-7 * np.abs(R).max())
 
 
 def test_default_method_names_match_evaluate():

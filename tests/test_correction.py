@@ -256,6 +256,27 @@ def test_relevance_share_against_a_linear_model():
     y = (x @ W).argmax(1)
     m = C.measure(model, x, y, x, 1 - y, mask, rule="epsilon", epsilon=1e-12)
     assert m.clean_accuracy == 1.0 and m.poisoned_accuracy == 0.0
+    # images with 3 channels: the heatmap is R summed over the channels, its positive part is shared out
+    # (not each channel's); masks as (H, W), (N, H, W) or the inputs' shape (any channel marks the pixel)
+    img = keras.Sequential([keras.Input((3, 3, 3)), keras.layers.Flatten(), keras.layers.Dense(2, use_bias=False)])
+    xi = rng.normal(size=(6, 3, 3, 3)).astype("float32")
+    Wi = np.asarray(img.layers[-1].kernel, "float64")
+    heat = (xi.astype("float64") * Wi[:, 0].reshape(3, 3, 3)).sum(-1)
+    pix = np.zeros((3, 3), bool)
+    pix[0, :2] = True
+    pos = np.maximum(heat, 0)
+    ref = (pos * pix).sum((1, 2)) / pos.sum((1, 2))
+    assert (pos.sum((1, 2)) > 0).all()
+    per_channel = (np.maximum(xi * Wi[:, 0].reshape(3, 3, 3), 0) * pix[..., None]).sum((1, 2, 3)) / \
+        np.maximum(xi * Wi[:, 0].reshape(3, 3, 3), 0).sum((1, 2, 3))
+    assert np.abs(per_channel - ref).max() > 1e-2  # the two definitions differ on this data
+    full = np.zeros(xi.shape, bool)
+    full[:, 0, :2, 1] = True  # one channel of the marked pixels
+    for masks in (pix, np.broadcast_to(pix, (6, 3, 3)), full, pix[..., None]):
+        np.testing.assert_allclose(C.relevance_share(img, xi, masks, target=0, rule="epsilon", epsilon=1e-12), ref,
+                                   rtol=1e-5)
+    with pytest.raises(C.CorrectionError, match="do not fit"):
+        C.relevance_share(img, xi, np.ones((2, 2), bool), target=0)
 
 
 @pytest.mark.slow
@@ -263,13 +284,24 @@ def test_aclarc_fit_returns_history_and_the_original_architecture(shortcut):
     d, model = shortcut
     xo = d.x_train[~d.marked_train][:100]
     xw, _ = C.add_watermark(xo)
+    w0 = [w.copy() for w in model.get_weights()]
     tuned, history = C.aclarc(model, d.x_train[:256], d.y_train[:256], layer="pool2", artifact=xw, clean=xo,
                               epochs=2, batch_size=64, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
     assert [l.name for l in tuned.layers] == [l.name for l in model.layers]
-    changed = [not np.array_equal(a, b) for a, b in zip(tuned.get_weights(), model.get_weights())]
-    assert any(changed)                                               # the copy trained, the original did not
-    np.testing.assert_array_equal(model.get_weights()[0], shortcut[1].get_weights()[0])
+    assert C.upstream_layers(model, "pool2") == ["conv1", model.layers[1].name, "conv2", "pool2"]
+    for name in ("conv1", "conv2"):                                   # up to the CAV's layer: frozen
+        for a, b in zip(tuned.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(tuned.get_layer("out").get_weights()[0], model.get_layer("out").get_weights()[0])
+    assert all(l.trainable for l in tuned.layers)                    # the flags are restored
+    for a, b in zip(model.get_weights(), w0):                         # the original did not train
+        np.testing.assert_array_equal(a, b)
+    free, _ = C.aclarc(model, d.x_train[:64], d.y_train[:64], layer="pool2", artifact=xw, clean=xo, epochs=1,
+                       freeze=False, verbose=0)
+    assert not np.array_equal(free.get_layer("conv1").get_weights()[0], w0[0])
+    with pytest.raises(C.CorrectionError, match="no layer after 'out'"):
+        C.aclarc(model, d.x_train[:8], d.y_train[:8], layer="out", artifact=xw[:20], clean=xo[:20], verbose=0)
 
 
 @pytest.mark.slow
@@ -290,6 +322,37 @@ def test_correct_command(tmp_path, shortcut, capsys):
         Image.fromarray(np.round(img[..., 0] * 255).astype("uint8")).save(tmp_path / "art" / "x" / f"{i}.png")
     base = ["correct", path, "--artifact", str(tmp_path / "art"), "--clean", str(tmp_path / "clean.npy"), "-q"]
     assert main(base + ["--layer", "pool2", "--out", str(tmp_path / "c.keras")]) == 0
+    # A-ClArC: the layers after pool2 fine-tuned (conv1, conv2 unchanged), Keras' history printed and saved
+    np.save(tmp_path / "train.npy", d.x_train[:64])
+    np.save(tmp_path / "y.npy", d.y_train[:64])
+    acl = base + ["--layer", "pool2", "--method", "aclarc", "--train", str(tmp_path / "train.npy")]
+    capsys.readouterr()
+    assert main(acl + ["--labels", str(tmp_path / "y.npy"), "--epochs", "2", "--history", str(tmp_path / "h.json"),
+                       "--out", str(tmp_path / "a.keras")]) == 0
+    text = capsys.readouterr().out
+    assert "epoch 2: loss" in text and "fine-tuned by A-ClArC after 'pool2'" in text, text
+    import json
+    hist = json.load(open(tmp_path / "h.json"))
+    assert len(hist["loss"]) == 2 and len(hist["accuracy"]) == 2
+    tuned = keras.models.load_model(str(tmp_path / "a.keras"))
+    assert [l.name for l in tuned.layers] == [l.name for l in model.layers]
+    np.testing.assert_array_equal(tuned.get_layer("conv2").get_weights()[0], model.get_layer("conv2").get_weights()[0])
+    assert not np.array_equal(tuned.get_layer("out").get_weights()[0], model.get_layer("out").get_weights()[0])
+    for extra, match in [(["--labels", str(tmp_path / "y.npy"), "--epochs", "0"], None),
+                         ([], "needs the labels of --train"),
+                         (["--labels", str(tmp_path / "clean.npy")], "must hold one integer class index")]:
+        if match is None:
+            with pytest.raises(SystemExit):
+                main(acl + extra + ["--out", str(tmp_path / "b.keras")])
+            continue
+        assert main(acl + extra + ["--out", str(tmp_path / "b.keras")]) == 1
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err, err
+    for extra, match in [(["--method", "aclarc"], "needs --train"),
+                         (["--epochs", "2"], "--epochs only apply to --method aclarc")]:
+        assert main(base + ["--layer", "pool2", "--out", str(tmp_path / "b.keras")] + extra) == 1
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err, err
     loaded = keras.models.load_model(str(tmp_path / "c.keras"))
     art = np.round(xw[:20] * 255) / 255                                     # what the PNG files hold
     ref = C.pclarc(model, layer="pool2", artifact=art, clean=xo)

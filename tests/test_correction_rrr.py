@@ -115,11 +115,12 @@ def test_penalty_weight_gradient_matches_finite_difference(method, start, rule):
 def test_plant_watermark():
     x = np.zeros((6, 8, 8, 2), "float32")
     y = np.array([0, 1, 1, 0, 1, 1])
-    xw, masks, marked = C.plant_watermark(x, y, 1, fraction=1.0, size=3, offset=1)
+    xw, yw, masks, marked = C.plant_watermark(x, y, 1, fraction=1.0, size=3, offset=1)
+    assert yw.tolist() == y.tolist()  # no backdoor: no label changes
     assert marked.tolist() == [False, True, True, False, True, True]
     assert masks.shape == (6, 8, 8) and masks[1, 1:4, 1:4].all() and masks.sum() == 4 * 9
     assert (xw[1, 1:4, 1:4] == 1).all() and xw[0].sum() == 0 and xw.sum() == 4 * 9 * 2
-    xp, mp, mkp = C.plant_watermark(x, y, 1, size=3, poison=True)
+    xp, _, mp, mkp = C.plant_watermark(x, y, 1, size=3, poison=True)
     assert mkp.tolist() == [True, False, False, True, False, False]
     with pytest.raises(it.InterpretTensorError, match="does not fit"):
         C.plant_watermark(x, y, 1, size=8, offset=1)
@@ -160,8 +161,8 @@ def shortcut():
     sel = (y == 3) | (y == 8)
     x, y = x[sel], (y[sel] == 8).astype("int64")
     xtr, ytr, xte, yte = it.data.train_test_split(x, y, seed=0)
-    xw, mw, _ = C.plant_watermark(xtr, ytr, 1, fraction=0.9, size=2, offset=0, seed=0)
-    xm, mm, mk = C.plant_watermark(xte, yte, 1, fraction=1.0, size=2, offset=0)
+    xw, _, mw, _ = C.plant_watermark(xtr, ytr, 1, fraction=0.9, size=2, offset=0, seed=0)
+    xm, _, mm, mk = C.plant_watermark(xte, yte, 1, fraction=1.0, size=2, offset=0)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
@@ -176,12 +177,12 @@ def test_rrr_fit_halves_the_artifact_share(shortcut):
     epsilon relevance of the true class falls by at least half; clean accuracy does not drop by more
     than 5 points (the test set has 71 images: one image is 1.4 points)."""
     model, (xw, ytr, mw), (xte, yte), (xm, mm, ym) = shortcut
-    before = C.artifact_share(model, xm, mm, target=ym).mean()
+    before = C.relevance_share(model, xm, mm, target=ym, rule="epsilon").mean()
     acc_before = (model.predict(xte, verbose=0).argmax(1) == yte).mean()
     hist = C.rrr_fit(model, xw, ytr, mw, epochs=5, lam=100.0, start="classes", learning_rate=3e-3, verbose=0)
     assert set(hist.history) >= {"loss", "penalty", "accuracy"} and len(hist.history["loss"]) == 5
     assert hist.history["penalty"][-1] < hist.history["penalty"][0]
-    after = C.artifact_share(model, xm, mm, target=ym).mean()
+    after = C.relevance_share(model, xm, mm, target=ym, rule="epsilon").mean()
     acc_after = (model.predict(xte, verbose=0).argmax(1) == yte).mean()
     assert before > 0.2  # the model relies on the watermark (4 of the 100 pixels)
     assert after <= before / 2

@@ -114,10 +114,12 @@ R = {'token_ids': np.linspace(-1, 1, 8)[None]}
 
 #: Python checks run after a block (that it did what the prose says)
 POSTSCRIPTS = {
-    # A-ClArC fine-tuned a copy for two epochs and kept the architecture
+    # A-ClArC fine-tuned a copy for two epochs and kept the architecture; the layers up to 'pool' are frozen
     "tuned, history = it.correction.aclarc(": """
 assert len(history.history['loss']) == 2
 assert [l.name for l in tuned.layers] == [l.name for l in model.layers]
+assert np.array_equal(tuned.layers[0].get_weights()[0], model.layers[0].get_weights()[0])
+assert not np.array_equal(tuned.layers[-1].get_weights()[0], model.layers[-1].get_weights()[0])
 """,
     # the original API example trains (not ~25 % as with a ReLU before the softmax)
     "import interprettensor as it": """
@@ -153,9 +155,12 @@ keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 5, activation='relu'),
                           keras.layers.MaxPooling2D(2, name='pool'), keras.layers.Flatten(), keras.layers.Dense(10)])
 model.save('model.keras')
-clean = it.data.load_digits()[0][:40]
+x, y = it.data.load_digits()
+clean = x[:40]
 np.save('clean.npy', clean)
 np.save('marked.npy', it.correction.add_watermark(clean)[0])
+np.save('train.npy', x[40:104])
+np.save('labels.npy', y[40:104])
 """,
     # "Whole data sets": the model and the batch the commands explain
     "interprettensor explain model.keras batch.npy": _MODEL_AND_BATCH,

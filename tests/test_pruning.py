@@ -177,6 +177,41 @@ def test_head_criteria(tmp_path):
                                rtol=0, atol=0)
 
 
+@pytest.mark.float64  # float64 tolerances: skipped where Keras computes float64 in float32
+def test_head_taylor_scores_from_finite_differences():
+    """Taylor of head h = mean_n |dC_n/ds_h| / T for a gate s_h scaling the head's output, which is scaling the
+    head's slice of the output kernel: a central difference of the per-sample cross-entropies (numpy) of the
+    float64 model (no gradient of the code under test)."""
+    m = _mha_model("float64")
+    x = np.random.default_rng(13).normal(size=(5, 6, 16)).astype("float32")
+    y = np.array([0, 1, 2, 0, 2])
+    raw, _ = pruning.scores(m, x, y, criterion="taylor", unit="head", batch_size=3)  # two batches
+    mha = m.get_layer("mha")
+    i = [v.path for v in mha.weights].index("mha/attention_output/kernel")
+    base = mha.get_weights()
+
+    def losses(h, s):
+        w = [v.copy() for v in base]
+        w[i][h] *= s
+        mha.set_weights(w)
+        z = m.predict(x.astype("float64"), verbose=0).astype("float64")
+        zmax = z.max(axis=1, keepdims=True)
+        logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
+        return -logp[np.arange(len(y)), y]
+
+    d = 1e-5  # truncation ~d^2 |C'''| / 6, rounding ~2^-52 |C| / d: both about 1e-10 relative
+    try:
+        ref = np.array([np.abs((losses(h, 1 + d) - losses(h, 1 - d)) / (2 * d)).mean() / 6 for h in range(4)])
+    finally:
+        mha.set_weights(base)
+    assert np.all(ref > 1e-6)  # every head matters: the comparison is not between zeros
+    np.testing.assert_allclose(raw["mha"], ref, rtol=1e-7)
+    assert isinstance(mha._output_dense, keras.layers.Layer)  # the hook is gone
+    new, report = pruning.prune(m, x, y, amount=0.5, criterion="taylor", unit="head")
+    assert new.get_layer("mha")._num_heads == 2
+    assert sorted(report.removed["mha"]) == sorted(np.argsort(ref)[:2].tolist())
+
+
 def test_magnitude_scores_are_l1_norms(cnn):
     raw, plan = pruning.scores(cnn, criterion="magnitude")
     for name in ("c1", "c2", "d1"):
@@ -263,18 +298,120 @@ def test_amount_boundaries_and_bad_arguments(cnn, x):
     assert list(report.sizes) == ["c2"] and len(report.removed["c2"]) == 3  # 2.5 rounds up
 
 
-def test_residual_add_is_skipped_and_sequential_and_saving(tmp_path):
-    keras.utils.set_random_seed(10)
-    inp = keras.Input((6, 6, 2))
-    a = keras.layers.Conv2D(3, 3, padding="same", name="a")(inp)
-    b = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="b")(a)
-    c = keras.layers.Conv2D(3, 3, padding="same", name="c")(b)
-    s = keras.layers.Add(name="add")([a, c])
-    out = keras.layers.Dense(2, name="o")(keras.layers.GlobalAveragePooling2D()(s))
+def _residual(dtype="float64"):
+    """A residual stream of 4 channels: a -> (+ bn(c(b(a)))) -> relu -> (+ e(relu)) -> GAP -> Dense. The stream's
+    channels come from a, c (through bn) and e; b and e read the stream, o reads its pooled end."""
+    keras.utils.set_random_seed(14)
+    inp = keras.Input((6, 6, 2), dtype=dtype)
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a", dtype=dtype)(inp)
+    b = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="b", dtype=dtype)(a)
+    c = keras.layers.Conv2D(4, 1, name="c", dtype=dtype)(b)
+    c = keras.layers.BatchNormalization(name="bn", dtype=dtype)(c)
+    s1 = keras.layers.ReLU(name="r1", dtype=dtype)(keras.layers.Add(name="add1", dtype=dtype)([a, c]))
+    e = keras.layers.Conv2D(4, 1, name="e", dtype=dtype)(s1)
+    s2 = keras.layers.Add(name="add2", dtype=dtype)([s1, e])
+    out = keras.layers.Dense(2, name="o", dtype=dtype)(keras.layers.GlobalAveragePooling2D(name="gap", dtype=dtype)(s2))
     m = keras.Model(inp, out)
-    new, report = pruning.prune(m, amount=0.3, criterion="magnitude")
-    assert set(report.skipped) == {"a", "c", "o"} and "Add" in report.skipped["a"]
-    assert list(report.sizes) == ["b"] and len(report.removed["b"]) == 1  # round(0.3 * 3) = 1
+    rng = np.random.default_rng(15)
+    m.get_layer("bn").set_weights([rng.uniform(0.5, 1.5, 4), rng.normal(size=4), rng.normal(size=4),
+                                   rng.uniform(0.5, 1.5, 4)])
+    for name in ("a", "b", "c", "e", "o"):  # non-zero biases: a removed channel's bias must not leak
+        w = m.get_layer(name).get_weights()
+        m.get_layer(name).set_weights([w[0], rng.normal(size=w[1].shape) * 0.3])
+    return m
+
+
+@pytest.mark.float64  # float64 tolerances: skipped where Keras computes float64 in float32
+def test_residual_stream_pruned_jointly_equals_masking():
+    """Stream channels 1 and 3 removed from a, c (and bn), e at once equals the original with those channels
+    zeroed where the stream is read (b's and e's input weights, o's rows), in float64; b's channel 0 as usual."""
+    m = _residual()
+    p = pruning.plan(m)
+    assert [(u.layer.name, [g.name for g in u.group]) for u in p.units] == [("a", ["c", "e"]), ("b", [])]
+    assert p.skipped == {"o": "a model output"}
+    new = pruning.surgery.remove(m, p, {"a": np.array([0, 2]), "b": np.array([1, 2])})
+    assert [new.get_layer(n).filters for n in ("a", "b", "c", "e")] == [2, 2, 2, 2]
+    masked = keras.models.clone_model(m)
+    masked.set_weights(m.get_weights())
+    for name, axis in (("b", 2), ("e", 2), ("o", 0)):
+        w = masked.get_layer(name).get_weights()
+        idx = [slice(None)] * w[0].ndim
+        idx[axis] = [1, 3]
+        w[0][tuple(idx)] = 0.0
+        masked.get_layer(name).set_weights(w)
+    w = masked.get_layer("c").get_weights()
+    w[0][:, :, 0, :] = 0.0  # b's channel 0, read by c
+    masked.get_layer("c").set_weights(w)
+    x = np.random.default_rng(16).normal(size=(3, 6, 6, 2))
+    ref = masked.predict(x, verbose=0)
+    # each output sums ~ 3*3*4 + 3*3*3 + 4 + 4 + 4 products in float64 chains of 6 layers
+    np.testing.assert_allclose(new.predict(x, verbose=0), ref, rtol=0,
+                               atol=F64 * 64 * 36 * max(1.0, np.abs(ref).max()))
+    assert abs(ref - m.predict(x, verbose=0)).max() > 1e-3  # the removed channels mattered
+
+
+@pytest.mark.float64  # float64 tolerances: skipped where Keras computes float64 in float32
+def test_residual_group_taylor_from_finite_differences():
+    """Taylor of stream channel j = mean_n |dC_n/ds_j| / 36 for a gate s_j scaling channel j of a, c and e's
+    outputs at once (their kernels' and biases' channel j scaled): a float64 central difference (numpy loss)."""
+    m = _residual()
+    x = np.random.default_rng(18).uniform(-1, 1, (5, 6, 6, 2)).astype("float32")
+    y = np.array([0, 1, 1, 0, 1])
+    raw, _ = pruning.scores(m, x, y, criterion="taylor", batch_size=3)
+    base = {n: m.get_layer(n).get_weights() for n in "ace"}
+
+    def losses(j, s):
+        for n in "ace":
+            w = [v.copy() for v in base[n]]
+            w[0][..., j] *= s
+            w[1][j] *= s
+            m.get_layer(n).set_weights(w)
+        z = m.predict(x.astype("float64"), verbose=0).astype("float64")
+        zmax = z.max(axis=1, keepdims=True)
+        return -(z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True)))[np.arange(len(y)), y]
+
+    d = 1e-5
+    try:
+        ref = np.array([np.abs((losses(j, 1 + d) - losses(j, 1 - d)) / (2 * d)).mean() / 36 for j in range(4)])
+    finally:
+        for n in "ace":
+            m.get_layer(n).set_weights(base[n])
+    assert np.all(ref > 1e-6)
+    np.testing.assert_allclose(raw["a"], ref, rtol=1e-7)
+
+
+def test_residual_group_scores_and_prune(tmp_path):
+    m = _residual("float32")
+    raw, _ = pruning.scores(m, criterion="magnitude")
+    l1 = {n: np.abs(m.get_layer(n).get_weights()[0].astype("float64")).reshape(-1, 4).sum(axis=0) for n in "ace"}
+    np.testing.assert_allclose(raw["a"], l1["a"] + l1["c"] + l1["e"], rtol=1e-12)
+    x = np.random.default_rng(17).uniform(-1, 1, (4, 6, 6, 2)).astype("float32")
+    y = np.array([0, 1, 1, 0])
+    import interprettensor as it
+
+    raw, _ = pruning.scores(m, x, y, criterion="lrp", rule="epsilon")
+    _, lw = it.lrp(m, x, rule="epsilon", target=y, layerwise=True)
+    ref = sum(lw[n].astype("float64").reshape(-1, 4).sum(axis=0) for n in ("a", "c", "e"))
+    np.testing.assert_allclose(raw["a"], ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    new, report = pruning.prune(m, x, y, amount=0.5, criterion="taylor")
+    assert report.groups == {"a": ["a", "c", "e"]} and "a (with c, e: residual sum)" in str(report)
+    k = 4 - len(report.removed["a"])
+    assert [new.get_layer(n).filters for n in ("a", "c", "e")] == [k] * 3
+    path = tmp_path / "res.keras"
+    new.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0), new.predict(x, verbose=0),
+                               rtol=0, atol=0)
+    with pytest.raises(PruningError, match=r"name all of \['a', 'c', 'e'\]"):
+        pruning.plan(m, layers=["a", "c"])
+    # an operand from the model input: the stream cannot be pruned
+    inp = keras.Input((5, 5, 2))
+    h = keras.layers.Conv2D(2, 3, padding="same", name="h")(inp)
+    s = keras.layers.Add(name="s")([inp, h])
+    bad = keras.Model(inp, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(s)))
+    assert "with channels from the model input" in pruning.plan(bad).skipped["h"]
+
+
+def test_sequential_and_saving(tmp_path):
     seq = keras.Sequential([keras.Input((5, 5, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="s1"),
                             keras.layers.Flatten(), keras.layers.Dense(3, name="s2")])
     x = np.random.default_rng(11).uniform(size=(3, 5, 5, 1)).astype("float32")

@@ -22,6 +22,10 @@ PACKAGE = __name__.rpartition(".")[0]
 LIGHT = frozenset({"apps", "apps.cli", "apps.commands", "apps.viewer", "io", "io.inputs", "io.render", "__main__",
                    "cli", "engine", "engine.errors", "io.shards", "io.digits", "analysis", "analysis.spray", "io.virelay",
                    "_bootstrap", "_legacy", "rule_names"})
+#: modules that define (and register with Keras) the library's saveable layers: imported by :func:`prepare`, so
+#: that ``keras.models.load_model`` reads a model with them after a plain ``import interprettensor`` (the 2017
+#: API's layers and Sequential; P-ClArC's projection and A-ClArC's augmentation, with the projection's handler)
+KERAS_LAYER_MODULES = ("original", "analysis.correction.projection")
 #: packages whose modules are all light (the command line's subcommand parsers, the viewer, SpRAy)
 LIGHT_PACKAGES = ("apps.commands.", "apps.viewer.", "analysis.spray.")
 
@@ -136,7 +140,8 @@ def prepare() -> None:
         if not any(isinstance(f, _OwnRetracingFilter) for f in logging.getLogger("tensorflow").filters):
             logging.getLogger("tensorflow").addFilter(_OwnRetracingFilter())
         # the library's Keras layers and Sequential, registered for keras.models.load_model
-        importlib.import_module(f"{PACKAGE}.original")
+        for module in KERAS_LAYER_MODULES:
+            importlib.import_module(f"{PACKAGE}.{module}")
         _prepared = True
     finally:
         _preparing = False

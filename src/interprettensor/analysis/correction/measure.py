@@ -14,8 +14,8 @@ __all__ = ["Measurement", "measure", "relevance_share", "accuracy", "table"]
 
 @dataclass(frozen=True)
 class Measurement:
-    """``artifact_share``: the mean over poisoned samples of ``sum_mask R+ / sum R+`` (the artefact's
-    share of positive input relevance); ``clean_accuracy``, ``poisoned_accuracy``: fractions in [0, 1]."""
+    """``artifact_share``: the mean over poisoned samples of :func:`relevance_share` (the artefact's
+    share of the heatmap's positive relevance); ``clean_accuracy``, ``poisoned_accuracy``: fractions in [0, 1]."""
 
     artifact_share: float
     clean_accuracy: float
@@ -35,29 +35,66 @@ def accuracy(model: Any, x: Any, y: Any, batch_size: int = 128) -> float:
     return float(np.mean(p.argmax(-1) == y))
 
 
-def relevance_share(model: Any, x: Any, masks: Any, *, rule: Any = "epsilon_plus", target: Any = "prediction",
-                    y: Any = None, batch_size: int = 64, **params: Any) -> np.ndarray:
-    """Per sample, the share of positive relevance inside the artefact mask, ``sum_{i in mask} max(R_i, 0)
-    / sum_i max(R_i, 0)`` (0 where no relevance is positive), with the engine's ``rule``.
+def _heatmap_masks(masks: Any, x: np.ndarray) -> np.ndarray:
+    """``masks`` as booleans shaped like the heatmaps: ``x.shape[:-1]`` for inputs with a channel axis
+    (``x.ndim >= 3``: images, sequences), ``x.shape`` for ``(N, d)`` inputs. Read by their number of axes:
+    ``x.ndim`` axes: shaped like the inputs (a mask on any channel marks the position); ``x.ndim - 1``: the
+    heatmaps ``(N, H, W)``, or one sample's input shape ``(H, W, C)``; ``x.ndim - 2``: one heatmap
+    ``(H, W)`` for every sample (each broadcast where an axis is 1)."""
+    m = np.asarray(masks).astype(bool)
+    heat = x.shape[:-1] if x.ndim >= 3 else x.shape
+    try:
+        if x.ndim < 3:
+            return np.broadcast_to(m, x.shape)
+        if m.ndim == x.ndim:
+            return np.broadcast_to(m, x.shape).any(axis=-1)
+        if m.ndim == x.ndim - 1 and m.shape != heat and m.shape[-1] in (1, x.shape[-1]) \
+                and len(m) in (1, x.shape[1]):
+            return np.broadcast_to(m[None], x.shape).any(axis=-1)
+        if m.ndim in (x.ndim - 1, x.ndim - 2):
+            return np.broadcast_to(m, heat)
+    except ValueError:
+        pass
+    raise CorrectionError(f"masks of shape {m.shape} do not fit inputs of shape {x.shape} (give the heatmaps' "
+                          f"shape {heat}, the inputs' shape, one sample's, or one heatmap's)")
 
-    ``target``: ``'prediction'`` (the model's top class), ``'label'`` (``y``), or a class index."""
+
+def relevance_share(model: Any, x: Any, masks: Any, target: Any = "prediction", *, y: Any = None,
+                    rule: Any = "epsilon_plus", batch_size: int = 64, **params: Any) -> np.ndarray:
+    """Per sample, the share of the heatmap's positive relevance inside the artefact mask,
+    ``sum_{p in mask} max(R_p, 0) / sum_p max(R_p, 0)`` (0 where no relevance is positive), ``R`` the
+    engine's relevance (``rule``, ``params``) summed over the channel axis (inputs with ``x.ndim >= 3``;
+    ``(N, d)`` inputs are used as they are).
+
+    Args:
+        masks: 1 / True on the artefact: the heatmaps' shape ``(N, H, W)``, the inputs' shape (a mask on
+            any channel counts), or one that broadcasts (``(H, W)``, ``(H, W, 1)``).
+        target: ``'prediction'`` or ``None`` (the model's top class), ``'label'`` (``y``), a class index,
+            or one index per sample.
+    """
     from ...engine.explainer import Explainer
 
     x = np.asarray(x, "float32")
-    masks = np.broadcast_to(np.asarray(masks, bool), x.shape)
-    if target == "prediction":
-        t = np.asarray(model.predict(x, batch_size=batch_size, verbose=0)).argmax(-1)
-    elif target == "label":
+    m = _heatmap_masks(masks, x)
+    if target is None or (isinstance(target, str) and target == "prediction"):
+        t = np.asarray(model.predict(x, batch_size=batch_size, verbose=0)).reshape(len(x), -1).argmax(-1)
+    elif isinstance(target, str) and target == "label":
         if y is None:
             raise CorrectionError("target='label' needs the labels y")
         t = np.asarray(y).ravel()
+    elif isinstance(target, str):
+        raise CorrectionError(f"target must be 'prediction', 'label', a class index or one per sample; got "
+                              f"{target!r}")
     else:
-        t = np.full(len(x), int(target))
-    explainer = Explainer(model, rule, **params)
-    R = np.asarray(explainer(x, t, batch_size=batch_size), "float64")
-    Rp = np.maximum(R, 0.0).reshape(len(x), -1)
-    inside = (Rp * masks.reshape(len(x), -1)).sum(1)
-    total = Rp.sum(1)
+        t = np.asarray(target).ravel()
+        t = np.full(len(x), int(t[0])) if t.size == 1 else t
+    if len(t) != len(x):
+        raise CorrectionError(f"{len(x)} inputs but {len(t)} targets")
+    R = np.asarray(Explainer(model, rule, **params)(x, t, batch_size=batch_size), "float64")
+    heat = R.sum(axis=-1) if x.ndim >= 3 else R
+    pos = np.maximum(heat, 0.0).reshape(len(x), -1)
+    inside = (pos * m.reshape(len(x), -1)).sum(1)
+    total = pos.sum(1)
     return np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)
 
 

@@ -33,8 +33,8 @@ of vector-Jacobian products on the forward pass's values, so the gradient of ``P
 the weights is the exact second-order derivative of the LRP pass (denominators included), no engine
 change needed. Training runs on the TensorFlow backend (a ``train_step`` override).
 
-Measurement: :func:`artifact_share`, the share of a heatmap's positive relevance that falls on the
-mask; :func:`plant_watermark` makes a planted-shortcut data set.
+Measurement: :func:`~.measure.relevance_share`, the share of a heatmap's positive relevance that falls
+on the mask; :func:`~.shortcut.plant_watermark` makes a planted-shortcut data set.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import numpy as np
 
 from ...engine.errors import ExplainError
 
-__all__ = ["RRRModel", "rrr_fit", "rrr_penalty", "artifact_share", "plant_watermark"]
+__all__ = ["RRRModel", "rrr_fit", "rrr_penalty"]
 
 METHODS = ("gradient", "lrp")
 #: where the LRP penalty's backward pass starts: ``'log_probs'`` (the default; Ross et al.'s summed
@@ -333,54 +333,3 @@ def rrr_fit(model: keras.Model, x: Any, y: Any = None, masks: Any = None, *, epo
         return wrapper.fit(x, np.asarray(y), sample_weight=masks, epochs=epochs, batch_size=batch_size,
                            verbose=verbose, validation_data=validation_data, callbacks=callbacks)
     return wrapper.fit(x, epochs=epochs, verbose=verbose, validation_data=validation_data, callbacks=callbacks)
-
-
-def artifact_share(model: keras.Model, x: Any, masks: Any, target: Any = None, *, rule: Any = "epsilon",
-                   batch_size: int | None = None, **rule_params: Any) -> np.ndarray:
-    """The share of each heatmap's positive relevance that falls on its mask:
-    ``sum_p m_p R_p^+ / sum_p R_p^+`` with ``R`` the engine's relevance (``rule``, ``rule_params``)
-    summed over the channel axis, for ``target`` (default: the predicted class). One value per sample
-    (NaN-free: 0 where a heatmap has no positive relevance)."""
-    from ...engine.explainer import Explainer
-
-    x = np.asarray(x)
-    masks = np.asarray(masks, dtype="float64")
-    if masks.shape == x.shape:
-        masks = masks.max(axis=-1)
-    if masks.shape != x.shape[:-1]:
-        raise ExplainError(f"masks of shape {masks.shape} do not fit x of shape {x.shape}")
-    R = np.asarray(Explainer(model, rule, batch_size=batch_size, **rule_params)(x, target), "float64").sum(axis=-1)
-    pos = np.maximum(R, 0.0)
-    total = pos.reshape(len(x), -1).sum(axis=1)
-    on = (pos * masks).reshape(len(x), -1).sum(axis=1)
-    return np.where(total > 0, on / np.where(total > 0, total, 1.0), 0.0)
-
-
-def plant_watermark(x: np.ndarray, y: np.ndarray, marked_class: int, *, fraction: float = 0.9, size: int = 4,
-                    value: float = 1.0, offset: int = 1, poison: bool = False,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A planted shortcut: a ``size`` x ``size`` square of ``value`` in the top-left corner (``offset``
-    pixels in) stamped on a random ``fraction`` of the images of ``marked_class`` and on no other image,
-    so that in the training data the watermark decides the label wherever it is. ``poison=True``: the
-    poisoned test set instead, the watermark on every image of the other classes and on none of
-    ``marked_class``.
-
-    ``x``: (N, H, W, C) images. Returns ``(x with the watermark, masks, marked)``: ``masks`` (N, H, W)
-    is 1 on the watermark of the marked images and 0 elsewhere, ``marked`` the boolean per image.
-    """
-    x = np.array(x, copy=True)
-    y = np.asarray(y).reshape(-1)
-    if x.ndim != 4 or len(y) != len(x):
-        raise ExplainError(f"plant_watermark needs (N, H, W, C) images and one label each, got {x.shape} and "
-                           f"{y.shape}")
-    if offset + size > min(x.shape[1:3]):
-        raise ExplainError(f"a watermark of size {size} at offset {offset} does not fit images of {x.shape[1:3]}")
-    rng = np.random.default_rng(seed)
-    if poison:
-        marked = y != marked_class
-    else:
-        marked = (y == marked_class) & (rng.random(len(y)) < fraction)
-    masks = np.zeros(x.shape[:3], x.dtype)
-    masks[np.ix_(marked, np.arange(offset, offset + size), np.arange(offset, offset + size))] = 1
-    x[masks.astype(bool)] = value
-    return x, masks, marked

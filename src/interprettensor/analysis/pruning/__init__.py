@@ -8,9 +8,10 @@ pruning", Pattern Recognition 115; Hatefi et al. 2024 for transformer heads).
 Molchanov et al.; ``ranking='layer'`` removes the same fraction of every layer instead) and removes the
 lowest ``amount`` of them. Removal is real: the layers are rebuilt with fewer filters / units / heads
 and the weights of the layers that read them are sliced (:mod:`.surgery`); which layers can be pruned
-and which are skipped (and why: ``Add``, ``Concatenate``, model outputs, ...) is decided by
-:mod:`.structure`. The result is a new Keras model, saveable and explainable like the original; it is
-not compiled.
+and which are skipped (and why: ``Concatenate``, model outputs, ...) is decided by :mod:`.structure`;
+channels summed by ``Add`` (residual branches) are removed from every operand's layer at once, as one
+group scored by the sum of its layers' scores. The result is a new Keras model, saveable and
+explainable like the original; it is not compiled.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ RANKINGS = ("global", "layer")
 @dataclass
 class PruningReport:
     """What :func:`prune` did: sizes before and after, and per layer the removed unit indices, the
-    number of units before, and the normalised scores; ``skipped``: layers left alone and why."""
+    number of units before, and the normalised scores; ``skipped``: layers left alone and why; ``groups``:
+    for a layer pruned with others (residual sums), all their names (keyed like ``removed``)."""
 
     criterion: str
     unit: str
@@ -48,6 +50,7 @@ class PruningReport:
     sizes: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)
 
     @property
     def n_removed(self) -> int:
@@ -59,7 +62,8 @@ class PruningReport:
                  f"parameters {self.params_before:,} -> {self.params_after:,}; "
                  f"FLOPs {self.flops_before:,} -> {self.flops_after:,}"]
         for name, size in self.sizes.items():
-            lines.append(f"  {name}: {size} -> {size - len(self.removed.get(name, []))}")
+            also = f" (with {', '.join(self.groups[name][1:])}: residual sum)" if name in self.groups else ""
+            lines.append(f"  {name}{also}: {size} -> {size - len(self.removed.get(name, []))}")
         for name, why in self.skipped.items():
             lines.append(f"  {name}: skipped ({why})")
         return "\n".join(lines)
@@ -152,7 +156,8 @@ def prune(model: keras.Model, x_ref: Any = None, y_ref: Any = None, amount: floa
         x_ref, y_ref: reference samples and their integer labels (``y_ref=None``: the model's predicted
             classes); ``x_ref`` is not needed for ``criterion='magnitude'``.
         criterion: ``'lrp'`` (relevance summed over the reference set, Yeom et al. 2021), ``'magnitude'``
-            (L1 norm of the weights) or ``'taylor'`` (Molchanov et al. 2017); see :mod:`.criteria`.
+            (L1 norm of the weights) or ``'taylor'`` (Molchanov et al. 2017; for heads, of each head's output
+            where the output projection reads it); see :mod:`.criteria`.
         unit: ``'channel'`` (output channels of Conv1D/2D/3D and units of Dense layers that feed other
             layers) or ``'head'`` (MultiHeadAttention heads).
         rule: the LRP rule or preset for ``'lrp'`` (default ``'epsilon_plus'``: epsilon in dense layers, z+ in
@@ -181,5 +186,6 @@ def prune(model: keras.Model, x_ref: Any = None, y_ref: Any = None, amount: floa
     new = remove(model, p, keep, unit)
     report = PruningReport(criterion, unit, amount, count_params(model), count_params(new), count_flops(model),
                            count_flops(new), {k: [int(i) for i in v] for k, v in removed.items()},
-                           {u.layer.name: u.size for u in p.units}, normalised, dict(p.skipped))
+                           {u.layer.name: u.size for u in p.units}, normalised, dict(p.skipped),
+                           {u.layer.name: [m.name for m in u.layers] for u in p.units if u.group})
     return new, report

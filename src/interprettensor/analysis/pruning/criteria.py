@@ -11,13 +11,17 @@ normalisation of :func:`normalise`.
   weights (a filter: its kernel slice; a head: its query, key, value and output kernel slices).
 * ``'taylor'`` (Molchanov et al. 2017, "Pruning convolutional neural networks for resource efficient
   inference", eq. 8): ``|mean over positions of a * dC/da|`` for each sample (``a``: the unit's
-  activation, ``C``: the cross-entropy of the label), averaged over the reference samples.
+  activation, ``C``: the cross-entropy of the label), averaged over the reference samples. For heads,
+  ``a`` is the head's attention output where the output projection reads it (``(positions, value dim)``
+  per head, after Keras' optional gate), and the product is summed over the head's value dimensions
+  before the mean over positions: ``|dC/ds_h| / T`` for a gate ``s_h`` scaling head ``h``'s output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -53,9 +57,12 @@ def magnitude_scores(units: list[Unit], unit: str = "channel") -> dict[str, np.n
                 total += w.sum(axis=tuple(a for a in range(w.ndim) if a != 0)) \
                     if "attention_output" in var.path else w.sum(axis=(0, 2))
             out[u.layer.name] = total
-        else:
-            w = np.abs(np.asarray(u.layer.get_weights()[0], dtype="float64"))
-            out[u.layer.name] = w.reshape(-1, w.shape[-1]).sum(axis=0)
+        else:  # a residual group: the L1 norms of its layers' filters for the channel, summed
+            total = np.zeros(u.size)
+            for layer in u.layers:
+                w = np.abs(np.asarray(layer.get_weights()[0], dtype="float64"))
+                total += w.reshape(-1, w.shape[-1]).sum(axis=0)
+            out[u.layer.name] = total
     return out
 
 
@@ -83,13 +90,14 @@ def lrp_scores(model: keras.Model, units: list[Unit], x: np.ndarray, y: np.ndarr
         xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
         _, lw = explainer(xb, yb, layerwise=True)
         for u in units:
-            key = _head_key(u.layer, lw) if unit == "head" else u.layer.name
-            if key not in lw:
-                raise PruningError(f"the LRP pass returned no relevance for {key!r} (layer {u.layer.name}); "
-                                   f"layerwise relevances exist for {sorted(lw)[:12]}")
-            r = np.asarray(lw[key], dtype="float64")
-            axis = r.ndim - 2 if unit == "head" else r.ndim - 1
-            sums[u.layer.name] += r.sum(axis=tuple(a for a in range(r.ndim) if a != axis))
+            keys = [_head_key(u.layer, lw)] if unit == "head" else [layer.name for layer in u.layers]
+            for key in keys:  # a residual group: the relevances at its layers' outputs, summed
+                if key not in lw:
+                    raise PruningError(f"the LRP pass returned no relevance for {key!r} (layer {u.layer.name}); "
+                                       f"layerwise relevances exist for {sorted(lw)[:12]}")
+                r = np.asarray(lw[key], dtype="float64")
+                axis = r.ndim - 2 if unit == "head" else r.ndim - 1
+                sums[u.layer.name] += r.sum(axis=tuple(a for a in range(r.ndim) if a != axis))
         if progress:
             progress(len(xb))
     return sums
@@ -106,14 +114,17 @@ def taylor_scores(model: keras.Model, units: list[Unit], x: np.ndarray, y: np.nd
                   batch_size: int = 64, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Molchanov et al.'s first-order Taylor criterion: ``mean_n |mean_positions(a * dC/da)|`` per unit,
     ``C`` the sparse categorical cross-entropy of the labels; the gradient reaches each layer's output
-    through a zero added there (the model run operation by operation)."""
+    through a zero added there (the model run operation by operation). A residual group (its channel
+    removed from every layer at once): ``mean_n |sum_layers mean_positions(a * dC/da)|``, the first-order
+    change of removing it."""
     if unit == "head":
-        raise PruningError("criterion 'taylor' is implemented for channels; for heads use 'lrp' or 'magnitude'")
+        return _taylor_head_scores(model, units, x, y, batch_size, progress)
     g = graph_of(model)
-    names = [u.layer.name for u in units]
+    names = [layer.name for u in units for layer in u.layers]
+    owner = {layer.name: u.layer.name for u in units for layer in u.layers}
     probe = keras.Model(g.inputs, [model.get_layer(n).output for n in names])
     probs = _from_probabilities(model)
-    sums = {n: np.zeros(u.size) for n, u in zip(names, units)}
+    sums = {u.layer.name: np.zeros(u.size) for u in units}
     for lo in range(0, len(x), batch_size):
         xb = ops.convert_to_tensor(np.asarray(x[lo:lo + batch_size], dtype="float32"))
         yb = ops.convert_to_tensor(np.asarray(y[lo:lo + batch_size], dtype="int32"))
@@ -131,14 +142,91 @@ def taylor_scores(model: keras.Model, units: list[Unit], x: np.ndarray, y: np.nd
 
             out = g._run_through_graph(xb, operation_fn=wrap)
             out = out[0] if isinstance(out, (list, tuple)) else out
-            return ops.sum(keras.losses.sparse_categorical_crossentropy(yb, out, from_logits=not probs))
+            # float32 whatever the model's dtype, to match the cotangent (the cast's gradient is exact)
+            return ops.cast(ops.sum(keras.losses.sparse_categorical_crossentropy(yb, out, from_logits=not probs)),
+                            "float32")
 
         grads = backend.vjp(loss, zeros, ops.convert_to_tensor(1.0))
+        signed: dict = {}
         for n, a, gr in zip(names, acts, grads):
             prod = np.asarray(ops.convert_to_numpy(a), dtype="float64") * np.asarray(ops.convert_to_numpy(gr),
                                                                                       dtype="float64")
-            per_sample = np.abs(prod.reshape(prod.shape[0], -1, prod.shape[-1]).mean(axis=1))
-            sums[n] += per_sample.sum(axis=0)
+            mean = prod.reshape(prod.shape[0], -1, prod.shape[-1]).mean(axis=1)
+            signed[owner[n]] = signed.get(owner[n], 0.0) + mean
+        for n, mean in signed.items():
+            sums[n] += np.abs(mean).sum(axis=0)
         if progress:
             progress(len(xb))
+    return {n: s / max(len(x), 1) for n, s in sums.items()}
+
+
+@contextlib.contextmanager
+def _hooked_output_projections(layers: list, state: dict) -> Iterator[None]:
+    """While active, each attention layer's output projection (Keras' ``_output_dense``, which reads the
+    heads' outputs ``(batch, positions..., heads, value dim)``) records its input in ``state['a'][name]``
+    and reads it plus ``state['eps'][name]`` when that is set: the layer's own ``call`` runs unchanged
+    otherwise (masks, gate, causal attention). Restored on exit."""
+    saved = []
+    try:
+        for layer in layers:
+            dense = getattr(layer, "_output_dense", None)
+            if dense is None or not callable(dense):
+                raise PruningError(f"criterion 'taylor' for heads needs Keras' MultiHeadAttention output projection "
+                                   f"(_output_dense); {layer.name!r} ({type(layer).__name__}) has none")
+
+            def hooked(a: Any, *args: Any, _dense: Any = dense, _name: str = layer.name, **kwargs: Any) -> Any:
+                state["a"][_name] = a
+                eps = state["eps"].get(_name)
+                return _dense(a if eps is None else a + eps, *args, **kwargs)
+
+            saved.append((layer, dense, "_output_dense" in vars(layer)))
+            object.__setattr__(layer, "_output_dense", hooked)  # bypass Keras' tracking: a temporary call hook
+        yield
+    finally:
+        for layer, dense, own in reversed(saved):
+            if own:
+                object.__setattr__(layer, "_output_dense", dense)
+            else:
+                object.__delattr__(layer, "_output_dense")
+
+
+def _taylor_head_scores(model: keras.Model, units: list[Unit], x: np.ndarray, y: np.ndarray, batch_size: int,
+                        progress: Callable[[int], None] | None) -> dict[str, np.ndarray]:
+    """Taylor scores of attention heads: ``mean_n |mean_positions sum_value-dims (a * dC/da)|`` per head, ``a``
+    the heads' outputs read by the output projection; the gradient reaches them through a zero added there."""
+    names = [u.layer.name for u in units]
+    probs = _from_probabilities(model)
+    sums = {n: np.zeros(u.size) for n, u in zip(names, units)}
+    state: dict = {"a": {}, "eps": {}}
+    with _hooked_output_projections([u.layer for u in units], state):
+        for lo in range(0, len(x), batch_size):
+            xb = ops.convert_to_tensor(np.asarray(x[lo:lo + batch_size], dtype="float32"))
+            yb = ops.convert_to_tensor(np.asarray(y[lo:lo + batch_size], dtype="int32"))
+            state["a"], state["eps"] = {}, {}
+            model(xb, training=False)
+            missing = [n for n in names if n not in state["a"]]
+            if missing:
+                raise PruningError(f"the forward pass did not reach the output projection of {missing}")
+            acts = {n: ops.convert_to_numpy(state["a"][n]) for n in names}
+
+            def loss(eps: list, xb=xb, yb=yb) -> Any:
+                state["eps"] = dict(zip(names, eps))
+                out = model(xb, training=False)
+                out = out[0] if isinstance(out, (list, tuple)) else out
+                # float32 sum whatever the model's dtype, to match the cotangent (the cast's gradient is exact)
+                return ops.cast(ops.sum(keras.losses.sparse_categorical_crossentropy(yb, out, from_logits=not probs)),
+                                "float32")
+
+            grads = backend.vjp(loss, [ops.zeros(acts[n].shape, dtype=acts[n].dtype) for n in names],
+                                ops.convert_to_tensor(1.0))
+            state["eps"] = {}
+            for n, u, gr in zip(names, units, grads):
+                prod = np.asarray(acts[n], dtype="float64") * np.asarray(ops.convert_to_numpy(gr), dtype="float64")
+                if prod.ndim < 4 or prod.shape[-2] != u.size:
+                    raise PruningError(f"{n}: the output projection reads shape {prod.shape}, expected (batch, "
+                                       f"positions..., {u.size} heads, value dim)")
+                per_head = prod.reshape(prod.shape[0], -1, u.size, prod.shape[-1]).sum(axis=-1).mean(axis=1)
+                sums[n] += np.abs(per_head).sum(axis=0)
+            if progress:
+                progress(len(xb))
     return {n: s / max(len(x), 1) for n, s in sums.items()}

@@ -18,9 +18,10 @@ __all__ = ["remove", "count_params", "count_flops"]
 def remove(model: keras.Model, plan: Plan, keep: dict[str, np.ndarray], unit: str = "channel") -> keras.Model:
     """A new model without the removed units: ``keep[layer name]`` = sorted indices of the units kept.
 
-    Channels: the layer is rebuilt with ``len(keep)`` filters/units (kernel and bias sliced on the output
-    axis), BatchNormalization's vectors and depthwise kernels downstream sliced, and the consumers'
-    kernels sliced on their input axis (through ``Flatten``: every position's copy of the channel).
+    Channels: the layer (and every layer of its residual group) is rebuilt with ``len(keep)`` filters/units
+    (kernel and bias sliced on the output axis), BatchNormalization's vectors and depthwise kernels
+    downstream sliced, and the consumers' kernels sliced on their input axis (through ``Flatten``: every
+    position's copy of the channel).
     Heads: ``num_heads`` reduced, the query / key / value kernels and biases sliced on the head axis and
     the output kernel on its head axis."""
     weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers}
@@ -42,10 +43,12 @@ def remove(model: keras.Model, plan: Plan, keep: dict[str, np.ndarray], unit: st
             set_config(name, "num_heads", int(len(k)))
             weights[name] = _slice_heads(u.layer, w, k)
             continue
-        set_config(name, "filters" if isinstance(u.layer, _CONV) else "units", int(len(k)))
-        w[0] = w[0][..., k]
-        if len(w) > 1:
-            w[1] = w[1][k]
+        for layer in u.layers:  # the layer and the rest of its residual group: the same output channels
+            set_config(layer.name, "filters" if isinstance(layer, _CONV) else "units", int(len(k)))
+            lw = weights[layer.name]
+            lw[0] = lw[0][..., k]
+            if len(lw) > 1:
+                lw[1] = lw[1][k]
         for follower, kind, index in u.followers:
             fw = weights[follower.name]
             idx = index(k)
