@@ -268,3 +268,34 @@ def test_errors(data):
     assert [M.MPRT.higher_is_better, M.SmoothMPRT.higher_is_better, M.EfficientMPRT.higher_is_better,
             M.RandomLogit.higher_is_better] == [False, False, True, False]
     assert CLASSES == 5
+
+
+def test_mprt_randomises_the_model_in_place_and_restores_it(data):
+    """The stages assign permuted weights into the model's own variables (one compiled explainer
+    serves every stage: the LRP explainer of the model is traced once) and the original weights come
+    back, also when an explanation fails half way."""
+    explain_module = sys.modules["interprettensor.analysis.metrics.explain"]  # the module, not the function
+
+    model, x, y = data
+    before = [w.copy() for w in model.get_weights()]
+    seen = []
+
+    def explain(model, inputs, targets, **kw):
+        seen.append(model)
+        return M.explain(model, inputs, targets, method="epsilon")
+
+    M.MPRT()(model=model, x_batch=x, y_batch=y, explain_func=explain)
+    assert all(m is model for m in seen) and len(seen) == 4  # a_batch, original, dense, conv
+    explainers = [e for (ref, e) in explain_module._RECENT.values() if ref() is model]
+    assert len(explainers) == 1 and len(explainers[0]._functions) == 1
+
+    def failing(model, inputs, targets, **kw):
+        if len(seen) == 6:
+            raise RuntimeError("explanation failed")
+        seen.append(model)
+        return M.explain(model, inputs, targets, method="epsilon")
+
+    with pytest.raises(RuntimeError, match="explanation failed"):
+        M.MPRT()(model=model, x_batch=x, y_batch=y, explain_func=failing)
+    for b, w in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(b, w)

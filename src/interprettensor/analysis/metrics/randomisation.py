@@ -16,7 +16,9 @@ explained class?
 
 Layers are randomised as Quantus' Keras wrapper does (:meth:`.model.MetricModel.randomised_layers`:
 each weight array of a layer permuted along its first axis with ``RandomState(seed + 1)``), but
-starting from the model's own weights. Every stage explains the whole batch in one ``explain_func``
+starting from the model's own weights. The permuted weights are assigned into the model's own
+variables between stages and restored afterwards, so every stage reuses the explainer compiled for
+the model (no copy, no new trace). Every stage explains the whole batch in one ``explain_func``
 call.
 
 The similarity and complexity functions have Quantus' signatures (``similarity_func(a, b,
@@ -27,11 +29,13 @@ functions may be passed as well.
 from __future__ import annotations
 
 import warnings
+from contextlib import closing
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ...engine.errors import ExplainError
+from ..randomisation import ranks as _ranks
 from ..randomisation import spearman as _spearman_rows
 from .base import Metric
 from .model import MetricModel
@@ -184,12 +188,16 @@ class _Randomisation(Metric):
         if y_batch is None:
             raise ExplainError(f"{type(self).__name__} needs y_batch (the explained classes)")
 
-    def _similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def _similarity(self, a: np.ndarray, b: np.ndarray, ranked_a: np.ndarray | None = None) -> np.ndarray:
+        """``similarity_func`` of each row of ``a`` and ``b``; ``ranked_a``: the ranks of ``a``'s rows,
+        computed once for all stages when the similarity is the default Spearman correlation."""
         n = len(a)
         fa, fb = a.reshape(n, -1), b.reshape(n, -1)
         if fa.shape != fb.shape:
             raise ExplainError(f"{type(self).__name__}: a_batch has {fa.shape[1]} values per sample but "
                                f"explain_func gives {fb.shape[1]}; give a_batch shaped like the explanations")
+        if ranked_a is not None and self.similarity_func is correlation_spearman:
+            return _spearman_rows(fa, fb, ranked_a=ranked_a)
         return np.asarray(self.similarity_func(fa, fb, batched=True), np.float64).reshape(n)
 
     def _stages(self, model: MetricModel) -> tuple[list[str], Any]:
@@ -232,13 +240,15 @@ class _LayerwiseTest(_Randomisation):
 
     def evaluate_batch(self, *, model: MetricModel, x_batch: np.ndarray, y_batch: np.ndarray,
                        a_batch: np.ndarray, s_batch: np.ndarray | None) -> list:
-        stages: dict[str, np.ndarray] = {"original": self._similarity(a_batch,
-                                                                      self._explain_stage(model, x_batch, y_batch))}
+        ranked = _ranks(a_batch.reshape(len(a_batch), -1)) if self.similarity_func is correlation_spearman else None
+        stages: dict[str, np.ndarray] = {
+            "original": self._similarity(a_batch, self._explain_stage(model, x_batch, y_batch), ranked)}
         names, gen = self._stages(model)
-        for i, (name, random_model) in enumerate(gen):
-            if self.skip_layers and i + 1 < len(names):
-                continue
-            stages[name] = self._similarity(a_batch, self._explain_stage(random_model, x_batch, y_batch))
+        with closing(gen):  # the model's weights are restored even if an explanation fails
+            for i, (name, random_model) in enumerate(gen):
+                if self.skip_layers and i + 1 < len(names):
+                    continue
+                stages[name] = self._similarity(a_batch, self._explain_stage(random_model, x_batch, y_batch), ranked)
         return [{k: float(v[i]) for k, v in stages.items()} for i in range(len(x_batch))]
 
     def custom_postprocess(self, scores: list) -> Any:
@@ -470,12 +480,13 @@ class EfficientMPRT(_Randomisation):
         stages = {"orig": self._complexity(self.explain_batch(model, x_batch, y_batch), x_batch)}
         models = {"orig": self._model_entropy(model, x_batch)} if self.compute_extra_scores else {}
         names, gen = self._stages(model)
-        for i, (name, random_model) in enumerate(gen):
-            if self.skip_layers and i + 1 < len(names):
-                continue
-            stages[name] = self._complexity(self.explain_batch(random_model, x_batch, y_batch), x_batch)
-            if self.compute_extra_scores:
-                models[name] = self._model_entropy(random_model, x_batch)
+        with closing(gen):
+            for i, (name, random_model) in enumerate(gen):
+                if self.skip_layers and i + 1 < len(names):
+                    continue
+                stages[name] = self._complexity(self.explain_batch(random_model, x_batch, y_batch), x_batch)
+                if self.compute_extra_scores:
+                    models[name] = self._model_entropy(random_model, x_batch)
         for k, v in stages.items():
             ex.setdefault(k, []).extend(v)
         for k, v in models.items():
