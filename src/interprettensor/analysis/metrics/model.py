@@ -9,6 +9,8 @@ call, so every metric is written once.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
 import keras
@@ -71,8 +73,11 @@ class MetricModel:
 
     @property
     def scorer(self) -> _Scorer:
+        """The model's compiled prediction, shared by every MetricModel of the same Keras model (a
+        metric wraps the model anew at each call; tracing it again each time cost more than the
+        model calls of a small network)."""
         if self._scorer is None:
-            self._scorer = _Scorer(self.model)
+            self._scorer = _shared(self.model, "scorer", lambda: _Scorer(self.model))
         return self._scorer
 
     def native(self, x: np.ndarray) -> np.ndarray:
@@ -143,13 +148,10 @@ class MetricModel:
                                    f"{len(layers)} layers") from None
         else:
             chosen = layers
-        key = tuple(la.name for la in chosen)
-        cache = self.__dict__.setdefault("_hidden", {})
-        fn = cache.get(key)
-        if fn is None:
-            ins = self.model.inputs
-            fn = keras.Model(ins[0] if len(ins) == 1 else ins, [_output_in(self.model, la) for la in chosen])
-            cache[key] = fn
+        ins = self.model.inputs
+        fn = _shared(self.model, ("hidden",) + tuple(la.name for la in chosen),
+                     lambda: keras.Model(ins[0] if len(ins) == 1 else ins,
+                                         [_output_in(self.model, la) for la in chosen]))
         outs = []
         for s in range(0, x.shape[0], self.batch_size):
             res = fn(self.native(x[s:s + self.batch_size]), training=False)
@@ -219,6 +221,26 @@ class MetricModel:
         """Names of the layers :meth:`randomised_layers` randomises, in the model's order (Quantus'
         ``random_layer_generator_length`` is their number)."""
         return [la.name for la in self.model.layers if la.weights]
+
+
+#: compiled functions of the models used last, by (id(model), what): reused while the model lives
+_RECENT: "OrderedDict[tuple, tuple[weakref.ref, Any]]" = OrderedDict()
+_RECENT_SIZE = 16
+
+
+def _shared(model: keras.Model, what: Any, make: Any) -> Any:
+    """``make()`` for ``model`` once, kept among the last few (a weak reference checks that an id
+    still names the same model)."""
+    key = (id(model), what)
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0]() is model:
+        _RECENT.move_to_end(key)
+        return hit[1]
+    obj = make()
+    _RECENT[key] = (weakref.ref(model), obj)
+    while len(_RECENT) > _RECENT_SIZE:
+        _RECENT.popitem(last=False)
+    return obj
 
 
 def _output_in(model: keras.Model, layer: keras.layers.Layer) -> Any:
