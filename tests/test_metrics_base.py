@@ -127,3 +127,19 @@ def test_bad_arguments_are_named(data):
         _Echo()(model=model, x_batch=x, y_batch=y, a_batch=np.full(x.shape, np.nan))
     with pytest.raises(ExplainError, match="model_predict_kwargs"):
         _Echo()(model=model, x_batch=x, y_batch=y, a_batch=x, model_predict_kwargs={"verbose": 0})
+
+
+def test_undefined_scores_warn_naming_the_samples():
+    """A NaN never leaves a metric silently: all-zero attributions have no shares (Complexity) and no
+    mass (RelevanceMassAccuracy); both score NaN, as in Quantus, and a warning names the samples
+    across the internal batches (batch_size 2: sample 3 lies in the second batch)."""
+    x = np.random.default_rng(0).uniform(size=(4, 4, 4, 1))
+    a = np.random.default_rng(1).uniform(0.1, 1.0, size=(4, 4, 4, 1))
+    a[3] = 0.0
+    s = np.zeros((4, 4, 4, 1), bool)
+    s[:, :2] = True
+    for metric, kw in ((it.metrics.Complexity(normalise=False), {}),
+                       (it.metrics.RelevanceMassAccuracy(normalise=False), {"s_batch": s})):
+        with pytest.warns(RuntimeWarning, match=r"samples \[3\] are undefined \(NaN\)"):
+            scores = metric(model=None, x_batch=x, y_batch=np.zeros(4, int), a_batch=a, batch_size=2, **kw)
+        assert np.isnan(scores[3]) and np.isfinite(scores[:3]).all()

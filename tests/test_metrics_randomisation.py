@@ -299,3 +299,32 @@ def test_mprt_randomises_the_model_in_place_and_restores_it(data):
         M.MPRT()(model=model, x_batch=x, y_batch=y, explain_func=failing)
     for b, w in zip(before, model.get_weights()):
         np.testing.assert_array_equal(b, w)
+
+
+def test_constant_explanations_are_scored_and_named(data):
+    """A constant map has no ranking: its Spearman correlation with anything is 0 (scipy and Quantus:
+    NaN) and MPRT warns, naming the sample; SSIM of two identical constant maps is 1 (their data range
+    is 0, where the formula is 0/0); eMPRT's relative rise from a constant explanation (entropy 0) is
+    undefined: NaN, with a warning naming the sample."""
+    model, x, y = data
+    A = np.random.default_rng(0).normal(size=(3, 20))
+    B = A[::-1].copy()
+    B[1] = 2.0
+    r = M.correlation_spearman(A, B, batched=True)
+    assert r[1] == 0.0
+    np.testing.assert_allclose(r[[0, 2]], rows_spearman(A[[0, 2]], B[[0, 2]]), rtol=0, atol=1e-12)
+    assert M.correlation_spearman(A[0], B[1]) == 0.0
+    assert M.ssim(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), batched=True) == [1.0, 1.0]
+
+    def zero_for_sample_4(model, inputs, targets, **kw):  # batches of 4 and 2: sample 4 is in the second
+        a = M.explain(model, inputs, targets, **IXG)
+        a[np.all(inputs == x[4], axis=(1, 2, 3))] = 0.0
+        return a
+
+    kw = dict(model=model, x_batch=x, y_batch=y, explain_func=zero_for_sample_4, batch_size=4)
+    with pytest.warns(RuntimeWarning, match=r"MPRT: samples \[4\] have a constant explanation"):
+        res = M.MPRT()(**kw)
+    assert all(res[k][4] == 0.0 for k in res) and np.isfinite([v for k in res for v in res[k]]).all()
+    with pytest.warns(RuntimeWarning, match=r"EfficientMPRT: the scores of samples \[4\] are undefined"):
+        scores = M.EfficientMPRT()(**kw)
+    assert np.isnan(scores[4]) and np.isfinite(np.delete(scores, 4)).all()

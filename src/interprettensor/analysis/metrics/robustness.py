@@ -221,6 +221,8 @@ class _Perturbing(Metric):
 
     category = "Robustness"
     higher_is_better = False
+    nan_reason = ("a perturbation changed the predicted class and return_nan_when_prediction_changes is set, as "
+                  "in Quantus")
 
     def _init_perturb(self, perturb_func: Callable | None, default: Callable, perturb_func_kwargs: Mapping | None,
                       seed: int | None, **defaults: Any) -> None:
