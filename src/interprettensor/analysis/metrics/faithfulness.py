@@ -548,9 +548,8 @@ class MonotonicityCorrelation(_Perturbation):
             # every draw of every step: (len(steps) * r, n, F), the draws of a step together
             steps = np.repeat(steps, r)[:, None, None]
             mask = step_of[None] == steps
-            if random:
-                vals = self._rng.uniform(self.perturb_func_kwargs.get("uniform_low", 0.0),
-                                         self.perturb_func_kwargs.get("uniform_high", 1.0), (steps.shape[0], n, F))
+            if random:  # a fresh draw per feature, step and repetition (perturb.baseline's 'uniform')
+                vals = self._fixed_baseline(np.empty((steps.shape[0] * n, F))).reshape(steps.shape[0], n, F)
             elif fixed is None:
                 vals = mean[None]
             else:
