@@ -241,12 +241,23 @@ def test_randomised_layers_are_quantus_permutations(data):
     mm = M.MetricModel(model)
     assert mm.randomisable_layers() == ["conv", "dense"]
     w = weights()
-    for (name, m), (ref_name, ref_w) in zip(mm.randomised_layers("top_down", 7), stage_weights("top_down", 7)):
-        assert name == ref_name
+    stages = list(mm.randomised_layers("top_down", 7))  # runs the generator to its end
+    assert len(stages) == 2
+    gen = mm.randomised_layers("top_down", 7)
+    for (name, m), (ref_name, ref_w) in zip(gen, stage_weights("top_down", 7)):
+        assert name == ref_name and m is mm  # the model itself, its variables assigned
         got = m.model.get_weights()
         for got_w, key in zip(got, ["conv_w", "conv_b", "dense_w", "dense_b"]):
             np.testing.assert_array_equal(got_w, ref_w[key])
     assert not np.array_equal(got[0], w["conv_w"])  # the permutation changed the kernel
+    for got_w, key in zip(model.get_weights(), ["conv_w", "conv_b", "dense_w", "dense_b"]):
+        np.testing.assert_array_equal(got_w, w[key])  # restored at the generator's end
+    gen = mm.randomised_layers("bottom_up", 7)
+    name, m = next(gen)
+    assert name == "conv" and not np.array_equal(model.get_weights()[0], w["conv_w"])
+    gen.close()  # stopped before its end: closing restores the weights
+    for got_w, key in zip(model.get_weights(), ["conv_w", "conv_b", "dense_w", "dense_b"]):
+        np.testing.assert_array_equal(got_w, w[key])
 
 
 def test_errors(data):
