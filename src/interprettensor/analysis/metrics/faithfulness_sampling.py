@@ -19,6 +19,7 @@ sees that order.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -132,6 +133,7 @@ class _Perturbing(Metric):
 
     def custom_preprocess(self, **kwargs: Any) -> None:
         self.rng = np.random.default_rng(self.seed)  # every call draws the same
+        self._offset = 0  # index of the current batch's first sample (for warnings)
 
     @staticmethod
     def _flat_attributions(a: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -153,7 +155,9 @@ class FaithfulnessCorrelation(_Perturbing):
     Subsets are drawn without replacement from the generator ``seed`` (Quantus draws from the global
     ``np.random``); the ``nr_runs`` perturbed versions of a batch go through the model stacked.
     ``subset_size`` must be smaller than the number of features of a sample (all channels counted;
-    Quantus compares it to the spatial size only). A constant run of scores scores 0, not NaN.
+    Quantus compares it to the spatial size only). With the default Pearson correlation, a sample
+    whose attribution sums or score drops are constant over the runs scores 0 (Quantus: NaN), with a
+    warning naming it.
     """
 
     category = "Faithfulness"
@@ -211,6 +215,13 @@ class FaithfulnessCorrelation(_Perturbing):
             sums.append(np.take_along_axis(af[None], idx, axis=-1).sum(-1))
         deltas = np.concatenate(deltas).T                                             # (n, runs)
         sums = np.concatenate(sums).T
+        if self.similarity_func is correlation_pearson:
+            constant = np.flatnonzero((np.ptp(sums, axis=1) == 0) | (np.ptp(deltas, axis=1) == 0))
+            if constant.size:
+                warnings.warn(f"FaithfulnessCorrelation: samples {(constant + self._offset).tolist()} have constant "
+                              f"attribution sums or score drops over the runs; their correlation is undefined and "
+                              f"scored 0 (Quantus: NaN)", RuntimeWarning, stacklevel=4)
+        self._offset += n
         return list(np.asarray(self.similarity_func(a=sums, b=deltas, batched=True), np.float64))
 
 
