@@ -225,3 +225,24 @@ def test_every_backend_module_defines_the_whole_interface(name):
         pytest.skip(f"{name} is not installed")
     module = importlib.import_module(backend.MODULES[name], backend.__name__)
     assert [n for n in backend.INTERFACE if not hasattr(module, n)] == []
+
+
+def test_compiled_explainers_read_the_weights_at_every_call():
+    """An Explainer (and the gradient baselines) compiled once explains the weights the model holds
+    at the call, not those of its trace (JAX passes the variables in; the randomisation metrics assign
+    permuted weights between calls). A bias-free linear map under the z-rule: R_i = x_i W[i, t], in
+    float32 (the inputs and weights rounded once, the ratio f_t / z_t = 1 up to a few roundings: rtol
+    1e-6, about 8 float32 eps)."""
+    import keras
+
+    import interprettensor as it
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False)])
+    x, tgt = rng.normal(size=(2, 4)), np.array([0, 2])
+    ex = it.Explainer(model, "z")
+    for _ in range(2):
+        w = rng.normal(size=(4, 3))
+        model.layers[0].kernel.assign(w)
+        np.testing.assert_allclose(np.asarray(ex(x, target=tgt)), x * w[:, tgt].T, rtol=1e-6)
+        np.testing.assert_allclose(it.attribution.gradient(model, x, target=tgt), w[:, tgt].T, rtol=1e-6)
+    assert len(ex._functions) == 1  # one trace served both weight sets

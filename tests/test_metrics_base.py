@@ -127,3 +127,43 @@ def test_bad_arguments_are_named(data):
         _Echo()(model=model, x_batch=x, y_batch=y, a_batch=np.full(x.shape, np.nan))
     with pytest.raises(ExplainError, match="model_predict_kwargs"):
         _Echo()(model=model, x_batch=x, y_batch=y, a_batch=x, model_predict_kwargs={"verbose": 0})
+
+
+def test_undefined_scores_warn_naming_the_samples():
+    """A NaN never leaves a metric silently: all-zero attributions have no shares (Complexity) and no
+    mass (RelevanceMassAccuracy); both score NaN, as in Quantus, and a warning names the samples
+    across the internal batches (batch_size 2: sample 3 lies in the second batch)."""
+    x = np.random.default_rng(0).uniform(size=(4, 4, 4, 1))
+    a = np.random.default_rng(1).uniform(0.1, 1.0, size=(4, 4, 4, 1))
+    a[3] = 0.0
+    s = np.zeros((4, 4, 4, 1), bool)
+    s[:, :2] = True
+    for metric, kw in ((it.metrics.Complexity(normalise=False), {}),
+                       (it.metrics.RelevanceMassAccuracy(normalise=False), {"s_batch": s})):
+        with pytest.warns(RuntimeWarning, match=r"samples \[3\] are undefined \(NaN\)"):
+            scores = metric(model=None, x_batch=x, y_batch=np.zeros(4, int), a_batch=a, batch_size=2, **kw)
+        assert np.isnan(scores[3]) and np.isfinite(scores[:3]).all()
+
+
+def test_uniform_baseline_is_one_function_everywhere():
+    """'uniform' is perturb.baseline's draw wherever a metric replaces features: one value per replaced
+    feature in [uniform_low, uniform_high) from the generator given (the metric's seeded one), in the
+    index-replacement of the sampling metrics and the translation of Continuity alike."""
+    from interprettensor.analysis.metrics.faithfulness_sampling import baseline_replacement_by_indices
+    from interprettensor.analysis.metrics.robustness import batched_translation
+
+    arr = np.zeros((2, 10))
+    idx = np.array([[0, 3, 7], [1, 2, 9]])
+    out = baseline_replacement_by_indices(arr, idx, "uniform", rng=np.random.default_rng(5), uniform_low=2.0,
+                                          uniform_high=3.0)
+    expected = np.random.default_rng(5).uniform(2.0, 3.0, idx.shape)
+    np.testing.assert_array_equal(np.take_along_axis(out, idx, 1), expected)
+    assert len(np.unique(expected[0])) == 3  # per feature, not one value per sample
+    np.testing.assert_array_equal(np.delete(out[0], idx[0]), 0.0)
+
+    x = np.random.default_rng(0).uniform(size=(2, 4, 5, 3)).astype(np.float32)
+    shifted = batched_translation(x, "uniform", perturb_dx=2, rng=np.random.default_rng(7), uniform_low=2.0,
+                                  uniform_high=3.0)
+    fill = perturb.baseline("uniform", x.reshape(2, -1), np.random.default_rng(7), 2.0, 3.0).reshape(x.shape)
+    np.testing.assert_array_equal(shifted[:, :, :2], fill[:, :, :2].astype(np.float32))
+    np.testing.assert_array_equal(shifted[:, :, 2:], x[:, :, :3])

@@ -129,6 +129,18 @@ def test_faithfulness_correlation_within_standard_errors_of_quantus(data):
     assert np.all(np.abs(ours.mean(0) - q.mean(0)) <= 4 * se), (ours.mean(0), q.mean(0), se)
 
 
+def test_faithfulness_correlation_names_constant_samples(data):
+    """Sample 4's attributions are zero: its sums are constant over the runs, its Pearson correlation is
+    undefined, scored 0 (Quantus: NaN) with a warning naming it (batches of 4: it is in the second)."""
+    model, _, x, y, a = data
+    a = a.copy()
+    a[4] = 0.0
+    with pytest.warns(RuntimeWarning, match=r"FaithfulnessCorrelation: samples \[4\] have constant"):
+        scores = it.metrics.FaithfulnessCorrelation(nr_runs=5, subset_size=8, return_aggregate=False)(
+            model=model, x_batch=x, y_batch=y, a_batch=a, batch_size=4)
+    assert scores[4] == 0.0 and np.isfinite(scores).all()
+
+
 def test_faithfulness_correlation_checks_its_arguments(data):
     model, _, x, y, a = data
     with pytest.raises(ExplainError, match="subset_size"):

@@ -32,6 +32,38 @@ def test_shapes_dataset_is_seeded_balanced_and_its_masks_are_the_objects():
     assert ratio == pytest.approx(np.pi / 1.7 ** 2, rel=0.1)
 
 
+def test_benchmark_is_the_metrics_on_per_pixel_relevance():
+    """localisation_benchmark (built on compare) gives each metric's scores of the channel-summed
+    magnitude (or positive part) of each method's attributions, and random's uniform noise from seed;
+    the reference calls the metrics directly (a tiny untrained network: only the bookkeeping is
+    tested here)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "quantus_reference"))
+    from models import inputs, keras_model
+
+    model = keras_model()
+    x, y = inputs(5, seed=2)
+    masks = np.zeros(x.shape[:3], bool)
+    masks[:, 2:6, 1:5] = True
+    metrics = {"mass": it.metrics.RelevanceMassAccuracy(), "pointing": it.metrics.PointingGame()}
+    tables = {}
+    for relevance, f in (("abs", np.abs), ("positive", lambda v: np.maximum(v, 0.0))):
+        table = tables[relevance] = it.metrics.localisation_benchmark(model, x, y, masks, methods=("gradient", "random"),
+                                                  metrics=metrics, seed=3, relevance=relevance, per_sample=True)
+        for method in ("gradient", "random"):
+            a = (np.random.default_rng(3).uniform(0, 1, x.shape) if method == "random"
+                 else it.metrics.explain(model, x, y, method=method))
+            a = f(a.sum(-1))
+            for key, m in metrics.items():
+                np.testing.assert_array_equal(table[method][key],
+                                              np.asarray(m(model=model, x_batch=x, y_batch=y, a_batch=a,
+                                                           s_batch=masks), np.float64), err_msg=(method, key))
+    means = it.metrics.localisation_benchmark(model, x, y, masks, methods=("gradient",), metrics=metrics)
+    assert means["gradient"]["mass"] == pytest.approx(float(np.mean(tables["abs"]["gradient"]["mass"])), abs=1e-12)
+
+
 @pytest.fixture(scope="module")
 def trained():
     t0 = time.perf_counter()

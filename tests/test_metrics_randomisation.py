@@ -241,12 +241,23 @@ def test_randomised_layers_are_quantus_permutations(data):
     mm = M.MetricModel(model)
     assert mm.randomisable_layers() == ["conv", "dense"]
     w = weights()
-    for (name, m), (ref_name, ref_w) in zip(mm.randomised_layers("top_down", 7), stage_weights("top_down", 7)):
-        assert name == ref_name
+    stages = list(mm.randomised_layers("top_down", 7))  # runs the generator to its end
+    assert len(stages) == 2
+    gen = mm.randomised_layers("top_down", 7)
+    for (name, m), (ref_name, ref_w) in zip(gen, stage_weights("top_down", 7)):
+        assert name == ref_name and m is mm  # the model itself, its variables assigned
         got = m.model.get_weights()
         for got_w, key in zip(got, ["conv_w", "conv_b", "dense_w", "dense_b"]):
             np.testing.assert_array_equal(got_w, ref_w[key])
     assert not np.array_equal(got[0], w["conv_w"])  # the permutation changed the kernel
+    for got_w, key in zip(model.get_weights(), ["conv_w", "conv_b", "dense_w", "dense_b"]):
+        np.testing.assert_array_equal(got_w, w[key])  # restored at the generator's end
+    gen = mm.randomised_layers("bottom_up", 7)
+    name, m = next(gen)
+    assert name == "conv" and not np.array_equal(model.get_weights()[0], w["conv_w"])
+    gen.close()  # stopped before its end: closing restores the weights
+    for got_w, key in zip(model.get_weights(), ["conv_w", "conv_b", "dense_w", "dense_b"]):
+        np.testing.assert_array_equal(got_w, w[key])
 
 
 def test_errors(data):
@@ -268,3 +279,63 @@ def test_errors(data):
     assert [M.MPRT.higher_is_better, M.SmoothMPRT.higher_is_better, M.EfficientMPRT.higher_is_better,
             M.RandomLogit.higher_is_better] == [False, False, True, False]
     assert CLASSES == 5
+
+
+def test_mprt_randomises_the_model_in_place_and_restores_it(data):
+    """The stages assign permuted weights into the model's own variables (one compiled explainer
+    serves every stage: the LRP explainer of the model is traced once) and the original weights come
+    back, also when an explanation fails half way."""
+    explain_module = sys.modules["interprettensor.analysis.metrics.explain"]  # the module, not the function
+
+    model, x, y = data
+    before = [w.copy() for w in model.get_weights()]
+    seen = []
+
+    def explain(model, inputs, targets, **kw):
+        seen.append(model)
+        return M.explain(model, inputs, targets, method="epsilon")
+
+    M.MPRT()(model=model, x_batch=x, y_batch=y, explain_func=explain)
+    assert all(m is model for m in seen) and len(seen) == 4  # a_batch, original, dense, conv
+    explainers = [e for (ref, e) in explain_module._RECENT.values() if ref() is model]
+    assert len(explainers) == 1 and len(explainers[0]._functions) == 1
+
+    def failing(model, inputs, targets, **kw):
+        if len(seen) == 6:
+            raise RuntimeError("explanation failed")
+        seen.append(model)
+        return M.explain(model, inputs, targets, method="epsilon")
+
+    with pytest.raises(RuntimeError, match="explanation failed"):
+        M.MPRT()(model=model, x_batch=x, y_batch=y, explain_func=failing)
+    for b, w in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(b, w)
+
+
+def test_constant_explanations_are_scored_and_named(data):
+    """A constant map has no ranking: its Spearman correlation with anything is 0 (scipy and Quantus:
+    NaN) and MPRT warns, naming the sample; SSIM of two identical constant maps is 1 (their data range
+    is 0, where the formula is 0/0); eMPRT's relative rise from a constant explanation (entropy 0) is
+    undefined: NaN, with a warning naming the sample."""
+    model, x, y = data
+    A = np.random.default_rng(0).normal(size=(3, 20))
+    B = A[::-1].copy()
+    B[1] = 2.0
+    r = M.correlation_spearman(A, B, batched=True)
+    assert r[1] == 0.0
+    np.testing.assert_allclose(r[[0, 2]], rows_spearman(A[[0, 2]], B[[0, 2]]), rtol=0, atol=1e-12)
+    assert M.correlation_spearman(A[0], B[1]) == 0.0
+    assert M.ssim(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), batched=True) == [1.0, 1.0]
+
+    def zero_for_sample_4(model, inputs, targets, **kw):  # batches of 4 and 2: sample 4 is in the second
+        a = M.explain(model, inputs, targets, **IXG)
+        a[np.all(inputs == x[4], axis=(1, 2, 3))] = 0.0
+        return a
+
+    kw = dict(model=model, x_batch=x, y_batch=y, explain_func=zero_for_sample_4, batch_size=4)
+    with pytest.warns(RuntimeWarning, match=r"MPRT: samples \[4\] have a constant explanation"):
+        res = M.MPRT()(**kw)
+    assert all(res[k][4] == 0.0 for k in res) and np.isfinite([v for k in res for v in res[k]]).all()
+    with pytest.warns(RuntimeWarning, match=r"EfficientMPRT: the scores of samples \[4\] are undefined"):
+        scores = M.EfficientMPRT()(**kw)
+    assert np.isnan(scores[4]) and np.isfinite(np.delete(scores, 4)).all()

@@ -19,7 +19,7 @@ from .perturbation.comparison import explain
 from .perturbation.plots import _figure, _save
 from .perturbation.scoring import ArrayLike, _resolve_targets, _Scorer
 
-__all__ = ["model_randomisation", "RandomisationResult", "spearman", "ssim", "plot_randomisation",
+__all__ = ["model_randomisation", "RandomisationResult", "spearman", "ranks", "ssim", "plot_randomisation",
            "weighted_layers"]
 
 
@@ -31,19 +31,40 @@ def _maps(R: ArrayLike) -> np.ndarray:
     return R.sum(-1) if R.ndim >= 4 else R
 
 
-def spearman(a: ArrayLike, b: ArrayLike) -> np.ndarray:
-    """Spearman rank correlation between ``a[i]`` and ``b[i]`` (flattened) for each sample ``i``
-    (average ranks for ties; NaN where a map is constant)."""
-    from scipy.stats import rankdata
-
+def ranks(a: ArrayLike) -> np.ndarray:
+    """Ranks ``1..m`` of the values of each row of ``a`` ``(n, m)``, average ranks for ties (as
+    ``scipy.stats.rankdata(a, axis=1)``, float64), with one unstable sort per row: ties are found
+    among the sorted values and get the mean of their positions."""
     a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
+    n, m = a.shape
+    order = np.argsort(a, axis=1)
+    s = np.take_along_axis(a, order, 1)
+    first = np.ones((n, m), bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    out = np.empty((n, m))
+    if first.all():  # no ties: the position in the sorted row
+        np.put_along_axis(out, order, np.broadcast_to(np.arange(1.0, m + 1), (n, m)), 1)
+        return out
+    group = np.cumsum(first.ravel()) - 1  # runs of equal values, numbered over all rows
+    pos = np.tile(np.arange(1.0, m + 1), n)
+    mean = (np.bincount(group, pos) / np.bincount(group))[group]
+    np.put_along_axis(out, order, mean.reshape(n, m), 1)
+    return out
+
+
+def spearman(a: ArrayLike, b: ArrayLike, ranked_a: np.ndarray | None = None) -> np.ndarray:
+    """Spearman rank correlation between ``a[i]`` and ``b[i]`` (flattened) for each sample ``i``
+    (average ranks for ties; NaN where a map is constant). ``ranked_a``: ``ranks(a)`` computed
+    before (``a`` is then only checked for its shape)."""
+    a = np.asarray(a)
+    b = np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"spearman: shapes differ, {a.shape} and {b.shape}")
-    ra = rankdata(a.reshape(len(a), -1), axis=1)
-    rb = rankdata(b.reshape(len(b), -1), axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
+    ra = ranks(a.reshape(len(a), -1)) if ranked_a is None else ranked_a
+    rb = ranks(b.reshape(len(b), -1))
+    centre = (ra.shape[1] + 1) / 2.0  # the mean rank, ties or not
+    ra = ra - centre
+    rb = rb - centre
     den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), np.nan)

@@ -304,7 +304,7 @@ class ConditionalExplainer(Explainer):
                         return self._conditional_core(xs, targets, masks, sites, stop, from_activation)
 
                 spec = (sig, targets_spec, masks_spec)
-            fn = backend.compile(run, spec, jit=self.jit_compile)
+            fn = backend.compile(run, spec, jit=self.jit_compile, variables=self.model.variables)
             self._cond_functions[key] = fn
         return fn
 

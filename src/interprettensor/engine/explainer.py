@@ -306,7 +306,7 @@ class Explainer:
                         return self._core(xs, None, R0, layerwise)
 
                 spec = (sig, backend.spec(None, self.dtype))
-            fn = backend.compile(run, spec, jit=self.jit_compile)
+            fn = backend.compile(run, spec, jit=self.jit_compile, variables=self.model.variables)
             self._functions[key] = fn
         return fn
 

@@ -20,6 +20,8 @@ absolute value of the whole ``a_batch`` (given) or of each batch of ``batch_size
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Callable, Mapping
 
 import keras
@@ -206,11 +208,38 @@ class Metric:
         if bar is not None:
             bar.close()
         scores = self.custom_postprocess(scores)
+        self._warn_undefined(scores)
         if self.return_aggregate:
             scores = [self.aggregate_func(scores)]
         self.evaluation_scores = scores
         self.all_evaluation_scores.extend(scores)
         return scores
+
+    #: why a sample's score can be undefined (NaN) under this metric, for the warning that names the
+    #: samples; a metric whose scores are always defined leaves it empty
+    nan_reason: str = ""
+
+    def _warn_undefined(self, scores: Any) -> None:
+        """Warn, naming the samples, where a score is NaN: a NaN never leaves a metric silently
+        (:attr:`nan_reason` says why it can happen; the comparisons leave such samples out)."""
+        def nan(v: Any) -> bool:
+            try:
+                return bool(np.isnan(np.asarray(v, np.float64)).any())
+            except (TypeError, ValueError):
+                return False
+
+        rows = list(scores.values()) if isinstance(scores, dict) else [scores]
+        bad: set[int] = set()
+        aggregate = False
+        for row in rows:
+            if isinstance(row, (list, tuple, np.ndarray)):
+                bad.update(i for i, v in enumerate(row) if nan(v))
+            elif nan(row):  # one number for the whole batch (ROAD's curve)
+                aggregate = True
+        if bad or aggregate:
+            why = f" ({self.nan_reason})" if self.nan_reason else ""
+            which = f"the scores of samples {sorted(bad)}" if bad else "some scores"
+            warnings.warn(f"{type(self).__name__}: {which} are undefined (NaN){why}", RuntimeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ preparing attributions
 

@@ -43,14 +43,18 @@ class Sparseness(_Complexity):
 class Complexity(_Complexity):
     """Complexity (Bhatt et al. 2020, "Evaluating and aggregating feature-based model explanations",
     IJCAI): the entropy of the attributions' shares, ``-sum_i p_i log(p_i + 1e-12)`` with ``p_i = a_i
-    / sum_j |a_j|``. Expects non-negative attributions (``abs=True``)."""
+    / sum_j |a_j|``. Expects non-negative attributions (``abs=True``). All-zero attributions have no
+    shares and score NaN, as in Quantus, with a warning naming the samples."""
 
     higher_is_better = False
 
+    nan_reason = "their attributions are all zero: there are no shares, as in Quantus"
+
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         a = a_batch.reshape(len(a_batch), -1)
-        p = a / np.abs(a).sum(-1, keepdims=True)
-        return list(-(p * np.log(p + 1e-12)).sum(-1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = a / np.abs(a).sum(-1, keepdims=True)
+            return list(-(p * np.log(p + 1e-12)).sum(-1))
 
 
 class EffectiveComplexity(_Complexity):

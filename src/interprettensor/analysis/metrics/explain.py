@@ -96,7 +96,7 @@ def as_explain_func(obj: Any) -> Callable[..., np.ndarray] | None:
                 raise ExplainError(f"an Explainer as explain_func takes no explain_func_kwargs, got {sorted(kw)}")
             if model is not None and model is not obj.model:
                 raise ExplainError("the Explainer given as explain_func explains another model than the metric's "
-                                   "(randomisation metrics need a function of the model: use it.metrics.explain)")
+                                   "(give an Explainer of the metric's model, or use it.metrics.explain)")
             return np.asarray(obj(inputs, target=None if targets is None else np.asarray(targets)), np.float64)
 
         return run

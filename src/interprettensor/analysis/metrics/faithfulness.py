@@ -67,6 +67,14 @@ def _from_cf_flat(flat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.moveaxis(cf, len(lead), -1)
 
 
+def _cl_order(flat: np.ndarray, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+    """Channels-first flattened ``(n, F)`` (:func:`_cf_flat`) -> flattened in the channels-last
+    layout of ``shape``, ``(n, F)``, contiguous (and cast to ``dtype``): an element-wise
+    combination of such arrays is then the perturbed batch itself."""
+    out = _from_cf_flat(np.asarray(flat), shape).reshape(flat.shape[0], -1)
+    return np.ascontiguousarray(out, dtype=dtype)
+
+
 def _broadcast_attributions(a: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.broadcast_to(a, x.shape) if a.shape != x.shape else a
 
@@ -199,15 +207,17 @@ class _Perturbation(Metric):
         return np.take_along_axis(means, np.minimum(step_of, k - 1), axis=1)
 
     def _predict_stacked(self, model: MetricModel, x_shape: tuple[int, ...], y: np.ndarray, k: int,
-                         build: Callable[[slice], np.ndarray]) -> np.ndarray:
+                         build: Callable[[slice], np.ndarray], channels_last: bool = False) -> np.ndarray:
         """``(n, k)`` scores of class ``y`` for the ``k`` perturbed versions that ``build(steps)``
-        returns as channels-first flattened ``(len(steps), n, F)``; stacked into one model call per
-        chunk of steps."""
+        returns as channels-first flattened ``(len(steps), n, F)`` (``channels_last``: flattened in
+        the layout of ``x_shape``, which is passed to the model without a copy; see
+        :func:`_cl_order`); stacked into one model call per chunk of steps."""
         n, F = x_shape[0], int(np.prod(x_shape[1:]))
         out = []
         for sl in _step_chunks(k, n * F, self.max_elements):
             flat = build(sl)
-            out.append(model.scores(_from_cf_flat(flat, x_shape).astype(self._dtype), y))
+            xs = flat.reshape((-1,) + tuple(x_shape)) if channels_last else _from_cf_flat(flat, x_shape)
+            out.append(model.scores(xs.astype(self._dtype, copy=False), y))
         return np.concatenate(out, 0).T
 
 
@@ -250,12 +260,16 @@ class PixelFlipping(_Perturbation):
         step_of = _ranks(a, descending=True) // self.features_in_step
         fixed = None if _is_mean(self.perturb_baseline) else _cf_flat(self._fixed_baseline(x_batch))
         values = self._cumulative_values(arr, step_of, k, fixed)
+        # the perturbed inputs are built in the model's dtype and layout (the replacement is a
+        # selection: casting before it gives the same values as after)
+        arr, values, step_of = (_cl_order(v, x_batch.shape, d) for v, d in
+                                ((arr, self._dtype), (values, self._dtype), (step_of, None)))
 
         def build(sl: slice) -> np.ndarray:
             steps = np.arange(sl.start, sl.stop)[:, None, None]
             return np.where(step_of[None] <= steps, values[None], arr[None])
 
-        curves = self._predict_stacked(model, x_batch.shape, y_batch, k, build)
+        curves = self._predict_stacked(model, x_batch.shape, y_batch, k, build, channels_last=True)
         if self.return_auc_per_sample:
             return [float(v) for v in _auc(curves)]
         return [list(map(float, c)) for c in curves]
@@ -336,18 +350,21 @@ class _Patches(_Perturbation):
                 base = np.broadcast_to(base, x.shape)
             fixed = _cf_flat(np.pad(np.asarray(base, np.float64), pad, mode="edge"))
         values = self._cumulative_values(arr, step_of, k, fixed)
-        cf_padded = (n, C, Hp, Wp)
         keep_h = slice(ph[0], Hp - ph[1])
         keep_w = slice(pw[0], Wp - pw[1])
 
+        def unpadded(v: np.ndarray, dtype: Any) -> np.ndarray:
+            """The padded channels-first features cropped back to the input, in the input's layout."""
+            v = np.broadcast_to(v, (n, C * Hp * Wp)).reshape(n, C, Hp, Wp)[:, :, keep_h, keep_w]
+            return _cl_order(v.reshape(n, -1), orig_shape, dtype)
+
+        arr, values, step_of = unpadded(arr, self._dtype), unpadded(values, self._dtype), unpadded(step_of, None)
+
         def build(sl: slice) -> np.ndarray:
             steps = np.arange(sl.start, sl.stop)[:, None, None]
-            full = np.where(step_of[None] <= steps, values[None], arr[None])
-            full = full.reshape((-1,) + cf_padded)[:, :, :, keep_h, keep_w]
-            return full.reshape(sl.stop - sl.start, n, -1)
+            return np.where(step_of[None] <= steps, values[None], arr[None])
 
-        curves = self._predict_stacked(model, orig_shape, y_batch, k, build)
-        return curves
+        return self._predict_stacked(model, orig_shape, y_batch, k, build, channels_last=True)
 
 
 class RegionPerturbation(_Patches):
@@ -464,12 +481,14 @@ class Monotonicity(_Perturbation):
         step_of = _ranks(a, descending=False) // self.features_in_step
         base = _cf_flat(self._fixed_baseline(x_batch)) if not _is_mean(self.perturb_baseline) else \
             np.broadcast_to(arr.mean(1, keepdims=True), arr.shape)
+        arr, base, step_of = (_cl_order(v, x_batch.shape, d) for v, d in
+                              ((arr, self._dtype), (base, self._dtype), (step_of, None)))
 
         def build(sl: slice) -> np.ndarray:
             steps = np.arange(sl.start, sl.stop)[:, None, None]
             return np.where(step_of[None] <= steps, arr[None], base[None])
 
-        return self._predict_stacked(model, x_batch.shape, y_batch, k, build)
+        return self._predict_stacked(model, x_batch.shape, y_batch, k, build, channels_last=True)
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         curves = self.curves(model, x_batch, y_batch, a_batch)
@@ -529,9 +548,8 @@ class MonotonicityCorrelation(_Perturbation):
             # every draw of every step: (len(steps) * r, n, F), the draws of a step together
             steps = np.repeat(steps, r)[:, None, None]
             mask = step_of[None] == steps
-            if random:
-                vals = self._rng.uniform(self.perturb_func_kwargs.get("uniform_low", 0.0),
-                                         self.perturb_func_kwargs.get("uniform_high", 1.0), (steps.shape[0], n, F))
+            if random:  # a fresh draw per feature, step and repetition (perturb.baseline's 'uniform')
+                vals = self._fixed_baseline(np.empty((steps.shape[0] * n, F))).reshape(steps.shape[0], n, F)
             elif fixed is None:
                 vals = mean[None]
             else:

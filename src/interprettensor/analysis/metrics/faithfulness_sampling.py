@@ -9,8 +9,9 @@ values per stacked call, split further by ``batch_size``); random draws come fro
 
 Perturbations replace features by a baseline as Quantus' ``batch_baseline_replacement_by_indices``
 does: ``'black'`` / ``'white'`` / ``'mean'`` are the minimum / maximum / mean of the sample as it is
-when the step is taken, ``'uniform'`` one value per sample and step drawn from ``[uniform_low,
-uniform_high)`` (``perturb_func_kwargs``), a number that number, an array shaped like one sample
+when the step is taken, ``'uniform'`` one value per replaced feature drawn from ``[uniform_low,
+uniform_high)`` (``perturb_func_kwargs``; :func:`.perturb.baseline`, as every metric here: Quantus
+0.6's batched replacement draws one value per sample and step), a number that number, an array shaped like one sample
 (channels-last) the array's values at the replaced features. Features are numbered in the channels-last flat order of
 ``x``; a custom ``perturb_func(arr=(n, F), indices=(n, k), perturb_baseline=..., **perturb_func_kwargs)``
 sees that order.
@@ -18,6 +19,7 @@ sees that order.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +27,7 @@ import numpy as np
 from ...engine.errors import ExplainError
 from .base import Metric
 from .model import MetricModel
+from .perturb import baseline as _baseline
 
 __all__ = ["FaithfulnessCorrelation", "SensitivityN", "Infidelity", "Sufficiency", "correlation_pearson", "mse",
            "baseline_replacement_by_indices"]
@@ -72,35 +75,19 @@ def baseline_replacement_by_indices(arr: np.ndarray, indices: np.ndarray, pertur
         raise ExplainError(f"perturbation needs arr (n, F) and indices (n, k), got {arr.shape} and {indices.shape}")
     rows = np.arange(arr.shape[0])[:, None]
     value = perturb_baseline
-    if isinstance(value, str):
-        name = value.lower()
-        if name == "black":
-            fill = arr.min(1, keepdims=True)
-        elif name == "white":
-            fill = arr.max(1, keepdims=True)
-        elif name == "mean":
-            fill = arr.mean(1, keepdims=True, dtype=np.float64)
-        elif name == "uniform":
-            rng = np.random.default_rng() if rng is None else rng
-            fill = rng.uniform(float(uniform_low), float(uniform_high), (arr.shape[0], 1))
-        elif name == "random":
-            raise ExplainError("perturb_baseline 'random' was removed in Quantus; use 'uniform' (with "
-                               "perturb_func_kwargs uniform_low / uniform_high)")
-        else:
-            raise ExplainError(f"perturb_baseline must be 'black', 'white', 'mean', 'uniform', a number or an "
-                               f"array shaped like one sample, got {value!r}")
-        fill = np.broadcast_to(fill, indices.shape)
-    elif isinstance(value, (bool, np.bool_)):
-        raise ExplainError(f"perturb_baseline must be a name, a number or an array, got {value!r}")
-    else:
+    if isinstance(value, str) and value.lower() not in ("black", "white", "mean", "uniform", "random"):
+        raise ExplainError(f"perturb_baseline must be 'black', 'white', 'mean', 'uniform', a number or an "
+                           f"array shaped like one sample, got {value!r}")
+    if not isinstance(value, (str, bool, np.bool_)):
         v = np.asarray(value, np.float64)
-        if v.ndim == 0:
-            fill = np.full(indices.shape, float(v))
-        elif v.size == arr.shape[1]:
-            fill = v.reshape(-1)[indices]
-        else:
+        if v.ndim > 0 and v.size != arr.shape[1]:
             raise ExplainError(f"perturb_baseline array has {v.size} values; expected one per feature of a "
                                f"sample ({arr.shape[1]})")
+        value = v.reshape(-1) if v.ndim > 0 else v
+    if isinstance(value, str) and value.lower() == "uniform":  # draw only the replaced features' values
+        fill = _baseline(value, np.empty(indices.shape), rng, uniform_low, uniform_high)
+    else:
+        fill = np.take_along_axis(_baseline(value, arr, rng, uniform_low, uniform_high), indices, axis=1)
     out = arr.copy()
     out[rows, indices] = fill
     return out
@@ -146,6 +133,7 @@ class _Perturbing(Metric):
 
     def custom_preprocess(self, **kwargs: Any) -> None:
         self.rng = np.random.default_rng(self.seed)  # every call draws the same
+        self._offset = 0  # index of the current batch's first sample (for warnings)
 
     @staticmethod
     def _flat_attributions(a: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -167,7 +155,9 @@ class FaithfulnessCorrelation(_Perturbing):
     Subsets are drawn without replacement from the generator ``seed`` (Quantus draws from the global
     ``np.random``); the ``nr_runs`` perturbed versions of a batch go through the model stacked.
     ``subset_size`` must be smaller than the number of features of a sample (all channels counted;
-    Quantus compares it to the spatial size only). A constant run of scores scores 0, not NaN.
+    Quantus compares it to the spatial size only). With the default Pearson correlation, a sample
+    whose attribution sums or score drops are constant over the runs scores 0 (Quantus: NaN), with a
+    warning naming it.
     """
 
     category = "Faithfulness"
@@ -225,6 +215,13 @@ class FaithfulnessCorrelation(_Perturbing):
             sums.append(np.take_along_axis(af[None], idx, axis=-1).sum(-1))
         deltas = np.concatenate(deltas).T                                             # (n, runs)
         sums = np.concatenate(sums).T
+        if self.similarity_func is correlation_pearson:
+            constant = np.flatnonzero((np.ptp(sums, axis=1) == 0) | (np.ptp(deltas, axis=1) == 0))
+            if constant.size:
+                warnings.warn(f"FaithfulnessCorrelation: samples {(constant + self._offset).tolist()} have constant "
+                              f"attribution sums or score drops over the runs; their correlation is undefined and "
+                              f"scored 0 (Quantus: NaN)", RuntimeWarning, stacklevel=4)
+        self._offset += n
         return list(np.asarray(self.similarity_func(a=sums, b=deltas, batched=True), np.float64))
 
 

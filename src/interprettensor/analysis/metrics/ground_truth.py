@@ -133,14 +133,15 @@ def localisation_benchmark(model: keras.Model, x: np.ndarray, y: np.ndarray, mas
                            metrics: Mapping[str, Any] | None = None, seed: int = 0,
                            relevance: str = "abs", per_sample: bool = False) -> dict[str, dict[str, Any]]:
     """Mean localisation scores ``{method: {metric: mean over the samples}}`` of each method's
-    attributions against ``masks``. Each pixel's relevance is the sum over its colour channels, then
-    its magnitude (``relevance='abs'``, the default), its positive part (``'positive'``) or kept
-    signed (``'signed'``; the mass metrics then divide by a sum that may be near zero). ``methods`` are names for
-    :func:`~.explain.explain` or ``'random'`` (uniform noise drawn from ``seed``); ``metrics`` maps
-    names to metric objects (default RelevanceMassAccuracy, RelevanceRankAccuracy, PointingGame,
-    AttributionLocalisation with Quantus' defaults). Samples a metric scores NaN are left out of its
-    mean; ``per_sample=True`` returns the scores (arrays) instead of the means."""
-    from .explain import explain
+    attributions against ``masks``: :func:`~.comparison.compare` with per-pixel relevance. Each
+    pixel's relevance is the sum over its colour channels, then its magnitude (``relevance='abs'``,
+    the default), its positive part (``'positive'``) or kept signed (``'signed'``; the mass metrics
+    then divide by a sum that may be near zero). ``methods`` are names for :func:`~.explain.explain`
+    or ``'random'`` (uniform noise drawn from ``seed``); ``metrics`` maps names to metric objects
+    (default RelevanceMassAccuracy, RelevanceRankAccuracy, PointingGame, AttributionLocalisation with
+    Quantus' defaults). Samples a metric scores NaN are left out of its mean; ``per_sample=True``
+    returns the scores (arrays) instead of the means."""
+    from .comparison import compare
     from .localisation import AttributionLocalisation, PointingGame, RelevanceMassAccuracy, RelevanceRankAccuracy
 
     if metrics is None:
@@ -149,21 +150,30 @@ def localisation_benchmark(model: keras.Model, x: np.ndarray, y: np.ndarray, mas
     if relevance not in ("positive", "abs", "signed"):
         raise ExplainError(f"relevance must be 'positive', 'abs' or 'signed', got {relevance!r}")
     x = np.asarray(x, np.float32)
-    table: dict[str, dict[str, float]] = {}
+    specs = [(method, _pixel_relevance, {"method": method, "relevance": relevance, "seed": int(seed)})
+             for method in methods]
+    # one batch: each method is explained once, and 'random' draws the whole batch from seed
+    res = compare(model, x, y, methods=specs, metrics=list(metrics.values()), s=masks, seed=seed,
+                  batch_size=max(1, len(x)))
+    table: dict[str, dict[str, Any]] = {}
     for method in methods:
-        if method == "random":
-            a = _random_attributions(inputs=x, seed=seed)
-        else:
-            a = explain(model, x, y, method=method)
-        a = a.sum(-1)  # one relevance per pixel
-        if relevance == "positive":
-            a = np.maximum(a, 0.0)
-        elif relevance == "abs":
-            a = np.abs(a)
-        scores = {name: np.asarray(m(model=model, x_batch=x, y_batch=y, a_batch=a, s_batch=masks), np.float64)
-                  for name, m in metrics.items()}
-        table[method] = scores if per_sample else {k: float(np.nanmean(v)) for k, v in scores.items()}
+        row = {key: res.values[(method, name)] for key, name in zip(metrics, res.metrics)}
+        table[method] = row if per_sample else {k: res.mean(method, name) for k, name in zip(metrics, res.metrics)}
     return table
+
+
+def _pixel_relevance(model: Any = None, inputs: Any = None, targets: Any = None, method: str = "gradient",
+                     relevance: str = "abs", seed: int = 0, **kw: Any) -> np.ndarray:
+    """``explain_func`` of :func:`localisation_benchmark`: the method's attributions (or uniform
+    noise for ``'random'``) summed over the channels, as ``relevance`` says, ``(n, *spatial)``."""
+    from .explain import explain
+
+    a = _random_attributions(inputs=inputs, seed=seed, **kw) if method == "random" else \
+        explain(model, inputs, targets, method=method, **kw)
+    a = np.asarray(a, np.float64).sum(-1)  # one relevance per pixel
+    if relevance == "positive":
+        return np.maximum(a, 0.0)
+    return np.abs(a) if relevance == "abs" else a
 
 
 def format_table(table: Mapping[str, Mapping[str, float]]) -> str:

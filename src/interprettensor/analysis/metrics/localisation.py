@@ -46,6 +46,7 @@ class _Localisation(Metric):
     needs_segmentation = True
     needs_model = False
     default_softmax = False
+    nan_reason = "their masks are empty, as in Quantus"
 
     def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
         if not np.any(s_batch):
@@ -116,6 +117,8 @@ class AttributionLocalisation(_Localisation):
         self.weighted = bool(weighted)
         self.max_size = float(max_size)
         self.positive_attributions = bool(positive_attributions)
+
+    nan_reason = "their masks are empty or the share exceeds 1 (negative attributions outside), as in Quantus"
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         a, s = _flat(a_batch, s_batch)
@@ -191,6 +194,8 @@ class RelevanceMassAccuracy(_Localisation):
     """Relevance mass accuracy (Arras et al. 2022, CLEVR-XAI): the share of the attribution inside the
     mask, ``sum(a * s) / sum(a)`` (no stabiliser, as in the paper and Quantus)."""
 
+    nan_reason = "their masks are empty or their attributions sum to zero, as in Quantus"
+
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         a, s = _flat(a_batch, s_batch)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -203,6 +208,8 @@ class AUC(_Localisation):
     statistic, ``(sum of the ranks inside the mask - P(P+1)/2) / (P N)`` with tied attributions
     sharing their average rank, which equals the trapezoidal area under the ROC curve (Quantus uses
     scikit-learn's ``roc_curve`` + ``auc`` per sample). An empty or full mask scores NaN."""
+
+    nan_reason = "their masks are empty or cover every feature, as in Quantus"
 
     def evaluate_batch(self, *, model, x_batch, y_batch, a_batch, s_batch) -> list:
         a, s = _flat(a_batch, s_batch)

@@ -9,6 +9,8 @@ call, so every metric is written once.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
 import keras
@@ -71,8 +73,11 @@ class MetricModel:
 
     @property
     def scorer(self) -> _Scorer:
+        """The model's compiled prediction, shared by every MetricModel of the same Keras model (a
+        metric wraps the model anew at each call; tracing it again each time cost more than the
+        model calls of a small network)."""
         if self._scorer is None:
-            self._scorer = _Scorer(self.model)
+            self._scorer = _shared(self.model, "scorer", lambda: _Scorer(self.model))
         return self._scorer
 
     def native(self, x: np.ndarray) -> np.ndarray:
@@ -143,13 +148,10 @@ class MetricModel:
                                    f"{len(layers)} layers") from None
         else:
             chosen = layers
-        key = tuple(la.name for la in chosen)
-        cache = self.__dict__.setdefault("_hidden", {})
-        fn = cache.get(key)
-        if fn is None:
-            ins = self.model.inputs
-            fn = keras.Model(ins[0] if len(ins) == 1 else ins, [_output_in(self.model, la) for la in chosen])
-            cache[key] = fn
+        ins = self.model.inputs
+        fn = _shared(self.model, ("hidden",) + tuple(la.name for la in chosen),
+                     lambda: keras.Model(ins[0] if len(ins) == 1 else ins,
+                                         [_output_in(self.model, la) for la in chosen]))
         outs = []
         for s in range(0, x.shape[0], self.batch_size):
             res = fn(self.native(x[s:s + self.batch_size]), training=False)
@@ -180,35 +182,65 @@ class MetricModel:
           ``np.random.RandomState(seed + 1)``, re-seeded for every layer (Quantus' ``np.random.seed(seed
           + 1); np.random.permutation(w)``); scalars stay as they are.
 
-        Difference from Quantus: its Keras wrapper clones the model with ``clone_model``, which
-        re-initialises every weight, so its cascade starts from a freshly initialised model; here the
-        copy starts from the model's own weights. One copy is made and changed in place: the model
-        yielded at a step is the same object each time and holds that step's weights until the
-        next step. The wrapped model itself is never changed."""
-        from ..randomisation import _clone
+        The weights are assigned into the model's own variables between steps, and the yielded model
+        is this object: every compiled function of the model (its explainers, its predictions) reads
+        the variables at each call on every backend, so no step copies the model or compiles anything
+        again (a copy would need its own traces).
+        The original weights are restored when the generator finishes, is closed or is garbage
+        collected; callers that may stop early wrap it in ``contextlib.closing``. While it runs, the
+        model must not be used for anything else.
 
+        Difference from Quantus: its Keras wrapper clones the model with ``clone_model``, which
+        re-initialises every weight, so its cascade starts from a freshly initialised model; here it
+        starts from the model's own weights."""
         if order not in ("top_down", "bottom_up", "independent"):
             raise ExplainError(f"layer_order must be 'top_down', 'bottom_up' or 'independent', got {order!r}")
         independent = bool(independent) or order == "independent"
-        clone = _clone(self.model)
-        original = [np.asarray(w) for w in clone.get_weights()]
-        layers = [la for la in clone.layers if len(la.get_weights()) > 0]
+        layers = [la for la in self.model.layers if la.weights]
         if not layers:
             raise ExplainError("the model has no layers with weights to randomise")
         if order == "top_down":
             layers = layers[::-1]
-        wrapped = MetricModel(clone, self.channel_first, self.softmax, self.batch_size)
-        for layer in layers:
-            if independent:
-                clone.set_weights(original)
-            rs = np.random.RandomState(int(seed) + 1)
-            layer.set_weights([rs.permutation(w) if np.ndim(w) > 0 else w for w in layer.get_weights()])
-            yield layer.name, wrapped
+        # each layer's original arrays: what is permuted (every layer is randomised once, from its
+        # original weights, in either mode) and what is restored
+        original = [[np.array(w) for w in la.get_weights()] for la in layers]
+        changed: list[int] = []
+        try:
+            for i, layer in enumerate(layers):
+                if independent and changed:
+                    layers[changed[-1]].set_weights(original[changed[-1]])
+                rs = np.random.RandomState(int(seed) + 1)
+                layer.set_weights([rs.permutation(w) if np.ndim(w) > 0 else w for w in original[i]])
+                changed.append(i)
+                yield layer.name, self
+        finally:
+            for i in changed:
+                layers[i].set_weights(original[i])
 
     def randomisable_layers(self) -> list[str]:
         """Names of the layers :meth:`randomised_layers` randomises, in the model's order (Quantus'
         ``random_layer_generator_length`` is their number)."""
-        return [la.name for la in self.model.layers if len(la.get_weights()) > 0]
+        return [la.name for la in self.model.layers if la.weights]
+
+
+#: compiled functions of the models used last, by (id(model), what): reused while the model lives
+_RECENT: "OrderedDict[tuple, tuple[weakref.ref, Any]]" = OrderedDict()
+_RECENT_SIZE = 16
+
+
+def _shared(model: keras.Model, what: Any, make: Any) -> Any:
+    """``make()`` for ``model`` once, kept among the last few (a weak reference checks that an id
+    still names the same model)."""
+    key = (id(model), what)
+    hit = _RECENT.get(key)
+    if hit is not None and hit[0]() is model:
+        _RECENT.move_to_end(key)
+        return hit[1]
+    obj = make()
+    _RECENT[key] = (weakref.ref(model), obj)
+    while len(_RECENT) > _RECENT_SIZE:
+        _RECENT.popitem(last=False)
+    return obj
 
 
 def _output_in(model: keras.Model, layer: keras.layers.Layer) -> Any:

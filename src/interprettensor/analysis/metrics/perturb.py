@@ -3,8 +3,13 @@ batched: every function takes a batch ``(n, ...)`` and works on all samples at o
 
 Baselines by name, per sample as Quantus computes them: ``'black'`` the sample's minimum, ``'white'``
 its maximum, ``'mean'`` its mean, ``'uniform'`` noise drawn uniformly from ``[uniform_low,
-uniform_high)`` (0 and 1 by default) per feature; a number is that constant; an array shaped like one
-sample (or like the batch) is used as given. ``'neighbourhood_mean'`` and
+uniform_high)`` (0 and 1 by default, Quantus' ``perturb_func_kwargs``) per feature; a number is that
+constant; an array shaped like one sample (or like the batch) is used as given.
+
+:func:`baseline` is the one place every metric gets these values from, so ``'uniform'`` means the same
+everywhere: one draw per replaced feature, from the metric's seeded generator. (Quantus' per-sample
+replacement draws per feature as well; its batched replacement, ``batched=True``, draws one value per
+sample for all the features of a step, which makes a "uniform" patch a flat colour.) ``'neighbourhood_mean'`` and
 ``'neighbourhood_random_min_max'`` are the patch's own mean or uniform noise between the patch's min
 and max (:func:`patch_baseline`).
 """
@@ -25,7 +30,10 @@ BASELINES = ("black", "white", "mean", "uniform", "neighbourhood_mean", "neighbo
 
 def baseline(value: Any, x: np.ndarray, rng: np.random.Generator | None = None, uniform_low: float = 0.0,
              uniform_high: float = 1.0) -> np.ndarray:
-    """What each feature of the batch ``x`` becomes: an array shaped like ``x``."""
+    """What each feature of the batch ``x`` becomes: an array shaped like ``x`` (float64).
+
+    ``rng`` draws the ``'uniform'`` values (one per feature of ``x``, in C order); the metrics pass
+    their seeded generator, None draws unseeded."""
     x = np.asarray(x)
     axes = tuple(range(1, x.ndim))
     if isinstance(value, str):

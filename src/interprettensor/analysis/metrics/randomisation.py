@@ -16,7 +16,9 @@ explained class?
 
 Layers are randomised as Quantus' Keras wrapper does (:meth:`.model.MetricModel.randomised_layers`:
 each weight array of a layer permuted along its first axis with ``RandomState(seed + 1)``), but
-starting from the model's own weights. Every stage explains the whole batch in one ``explain_func``
+starting from the model's own weights. The permuted weights are assigned into the model's own
+variables between stages and restored afterwards, so every stage reuses the explainer compiled for
+the model (no copy, no new trace). Every stage explains the whole batch in one ``explain_func``
 call.
 
 The similarity and complexity functions have Quantus' signatures (``similarity_func(a, b,
@@ -27,11 +29,13 @@ functions may be passed as well.
 from __future__ import annotations
 
 import warnings
+from contextlib import closing
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ...engine.errors import ExplainError
+from ..randomisation import ranks as _ranks
 from ..randomisation import spearman as _spearman_rows
 from .base import Metric
 from .model import MetricModel
@@ -46,7 +50,8 @@ __all__ = ["MPRT", "ModelParameterRandomisation", "SmoothMPRT", "EfficientMPRT",
 def correlation_spearman(a: np.ndarray, b: np.ndarray, batched: bool = False, **kwargs: Any) -> Any:
     """Spearman rank correlation (average ranks for ties): of each row ``a[i]``, ``b[i]`` of two
     ``(n, features)`` arrays with ``batched`` (an array ``(n,)``), else of the two flattened arrays
-    (a float). NaN where a row is constant, as scipy's ``spearmanr``."""
+    (a float). A constant row has no ranking, so no rank association with anything: 0 (scipy's
+    ``spearmanr`` and so Quantus give NaN; the metrics warn, naming the samples)."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     if batched:
@@ -55,10 +60,10 @@ def correlation_spearman(a: np.ndarray, b: np.ndarray, batched: bool = False, **
                                f"{a.shape} and {b.shape}")
         if a.shape != b.shape:
             raise ExplainError(f"correlation_spearman: shapes differ, {a.shape} and {b.shape}")
-        return _spearman_rows(a, b)
+        return np.nan_to_num(_spearman_rows(a, b), nan=0.0)
     if a.size != b.size:
         raise ExplainError(f"correlation_spearman: sizes differ, {a.shape} and {b.shape}")
-    return float(_spearman_rows(a.reshape(1, -1), b.reshape(1, -1))[0])
+    return float(np.nan_to_num(_spearman_rows(a.reshape(1, -1), b.reshape(1, -1))[0], nan=0.0))
 
 
 def ssim(a: np.ndarray, b: np.ndarray, batched: bool = False, **kwargs: Any) -> Any:
@@ -67,7 +72,8 @@ def ssim(a: np.ndarray, b: np.ndarray, batched: bool = False, **kwargs: Any) -> 
     sample), sample covariances, ``K1 = 0.01``, ``K2 = 0.03``, ``data_range`` the range of the
     values of both arrays, the mean over the positions at least ``win_size // 2`` from the border.
     With ``batched``, ``a`` and ``b`` are ``(n, ...)`` and one value per row is returned (a list,
-    as Quantus); else one float. NaN where both are the same constant (zero data range)."""
+    as Quantus); else one float. Where both are the same constant (zero data range, where Quantus'
+    formula gives 0/0), the two are identical and the value is 1."""
     from scipy.ndimage import uniform_filter
 
     unknown = set(kwargs) - {"win_size"}
@@ -100,7 +106,8 @@ def ssim(a: np.ndarray, b: np.ndarray, batched: bool = False, **kwargs: Any) -> 
         s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
     pad = (win - 1) // 2
     s = s[tuple([slice(None)] + [slice(pad, n - pad) for n in sample])]
-    return [float(v) for v in s.reshape(len(s), -1).mean(1)]
+    out = s.reshape(len(s), -1).mean(1)
+    return [float(v) for v in np.where(rng_.reshape(-1) == 0, 1.0, out)]
 
 
 def discrete_entropy(a: np.ndarray, x: Any = None, **kwargs: Any) -> float:
@@ -183,14 +190,33 @@ class _Randomisation(Metric):
                                f"explain_func=it.metrics.explain with explain_func_kwargs={{'method': ...}}")
         if y_batch is None:
             raise ExplainError(f"{type(self).__name__} needs y_batch (the explained classes)")
+        self._constant: set[int] = set()  # samples with a constant explanation under a rank correlation
+        self._offset = 0  # index of the current batch's first sample
 
-    def _similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def custom_postprocess(self, scores: list) -> Any:
+        self._warn_constant()
+        return scores
+
+    def _similarity(self, a: np.ndarray, b: np.ndarray, ranked_a: np.ndarray | None = None) -> np.ndarray:
+        """``similarity_func`` of each row of ``a`` and ``b``; ``ranked_a``: the ranks of ``a``'s rows,
+        computed once for all stages when the similarity is the default Spearman correlation."""
         n = len(a)
         fa, fb = a.reshape(n, -1), b.reshape(n, -1)
         if fa.shape != fb.shape:
             raise ExplainError(f"{type(self).__name__}: a_batch has {fa.shape[1]} values per sample but "
                                f"explain_func gives {fb.shape[1]}; give a_batch shaped like the explanations")
+        if self.similarity_func is correlation_spearman:
+            constant = (np.ptp(fa, axis=1) == 0) | (np.ptp(fb, axis=1) == 0)
+            self._constant.update(int(i) + self._offset for i in np.flatnonzero(constant))
+            if ranked_a is not None:
+                return np.nan_to_num(_spearman_rows(fa, fb, ranked_a=ranked_a), nan=0.0)
         return np.asarray(self.similarity_func(fa, fb, batched=True), np.float64).reshape(n)
+
+    def _warn_constant(self) -> None:
+        if self._constant:
+            warnings.warn(f"{type(self).__name__}: samples {sorted(self._constant)} have a constant explanation (the "
+                          f"given one or one of a randomised model's); a constant map has no ranking, so its rank "
+                          f"correlation is scored 0 (Quantus: NaN)", RuntimeWarning, stacklevel=4)
 
     def _stages(self, model: MetricModel) -> tuple[list[str], Any]:
         names = model.randomisable_layers()
@@ -232,16 +258,20 @@ class _LayerwiseTest(_Randomisation):
 
     def evaluate_batch(self, *, model: MetricModel, x_batch: np.ndarray, y_batch: np.ndarray,
                        a_batch: np.ndarray, s_batch: np.ndarray | None) -> list:
-        stages: dict[str, np.ndarray] = {"original": self._similarity(a_batch,
-                                                                      self._explain_stage(model, x_batch, y_batch))}
+        ranked = _ranks(a_batch.reshape(len(a_batch), -1)) if self.similarity_func is correlation_spearman else None
+        stages: dict[str, np.ndarray] = {
+            "original": self._similarity(a_batch, self._explain_stage(model, x_batch, y_batch), ranked)}
         names, gen = self._stages(model)
-        for i, (name, random_model) in enumerate(gen):
-            if self.skip_layers and i + 1 < len(names):
-                continue
-            stages[name] = self._similarity(a_batch, self._explain_stage(random_model, x_batch, y_batch))
+        with closing(gen):  # the model's weights are restored even if an explanation fails
+            for i, (name, random_model) in enumerate(gen):
+                if self.skip_layers and i + 1 < len(names):
+                    continue
+                stages[name] = self._similarity(a_batch, self._explain_stage(random_model, x_batch, y_batch), ranked)
+        self._offset += len(x_batch)
         return [{k: float(v[i]) for k, v in stages.items()} for i in range(len(x_batch))]
 
     def custom_postprocess(self, scores: list) -> Any:
+        self._warn_constant()
         keys = list(scores[0])
         table = {k: [s[k] for s in scores] for k in keys}
         if self.return_average_correlation:
@@ -275,8 +305,10 @@ class MPRT(_LayerwiseTest):
     Differences from Quantus 0.6: the average leaves the "original" entry out (Quantus means to,
     but compares the key with ``"orig"``, so it averages it in); the cascade starts from the model's
     weights (Quantus' Keras wrapper clones the model with fresh initial weights), see
-    :meth:`~.model.MetricModel.randomised_layers`. ``return_sample_correlation`` is Quantus'
-    deprecated name of ``return_average_correlation``.
+    :meth:`~.model.MetricModel.randomised_layers`; with the default Spearman correlation, a sample
+    whose explanation (given or of a randomised model) is constant scores 0 at that stage, with a
+    warning naming it (Quantus: NaN). ``return_sample_correlation`` is Quantus' deprecated name of
+    ``return_average_correlation``.
     """
 
     def __init__(self, similarity_func: Callable | None = None, layer_order: str = "top_down", seed: int = 42,
@@ -399,8 +431,11 @@ class EfficientMPRT(_Randomisation):
     Differences from Quantus 0.6: the rules take ``n`` as the number of attribution values of a sample
     (Quantus: the number of its axes, e.g. 3); the cascade starts from the model's weights (see
     :class:`MPRT`); ``complexity_func_kwargs`` is not changed by the call. A sample whose original
-    explanation has zero entropy (constant) scores NaN, with a warning.
+    explanation has zero entropy (constant) scores NaN (its relative rise is undefined; Quantus divides
+    by zero), with a warning naming the samples.
     """
+
+    nan_reason = "their original explanations are constant: zero entropy, so the relative rise is undefined"
 
     higher_is_better = True
     default_softmax = True
@@ -470,26 +505,25 @@ class EfficientMPRT(_Randomisation):
         stages = {"orig": self._complexity(self.explain_batch(model, x_batch, y_batch), x_batch)}
         models = {"orig": self._model_entropy(model, x_batch)} if self.compute_extra_scores else {}
         names, gen = self._stages(model)
-        for i, (name, random_model) in enumerate(gen):
-            if self.skip_layers and i + 1 < len(names):
-                continue
-            stages[name] = self._complexity(self.explain_batch(random_model, x_batch, y_batch), x_batch)
-            if self.compute_extra_scores:
-                models[name] = self._model_entropy(random_model, x_batch)
+        with closing(gen):
+            for i, (name, random_model) in enumerate(gen):
+                if self.skip_layers and i + 1 < len(names):
+                    continue
+                stages[name] = self._complexity(self.explain_batch(random_model, x_batch, y_batch), x_batch)
+                if self.compute_extra_scores:
+                    models[name] = self._model_entropy(random_model, x_batch)
         for k, v in stages.items():
             ex.setdefault(k, []).extend(v)
         for k, v in models.items():
             mo.setdefault(k, []).extend(v)
         h0 = np.asarray(stages["orig"])
         h1 = np.asarray(list(stages.values())[-1])
-        if np.any(h0 == 0):
-            warnings.warn(f"{type(self).__name__}: {int(np.sum(h0 == 0))} original explanations have zero "
-                          f"complexity (constant); their scores are NaN", RuntimeWarning, stacklevel=2)
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = np.where(h0 != 0, (h1 - h0) / np.where(h0 != 0, h0, 1.0), np.nan)
         return [float(v) for v in rel]
 
     def custom_postprocess(self, scores: list) -> list:
+        self._warn_constant()
         if self.compute_extra_scores:
             ex = list(self.explanation_scores_by_layer.values())
             mo = list(self.model_scores_by_layer.values())
@@ -566,4 +600,6 @@ class RandomLogit(_Randomisation):
     def evaluate_batch(self, *, model: MetricModel, x_batch: np.ndarray, y_batch: np.ndarray,
                        a_batch: np.ndarray, s_batch: np.ndarray | None) -> list:
         other = self.explain_batch(model, x_batch, self.off_classes(y_batch))
-        return [float(v) for v in self._similarity(a_batch, other)]
+        scores = self._similarity(a_batch, other)
+        self._offset += len(x_batch)
+        return [float(v) for v in scores]

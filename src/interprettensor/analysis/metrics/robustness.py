@@ -92,11 +92,13 @@ batch_gaussian_noise = gaussian_noise
 
 
 def batched_translation(arr: np.ndarray, perturb_baseline: Any = "black", perturb_dx: int = 10,
-                        direction: str = "x", **kwargs: Any) -> np.ndarray:
+                        direction: str = "x", rng: np.random.Generator | None = None, uniform_low: float = 0.0,
+                        uniform_high: float = 1.0, **kwargs: Any) -> np.ndarray:
     """Channels-last images ``(n, H, W, C)`` (or series ``(n, T, C)``) shifted by ``perturb_dx``
     pixels along the width (``direction='x'``; the series' time axis) or the height (``'y'``),
     positive to the right/down; uncovered pixels get ``perturb_baseline`` (per sample, as
-    :func:`~.perturb.baseline`). A shift of the whole size or more leaves only the baseline."""
+    :func:`~.perturb.baseline`, ``'uniform'`` drawn from ``rng`` in ``[uniform_low, uniform_high)``). A
+    shift of the whole size or more leaves only the baseline."""
     arr = np.asarray(arr)
     if direction not in ("x", "y"):
         raise ExplainError(f"direction must be 'x' or 'y', got {direction!r}")
@@ -108,7 +110,8 @@ def batched_translation(arr: np.ndarray, perturb_baseline: Any = "black", pertur
         axis = 2 if direction == "x" else 1
     else:
         raise ExplainError(f"translation needs images (n, H, W, C) or series (n, T, C), got shape {arr.shape}")
-    fill = baseline(perturb_baseline, arr.reshape(arr.shape[0], -1)).reshape(arr.shape)
+    fill = baseline(perturb_baseline, arr.reshape(arr.shape[0], -1), rng, uniform_low,
+                    uniform_high).reshape(arr.shape)
     size, dx = arr.shape[axis], int(perturb_dx)
     pos = np.arange(size) - dx  # source position of each target position
     valid = (pos >= 0) & (pos < size)
@@ -221,6 +224,8 @@ class _Perturbing(Metric):
 
     category = "Robustness"
     higher_is_better = False
+    nan_reason = ("a perturbation changed the predicted class and return_nan_when_prediction_changes is set, as "
+                  "in Quantus")
 
     def _init_perturb(self, perturb_func: Callable | None, default: Callable, perturb_func_kwargs: Mapping | None,
                       seed: int | None, **defaults: Any) -> None:
@@ -454,7 +459,8 @@ class Continuity(_Perturbing):
     the arguments are used, the explanations are normalised once (the same for the default
     ``normalise_by_max``), any translation works, and ``return_nan_when_prediction_changes`` compares
     with the unperturbed prediction as the other metrics of this module do. ``nr_steps`` larger than
-    ``2 W + 1`` (which makes Quantus translate by 0 pixels each step) raises.
+    ``2 W + 1`` (which makes Quantus translate by 0 pixels each step) raises. ``seed`` (not a Quantus
+    argument) draws a ``'uniform'`` baseline for the uncovered pixels.
     """
 
     def __init__(self, nr_steps: int = 28, abs: bool = True, normalise: bool = True,
@@ -463,7 +469,7 @@ class Continuity(_Perturbing):
                  perturb_func_kwargs: Mapping | None = None, return_aggregate: bool = False,
                  aggregate_func: Callable | None = np.mean, default_plot_func: Callable | None = None,
                  disable_warnings: bool = False, display_progressbar: bool = False,
-                 return_nan_when_prediction_changes: bool = False, **kwargs: Any):
+                 return_nan_when_prediction_changes: bool = False, seed: int | None = 42, **kwargs: Any):
         super().__init__(abs=abs, normalise=normalise, normalise_func=normalise_func,
                          normalise_func_kwargs=normalise_func_kwargs, return_aggregate=return_aggregate,
                          aggregate_func=aggregate_func, default_plot_func=default_plot_func,
@@ -478,7 +484,8 @@ class Continuity(_Perturbing):
             raise ExplainError(f"perturb_func must be a function, got {type(func).__name__}")
         self.perturb_func = func
         self.perturb_func_kwargs = {"perturb_baseline": perturb_baseline, **dict(perturb_func_kwargs or {})}
-        self.seed = None
+        self.seed = seed  # draws the 'uniform' baseline of the uncovered pixels (not a Quantus argument)
+        self._rng = np.random.default_rng(seed)
 
     def custom_preprocess(self, *, model, x_batch, y_batch, a_batch, s_batch) -> None:
         super().custom_preprocess(model=model, x_batch=x_batch, y_batch=y_batch, a_batch=a_batch, s_batch=s_batch)
@@ -498,8 +505,10 @@ class Continuity(_Perturbing):
         width = x_batch.shape[2] if x_batch.ndim == 4 else x_batch.shape[1]
         dx = (2 * width + 1) // self.nr_steps
         shifts = -width + dx * np.arange(1, self.nr_steps + 1)
-        xs = np.stack([x_batch] + [np.asarray(self.perturb_func(x_batch, perturb_dx=int(t), **self.perturb_func_kwargs))
-                                   for t in shifts])
+        kw = dict(self.perturb_func_kwargs)
+        if _takes(self.perturb_func, "rng"):
+            kw["rng"] = self._rng
+        xs = np.stack([x_batch] + [np.asarray(self.perturb_func(x_batch, perturb_dx=int(t), **kw)) for t in shifts])
         if xs.shape[1:] != x_batch.shape:
             raise ExplainError(f"perturb_func returned shape {xs.shape[2:]} for inputs {x_batch.shape}")
         a = self._explain_steps(model, xs, y_batch).reshape(self.nr_steps + 1, n, -1)
