@@ -161,3 +161,20 @@ def test_int8_quantised_bfloat16_model(int8, dtype):
     R = it.Explainer(q, "attnlrp", dtype=dtype)(X, target=TARGET, position=POSITION)["token_ids"]
     _bf16_close(R, Rq)
     assert _policies(q) == {"int8_from_bfloat16"}  # the model's own policies again after the explanation
+
+
+def test_int8_model_built_from_a_dtype_policy_map(int8):
+    """A model built (or loaded, as keras_hub's quantised presets are) with a ``DTypePolicyMap`` naming
+    its int8 layers by path (no float copy of the weights ever exists): under ``dtype='float32'`` the
+    layers' map entries compute in float32 and are restored afterwards (the map holds its one pattern)."""
+    q, Rq = int8
+    pattern = (r"(.*/)?(token_embedding|query|key|value|attention_output|feedforward_gate_dense|"
+               r"feedforward_intermediate_dense|feedforward_output_dense)")
+    policies = keras.dtype_policies.DTypePolicyMap(
+        default_policy="bfloat16", policy_map={pattern: keras.dtype_policies.get("int8_from_bfloat16")})
+    built = _llama(policies)
+    assert [lay.quantization_mode for lay in built._flatten_layers()].count("int8") == 2 * 7 + 1
+    built.set_weights(q.get_weights())
+    R = it.Explainer(built, "attnlrp", dtype="float32")(X, target=TARGET, position=POSITION)["token_ids"]
+    _bf16_close(R, Rq)
+    assert len(policies) == 1 and built.backbone.token_embedding.compute_dtype == "bfloat16"

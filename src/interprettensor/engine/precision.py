@@ -93,6 +93,36 @@ class ComputePolicy(keras.DTypePolicy):
         self._name = f"{variable}_computing_in_{compute}"
 
 
+def _own_policy(layer: Any) -> Any:
+    """The layer's dtype policy; for a layer under a ``DTypePolicyMap`` (a model built or loaded with one,
+    as keras_hub's quantised presets are), the map's entry for the layer's path."""
+    policy = getattr(layer, "dtype_policy", None)
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy[layer.path] if layer.path else policy.default_policy
+    return policy
+
+
+def _saved_policy(layer: Any) -> tuple:
+    """What :func:`_restore_policy` needs to undo ``layer.dtype_policy = ...``: the policy, or, under a
+    ``DTypePolicyMap`` (whose setter writes the layer's path into the map), the map and the entry it had
+    for exactly that path (``None``: none, a pattern or the default applied)."""
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+        return policy, (policy[layer.path] if layer.path in policy else None)
+    return policy, None
+
+
+def _restore_policy(layer: Any, saved: tuple) -> None:
+    policy, exact = saved
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+        if layer.path in policy:
+            del policy[layer.path]
+        if exact is not None:
+            policy[layer.path] = exact
+    else:
+        layer.dtype_policy = policy
+
+
 def _computing_in(policy: Any, dtype: str) -> Any:
     """``policy`` computing in ``dtype``: a :class:`ComputePolicy` for a plain policy (also a mixed one),
     the same quantisation computing in ``dtype`` for a quantised layer's (``model.quantize('int8')`` of a
@@ -136,11 +166,10 @@ class layer_precision:  # noqa: N801 - used as a context manager, like a functio
             if not isinstance(layer, keras.layers.Layer) or layer.compute_dtype == dtype \
                     or not keras.backend.is_float_dtype(layer.compute_dtype):
                 continue
-            policy = getattr(layer, "dtype_policy", None)
             if dtypes.itemsize(dtype) > dtypes.itemsize(layer.compute_dtype):
-                wide = _computing_in(policy, dtype)
+                wide = _computing_in(_own_policy(layer), dtype)
                 if wide is not None:
-                    self._changed.append((layer, policy))
+                    self._changed.append((layer, _saved_policy(layer)))
                     layer.dtype_policy = wide
             elif not layer.weights and getattr(layer, "autocast", False):
                 layer.autocast = False
@@ -148,8 +177,8 @@ class layer_precision:  # noqa: N801 - used as a context manager, like a functio
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for layer, policy in reversed(self._changed):
-            layer.dtype_policy = policy
+        for layer, saved in reversed(self._changed):
+            _restore_policy(layer, saved)
         for layer in self._unautocast:
             layer.autocast = True
         self._changed, self._unautocast = [], []
