@@ -178,3 +178,25 @@ def test_int8_model_built_from_a_dtype_policy_map(int8):
     R = it.Explainer(built, "attnlrp", dtype="float32")(X, target=TARGET, position=POSITION)["token_ids"]
     _bf16_close(R, Rq)
     assert len(policies) == 1 and built.backbone.token_embedding.compute_dtype == "bfloat16"
+
+
+def test_copied_weights_are_not_held_for_the_backward_pass(models, int8):
+    """The forward records of a layer whose weights the rules read as a computed copy (dequantised
+    int8; bfloat16 weights read in float32) hold no copy for the backward pass, which makes it again
+    when the relevance arrives: held, every layer's copy would be alive at once (16 GB for an 8B int8
+    model in bfloat16). A layer whose variables are read as they are keeps its map."""
+    from interprettensor.engine.graph import forward
+    from interprettensor.engine.precision import layer_precision
+
+    m16, m32, _ = models
+    q, _ = int8
+    xs = [keras.ops.convert_to_tensor(X[k]) for k in sorted(X)]
+    for model, dtype, copies in [(q, "float32", True), (m16, "float32", True), (m16, None, False),
+                                 (m32, None, False)]:
+        e = it.Explainer(model, "attnlrp", dtype=dtype, verify=False)
+        e._activate_for(xs)
+        with layer_precision(e.graph, e.dtype):
+            _, records = forward(e.graph, xs, e.pass_options[True])
+        dense = [r for s, r in zip(e.graph.steps, records) if s.type_name in ("Dense", "EinsumDense")]
+        assert len(dense) == 2 * 7
+        assert all(("map" in state) != copies for _, _, state in dense), (dtype, copies)
