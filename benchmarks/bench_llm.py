@@ -383,8 +383,8 @@ def main() -> None:
                 print(f"{head} {r['error']} | | | | | | |")
             else:
                 above = f"{r['peak_mib'] - r['base_mib']:.0f}" + ("" if r["peak_reset"] else " (peak not reset)")
-                print(f"{head} {r['time_s']:.2f} | {r['weights_mib']:.0f} | {r['base_mib']:.0f} | {r['peak_mib']:.0f} | "
-                      f"{above} | {r['process_peak_mib']:.0f} | {r['finite'] and r['nonzero']} |")
+                print(f"{head} {r['time_s']:.2f} | {r['weights_mib']:.0f} | {r['base_mib']:.0f} | "
+                      f"{r['peak_mib']:.0f} | {above} | {r['process_peak_mib']:.0f} | {r['finite'] and r['nonzero']} |")
 
 
 if __name__ == "__main__":
