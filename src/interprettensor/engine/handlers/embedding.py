@@ -71,10 +71,6 @@ class ReversibleEmbeddingHandler(LinearHandler):
                          channel_axis=None, kind="dense")
         self._lookup = EmbeddingHandler()
 
-    def copies_weights(self, layer, dtype):
-        """Tied weights are read transposed (a copy of the embedding table), else as the layer's."""
-        return bool(getattr(layer, "tie_weights", False)) or super().copies_weights(layer, dtype)
-
     def forward(self, layer, xs, step, options=DEFAULT_PASS):
         if not step.options.get("reverse", False):
             return step.call(xs), {}

@@ -65,7 +65,8 @@ class LinearHandler(Handler):
     def copies_weights(self, layer: Any, dtype: Any) -> bool:
         """Whether the layer's weights as the rules read them in ``dtype`` are a computed copy rather
         than its variables (int8 / int4 weights dequantised; bfloat16 weights read as float32, or
-        float32 ones as bfloat16): such a copy is made when the layer runs, after its input exists,
+        float32 ones as bfloat16; a tied embedding's transpose is not counted: the graph optimiser
+        folds it into the product): such a copy is made when the layer runs, after its input exists,
         and not kept for the backward pass, which makes it again once the relevance reaches the layer
         (held from one pass to the other, the copies of every layer would be alive at once: for an
         8B-parameter int8 model, 16 GB in bfloat16)."""
