@@ -11,31 +11,41 @@ random weights (nothing is downloaded):
 * ``qwen3_0.6b``: Qwen 3 0.6B's shape (``Qwen3Backbone``: 28 layers, hidden 1024, intermediate 3072,
   16 query heads and 8 key/value heads of dim 128, vocabulary 151936, tied embeddings);
 * ``llama3_8b``: Llama 3 8B's shape (``Llama3Backbone``: 32 layers, hidden 4096, intermediate 14336,
-  32 query heads and 8 key/value heads, vocabulary 128256), built in bfloat16 (16 GB of weights;
-  float32 would be 32 GB) and, with ``--int8``, quantised to int8 weights with Keras'
-  ``model.quantize('int8')`` (about 8 GB).
+  32 query heads and 8 key/value heads, vocabulary 128256, untied output projection): float32 weights
+  would take 32 GB. ``--big int8`` (the default) builds it with int8 weights from the start (8.0 GB):
+  the backbone takes a ``keras.dtype_policies.DTypePolicyMap`` giving its projections and embedding
+  ``'int8_from_bfloat16'`` (the policy ``model.quantize('int8')`` gives a bfloat16 model's layers, and
+  keras_hub's quantised presets load with), so that no float copy of the weights ever exists, then draws
+  random int8 weights and scales in place (``model.quantize('int8')`` would first need the 16 GB
+  bfloat16 model). ``--big bfloat16`` builds it in bfloat16 (16 GB of weights).
 
 Rows (batch 1, the next-token logit of the predicted token at the last position explained):
 
 1. sequence 512: gradient x input at the token embeddings (the fastest compiled gradient: the tape
    watches the token embedding's output only, no variable; per token, the gradient there times the
    embedding summed over the hidden axis) against AttnLRP (``it.Explainer(model, 'attnlrp')``), time
-   (median of ``--repeats`` calls after one warm-up call) and peak memory above the model's own
-   (peak RSS of the process minus its peak after building the model and one forward pass);
+   (median of ``--repeats`` calls after one warm-up call) and peak memory above the model's own (see
+   Memory below);
 2. sequence 4096: AttnLRP's peak memory without and with ``checkpoint=True``;
-3. the 8B-shaped model on 256 tokens: AttnLRP's time and peak memory (or why it could not run). Its
-   weights stay in bfloat16 (or int8); the explanation computes in float32 (``dtype='float32'``: each
-   layer reads its weights as float32 when it runs). ``dtype='mixed_bfloat16'`` and the model's own
-   bfloat16 do not run on a bfloat16-variable keras_hub model today (a dtype mismatch in the attention
-   scale's relevance, and an autocast error in the token embedding). ``--int8`` (the bfloat16 model
-   quantised with ``model.quantize('int8')``) does not run today either: the quantised layers keep
-   computing in bfloat16 under the explanation's float32 (a bfloat16/float32 mismatch at the first
-   residual add); the row prints the error. A float32 8B model (32 GB of weights) cannot be built in
-   24 GiB, and Keras quantises a model only after building it in a float dtype.
+3. the 8B-shaped model on 256 tokens: AttnLRP's time and memory, plain and with ``checkpoint=True``.
+   The weights stay int8 (or bfloat16); the explanation computes as ``--big-dtype`` says: the default
+   ``mixed_bfloat16`` runs the forward pass in bfloat16 and the relevance in float32 (the layers the
+   backward pass calls again compute in float32 too); ``float32`` makes every layer compute in float32
+   (the weights read as float32 when a layer runs); ``model`` explains in the model's own bfloat16.
+   ``--big-layers N`` builds the same model with N of its 32 blocks (the same dtypes, quantisation and
+   code path, less memory: one block is 0.22 GB of int8 weights next to 1.05 GB of embedding and output
+   projection), to check the row on a machine that cannot hold the full model.
+
+Memory (MiB; Linux): each child process resets its peak resident set (``/proc/self/clear_refs``) after
+building the model and running it once, then reads its resident set (``VmRSS``: the model's own) and,
+after the measurement, its peak (``VmHWM``); "above the model" is the difference. The parent also reads
+each child's lifetime peak from the kernel (``os.wait4``'s ``ru_maxrss``, the building included). Where
+the peak cannot be reset, the child's ``getrusage`` peak is used (building included).
 
 ``--quick``: the same rows on tiny shapes (2 layers, hidden 64, sequences 64 / 256 / 32; the long
-prompt row for the Qwen-shaped model only, the 8B row checkpointed only), about two minutes on an idle 2-core CPU: a check that the
-benchmark runs, not a measurement.
+prompt row for the Qwen-shaped model only, the 8B row (built the same way, int8 by default)
+checkpointed only), about two minutes on an idle 2-core CPU: a check that the benchmark runs, not a
+measurement.
 ``--only``: a comma-separated subset of ``gemma3_1b,qwen3_0.6b,llama3_8b`` (and ``--rows``: of
 ``time,long,big``).
 
@@ -80,22 +90,96 @@ SEQ = {"time": 512, "long": 4096, "big": 256}
 SEQ_QUICK = {"time": 64, "long": 256, "big": 32}
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+#: the layers that ``model.quantize('int8')`` quantises in a Llama 3 backbone, as a pattern of layer
+#: paths (``transformer_layer_3/self_attention/query``, ``token_embedding``) for a ``DTypePolicyMap``:
+#: the attention and feed-forward projections and the token embedding (with its output projection)
+INT8_LAYERS = (r"(.*/)?(token_embedding|query|key|value|attention_output|feedforward_gate_dense|"
+               r"feedforward_intermediate_dense|feedforward_output_dense)")
+#: the standard deviation of the random int8 model's dequantised weights (``q / s``, ``q`` uniform on
+#: -127..127: standard deviation 73.3)
+INT8_STD = 0.02
 
 
-def build(name: str, quick: bool, dtype: str | None = None, int8: bool = False):
-    """The causal LM of ``name``'s shape with random weights (``dtype``: its variables' dtype)."""
+def _status_mib(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status`` (MiB), None where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> tuple[float, bool]:
+    """Reset this process's peak resident set to its current one (Linux: ``5`` to
+    ``/proc/self/clear_refs``); returns ``(current RSS in MiB, whether the reset worked)``, else the
+    lifetime peak so far (``getrusage``) and False."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        rss = _status_mib("VmRSS")
+        if rss is not None:
+            return rss, True
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, False
+
+
+def _peak_mib() -> float:
+    """This process's peak resident set since :func:`_reset_peak` (MiB)."""
+    hwm = _status_mib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _random_int8(model, seed: int = 0) -> int:
+    """Random int8 weights and scales, in place, for the int8 layers of ``model`` (built with int8
+    variables initialised to 0 and scales to 1): ``q`` uniform on -127..127, every scale ``73.3 /
+    INT8_STD``, so that the dequantised weights ``q / s`` have standard deviation ``INT8_STD``; returns
+    the bytes of int8 weights. One variable at a time: the float copy never exists."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    scale = float(np.sqrt(((np.arange(-127, 128, dtype=np.float64)) ** 2).mean())) / INT8_STD
+    n = 0
+    for layer in model._flatten_layers():
+        if getattr(layer, "quantization_mode", None) != "int8":
+            continue
+        for v in layer.weights:
+            if v.dtype == "int8":
+                v.assign(rng.integers(-127, 128, tuple(v.shape), dtype=np.int8))
+                n += int(np.prod(v.shape))
+            elif v.path.endswith("scale"):
+                v.assign(np.full(tuple(v.shape), scale, np.float32).astype(v.dtype))
+            else:
+                raise RuntimeError(f"int8 layer {layer.path!r} has a float weight {v.path!r} that is no scale")
+    return n
+
+
+def build(name: str, quick: bool, dtype: str | None = None, layers: int | None = None):
+    """The causal LM of ``name``'s shape with random weights: ``dtype`` None (float32), ``'bfloat16'``,
+    or ``'int8'`` (int8 projections and embedding from the start, bfloat16 elsewhere; see the module);
+    ``layers``: that many blocks instead of the shape's."""
     import keras
     import keras_hub
 
     keras.utils.set_random_seed(0)
     cfg = dict((QUICK if quick else SHAPES)[name])
     cls = cfg.pop("cls")
-    backbone = getattr(keras_hub.models, cls + "Backbone")(**cfg, dtype=dtype)
+    if layers:
+        cfg["num_layers"] = layers
+    policy = dtype
+    if dtype == "int8":
+        policy = keras.dtype_policies.DTypePolicyMap(
+            default_policy="bfloat16", policy_map={INT8_LAYERS: keras.dtype_policies.get("int8_from_bfloat16")})
+    backbone = getattr(keras_hub.models, cls + "Backbone")(**cfg, dtype=policy)
     model = getattr(keras_hub.models, cls + "CausalLM")(backbone=backbone, preprocessor=None)
-    if int8:
-        model.quantize("int8")
+    if dtype == "int8":
+        quantised = [lay for lay in model._flatten_layers() if getattr(lay, "quantization_mode", None)]
+        if len(quantised) != 7 * cfg["num_layers"] + 1:
+            raise RuntimeError(f"{len(quantised)} int8 layers; expected 7 per block and the embedding")
+        _random_int8(model)
     return model
 
 
@@ -155,9 +239,14 @@ def attnlrp(model, checkpoint=None, dtype=None):
         explainer._activate_for(list(xs))
         fn = explainer._function(list(xs), "position", False)
         n = int(xs[0].shape[0])
-        return fn(xs, tf.fill((n,), -1), tf.fill((n,), int(xs[0].shape[1]) - 1))[0]
+        # the relevance of each input, in the order of the sorted names (``keras.tree.flatten`` of the dict)
+        return fn(xs, tf.fill((n,), -1), tf.fill((n,), int(xs[0].shape[1]) - 1))[0][names.index("token_ids")]
 
     return run
+
+
+#: ``--big-dtype``: the explainer's ``dtype=`` for the 8B-shaped model
+BIG_DTYPES = {"mixed_bfloat16": "mixed_bfloat16", "float32": "float32", "model": None}
 
 
 def child(args) -> None:
@@ -165,39 +254,58 @@ def child(args) -> None:
     import numpy as np
     import tensorflow as tf
 
-    dtype = "bfloat16" if args.model == "llama3_8b" else None
-    model = build(args.model, args.quick, dtype=dtype, int8=args.int8)
+    big = args.model == "llama3_8b"
+    model = build(args.model, args.quick, dtype=args.big if big else None, layers=args.big_layers if big else None)
     seq = (SEQ_QUICK if args.quick else SEQ)[args.row]
     x = inputs(seq, model.backbone.vocabulary_size)
     fwd = tf.function(lambda t: model(t, training=False), autograph=False)
     np.asarray(fwd(x))
-    base = _peak_rss_mib()
+    built_peak = _peak_mib()
+    base, reset = _reset_peak()
     if args.method == "gradient":
         fn = gradient_x_input(model)
     else:
         fn = attnlrp(model, checkpoint=True if args.method == "attnlrp_checkpoint" else None,
-                     dtype="float32" if dtype == "bfloat16" else None)
+                     dtype=BIG_DTYPES[args.big_dtype] if big else None)
     times = []
     for _ in range(1 + args.repeats):
         t0 = time.perf_counter()
         out = fn(x)
-        r = np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
+        r = np.asarray(out)
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"base_mib": base, "peak_mib": _peak_rss_mib(), "time_s": statistics.median(times[1:]),
-                      "first_s": times[0], "finite": bool(np.isfinite(r).all()), "seq": seq}))
+    size = {"int8": 1, "uint8": 1, "bfloat16": 2, "float16": 2, "float32": 4, "int32": 4, "float64": 8}
+    weights = sum(int(np.prod(v.shape)) * size[str(v.dtype)] for v in model.weights)
+    print(json.dumps({"base_mib": base, "peak_mib": _peak_mib(), "peak_reset": reset, "built_peak_mib": built_peak,
+                      "weights_mib": weights / 2**20, "time_s": statistics.median(times[1:]),
+                      "first_s": times[0], "finite": bool(np.isfinite(r).all()),
+                      "nonzero": bool(np.abs(r.astype(np.float32)).sum() > 0), "seq": seq}))
 
 
-def measure(model: str, row: str, method: str, quick: bool, repeats: int, int8: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--child", model, row, method, "--repeats", str(repeats)]
-    cmd += ["--quick"] if quick else []
-    cmd += ["--int8"] if int8 else []
-    p = subprocess.run(cmd, capture_output=True, text=True)
+def measure(model: str, row: str, method: str, args, repeats: int) -> dict:
+    """One measurement in a fresh process; adds the child's lifetime peak RSS as the kernel reports it
+    for that process alone (``os.wait4``'s ``ru_maxrss``, MiB)."""
+    import tempfile
+
+    cmd = [sys.executable, __file__, "--child", model, row, method, "--repeats", str(repeats),
+           "--big", args.big, "--big-dtype", args.big_dtype]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--big-layers", str(args.big_layers)] if args.big_layers else []
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        stdout = p.stdout.read()
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        p.stdout.close()
+        err.seek(0)
+        stderr = err.read()
     if p.returncode != 0:
-        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [f"exit status {p.returncode}"]
+        tail = (stderr or stdout).strip().splitlines()[-1:] or [f"exit status {p.returncode}"]
         if p.returncode < 0 or p.returncode == 137:
             tail = [f"killed (signal {-p.returncode if p.returncode < 0 else 9}: out of memory?)"]
         return {"error": tail[0][:200]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    out = json.loads(stdout.strip().splitlines()[-1])
+    out["process_peak_mib"] = usage.ru_maxrss / 1024.0
+    return out
 
 
 def _mib(r: dict) -> str:
@@ -210,61 +318,73 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="gemma3_1b,qwen3_0.6b,llama3_8b")
     ap.add_argument("--rows", default="time,long,big")
-    ap.add_argument("--int8", action="store_true", help="the 8B-shaped model quantised to int8 (else bfloat16)")
+    ap.add_argument("--big", choices=("int8", "bfloat16"), default="int8",
+                    help="the 8B-shaped model's weights: int8 from the start (8 GB) or bfloat16 (16 GB)")
+    ap.add_argument("--big-dtype", choices=tuple(BIG_DTYPES), default="mixed_bfloat16",
+                    help="the explainer's dtype for the 8B-shaped model ('model': its own bfloat16)")
+    ap.add_argument("--big-layers", type=int, default=None,
+                    help="the 8B-shaped model with this many of its blocks (the same code path, less memory)")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "ROW", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         args.model, args.row, args.method = args.child
         child(args)
         return
-    try:
-        import keras_hub  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("keras_hub") is None:  # not imported here: the parent stays small
         sys.exit("this benchmark needs keras_hub: pip install -e '.[hub]'")
     models = [m for m in args.only.split(",") if m]
     rows = set(args.rows.split(","))
     print(f"bench_llm{' --quick (tiny shapes: not a measurement)' if args.quick else ''}; batch 1; memory: peak RSS "
           f"above the model's own (MiB), one process per measurement")
-    if "time" in rows:
+    if args.big_layers and "big" in rows and "llama3_8b" in models:
+        print(f"(llama3_8b with {args.big_layers} of its blocks: --big-layers; not the full model)")
+    small = [m for m in models if m != "llama3_8b"]
+    if "time" in rows and small:
         seq = (SEQ_QUICK if args.quick else SEQ)["time"]
         print("\n| model | seq | gradient x input (s) | AttnLRP (s) | ratio | grad mem | AttnLRP mem | ratio |")
         print("|---|---|---|---|---|---|---|---|")
         for m in models:
             if m == "llama3_8b":
                 continue
-            g = measure(m, "time", "gradient", args.quick, args.repeats)
-            a = measure(m, "time", "attnlrp", args.quick, args.repeats)
+            g = measure(m, "time", "gradient", args, args.repeats)
+            a = measure(m, "time", "attnlrp", args, args.repeats)
             if "error" in g or "error" in a:
                 print(f"| {m} | {seq} | {g.get('error', '')} | {a.get('error', '')} | | | | |")
                 continue
             mg, ma = g["peak_mib"] - g["base_mib"], a["peak_mib"] - a["base_mib"]
             print(f"| {m} | {seq} | {g['time_s']:.3f} | {a['time_s']:.3f} | {a['time_s'] / g['time_s']:.2f} | "
                   f"{mg:.0f} | {ma:.0f} | {ma / max(mg, 1.0):.2f} |")
-    if "long" in rows:
+    if "long" in rows and small:
         seq = (SEQ_QUICK if args.quick else SEQ)["long"]
         print("\n| model | seq | AttnLRP mem | checkpoint=True mem | AttnLRP (s) | checkpointed (s) |")
         print("|---|---|---|---|---|---|")
         for m in models:
             if m == "llama3_8b" or (args.quick and m != "qwen3_0.6b" and "qwen3_0.6b" in models):
                 continue  # --quick: one model shows the row works
-            a = measure(m, "long", "attnlrp", args.quick, 1)
-            c = measure(m, "long", "attnlrp_checkpoint", args.quick, 1)
+            a = measure(m, "long", "attnlrp", args, 1)
+            c = measure(m, "long", "attnlrp_checkpoint", args, 1)
             ta = a.get("time_s", float("nan"))
             tc = c.get("time_s", float("nan"))
             print(f"| {m} | {seq} | {_mib(a) if 'error' not in a else a['error']} | "
                   f"{_mib(c) if 'error' not in c else c['error']} | {ta:.2f} | {tc:.2f} |")
     if "big" in rows and "llama3_8b" in models:
         seq = (SEQ_QUICK if args.quick else SEQ)["big"]
-        kind = "int8" if args.int8 else "bfloat16"
-        print("\n| model | weights | seq | AttnLRP (s) | model RSS (MiB) | peak RSS (MiB) |")
-        print("|---|---|---|---|---|---|")
+        blocks = args.big_layers or (QUICK if args.quick else SHAPES)["llama3_8b"]["num_layers"]
+        print(f"\n| model | weights | blocks | explained in | seq | AttnLRP (s) | weights (MiB) | model RSS (MiB) | "
+              f"peak RSS (MiB) | above the model | process peak (MiB) | finite |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for method in ("attnlrp_checkpoint",) if args.quick else ("attnlrp", "attnlrp_checkpoint"):
-            r = measure("llama3_8b", "big", method, args.quick, 1, int8=args.int8)
+            r = measure("llama3_8b", "big", method, args, 1)
             label = "llama3_8b" + (" checkpoint=True" if method.endswith("checkpoint") else "")
+            head = f"| {label} | {args.big} | {blocks} | {args.big_dtype} | {seq} |"
             if "error" in r:
-                print(f"| {label} | {kind} | {seq} | {r['error']} | | |")
+                print(f"{head} {r['error']} | | | | | | |")
             else:
-                print(f"| {label} | {kind} | {seq} | {r['time_s']:.2f} | {r['base_mib']:.0f} | {r['peak_mib']:.0f} |")
+                above = f"{r['peak_mib'] - r['base_mib']:.0f}" + ("" if r["peak_reset"] else " (peak not reset)")
+                print(f"{head} {r['time_s']:.2f} | {r['weights_mib']:.0f} | {r['base_mib']:.0f} | "
+                      f"{r['peak_mib']:.0f} | {above} | {r['process_peak_mib']:.0f} | {r['finite'] and r['nonzero']} |")
 
 
 if __name__ == "__main__":

@@ -194,7 +194,9 @@ class ConditionalExplainer(Explainer):
         """The backward pass through steps ``lo .. hi-1`` (relevance by key)."""
         g = self.graph
         sub = Graph(g.inputs, [], g.steps[lo:hi], [], [])
-        rel, _ = backward(sub, records[lo:hi], start, list(rules)[lo:hi], options=self.pass_options[True])
+        with self._backward_precision() as precision:
+            rel, _ = backward(sub, records[lo:hi], start, list(rules)[lo:hi], options=self.pass_options[True],
+                              forward_precision=precision)
         return rel
 
     def _repeated_records(self, records: list, xs: Sequence[Tensor], K: Tensor, hi: int) -> list:

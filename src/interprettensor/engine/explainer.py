@@ -8,7 +8,8 @@ forward pass it explains against the model's own output (:mod:`.forward_check`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -197,8 +198,9 @@ class Explainer:
         if _dtypes.name(R.dtype) == "float16":
             R, scale = scale_up(R)
         recast = (lambda recs: cast_floats(recs, self.backward_dtype)) if self._recast() else None
-        rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise,
-                           options=options, recast=recast)
+        with self._backward_precision() as precision:
+            rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise,
+                               options=options, recast=recast, forward_precision=precision)
         result = [rel[k] if k in rel else ops.zeros(ops.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
@@ -219,6 +221,20 @@ class Explainer:
             out = ops.cast(out, _dtypes.name(self.backward_dtype))
             xs = [ops.cast(x, _dtypes.name(self.backward_dtype)) if _dtypes.is_floating(x.dtype) else x for x in xs]
         return values, records, model_outputs, out, list(xs)
+
+    @contextlib.contextmanager
+    def _backward_precision(self) -> Iterator[Callable[[], ContextManager[Any]] | None]:
+        """Where the relevance is computed in a wider dtype than the forward pass (``mixed_bfloat16``,
+        ``mixed_float16``), the layers that the backward pass calls again (a rotary embedding's linear
+        map, a reshape's vector-Jacobian product) compute in it too, instead of casting the float32
+        relevance's operands to their own bfloat16 or float16 (a Keras mixed policy); yields the context
+        that restores the forward pass's precision (for checkpointed segments' recomputed records), or
+        None where nothing changes."""
+        if _dtypes.itemsize(self.backward_dtype) <= _dtypes.itemsize(self.dtype):
+            yield None
+            return
+        with layer_precision(self.graph, self.backward_dtype) as wide:
+            yield wide.suspended
 
     def _recast(self) -> bool:
         """Whether the records need casting: mixed precision (relevance in ``backward_dtype``), or low

@@ -4,6 +4,7 @@ layers made to compute in them, and float16's power-of-two scaling of the releva
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Iterator
 
 import keras
@@ -23,17 +24,21 @@ DTYPES = {"float64": ("float64", "float64"), "float32": ("float32", "float32"),
 
 
 def model_dtype(model: Any) -> str:
-    """The dtype of the model's (first) input, else of its first layer's computation, by name
-    (``'float32'``)."""
-    inputs = getattr(model, "inputs", None)
-    if inputs and getattr(inputs[0], "dtype", None) is not None:
+    """The dtype of the model's first floating input, else (token ids, masks: integer inputs only) the
+    compute dtype of its first layer that computes in floats (a language model's backbone, an
+    embedding), by name (``'float32'``; ``'bfloat16'`` for a model built in bfloat16)."""
+    for t in getattr(model, "inputs", None) or []:
         try:
-            return dtypes.name(inputs[0].dtype)
+            dt = dtypes.name(t.dtype) if getattr(t, "dtype", None) is not None else ""
         except (TypeError, ValueError):
-            pass
+            continue
+        if dtypes.is_floating(dt):
+            return dt
     for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
         dt = getattr(layer, "compute_dtype", None)
-        if dt:
+        if dt and keras.backend.is_float_dtype(dt):
             return dtypes.name(dt)
     return "float32"
 
@@ -88,41 +93,104 @@ class ComputePolicy(keras.DTypePolicy):
         self._name = f"{variable}_computing_in_{compute}"
 
 
-@contextlib.contextmanager
-def layer_precision(graph: Graph, dtype: Any) -> Iterator[None]:
+def _own_policy(layer: Any) -> Any:
+    """The layer's dtype policy; for a layer under a ``DTypePolicyMap`` (a model built or loaded with one,
+    as keras_hub's quantised presets are), the map's entry for the layer's path."""
+    policy = getattr(layer, "dtype_policy", None)
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy[layer.path] if layer.path else policy.default_policy
+    return policy
+
+
+def _saved_policy(layer: Any) -> tuple:
+    """What :func:`_restore_policy` needs to undo ``layer.dtype_policy = ...``: the policy, or, under a
+    ``DTypePolicyMap`` (whose setter writes the layer's path into the map), the map and the entry it had
+    for exactly that path (``None``: none, a pattern or the default applied)."""
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+        return policy, (policy[layer.path] if layer.path in policy else None)
+    return policy, None
+
+
+def _restore_policy(layer: Any, saved: tuple) -> None:
+    policy, exact = saved
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+        if layer.path in policy:
+            del policy[layer.path]
+        if exact is not None:
+            policy[layer.path] = exact
+    else:
+        layer.dtype_policy = policy
+
+
+def _computing_in(policy: Any, dtype: str) -> Any:
+    """``policy`` computing in ``dtype``: a :class:`ComputePolicy` for a plain policy (also a mixed one),
+    the same quantisation computing in ``dtype`` for a quantised layer's (``model.quantize('int8')`` of a
+    bfloat16 model keeps computing in bfloat16: ``'int8_from_bfloat16'``; its integer weights and
+    their scales stay as they are); None for another kind of policy (left alone)."""
+    if type(policy) is keras.DTypePolicy:
+        return ComputePolicy(dtype, policy.variable_dtype)
+    if isinstance(policy, keras.dtype_policies.QuantizedDTypePolicy):
+        wide = copy.copy(policy)
+        wide._compute_dtype = dtype
+        wide._name = f"{policy.name}_computing_in_{dtype}"
+        return wide
+    return None
+
+
+class layer_precision:  # noqa: N801 - used as a context manager, like a function
     """While tracing in a dtype other than the layers' own, make every tensor of the pass have it:
 
-    * wider (float64 for a float32 model): Keras layers compute in float64 instead of casting their
-      inputs to float32 (which would round the pass at every reshape, pooling or activation); their
-      variables are cast on reading, as under mixed precision;
+    * wider (float64 for a float32 model; float32 for the relevance of a model whose layers compute in
+      bfloat16 or float16 under a Keras mixed policy): Keras layers compute in the wider dtype instead
+      of casting their inputs to their own (which would round the pass at every reshape, pooling or
+      activation); their variables are cast on reading, as under mixed precision;
     * narrower (float16/bfloat16 for a float32 model): layers without weights (pooling, activations,
       ...) compute in the low precision instead of autocasting their inputs to float32; layers with
       weights are computed by their handlers in the low precision.
 
-    ``dtype``: a dtype or its name.
+    ``dtype``: a dtype or its name. Use as ``with layer_precision(graph, dtype): ...``;
+    :meth:`suspended` undoes it for a while (the forward records that a checkpointed backward pass
+    recomputes, in the forward pass's precision).
     """
-    dtype = dtypes.name(dtype)
-    changed, unautocast = [], []
-    for step in graph.steps:
-        layer = step.layer
-        if not isinstance(layer, keras.layers.Layer) or layer.compute_dtype == dtype \
-                or not keras.backend.is_float_dtype(layer.compute_dtype):
-            continue
-        policy = getattr(layer, "dtype_policy", None)
-        if dtypes.itemsize(dtype) > dtypes.itemsize(layer.compute_dtype):
-            if type(policy) is keras.DTypePolicy:
-                changed.append((layer, policy))
-                layer.dtype_policy = ComputePolicy(dtype, policy.variable_dtype)
-        elif not layer.weights and getattr(layer, "autocast", False):
-            layer.autocast = False
-            unautocast.append(layer)
-    try:
-        yield
-    finally:
-        for layer, policy in reversed(changed):
-            layer.dtype_policy = policy
-        for layer in unautocast:
+
+    def __init__(self, graph: Graph, dtype: Any) -> None:
+        self.graph, self.dtype = graph, dtypes.name(dtype)
+        self._changed: list = []
+        self._unautocast: list = []
+
+    def __enter__(self) -> "layer_precision":
+        dtype = self.dtype
+        for step in self.graph.steps:
+            layer = step.layer
+            if not isinstance(layer, keras.layers.Layer) or layer.compute_dtype == dtype \
+                    or not keras.backend.is_float_dtype(layer.compute_dtype):
+                continue
+            if dtypes.itemsize(dtype) > dtypes.itemsize(layer.compute_dtype):
+                wide = _computing_in(_own_policy(layer), dtype)
+                if wide is not None:
+                    self._changed.append((layer, _saved_policy(layer)))
+                    layer.dtype_policy = wide
+            elif not layer.weights and getattr(layer, "autocast", False):
+                layer.autocast = False
+                self._unautocast.append(layer)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for layer, saved in reversed(self._changed):
+            _restore_policy(layer, saved)
+        for layer in self._unautocast:
             layer.autocast = True
+        self._changed, self._unautocast = [], []
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The layers' own precision for a while (this context's changes undone, then made again)."""
+        self.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            self.__enter__()
 
 
 def scale_up(R: Tensor) -> tuple[Tensor, Tensor]:

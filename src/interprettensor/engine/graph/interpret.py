@@ -5,7 +5,8 @@ the steps in reverse, summing the relevance that reaches a tensor from all of it
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+from typing import Any, Callable, ContextManager, Sequence
 
 import keras
 from keras import ops
@@ -90,7 +91,8 @@ def forward(g: Graph, xs: Sequence[Tensor], options: PassOptions = DEFAULT_PASS,
 
 
 def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
-               recast: Callable[[list], list] | None) -> None:
+               recast: Callable[[list], list] | None,
+               precision: Callable[[], ContextManager[Any]] | None = None) -> None:
     """Fill the :class:`~.checkpoint.Dropped` records of ``seg`` in ``records``: its steps run again on
     its saved inputs, ordered after the relevance that has reached the segment (so that the backend
     neither merges them with the forward pass's computation nor runs them early)."""
@@ -112,7 +114,8 @@ def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
             out.append((ins, outs, state))
         return out
 
-    new = backend.recompute(deps, [seg.saved[k] for k in keys], run)
+    with precision() if precision is not None else contextlib.nullcontext():
+        new = backend.recompute(deps, [seg.saved[k] for k in keys], run)
     if recast is not None:
         new = recast(new)
     for j, r in enumerate(records):
@@ -122,11 +125,14 @@ def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
 
 def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
              keep: bool = False, options: PassOptions = DEFAULT_PASS,
-             recast: Callable[[list], list] | None = None) -> tuple[dict, dict]:
+             recast: Callable[[list], list] | None = None,
+             forward_precision: Callable[[], ContextManager[Any]] | None = None) -> tuple[dict, dict]:
     """Relevance at every tensor reached from ``start`` (key -> relevance), each step's rule asked by
     its handler under the pass's ``options`` (those of the :func:`forward` that made ``records``).
     A dropped segment's records are recomputed when the walk reaches it (``recast`` maps them as the
-    caller mapped the forward pass's records, e.g. to the backward dtype) and let go once walked.
+    caller mapped the forward pass's records, e.g. to the backward dtype; ``forward_precision``, a
+    context in which the layers compute as in the forward pass, where the caller runs the backward
+    pass in another) and let go once walked.
     Returns ``(relevance by key, relevance of each layer's output by layer name)``."""
     rel = dict(start)
     layerwise: dict = {}
@@ -138,7 +144,7 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
             records[i] = None
             continue
         if isinstance(records[i], Dropped):
-            _recompute(records, records[i].segment, rel, options, recast)
+            _recompute(records, records[i].segment, rel, options, recast, forward_precision)
             Rs = [rel.get(k) for k in step.outputs]
         (ins, outs, state), records[i] = records[i], None
         if not any(dtypes.is_floating(o.dtype) for o in outs):

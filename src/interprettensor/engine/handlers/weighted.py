@@ -8,8 +8,9 @@ from typing import Any, Callable, Sequence
 
 from keras import ops
 
+from .. import backend, dtypes
 from ..backend import Tensor
-from ..linear import LinearMap, interval_bounds, linear_relevance
+from ..linear import LinearMap, Product, interval_bounds, linear_relevance
 from ..rules import constant
 from .base import (DEFAULT_PASS, WEIGHTED, Handler, PassOptions, cached_map, cast_params, check_linear_rule,
                    is_gating_activation, is_nonneg_activation, pass_through, shaped_like)
@@ -61,23 +62,44 @@ class LinearHandler(Handler):
 
         return LinearMap(fn, params, 1 if getattr(layer, "data_format", None) == "channels_first" else -1)
 
+    def copies_weights(self, layer: Any, dtype: Any) -> bool:
+        """Whether the layer's weights as the rules read them in ``dtype`` are a computed copy rather
+        than its variables (int8 / int4 weights dequantised; bfloat16 weights read as float32, or
+        float32 ones as bfloat16; a tied embedding's transpose is not counted: the graph optimiser
+        folds it into the product): such a copy is made when the layer runs, after its input exists,
+        and not kept for the backward pass, which makes it again once the relevance reaches the layer
+        (held from one pass to the other, the copies of every layer would be alive at once: for an
+        8B-parameter int8 model, 16 GB in bfloat16)."""
+        if getattr(layer, "quantization_mode", None):
+            return True
+        name = dtypes.name(dtype)
+        return any(dtypes.name(w.dtype) != name for w in getattr(layer, "weights", ()) if dtypes.is_floating(w.dtype))
+
     def forward(self, layer: Any, xs: Sequence[Tensor], step: Any,
                 options: PassOptions = DEFAULT_PASS) -> tuple[list, dict]:
-        lm = self.linear_map(layer, step, xs[0].dtype)
+        copies = self.copies_weights(layer, xs[0].dtype)
+        if copies:
+            lm = backend.after([xs[0]], lambda: self.linear_map(layer, step, xs[0].dtype))
+        else:
+            lm = self.linear_map(layer, step, xs[0].dtype)
         z = lm(xs)
         y = z if options.strips_activation(step) else options.activate(layer, self.activation_of(layer), z)
+        held = {} if copies else {"map": lm}
         if step in options.relu_denominator:
             # z and relu(z) differ only where the relevance is provably zero; keeping only the
             # activation lets the forward pass use the fused convolution + bias + ReLU kernel
-            return [y], {"z": y, "map": lm}
-        return [y], {"z": z, "map": lm}
+            return [y], {"z": y, **held}
+        return [y], {"z": z, **held}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         if rule.passes_through:
             return pass_through(xs, Rs, step)
         rule = check_linear_rule(rule, step)
         R = shaped_like(Rs[0], state["z"])
-        lm = cached_map(state.get("map"), xs) or self.linear_map(layer, step, xs[0].dtype)
+        lm = cached_map(state.get("map"), xs)
+        if lm is None:  # made now, once the relevance has reached the layer (see copies_weights)
+            lm = backend.after([R.g if isinstance(R, Product) else R],
+                               lambda: self.linear_map(layer, step, xs[0].dtype))
         return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg,
                                 lazy=True, positive_outputs_only=step in options.positive_outputs)
 
