@@ -11,7 +11,7 @@
   at most a few layers of sums of at most a few hundred terms, so ``|got - want| <= 2^-23 * 1000 *
   max|want|`` per result.
 * The core rule tests (tests/test_backends_core.py runs them; a file of its own so that the two halves
-  run on different workers under ``pytest --dist loadfile``) (tests/test_core_rules.py: every variant of the 2017 API against NumPy from the
+  run on different workers under ``pytest --dist loadgroup``, one group per file) (tests/test_core_rules.py: every variant of the 2017 API against NumPy from the
   equations, dense, convolution and pooling layers, random networks) and the backend contract
   (tests/test_backend_contract.py) run on each backend (on JAX, which compiles each case, the dense
   layer, the random networks and the layer-wise cases by default, every case with

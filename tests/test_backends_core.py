@@ -2,7 +2,7 @@
 equations, dense, convolution and pooling layers, random networks) and the backend contract
 (tests/test_backend_contract.py) on Keras' JAX and PyTorch backends, each in its own process; see
 tests/test_backends.py's docstring for what runs where and why (a file of its own so that it and the
-parity cases run on different workers under ``pytest --dist loadfile``)."""
+parity cases run on different workers under ``pytest --dist loadgroup``, one group per file)."""
 
 import os
 
