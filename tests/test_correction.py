@@ -338,6 +338,9 @@ def test_correct_command(tmp_path, shortcut, capsys):
     assert [l.name for l in tuned.layers] == [l.name for l in model.layers]
     np.testing.assert_array_equal(tuned.get_layer("conv2").get_weights()[0], model.get_layer("conv2").get_weights()[0])
     assert not np.array_equal(tuned.get_layer("out").get_weights()[0], model.get_layer("out").get_weights()[0])
+    with pytest.raises(SystemExit):
+        main(acl + ["--labels", str(tmp_path / "y.npy"), "--rate", "0", "--out", str(tmp_path / "b.keras")])
+    assert "fraction in (0, 1]" in capsys.readouterr().err
     for extra, match in [(["--labels", str(tmp_path / "y.npy"), "--epochs", "0"], None),
                          ([], "needs the labels of --train"),
                          (["--labels", str(tmp_path / "clean.npy")], "must hold one integer class index")]:

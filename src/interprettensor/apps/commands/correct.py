@@ -12,23 +12,13 @@ import os
 import sys
 from typing import Any
 
-from .options import _positive_float, _positive_int, add_image_options
+from .options import _positive_float, _positive_int, add_image_options, fraction
 
 __all__ = ["add_parser", "cmd_correct"]
 
 CAV_METHODS = ("signal", "mean_difference", "svm", "logistic", "ridge", "lasso")
 #: options that only A-ClArC reads (argparse default None: given or not)
 ACLARC_ONLY = ("train", "labels", "epochs", "learning_rate", "rate", "no_freeze", "history")
-
-
-def _rate(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {s!r}") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {s!r}")
-    return v
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -61,7 +51,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="--train's class labels (.npy or one integer per line); default: class subfolders")
     a.add_argument("--epochs", type=_positive_int, default=None, help="fine-tuning epochs (default 10)")
     a.add_argument("--learning-rate", type=_positive_float, default=None, help="Adam's learning rate (default 3e-4)")
-    a.add_argument("--rate", type=_rate, default=None,
+    a.add_argument("--rate", type=fraction("(0, 1]"), default=None,
                    help="fraction of each batch moved to the artefact (default 0.5: the layers above see the "
                         "direction both ways and learn to ignore it)")
     a.add_argument("--no-freeze", action="store_true", default=None,

@@ -42,6 +42,23 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def fraction(interval: str):
+    """An argparse type for a fraction in ``interval``, ``'(0, 1]'`` or ``'[0, 1)'`` (NaN refused)."""
+    checks = {"(0, 1]": lambda v: 0.0 < v <= 1.0, "[0, 1)": lambda v: 0.0 <= v < 1.0}
+    inside = checks[interval]
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            v = float("nan")
+        if not inside(v):
+            raise argparse.ArgumentTypeError(f"expected a fraction in {interval}, got {s!r}")
+        return v
+
+    return parse
+
+
 def _keep_prob(s: str) -> float:
     v = _positive_float(s)
     if v > 1:

@@ -9,19 +9,9 @@ import os
 import sys
 from typing import Any
 
-from .options import RULE_PARAMS, CLIError, _say, add_image_options, add_rule_params
+from .options import RULE_PARAMS, CLIError, _say, add_image_options, add_rule_params, fraction
 
 __all__ = ["add_parser", "cmd_prune"]
-
-
-def _fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s!r}")
-    return v
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -41,7 +31,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="*", metavar="REFERENCE_DATA",
                    help=".npy arrays (N, ...), image files or folders (class subfolders give the labels); not "
                         "needed for --criterion magnitude")
-    p.add_argument("--amount", type=_fraction, default=0.3,
+    p.add_argument("--amount", type=fraction("[0, 1)"), default=0.3,
                    help="fraction of the prunable units to remove (default: %(default)s)")
     p.add_argument("--criterion", choices=["lrp", "magnitude", "taylor"], default="lrp",
                    help="importance criterion (default: %(default)s)")
