@@ -2,19 +2,22 @@
 clean errors (no traceback, non-zero exit), and the examples."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import warm_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+ENV = warm_python.ENV
 
 
 def run(*args, cwd, ok=True, module=True, env=None, timeout=300):
-    cmd = [sys.executable, "-m", "interprettensor", *args] if module else [sys.executable, *args]
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or ENV)
+    """``python -m interprettensor ARGS`` (or ``python ARGS`` with ``module=False``) in a fresh process forked
+    from a warm interpreter (tests/warm_python.py)."""
+    if module:
+        p = warm_python.run_cli(list(args), cwd, env or ENV, timeout=timeout)
+    else:
+        p = warm_python.run_script(args[0], list(args[1:]), cwd, env or ENV, timeout=timeout)
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     if ok:
         assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])

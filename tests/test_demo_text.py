@@ -6,16 +6,14 @@ import html.parser
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import warm_python
 from PIL import Image
 
 from interprettensor.apps import demo_text as dt
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
 #: a small configuration that still trains to (near) perfect accuracy in a few seconds
 SMALL = {"epochs": 3, "n_train": 600, "n_test": 150, "n_examples": 4, "seed": 0}
 
@@ -164,8 +162,7 @@ def test_png_is_an_image_of_the_examples(small_run):
 
 # ------------------------------------------------------------------------------------------- command
 def cli(*args, cwd, timeout=300):
-    p = subprocess.run([sys.executable, "-m", "interprettensor", *args], cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout, env=ENV, check=False)
+    p = warm_python.run_cli(list(args), cwd, timeout=timeout)  # a fresh process (tests/warm_python.py)
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     return p
 

@@ -2,9 +2,10 @@
 passes.
 
 The blocks run as tests/test_readme.py runs the README's (its helpers are imported from there): each
-block in a fresh temporary folder, python blocks in a fresh interpreter after the block's preamble if
+block in a fresh temporary folder, python blocks in a fresh process after the block's preamble if
 it has one (and before its postscript, checks that it did what the prose says), bash blocks line by
-line with the virtual environment's ``bin`` first on ``PATH``. Most of the pages' blocks are written to
+line with the virtual environment's ``bin`` first on ``PATH`` (python blocks and plain
+``interprettensor ARGS`` lines forked from a warm interpreter: tests/warm_python.py). Most of the pages' blocks are written to
 run as printed on small models and few digits; the blocks moved from the README with its sections (the
 command line, keras_hub's models, many workers, several devices, ...) are printed as a user would write
 them. What is not run as printed, and why:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+import warm_python
 
 import interprettensor as it
 
@@ -369,9 +368,7 @@ def test_model_randomisation(digits_cnn, tmp_path):
 # ----------------------------------------------------------------------------- the command
 
 def _cli(*args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, "-m", "interprettensor", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return warm_python.run_cli(list(args), cwd, timeout=300)  # a fresh process (tests/warm_python.py)
 
 
 @pytest.mark.slow

@@ -2,8 +2,11 @@
 
 Each block runs in a fresh temporary folder. Bash blocks run line by line (``bash -c``), with the
 virtual environment's ``bin`` first on ``PATH``, and must exit 0 without a traceback. Python blocks
-run in a fresh interpreter (``python -c``), after the block's preamble below if it has one, and
-before its postscript (checks that it did what the prose says) if it has one.
+run in a fresh process as ``python -c`` runs them, after the block's preamble below if it has one, and
+before its postscript (checks that it did what the prose says) if it has one. The fresh processes of
+python blocks and of plain ``interprettensor ARGS`` lines are forked from a warm interpreter that has
+imported TensorFlow, Keras and keras_hub and nothing run (tests/warm_python.py: the same process but for
+those imports' 5-9 s; a block or command that picks another Keras backend starts cold).
 
 What is not run as printed, and why:
 
@@ -28,16 +31,16 @@ the site now, and their blocks run in tests/test_docs.py.
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import pytest
+import warm_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
-BIN = os.path.dirname(sys.executable)
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1",
-           PATH=BIN + os.pathsep + os.environ.get("PATH", ""), MPLBACKEND="Agg")
+ENV = warm_python.ENV
 
 
 def markdown_blocks(text, label=None):
@@ -183,9 +186,13 @@ def _docs_blocks():
 
 
 def _run(args, cwd, timeout):
-    p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return _check(subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV))
+
+
+def _check(p):
+    """A block or command ran: exit status 0 and no traceback."""
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
-    assert p.returncode == 0, (args, p.stdout[-2000:], p.stderr[-3000:])
+    assert p.returncode == 0, (p.args, p.stdout[-2000:], p.stderr[-3000:])
     return p
 
 
@@ -203,12 +210,13 @@ def _setup_in_process(code: str, folder) -> None:
 
 def run_block(kind: str, code: str, first: str, folder, preambles: dict, postscripts: dict, reductions: dict,
               bash_setup: dict | None = None) -> None:
-    """Run one block in ``folder``: a python block in a fresh interpreter between its preamble and its
+    """Run one block in ``folder``: a python block in a fresh process between its preamble and its
     postscript; a bash block's set-up script first (in this process), then its commands line by line (a reduced command
-    in place of one that takes minutes). Shared by the README's and the site's tests."""
+    in place of one that takes minutes; ``interprettensor ARGS`` in a fresh process forked from the warm
+    interpreter, other lines in ``bash -c``). Shared by the README's and the site's tests."""
     if kind == "python":
         script = (_entry(preambles, first) or "") + "\n" + code + "\n" + (_entry(postscripts, first) or "")
-        _run([sys.executable, "-c", script], folder, 600)
+        _check(warm_python.run_code(script, folder, ENV, 600))
         return
     setup = _entry(bash_setup or {}, first)
     if setup:
@@ -217,7 +225,20 @@ def run_block(kind: str, code: str, first: str, folder, preambles: dict, postscr
     if not cmds:
         pytest.fail("an empty bash block")
     for cmd in cmds:
-        _run(["bash", "-c", reductions.get(cmd, cmd)], folder, 600)
+        cmd = reductions.get(cmd, cmd)
+        argv = _interprettensor_arguments(cmd)
+        if argv is None:
+            _run(["bash", "-c", cmd], folder, 600)
+        else:
+            _check(warm_python.run_cli(argv, folder, ENV, 600))
+
+
+def _interprettensor_arguments(cmd: str) -> list | None:
+    """The arguments of a plain ``interprettensor ...`` command line (no pipe, redirection, variable, glob or
+    second command: those run in bash), or None."""
+    if not cmd.startswith("interprettensor ") or re.search(r"[|&;<>()$`*?\[\]{}~\\]", cmd):
+        return None
+    return shlex.split(cmd)[1:]
 
 
 @pytest.mark.slow
