@@ -19,7 +19,8 @@ each weight array of a layer permuted along its first axis with ``RandomState(se
 starting from the model's own weights. The permuted weights are assigned into the model's own
 variables between stages and restored afterwards, so every stage reuses the explainer compiled for
 the model (no copy, no new trace). Every stage explains the whole batch in one ``explain_func``
-call.
+call; MPRT's and sMPRT's similarities are computed on a second thread while the next stage is
+explained (one at a time, in stage order), so a ``similarity_func`` runs outside the calling thread.
 
 The similarity and complexity functions have Quantus' signatures (``similarity_func(a, b,
 batched=True)`` on ``(n, features)`` arrays, ``complexity_func(a=, x=, **kwargs)``), so Quantus'
