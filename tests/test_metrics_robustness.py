@@ -236,6 +236,17 @@ def test_functions_are_batched_as_quantus():
     noisy = robustness.uniform_noise(np.zeros((2, 1000), np.float32), lower_bound=0.1, upper_bound=0.3,
                                      rng=np.random.default_rng(0))
     assert noisy.dtype == np.float32 and 0.1 <= noisy.min() and noisy.max() < 0.3
+    # every feature named (the metrics' broadcast indices: added at once) or some of them (added where
+    # named): the same as numpy adding the same draws where the indices say
+    arr = rng.uniform(size=(3, 7)).astype(np.float32)
+    every = np.broadcast_to(np.arange(7), (3, 7))
+    some = np.array([[0, 2, 6], [1, 1, 3], [5, 4, 0]])
+    for idx in (every, every.copy(), some):
+        draws = np.random.default_rng(5).uniform(-0.1, 0.1, arr.shape)
+        want = arr.copy()
+        np.put_along_axis(want, idx, np.take_along_axis(arr + draws, idx, 1), 1)
+        got = robustness.uniform_noise(arr, idx, lower_bound=0.1, rng=np.random.default_rng(5))
+        np.testing.assert_array_equal(got, want)
     sm = it.metrics.normalise_by_average_second_moment_estimate(a)
     np.testing.assert_allclose(np.mean(sm ** 2), 1.0)
     np.testing.assert_array_equal(robustness.top_n_sign(np.array([[1.0, -2, 0, 3, 4, 5]]), n=3), [[1, -1, 0]])

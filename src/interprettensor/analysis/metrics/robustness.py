@@ -177,9 +177,16 @@ def _rows(arr: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _every_feature(indices: np.ndarray, d: int) -> bool:
+    """Whether ``indices`` ``(N, m)`` names every one of ``d`` features in order in each row, as the
+    metrics pass them (one ``arange(d)`` broadcast over the rows: checked in O(d))."""
+    return (indices.ndim == 2 and indices.shape[1] == d and indices.strides[0] == 0
+            and np.array_equal(indices[0], np.arange(d)))
+
+
 def _add_at(arr: np.ndarray, noise: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
     dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
-    if indices is None:
+    if indices is None or _every_feature(np.asarray(indices), arr.shape[1]):  # no gather and scatter
         return (arr + noise).astype(dtype)
     out = arr.astype(dtype, copy=True)
     rows = np.arange(arr.shape[0])[:, None]
