@@ -6,6 +6,8 @@ the same weights (a script, not a timed test)::
     python benchmarks/bench_metrics.py --quick         # the small CNN only (a minute or two)
     python benchmarks/bench_metrics.py --no-quantus    # without Quantus' column
     python benchmarks/bench_metrics.py --ground-truth  # the localisation ranking on shapes with known masks
+    python benchmarks/bench_metrics.py --models vgg16 --size 32 --batch 2 --repeats 1   # a smoke test of
+                                                       # the VGG16 path (same layers, 32 x 32 inputs)
 
 Quantus cannot share Keras 3's environment (its TensorFlow extra pins ``keras<3``); the benchmark
 creates its own virtual environment (``--quantus-venv``, default ``.bench-quantus/``: ``pip install
@@ -15,9 +17,13 @@ quantus==0.6.0 torch``; CPU wheels) on first use and runs Quantus there in a sep
 attributions. Models are built with random weights (nothing downloads).
 
 The metrics and settings (the issue's): PixelFlipping with 32 steps (``features_in_step`` = pixels / 32,
-black baseline), RegionPerturbation with 20 regions of 16 x 16 (8 x 8 on the small CNN),
-MaxSensitivity with 10 samples (gradient explanations), MPRT bottom-up over all layers (gradient
-explanations). The floor replays the model calls and explanation calls the metric makes (their batch
+black baseline), RegionPerturbation with 20 regions of 16 x 16 (8 x 8 on the small CNN and below 64 x 64
+inputs), MaxSensitivity with 10 samples (gradient explanations), MPRT bottom-up over all layers
+(gradient explanations); also EfficientMPRT (defaults: the original and the fully randomised model)
+and SmoothMPRT (bottom-up, 10 noisy copies; small CNN only by default: on VGG16 it explains 17 x 10
+batches; Quantus 0.6.0's SmoothMPRT explains with ``quantus.explain``, which needs captum, so it has no
+Quantus column). ``--metrics`` picks some of them (``pixel_flipping,region_perturbation,
+max_sensitivity,mprt,efficient_mprt,smooth_mprt``). The floor replays the model calls and explanation calls the metric makes (their batch
 sizes recorded in a first run) on the compiled functions: what the metric cannot do without; the
 ratio shows its own overhead (ordering, perturbing, similarity measures, assigning the randomised
 weights). Metric and floor are timed in turns (``--repeats`` each, best kept).
@@ -40,24 +46,44 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 
 
-def build(name: str):
+def build(name: str, size: int = 224, batch: int = 8):
+    """The model (random weights, seeded), ``batch`` inputs in [0, 1] and the region size.
+    ``size`` is VGG16's input side (224 as the issue's; smaller for a smoke test: VGG16 takes any
+    side from 32); the small CNN takes 32."""
     import keras
     import numpy as np
 
     keras.utils.set_random_seed(0)
     if name == "vgg16":
-        model = keras.applications.VGG16(weights=None, input_shape=(224, 224, 3), classes=1000,
+        if size < 32:
+            raise SystemExit(f"--size {size}: VGG16's five poolings need inputs of at least 32 x 32")
+        model = keras.applications.VGG16(weights=None, input_shape=(size, size, 3), classes=1000,
                                          classifier_activation=None)
-        size, patch = 224, 16
-    else:
+        patch = 16 if size >= 64 else 8
+    elif name == "small_cnn":
         model = keras.Sequential([
             keras.Input((32, 32, 3)),
             keras.layers.Conv2D(16, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),
             keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),
             keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
         size, patch = 32, 8
-    x = np.random.default_rng(0).uniform(0, 1, (8, size, size, 3)).astype("float32")
+    else:
+        raise SystemExit(f"unknown model {name!r}: the models are {', '.join(MODELS)}")
+    x = np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)).astype("float32")
     return model, x, patch
+
+
+MODELS = ("small_cnn", "vgg16")
+#: the rows, in order: the issue's four, then the other randomisation tests
+METRICS = ("pixel_flipping", "region_perturbation", "max_sensitivity", "mprt", "efficient_mprt", "smooth_mprt")
+LABELS = {"pixel_flipping": "PixelFlipping (32 steps)", "region_perturbation": "RegionPerturbation (20 regions)",
+          "max_sensitivity": "MaxSensitivity (10 samples)", "mprt": "MPRT (bottom-up)",
+          "efficient_mprt": "EfficientMPRT", "smooth_mprt": "SmoothMPRT (bottom-up, 10 samples)"}
+
+
+def default_metrics(model: str) -> list[str]:
+    """Every metric on the small CNN; on VGG16 all but SmoothMPRT (10 noisy copies at each of 17 stages)."""
+    return [m for m in METRICS if not (model == "vgg16" and m == "smooth_mprt")]
 
 
 def export(model, path: Path) -> list[dict]:
@@ -97,7 +123,7 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def ours(model, x, y, a, patch: int, repeats: int) -> dict:
+def ours(model, x, y, a, patch: int, repeats: int, which: list[str]) -> dict:
     """interprettensor's time per metric and its floor, in this process: the floor replays the metric's
     own model calls and explanation calls (their batch sizes recorded in a first run) on compiled
     functions. The metric and its floor are timed in turns, ``repeats`` times each, and the best of
@@ -124,15 +150,19 @@ def ours(model, x, y, a, patch: int, repeats: int) -> dict:
 
     gradient = {"explain_func": it.metrics.explain, "explain_func_kwargs": {"method": "gradient"}}
     metrics = {
-        "PixelFlipping (32 steps)": (it.metrics.PixelFlipping(features_in_step=size * size // 32,
-                                                              perturb_baseline="black"), {"a_batch": a}),
-        "RegionPerturbation (20 regions)": (it.metrics.RegionPerturbation(patch_size=patch, regions_evaluation=20),
-                                            {"a_batch": a}),
-        "MaxSensitivity (10 samples)": (it.metrics.MaxSensitivity(nr_samples=10), gradient),
-        "MPRT (bottom-up)": (it.metrics.MPRT(layer_order="bottom_up"), gradient),
+        "pixel_flipping": lambda: (it.metrics.PixelFlipping(features_in_step=size * size // 32,
+                                                            perturb_baseline="black"), {"a_batch": a}),
+        "region_perturbation": lambda: (it.metrics.RegionPerturbation(patch_size=patch, regions_evaluation=20),
+                                        {"a_batch": a}),
+        "max_sensitivity": lambda: (it.metrics.MaxSensitivity(nr_samples=10), gradient),
+        "mprt": lambda: (it.metrics.MPRT(layer_order="bottom_up"), gradient),
+        "efficient_mprt": lambda: (it.metrics.EfficientMPRT(), gradient),
+        "smooth_mprt": lambda: (it.metrics.SmoothMPRT(layer_order="bottom_up", nr_samples=10), gradient),
     }
     rows = {}
-    for label, (metric, kw) in metrics.items():
+    for key in which:
+        metric, kw = metrics[key]()
+        label = LABELS[key]
         floor_run = replay(_record_calls(metric, model, x, y, kw))
         t, floor = [], []
         for _ in range(repeats):
@@ -195,14 +225,15 @@ def quantus_python(venv: Path) -> Path | None:
     return py
 
 
-def theirs(py: Path, spec: list[dict], weights: Path, x, y, a, patch: int, repeats: int) -> dict | None:
+def theirs(py: Path, spec: list[dict], weights: Path, x, y, a, patch: int, repeats: int,
+           which: list[str]) -> dict | None:
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.npz"
         np.savez(data, x=x, y=y, a=a)
         cmd = [str(py), str(HERE / "quantus_side.py"), json.dumps(spec), str(weights), str(data), str(patch),
-               str(repeats)]
+               str(repeats), json.dumps([LABELS[k] for k in which])]
         res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"Quantus' run failed:\n{res.stderr[-2000:]}")
@@ -227,7 +258,15 @@ def ground_truth(n_test: int = 64) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the small CNN only")
+    ap.add_argument("--quick", action="store_true", help="the small CNN only (as --models small_cnn)")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated models among {','.join(MODELS)} (default: both; --quick: small_cnn)")
+    ap.add_argument("--metrics", default=None,
+                    help=f"comma-separated metrics among {','.join(METRICS)} (default: all; SmoothMPRT not on "
+                         f"VGG16)")
+    ap.add_argument("--size", type=int, default=224,
+                    help="VGG16's input side (default 224; e.g. 32 for a smoke test of the VGG16 path)")
+    ap.add_argument("--batch", type=int, default=8, help="inputs per metric call (default 8)")
     ap.add_argument("--no-quantus", action="store_true", help="leave Quantus' column out")
     ap.add_argument("--quantus-venv", default=str(HERE.parent / ".bench-quantus"))
     ap.add_argument("--repeats", type=int, default=2)
@@ -244,24 +283,31 @@ def main() -> None:
 
     import interprettensor as it
 
+    models = ["small_cnn"] if args.quick else (args.models.split(",") if args.models else list(MODELS))
+    bad = [m for m in models if m not in MODELS] + [m for m in (args.metrics or "").split(",")
+                                                     if m and m not in METRICS]
+    if bad:
+        raise SystemExit(f"unknown {bad}: the models are {', '.join(MODELS)}; the metrics {', '.join(METRICS)}")
     py = None if args.no_quantus else quantus_python(Path(args.quantus_venv))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Keras {keras.__version__} "
           f"({keras.backend.backend()})")
     print("| model | metric | interprettensor (s) | its floor (s) | ratio to floor | Quantus 0.6.0 (s) | "
           "Quantus / interprettensor |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name in (["small_cnn"] if args.quick else ["small_cnn", "vgg16"]):
-        model, x, patch = build(name)
+    for name in models:
+        which = args.metrics.split(",") if args.metrics else default_metrics(name)
+        model, x, patch = build(name, args.size, args.batch)
         y = np.asarray(model(x)).argmax(-1)
         a = it.metrics.explain(model, x, y, method="gradient")
-        rows = ours(model, x, y, a, patch, args.repeats)
+        rows = ours(model, x, y, a, patch, args.repeats, which)
         other = None
         if py is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 weights = Path(tmp) / "weights.npz"
                 spec = export(model, weights)
-                other = theirs(py, spec, weights, x, y, a, patch, args.repeats)
-        label = "VGG16 224x224, batch 8" if name == "vgg16" else "small CNN 32x32, batch 8"
+                other = theirs(py, spec, weights, x, y, a, patch, args.repeats, which)
+        side = x.shape[1]
+        label = f"{'VGG16' if name == 'vgg16' else 'small CNN'} {side}x{side}, batch {len(x)}"
         for metric, r in rows.items():
             q = other.get(metric) if other else None
             qs = f"{q['seconds']:.2f}" if q else "-"

@@ -2,7 +2,9 @@
 Keras): rebuilds the Keras network from its exported operations and weights, runs the same metrics on
 the same inputs and attributions, and prints one JSON line ``{metric: {"seconds", "score"}}``.
 
-Usage (by bench_metrics.py): ``python quantus_side.py SPEC_JSON WEIGHTS.npz DATA.npz PATCH REPEATS``.
+Usage (by bench_metrics.py): ``python quantus_side.py SPEC_JSON WEIGHTS.npz DATA.npz PATCH REPEATS
+LABELS_JSON``: the metrics named in LABELS_JSON (bench_metrics.LABELS), those Quantus can run here
+(its SmoothMPRT explains with ``quantus.explain``, which needs captum: left out).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def main() -> None:
     weights = dict(np.load(sys.argv[2]))
     data = np.load(sys.argv[3])
     patch, repeats = int(sys.argv[4]), int(sys.argv[5])
+    wanted = json.loads(sys.argv[6])
     model = Net(spec, weights).eval()
     x = np.ascontiguousarray(data["x"].transpose(0, 3, 1, 2))
     y = data["y"]
@@ -87,9 +90,13 @@ def main() -> None:
                                         {"a_batch": None, "explain_func": gradient}),
         "MPRT (bottom-up)": (quantus.MPRT(layer_order="bottom_up", disable_warnings=True),
                              {"a_batch": None, "explain_func": gradient}),
+        "EfficientMPRT": (quantus.EfficientMPRT(disable_warnings=True), {"a_batch": None, "explain_func": gradient}),
     }
     out = {}
-    for label, (metric, kw) in metrics.items():
+    for label in wanted:
+        if label not in metrics:
+            continue
+        metric, kw = metrics[label]
         times, scores = [], None
         for _ in range(repeats):
             t0 = time.perf_counter()

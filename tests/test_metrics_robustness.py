@@ -22,7 +22,8 @@ from interprettensor.engine.errors import ExplainError
 
 sys.path.insert(0, str(Path(__file__).parent / "quantus_reference"))
 from models import CHANNELS, SIZE, inputs, keras_model  # noqa: E402
-from robustness_inputs import consistency_attributions, deltas, elementwise_explain  # noqa: E402
+from robustness_inputs import (consistency_attributions, deltas, elementwise_explain, gated_explain,  # noqa: E402
+                               zero_sample)
 
 REF = json.loads((Path(__file__).parent / "data" / "quantus_reference" / "robustness.json").read_text())
 K, N, D = REF["steps"], 4, SIZE * SIZE * CHANNELS
@@ -51,6 +52,8 @@ def _fixed_perturb(scale):
 def _explain_kwargs(name):
     if name == "elementwise":
         return {"explain_func": elementwise_explain}
+    if name == "gated":
+        return {"explain_func": gated_explain}
     if name == "input_x_gradient":
         return {"explain_func": it.metrics.explain, "explain_func_kwargs": {"method": "input_x_gradient"}}
     return {}
@@ -67,10 +70,14 @@ def _ours(case, model):
         init["perturb_func"] = _fixed_perturb(case["delta_scale"])
     metric = getattr(it.metrics, case["metric"])(**init)
     call = dict(case["call"], **_explain_kwargs(case["explain"]))
+    zero = case.get("a_batch_zero_sample")
     if case["metric"] == "Consistency":
         x, y = inputs(9, seed=5)
-        return metric(model=model, x_batch=x, y_batch=y, a_batch=consistency_attributions(9), **call)
+        a = consistency_attributions(9)
+        return metric(model=model, x_batch=x, y_batch=y, a_batch=a if zero is None else zero_sample(a, zero), **call)
     x, y = inputs(N)
+    if zero is not None:  # a given a_batch with one zero sample
+        call["a_batch"] = zero_sample(elementwise_explain(inputs=x, targets=y), zero)
     return metric(model=model, x_batch=x, y_batch=y, **call)
 
 
@@ -89,6 +96,44 @@ def test_equals_quantus(model, name):
     else:
         rtol = RTOL_MODEL
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity_gated", "avg_sensitivity_gated", "MaxSensitivity_zero_given",
+                                  "AvgSensitivity_zero_given"])
+def test_zero_norm_explanations_score_nan_and_are_named(model, name):
+    """A sample whose explanation has norm 0 has no relative sensitivity: NaN (Quantus: NaN for 0/0, inf
+    where the re-explanation is not zero; both stored as null), with a warning naming the samples."""
+    case = CASES[name]
+    with pytest.warns(RuntimeWarning, match=r"samples \[1(, 2)?\] are undefined \(NaN\) \(their explanations "
+                                            r"have norm 0"):
+        ours = _ours(case, model)
+    assert np.isnan(ours[1]) and np.isfinite(ours[0])
+
+
+def test_a_dead_model_against_the_definitions(model):
+    """Every explanation zero (a dead model; Quantus raises an AssertionError on the batch): the
+    sensitivities are undefined (NaN, named); the other metrics' quotients have zero numerators (or,
+    for Consistency, every explanation has the same label), so numpy from their definitions gives 0
+    and the shares of same-class samples."""
+    x, y = inputs(N)
+    dead = {"explain_func": lambda model=None, inputs=None, targets=None, **kw: np.zeros(np.shape(inputs))}
+    kw = dict(model=model, x_batch=x, y_batch=y, **dead)
+    for cls in ("MaxSensitivity", "AvgSensitivity"):
+        with pytest.warns(RuntimeWarning, match=r"samples \[0, 1, 2, 3\] are undefined"):
+            assert np.isnan(getattr(it.metrics, cls)(nr_samples=3)(**kw)).all()
+    off = {"return_nan_when_prediction_changes": False}
+    for metric in (it.metrics.LocalLipschitzEstimate(nr_samples=3), it.metrics.Continuity(nr_steps=5),
+                   it.metrics.RelativeInputStability(nr_samples=3, **off),
+                   it.metrics.RelativeOutputStability(nr_samples=3, **off),
+                   it.metrics.RelativeRepresentationStability(nr_samples=3, layer_names=["pool"], **off)):
+        assert np.asarray(metric(**kw)).tolist() == [0.0] * N, type(metric).__name__
+    # Consistency: every top_n_sign label is the same, so each sample's score is the share of the other
+    # samples the model puts in its class (Dasgupta et al. 2022, def. 2)
+    xk, _ = inputs(9, seed=5)
+    pred = np.asarray(model(xk)).argmax(-1)
+    same = (pred[:, None] == pred[None]) & ~np.eye(9, dtype=bool)
+    got = it.metrics.Consistency()(model=model, x_batch=xk, y_batch=pred, a_batch=np.zeros(xk.shape[:-1]))
+    np.testing.assert_allclose(got, same.sum(1) / 8, rtol=1e-8)  # Quantus' 1e-9 in the share's divisor
 
 
 def test_cases_cover_nan_and_values():
@@ -191,6 +236,17 @@ def test_functions_are_batched_as_quantus():
     noisy = robustness.uniform_noise(np.zeros((2, 1000), np.float32), lower_bound=0.1, upper_bound=0.3,
                                      rng=np.random.default_rng(0))
     assert noisy.dtype == np.float32 and 0.1 <= noisy.min() and noisy.max() < 0.3
+    # every feature named (the metrics' broadcast indices: added at once) or some of them (added where
+    # named): the same as numpy adding the same draws where the indices say
+    arr = rng.uniform(size=(3, 7)).astype(np.float32)
+    every = np.broadcast_to(np.arange(7), (3, 7))
+    some = np.array([[0, 2, 6], [1, 1, 3], [5, 4, 0]])
+    for idx in (every, every.copy(), some):
+        draws = np.random.default_rng(5).uniform(-0.1, 0.1, arr.shape)
+        want = arr.copy()
+        np.put_along_axis(want, idx, np.take_along_axis(arr + draws, idx, 1), 1)
+        got = robustness.uniform_noise(arr, idx, lower_bound=0.1, rng=np.random.default_rng(5))
+        np.testing.assert_array_equal(got, want)
     sm = it.metrics.normalise_by_average_second_moment_estimate(a)
     np.testing.assert_allclose(np.mean(sm ** 2), 1.0)
     np.testing.assert_array_equal(robustness.top_n_sign(np.array([[1.0, -2, 0, 3, 4, 5]]), n=3), [[1, -1, 0]])
@@ -218,9 +274,6 @@ def test_bad_arguments_raise(model):
         it.metrics.RelativeInputStability(lower_bound=0.1)  # not one of Quantus' arguments for RIS
     with pytest.raises(ExplainError, match="layer_names or layer_indices"):
         it.metrics.RelativeRepresentationStability(layer_names=["pool"], layer_indices=[0])
-    with pytest.raises(ExplainError, match="norm 0"):
-        it.metrics.MaxSensitivity(nr_samples=2)(model=model, x_batch=x, y_batch=y, a_batch=np.zeros_like(x),
-                                               explain_func=elementwise_explain)
 
 
 def test_quantus_defaults():

@@ -23,7 +23,8 @@ import quantus  # noqa: E402
 import torch  # noqa: E402
 
 from models import inputs, torch_model  # noqa: E402
-from robustness_inputs import consistency_attributions, deltas, elementwise_explain  # noqa: E402
+from robustness_inputs import (consistency_attributions, deltas, elementwise_explain, gated_explain,  # noqa: E402
+                               zero_sample)
 
 N, K, SCALE = 4, 5, 0.05
 
@@ -48,7 +49,7 @@ def ixg_explain(model, inputs, targets, **kwargs):
     return (x.grad * x).detach().numpy()
 
 
-EXPLAIN = {"elementwise": elementwise_explain, "input_x_gradient": ixg_explain}
+EXPLAIN = {"elementwise": elementwise_explain, "input_x_gradient": ixg_explain, "gated": gated_explain}
 
 
 def clean(v):
@@ -63,7 +64,7 @@ def main():
            "command": "/work/quantus-venv/bin/python tests/quantus_reference/make_robustness.py",
            "inputs": f"models.inputs({N}) (seed 1)", "steps": K, "delta_scale": SCALE, "cases": []}
 
-    def run(name, cls, init, call, explain, fixed=True, x_=xc, y_=y, a_=None, scale=SCALE):
+    def run(name, cls, init, call, explain, fixed=True, x_=xc, y_=y, a_=None, scale=SCALE, a_zero=None):
         init = dict(init)
         if fixed:
             init["perturb_func"] = fixed_perturb(scale=scale)
@@ -72,7 +73,8 @@ def main():
                         device="cpu", **call)
         init.pop("perturb_func", None)
         out["cases"].append({"name": name, "metric": cls, "init": init, "call": call, "explain": explain,
-                             "fixed_perturbation": fixed, "delta_scale": scale if fixed else None, "scores": clean(scores)})
+                             "fixed_perturbation": fixed, "delta_scale": scale if fixed else None,
+                             "a_batch_zero_sample": a_zero, "scores": clean(scores)})
         print(name, clean(scores))
 
     for ex in EXPLAIN:
@@ -106,6 +108,15 @@ def main():
     a = consistency_attributions(9)
     for bs in (64, 4):
         run(f"consistency_batch_{bs}", "Consistency", {}, {"batch_size": bs}, None, fixed=False, x_=xkc, y_=yk, a_=a)
+
+    # zero-norm explanations: the loop above ran every metric with gated_explain (samples 1 and 2, of
+    # target 0, explained by zeros before and after every perturbation); here a given a_batch with a
+    # zero sample re-explained as non-zero, and Consistency with a zero sample
+    a_given = zero_sample(elementwise_explain(inputs=xc, targets=y), 1)
+    for cls in ("MaxSensitivity", "AvgSensitivity"):
+        run(f"{cls}_zero_given", cls, {"nr_samples": K}, {}, "elementwise", a_=a_given, a_zero=1)
+    run("consistency_zero_sample", "Consistency", {}, {}, None, fixed=False, x_=xkc, y_=yk,
+        a_=zero_sample(consistency_attributions(9), 4), a_zero=4)
 
     # real noise: Quantus' own uniform noise, seeded np.random (the stream differs from ours)
     np.random.seed(0)

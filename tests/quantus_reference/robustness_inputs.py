@@ -27,6 +27,20 @@ def elementwise_explain(model=None, inputs=None, targets=None, **kwargs) -> np.n
     return np.sin(5.0 * x + 1.0) * (1.0 + 0.3 * t)
 
 
+def gated_explain(model=None, inputs=None, targets=None, **kwargs) -> np.ndarray:
+    """:func:`elementwise_explain` for targets other than 0 and all zeros for target 0 (a sample whose
+    explanation has norm 0 before and after any perturbation, as a dead unit gives)."""
+    t = np.asarray(targets).reshape((-1,) + (1,) * (np.ndim(inputs) - 1))
+    return elementwise_explain(inputs=inputs, targets=targets) * (t != 0)
+
+
+def zero_sample(a: np.ndarray, i: int) -> np.ndarray:
+    """``a`` with sample ``i`` set to zero."""
+    a = np.array(a, np.float64)
+    a[i] = 0.0
+    return a
+
+
 def consistency_attributions(n: int, seed: int = 3) -> np.ndarray:
     """``(n, SIZE, SIZE)`` attributions whose first row's first 5 values follow one of three zero
     patterns (so their ``top_n_sign`` labels collide), the rest random."""

@@ -31,40 +31,49 @@ def _maps(R: ArrayLike) -> np.ndarray:
     return R.sum(-1) if R.ndim >= 4 else R
 
 
-def ranks(a: ArrayLike) -> np.ndarray:
-    """Ranks ``1..m`` of the values of each row of ``a`` ``(n, m)``, average ranks for ties (as
-    ``scipy.stats.rankdata(a, axis=1)``, float64), with one unstable sort per row: ties are found
-    among the sorted values and get the mean of their positions."""
-    a = np.asarray(a, np.float64)
+def _sorted_ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, r)``: the sorting permutation of each row of ``a`` ``(n, m)`` and the (average, for
+    ties) ranks of its values in sorted order, so that ``ranks(a)[i, order[i, j]] = r[i, j]``."""
     n, m = a.shape
     order = np.argsort(a, axis=1)
     s = np.take_along_axis(a, order, 1)
     first = np.ones((n, m), bool)
     first[:, 1:] = s[:, 1:] != s[:, :-1]
-    out = np.empty((n, m))
+    pos = np.broadcast_to(np.arange(1.0, m + 1), (n, m))
     if first.all():  # no ties: the position in the sorted row
-        np.put_along_axis(out, order, np.broadcast_to(np.arange(1.0, m + 1), (n, m)), 1)
-        return out
+        return order, pos
     group = np.cumsum(first.ravel()) - 1  # runs of equal values, numbered over all rows
-    pos = np.tile(np.arange(1.0, m + 1), n)
-    mean = (np.bincount(group, pos) / np.bincount(group))[group]
-    np.put_along_axis(out, order, mean.reshape(n, m), 1)
+    mean = np.bincount(group, pos.ravel()) / np.bincount(group)
+    return order, mean[group].reshape(n, m)
+
+
+def ranks(a: ArrayLike) -> np.ndarray:
+    """Ranks ``1..m`` of the values of each row of ``a`` ``(n, m)``, average ranks for ties (as
+    ``scipy.stats.rankdata(a, axis=1)``, float64), with one unstable sort per row: ties are found
+    among the sorted values and get the mean of their positions."""
+    a = np.asarray(a, np.float64)
+    order, r = _sorted_ranks(a)
+    out = np.empty(a.shape)
+    np.put_along_axis(out, order, r, 1)
     return out
 
 
 def spearman(a: ArrayLike, b: ArrayLike, ranked_a: np.ndarray | None = None) -> np.ndarray:
     """Spearman rank correlation between ``a[i]`` and ``b[i]`` (flattened) for each sample ``i``
     (average ranks for ties; NaN where a map is constant). ``ranked_a``: ``ranks(a)`` computed
-    before (``a`` is then only checked for its shape)."""
+    before (``a`` is then only checked for its shape). ``b``'s ranks are used in ``b``'s sorted order
+    (``a``'s ranks gathered into it), never scattered back."""
     a = np.asarray(a)
     b = np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"spearman: shapes differ, {a.shape} and {b.shape}")
     ra = ranks(a.reshape(len(a), -1)) if ranked_a is None else ranked_a
-    rb = ranks(b.reshape(len(b), -1))
+    order, rb = _sorted_ranks(np.asarray(b, np.float64).reshape(len(b), -1))
     centre = (ra.shape[1] + 1) / 2.0  # the mean rank, ties or not
-    ra = ra - centre
+    ra = np.take_along_axis(ra, order, 1) - centre
     rb = rb - centre
+    # ranks are multiples of 1/2, so these float64 sums are exact (below 2**53 for up to 10**5 values
+    # per row) whatever their order
     den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), np.nan)

@@ -202,25 +202,56 @@ class MetricModel:
         if order == "top_down":
             layers = layers[::-1]
         # each layer's original arrays: what is permuted (every layer is randomised once, from its
-        # original weights, in either mode) and what is restored
+        # original weights, in either mode) and what is restored (copied: on some backends the arrays
+        # of get_weights share the variables' memory)
         original = [[np.array(w) for w in la.get_weights()] for la in layers]
         changed: list[int] = []
         try:
             for i, layer in enumerate(layers):
                 if independent and changed:
-                    layers[changed[-1]].set_weights(original[changed[-1]])
-                rs = np.random.RandomState(int(seed) + 1)
-                layer.set_weights([rs.permutation(w) if np.ndim(w) > 0 else w for w in original[i]])
+                    _assign(layers[changed[-1]], original[changed[-1]])
+                rows = _permutations(int(seed) + 1, tuple(np.shape(w)[0] if np.ndim(w) > 0 else None
+                                                          for w in original[i]))
+                _assign(layer, [w if p is None else w[p] for w, p in zip(original[i], rows)])
                 changed.append(i)
                 yield layer.name, self
         finally:
             for i in changed:
-                layers[i].set_weights(original[i])
+                _assign(layers[i], original[i])
 
     def randomisable_layers(self) -> list[str]:
         """Names of the layers :meth:`randomised_layers` randomises, in the model's order (Quantus'
         ``random_layer_generator_length`` is their number)."""
         return [la.name for la in self.model.layers if la.weights]
+
+
+def _assign(layer: keras.layers.Layer, arrays: Sequence[np.ndarray]) -> None:
+    """``layer.set_weights(arrays)`` without its per-call checks beyond the variables' own (each
+    ``assign`` checks the shape): the randomisation metrics assign every layer twice per call."""
+    for variable, value in zip(layer.weights, arrays):
+        variable.assign(value)
+
+
+#: the row permutations of the layers randomised last, by (seed, first-axis lengths of the arrays)
+_PERMUTATIONS: "OrderedDict[tuple, list]" = OrderedDict()
+
+
+def _permutations(seed: int, lengths: tuple) -> list:
+    """The row orders ``np.random.RandomState(seed).permutation`` gives arrays with these first-axis
+    lengths, drawn in turn (``None``: a scalar, left as it is): ``w[p]`` equals Quantus'
+    ``permutation(w)`` (a shuffle of the rows draws the same numbers as one of their indices).
+    Kept for the last layers seen: drawing them anew cost more than the assignment on small models."""
+    key = (seed, lengths)
+    hit = _PERMUTATIONS.get(key)
+    if hit is not None:
+        _PERMUTATIONS.move_to_end(key)
+        return hit
+    rs = np.random.RandomState(seed)
+    rows = [None if n is None else rs.permutation(n) for n in lengths]
+    _PERMUTATIONS[key] = rows
+    while len(_PERMUTATIONS) > 64:
+        _PERMUTATIONS.popitem(last=False)
+    return rows
 
 
 #: compiled functions of the models used last, by (id(model), what): reused while the model lives

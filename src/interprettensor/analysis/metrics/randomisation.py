@@ -19,7 +19,8 @@ each weight array of a layer permuted along its first axis with ``RandomState(se
 starting from the model's own weights. The permuted weights are assigned into the model's own
 variables between stages and restored afterwards, so every stage reuses the explainer compiled for
 the model (no copy, no new trace). Every stage explains the whole batch in one ``explain_func``
-call.
+call; MPRT's and sMPRT's similarities are computed on a second thread while the next stage is
+explained (one at a time, in stage order), so a ``similarity_func`` runs outside the calling thread.
 
 The similarity and complexity functions have Quantus' signatures (``similarity_func(a, b,
 batched=True)`` on ``(n, features)`` arrays, ``complexity_func(a=, x=, **kwargs)``), so Quantus'
@@ -29,6 +30,7 @@ functions may be passed as well.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Any, Callable, Mapping
 
@@ -117,6 +119,25 @@ def discrete_entropy(a: np.ndarray, x: Any = None, **kwargs: Any) -> float:
 
     counts, _ = np.histogram(np.asarray(a, np.float64), bins=int(kwargs.get("n_bins", 100)))
     return float(_entropy(counts))
+
+
+def _discrete_entropies(a: np.ndarray, n_bins: int) -> np.ndarray:
+    """:func:`discrete_entropy` of each row of ``a`` ``(n, m)`` at once: the bins and counts of
+    ``np.histogram(row, bins=n_bins)`` (its edges, its rounding corrections at the edges, a constant
+    row's range widened by 0.5 on each side) and the entropy of ``scipy.stats.entropy``."""
+    a = np.asarray(a, np.float64)
+    n = len(a)
+    lo, hi = a.min(1), a.max(1)
+    same = lo == hi
+    lo, hi = np.where(same, lo - 0.5, lo), np.where(same, hi + 0.5, hi)
+    edges = np.linspace(lo, hi, n_bins + 1, axis=1)
+    idx = (((a - lo[:, None]) / (hi - lo)[:, None]) * n_bins).astype(np.intp)
+    idx[idx == n_bins] -= 1
+    idx[a < np.take_along_axis(edges, idx, 1)] -= 1
+    idx[(a >= np.take_along_axis(edges, idx + 1, 1)) & (idx != n_bins - 1)] += 1
+    counts = np.bincount((idx + (np.arange(n) * n_bins)[:, None]).ravel(), minlength=n * n_bins)
+    p = counts.reshape(n, n_bins) / counts.reshape(n, n_bins).sum(1, keepdims=True)
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
 
 
 def entropy(a: np.ndarray, x: Any = None, **kwargs: Any) -> float:
@@ -258,16 +279,26 @@ class _LayerwiseTest(_Randomisation):
 
     def evaluate_batch(self, *, model: MetricModel, x_batch: np.ndarray, y_batch: np.ndarray,
                        a_batch: np.ndarray, s_batch: np.ndarray | None) -> list:
-        ranked = _ranks(a_batch.reshape(len(a_batch), -1)) if self.similarity_func is correlation_spearman else None
-        stages: dict[str, np.ndarray] = {
-            "original": self._similarity(a_batch, self._explain_stage(model, x_batch, y_batch), ranked)}
-        names, gen = self._stages(model)
-        with closing(gen):  # the model's weights are restored even if an explanation fails
-            for i, (name, random_model) in enumerate(gen):
-                if self.skip_layers and i + 1 < len(names):
-                    continue
-                stages[name] = self._similarity(a_batch, self._explain_stage(random_model, x_batch, y_batch), ranked)
+        # The similarities are computed by a second thread while the next stage is randomised and
+        # explained (sorting for the ranks and the model's kernels both leave the interpreter
+        # free), one after the other in stage order.
+        with ThreadPoolExecutor(1) as pool:
+            spearman = self.similarity_func is correlation_spearman
+            ranked = pool.submit(lambda: _ranks(a_batch.reshape(len(a_batch), -1)) if spearman else None)
+
+            def compare(b: np.ndarray) -> Future:
+                return pool.submit(lambda: self._similarity(a_batch, b, ranked.result()))
+
+            stages: dict[str, Future] = {"original": compare(self._explain_stage(model, x_batch, y_batch))}
+            names, gen = self._stages(model)
+            with closing(gen):  # the model's weights are restored even if an explanation fails
+                for i, (name, random_model) in enumerate(gen):
+                    if self.skip_layers and i + 1 < len(names):
+                        continue
+                    stages[name] = compare(self._explain_stage(random_model, x_batch, y_batch))
+            done = {k: f.result() for k, f in stages.items()}
         self._offset += len(x_batch)
+        stages = done
         return [{k: float(v[i]) for k, v in stages.items()} for i in range(len(x_batch))]
 
     def custom_postprocess(self, scores: list) -> Any:
@@ -491,6 +522,8 @@ class EfficientMPRT(_Randomisation):
         self.n_bins = int(max(min(n_bins, int(kw.get("max_n_bins", 200))), int(kw.get("min_n_bins", 10))))
 
     def _complexity(self, a: np.ndarray, x: np.ndarray) -> list[float]:
+        if self.complexity_func is discrete_entropy:  # every sample at once
+            return [float(v) for v in _discrete_entropies(a.reshape(len(a), -1), int(self.n_bins))]
         kw = {**self.complexity_func_kwargs, "n_bins": self.n_bins}
         return [float(self.complexity_func(a=a[i], x=x[i], **kw)) for i in range(len(a))]
 

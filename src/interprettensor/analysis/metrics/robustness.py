@@ -177,9 +177,16 @@ def _rows(arr: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _every_feature(indices: np.ndarray, d: int) -> bool:
+    """Whether ``indices`` ``(N, m)`` names every one of ``d`` features in order in each row, as the
+    metrics pass them (one ``arange(d)`` broadcast over the rows: checked in O(d))."""
+    return (indices.ndim == 2 and indices.shape[1] == d and indices.strides[0] == 0
+            and np.array_equal(indices[0], np.arange(d)))
+
+
 def _add_at(arr: np.ndarray, noise: np.ndarray, indices: np.ndarray | None) -> np.ndarray:
     dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
-    if indices is None:
+    if indices is None or _every_feature(np.asarray(indices), arr.shape[1]):  # no gather and scatter
         return (arr + noise).astype(dtype)
     out = arr.astype(dtype, copy=True)
     rows = np.arange(arr.shape[0])[:, None]
@@ -308,6 +315,20 @@ class _Perturbing(Metric):
 
 class _Sensitivity(_Perturbing):
     _reduce: str = "max"
+    _zero_norm_reason = ("their explanations have norm 0, which the relative sensitivity divides by (Quantus: NaN "
+                         "or inf with numpy's warning, or an AssertionError when the whole batch is zero)")
+
+    @property
+    def nan_reason(self) -> str:  # type: ignore[override]
+        """Why scores of the last call are NaN: zero-norm explanations, classes that changed, or both."""
+        why = [self._zero_norm_reason] if getattr(self, "_zero_norm", False) else []
+        if self.return_nan_when_prediction_changes:
+            why.append(_Perturbing.nan_reason)
+        return "; or ".join(why)
+
+    def custom_preprocess(self, **kw: Any) -> None:
+        super().custom_preprocess(**kw)
+        self._zero_norm = False
 
     def __init__(self, similarity_func: Callable | None = None, norm_numerator: Callable | None = None,
                  norm_denominator: Callable | None = None, nr_samples: int = 200, abs: bool = False,
@@ -336,9 +357,9 @@ class _Sensitivity(_Perturbing):
         n = x_batch.shape[0]
         a = a_batch.reshape(n, -1)
         den = _per_row(self.norm_denominator(a=a), n, "norm_denominator", "norm_denominator(a (N, d)) -> (N,)")
-        if np.any(den == 0):
-            raise ExplainError(f"{type(self).__name__}: the attributions of samples {np.flatnonzero(den == 0).tolist()} "
-                               f"have norm 0, so their relative sensitivity is undefined")
+        zero = den == 0  # no relative change of a zero explanation: NaN, named by the base's warning
+        den = np.where(zero, 1.0, den)
+        self._zero_norm = self._zero_norm or bool(zero.any())
         ratios = []
         for kc in self._steps(n, x_batch[0].size, self.nr_samples):
             xs = self._perturb(x_batch, kc)
@@ -348,7 +369,7 @@ class _Sensitivity(_Perturbing):
                 raise ExplainError(f"similarity_func returned shape {sim.shape}; it must compare the rows of two "
                                    f"(N, d) batches: similarity_func(a, b) -> (N, d) or (N,)")
             num = _per_row(self.norm_numerator(a=sim), kc * n, "norm_numerator", "norm_numerator(a (N, d)) -> (N,)")
-            r = (num.reshape(kc, n) / den[None])
+            r = np.where(zero[None], np.nan, num.reshape(kc, n) / den[None])
             if self.return_nan_when_prediction_changes:
                 p, pp = self._predicted(model, x_batch, xs)
                 r = np.where(pp.argmax(-1) != p.argmax(-1)[None], np.nan, r)
@@ -370,7 +391,9 @@ class MaxSensitivity(_Sensitivity):
 
     Quantus' arguments and defaults; ``seed`` seeds the noise (every call draws the same). With
     ``return_nan_when_prediction_changes`` a sample whose class changes under any perturbation
-    scores NaN, as in Quantus. An explanation of norm 0 raises (Quantus divides by zero).
+    scores NaN, as in Quantus. A sample whose explanation has norm 0 (e.g. a dead model's) scores NaN,
+    its relative sensitivity being undefined, with a warning naming the samples (Quantus divides by
+    zero: NaN or inf, and it raises an AssertionError when every explanation of the batch is zero).
     """
 
     _reduce = "max"
