@@ -8,8 +8,10 @@ embeddings' output (the gradient of the target logit with respect to that output
 with no variable watched, times the output, summed over the hidden axis): the fastest compiled
 gradient we can write for it (``--table-baseline`` also times the gradient taken with respect to the
 embedding table, which this benchmark used before and which is about 1.7x slower). Both compiled with
-``tf.function`` and warmed up; best of ``--repeats`` runs taken alternately. Peak memory: each method
-in a fresh process, beyond the model and one forward pass.
+``tf.function`` and warmed up; best of ``--repeats`` runs taken alternately, in wall-clock time and in
+the process's CPU time (all threads; the steadier measure on a shared machine, where other processes
+stretch the wall clock). Peak memory: each method in a fresh process, beyond the model and one forward
+pass.
 
 LXT side by side: LXT (PyTorch) cannot share Keras' environment; the benchmark creates its own virtual
 environment (``--lxt-venv``, default ``.bench-lxt/``: ``pip install lxt==2.1 transformers==4.52.4
@@ -31,6 +33,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,7 +43,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import interprettensor as it  # noqa: E402
-from bench_lrp import _peak_rss_mib, paired_best_times  # noqa: E402 - this folder's shared timing
+from bench_lrp import _peak_rss_mib  # noqa: E402 - this folder's shared measurement
 
 HERE = Path(__file__).resolve().parent
 BASE = dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072)
@@ -134,6 +137,25 @@ def lrp_fn(model, rule: str):
 
 
 
+def paired_times(fn_a, fn_b, x, repeats: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best wall-clock and best process CPU times (seconds, all threads) of two functions run
+    alternately (two warm-up calls each): ``((wall_a, cpu_a), (wall_b, cpu_b))``. On a shared machine
+    the CPU time is the steadier measure (other processes stretch the wall clock, not this process's
+    CPU time); on a quiet one the wall clock is the figure to report."""
+    for fn in (fn_a, fn_b):
+        fn(x)
+        fn(x)
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats):
+        for fn, got in zip((fn_a, fn_b), times):
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = fn(x)
+            np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
+            got.append((time.perf_counter() - w0, time.process_time() - c0))
+    best = tuple((min(t[0] for t in got), min(t[1] for t in got)) for got in times)
+    return best[0], best[1]
+
+
 def lxt_python(venv: Path) -> Path | None:
     """The Python of LXT's virtual environment, set up on first use (``pip install lxt==2.1
     transformers==4.52.4 torch``: LXT 2.1's BERT patch is written against that ``transformers``);
@@ -219,27 +241,29 @@ def main() -> None:
         sys.exit(f"the two gradient x input computations differ by {np.abs(got - ref).max():.3g}")
     rows = []
     for rule in ("attnlrp", "cp_lrp"):
-        t_lrp, t_grad = paired_best_times(lrp_fn(model, rule), grad, x, args.repeats)
-        rows.append((rule, t_lrp, t_grad))
+        (t_lrp, c_lrp), (t_grad, c_grad) = paired_times(lrp_fn(model, rule), grad, x, args.repeats)
+        rows.append((rule, t_lrp, t_grad, c_lrp, c_grad))
     theirs = None
     if not args.no_lxt:
         py = lxt_python(Path(args.lxt_venv))
         theirs = None if py is None else lxt_times(py, sizes, seq, batch, args.repeats)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
           f"Keras {keras.__version__}")
-    print("| workload | rule | LRP (s) | gradient x input (s) | ratio |")
-    print("| --- | --- | --- | --- | --- |")
-    for rule, t_lrp, t_grad in rows:
-        print(f"| {name} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {t_lrp / t_grad:.2f} |")
+    print("| workload | rule | LRP (s) | gradient x input (s) | ratio | CPU time ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for rule, t_lrp, t_grad, c_lrp, c_grad in rows:
+        print(f"| {name} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {t_lrp / t_grad:.2f} | {c_lrp / c_grad:.2f} |")
     if theirs is not None:
         t_lxt, t_tg = theirs["attnlrp"], theirs["gradient_x_input"]
+        c_lxt, c_tg = theirs["attnlrp_cpu"], theirs["gradient_x_input_cpu"]
         print(f"| {name}, LXT {theirs['lxt']} (PyTorch {theirs['torch']}, transformers {theirs['transformers']}, "
-              f"{theirs['threads']} threads) | attnlrp | {t_lxt:.3f} | {t_tg:.3f} | {t_lxt / t_tg:.2f} |")
-        t_ours = rows[0][1]
-        print(f"interprettensor's AttnLRP / LXT's AttnLRP: {t_ours / t_lxt:.2f} (absolute times; LXT timed in its "
-              f"own process after interprettensor's, its two methods in turns)")
+              f"{theirs['threads']} threads) | attnlrp | {t_lxt:.3f} | {t_tg:.3f} | {t_lxt / t_tg:.2f} | "
+              f"{c_lxt / c_tg:.2f} |")
+        print(f"interprettensor's AttnLRP / LXT's AttnLRP: {rows[0][1] / t_lxt:.2f} in wall-clock time, "
+              f"{rows[0][3] / c_lxt:.2f} in CPU time (LXT timed in its own process after interprettensor's, "
+              f"its two methods in turns)")
     if args.table_baseline:
-        t_table, t_grad = paired_best_times(gradient_x_input_table(model), grad, x, args.repeats)
+        (t_table, _), (t_grad, _) = paired_times(gradient_x_input_table(model), grad, x, args.repeats)
         print(f"gradient x input through the embedding table's gradient: {t_table:.3f} s "
               f"({t_table / t_grad:.2f}x the baseline above)")
     if not args.no_memory:

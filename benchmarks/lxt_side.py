@@ -9,8 +9,8 @@ sequence length, all positions attended; prints one JSON line with the best time
 * ``attnlrp``: LXT's AttnLRP in its efficient mode (``lxt.efficient.monkey_patch`` on
   ``transformers``' BERT module: the same input x gradient, through the patched model),
 
-timed in turns (``REPEATS`` each, after two warm-up calls each, best kept), with the versions and the
-number of threads PyTorch uses. LXT's patch of ``torch.nn.LayerNorm`` and ``torch.nn.Dropout`` is
+timed in turns (``REPEATS`` each, after two warm-up calls each, best kept; wall clock, and the process's
+CPU time under ``NAME_cpu``), with the versions and the number of threads PyTorch uses. LXT's patch of ``torch.nn.LayerNorm`` and ``torch.nn.Dropout`` is
 global; it is swapped in for LXT's calls and out for the gradient's (checked: the gradient after the
 swap equals the gradient taken before LXT was imported).
 
@@ -115,11 +115,13 @@ def main() -> None:
     for _ in range(repeats):
         for name, (swap, fn) in fns.items():
             swap()
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - w0, time.process_time() - c0))
     use(originals)()
-    print(json.dumps({**{name: min(t) for name, t in times.items()}, "torch": torch.__version__,
+    best = {name: min(w for w, _ in t) for name, t in times.items()}
+    best.update({f"{name}_cpu": min(c for _, c in t) for name, t in times.items()})
+    print(json.dumps({**best, "torch": torch.__version__,
                       "transformers": transformers.__version__, "lxt": getattr(lxt, "__version__", None) or _version("lxt"),
                       "threads": torch.get_num_threads()}))
 
