@@ -260,8 +260,9 @@ def main() -> None:
               f"{theirs['threads']} threads) | attnlrp | {t_lxt:.3f} | {t_tg:.3f} | {t_lxt / t_tg:.2f} | "
               f"{c_lxt / c_tg:.2f} |")
         print(f"interprettensor's AttnLRP / LXT's AttnLRP: {rows[0][1] / t_lxt:.2f} in wall-clock time, "
-              f"{rows[0][3] / c_lxt:.2f} in CPU time (LXT timed in its own process after interprettensor's, "
-              f"its two methods in turns)")
+              f"{rows[0][3] / c_lxt:.2f} in CPU time ({rows[0][3]:.2f} s / {c_lxt:.2f} s; gradient x input "
+              f"{rows[0][4]:.2f} s / {c_tg:.2f} s; LXT timed in its own process after interprettensor's, its two "
+              f"methods in turns)")
     if args.table_baseline:
         (t_table, _), (t_grad, _) = paired_times(gradient_x_input_table(model), grad, x, args.repeats)
         print(f"gradient x input through the embedding table's gradient: {t_table:.3f} s "
