@@ -143,6 +143,33 @@ def test_uniform_rule_on_matmul_and_multiply():
     assert np.all(Rg == 0)
 
 
+def test_product_of_a_tensor_with_itself_and_unequal_shares():
+    """``x * x`` (one tensor as both factors): with the gate rule's shares the signal occurrence gets
+    all of the relevance with the other occurrence held (``x ⊙ x ⊙ R / stab(x²)``, not twice that);
+    under AttnLRP half to each occurrence, summed at ``x``. Shares that differ per factor each weigh
+    their factor's relevance."""
+    from interprettensor.engine.operation_rules import product_relevance
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3, 5)).astype("float32")
+    R = rng.normal(size=(3, 5)).astype("float32")
+    x64 = x.astype("float64")
+    want = R * x64 * x64 / stab(x64 * x64)
+    xi = keras.Input((5,))
+    np.testing.assert_allclose(it.lrp(keras.Model(xi, ops.multiply(xi, xi)), x, rule="attnlrp", relevance=R), want,
+                               rtol=1e-5, atol=1e-6)
+    xt, Rt = ops.convert_to_tensor(x), ops.convert_to_tensor(R)
+    Rx, held = product_relevance(lambda fs: fs[0] * fs[1], [xt, xt], xt * xt, Rt, [1.0, 0.0], 1e-12)
+    assert held is None
+    np.testing.assert_allclose(ops.convert_to_numpy(Rx), want, rtol=1e-5, atol=1e-6)
+    a, b = rng.normal(size=(3, 5)).astype("float32"), rng.normal(size=(3, 5)).astype("float32")
+    Ra, Rb = product_relevance(lambda fs: fs[0] * fs[1], [ops.convert_to_tensor(a), ops.convert_to_tensor(b)],
+                               ops.convert_to_tensor(a * b), Rt, [0.25, 0.75], 1e-12)
+    z = a.astype("float64") * b
+    np.testing.assert_allclose(ops.convert_to_numpy(Ra), 0.25 * R * z / stab(z), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(Rb), 0.75 * R * z / stab(z), rtol=1e-5, atol=1e-6)
+
+
 def test_gate_rule_holds_attention_weights_constant():
     """A·V under CP-LRP: the softmax output is a constant, V gets all the relevance by epsilon."""
     rng = np.random.default_rng(4)

@@ -185,21 +185,51 @@ def product_relevance(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Ten
     """Relevance of the factors of a product ``z = fn(xs)`` that is linear in each factor:
     ``R_i = shares[i] · x_i ⊙ J_iᵀ (R / stab(z))`` (one vector-Jacobian product for all factors; a
     factor with share 0 gets ``None``). A share given as a tensor (shaped like ``z``: element-wise
-    products) weighs ``R`` inside the product, ``R_i = x_i ⊙ J_iᵀ (shares[i] ⊙ R / stab(z))``."""
+    products) weighs ``R`` inside the product, ``R_i = x_i ⊙ J_iᵀ (shares[i] ⊙ R / stab(z))``.
+
+    The vector-Jacobian product is taken for the factors with a share only (the others held at their
+    values: a gate under CP-LRP costs no product with the cotangent), and a share common to all of
+    them (the uniform rule's ``1/n``) scales the cotangent once, ``J_iᵀ (shares · R / stab(z))``,
+    instead of each factor's relevance."""
     # not before R exists: otherwise every layer's denominator would be computed right after the
     # forward pass and held
     s = backend.after([R], lambda: R / stabilize(z, epsilon))
     if any(ops.is_tensor(w) for w in shares):
         return _weighted_product_relevance(fn, xs, s, shares)
-    grads = backend.vjp(fn, xs, s)
-    result: list[Tensor | None] = []
-    for x, g, share in zip(xs, grads, shares):
-        if share == 0:
-            result.append(None)
-        else:
-            r = x * g
-            result.append(r if share == 1.0 else r * constant(share, r.dtype))
+    idx = [i for i, w in enumerate(shares) if w != 0]
+    if not idx:
+        return [None] * len(xs)
+    common = {float(shares[i]) for i in idx}
+    if len(common) == 1:
+        w = common.pop()
+        if w != 1.0:
+            s = s * constant(w, s.dtype)
+        weights = [1.0] * len(idx)
+    else:
+        weights = [float(shares[i]) for i in idx]
+    grads = backend.vjp(_held(fn, xs, idx), [xs[i] for i in idx], s)
+    result: list[Tensor | None] = [None] * len(xs)
+    for i, g, w in zip(idx, grads, weights):
+        r = xs[i] * g
+        result[i] = r if w == 1.0 else r * constant(w, r.dtype)
     return result
+
+
+def _held(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Tensor],
+          idx: Sequence[int]) -> Callable[[Sequence[Tensor]], Tensor]:
+    """``fn`` as a function of the factors ``idx`` only, the others held at their values (a held
+    factor that is also one of the factors ``idx``, ``a * a`` under the gate rule, is held by a
+    stopped gradient, so that only its own occurrence receives the product)."""
+    taken = {id(xs[i]) for i in idx}
+    held = [x if i in idx or id(x) not in taken else backend.stop_gradient(x) for i, x in enumerate(xs)]
+
+    def part(args: Sequence[Tensor]) -> Tensor:
+        full = list(held)
+        for i, a in zip(idx, args):
+            full[i] = a
+        return fn(full)
+
+    return part
 
 
 def _weighted_product_relevance(fn, xs, s, shares) -> list[Tensor | None]:
@@ -222,8 +252,8 @@ def softmax_relevance(x: Tensor, s: Tensor, R: Tensor, axis: int | Sequence[int]
     out = x * (R - s * total)
     sentinel = constant(-1e4 if dtypes.name(x.dtype) == "float16" else -1e8, x.dtype)
     # the mask only once it is needed (see product_relevance)
-    masked = backend.after([out], lambda: ops.logical_or(ops.equal(s, ops.zeros_like(s)), x <= sentinel))
-    return ops.where(masked, ops.zeros_like(out), out)
+    masked = backend.after([out], lambda: ops.logical_or(ops.equal(s, constant(0, s.dtype)), x <= sentinel))
+    return ops.where(masked, constant(0, out.dtype), out)
 
 
 #: the product rules by their ``name``; registered under the names of :data:`interprettensor.rule_names.PRODUCT_RULES`

@@ -106,7 +106,8 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     dtype = dtypes.name(z.dtype)
     if isinstance(epsilon, (int, float)) and dtype in _SMALLEST_NORMAL:
         epsilon = max(float(epsilon), _SMALLEST_NORMAL[dtype])
-    return z + constant(epsilon, z.dtype) * sign0(z)
+    e = constant(epsilon, z.dtype)
+    return z + ops.where(z >= 0, e, ops.negative(e))  # = z + e * sign0(z), without the product's pass
 
 
 @dataclasses.dataclass(frozen=True)
