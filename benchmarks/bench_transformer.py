@@ -15,7 +15,7 @@ pass.
 
 LXT side by side: LXT (PyTorch) cannot share Keras' environment; the benchmark creates its own virtual
 environment (``--lxt-venv``, default ``.bench-lxt/``: ``pip install lxt==2.1 transformers==4.52.4
-torch``) on first use and runs ``benchmarks/lxt_side.py`` there in a separate process: a
+torch``, torch pinned to this environment's version) on first use and runs ``benchmarks/lxt_side.py`` there in a separate process: a
 ``transformers`` BertForSequenceClassification of the same sizes (random weights, nothing downloaded),
 the same batch and sequence length, LXT's AttnLRP (its efficient mode, input x a modified gradient) and
 PyTorch's gradient x input at the token embeddings (no weight gradient), timed in turns. Run::
@@ -156,16 +156,28 @@ def paired_times(fn_a, fn_b, x, repeats: int) -> tuple[tuple[float, float], tupl
     return best[0], best[1]
 
 
+def _torch_pin() -> str:
+    """``torch==V`` for the torch installed here (the version the engine's PyTorch backend runs), else ``torch``."""
+    from importlib import metadata
+
+    try:
+        return f"torch=={metadata.version('torch')}"
+    except metadata.PackageNotFoundError:
+        return "torch"
+
+
 def lxt_python(venv: Path) -> Path | None:
     """The Python of LXT's virtual environment, set up on first use (``pip install lxt==2.1
-    transformers==4.52.4 torch``: LXT 2.1's BERT patch is written against that ``transformers``);
-    ``None`` (and a note) where it cannot be installed."""
+    transformers==4.52.4 torch==V``: LXT 2.1's BERT patch is written against that ``transformers``; V is
+    the torch of this environment where it has one, from PyTorch's CPU index, as a newer torch may not
+    work with LXT 2.1); ``None`` (and a note) where it cannot be installed."""
     py = venv / "bin" / "python"
     if not py.exists():
         print(f"setting up LXT in {venv} (once) ...", flush=True)
         try:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(py), "-m", "pip", "install", "-q", "lxt==2.1", "transformers==4.52.4", "torch"],
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "--extra-index-url",
+                            "https://download.pytorch.org/whl/cpu", "lxt==2.1", "transformers==4.52.4", _torch_pin()],
                            check=True)
         except (subprocess.CalledProcessError, OSError) as e:
             print(f"LXT could not be installed ({e}); its rows are left out")
