@@ -156,8 +156,10 @@ def test_product_of_a_tensor_with_itself_and_unequal_shares():
     x64 = x.astype("float64")
     want = R * x64 * x64 / stab(x64 * x64)
     xi = keras.Input((5,))
-    np.testing.assert_allclose(it.lrp(keras.Model(xi, ops.multiply(xi, xi)), x, rule="attnlrp", relevance=R), want,
-                               rtol=1e-5, atol=1e-6)
+    for square in (ops.multiply(xi, xi), L.Multiply()([xi, xi])):
+        for rule in ("attnlrp", "cp_lrp"):  # through the model: each occurrence of x takes its own value
+            np.testing.assert_allclose(it.lrp(keras.Model(xi, square), x, rule=rule, relevance=R), want,
+                                       rtol=1e-5, atol=1e-6, err_msg=rule)
     xt, Rt = ops.convert_to_tensor(x), ops.convert_to_tensor(R)
     Rx, held = product_relevance(lambda fs: fs[0] * fs[1], [xt, xt], xt * xt, Rt, [1.0, 0.0], 1e-12)
     assert held is None

@@ -33,9 +33,16 @@ def _layer_call(layer: Any) -> Callable:
 
 def _node_call(op: Any, node: Any) -> Callable:
     ids = [id(kt) for kt in node.input_tensors]
+    repeated = len(set(ids)) < len(ids)  # op(x, x): each occurrence takes its own value (a product rule
+    # may hold one of them fixed), so the values are filled in by position, not by tensor
 
     def call(xs: Sequence[Tensor]) -> list:
-        args, kwargs = node.arguments.fill_in(dict(zip(ids, xs)))
+        if repeated:
+            values = iter(xs)
+            args, kwargs = node.arguments.convert(
+                lambda t: next(values) if isinstance(t, keras.KerasTensor) else t)
+        else:
+            args, kwargs = node.arguments.fill_in(dict(zip(ids, xs)))
         kwargs.pop("training", None)
         # optional outputs the call returns as None are not in the graph (Keras' nodes hold tensors only)
         return [t for t in tree.flatten(op(*args, **kwargs)) if t is not None]
