@@ -19,8 +19,7 @@ each weight array of a layer permuted along its first axis with ``RandomState(se
 starting from the model's own weights. The permuted weights are assigned into the model's own
 variables between stages and restored afterwards, so every stage reuses the explainer compiled for
 the model (no copy, no new trace). Every stage explains the whole batch in one ``explain_func``
-call; MPRT's and sMPRT's similarities are computed on a second thread while the next stage is
-explained (one at a time, in stage order), so a ``similarity_func`` runs outside the calling thread.
+call; the original explanation's ranks (Spearman) are computed once and compared with each stage's.
 
 The similarity and complexity functions have Quantus' signatures (``similarity_func(a, b,
 batched=True)`` on ``(n, features)`` arrays, ``complexity_func(a=, x=, **kwargs)``), so Quantus'
@@ -30,7 +29,6 @@ functions may be passed as well.
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import Any, Callable, Mapping
 
@@ -279,26 +277,17 @@ class _LayerwiseTest(_Randomisation):
 
     def evaluate_batch(self, *, model: MetricModel, x_batch: np.ndarray, y_batch: np.ndarray,
                        a_batch: np.ndarray, s_batch: np.ndarray | None) -> list:
-        # The similarities are computed by a second thread while the next stage is randomised and
-        # explained (sorting for the ranks and the model's kernels both leave the interpreter
-        # free), one after the other in stage order.
-        with ThreadPoolExecutor(1) as pool:
-            spearman = self.similarity_func is correlation_spearman
-            ranked = pool.submit(lambda: _ranks(a_batch.reshape(len(a_batch), -1)) if spearman else None)
-
-            def compare(b: np.ndarray) -> Future:
-                return pool.submit(lambda: self._similarity(a_batch, b, ranked.result()))
-
-            stages: dict[str, Future] = {"original": compare(self._explain_stage(model, x_batch, y_batch))}
-            names, gen = self._stages(model)
-            with closing(gen):  # the model's weights are restored even if an explanation fails
-                for i, (name, random_model) in enumerate(gen):
-                    if self.skip_layers and i + 1 < len(names):
-                        continue
-                    stages[name] = compare(self._explain_stage(random_model, x_batch, y_batch))
-            done = {k: f.result() for k, f in stages.items()}
+        # the explanation's ranks once (Spearman), compared with every stage's
+        ranked = (_ranks(a_batch.reshape(len(a_batch), -1)) if self.similarity_func is correlation_spearman
+                  else None)
+        stages = {"original": self._similarity(a_batch, self._explain_stage(model, x_batch, y_batch), ranked)}
+        names, gen = self._stages(model)
+        with closing(gen):  # the model's weights are restored even if an explanation fails
+            for i, (name, random_model) in enumerate(gen):
+                if self.skip_layers and i + 1 < len(names):
+                    continue
+                stages[name] = self._similarity(a_batch, self._explain_stage(random_model, x_batch, y_batch), ranked)
         self._offset += len(x_batch)
-        stages = done
         return [{k: float(v[i]) for k, v in stages.items()} for i in range(len(x_batch))]
 
     def custom_postprocess(self, scores: list) -> Any:
