@@ -3,13 +3,16 @@
 
 The model: keras_hub's BertTextClassifier on a BertBackbone of BERT-base's size (12 layers, hidden
 768, 12 heads, intermediate 3072; random weights, built from the config: nothing is downloaded),
-sequence 128, batch 8. Gradient x input is taken where LRP's token relevance is read: at the token
-embeddings' output (the gradient of the target logit with respect to that output, watched on the tape
-with no variable watched, times the output, summed over the hidden axis): the fastest compiled
-gradient we can write for it (``--table-baseline`` also times the gradient taken with respect to the
-embedding table, which this benchmark used before and which is about 1.7x slower). Both compiled with
-``tf.function`` and warmed up; best of ``--repeats`` runs taken alternately, in wall-clock time and in
-the process's CPU time (all threads; the steadier measure on a shared machine, where other processes
+sequence 128, batch 8, on each Keras backend asked for (``--backends``; each in its own process, as
+Keras picks its backend once per process). Gradient x input is taken where LRP's token relevance is
+read: at the token embeddings' output (the gradient of the target logit with respect to that output,
+no variable differentiated, times the output, summed over the hidden axis): the fastest compiled
+gradient we can write for it (on TensorFlow a tape watching that output in ``tf.function``;
+``--table-baseline`` also times the gradient taken with respect to the embedding table, which this
+benchmark used before and which is about 1.7x slower; on JAX and PyTorch the engine's backend
+vector-Jacobian product, compiled as the explainer is). LRP is the explainer's compiled per-batch
+function. Both warmed up; best of ``--repeats`` runs taken alternately, in wall-clock time and in the
+process's CPU time (all threads; the steadier measure on a shared machine, where other processes
 stretch the wall clock). Peak memory: each method in a fresh process, beyond the model and one forward
 pass.
 
@@ -21,6 +24,7 @@ the same batch and sequence length, LXT's AttnLRP (its efficient mode, input x a
 PyTorch's gradient x input at the token embeddings (no weight gradient), timed in turns. Run::
 
     python benchmarks/bench_transformer.py               # needs the [hub] extra
+    python benchmarks/bench_transformer.py --backends tensorflow jax torch   # needs the [jax], [torch] extras
     python benchmarks/bench_transformer.py --small       # 2 layers, hidden 128 (a quick check)
     python benchmarks/bench_transformer.py --layers 4 --no-memory --no-lxt   # BERT-base's widths, 4 layers
 """
@@ -36,18 +40,12 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import interprettensor as it  # noqa: E402
-from bench_lrp import _peak_rss_mib  # noqa: E402 - this folder's shared measurement
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 BASE = dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072)
 SMALL = dict(num_layers=2, num_heads=2, hidden_dim=128, intermediate_dim=256)
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def model_sizes(small: bool, layers: int | None = None) -> dict:
@@ -59,23 +57,42 @@ def model_sizes(small: bool, layers: int | None = None) -> dict:
 
 
 def build(sizes: dict, seq: int = 128, batch: int = 8):
+    import keras
     import keras_hub
+    from keras import ops
 
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.BertBackbone(vocabulary_size=30522, max_sequence_length=512, **sizes)
     model = keras_hub.models.BertTextClassifier(backbone=backbone, num_classes=2, preprocessor=None)
     rng = np.random.default_rng(0)
-    x = {"token_ids": tf.constant(rng.integers(1000, 30000, (batch, seq)), tf.int32),
-         "segment_ids": tf.zeros((batch, seq), tf.int32),
-         "padding_mask": tf.ones((batch, seq), tf.int32)}
+    x = {"token_ids": ops.convert_to_tensor(rng.integers(1000, 30000, (batch, seq)), "int32"),
+         "segment_ids": ops.zeros((batch, seq), "int32"),
+         "padding_mask": ops.ones((batch, seq), "int32")}
     return model, x
 
 
 def gradient_x_input(model):
     """Per-token gradient x input at the token embeddings' output, compiled: the fastest gradient we
-    can write for it. The tape watches the embedding layer's output only (no variable is watched, so
-    no weight gradient is computed: LRP computes none either); the gradient there times the output,
-    summed over the hidden axis, is one value per token, where LRP's token relevance is read."""
+    can write for it on the running backend. Nothing but that output is differentiated (no variable,
+    so no weight gradient: LRP computes none either); the gradient there times the output, summed over
+    the hidden axis, is one value per token, where LRP's token relevance is read. TensorFlow: a tape
+    watching the output, in ``tf.function``; JAX and PyTorch: the engine's backend module's
+    vector-Jacobian product, compiled as the explainer compiles (``jax.jit``; PyTorch eager)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        from bench_backends import gradient_x_input as neutral  # the backend-neutral version
+
+        compiled = {}
+
+        def run_neutral(x):  # compiled once, for the benchmark's one batch
+            if "fn" not in compiled:
+                compiled["fn"] = neutral(model, {k: keras.ops.convert_to_numpy(v) for k, v in x.items()})
+            return compiled["fn"]()
+
+        return run_neutral
+    import tensorflow as tf
+
     layer = model.backbone.token_embedding
     call = layer.call
 
@@ -106,7 +123,9 @@ def gradient_x_input(model):
 def gradient_x_input_table(model):
     """The same quantity through the gradient with respect to the embedding *table* (what this
     benchmark measured before: every trainable variable watched, the table's gradient as
-    IndexedSlices); kept to show the difference (``--table-baseline``)."""
+    IndexedSlices); kept to show the difference (``--table-baseline``; TensorFlow)."""
+    import tensorflow as tf
+
     table = model.backbone.token_embedding.embeddings.value
 
     @tf.function(jit_compile=False)
@@ -122,19 +141,29 @@ def gradient_x_input_table(model):
 
 
 def lrp_fn(model, rule: str):
+    """The explainer's compiled per-batch function for the predicted class (what ``Explainer.__call__``
+    runs, without its argument checks); returns the token ids' relevance."""
+    from keras import ops
+
+    import interprettensor as it
+
     explainer = it.Explainer(model, rule=rule)
-    names = sorted(model.input.keys()) if isinstance(model.input, dict) else None
+    names = sorted(model.input.keys())
 
     def run(x):
-        xs = tuple(x[k] for k in names)
-        fn = explainer._function(list(xs), "target", False)
-        return fn(xs, tf.fill((xs[0].shape[0],), -1))[0]
+        xs = [x[k] for k in names]
+        explainer._activate_for(xs)
+        fn = explainer._function(xs, "target", False)
+        return fn(tuple(xs), ops.full((xs[0].shape[0],), -1, "int32"))[names.index("token_ids")]
 
     return run
 
 
+def _numpy(out):
+    """The output as NumPy (waits for the computation to finish)."""
+    from keras import ops
 
-
+    return ops.convert_to_numpy(out[0] if isinstance(out, (list, tuple)) else out)
 
 
 def paired_times(fn_a, fn_b, x, repeats: int) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -150,7 +179,7 @@ def paired_times(fn_a, fn_b, x, repeats: int) -> tuple[tuple[float, float], tupl
         for fn, got in zip((fn_a, fn_b), times):
             w0, c0 = time.perf_counter(), time.process_time()
             out = fn(x)
-            np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
+            _numpy(out)
             got.append((time.perf_counter() - w0, time.process_time() - c0))
     best = tuple((min(t[0] for t in got), min(t[1] for t in got)) for got in times)
     return best[0], best[1]
@@ -201,22 +230,57 @@ def lxt_times(py: Path, sizes: dict, seq: int, batch: int, repeats: int) -> dict
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def backend_child(sizes: dict, seq: int, batch: int, repeats: int, table: bool) -> None:
+    """One backend's rows (``KERAS_BACKEND`` set by the parent), printed as one JSON line."""
+    import keras
+
+    model, x = build(sizes, seq, batch)
+    grad = gradient_x_input(model)
+    out = {"backend": keras.backend.backend(), "keras": keras.__version__, "rows": []}
+    if out["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        out["version"] = tf.__version__
+        ref = _numpy(gradient_x_input_table(model)(x))
+        got = _numpy(grad(x))
+        if not np.allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max()):
+            sys.exit(f"the two gradient x input computations differ by {np.abs(got - ref).max():.3g}")
+    else:
+        out["version"] = __import__(out["backend"]).__version__
+    for rule in ("attnlrp", "cp_lrp"):
+        (t_lrp, c_lrp), (t_grad, c_grad) = paired_times(lrp_fn(model, rule), grad, x, repeats)
+        out["rows"].append((rule, t_lrp, t_grad, c_lrp, c_grad))
+    if table and out["backend"] == "tensorflow":
+        (t_table, _), (t_grad, _) = paired_times(gradient_x_input_table(model), grad, x, repeats)
+        out["table"] = (t_table, t_grad)
+    print(json.dumps(out), flush=True)
+
+
 def memory_child(method: str, sizes: dict) -> None:
+    """Peak resident memory (MiB) after the model and one forward pass, then after two calls of
+    ``method`` (``KERAS_BACKEND`` set by the parent)."""
+    from bench_lrp import _peak_rss_mib  # this folder's shared measurement
+
     model, x = build(sizes)
-    fwd = tf.function(lambda t: model(t, training=False))
-    np.asarray(fwd(x))
+    _numpy(model(x, training=False))
     base = _peak_rss_mib()
     fn = gradient_x_input(model) if method == "gradient" else lrp_fn(model, method)
     for _ in range(2):
-        out = fn(x)
-        np.asarray(out[0] if isinstance(out, (list, tuple)) else out)
+        _numpy(fn(x))
     print(f"{base:.1f} {_peak_rss_mib():.1f}")
 
 
-def peak_memory(method: str, sizes: dict) -> tuple[float, float]:
-    cmd = [sys.executable, __file__, "--memory-child", method, "--sizes", json.dumps(sizes)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
-    base, peak = float(out[-2]), float(out[-1])
+def _child(args: list[str], backend: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+
+
+def peak_memory(method: str, sizes: dict, backend: str) -> tuple[float, float]:
+    res = _child(["--memory-child", method, "--sizes", json.dumps(sizes)], backend)
+    if res.returncode != 0:
+        sys.exit(f"{backend} memory run of {method} failed:\n{res.stderr[-2000:]}")
+    base, peak = (float(v) for v in res.stdout.split()[-2:])
     return peak - base, peak
 
 
@@ -224,6 +288,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="2 layers, hidden 128 instead of BERT-base")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=["tensorflow"],
+                    help="Keras backends to run, each in its own process (default: tensorflow)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--table-baseline", action="store_true",
                     help="also time gradient x input through the embedding table's gradient (the old baseline)")
@@ -231,64 +297,72 @@ def main() -> None:
     ap.add_argument("--no-lxt", action="store_true", help="leave LXT's rows out")
     ap.add_argument("--lxt-venv", default=str(HERE.parent / ".bench-lxt"),
                     help="LXT's virtual environment (created on first use)")
+    ap.add_argument("--backend-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, json.loads(args.sizes))
         return
+    sizes = json.loads(args.sizes) if args.sizes else model_sizes(args.small, args.layers)
+    seq, batch = 128, 8
+    if args.backend_child:
+        backend_child(sizes, seq, batch, args.repeats, args.table_baseline)
+        return
     try:
         import keras_hub  # noqa: F401
     except ImportError:
         sys.exit("this benchmark needs keras_hub: pip install -e '.[hub]'")
-    sizes = model_sizes(args.small, args.layers)
-    seq, batch = 128, 8
-    model, x = build(sizes, seq, batch)
     name = (f"BERT {sizes['num_layers']} layers, hidden {sizes['hidden_dim']}" +
             (" (base)" if sizes == BASE else "") + f", seq {seq}, batch {batch}")
-    grad = gradient_x_input(model)
-    ref = np.asarray(gradient_x_input_table(model)(x))
-    got = np.asarray(grad(x))
-    if not np.allclose(got, ref, rtol=1e-3, atol=1e-4 * np.abs(ref).max()):
-        sys.exit(f"the two gradient x input computations differ by {np.abs(got - ref).max():.3g}")
-    rows = []
-    for rule in ("attnlrp", "cp_lrp"):
-        (t_lrp, c_lrp), (t_grad, c_grad) = paired_times(lrp_fn(model, rule), grad, x, args.repeats)
-        rows.append((rule, t_lrp, t_grad, c_lrp, c_grad))
+    results = []
+    for backend in args.backends:
+        res = _child(["--backend-child", "--sizes", json.dumps(sizes), "--repeats", str(args.repeats)] +
+                     (["--table-baseline"] if args.table_baseline else []), backend)
+        if res.returncode != 0:
+            sys.exit(f"the {backend} run failed:\n{res.stderr[-3000:]}")
+        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
     theirs = None
     if not args.no_lxt:
         py = lxt_python(Path(args.lxt_venv))
         theirs = None if py is None else lxt_times(py, sizes, seq, batch, args.repeats)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
-          f"Keras {keras.__version__}")
-    print("| workload | rule | LRP (s) | gradient x input (s) | ratio | CPU time ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for rule, t_lrp, t_grad, c_lrp, c_grad in rows:
-        print(f"| {name} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {t_lrp / t_grad:.2f} | {c_lrp / c_grad:.2f} |")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Keras {results[0]['keras']}, " +
+          ", ".join(f"{r['backend']} {r['version']}" for r in results))
+    print("| workload | backend | rule | LRP (s) | gradient x input (s) | ratio | CPU time ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        for rule, t_lrp, t_grad, c_lrp, c_grad in r["rows"]:
+            print(f"| {name} | {r['backend']} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {t_lrp / t_grad:.2f} | "
+                  f"{c_lrp / c_grad:.2f} |")
     if theirs is not None:
         t_lxt, t_tg = theirs["attnlrp"], theirs["gradient_x_input"]
         c_lxt, c_tg = theirs["attnlrp_cpu"], theirs["gradient_x_input_cpu"]
-        print(f"| {name}, LXT {theirs['lxt']} (PyTorch {theirs['torch']}, transformers {theirs['transformers']}, "
-              f"{theirs['threads']} threads) | attnlrp | {t_lxt:.3f} | {t_tg:.3f} | {t_lxt / t_tg:.2f} | "
-              f"{c_lxt / c_tg:.2f} |")
-        print(f"interprettensor's AttnLRP / LXT's AttnLRP: {rows[0][1] / t_lxt:.2f} in wall-clock time, "
-              f"{rows[0][3] / c_lxt:.2f} in CPU time ({rows[0][3]:.2f} s / {c_lxt:.2f} s; gradient x input "
-              f"{rows[0][4]:.2f} s / {c_tg:.2f} s; LXT timed in its own process after interprettensor's, its two "
-              f"methods in turns)")
-    if args.table_baseline:
-        (t_table, _), (t_grad, _) = paired_times(gradient_x_input_table(model), grad, x, args.repeats)
-        print(f"gradient x input through the embedding table's gradient: {t_table:.3f} s "
-              f"({t_table / t_grad:.2f}x the baseline above)")
+        print(f"| {name}, LXT {theirs['lxt']} (transformers {theirs['transformers']}, "
+              f"{theirs['threads']} threads) | torch {theirs['torch']} | attnlrp | {t_lxt:.3f} | {t_tg:.3f} | "
+              f"{t_lxt / t_tg:.2f} | {c_lxt / c_tg:.2f} |")
+        for r in results:
+            rule, t_lrp, t_grad, c_lrp, c_grad = r["rows"][0]
+            print(f"interprettensor's AttnLRP on {r['backend']} / LXT's AttnLRP: {t_lrp / t_lxt:.2f} in wall-clock "
+                  f"time, {c_lrp / c_lxt:.2f} in CPU time ({c_lrp:.2f} s / {c_lxt:.2f} s; gradient x input "
+                  f"{c_grad:.2f} s / {c_tg:.2f} s)")
+        print("(each backend and LXT timed in its own process, one after the other; each method in turns "
+              "with its own gradient x input)")
+    for r in results:
+        if "table" in r:
+            t_table, t_grad = r["table"]
+            print(f"gradient x input through the embedding table's gradient ({r['backend']}): {t_table:.3f} s "
+                  f"({t_table / t_grad:.2f}x the baseline above)")
     if not args.no_memory:
-        g_extra, g_abs = peak_memory("gradient", sizes)
         print()
-        print("| peak memory (fresh process; MiB beyond the model and one forward pass / absolute) | LRP | "
-              "gradient x input | ratio |")
-        print("| --- | --- | --- | --- |")
-        for rule in ("attnlrp", "cp_lrp"):
-            l_extra, l_abs = peak_memory(rule, sizes)
-            print(f"| {name}, {rule} | {l_extra:.0f} / {l_abs:.0f} | {g_extra:.0f} / {g_abs:.0f} | "
-                  f"{l_extra / max(g_extra, 1e-9):.2f} / {l_abs / g_abs:.2f} |")
+        print("| peak memory (fresh process; MiB beyond the model and one forward pass / absolute) | backend | "
+              "LRP | gradient x input | ratio |")
+        print("| --- | --- | --- | --- | --- |")
+        for backend in args.backends:
+            g_extra, g_abs = peak_memory("gradient", sizes, backend)
+            for rule in ("attnlrp", "cp_lrp"):
+                l_extra, l_abs = peak_memory(rule, sizes, backend)
+                print(f"| {name}, {rule} | {backend} | {l_extra:.0f} / {l_abs:.0f} | {g_extra:.0f} / {g_abs:.0f} | "
+                      f"{l_extra / max(g_extra, 1e-9):.2f} / {l_abs / g_abs:.2f} |")
 
 
 if __name__ == "__main__":
