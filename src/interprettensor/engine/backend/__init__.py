@@ -23,6 +23,8 @@ every name of :data:`INTERFACE`.
   of a computation being traced, unreadable on the host).
 * :func:`max_pool_winner`: winner-takes-all relevance through a 2-D max pooling (each window's
   relevance to its first maximum in row-major order).
+* :func:`conv`: a convolution as ``keras.ops.conv`` computes it (PyTorch: the same values without
+  Keras' two layout copies of the input per call).
 * :data:`FLOAT64`: whether float64 computes in float64 (Keras promotes it to float32 on JAX and
   PyTorch; the explainer refuses it there).
 """
@@ -39,7 +41,7 @@ Tensor: TypeAlias = Any
 
 #: the interface: what each backend module defines
 INTERFACE = ("FLOAT64", "vjp", "pullback", "after", "recompute", "stop_gradient", "scan", "distinct", "spec", "compile", "fused",
-             "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner")
+             "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner", "conv")
 #: Keras' backend -> the module that implements the interface on it
 MODULES = {"tensorflow": "._tensorflow", "jax": "._jax", "torch": "._torch"}
 

@@ -27,3 +27,12 @@ def fused(fn: Callable) -> Callable:
 
 def use_fused(z: Any, min_elements: int) -> bool:
     return False
+
+
+def conv(x: Any, kernel: Any, strides: Sequence[int], padding: str, dilation_rate: Sequence[int],
+         data_format: str) -> Any:
+    """``keras.ops.conv`` (what a Keras convolution layer's ``convolution_op`` computes)."""
+    from keras import ops
+
+    return ops.conv(x, kernel, strides=list(strides), padding=padding, dilation_rate=dilation_rate,
+                    data_format=data_format)

@@ -7,6 +7,8 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
+from ._concrete import conv  # noqa: F401 - the interface (Keras' own convolution)
+
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
 FLOAT64 = True
 
