@@ -21,6 +21,10 @@ def error_message(e: BaseException) -> str:
     return str(e)
 
 
+#: per-sample size from which the engine fuses its element-wise kernels (never here: see :func:`use_fused`)
+FUSED_MIN_ELEMENTS = 2 ** 19
+
+
 def fused(fn: Callable) -> Callable:
     return fn
 

@@ -12,6 +12,10 @@ from ._concrete import conv  # noqa: F401 - the interface (Keras' own convolutio
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
 FLOAT64 = True
 
+#: per-sample size from which the engine's element-wise kernels run as one fused XLA kernel: XLA compiles
+#: each kernel per shape on its first call, which costs more than the fusion saves on small tensors
+FUSED_MIN_ELEMENTS = 2 ** 19
+
 #: what a compiled call raises on bad data (an index beyond a table, a failed runtime check)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError,)
 
