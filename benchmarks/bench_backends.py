@@ -9,7 +9,9 @@ process); the rows come back as JSON and are printed side by side::
 Both sides are compiled the same way on a backend (``tf.function``, ``jax.jit``; PyTorch eager), warmed
 up, and timed alternately (best of ``--repeats``), returning NumPy arrays: gradient x input is one
 vector-Jacobian product of the explained logit through the model (the engine's ``backend.vjp``),
-LRP the explainer's call. Models are built from configs with random weights (nothing downloads).
+LRP the explainer's call. On PyTorch the explainer's convolutions skip two layout copies that Keras'
+``ops.conv`` makes per call (``backend.conv``); VGG16's rows there also time gradient x input with the
+model's convolutions computed so (the fastest gradient of the same model), and print LRP's ratio to it. Models are built from configs with random weights (nothing downloads).
 """
 
 from __future__ import annotations
@@ -53,16 +55,28 @@ def build(name: str, quick: bool):
     return model, x
 
 
-def gradient_x_input(model, x):
-    """Gradient x input of the predicted logit (for token inputs: at the embedding output, as LRP)."""
+def gradient_x_input(model, x, engine_conv: bool = False):
+    """Gradient x input of the predicted logit (for token inputs: at the embedding output, as LRP).
+    ``engine_conv``: the model's convolution layers compute with the engine's convolution
+    (``backend.conv``, which LRP's passes use: on PyTorch without Keras' layout copies; elsewhere
+    ``ops.conv`` itself), so that LRP is also compared with the fastest gradient of the same model."""
     import keras
     from keras import ops
 
     from interprettensor.engine import backend
 
     if not isinstance(x, dict):
+        convs = [l for l in model._flatten_layers() if isinstance(l, keras.layers.Conv2D)] if engine_conv else []
+
         def fn(xs):
-            out = model(xs[0], training=False)
+            for l in convs:  # the layer's call reads its convolution_op at every (eager) call or trace
+                l.convolution_op = (lambda a, k, l=l: backend.conv(a, k, l.strides, l.padding, l.dilation_rate,
+                                                                   l.data_format))
+            try:
+                out = model(xs[0], training=False)
+            finally:
+                for l in convs:
+                    del l.convolution_op
             return ops.sum(out * ops.one_hot(ops.argmax(out, axis=-1), out.shape[-1], dtype=out.dtype))
 
         def grad_x(t):
@@ -113,12 +127,17 @@ def worker(args) -> None:
     for name in args.models:
         model, x = build(name, args.quick)
         grad = gradient_x_input(model, x)
+        # on PyTorch LRP's convolutions skip Keras' layout copies (backend.conv): time the gradient so too
+        fast = gradient_x_input(model, x, engine_conv=True) if name == "vgg16" and keras.backend.backend() == "torch" else None
         for label, rule, params in ROWS[name]:
             explainer = it.Explainer(model, rule=rule, **params)
             lrp = (lambda e=explainer: e(x))
-            t_lrp, t_grad = paired_best([lrp, grad], args.repeats)
-            print(json.dumps({"backend": keras.backend.backend(), "model": name, "rule": label,
-                              "lrp_s": t_lrp, "grad_s": t_grad, "ratio": t_lrp / t_grad}), flush=True)
+            times = paired_best([lrp, grad] + ([fast] if fast else []), args.repeats)
+            row = {"backend": keras.backend.backend(), "model": name, "rule": label, "lrp_s": times[0],
+                   "grad_s": times[1], "ratio": times[0] / times[1]}
+            if fast:
+                row.update(grad_engine_conv_s=times[2], ratio_engine_conv=times[0] / times[2])
+            print(json.dumps(row), flush=True)
 
 
 def main() -> None:
@@ -146,7 +165,8 @@ def main() -> None:
     print(f"{'model':8} {'rule':36} {'backend':11} {'LRP s':>8} {'grad x input s':>15} {'LRP/grad':>9}")
     for r in rows:
         print(f"{r['model']:8} {r['rule']:36} {r['backend']:11} {r['lrp_s']:8.3f} {r['grad_s']:15.3f} "
-              f"{r['ratio']:9.2f}")
+              f"{r['ratio']:9.2f}" + (f"   (gradient x input with the engine's convolutions {r['grad_engine_conv_s']:.3f} s:"
+                                     f" LRP / it {r['ratio_engine_conv']:.2f})" if "grad_engine_conv_s" in r else ""))
     tf_rows = {(r["model"], r["rule"]): r for r in rows if r["backend"] == "tensorflow"}
     for r in rows:
         ref = tf_rows.get((r["model"], r["rule"]))

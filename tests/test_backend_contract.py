@@ -246,3 +246,72 @@ def test_compiled_explainers_read_the_weights_at_every_call():
         np.testing.assert_allclose(np.asarray(ex(x, target=tgt)), x * w[:, tgt].T, rtol=1e-6)
         np.testing.assert_allclose(it.attribution.gradient(model, x, target=tgt), w[:, tgt].T, rtol=1e-6)
     assert len(ex._functions) == 1  # one trace served both weight sets
+
+
+def _conv_reference(x, k, stride, padding, dilation):
+    """A channels-last convolution in NumPy (float64) from its definition: ``'same'`` pads as Keras
+    does (total ``(ceil(n / s) - 1) s + (k - 1) d + 1 - n``, the extra element at the end), each output
+    sums its window's taps times the kernel, input channels split into ``groups``."""
+    spatial = x.ndim - 2
+    pads = []
+    for n, ks in zip(x.shape[1:-1], k.shape[:spatial]):
+        eff = (ks - 1) * dilation + 1
+        total = max(0, (-(-n // stride) - 1) * stride + eff - n) if padding == "same" else 0
+        pads.append((total // 2, total - total // 2))
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+    out_sizes = [(n - (ks - 1) * dilation - 1) // stride + 1 for n, ks in zip(xp.shape[1:-1], k.shape[:spatial])]
+    cin, cout = k.shape[-2], k.shape[-1]
+    groups = x.shape[-1] // cin
+    out = np.zeros((x.shape[0], *out_sizes, cout))
+    for tap in np.ndindex(*k.shape[:spatial]):
+        window = xp[(slice(None),) + tuple(slice(a * dilation, a * dilation + (o - 1) * stride + 1, stride)
+                                           for a, o in zip(tap, out_sizes))]
+        for g in range(groups):
+            o = slice(g * cout // groups, (g + 1) * cout // groups)
+            out[..., o] += window[..., g * cin:(g + 1) * cin] @ k[tap][:, o]
+    return out
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation", [
+    ((2, 7, 6, 4), (3, 3, 4, 5), 1, "same", 1),
+    ((2, 7, 7, 4), (3, 3, 4, 5), 2, "same", 1),     # symmetric padding with a stride
+    ((2, 8, 6, 4), (3, 3, 4, 5), 2, "same", 1),     # asymmetric padding (Keras' own path on PyTorch)
+    ((2, 7, 6, 4), (2, 2, 4, 3), 1, "same", 1),     # even kernel: asymmetric
+    ((2, 7, 6, 4), (3, 3, 4, 5), 1, "valid", 2),    # dilated
+    ((2, 7, 6, 4), (3, 3, 2, 6), 1, "same", 1),     # two groups
+    ((2, 5, 4, 6, 3), (3, 3, 3, 3, 2), 1, "same", 1),  # 3-D
+    ((2, 9, 3), (3, 3, 4), 1, "same", 1),           # 1-D (Keras' own path on PyTorch)
+])
+def test_conv_is_keras_convolution_and_its_transpose(shape, kernel, stride, padding, dilation):
+    """``backend.conv`` (on PyTorch without Keras' layout copies) against the convolution from its
+    definition, also on an input that is not contiguous (a transposed view), and its vector-Jacobian
+    product ``J^T s`` by the adjoint identity ``<conv(u), s> = <u, J^T s>`` for random ``u``. In float32
+    (Keras promotes float64 on JAX and PyTorch): an output sums ``taps * channels`` products and an input
+    gradient ``taps * output channels``, each rounding within 2^-24 of the running sum, so
+    ``|error| <= 2^-23 * terms * max|x| * max|k|`` per element."""
+    x = rng.normal(size=shape).astype(np.float32)
+    k = rng.normal(size=kernel).astype(np.float32)
+    spatial = len(shape) - 2
+    want = _conv_reference(x.astype(np.float64), k.astype(np.float64), stride, padding, dilation)
+    terms = int(np.prod(kernel[:-1]))
+    tol = 2.0 ** -23 * terms * np.abs(x).max() * np.abs(k).max()
+    strides, rates = (stride,) * spatial, (dilation,) * spatial
+    tx, tk = ops.convert_to_tensor(x), ops.convert_to_tensor(k)
+    got = host(backend.conv(tx, tk, strides, padding, rates, "channels_last"))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    swapped = ops.swapaxes(ops.convert_to_tensor(np.swapaxes(x, 1, 2).copy()), 1, 2)  # x as a strided view
+    np.testing.assert_allclose(host(backend.conv(swapped, tk, strides, padding, rates, "channels_last")), want,
+                               rtol=0, atol=tol)
+    s = rng.normal(size=want.shape).astype(np.float32)
+    (g,) = backend.vjp(lambda xs: backend.conv(xs[0], tk, strides, padding, rates, "channels_last"), [tx],
+                       ops.convert_to_tensor(s))
+    g = host(g).astype(np.float64)
+    assert g.shape == x.shape
+    terms_t = int(np.prod(kernel[:-2])) * kernel[-1]
+    for _ in range(2):
+        u = rng.normal(size=shape)
+        lhs = float(np.sum(_conv_reference(u, k.astype(np.float64), stride, padding, dilation) * s))
+        rhs = float(np.sum(u * g))
+        bound = 2.0 ** -23 * terms_t * np.abs(s).max() * np.abs(k).max() * np.abs(u).sum()
+        assert abs(lhs - rhs) <= bound, (lhs, rhs, bound)

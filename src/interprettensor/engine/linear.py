@@ -183,10 +183,10 @@ def materialize(R: "Tensor | Product") -> Tensor:
 
 
 _RATIO_FUNCTIONS: dict = {}
-#: per-sample size from which the stabilised division runs as one fused XLA kernel; smaller tensors use
-#: plain operations (each XLA kernel is compiled per shape on the first call, which costs more than the
-#: fusion saves on small tensors)
-XLA_MIN_ELEMENTS = 2 ** 19
+#: per-sample size from which the stabilised division runs as one fused kernel (the backend's
+#: :data:`~interprettensor.engine.backend.FUSED_MIN_ELEMENTS`: 2^19 for TensorFlow's XLA, compiled per
+#: shape; 2^16 for PyTorch's Inductor, compiled once for all shapes); smaller tensors use plain operations
+XLA_MIN_ELEMENTS = backend.FUSED_MIN_ELEMENTS
 
 
 def _ratio(rule: Any, R: "Tensor | Product", z: Tensor, coefficient: float,

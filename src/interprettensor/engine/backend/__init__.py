@@ -17,12 +17,15 @@ every name of :data:`INTERFACE`.
 * :func:`stop_gradient`, :func:`scan` (``fn(acc, elem) -> acc`` over the leading axis of ``elems``,
   every accumulator stacked, as ``tf.scan``).
 * :func:`compile` (a function traced once per :func:`spec` signature), :func:`fused` and
-  :func:`use_fused` (small element-wise kernels fused where they pay), :data:`RUNTIME_ERRORS` and
+  :func:`use_fused` (small element-wise kernels fused where they pay: from
+  :data:`FUSED_MIN_ELEMENTS` elements per sample), :data:`RUNTIME_ERRORS` and
   :func:`error_message` (what a compiled call raises on bad data), :func:`runtime_error` (one of them,
   raised by a check made on the host instead) and :func:`is_symbolic` (whether a value is a placeholder
   of a computation being traced, unreadable on the host).
 * :func:`max_pool_winner`: winner-takes-all relevance through a 2-D max pooling (each window's
   relevance to its first maximum in row-major order).
+* :func:`conv`: a convolution as ``keras.ops.conv`` computes it (PyTorch: the same values without
+  Keras' two layout copies of the input per call).
 * :data:`FLOAT64`: whether float64 computes in float64 (Keras promotes it to float32 on JAX and
   PyTorch; the explainer refuses it there).
 """
@@ -39,7 +42,8 @@ Tensor: TypeAlias = Any
 
 #: the interface: what each backend module defines
 INTERFACE = ("FLOAT64", "vjp", "pullback", "after", "recompute", "stop_gradient", "scan", "distinct", "spec", "compile", "fused",
-             "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner")
+             "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner", "conv",
+             "FUSED_MIN_ELEMENTS")
 #: Keras' backend -> the module that implements the interface on it
 MODULES = {"tensorflow": "._tensorflow", "jax": "._jax", "torch": "._torch"}
 

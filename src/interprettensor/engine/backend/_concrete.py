@@ -21,9 +21,22 @@ def error_message(e: BaseException) -> str:
     return str(e)
 
 
+#: per-sample size from which the engine fuses its element-wise kernels (never here: see :func:`use_fused`)
+FUSED_MIN_ELEMENTS = 2 ** 19
+
+
 def fused(fn: Callable) -> Callable:
     return fn
 
 
 def use_fused(z: Any, min_elements: int) -> bool:
     return False
+
+
+def conv(x: Any, kernel: Any, strides: Sequence[int], padding: str, dilation_rate: Sequence[int],
+         data_format: str) -> Any:
+    """``keras.ops.conv`` (what a Keras convolution layer's ``convolution_op`` computes)."""
+    from keras import ops
+
+    return ops.conv(x, kernel, strides=list(strides), padding=padding, dilation_rate=dilation_rate,
+                    data_format=data_format)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from ._concrete import error_message, fused, spec, use_fused  # noqa: F401 - the interface
+from ._concrete import FUSED_MIN_ELEMENTS, conv, error_message, fused, spec, use_fused  # noqa: F401 - the interface
 import keras
 
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)

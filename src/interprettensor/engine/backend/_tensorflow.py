@@ -10,6 +10,10 @@ import tensorflow as tf
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
 FLOAT64 = True
 
+#: per-sample size from which the engine's element-wise kernels run as one fused XLA kernel: XLA compiles
+#: each kernel per shape on its first call, which costs more than the fusion saves on small tensors
+FUSED_MIN_ELEMENTS = 2 ** 19
+
 #: what a compiled call raises on bad data (an index beyond a table, a failed runtime check)
 RUNTIME_ERRORS: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError,)
 
@@ -157,3 +161,12 @@ def max_pool_winner(x: tf.Tensor, y: tf.Tensor, R: tf.Tensor, pool_size: Sequenc
     out = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=R, ksize=[1, *pool_size, 1],
                                  strides=[1, *strides, 1], padding=padding.upper())
     return tf.transpose(out, [0, 3, 1, 2]) if channels_first else out
+
+
+def conv(x: Any, kernel: Any, strides: Sequence[int], padding: str, dilation_rate: Sequence[int],
+         data_format: str) -> Any:
+    """``keras.ops.conv`` (what a Keras convolution layer's ``convolution_op`` computes)."""
+    from keras import ops
+
+    return ops.conv(x, kernel, strides=list(strides), padding=padding, dilation_rate=dilation_rate,
+                    data_format=data_format)

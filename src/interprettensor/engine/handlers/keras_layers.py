@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import keras
 from keras import ops
 
+from .. import backend
 from ..backend import Tensor
 from .attention import ContractionHandler, MultiOutputLinearHandler, OpLinearHandler, SoftmaxHandler
 from .elementwise import ElementwiseHandler
@@ -56,9 +57,15 @@ def _conv_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
         x = ops.pad(x, [[0, 0], [pad, 0], [0, 0]] if layer.data_format == "channels_last" else [[0, 0], [0, 0], [pad, 0]])
         z = ops.conv(x, p["kernel"], strides=list(layer.strides), padding="valid",
                      dilation_rate=layer.dilation_rate, data_format=layer.data_format)
-    else:
+    elif type(layer).convolution_op is _BASE_CONVOLUTION_OP:  # ops.conv: the backend's, as the rules call it often
+        z = backend.conv(x, p["kernel"], layer.strides, layer.padding, layer.dilation_rate, layer.data_format)
+    else:  # a layer's own convolution
         z = layer.convolution_op(x, p["kernel"])
     return bias_add(z, p, layer.data_format == "channels_first")
+
+
+#: Keras' convolution (``ops.conv``), which a layer may override
+_BASE_CONVOLUTION_OP = _conv_base.base_conv.BaseConv.convolution_op
 
 
 def _depthwise_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
