@@ -324,6 +324,9 @@ def main() -> None:
                     help="the explainer's dtype for the 8B-shaped model ('model': its own bfloat16)")
     ap.add_argument("--big-layers", type=int, default=None,
                     help="the 8B-shaped model with this many of its blocks (the same code path, less memory)")
+    ap.add_argument("--big-methods", default="attnlrp,attnlrp_checkpoint",
+                    help="the 8B row's runs: a comma-separated subset of attnlrp,attnlrp_checkpoint (plain needs "
+                         "the most memory)")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "ROW", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -375,7 +378,11 @@ def main() -> None:
         print(f"\n| model | weights | blocks | explained in | seq | AttnLRP (s) | weights (MiB) | model RSS (MiB) | "
               f"peak RSS (MiB) | above the model | process peak (MiB) | finite |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for method in ("attnlrp_checkpoint",) if args.quick else ("attnlrp", "attnlrp_checkpoint"):
+        methods = [m for m in args.big_methods.split(",") if m]
+        bad = set(methods) - {"attnlrp", "attnlrp_checkpoint"}
+        if bad:
+            sys.exit(f"--big-methods: unknown {sorted(bad)}; choose from attnlrp,attnlrp_checkpoint")
+        for method in ("attnlrp_checkpoint",) if args.quick else methods:
             r = measure("llama3_8b", "big", method, args, 1)
             label = "llama3_8b" + (" checkpoint=True" if method.endswith("checkpoint") else "")
             head = f"| {label} | {args.big} | {blocks} | {args.big_dtype} | {seq} |"

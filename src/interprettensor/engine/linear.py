@@ -275,8 +275,16 @@ def linear_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Produ
         lazy: a single-term result may be returned as a :class:`Product` (see :func:`materialize`).
         positive_outputs_only: ``R`` is known to be zero wherever ``z <= 0`` (groups for negative
             outputs are skipped).
+
+    Everything the rule computes is ordered after ``R`` exists (``backend.after``): its modified
+    forward passes (``f(x; W^+)``, ``f(|x|; |W|)``, ``f(l; W^+)``), modified inputs (``x^+``,
+    ``|x|``) and weights depend on the forward pass's values only, so a graph executor would
+    otherwise run them with the forward pass and hold every layer's results until the relevance
+    arrives (activation-sized tensors for each layer at once). Made when the relevance reaches the
+    layer, each lives only while its layer is explained, as a gradient's intermediates do.
     """
-    return rule.relevance(linear, xs, R, z, nonneg, lazy, positive_outputs_only)
+    dep = R.g if isinstance(R, Product) else R
+    return backend.after([dep], lambda: rule.relevance(linear, xs, R, z, nonneg, lazy, positive_outputs_only))
 
 
 def term_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product", rule: Any,

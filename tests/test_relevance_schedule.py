@@ -1,0 +1,80 @@
+"""What the compiled LRP pass computes before the relevance exists: the forward pass only.
+
+A rule's modified forward passes (``f(x; W^+)`` for z+ / gamma / alpha-beta, ``f(|x|; |W|)`` for the
+generalised gamma, ``f(l; W^+)`` for the bounded rule), modified inputs and modified weights depend on
+forward values only; a graph executor (TensorFlow's runs every op once its inputs exist) would compute
+them during the forward pass and hold every layer's results until the backward pass reaches the layer:
+activation-sized tensors for all layers at once, where gradient x input holds none. The engine orders
+them after the relevance that reaches the layer (``backend.after``), so each lives only while its layer
+is explained.
+
+Checked on the traced graph of the explainer's compiled function that takes the starting relevance
+``R0`` as an argument: every operation the function's outputs need either runs after ``R0`` (it
+depends on it, through data or ordering) or belongs to the forward pass (the model's outputs depend
+on it), apart from integer shape bookkeeping. A modified forward pass scheduled early breaks this.
+"""
+
+from __future__ import annotations
+
+import keras
+import pytest
+from keras import layers as L
+
+import interprettensor as it
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="inspects the traced TensorFlow graph (other backends schedule by data)")
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu"),
+                             L.Conv2D(4, 3, activation="relu"), L.Flatten(), L.Dense(6, activation="relu"),
+                             L.Dense(3)])
+
+
+def _ancestors(ops_):
+    seen, stack = set(), list(ops_)
+    while stack:
+        op = stack.pop()
+        if op not in seen:
+            seen.add(op)
+            stack += [t.op for t in op.inputs] + list(op.control_inputs)
+    return seen
+
+
+def _early_float_ops(explainer, x):
+    """Live operations computing a floating tensor that neither depend on ``R0`` nor feed the model's
+    outputs."""
+    explainer._activate_for([x])
+    cf = explainer._function([x], "relevance", False).get_concrete_function()
+    g = cf.graph
+    consumers: dict = {}
+    for op in g.get_operations():
+        for src in [t.op for t in op.inputs] + list(op.control_inputs):
+            consumers.setdefault(src, []).append(op)
+    after_r0, stack = set(), [g.inputs[1].op]  # the graph's inputs: x, then R0, then captured variables
+    while stack:
+        op = stack.pop()
+        if op not in after_r0:
+            after_r0.add(op)
+            stack += consumers.get(op, [])
+    flat = cf.outputs  # relevance, explained output, model outputs
+    live = _ancestors([t.op for t in flat])
+    forward = _ancestors([t.op for t in flat[1:]])
+    return sorted(op.name for op in live - after_r0 - forward
+                  if op.inputs and any(t.dtype.is_floating for t in op.outputs))  # constants are no computation
+
+
+@pytest.mark.parametrize("rule,params", [
+    ("epsilon", {}),
+    ("epsilon_plus", {}),  # z+ : f(x; W^+)
+    ("epsilon_gamma_box", {"low": -1.0, "high": 1.0}),  # generalised gamma f(|x|; |W|), z^B f(l; W^+)
+    ("preset_b", {}),  # alpha-beta: x^+, x^-, four modified terms on the signed first layer
+])
+def test_nothing_for_the_relevance_is_computed_with_the_forward_pass(cnn, rule, params):
+    import tensorflow as tf
+
+    x = tf.zeros((2, 8, 8, 3))
+    assert _early_float_ops(it.Explainer(cnn, rule, **params), x) == []
