@@ -17,6 +17,7 @@ on it), apart from integer shape bookkeeping. A modified forward pass scheduled 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import pytest
 from keras import layers as L
 
@@ -78,3 +79,37 @@ def test_nothing_for_the_relevance_is_computed_with_the_forward_pass(cnn, rule, 
 
     x = tf.zeros((2, 8, 8, 3))
     assert _early_float_ops(it.Explainer(cnn, rule, **params), x) == []
+
+
+def test_alpha_beta_groups_run_one_after_the_other():
+    """The two groups of alpha-beta (positive and negative contributions) are evaluated in turn: every
+    matrix product computed for the relevance (the modified forward terms and each group's transposed
+    products) is ordered before or after every other, so no two groups' activation-sized intermediates
+    coexist."""
+    import tensorflow as tf
+
+    from interprettensor.engine.linear import LinearMap, linear_relevance
+    from interprettensor.engine.rules import AlphaBeta
+
+    w = tf.constant(np.random.default_rng(0).normal(size=(5, 4)), tf.float32)
+    lm = LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]), {"kernel": w})
+    for nonneg in (True, False):  # x^+ only (two terms), or x^+ and x^- (four terms)
+        fn = tf.function(lambda x, R: linear_relevance(lm, [x], R, AlphaBeta(2.0, 1.0), tf.matmul(x, w),
+                                                       nonneg=nonneg), autograph=False)
+        g = fn.get_concrete_function(tf.TensorSpec((3, 5), tf.float32), tf.TensorSpec((3, 4), tf.float32)).graph
+        consumers: dict = {}
+        for op in g.get_operations():
+            for src in [t.op for t in op.inputs] + list(op.control_inputs):
+                consumers.setdefault(src, []).append(op)
+        after_r, stack = set(), [g.inputs[1].op]
+        while stack:
+            op = stack.pop()
+            if op not in after_r:
+                after_r.add(op)
+                stack += consumers.get(op, [])
+        live = _ancestors([t.op for t in g.outputs])
+        products = [op for op in live & after_r if op.type == "MatMul"]
+        assert len(products) >= 3
+        for a in products:
+            for b in products:
+                assert a is b or a in _ancestors([b]) or b in _ancestors([a]), (nonneg, a.name, b.name)
