@@ -45,22 +45,28 @@ def _ancestors(ops_):
     return seen
 
 
+def _descendants(g, start):
+    """The operations of graph ``g`` that depend on ``start`` (through data or ordering), ``start`` included."""
+    consumers: dict = {}
+    for op in g.get_operations():
+        for src in [t.op for t in op.inputs] + list(op.control_inputs):
+            consumers.setdefault(src, []).append(op)
+    seen, stack = set(), [start]
+    while stack:
+        op = stack.pop()
+        if op not in seen:
+            seen.add(op)
+            stack += consumers.get(op, [])
+    return seen
+
+
 def _early_float_ops(explainer, x):
     """Live operations computing a floating tensor that neither depend on ``R0`` nor feed the model's
     outputs."""
     explainer._activate_for([x])
     cf = explainer._function([x], "relevance", False).get_concrete_function()
     g = cf.graph
-    consumers: dict = {}
-    for op in g.get_operations():
-        for src in [t.op for t in op.inputs] + list(op.control_inputs):
-            consumers.setdefault(src, []).append(op)
-    after_r0, stack = set(), [g.inputs[1].op]  # the graph's inputs: x, then R0, then captured variables
-    while stack:
-        op = stack.pop()
-        if op not in after_r0:
-            after_r0.add(op)
-            stack += consumers.get(op, [])
+    after_r0 = _descendants(g, g.inputs[1].op)  # the graph's inputs: x, then R0, then captured variables
     flat = cf.outputs  # relevance, explained output, model outputs
     live = _ancestors([t.op for t in flat])
     forward = _ancestors([t.op for t in flat[1:]])
@@ -97,19 +103,33 @@ def test_alpha_beta_groups_run_one_after_the_other():
         fn = tf.function(lambda x, R: linear_relevance(lm, [x], R, AlphaBeta(2.0, 1.0), tf.matmul(x, w),
                                                        nonneg=nonneg), autograph=False)
         g = fn.get_concrete_function(tf.TensorSpec((3, 5), tf.float32), tf.TensorSpec((3, 4), tf.float32)).graph
-        consumers: dict = {}
-        for op in g.get_operations():
-            for src in [t.op for t in op.inputs] + list(op.control_inputs):
-                consumers.setdefault(src, []).append(op)
-        after_r, stack = set(), [g.inputs[1].op]
-        while stack:
-            op = stack.pop()
-            if op not in after_r:
-                after_r.add(op)
-                stack += consumers.get(op, [])
+        after_r = _descendants(g, g.inputs[1].op)
         live = _ancestors([t.op for t in g.outputs])
         products = [op for op in live & after_r if op.type == "MatMul"]
         assert len(products) >= 3
         for a in products:
             for b in products:
                 assert a is b or a in _ancestors([b]) or b in _ancestors([a]), (nonneg, a.name, b.name)
+
+
+def test_merged_batchnorm_weights_are_made_again_for_the_relevance():
+    """A convolution's weights with the BatchNorm after it merged (``W * s``) are a computed copy: the
+    pass makes them for the forward pass and again once the relevance reaches the layer, instead of
+    holding every layer's copy from one pass to the other. Every transposed convolution reads a kernel
+    computed after ``R0`` (or a variable as it is)."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3), L.BatchNormalization(), L.ReLU(),
+                              L.Conv2D(4, 3), L.BatchNormalization(), L.ReLU(), L.Flatten(), L.Dense(3)])
+    e = it.Explainer(model, "epsilon_gamma_box", low=-1.0, high=1.0)
+    x = tf.zeros((2, 8, 8, 3))
+    e._activate_for([x])
+    g = e._function([x], "relevance", False).get_concrete_function().graph
+    after_r0 = _descendants(g, g.inputs[1].op)
+    live = _ancestors([t.op for t in g.outputs])
+    transposed = [op for op in live if op.type == "Conv2DBackpropInput"]
+    assert len(transposed) >= 2
+    for op in transposed:
+        kernel = op.inputs[1].op
+        assert kernel in after_r0 or kernel.type == "ReadVariableOp", (op.name, kernel.name, kernel.type)
