@@ -133,3 +133,38 @@ def test_merged_batchnorm_weights_are_made_again_for_the_relevance():
     for op in transposed:
         kernel = op.inputs[1].op
         assert kernel in after_r0 or kernel.type == "ReadVariableOp", (op.name, kernel.name, kernel.type)
+
+
+def test_box_bounds_forward_terms_run_on_one_sample():
+    """z^B's terms ``f(l; W^+)`` and ``f(h; W^-)`` read inputs filled with the bounds, the same for every
+    sample when the bounds have no batch axis: each is computed for one sample (and broadcast); with
+    per-sample bounds, for every sample. The relevance equals the rule's equation in numpy (float64)
+    either way."""
+    import tensorflow as tf
+
+    from interprettensor.engine.linear import LinearMap, linear_relevance
+    from interprettensor.engine.rules import ZBox
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 4))
+    b = rng.normal(size=4)
+    x = rng.uniform(-1, 1, (3, 5))
+    R = rng.normal(size=(3, 4))
+    lm = LinearMap(lambda xs, p: tf.matmul(xs[0], p["kernel"]) + p.get("bias", 0.0),
+                   {"kernel": tf.constant(w), "bias": tf.constant(b)})
+    for low, high in ((-1.0, 1.0), (-np.ones((3, 1)), np.linspace(1, 2, 3)[:, None])):
+        fn = tf.function(lambda x_, R_: linear_relevance(lm, [x_], R_, ZBox(low, high), tf.matmul(x_, w) + b),
+                         autograph=False)
+        cf = fn.get_concrete_function(tf.TensorSpec((3, 5), tf.float64), tf.TensorSpec((3, 4), tf.float64))
+        after_r = _descendants(cf.graph, cf.graph.inputs[1].op)
+        batches = [op.outputs[0].shape[0] for op in _ancestors([t.op for t in cf.graph.outputs]) & after_r
+                   if op.type == "MatMul" and not op.name.startswith("gradient")]
+        assert batches == ([1, 1] if np.ndim(low) == 0 else [3, 3])
+        # R_i = sum_j (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) / sum_i' (x_i' w_i'j - l_i' w_i'j^+ - h_i' w_i'j^-) R_j
+        lo, hi = np.broadcast_to(low, x.shape), np.broadcast_to(high, x.shape)
+        zij = x[:, :, None] * w - lo[:, :, None] * np.maximum(w, 0) - hi[:, :, None] * np.minimum(w, 0)
+        den = zij.sum(1)
+        den = den + 1e-12 * np.where(den >= 0, 1, -1)
+        ref = (zij * (R / den)[:, None, :]).sum(2)
+        out = np.asarray(fn(tf.constant(x), tf.constant(R))[0])
+        np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())

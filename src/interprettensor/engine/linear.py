@@ -149,7 +149,11 @@ class _Values:
         value = self._derive(term.input, term.kernel)
         if value is None:
             def compute() -> Tensor:
-                inputs = [term.input(x) for x in self.xs]
+                # an input filled with a value the same for every sample (z^B's bounds): the term's
+                # forward pass on one sample, broadcast where it is used (1/N of the work and memory)
+                same = getattr(term.input, "same_over_batch", None)
+                one = same is not None and all(x.shape[0] != 1 and same(x) for x in self.xs)
+                inputs = [term.input(x[:1] if one else x) for x in self.xs]
                 return self.linear(inputs, modify_params(self.linear.params, term, with_bias=False))
 
             # one forward pass after the other (their inputs and outputs are activation-sized)
