@@ -46,6 +46,9 @@ the peak cannot be reset, the child's ``getrusage`` peak is used (building inclu
 prompt row for the Qwen-shaped model only, the 8B row (built the same way, int8 by default)
 checkpointed only), about two minutes on an idle 2-core CPU: a check that the benchmark runs, not a
 measurement.
+``--long-layers N``: row 2's models with N of their blocks (the same shapes otherwise), for a machine
+without the time for the full models at 4096 tokens. ``--big-methods``: row 3's plain and / or
+checkpointed run.
 ``--only``: a comma-separated subset of ``gemma3_1b,qwen3_0.6b,llama3_8b`` (and ``--rows``: of
 ``time,long,big``).
 
@@ -255,7 +258,8 @@ def child(args) -> None:
     import tensorflow as tf
 
     big = args.model == "llama3_8b"
-    model = build(args.model, args.quick, dtype=args.big if big else None, layers=args.big_layers if big else None)
+    model = build(args.model, args.quick, dtype=args.big if big else None,
+                  layers=args.big_layers if big else (args.long_layers if args.row == "long" else None))
     seq = (SEQ_QUICK if args.quick else SEQ)[args.row]
     x = inputs(seq, model.backbone.vocabulary_size)
     fwd = tf.function(lambda t: model(t, training=False), autograph=False)
@@ -290,6 +294,7 @@ def measure(model: str, row: str, method: str, args, repeats: int) -> dict:
            "--big", args.big, "--big-dtype", args.big_dtype]
     cmd += ["--quick"] if args.quick else []
     cmd += ["--big-layers", str(args.big_layers)] if args.big_layers else []
+    cmd += ["--long-layers", str(args.long_layers)] if args.long_layers else []
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
         stdout = p.stdout.read()
@@ -324,6 +329,11 @@ def main() -> None:
                     help="the explainer's dtype for the 8B-shaped model ('model': its own bfloat16)")
     ap.add_argument("--big-layers", type=int, default=None,
                     help="the 8B-shaped model with this many of its blocks (the same code path, less memory)")
+    ap.add_argument("--long-layers", type=int, default=None,
+                    help="the long-prompt row's models with this many of their blocks (less time and memory)")
+    ap.add_argument("--big-methods", default="attnlrp,attnlrp_checkpoint",
+                    help="the 8B row's runs: a comma-separated subset of attnlrp,attnlrp_checkpoint (plain needs "
+                         "the most memory)")
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "ROW", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -340,6 +350,9 @@ def main() -> None:
           f"above the model's own (MiB), one process per measurement")
     if args.big_layers and "big" in rows and "llama3_8b" in models:
         print(f"(llama3_8b with {args.big_layers} of its blocks: --big-layers; not the full model)")
+    if args.long_layers and "long" in rows:
+        print(f"(the long-prompt row's models with {args.long_layers} of their blocks: --long-layers; not the full "
+              f"models)")
     small = [m for m in models if m != "llama3_8b"]
     if "time" in rows and small:
         seq = (SEQ_QUICK if args.quick else SEQ)["time"]
@@ -372,10 +385,14 @@ def main() -> None:
     if "big" in rows and "llama3_8b" in models:
         seq = (SEQ_QUICK if args.quick else SEQ)["big"]
         blocks = args.big_layers or (QUICK if args.quick else SHAPES)["llama3_8b"]["num_layers"]
-        print(f"\n| model | weights | blocks | explained in | seq | AttnLRP (s) | weights (MiB) | model RSS (MiB) | "
-              f"peak RSS (MiB) | above the model | process peak (MiB) | finite |")
+        print("\n| model | weights | blocks | explained in | seq | AttnLRP (s) | weights (MiB) | model RSS (MiB) | "
+              "peak RSS (MiB) | above the model | process peak (MiB) | finite |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for method in ("attnlrp_checkpoint",) if args.quick else ("attnlrp", "attnlrp_checkpoint"):
+        methods = [m for m in args.big_methods.split(",") if m]
+        bad = set(methods) - {"attnlrp", "attnlrp_checkpoint"}
+        if bad:
+            sys.exit(f"--big-methods: unknown {sorted(bad)}; choose from attnlrp,attnlrp_checkpoint")
+        for method in ("attnlrp_checkpoint",) if args.quick else methods:
             r = measure("llama3_8b", "big", method, args, 1)
             label = "llama3_8b" + (" checkpoint=True" if method.endswith("checkpoint") else "")
             head = f"| {label} | {args.big} | {blocks} | {args.big_dtype} | {seq} |"

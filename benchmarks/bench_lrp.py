@@ -104,18 +104,37 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _reset_peak_rss_mib() -> float:
+    """Reset this process's peak resident memory to its current one (Linux: ``5`` to
+    ``/proc/self/clear_refs``) and return the current resident memory (VmRSS); where the reset is not
+    available, the peak so far (the model's building included)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return _peak_rss_mib()
+
+
 def memory_child(model_name: str, method: str) -> None:
-    """Run in a fresh process: peak resident memory of one method beyond the model and a forward."""
+    """Run in a fresh process: resident memory after building the model and running it once, and the
+    peak resident memory from there through two calls of the method."""
     rng = np.random.default_rng(0)
-    if model_name == "vgg16":
-        model = keras.applications.VGG16(weights=None)
+    if model_name in ("vgg16", "resnet50"):
+        model = (keras.applications.VGG16 if model_name == "vgg16" else keras.applications.ResNet50)(weights=None)
         x = tf.constant(rng.random((8, 224, 224, 3), "float32") * 255 - 120)
     else:
         model = mlp()
         x = tf.constant(rng.random((256, 784), "float32"))
     fwd = tf.function(lambda t: model(t, training=False))
     np.asarray(fwd(x))
-    base = _peak_rss_mib()
+    # the peak from here on: that of the method alone (the building's temporaries, e.g. the random
+    # initialisers' copies of VGG16's 400 MB dense kernel, would otherwise hide part of it)
+    base = _reset_peak_rss_mib()
     fn = gradient_x_input(model) if method == "gradient" else lrp_fn(model, method, **(BOX if "box" in method else {}))
     for _ in range(2):
         np.asarray(fn(x))
@@ -123,7 +142,8 @@ def memory_child(model_name: str, method: str) -> None:
 
 
 def peak_memory(model_name: str, method: str) -> tuple[float, float]:
-    """(peak RSS beyond model + forward, absolute peak RSS) in MiB, measured in a fresh process."""
+    """(peak RSS beyond the RSS after building the model and one forward pass, that peak RSS) in MiB,
+    measured in a fresh process."""
     import subprocess
     import sys
 
@@ -133,11 +153,30 @@ def peak_memory(model_name: str, method: str) -> tuple[float, float]:
     return peak - base, peak
 
 
+#: the peak-memory rows: model -> rules
+MEMORY_ROWS = {"mlp": ("epsilon",), "vgg16": ("epsilon", "epsilon_gamma_box", "preset_b"),
+               "resnet50": ("epsilon", "epsilon_gamma_box")}
+
+
+def memory_rows(quick: bool) -> None:
+    """Print the peak-memory table: each method in a fresh process."""
+    print("| peak memory (fresh process; MiB beyond the model after one forward pass / absolute) "
+          "| LRP | gradient x input | ratio |")
+    print("| --- | --- | --- | --- |")
+    for model_name in ["mlp"] if quick else list(MEMORY_ROWS):
+        g_extra, g_abs = peak_memory(model_name, "gradient")
+        for rule in MEMORY_ROWS[model_name]:
+            l_extra, l_abs = peak_memory(model_name, rule)
+            print(f"| {model_name} {rule} | {l_extra:.0f} / {l_abs:.0f} | {g_extra:.0f} / {g_abs:.0f} "
+                  f"| {l_extra / max(g_extra, 1e-9):.2f} / {l_abs / g_abs:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the MLP and the small CNN")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory rows")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory rows")
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -145,6 +184,9 @@ def main() -> None:
         return
     rng = np.random.default_rng(0)
     rows = []
+    if args.memory_only:
+        memory_rows(args.quick)
+        return
     m = mlp()
     rows.append(row("MLP 784-1296x3-10, batch 256", m, rng.random((256, 784), "float32"), "epsilon", args.repeats))
     c = small_cnn()
@@ -167,17 +209,7 @@ def main() -> None:
         print(f"| {name} | {rule} | {t_lrp:.3f} | {t_grad:.3f} | {ratio:.2f} |")
     if not args.no_memory:
         print()
-        print("| peak memory (fresh process; MiB beyond the model and one forward pass / absolute) "
-              "| LRP | gradient x input | ratio |")
-        print("| --- | --- | --- | --- |")
-        models = ["mlp"] if args.quick else ["mlp", "vgg16"]
-        for model_name in models:
-            g_extra, g_abs = peak_memory(model_name, "gradient")
-            for rule in ["epsilon"] if model_name == "mlp" else ["epsilon", "epsilon_gamma_box", "preset_b"]:
-                l_extra, l_abs = peak_memory(model_name, rule)
-                print(f"| {model_name} {rule} | {l_extra:.0f} / {l_abs:.0f} | {g_extra:.0f} / {g_abs:.0f} "
-                      f"| {l_extra / max(g_extra, 1e-9):.2f} / {l_abs / g_abs:.2f} |")
-
+        memory_rows(args.quick)
 
 if __name__ == "__main__":
     main()

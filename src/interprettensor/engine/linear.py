@@ -100,6 +100,7 @@ class _Values:
     def __init__(self, linear: LinearMap, xs: Sequence[Tensor], z: Tensor | None):
         self.linear, self.xs, self.z = linear, xs, z
         self.cache: dict = {}
+        self.last: Tensor | None = None  # the last value computed (not derived)
 
     def with_bias(self, term: Term) -> Tensor:
         """The term's value including its (modified) bias; the plain term is the forward's ``z``."""
@@ -147,8 +148,17 @@ class _Values:
             return self.cache[key]
         value = self._derive(term.input, term.kernel)
         if value is None:
-            inputs = [term.input(x) for x in self.xs]
-            value = self.linear(inputs, modify_params(self.linear.params, term, with_bias=False))
+            def compute() -> Tensor:
+                # an input filled with a value the same for every sample (z^B's bounds): the term's
+                # forward pass on one sample, broadcast where it is used (1/N of the work and memory)
+                same = getattr(term.input, "same_over_batch", None)
+                one = same is not None and all(x.shape[0] != 1 and same(x) for x in self.xs)
+                inputs = [term.input(x[:1] if one else x) for x in self.xs]
+                return self.linear(inputs, modify_params(self.linear.params, term, with_bias=False))
+
+            # one forward pass after the other (their inputs and outputs are activation-sized)
+            value = compute() if self.last is None else backend.after([self.last], compute)
+            self.last = value
         self.cache[key] = value
         return value
 
@@ -275,8 +285,16 @@ def linear_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Produ
         lazy: a single-term result may be returned as a :class:`Product` (see :func:`materialize`).
         positive_outputs_only: ``R`` is known to be zero wherever ``z <= 0`` (groups for negative
             outputs are skipped).
+
+    Everything the rule computes is ordered after ``R`` exists (``backend.after``): its modified
+    forward passes (``f(x; W^+)``, ``f(|x|; |W|)``, ``f(l; W^+)``), modified inputs (``x^+``,
+    ``|x|``) and weights depend on the forward pass's values only, so a graph executor would
+    otherwise run them with the forward pass and hold every layer's results until the relevance
+    arrives (activation-sized tensors for each layer at once). Made when the relevance reaches the
+    layer, each lives only while its layer is explained, as a gradient's intermediates do.
     """
-    return rule.relevance(linear, xs, R, z, nonneg, lazy, positive_outputs_only)
+    dep = R.g if isinstance(R, Product) else R
+    return backend.after([dep], lambda: rule.relevance(linear, xs, R, z, nonneg, lazy, positive_outputs_only))
 
 
 def term_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product", rule: Any,
@@ -292,26 +310,42 @@ def term_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product
         terms = [t for t in (_simplify(t, all_nonneg) for t in group.terms) if t is not None]
         if not terms:
             continue
-        zg = None
-        for term in terms:
-            v = values.with_bias(term)
-            zg = v if zg is None else zg + v
-        z_sign = values.with_bias(Term()) if group.outputs is not None else None
-        s = ops.cast(_ratio(rule, R, ops.cast(zg, R.dtype), float(group.coefficient), group.outputs, z_sign), zg.dtype)
         if lazy and len(groups) == 1 and len(terms) == 1:
+            s = _group_ratio(values, terms, group, rule, R)
             inputs = [terms[0].input(x) for x in xs]
             grads = _vjp(linear, inputs, modify_params(linear.params, terms[0], with_bias=False), s)
             return [Product(x, g) for x, g in zip(inputs, grads)]
-        part = None
-        for term in terms:
-            inputs = [term.input(x) for x in xs]
-            grads = _vjp(linear, inputs, modify_params(linear.params, term, with_bias=False), s)
-            contrib = [x * g for x, g in zip(inputs, grads)]
-            part = contrib if part is None else [a + c for a, c in zip(part, contrib)]
+
+        def evaluate(group: Group = group, terms: list = terms) -> list[Tensor]:
+            s = _group_ratio(values, terms, group, rule, R)
+            part = None
+            for term in terms:
+                def contribution(term: Term = term) -> list[Tensor]:
+                    inputs = [term.input(x) for x in xs]
+                    grads = _vjp(linear, inputs, modify_params(linear.params, term, with_bias=False), s)
+                    return [x * g for x, g in zip(inputs, grads)]
+
+                contrib = contribution() if part is None else backend.after(part, contribution)
+                part = contrib if part is None else [a + c for a, c in zip(part, contrib)]
+            return part
+
+        # one group after the other (alpha-beta's two), and one term after the other: the executor would
+        # otherwise run them at once, with all their activation-sized intermediates alive together
+        part = evaluate() if result is None else backend.after(result, evaluate)
         result = part if result is None else [a + c for a, c in zip(result, part)]
     if result is None:
         return [ops.zeros_like(x) for x in xs]
     return result
+
+
+def _group_ratio(values: _Values, terms: list, group: Group, rule: Any, R: "Tensor | Product") -> Tensor:
+    """A group's ``coefficient * R / stabilize(z_group)`` (zero at outputs the group does not explain)."""
+    zg = None
+    for term in terms:
+        v = values.with_bias(term)
+        zg = v if zg is None else zg + v
+    z_sign = values.with_bias(Term()) if group.outputs is not None else None
+    return ops.cast(_ratio(rule, R, ops.cast(zg, R.dtype), float(group.coefficient), group.outputs, z_sign), zg.dtype)
 
 
 #: ``True``: evaluate the generalised gamma rule term by term from its groups, like any other rule (the

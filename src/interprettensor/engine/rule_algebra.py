@@ -30,7 +30,7 @@ from keras import ops
 from . import dtypes
 from .backend import Tensor
 
-__all__ = ["TINY", "Modifier", "identity", "positive", "negative", "ones", "square", "WeightSum", "constant",
+__all__ = ["TINY", "Modifier", "identity", "positive", "negative", "ones", "square", "Fill", "WeightSum", "constant",
            "sign0", "stabilize", "Term", "Group", "Rule"]
 
 #: Stabiliser of rules that have no epsilon of their own: large enough to keep ``R / z`` finite when
@@ -58,6 +58,30 @@ def ones(t: Tensor) -> Tensor:
 
 def square(t: Tensor) -> Tensor:
     return ops.square(t)
+
+
+def _np_shape(value: Any) -> tuple:
+    import numpy as np
+
+    return np.shape(value)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Fill:
+    """An input modifier that replaces the input by ``value`` (a number or an array broadcastable to
+    the input, e.g. a bound of the z^B rule) broadcast to the input's shape."""
+
+    value: Any
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return ops.broadcast_to(constant(self.value, t.dtype), ops.shape(t))
+
+    def same_over_batch(self, t: Tensor) -> bool:
+        """Whether the filled input is the same for every sample of ``t`` (``value`` has no batch axis,
+        or one of size 1): then a layer's output under it is too, and the engine computes it for one
+        sample and lets it broadcast."""
+        shape = tuple(self.value.shape) if hasattr(self.value, "shape") else _np_shape(self.value)
+        return len(shape) < len(t.shape) or shape[0] == 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ from keras import ops
 from . import linear as linear_module
 from .backend import Tensor
 from .linear import term_relevance
-from .rule_algebra import (TINY, Group, Modifier, Rule, Term, WeightSum, constant, identity, negative, ones,
+from .rule_algebra import (TINY, Fill, Group, Modifier, Rule, Term, WeightSum, constant, identity, negative, ones,
                            positive, sign0, square, stabilize)
 from .rule_registry import RULES, _signature_params, get_rule, register_rule, rule_param_names, rule_params_from_kwargs
 
@@ -327,20 +327,14 @@ class ZBox(LinearRule):
     def groups(self) -> tuple[Group, ...]:
         low, high = self.low, self.high
 
-        def fill(value: Any) -> Modifier:
-            def mod(x: Tensor) -> Tensor:
-                return ops.broadcast_to(constant(value, x.dtype), ops.shape(x))
-
-            return mod
-
         def neg_pos(w: Tensor) -> Tensor:
             return -positive(w)
 
         def neg_neg(w: Tensor) -> Tensor:
             return -negative(w)
 
-        return (Group((Term(identity, identity, None), Term(fill(low), neg_pos, None),
-                       Term(fill(high), neg_neg, None))),)
+        return (Group((Term(identity, identity, None), Term(Fill(low), neg_pos, None),
+                       Term(Fill(high), neg_neg, None))),)
 
 
 def check_bounds(low: Any, high: Any) -> None:

@@ -77,7 +77,9 @@ class LinearHandler(Handler):
 
     def forward(self, layer: Any, xs: Sequence[Tensor], step: Any,
                 options: PassOptions = DEFAULT_PASS) -> tuple[list, dict]:
-        copies = self.copies_weights(layer, xs[0].dtype)
+        # a merged BatchNorm makes the weights a computed copy too (W * s, b * s + t): one per layer,
+        # remade in the backward pass (an element-wise product over the kernel) rather than held
+        copies = self.copies_weights(layer, xs[0].dtype) or bool(getattr(step, "fused", ()))
         if copies:
             lm = backend.after([xs[0]], lambda: self.linear_map(layer, step, xs[0].dtype))
         else:
@@ -97,7 +99,7 @@ class LinearHandler(Handler):
         rule = check_linear_rule(rule, step)
         R = shaped_like(Rs[0], state["z"])
         lm = cached_map(state.get("map"), xs)
-        if lm is None:  # made now, once the relevance has reached the layer (see copies_weights)
+        if lm is None:  # made now, once the relevance has reached the layer (see copies_weights, forward)
             lm = backend.after([R.g if isinstance(R, Product) else R],
                                lambda: self.linear_map(layer, step, xs[0].dtype))
         return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg,
