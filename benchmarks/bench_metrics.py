@@ -362,8 +362,8 @@ def main() -> None:
                       else "- | - | -")
             qs = f"{q['seconds']:.2f}" if q else "-"
             ratio = f"{q['seconds'] / r['seconds']:.1f}x" if q and r else "-"
-            cpus = " / ".join([f"{r['cpu']:.1f}", f"{r['floor_cpu']:.1f}"] if r else ["-", "-"])
-            cpus += f" / {q['cpu']:.1f}" if q and "cpu" in q else " / -"
+            cpus = " / ".join([f"{r['cpu']:.3g}", f"{r['floor_cpu']:.3g}"] if r else ["-", "-"])
+            cpus += f" / {q['cpu']:.3g}" if q and "cpu" in q else " / -"
             print(f"| {label} | {metric} | {ours_s} | {qs} | {ratio} | {cpus} |", flush=True)
         if other and rows:
             agree = {m: (round(rows[m]["score"], 4), round(other[m]["score"], 4)) for m in rows if m in other}
