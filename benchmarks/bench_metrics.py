@@ -16,8 +16,11 @@ quantus==0.6.0 torch``; CPU wheels) on first use and runs Quantus there in a sep
 ``.npz``; PyTorch rebuilds the network, flattening in channels-last order), the same inputs and the same
 attributions. Models are built with random weights (nothing downloads).
 
-The metrics and settings (the issue's): PixelFlipping with 32 steps (``features_in_step`` = pixels / 32,
-black baseline), RegionPerturbation with 20 regions of 16 x 16 (8 x 8 on the small CNN and below 64 x 64
+The metrics and settings (the issue's): PixelFlipping with ``features_in_step`` = pixels / 32 (black
+baseline), which is 96 steps on three colour channels: Quantus, like interprettensor, counts every
+value of the attribution as a feature (one per channel), and it requires ``features_in_step`` to divide
+the number of pixels, so 32 steps of whole pixels cannot be asked of it; the issue's Quantus figure
+(154 s, about 90 forward passes of 1.7 s) is this setting; RegionPerturbation with 20 regions of 16 x 16 (8 x 8 on the small CNN and below 64 x 64
 inputs), MaxSensitivity with 10 samples (gradient explanations), MPRT bottom-up over all layers
 (gradient explanations); also EfficientMPRT (defaults: the original and the fully randomised model)
 and SmoothMPRT (bottom-up, 10 noisy copies; small CNN only by default: on VGG16 it explains 17 x 10
@@ -26,7 +29,14 @@ Quantus column). ``--metrics`` picks some of them (``pixel_flipping,region_pertu
 max_sensitivity,mprt,efficient_mprt,smooth_mprt``). The floor replays the model calls and explanation calls the metric makes (their batch
 sizes recorded in a first run) on the compiled functions: what the metric cannot do without; the
 ratio shows its own overhead (ordering, perturbing, similarity measures, assigning the randomised
-weights). Metric and floor are timed in turns (``--repeats`` each, best kept).
+weights). Metric and floor are timed in turns (``--repeats`` each, best kept); the calls are recorded
+during the first timed run of the metric (after one call of each compiled function on one input, which
+traces it: the functions take any batch size), so a row costs ``2 x repeats`` runs of the metric's model
+calls, not more. CPU time (user + system of the process, every thread) is printed next to the wall
+clock: on a shared machine it is the steadier measure.
+
+``--side ours`` / ``--side quantus`` run one side only (the rows are printed as JSON lines too), so the
+two sides of a long VGG16 run can go in separate processes.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,7 +87,7 @@ def build(name: str, size: int = 224, batch: int = 8):
 MODELS = ("small_cnn", "vgg16")
 #: the rows, in order: the issue's four, then the other randomisation tests
 METRICS = ("pixel_flipping", "region_perturbation", "max_sensitivity", "mprt", "efficient_mprt", "smooth_mprt")
-LABELS = {"pixel_flipping": "PixelFlipping (32 steps)", "region_perturbation": "RegionPerturbation (20 regions)",
+LABELS = {"pixel_flipping": "PixelFlipping (96 steps)", "region_perturbation": "RegionPerturbation (20 regions)",
           "max_sensitivity": "MaxSensitivity (10 samples)", "mprt": "MPRT (bottom-up)",
           "efficient_mprt": "EfficientMPRT", "smooth_mprt": "SmoothMPRT (bottom-up, 10 samples)"}
 
@@ -114,16 +125,20 @@ def export(model, path: Path) -> list[dict]:
     return spec
 
 
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (every thread)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
-def ours(model, x, y, a, patch: int, repeats: int, which: list[str]) -> dict:
+def timed(fn) -> tuple[float, float]:
+    """``fn()``'s wall-clock and CPU seconds."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    fn()
+    return time.perf_counter() - t0, cpu_seconds() - c0
+
+
+def ours(model, x, y, a, patch: int, repeats: int, which: list[str], sampled_floor: bool = False) -> dict:
     """interprettensor's time per metric and its floor, in this process: the floor replays the metric's
     own model calls and explanation calls (their batch sizes recorded in a first run) on compiled
     functions. The metric and its floor are timed in turns, ``repeats`` times each, and the best of
@@ -145,9 +160,21 @@ def ours(model, x, y, a, patch: int, repeats: int, which: list[str]) -> dict:
             for b in calls["explain"]:
                 it.metrics.explain(model, xs[b], ys[b], method="gradient")
 
-        run()  # compiled before the timing
-        return run
+        def sampled():  # one call of each kind and batch size, times the number of such calls
+            wall = cpu = 0.0
+            for kind, fn in (("predict", lambda b: mm.predict(xs[b])),
+                             ("explain", lambda b: it.metrics.explain(model, xs[b], ys[b], method="gradient"))):
+                for b in sorted(set(calls[kind])):
+                    w, c = timed(lambda: fn(b))
+                    wall, cpu = wall + w * calls[kind].count(b), cpu + c * calls[kind].count(b)
+            return wall, cpu
 
+        return sampled if sampled_floor else run
+
+    # every compiled function the metrics and floors use, traced once on one input (they take any
+    # batch size): no timed run pays a trace
+    mm.predict(x[:1])
+    it.metrics.explain(model, x[:1], y[:1], method="gradient")
     gradient = {"explain_func": it.metrics.explain, "explain_func_kwargs": {"method": "gradient"}}
     metrics = {
         "pixel_flipping": lambda: (it.metrics.PixelFlipping(features_in_step=size * size // 32,
@@ -163,13 +190,20 @@ def ours(model, x, y, a, patch: int, repeats: int, which: list[str]) -> dict:
     for key in which:
         metric, kw = metrics[key]()
         label = LABELS[key]
-        floor_run = replay(_record_calls(metric, model, x, y, kw))
+        calls: dict = {}
         t, floor = [], []
-        for _ in range(repeats):
-            t.append(best(lambda: metric(model=model, x_batch=x, y_batch=y, batch_size=64, **kw), 1))
-            floor.append(best(floor_run, 1))
-        rows[label] = {"seconds": min(t), "floor": min(floor),
+        for rep in range(repeats):
+            if rep == 0:  # the calls recorded as they are made
+                t.append(timed(lambda: calls.update(_record_calls(metric, model, x, y, kw))))
+                floor_run = replay(calls)
+            else:
+                t.append(timed(lambda: metric(model=model, x_batch=x, y_batch=y, batch_size=64, **kw)))
+            floor.append(floor_run() if sampled_floor else timed(floor_run))
+        rows[label] = {"seconds": min(w for w, _ in t), "floor": min(w for w, _ in floor),
+                       "cpu": min(c for _, c in t), "floor_cpu": min(c for _, c in floor),
+                       "predict_calls": len(calls["predict"]), "explain_calls": len(calls["explain"]),
                        "score": float(np.nanmean(_flat(metric.evaluation_scores)))}
+        print(json.dumps({"ours": label, **rows[label]}), flush=True)
     return rows
 
 
@@ -270,6 +304,12 @@ def main() -> None:
     ap.add_argument("--no-quantus", action="store_true", help="leave Quantus' column out")
     ap.add_argument("--quantus-venv", default=str(HERE.parent / ".bench-quantus"))
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--sampled-floor", action="store_true",
+                    help="time one model call of each kind and batch size the metric makes and multiply by the "
+                         "number of such calls, instead of replaying them all (for VGG16 on a slow machine: "
+                         "an estimate, as noisy as one call)")
+    ap.add_argument("--side", choices=("both", "ours", "quantus"), default="both",
+                    help="run interprettensor's side, Quantus' side or both (default)")
     ap.add_argument("--ground-truth", action="store_true",
                     help="only the ground-truth benchmark: a CNN trained on shapes with known masks, the "
                          "localisation metrics of LRP presets, gradient, input x gradient and random")
@@ -288,35 +328,47 @@ def main() -> None:
                                                      if m and m not in METRICS]
     if bad:
         raise SystemExit(f"unknown {bad}: the models are {', '.join(MODELS)}; the metrics {', '.join(METRICS)}")
-    py = None if args.no_quantus else quantus_python(Path(args.quantus_venv))
+    if args.side == "quantus" and args.no_quantus:
+        raise SystemExit("--side quantus and --no-quantus leave nothing to run")
+    py = None if args.no_quantus or args.side == "ours" else quantus_python(Path(args.quantus_venv))
+    if args.side == "quantus" and py is None:
+        raise SystemExit("Quantus could not be set up")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, Keras {keras.__version__} "
           f"({keras.backend.backend()})")
+    print(f"load average at the start: {os.getloadavg()[0]:.1f}")
     print("| model | metric | interprettensor (s) | its floor (s) | ratio to floor | Quantus 0.6.0 (s) | "
-          "Quantus / interprettensor |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "Quantus / interprettensor | CPU s: interprettensor / floor / Quantus |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in models:
         which = args.metrics.split(",") if args.metrics else default_metrics(name)
         model, x, patch = build(name, args.size, args.batch)
         y = np.asarray(model(x)).argmax(-1)
         a = it.metrics.explain(model, x, y, method="gradient")
-        rows = ours(model, x, y, a, patch, args.repeats, which)
+        rows = ours(model, x, y, a, patch, args.repeats, which, args.sampled_floor) if args.side != "quantus" else {}
         other = None
         if py is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 weights = Path(tmp) / "weights.npz"
                 spec = export(model, weights)
                 other = theirs(py, spec, weights, x, y, a, patch, args.repeats, which)
+            for metric, q in (other or {}).items():
+                print(json.dumps({"quantus": metric, **q}), flush=True)
         side = x.shape[1]
         label = f"{'VGG16' if name == 'vgg16' else 'small CNN'} {side}x{side}, batch {len(x)}"
-        for metric, r in rows.items():
+        for metric in (LABELS[k] for k in which):
+            r = rows.get(metric)
             q = other.get(metric) if other else None
+            ours_s = (f"{r['seconds']:.2f} | {r['floor']:.2f} | {r['seconds'] / r['floor']:.2f}" if r
+                      else "- | - | -")
             qs = f"{q['seconds']:.2f}" if q else "-"
-            ratio = f"{q['seconds'] / r['seconds']:.1f}x" if q else "-"
-            print(f"| {label} | {metric} | {r['seconds']:.2f} | {r['floor']:.2f} | {r['seconds'] / r['floor']:.2f} | "
-                  f"{qs} | {ratio} |", flush=True)
-        if other:
+            ratio = f"{q['seconds'] / r['seconds']:.1f}x" if q and r else "-"
+            cpus = " / ".join([f"{r['cpu']:.3g}", f"{r['floor_cpu']:.3g}"] if r else ["-", "-"])
+            cpus += f" / {q['cpu']:.3g}" if q and "cpu" in q else " / -"
+            print(f"| {label} | {metric} | {ours_s} | {qs} | {ratio} | {cpus} |", flush=True)
+        if other and rows:
             agree = {m: (round(rows[m]["score"], 4), round(other[m]["score"], 4)) for m in rows if m in other}
             print(f"mean scores (interprettensor, Quantus) on {label}: {agree}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

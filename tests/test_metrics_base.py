@@ -167,3 +167,42 @@ def test_uniform_baseline_is_one_function_everywhere():
     fill = perturb.baseline("uniform", x.reshape(2, -1), np.random.default_rng(7), 2.0, 3.0).reshape(x.shape)
     np.testing.assert_array_equal(shifted[:, :, :2], fill[:, :, :2].astype(np.float32))
     np.testing.assert_array_equal(shifted[:, :, 2:], x[:, :, :3])
+
+
+def test_a_metric_called_again_traces_nothing(monkeypatch):
+    """The metrics' compiled functions (the model's predictions, the gradient and LRP explainers) are
+    traced at a metric's first call and reused at the next ones, also across MPRT's randomised stages
+    (weights assigned into the same variables) and by a new metric object on the same model. A trace
+    runs the Python body of a function given to the engine's ``backend.compile``; counted here on a
+    fresh model (nothing of it compiled before)."""
+    from interprettensor.engine import backend
+
+    traces = []
+    compile_ = backend.compile
+
+    def counting(fn, *args, **kwargs):
+        def body(*a, **kw):
+            traces.append(getattr(fn, "__qualname__", repr(fn)))
+            return fn(*a, **kw)
+
+        return compile_(body, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "compile", counting)
+    model = keras_model()
+    x, y = inputs()
+    a = it.metrics.explain(model, x, y, method="gradient")
+    grad = {"explain_func": it.metrics.explain, "explain_func_kwargs": {"method": "gradient"}}
+    lrp = {"explain_func": it.metrics.explain, "explain_func_kwargs": {"method": "epsilon"}}
+
+    def run_all():
+        it.metrics.PixelFlipping(features_in_step=16)(model=model, x_batch=x, y_batch=y, a_batch=a)
+        it.metrics.RegionPerturbation(patch_size=2, regions_evaluation=4)(model=model, x_batch=x, y_batch=y, a_batch=a)
+        it.metrics.MaxSensitivity(nr_samples=2)(model=model, x_batch=x, y_batch=y, **grad)
+        it.metrics.MPRT(layer_order="bottom_up")(model=model, x_batch=x, y_batch=y, **grad)
+        it.metrics.EfficientMPRT()(model=model, x_batch=x, y_batch=y, **lrp)
+
+    run_all()
+    first = len(traces)
+    assert first >= 3, traces  # the predictions, the gradient and the LRP explainer were counted
+    run_all()
+    assert traces[first:] == []

@@ -255,7 +255,13 @@ def test_efficient_mprt_against_quantus_and_numpy(data):
     assert rule.n_bins == int(np.sqrt(SIZE * SIZE * 3)) == 13
 
 
-def test_randomised_layers_are_quantus_permutations(data):
+@pytest.mark.parametrize("in_place_size", [None, 1])
+def test_randomised_layers_are_quantus_permutations(data, in_place_size, monkeypatch):
+    """Every stage's weights are numpy's permutations of the original ones, in every order, and the
+    originals come back; ``in_place_size=1``: every variable permuted in place by a gather and
+    restored by the inverse one (the path of large variables) instead of assigned from the host."""
+    if in_place_size is not None:
+        monkeypatch.setattr(sys.modules["interprettensor.analysis.metrics.model"], "IN_PLACE_SIZE", in_place_size)
     model, _, _ = data
     mm = M.MetricModel(model)
     assert mm.randomisable_layers() == ["conv", "dense"]
@@ -271,6 +277,11 @@ def test_randomised_layers_are_quantus_permutations(data):
     assert not np.array_equal(got[0], w["conv_w"])  # the permutation changed the kernel
     for got_w, key in zip(model.get_weights(), ["conv_w", "conv_b", "dense_w", "dense_b"]):
         np.testing.assert_array_equal(got_w, w[key])  # restored at the generator's end
+    for order in ("bottom_up", "independent"):
+        for (name, m), (ref_name, ref_w) in zip(mm.randomised_layers(order, 7), stage_weights(order, 7)):
+            assert name == ref_name
+            for got_w, key in zip(m.model.get_weights(), ["conv_w", "conv_b", "dense_w", "dense_b"]):
+                np.testing.assert_array_equal(got_w, ref_w[key])
     gen = mm.randomised_layers("bottom_up", 7)
     name, m = next(gen)
     assert name == "conv" and not np.array_equal(model.get_weights()[0], w["conv_w"])

@@ -201,23 +201,25 @@ class MetricModel:
             raise ExplainError("the model has no layers with weights to randomise")
         if order == "top_down":
             layers = layers[::-1]
-        # each layer's original arrays: what is permuted (every layer is randomised once, from its
-        # original weights, in either mode) and what is restored (copied: on some backends the arrays
-        # of get_weights share the variables' memory)
-        original = [[np.array(w) for w in la.get_weights()] for la in layers]
-        changed: list[int] = []
+        # a large variable is randomised by gathering its rows in place (exact: a gather copies the
+        # values) and restored by the inverse gather, so its weights never cross to the host and back;
+        # a small one is permuted on the host and assigned, its original kept (an eager gather costs
+        # more than the copy there). Restorations run in the reverse order of the randomisations
+        # (layers that share a variable get each permutation undone in turn).
+        changed: list[list] = []
         try:
-            for i, layer in enumerate(layers):
+            for layer in layers:
                 if independent and changed:
-                    _assign(layers[changed[-1]], original[changed[-1]])
-                rows = _permutations(int(seed) + 1, tuple(np.shape(w)[0] if np.ndim(w) > 0 else None
-                                                          for w in original[i]))
-                _assign(layer, [w if p is None else w[p] for w, p in zip(original[i], rows)])
-                changed.append(i)
+                    _restore(changed.pop())
+                rows = _permutations(int(seed) + 1, tuple(int(v.shape[0]) if len(v.shape) > 0 else None
+                                                          for v in layer.weights))
+                undo: list = []
+                changed.append(undo)
+                _permute(layer, rows, undo)
                 yield layer.name, self
         finally:
-            for i in changed:
-                _assign(layers[i], original[i])
+            while changed:
+                _restore(changed.pop())
 
     def randomisable_layers(self) -> list[str]:
         """Names of the layers :meth:`randomised_layers` randomises, in the model's order (Quantus'
@@ -225,11 +227,30 @@ class MetricModel:
         return [la.name for la in self.model.layers if la.weights]
 
 
-def _assign(layer: keras.layers.Layer, arrays: Sequence[np.ndarray]) -> None:
-    """``layer.set_weights(arrays)`` without its per-call checks beyond the variables' own (each
-    ``assign`` checks the shape): the randomisation metrics assign every layer twice per call."""
-    for variable, value in zip(layer.weights, arrays):
-        variable.assign(value)
+#: variables of at least this many values are permuted in place on the device (:func:`_permute`)
+IN_PLACE_SIZE = 2 ** 18
+
+
+def _permute(layer: keras.layers.Layer, rows: Sequence, undo: list) -> None:
+    """Each variable of ``layer`` with its rows (first axis) reordered by its permutation in ``rows``
+    (:func:`_permutations`; ``None``: a scalar, left alone); what undoes each reordering is appended to
+    ``undo`` as it is done (:func:`_restore`)."""
+    for variable, p in zip(layer.weights, rows):
+        if p is None:
+            continue
+        if int(np.prod(variable.shape)) >= IN_PLACE_SIZE:
+            variable.assign(keras.ops.take(variable.value, p[1], axis=0))
+            undo.append((variable, p[2], True))
+        else:
+            original = np.array(variable.numpy())  # a copy: some backends share the memory
+            variable.assign(original[p[0]])
+            undo.append((variable, original, False))
+
+
+def _restore(undo: list) -> None:
+    """The reorderings :func:`_permute` recorded in ``undo``, undone in reverse order."""
+    for variable, what, in_place in reversed(undo):
+        variable.assign(keras.ops.take(variable.value, what, axis=0) if in_place else what)
 
 
 #: the row permutations of the layers randomised last, by (seed, first-axis lengths of the arrays)
@@ -237,17 +258,22 @@ _PERMUTATIONS: "OrderedDict[tuple, list]" = OrderedDict()
 
 
 def _permutations(seed: int, lengths: tuple) -> list:
-    """The row orders ``np.random.RandomState(seed).permutation`` gives arrays with these first-axis
-    lengths, drawn in turn (``None``: a scalar, left as it is): ``w[p]`` equals Quantus'
-    ``permutation(w)`` (a shuffle of the rows draws the same numbers as one of their indices).
-    Kept for the last layers seen: drawing them anew cost more than the assignment on small models."""
+    """The row orders ``p`` that ``np.random.RandomState(seed).permutation`` gives arrays with these
+    first-axis lengths, drawn in turn, each as ``(p, p, argsort(p))``, the last two as int32 tensors (``None``: a scalar,
+    left as it is): ``w[p]`` equals Quantus' ``permutation(w)`` (a shuffle of the rows draws the same
+    numbers as one of their indices) and ``w[p][argsort(p)]`` is ``w``. Kept for the last layers seen:
+    drawing them anew cost more than the assignment on small models."""
     key = (seed, lengths)
     hit = _PERMUTATIONS.get(key)
     if hit is not None:
         _PERMUTATIONS.move_to_end(key)
         return hit
     rs = np.random.RandomState(seed)
-    rows = [None if n is None else rs.permutation(n) for n in lengths]
+    rows = []
+    for n in lengths:
+        p = None if n is None else rs.permutation(n)
+        rows.append(None if p is None else (p, keras.ops.convert_to_tensor(p.astype(np.int32)),
+                                            keras.ops.convert_to_tensor(np.argsort(p).astype(np.int32))))
     _PERMUTATIONS[key] = rows
     while len(_PERMUTATIONS) > 64:
         _PERMUTATIONS.popitem(last=False)

@@ -53,8 +53,11 @@ __all__ = ["MaxSensitivity", "AvgSensitivity", "LocalLipschitzEstimate", "Contin
            "linf_norm", "distance_euclidean", "distance_manhattan", "lipschitz_constant", "top_n_sign",
            "MAX_STACKED_FEATURES"]
 
-#: at most this many input values (steps x samples x features) are explained in one call
-MAX_STACKED_FEATURES = 1 << 24
+#: at most this many input values (steps x samples x features) are explained in one call: 2**21, about
+#: 14 images of 224 x 224 x 3, whose gradient through VGG16 keeps about 2 GB of activations (at 2**24,
+#: MaxSensitivity's 10 x 8 such images went into one explanation call of over 6 GB and were killed for
+#: memory on a 24 GB machine); a batch's steps still go together below it (small inputs)
+MAX_STACKED_FEATURES = 1 << 21
 
 
 # ---------------------------------------------------------------------------------------------- functions
