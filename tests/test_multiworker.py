@@ -71,4 +71,7 @@ def test_two_worker_processes_on_loopback_equal_one_device(tmp_path):
     got = it.load_relevances(out)
     want = it.Explainer(model, "epsilon_gamma_box", low=0.0, high=1.0)(x)
     np.testing.assert_array_equal(got["indices"], np.arange(17))
-    np.testing.assert_allclose(got["relevance"], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    # float32 rounding of the two executions (different batch splits, kernels and graph rewrites per
+    # replica): an input's relevance sums about 110 terms of at most max|R|'s order (the Dense's 3, the
+    # 3x3 convolution's 45 and the 1x1's 5 contributions, z^B's denominators of 18 inputs x 3 terms)
+    np.testing.assert_allclose(got["relevance"], want, rtol=1e-5, atol=110 * 2.0 ** -23 * np.abs(want).max())
