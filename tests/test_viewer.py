@@ -357,6 +357,26 @@ def test_view_needs_no_tensorflow_and_serves_from_the_command_line(runs):
     assert "PNG True 2" in p.stdout and "RC 0 TF False KERAS False" in p.stdout, (p.stdout, p.stderr[-2000:])
 
 
+
+def test_dropped_requests_are_not_reported_and_the_server_serves_on(server, capfd):
+    """A browser cancels image requests whose source changed: the connection resets mid-answer. The
+    server says nothing about it (before: a traceback per dropped request on the terminal) and goes on."""
+    import socket
+
+    port = server.server_address[1]
+    for k in range(20):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"GET /img/sample.png?run=epsilon&index={k}&kind=overlay&size={200 + k} HTTP/1.1\r\n"
+                  f"Host: x\r\n\r\n".encode())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close: reset
+        s.close()
+    time.sleep(1.0)
+    status, data, _ = get(server, "/img/sample.png?run=epsilon&index=0&kind=heatmap")
+    assert status == 200 and data[:8] == b"\x89PNG\r\n\x1a\n"
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+    assert server.internal_errors == []
+
 # ------------------------------------------------------------------ the page in a headless browser
 def _chromium():
     for name in (os.environ.get("INTERPRETTENSOR_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
@@ -387,6 +407,7 @@ def _open_page(browser, url):
     pg.console_errors = []
     pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
     pg.on("pageerror", lambda e: pg.console_errors.append(str(e)))
+    pg.on("response", lambda r: pg.console_errors.append(f"{r.status} from {r.url}") if r.status >= 500 else None)
     pg.goto(url)
     pg.wait_for_selector("body[data-ready='1']", timeout=20_000)
     return pg
@@ -415,7 +436,7 @@ def test_page_loads_without_console_errors(page, server):
     _loaded(page, "#grid .thumb img")
     assert page.locator("#grid .thumb").count() == N
     assert "1-24 of 24" in page.inner_text("#page-info")
-    assert page.console_errors == []
+    assert page.console_errors == [], server.internal_errors
 
 
 def test_switching_rule_and_colour_map_changes_the_heatmap(page, server):
@@ -440,7 +461,7 @@ def test_switching_rule_and_colour_map_changes_the_heatmap(page, server):
     assert "sample 0" in page.inner_text("#detail-title")
     page.click("#detail-close")
     page.select_option("#cmap", "bwr")
-    assert page.console_errors == []
+    assert page.console_errors == [], server.internal_errors
 
 
 def test_class_filter_pages_the_samples_of_one_class(page, server, runs):
@@ -476,7 +497,7 @@ def test_spray_view_click_on_a_cluster_shows_its_samples(page, server, runs):
     assert f"sample {idx[0]}" in page.inner_text("#detail-title")
     _loaded(page, "#cluster-grid .thumb img")
     page.click("#detail-close")
-    assert page.console_errors == []
+    assert page.console_errors == [], server.internal_errors
 
 
 def test_concepts_view_shows_reference_crops(page, server, runs):
@@ -496,8 +517,65 @@ def test_concepts_view_shows_reference_crops(page, server, runs):
     np.testing.assert_array_equal(crop, runs["concepts"]["relevance_crops"][2, 0])
     page.select_option("#concepts-mode", "activation")
     page.wait_for_function("() => document.querySelector('#channel-title').textContent.includes('activating')")
-    assert page.console_errors == []
+    assert page.console_errors == [], server.internal_errors
 
+
+
+def _hold_first(pg, pattern, wanted):
+    """Route ``pattern``: the first request whose URL holds ``wanted`` is kept unanswered (returned in a
+    list, to be released with ``continue_()``); every other request goes through."""
+    held = []
+
+    def route(r):
+        if wanted in r.request.url and not held:
+            held.append(r)
+        else:
+            r.continue_()
+
+    pg.route(pattern, route)
+    return held
+
+
+def _until(pg, cond, what, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        pg.wait_for_timeout(20)
+
+
+def _settled(pg):
+    """Every API request answered and the code that follows each answer run (body[data-pending] is 0)."""
+    pg.wait_for_function("() => document.body.dataset.pending === '0'", timeout=20_000)
+
+
+def test_a_late_answer_never_draws_over_a_newer_choice(browser, server):
+    """A request answered after a later request of the same view (a channel or a sample clicked while
+    the previous one loads) is dropped: before, the late answer drew its channel's examples (and its
+    sample's details) over the newer choice."""
+    pg = _open_page(browser, server.url)
+    try:
+        held = _hold_first(pg, "**/api/concepts/examples*", "channel=1&")  # the first channel, shown on opening
+        pg.click("#tabs button[data-tab='concepts']")
+        _until(pg, lambda: held, "the first channel's examples request")
+        pg.click("#channels button[data-channel='2']")
+        pg.wait_for_function("() => document.querySelectorAll('#examples figure').length === 3")
+        held[0].continue_()
+        _settled(pg)
+        assert "channel 2" in pg.inner_text("#channel-title")
+        assert pg.locator("#examples figure").count() == 3  # channel 1's four examples were not drawn
+        pg.click("#tabs button[data-tab='samples']")
+        held = _hold_first(pg, "**/api/sample?*", "index=0")
+        pg.locator("#grid .thumb[data-index='0']").click()
+        _until(pg, lambda: held, "sample 0's details request")
+        pg.locator("#grid .thumb[data-index='1']").click()
+        pg.wait_for_function("() => document.querySelector('#detail-title').textContent.startsWith('sample 1 ')")
+        held[0].continue_()
+        _settled(pg)
+        assert pg.inner_text("#detail-title").startswith("sample 1 ")
+        assert all("index=1&" in pg.locator("#detail-images img").nth(k).get_attribute("src") for k in range(3))
+        assert pg.console_errors == [], server.internal_errors
+    finally:
+        pg.close()
 
 # ------------------------------------------------------------------ issue 18: what a new user found
 EIG_A = np.array([0.0, 0.02, 0.9, 1.0, 1.1, 3.0])  # relative gap: 2 clusters; absolute: after 5
@@ -700,7 +778,7 @@ def test_page_with_an_empty_spray_and_a_damaged_shard(page18, server18):
     page18.select_option("#spray-run", "good")
     page18.wait_for_function("() => document.querySelectorAll('#scatter circle').length > 0")
     assert not page18.is_visible("#spray-note")
-    assert page18.console_errors == []
+    assert page18.console_errors == [], server18.internal_errors
 
 
 def test_page_eigengap_and_clustering_follow_the_class(page18, server18):
@@ -725,7 +803,7 @@ def test_page_eigengap_and_clustering_follow_the_class(page18, server18):
     page18.click("#legend button[data-cluster='1']")
     page18.wait_for_function("() => document.querySelectorAll('#cluster-grid .thumb').length > 0")
     assert not page18.is_visible("#cluster-pager")  # 3 samples: one page
-    assert page18.console_errors == []
+    assert page18.console_errors == [], server18.internal_errors
 
 
 def test_page_label_filter(page18, server18):
@@ -742,4 +820,4 @@ def test_page_label_filter(page18, server18):
     assert page18.is_visible("#label-note") and "no labels" in page18.inner_text("#label-note")
     assert page18.eval_on_selector("#filter-by option[value='label']", "o => o.disabled") is True
     assert page18.input_value("#filter-by") == "target"
-    assert page18.console_errors == []
+    assert page18.console_errors == [], server18.internal_errors

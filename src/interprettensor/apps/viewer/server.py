@@ -297,8 +297,9 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:  # noqa: BLE001 - a bug: a message, not a traceback, for the page
-            if self.server.verbose:
-                traceback.print_exc()
+            trace = traceback.format_exc()
+            self.server.internal_errors.append((self.path, trace))
+            sys.stderr.write(f"interprettensor viewer: internal error answering {self.path}:\n{trace}")
             self._json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
 
     def _static(self, path: str) -> None:
@@ -319,7 +320,15 @@ class ViewerServer(ThreadingHTTPServer):
 
     def __init__(self, viewer: Viewer, port: int = 0, verbose: bool = False):
         self.viewer, self.verbose = viewer, verbose
+        self.internal_errors: list[tuple[str, str]] = []  # (request path, traceback): bugs, kept for tests
         super().__init__(("127.0.0.1", port), Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that drops a request it no longer needs (an image whose source changed, a page
+        closed) resets the connection: nothing to report. Anything else is printed as before."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

@@ -20,6 +20,14 @@ function status(msg) { $("status").textContent = msg || ""; }
 // a message in a tab (its data is empty or cannot be shown); "" hides it
 function note(id, msg) { $(id).textContent = msg || ""; $(id).hidden = !msg; }
 
+// one view's latest request: an answer that arrives after a later request of the same view was made
+// (another channel, sample or class clicked meanwhile) is dropped, never drawn over the newer one
+const tickets = {};
+function ticket(view) {
+  const t = (tickets[view] = (tickets[view] || 0) + 1);
+  return () => tickets[view] === t;
+}
+
 let pending = 0;  // API requests under way, as body[data-pending] (tests wait for "0")
 
 async function api(path, params) {
@@ -117,10 +125,10 @@ async function loadPage() {
   if (!r) return;
   const params = { run: r.name, offset: state.offset, limit: PAGE };
   if ($("class").value !== "") params[$("filter-by").value] = $("class").value;
-  const seq = state.pageSeq = (state.pageSeq || 0) + 1;
+  const fresh = ticket("grid");
   try {
     const page = await api("/api/samples", params);
-    if (seq !== state.pageSeq) return;  // a later request (another filter, rule or page) answers for the grid
+    if (!fresh()) return;  // a later request (another filter, rule or page) answers for the grid
     state.total = page.total;
     renderThumbs($("grid"), r.name, page.items);
     const last = Math.min(page.total, state.offset + page.items.length);
@@ -128,7 +136,7 @@ async function loadPage() {
     $("prev").disabled = state.offset === 0;
     $("next").disabled = last >= page.total;
     status("");
-  } catch (e) { status(e.message); }
+  } catch (e) { if (fresh()) status(e.message); }
 }
 
 function caption(item) {
@@ -176,8 +184,10 @@ function refreshImages() {
 
 async function showDetail(run, index) {
   state.detail = { run: run, index: index };
+  const fresh = ticket("detail");
   try {
     const d = await api("/api/sample", { run: run, index: index });
+    if (!fresh()) return;
     const r = state.runs[run];
     $("detail-title").textContent = `sample ${index} (${run})`;
     const kinds = r.has_inputs ? ["input", "heatmap", "overlay"] : ["heatmap"];
@@ -194,7 +204,7 @@ async function showDetail(run, index) {
     $("detail-info").innerHTML = "";
     for (const [k, v] of rows) $("detail-info").appendChild(el("tr", {}, [el("td", { text: k }), el("td", { text: String(v) })]));
     $("detail").hidden = false;
-  } catch (e) { status(e.message); }
+  } catch (e) { if (fresh()) status(e.message); }
 }
 
 // ---------------------------------------------------------------- SpRAy
@@ -252,9 +262,12 @@ function fillSprayClasses() {
 async function loadSpray() {
   const run = $("spray-run").value;
   if (!run || !currentSpray()) return;
+  const fresh = ticket("spray");
   try {
-    state.spray.data = await api("/api/spray", { run: run, class: $("spray-class").value,
-                                                 embedding: $("spray-embedding").value });
+    const data = await api("/api/spray", { run: run, class: $("spray-class").value,
+                                           embedding: $("spray-embedding").value });
+    if (!fresh()) return;
+    state.spray.data = data;
     state.spray.cluster = null;
     drawScatter();
     drawEigen();
@@ -263,7 +276,7 @@ async function loadSpray() {
     $("cluster-title").textContent = "click a cluster or a point to see its samples";
     $("cluster-pager").hidden = true;
     status("");
-  } catch (e) { status(e.message); }
+  } catch (e) { if (fresh()) status(e.message); }
 }
 
 function clusterLabels() {
@@ -362,8 +375,10 @@ function selectCluster(c) {
 async function loadClusterPage() {
   const run = $("spray-run").value, m = state.spray.members, o = state.spray.offset;
   const ids = m.slice(o, o + PAGE);
+  const fresh = ticket("cluster");
   try {
     const page = await api("/api/samples", { run: run, ids: ids.join(","), limit: PAGE });
+    if (!fresh()) return;
     const grid = $("cluster-grid");
     grid.innerHTML = "";
     for (const item of page.items) grid.appendChild(thumb(run, item, "heatmap", false));
@@ -371,7 +386,7 @@ async function loadClusterPage() {
     $("cluster-info").textContent = ` ${o + 1}-${o + ids.length} of ${m.length} `;
     $("cluster-prev").disabled = o === 0;
     $("cluster-next").disabled = o + PAGE >= m.length;
-  } catch (e) { status(e.message); }
+  } catch (e) { if (fresh()) status(e.message); }
 }
 
 // ---------------------------------------------------------------- concepts
@@ -391,9 +406,11 @@ function fillLayers() {
 async function loadChannels() {
   const c = currentConcepts();
   if (!c) return;
+  const fresh = ticket("channels");
   try {
     const res = await api("/api/concepts/channels", { run: c.name, layer: $("concepts-layer").value,
                                                       order: $("concepts-order").value });
+    if (!fresh()) return;
     const box = $("channels");
     box.innerHTML = "";
     for (const ch of res.channels) {
@@ -406,15 +423,17 @@ async function loadChannels() {
     if (res.channels.length) loadExamples(state.concepts.channel !== null &&
       res.channels.some((ch) => ch.channel === state.concepts.channel) ? state.concepts.channel : res.channels[0].channel);
     status("");
-  } catch (e) { status(e.message); }
+  } catch (e) { if (fresh()) status(e.message); }
 }
 
 async function loadExamples(channel) {
   const c = currentConcepts(), layer = $("concepts-layer").value, mode = $("concepts-mode").value;
   state.concepts.channel = channel;
   for (const b of document.querySelectorAll("#channels button")) b.classList.toggle("active", +b.dataset.channel === channel);
+  const fresh = ticket("examples");
   try {
     const res = await api("/api/concepts/examples", { run: c.name, layer: layer, channel: channel, mode: mode });
+    if (!fresh()) return;
     $("channel-title").textContent = `${layer}, channel ${channel}: the ${res.examples.length} most ` +
       `${mode === "relevance" ? "relevant" : "activating"} examples (crop and conditional heatmap)`;
     const box = $("examples");
@@ -428,7 +447,7 @@ async function loadExamples(channel) {
         el("img", { src: q("crop"), alt: `crop of sample ${ex.sample}`, class: "crop" }),
         el("img", { src: q("heatmap"), alt: `heatmap of sample ${ex.sample}`, class: "heat" }), caption]));
     }
-  } catch (e) { status(e.message); }
+  } catch (e) { if (fresh()) status(e.message); }
 }
 
 // ---------------------------------------------------------------- start
