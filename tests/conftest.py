@@ -56,9 +56,27 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    _check_xdist_groups(config)
     path = config.getoption("--tolerance-report", default=None)
     if path:
         _record_tolerances(os.path.abspath(path))
+
+
+def _check_xdist_groups(config) -> None:
+    """Under ``--dist loadgroup`` (the Makefile's) pytest-xdist keeps a group's tests on one worker by
+    writing ``@group`` into their node ids (``item._nodeid``). pytest 9 derives node ids from another
+    attribute, so with pytest-xdist 3.8 every test becomes a group of its own: each worker builds every
+    module fixture again and the suite runs far longer, silently. Said here at once instead."""
+    if config.getoption("dist", default="no") != "loadgroup" or hasattr(config, "workerinput"):
+        return
+    import inspect
+
+    from _pytest.nodes import Node
+
+    if "_nodeid" not in inspect.getsource(Node.nodeid.fget):
+        raise pytest.UsageError(f"--dist loadgroup cannot group tests with pytest {pytest.__version__} and this "
+                                f"pytest-xdist (it sets item._nodeid, which this pytest does not read): install "
+                                f"what pyproject.toml's [test] extra pins (pytest<9)")
 
 
 def _record_tolerances(path: str) -> None:
@@ -100,6 +118,7 @@ LONGEST_FIRST = ("test_readme.py", "test_docs.py", "test_backends.py", "test_bac
 SPREAD = ("test_docs.py",)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(session, config, items):
     def rank(item):
         name = item.path.name
@@ -107,6 +126,7 @@ def pytest_collection_modifyitems(session, config, items):
 
     items.sort(key=rank)  # a stable sort: the order inside each file is kept
     _group_by_file(items)
+
     _skip_float64_where_keras_demotes_it(items)
 
 
@@ -130,3 +150,5 @@ def _skip_float64_where_keras_demotes_it(items):
     for item in items:
         if "float64" in item.name or item.get_closest_marker("float64") is not None:
             item.add_marker(skip)
+
+
