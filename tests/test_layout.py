@@ -17,7 +17,7 @@ ROOT = os.path.dirname(it.__file__)
 LAYERS = {"engine": 0, "original": 1, "attribution": 2, "analysis": 3, "io": 3, "pretrained": 1, "apps": 4}
 #: order inside the engine: each module imports only earlier ones (a dotted name orders a package's
 #: modules, the package's own name its ``__init__``, which re-exports them)
-ENGINE = ["errors", "dtypes", "backend._tensorflow", "backend._concrete", "backend._jax", "backend._torch", "backend", "rule_algebra", "rule_registry", "linear", "rules", "operation_rules", "handlers", "expand", "graph.model", "graph.canonical",
+ENGINE = ["errors", "dtypes", "backend._concrete", "backend._tensorflow", "backend._jax", "backend._torch", "backend", "rule_algebra", "rule_registry", "linear", "rules", "operation_rules", "handlers", "expand", "graph.model", "graph.canonical",
           "graph.analyses", "graph.statistics", "graph.trace", "graph.checkpoint", "graph.interpret", "graph", "composites", "precision", "targets",
           "forward_check", "explainer", "conditions"]
 #: io may not import analysis (analysis builds on io's runs); the exceptions: deprecated aliases of

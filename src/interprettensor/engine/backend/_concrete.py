@@ -1,6 +1,7 @@
 """What the JAX and PyTorch modules share, as both run on concrete shapes (JAX traces once per shape,
 PyTorch runs eagerly): signatures as plain records, errors read by their text, and no separately
-fused kernels (XLA fuses inside ``jax.jit``; PyTorch runs op by op)."""
+fused kernels (XLA fuses inside ``jax.jit``; PyTorch runs op by op); and :func:`conv`, Keras' own
+convolution, which TensorFlow and JAX use as it is (PyTorch's module wraps it)."""
 
 from __future__ import annotations
 

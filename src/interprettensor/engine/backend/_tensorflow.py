@@ -7,6 +7,8 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
+from ._concrete import conv  # noqa: F401 - the interface: keras.ops.conv, as on JAX
+
 #: whether float64 tensors compute in float64 (Keras promotes float64 to float32 on JAX and PyTorch)
 FLOAT64 = True
 
@@ -161,12 +163,3 @@ def max_pool_winner(x: tf.Tensor, y: tf.Tensor, R: tf.Tensor, pool_size: Sequenc
     out = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=R, ksize=[1, *pool_size, 1],
                                  strides=[1, *strides, 1], padding=padding.upper())
     return tf.transpose(out, [0, 3, 1, 2]) if channels_first else out
-
-
-def conv(x: Any, kernel: Any, strides: Sequence[int], padding: str, dilation_rate: Sequence[int],
-         data_format: str) -> Any:
-    """``keras.ops.conv`` (what a Keras convolution layer's ``convolution_op`` computes)."""
-    from keras import ops
-
-    return ops.conv(x, kernel, strides=list(strides), padding=padding, dilation_rate=dilation_rate,
-                    data_format=data_format)
