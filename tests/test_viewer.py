@@ -358,6 +358,21 @@ def test_view_needs_no_tensorflow_and_serves_from_the_command_line(runs):
 
 
 
+def test_an_internal_error_is_a_500_message_printed_with_its_traceback(server, monkeypatch, capfd):
+    """A bug in an answer: the page gets a JSON message (500), the terminal the traceback, the server
+    keeps it (``internal_errors``, read by the page tests' messages) and serves on."""
+    def broken(q):
+        raise RuntimeError("a planted bug")
+
+    monkeypatch.setattr(server.viewer, "api_runs", broken)
+    status, body, _ = get(server, "/api/runs")
+    assert status == 500 and json.loads(body) == {"error": "internal error: RuntimeError: a planted bug"}
+    path, trace = server.internal_errors.pop()
+    assert path == "/api/runs" and "RuntimeError: a planted bug" in trace
+    assert "internal error answering /api/runs" in capfd.readouterr().err
+    monkeypatch.undo()
+    assert get(server, "/api/runs")[0] == 200
+
 def test_dropped_requests_are_not_reported_and_the_server_serves_on(server, capfd):
     """A browser cancels image requests whose source changed: the connection resets mid-answer. The
     server says nothing about it (before: a traceback per dropped request on the terminal) and goes on."""

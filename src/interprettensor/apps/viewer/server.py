@@ -299,6 +299,7 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - a bug: a message, not a traceback, for the page
             trace = traceback.format_exc()
             self.server.internal_errors.append((self.path, trace))
+            del self.server.internal_errors[:-100]  # the latest hundred
             sys.stderr.write(f"interprettensor viewer: internal error answering {self.path}:\n{trace}")
             self._json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
 
