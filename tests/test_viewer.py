@@ -560,7 +560,7 @@ def _until(pg, cond, what, timeout_s=20.0):
 
 def _settled(pg):
     """Every API request answered and the code that follows each answer run (body[data-pending] is 0)."""
-    pg.wait_for_function("() => document.body.dataset.pending === '0'", timeout=20_000)
+    pg.wait_for_selector("body[data-pending='0']", timeout=20_000)
 
 
 def test_a_late_answer_never_draws_over_a_newer_choice(browser, server):
@@ -802,7 +802,7 @@ def test_page_eigengap_and_clustering_follow_the_class(page18, server18):
     for cls, k in (("0", 2), ("1", 3), ("0", 2), ("2", 3)):
         page18.select_option("#spray-class", cls)
         page18.wait_for_function(f"() => document.querySelector('#scatter-caption').textContent.includes('class {cls}:')")
-        page18.wait_for_selector("body[data-pending='0']")  # no answer still to be drawn
+        _settled(page18)  # no answer still to be drawn
         assert page18.input_value("#spray-clustering") == f"kmeans-{k}", cls  # as the new class's eigengap suggests
         label = page18.locator("#eigen text.eigengap")
         assert label.count() == 1 and label.text_content().startswith(f"gap after {k} ")
