@@ -145,6 +145,36 @@ def test_the_engine_fused_and_op_by_op_give_the_same_relevances(monkeypatch):
         np.testing.assert_allclose(fused, plain, rtol=0, atol=2.0 ** -23 * 16 * np.abs(plain).max(), err_msg=rule)
 
 
+def test_the_attention_rules_fused_and_op_by_op_give_the_same_relevances(monkeypatch):
+    """AttnLRP's softmax rule and the product rules' stabilised divisions (uniform for ``Q·Kᵀ`` and
+    ``A·V``, gate under CP-LRP), fused on large activations, against the same functions op by op, on a
+    small attention block with a padding mask (masked positions must keep zero relevance in both). The
+    softmax rule sums over 6 keys and the relevance crosses about ten such sums and divisions, so the two
+    agree within ``2^-23 · 64`` of the largest relevance."""
+    import keras
+
+    import interprettensor as it
+    from interprettensor.engine import linear
+
+    keras.utils.set_random_seed(1)
+    tokens = keras.Input((6, 8))
+    mask = keras.Input((6, 6), dtype="bool")
+    att = keras.layers.MultiHeadAttention(2, 4)(tokens, tokens, attention_mask=mask)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([tokens, att]))
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model([tokens, mask], out)
+    x = rng.normal(size=(3, 6, 8)).astype("float32")
+    m = np.ones((3, 6, 6), bool)
+    m[:, :, 4:] = False  # the last two positions masked out as keys
+    for rule in ("attnlrp", "cp_lrp"):
+        plain = host(it.lrp(model, [x, m], rule=rule)[0])
+        monkeypatch.setattr(linear, "XLA_MIN_ELEMENTS", 1)
+        fused = host(it.lrp(model, [x, m], rule=rule)[0])
+        monkeypatch.setattr(linear, "XLA_MIN_ELEMENTS", 2 ** 19)
+        assert np.all(np.isfinite(fused)) and np.abs(plain).max() > 0
+        np.testing.assert_allclose(fused, plain, rtol=0, atol=2.0 ** -23 * 64 * np.abs(plain).max(), err_msg=rule)
+
+
 @pytest.mark.skipif(backend.NAME == "jax", reason="XLA clamps an index beyond a table instead of failing: the "
                     "explainer checks indices and targets on the host (tests/test_errors.py)")
 def test_runtime_errors_of_a_compiled_call_are_named():

@@ -181,22 +181,24 @@ class ConditionalExplainer(Explainer):
         return sites, out
 
     # ------------------------------------------------------------------ traced passes
-    def _forward_and_top(self, xs: Sequence[Tensor], targets: Tensor, lowest: int) -> tuple:
+    def _forward_and_top(self, xs: Sequence[Tensor], targets: Tensor, lowest: int, wanted: Sequence[Any]) -> tuple:
         """Forward pass, starting relevance, and the backward pass down to step ``lowest`` (exclusive):
-        ``(records, relevance by key, explained output, model outputs, values, inputs in the backward
-        dtype)``."""
+        ``(records, relevance by key (of the keys ``wanted``), explained output, model outputs, values,
+        inputs in the backward dtype)``."""
         values, records, model_outputs, out, xs = self._forward_pass(xs, self.pass_options[True])
         R = start_relevance(out, targets, None, False, "the model output")
-        rel = self._backward_range(records, {self.start_key: R}, lowest + 1, len(self.graph.steps), self.rules)
+        rel = self._backward_range(records, {self.start_key: R}, lowest + 1, len(self.graph.steps), self.rules,
+                                   wanted)
         return records, rel, out, model_outputs, values, xs
 
-    def _backward_range(self, records: list, start: dict, lo: int, hi: int, rules: Sequence[Any]) -> dict:
-        """The backward pass through steps ``lo .. hi-1`` (relevance by key)."""
+    def _backward_range(self, records: list, start: dict, lo: int, hi: int, rules: Sequence[Any],
+                        wanted: Sequence[Any]) -> dict:
+        """The backward pass through steps ``lo .. hi-1``: the relevance of the ``wanted`` keys."""
         g = self.graph
         sub = Graph(g.inputs, [], g.steps[lo:hi], [], [])
         with self._backward_precision() as precision:
             rel, _ = backward(sub, records[lo:hi], start, list(rules)[lo:hi], options=self.pass_options[True],
-                              forward_precision=precision)
+                              forward_precision=precision, wanted=wanted)
         return rel
 
     def _repeated_records(self, records: list, xs: Sequence[Tensor], K: Tensor, hi: int) -> list:
@@ -234,7 +236,7 @@ class ConditionalExplainer(Explainer):
         self.trace_count += 1
         top = sites[0]
         records, rel, out, model_outputs, values, xs_b = self._forward_and_top(
-            xs, targets, len(self.graph.steps) if from_activation else top.index)
+            xs, targets, len(self.graph.steps) if from_activation else top.index, [top.key])
         n = ops.shape(xs[0])[0]
         K = ops.shape(masks[0])[0]
         dtype = out.dtype
@@ -249,26 +251,29 @@ class ConditionalExplainer(Explainer):
         R = ops.repeat(R_top, K, axis=0) * self._broadcast_mask(masks[0], n, top, dtype)
         current = top
         for site, mask in zip(sites[1:], masks[1:]):
-            rel = self._backward_range(lower, {current.key: R}, site.index + 1, current.index + 1, self.rules)
+            rel = self._backward_range(lower, {current.key: R}, site.index + 1, current.index + 1, self.rules,
+                                       [site.key])
             R_site = rel.get(site.key)
             R_site = ops.zeros_like(lower[site.index][1][0], dtype) if R_site is None else R_site
             R = R_site * self._broadcast_mask(mask, n, site, dtype)
             current = site
         if stop is not None:  # the relevance at a lower layer (attribution graphs)
-            rel = self._backward_range(lower, {current.key: R}, stop.index + 1, current.index + 1, self.rules)
+            rel = self._backward_range(lower, {current.key: R}, stop.index + 1, current.index + 1, self.rules,
+                                       [stop.key])
             R_stop = rel.get(stop.key)
             if R_stop is None:
                 R_stop = ops.zeros_like(lower[stop.index][1][0], dtype)
             return [R_stop], R_top, out, model_outputs
         rules = self._bounds_rules(xs_rep)
-        rel = self._backward_range(lower, {current.key: R}, 0, current.index + 1, rules)
+        rel = self._backward_range(lower, {current.key: R}, 0, current.index + 1, rules, self.graph.inputs)
         result = [rel[k] if k in rel else ops.zeros(ops.shape(x), dtype)
                   for k, x in zip(self.graph.inputs, xs_rep)]
         return result, R_top, out, model_outputs
 
     def _statistics_core(self, xs: Sequence[Tensor], targets: Tensor) -> tuple:
         self.trace_count += 1
-        _, rel, out, model_outputs, values, _ = self._forward_and_top(xs, targets, self.sites[-1].index)
+        _, rel, out, model_outputs, values, _ = self._forward_and_top(xs, targets, self.sites[-1].index,
+                                                                     [s.key for s in self.sites])
         relevances, activations = [], []
         for s in self.sites:
             R = rel.get(s.key)

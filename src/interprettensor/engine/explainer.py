@@ -200,7 +200,8 @@ class Explainer:
         recast = (lambda recs: cast_floats(recs, self.backward_dtype)) if self._recast() else None
         with self._backward_precision() as precision:
             rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise,
-                               options=options, recast=recast, forward_precision=precision)
+                               options=options, recast=recast, forward_precision=precision,
+                               wanted=self.graph.inputs)
         result = [rel[k] if k in rel else ops.zeros(ops.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):

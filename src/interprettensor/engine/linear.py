@@ -228,10 +228,12 @@ def _ratio(rule: Any, R: "Tensor | Product", z: Tensor, coefficient: float,
     args = (R.x, R.g, z) if lazy else (R, z)
     if select is not None:
         args = args + (ops.cast(z_sign, z.dtype),)
-    return fn[0](*args) if _use_xla(z) else fn[1](*args)
+    return fn[0](*args) if use_fused(z) else fn[1](*args)
 
 
-def _use_xla(z: Tensor) -> bool:
+def use_fused(z: Tensor) -> bool:
+    """Whether the engine's element-wise functions run as fused kernels on ``z`` (from
+    :data:`XLA_MIN_ELEMENTS` per sample, where the backend fuses)."""
     return backend.use_fused(z, XLA_MIN_ELEMENTS)
 
 
@@ -453,7 +455,7 @@ def sign_aware_gamma(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Produ
     if bias is not None:
         args.append(linear.broadcast_bias(bias, z))
     fns = _gamma_ratio(rule, isinstance(R, Product), term, bias is not None, signed, split)
-    out = fns[0](*args) if _use_xla(z) else fns[1](*args)
+    out = fns[0](*args) if use_fused(z) else fns[1](*args)
     if not split:
         kernel = WeightSum(((1.0, identity), (gamma, positive))) if gamma != 0 else identity
         s = ops.cast(out, z.dtype)
@@ -468,5 +470,5 @@ def sign_aware_gamma(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Produ
             g = ga + gc
             result.append(Product(x, g) if lazy else x * g)
         else:
-            result.append(_COMBINE(x, ax, ga, gc) if _use_xla(x) else _combine(x, ax, ga, gc))
+            result.append(_COMBINE(x, ax, ga, gc) if use_fused(x) else _combine(x, ax, ga, gc))
     return result

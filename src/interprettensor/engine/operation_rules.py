@@ -38,6 +38,7 @@ from keras import ops
 from ..rule_names import OPERATION_RULE_NAMES, PRODUCT_RULES, product_rule_list
 from . import backend, dtypes
 from .backend import Tensor
+from .linear import Product, use_fused
 from .rules import TINY, LinearRule, Rule, constant, get_rule, register_rule, stabilize
 
 __all__ = ["OPERATION_RULE_NAMES", "AbsProportional", "CellRule", "Gate", "ProductRule", "Proportional",
@@ -181,7 +182,8 @@ class SoftmaxRule(Rule):
 
 
 def product_relevance(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Tensor], z: Tensor,
-                      R: Tensor, shares: Sequence[float | Tensor], epsilon: float) -> list[Tensor | None]:
+                      R: "Tensor | Product", shares: Sequence[float | Tensor], epsilon: float,
+                      lazy: bool = False) -> list:
     """Relevance of the factors of a product ``z = fn(xs)`` that is linear in each factor:
     ``R_i = shares[i] · x_i ⊙ J_iᵀ (R / stab(z))`` (one vector-Jacobian product for all factors; a
     factor with share 0 gets ``None``). A share given as a tensor (shaped like ``z``: element-wise
@@ -190,29 +192,56 @@ def product_relevance(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Ten
     The vector-Jacobian product is taken for the factors with a share only (the others held at their
     values: a gate under CP-LRP costs no product with the cotangent), and a share common to all of
     them (the uniform rule's ``1/n``) scales the cotangent once, ``J_iᵀ (shares · R / stab(z))``,
-    instead of each factor's relevance."""
+    instead of each factor's relevance. ``R`` may be a :class:`~interprettensor.engine.linear.Product`
+    (read inside the division's fused kernel), and with ``lazy`` a factor's relevance may be returned
+    as one."""
+    weights: list = []
+    if not any(ops.is_tensor(w) for w in shares):
+        idx = [i for i, w in enumerate(shares) if w != 0]
+        if not idx:
+            return [None] * len(xs)
+        common = {float(shares[i]) for i in idx}
+        if len(common) == 1:
+            scale, weights = common.pop(), [1.0] * len(idx)
+        else:
+            scale, weights = 1.0, [float(shares[i]) for i in idx]
+    else:
+        scale = 1.0
     # not before R exists: otherwise every layer's denominator would be computed right after the
     # forward pass and held
-    s = backend.after([R], lambda: R / stabilize(z, epsilon))
-    if any(ops.is_tensor(w) for w in shares):
+    fns = _product_ratio(epsilon, scale, isinstance(R, Product))
+    args = (R.x, R.g, z) if isinstance(R, Product) else (R, z)
+    s = backend.after([args[-2]], lambda: fns[0](*args) if use_fused(z)
+                      else fns[1](*args))
+    if not weights:
         return _weighted_product_relevance(fn, xs, s, shares)
-    idx = [i for i, w in enumerate(shares) if w != 0]
-    if not idx:
-        return [None] * len(xs)
-    common = {float(shares[i]) for i in idx}
-    if len(common) == 1:
-        w = common.pop()
-        if w != 1.0:
-            s = s * constant(w, s.dtype)
-        weights = [1.0] * len(idx)
-    else:
-        weights = [float(shares[i]) for i in idx]
     grads = backend.vjp(_held(fn, xs, idx), [xs[i] for i in idx], s)
-    result: list[Tensor | None] = [None] * len(xs)
+    result: list = [None] * len(xs)
     for i, g, w in zip(idx, grads, weights):
-        r = xs[i] * g
-        result[i] = r if w == 1.0 else r * constant(w, r.dtype)
+        if w != 1.0:
+            result[i] = xs[i] * g * constant(w, g.dtype)
+        else:
+            result[i] = Product(xs[i], g) if lazy else xs[i] * g
     return result
+
+
+_PRODUCT_RATIOS: dict = {}
+
+
+def _product_ratio(epsilon: float, scale: float, lazy: bool) -> tuple[Callable, Callable]:
+    """``(fused, plain)`` functions of ``scale · R / stab(z)`` (``R`` given as its two factors if
+    ``lazy``): on large activations one fused kernel instead of a pass over memory per operation."""
+    key = (epsilon, scale, lazy)
+    fns = _PRODUCT_RATIOS.get(key)
+    if fns is None:
+        def ratio(*args: Tensor) -> Tensor:
+            *r, z = args
+            num = r[0] * r[1] if lazy else r[0]
+            s = num / stabilize(z, epsilon)
+            return s if scale == 1.0 else s * constant(scale, s.dtype)
+
+        fns = _PRODUCT_RATIOS[key] = (backend.fused(ratio), ratio)
+    return fns
 
 
 def _held(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Tensor],
@@ -245,15 +274,36 @@ def _weighted_product_relevance(fn, xs, s, shares) -> list[Tensor | None]:
     return result
 
 
-def softmax_relevance(x: Tensor, s: Tensor, R: Tensor, axis: int | Sequence[int] = -1) -> Tensor:
+def softmax_relevance(x: Tensor, s: Tensor, R: "Tensor | Product", axis: int | Sequence[int] = -1) -> Tensor:
     """``x ⊙ (R − s · Σ_axis R)``; positions where ``s`` is exactly 0 get 0, and so do masked positions
-    (inputs at a large negative mask value: Keras sets masked scores to -1e9 or lower, -3e4 in float16)."""
-    total = ops.sum(R, axis=tuple(axis) if isinstance(axis, (list, tuple)) else axis, keepdims=True)
-    out = x * (R - s * total)
-    sentinel = constant(-1e4 if dtypes.name(x.dtype) == "float16" else -1e8, x.dtype)
-    # the mask only once it is needed (see product_relevance)
-    masked = backend.after([out], lambda: ops.logical_or(ops.equal(s, constant(0, s.dtype)), x <= sentinel))
-    return ops.where(masked, constant(0, out.dtype), out)
+    (inputs at a large negative mask value: Keras sets masked scores to -1e9 or lower, -3e4 in float16).
+    ``R`` may be a :class:`~interprettensor.engine.linear.Product`; on large activations the rule runs
+    as one fused kernel."""
+    axes = tuple(axis) if isinstance(axis, (list, tuple)) else axis
+    fns = _softmax_rule(axes, isinstance(R, Product))
+    args = (x, s, R.x, R.g) if isinstance(R, Product) else (x, s, R)
+    return fns[0](*args) if use_fused(s) else fns[1](*args)
+
+
+_SOFTMAX_RULES: dict = {}
+
+
+def _softmax_rule(axes: Any, lazy: bool) -> tuple[Callable, Callable]:
+    """``(fused, plain)`` functions of :func:`softmax_relevance` over ``axes``."""
+    key = (axes, lazy)
+    fns = _SOFTMAX_RULES.get(key)
+    if fns is None:
+        def rule(x: Tensor, s: Tensor, *r: Tensor) -> Tensor:
+            R = ops.cast(r[0] * r[1] if lazy else r[0], s.dtype)
+            total = ops.sum(R, axis=axes, keepdims=True)
+            out = x * (R - s * total)
+            sentinel = constant(-1e4 if dtypes.name(x.dtype) == "float16" else -1e8, x.dtype)
+            # the mask only once it is needed (see product_relevance)
+            masked = backend.after([out], lambda: ops.logical_or(ops.equal(s, constant(0, s.dtype)), x <= sentinel))
+            return ops.where(masked, constant(0, out.dtype), out)
+
+        fns = _SOFTMAX_RULES[key] = (backend.fused(rule), rule)
+    return fns
 
 
 #: the product rules by their ``name``; registered under the names of :data:`interprettensor.rule_names.PRODUCT_RULES`

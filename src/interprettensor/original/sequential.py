@@ -219,7 +219,7 @@ class Sequential(keras.Model):
             graph = self.graph
 
             def run(records: Any, R: Tensor) -> Tensor:
-                rel, _ = backward(graph, records, {graph.outputs[0]: R}, rules)
+                rel, _ = backward(graph, records, {graph.outputs[0]: R}, rules, wanted=graph.inputs[:1])
                 return rel.get(graph.inputs[0], ops.zeros_like(records[0][0][0]))
             fn = self._lrp_fns[key] = backend.compile(run, None, variables=self.variables)  # traced per forward's shapes
         return fn(cache["records"], R)

@@ -6,7 +6,7 @@ the steps in reverse, summing the relevance that reaches a tensor from all of it
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, Collection, ContextManager, Sequence
 
 import keras
 from keras import ops
@@ -15,7 +15,7 @@ from .. import backend, dtypes
 from ..backend import Tensor
 from ..errors import ExplainError
 from ..handlers import DEFAULT_PASS, ELEMENTWISE, SOFTMAX, PassOptions
-from ..linear import materialize
+from ..linear import Product, materialize
 from ..rules import Rule
 from .checkpoint import Dropped, Segment, drop_segment
 from .model import Graph, Step
@@ -123,18 +123,32 @@ def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
             records[j] = new[r.offset]
 
 
+def _add(a: Any, b: Any) -> Any:
+    """The sum of two relevances of one tensor. Two products with the same input (a tensor read by
+    several layers: a transformer block's query, key and value projections and its residual sum) stay
+    one product, ``x * (g_a + g_b)``: one multiplication instead of two."""
+    if isinstance(a, Product) and isinstance(b, Product) and a.x is b.x:
+        return Product(a.x, a.g + b.g)
+    return materialize(a) + materialize(b)
+
+
 def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
              keep: bool = False, options: PassOptions = DEFAULT_PASS,
              recast: Callable[[list], list] | None = None,
-             forward_precision: Callable[[], ContextManager[Any]] | None = None) -> tuple[dict, dict]:
-    """Relevance at every tensor reached from ``start`` (key -> relevance), each step's rule asked by
+             forward_precision: Callable[[], ContextManager[Any]] | None = None,
+             wanted: Collection[Any] | None = None) -> tuple[dict, dict]:
+    """Relevance at the tensors reached from ``start`` (key -> relevance), each step's rule asked by
     its handler under the pass's ``options`` (those of the :func:`forward` that made ``records``).
     A dropped segment's records are recomputed when the walk reaches it (``recast`` maps them as the
     caller mapped the forward pass's records, e.g. to the backward dtype; ``forward_precision``, a
     context in which the layers compute as in the forward pass, where the caller runs the backward
     pass in another) and let go once walked.
+    ``wanted``: the keys whose relevance is returned (default: every key reached). The relevance of
+    any other tensor is let go once its producer has passed it on, so that an eager backend neither
+    keeps every layer's relevance until the end nor computes those that nobody reads.
     Returns ``(relevance by key, relevance of each layer's output by layer name)``."""
     rel = dict(start)
+    wanted_keys = None if wanted is None else set(wanted)
     layerwise: dict = {}
     records = list(records)
     for i in range(len(g.steps) - 1, -1, -1):
@@ -157,9 +171,15 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
             for n in step.names():
                 layerwise[n] = Rs[0] if len(Rs) == 1 else Rs
         R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step, options)
+        del Rs
+        if wanted_keys is not None:
+            for k in step.outputs:
+                if k not in wanted_keys:
+                    rel.pop(k, None)
         to_integers = step.handler.integer_inputs
         for k, r, x in zip(step.inputs, R_in, ins):
             if r is None or not (dtypes.is_floating(x.dtype) or to_integers):
                 continue  # relevance does not flow into masks and indices (only embeddings credit them)
-            rel[k] = r if k not in rel else materialize(rel[k]) + materialize(r)
-    return {k: materialize(r) for k, r in rel.items()}, layerwise
+            rel[k] = r if k not in rel else _add(rel[k], r)
+    keys = rel.keys() if wanted is None else [k for k in wanted if k in rel]
+    return {k: materialize(rel[k]) for k in keys}, layerwise

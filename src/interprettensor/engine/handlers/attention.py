@@ -11,7 +11,7 @@ from keras import ops
 from .. import dtypes
 from ..backend import Tensor
 from ..errors import ExplainError
-from ..linear import LinearMap, linear_relevance, materialize
+from ..linear import LinearMap, Product, linear_relevance, materialize
 from ..operation_rules import product_relevance, softmax_relevance
 from .base import (
     DEFAULT_PASS,
@@ -49,7 +49,8 @@ def signal_inputs(step: Any, xs: list, out: Tensor) -> list[bool]:
     return [i == idx for i in range(len(xs))]
 
 
-def factor_relevance(step: Any, xs: list, z: Tensor, R: Tensor, rule: Any, elementwise: bool = False) -> list:
+def factor_relevance(step: Any, xs: list, z: Tensor, R: "Tensor | Product", rule: Any,
+                     elementwise: bool = False) -> list:
     """Relevance of the factors of the product ``step`` under the product rule ``rule`` (the shares of
     :meth:`ProductRule.shares`: uniform split, gate, or, for element-wise products only, in proportion
     to the factors' values)."""
@@ -80,7 +81,11 @@ def factor_relevance(step: Any, xs: list, z: Tensor, R: Tensor, rule: Any, eleme
     def fn(args):
         return step.call(args)[0]
 
-    return product_relevance(fn, xs, z, ops.reshape(materialize(R), ops.shape(z)), shares, eps)
+    if isinstance(R, Product):  # read by the division's kernel, not multiplied out first
+        R = Product(ops.reshape(R.x, ops.shape(z)), ops.reshape(R.g, ops.shape(z)))
+    else:
+        R = ops.reshape(R, ops.shape(z))
+    return product_relevance(fn, xs, z, R, shares, eps, lazy=True)
 
 
 class ProductHandler(Handler):
@@ -88,6 +93,7 @@ class ProductHandler(Handler):
     (AttnLRP) or the gate rule (CP-LRP)."""
 
     category = PRODUCT
+    accepts_lazy = True
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         return factor_relevance(step, list(xs), ys[0], Rs[0], rule)
@@ -210,6 +216,6 @@ class SoftmaxHandler(Handler):
         if rule.explains_softmax:
             axis = getattr(layer, "axis", -1)
             axis = list(axis) if isinstance(axis, (list, tuple)) else axis
-            return [softmax_relevance(xs[0], ys[0], ops.cast(materialize(R), ys[0].dtype), axis)] + rest
+            return [softmax_relevance(xs[0], ys[0], R, axis)] + rest
         raise ExplainError(f"layer {step.name!r} ({step.type_name}) is a softmax and cannot use rule {rule!r}: "
                            f"give it 'softmax' (AttnLRP) or 'pass'")
