@@ -5,11 +5,13 @@ Handlers call :func:`linear_relevance`, which asks the rule (:meth:`Rule.relevan
 :func:`term_relevance`, the generalised gamma rule with its closed form :func:`sign_aware_gamma`.
 
 A layer contributes a :class:`LinearMap`: a function ``f(xs, params) -> z`` that is linear in each
-input for fixed parameters (plus a bias), and its parameters. The transpose needed by LRP is never
-written by hand: it is the vector-Jacobian product of ``f`` (``backend.vjp``), one transposed
-matmul or transposed convolution. On TensorFlow, under ``tf.function``, the forward op that the
-gradient tape records for it is pruned (its value is not used), so each term costs exactly one
-backward op.
+input for fixed parameters (plus a bias), and its parameters. The transpose needed by LRP is the
+vector-Jacobian product of ``f`` (``backend.vjp``), one transposed matmul or transposed convolution.
+On TensorFlow, under ``tf.function``, the forward op that the gradient tape records for it is pruned
+(its value is not used), so each term costs exactly one backward op; PyTorch, eager, skips the
+convolutions and matrix products of that forward but computes its element-wise operations, so maps
+whose transpose is one line (sums, a layer norm's centring and scaling) give it as
+:attr:`LinearMap.transpose` (checked against the vector-Jacobian product in the tests).
 
 Denominators are computed with as few forward passes as the rule allows:
 
@@ -53,11 +55,14 @@ class LinearMap:
     """``z = fn(xs, params)``; ``params`` holds weight tensors under any name and an optional
     ``'bias'``. Rules modify every weight with their kernel modifier and ``'bias'`` with their bias
     modifier (dropping it when the modifier is ``None``). ``bias_axis`` is the axis of ``z`` that the
-    bias runs along (``None``: the bias is already broadcastable to ``z``)."""
+    bias runs along (``None``: the bias is already broadcastable to ``z``). ``transpose``, where given:
+    ``transpose(xs, params, s)``, the bias-free map's vector-Jacobian product ``J^T s`` for each input,
+    written out (used instead of ``backend.vjp``, whose recorded forward pass an eager backend runs)."""
 
     fn: Callable[[Sequence[Tensor], Params], Tensor]
     params: Params
     bias_axis: int | None = -1
+    transpose: Callable[[Sequence[Tensor], Params, Tensor], list] | None = None
 
     def __call__(self, xs: Sequence[Tensor], params: Params | None = None) -> Tensor:
         return self.fn(xs, self.params if params is None else params)
@@ -238,7 +243,10 @@ def use_fused(z: Tensor) -> bool:
 
 
 def _vjp(linear: LinearMap, inputs: Sequence[Tensor], params: Params, s: Tensor) -> list[Tensor]:
-    """``J^T s`` of ``f(., params)`` for each input (the forward op inside it is dead code)."""
+    """``J^T s`` of ``f(., params)`` for each input (the forward op inside it is dead code), or the
+    map's own :attr:`~LinearMap.transpose`."""
+    if linear.transpose is not None:
+        return list(linear.transpose(inputs, params, s))
     return backend.vjp(lambda xs: linear(xs, params), inputs, s)
 
 

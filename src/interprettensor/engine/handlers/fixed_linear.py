@@ -23,20 +23,27 @@ class FixedLinearHandler(Handler):
     ``params = weights(layer, xs)`` (default: a scalar kernel 1 that rules may modify).
 
     ``sign_preserving``: non-negative inputs give a non-negative output (pooling, sums; not an affine
-    BatchNorm or ``Subtract``)."""
+    BatchNorm or ``Subtract``). ``transpose(layer, xs, params, s)``: the map's transpose written out
+    (:attr:`~interprettensor.engine.linear.LinearMap.transpose`), used where all inputs have the
+    output's shape (no broadcasting to undo)."""
 
     category = LINEAR
     accepts_lazy = True
     batch_records = True
 
     def __init__(self, fn: Callable, weights: Callable[[Any, Sequence[Tensor]], dict] | None = None,
-                 sign_preserving: bool = True):
+                 sign_preserving: bool = True, transpose: Callable | None = None):
         self._fn = fn
         self._weights = weights or (lambda layer, xs: {"kernel": ops.ones((), dtype=xs[0].dtype)})
         self.sign_preserving = sign_preserving
+        self._transpose = transpose
 
     def linear_map(self, layer: Any, xs: Sequence[Tensor]) -> LinearMap:
-        return LinearMap(lambda xs_, p: self._fn(layer, xs_, p), self._weights(layer, xs), None)
+        transpose = None
+        if self._transpose is not None and all(tuple(x.shape) == tuple(xs[0].shape) for x in xs):
+            def transpose(xs_: Sequence[Tensor], p: dict, s: Tensor) -> list:
+                return self._transpose(layer, xs_, p, s)
+        return LinearMap(lambda xs_, p: self._fn(layer, xs_, p), self._weights(layer, xs), None, transpose)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return self.sign_preserving and all(inputs_nonneg)

@@ -111,6 +111,11 @@ def _merge_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     return z
 
 
+def _merge_transpose(layer: Any, xs: Sequence[Tensor], p: dict, s: Tensor) -> list:
+    """``J^T s`` of :func:`_merge_fn` (inputs shaped like the output): each input's weight times ``s``."""
+    return [p["kernel"][i] * s for i in range(len(xs))]
+
+
 def _own_call_fn(layer: Any, xs: Sequence[Tensor], p: dict) -> Tensor:
     """Average pooling, upsampling: the layer's own (linear) call, times a scalar kernel (a second input
     is the mask of a masked global average)."""
@@ -135,8 +140,9 @@ def _global_mean_for_max(layer: Any, x: Tensor) -> Tensor:
     return ops.mean(x, axis=axes, keepdims=layer.keepdims)
 
 
-_sum = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n))
-_difference = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]), sign_preserving=False)
+_sum = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0] * n), transpose=_merge_transpose)
+_difference = FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0, -1.0]), sign_preserving=False,
+                                 transpose=_merge_transpose)
 _own_linear_call = FixedLinearHandler(_own_call_fn)
 #: RMS normalisation (Keras >= 3.9): relevance passes through (the scale 1/rms is a constant)
 _RMS_NORMALIZATION = tuple(t for t in (getattr(L, "RMSNormalization", None),) if t is not None)
@@ -166,7 +172,7 @@ register_keras_family([
     # linear maps without trainable weights
     (L.BatchNormalization, FixedLinearHandler(_affine_fn, _bn_affine_weights, sign_preserving=False)),
     (L.Add, _sum),
-    (L.Average, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0 / n] * n))),
+    (L.Average, FixedLinearHandler(_merge_fn, _merge_weights(lambda n: [1.0 / n] * n), transpose=_merge_transpose)),
     (L.Subtract, _difference),
     (keras.src.layers.pooling.base_pooling.BasePooling, _own_linear_call),
     (keras.src.layers.pooling.base_global_pooling.BaseGlobalPooling, _own_linear_call),

@@ -70,7 +70,11 @@ class LayerNormHandler(Handler):
             z = centred * inv_std * p["kernel"]
             return z if p.get("bias") is None else z + p["bias"]
 
-        return [y], {"z": y, "map": LinearMap(fn, params, None)}
+        def transpose(args, p, s):  # scaling, then centring (its own transpose)
+            v = s * inv_std * p["kernel"]
+            return [v - ops.mean(v, axis=axes, keepdims=True)]
+
+        return [y], {"z": y, "map": LinearMap(fn, params, None, transpose)}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         if getattr(layer, "rms_scaling", False) or rule.passes_through:
