@@ -205,9 +205,11 @@ def lxt_python(venv: Path) -> Path | None:
         print(f"setting up LXT in {venv} (once) ...", flush=True)
         try:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(py), "-m", "pip", "install", "-q", "--extra-index-url",
-                            "https://download.pytorch.org/whl/cpu", "lxt==2.1", "transformers==4.52.4", _torch_pin()],
-                           check=True)
+            # one retry: where PyTorch's index cannot be reached (a machine that sees only PyPI and local
+            # wheels), pip's default five retries with back-off per package took over ten minutes
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "--retries", "1", "--timeout", "15",
+                            "--extra-index-url", "https://download.pytorch.org/whl/cpu", "lxt==2.1",
+                            "transformers==4.52.4", _torch_pin()], check=True)
         except (subprocess.CalledProcessError, OSError) as e:
             print(f"LXT could not be installed ({e}); its rows are left out")
             return None
