@@ -225,23 +225,17 @@ def product_relevance(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Ten
     return result
 
 
-_PRODUCT_RATIOS: dict = {}
-
-
+@functools.cache
 def _product_ratio(epsilon: float, scale: float, lazy: bool) -> tuple[Callable, Callable]:
     """``(fused, plain)`` functions of ``scale · R / stab(z)`` (``R`` given as its two factors if
     ``lazy``): on large activations one fused kernel instead of a pass over memory per operation."""
-    key = (epsilon, scale, lazy)
-    fns = _PRODUCT_RATIOS.get(key)
-    if fns is None:
-        def ratio(*args: Tensor) -> Tensor:
-            *r, z = args
-            num = r[0] * r[1] if lazy else r[0]
-            s = num / stabilize(z, epsilon)
-            return s if scale == 1.0 else s * constant(scale, s.dtype)
+    def ratio(*args: Tensor) -> Tensor:
+        *r, z = args
+        num = r[0] * r[1] if lazy else r[0]
+        s = num / stabilize(z, epsilon)
+        return s if scale == 1.0 else s * constant(scale, s.dtype)
 
-        fns = _PRODUCT_RATIOS[key] = (backend.fused(ratio), ratio)
-    return fns
+    return backend.fused(ratio), ratio
 
 
 def _held(fn: Callable[[Sequence[Tensor]], Tensor], xs: Sequence[Tensor],
@@ -285,25 +279,19 @@ def softmax_relevance(x: Tensor, s: Tensor, R: "Tensor | Product", axis: int | S
     return fns[0](*args) if use_fused(s) else fns[1](*args)
 
 
-_SOFTMAX_RULES: dict = {}
-
-
+@functools.cache
 def _softmax_rule(axes: Any, lazy: bool) -> tuple[Callable, Callable]:
     """``(fused, plain)`` functions of :func:`softmax_relevance` over ``axes``."""
-    key = (axes, lazy)
-    fns = _SOFTMAX_RULES.get(key)
-    if fns is None:
-        def rule(x: Tensor, s: Tensor, *r: Tensor) -> Tensor:
-            R = ops.cast(r[0] * r[1] if lazy else r[0], s.dtype)
-            total = ops.sum(R, axis=axes, keepdims=True)
-            out = x * (R - s * total)
-            sentinel = constant(-1e4 if dtypes.name(x.dtype) == "float16" else -1e8, x.dtype)
-            # the mask only once it is needed (see product_relevance)
-            masked = backend.after([out], lambda: ops.logical_or(ops.equal(s, constant(0, s.dtype)), x <= sentinel))
-            return ops.where(masked, constant(0, out.dtype), out)
+    def rule(x: Tensor, s: Tensor, *r: Tensor) -> Tensor:
+        R = ops.cast(r[0] * r[1] if lazy else r[0], s.dtype)
+        total = ops.sum(R, axis=axes, keepdims=True)
+        out = x * (R - s * total)
+        sentinel = constant(-1e4 if dtypes.name(x.dtype) == "float16" else -1e8, x.dtype)
+        # the mask only once it is needed (see product_relevance)
+        masked = backend.after([out], lambda: ops.logical_or(ops.equal(s, constant(0, s.dtype)), x <= sentinel))
+        return ops.where(masked, constant(0, out.dtype), out)
 
-        fns = _SOFTMAX_RULES[key] = (backend.fused(rule), rule)
-    return fns
+    return backend.fused(rule), rule
 
 
 #: the product rules by their ``name``; registered under the names of :data:`interprettensor.rule_names.PRODUCT_RULES`
