@@ -22,7 +22,7 @@ from .composites import Composite, get_composite
 from .errors import ExplainError
 from .forward_check import locate_mismatch, outputs_agree, reference_rtol
 from .expand import ShapeDependent
-from .graph import (Graph, Step, backward, build_graph, explained_output, forward, plan_segments,
+from .graph import (Graph, Step, backward, build_graph, explained_output, forward, plan_segments, start_at_position,
                     positive_output_steps, relu_denominator_steps)
 from .graph.checkpoint import check_checkpoint
 from .handlers import PassOptions
@@ -193,19 +193,29 @@ class Explainer:
         options = self.pass_options[R0 is None]  # for the forward and the backward pass
         values, records, model_outputs, out, xs = self._forward_pass(xs, options)
         where = f"layer {self.layer!r}" if self.layer else "the model output"
-        R = start_relevance(out, targets, R0, self.layer is not None, where, positions, contrast)
-        scale = None
-        if _dtypes.name(R.dtype) == "float16":
-            R, scale = scale_up(R)
+        rules = self._bounds_rules(xs)
         recast = (lambda recs: cast_floats(recs, self.backward_dtype)) if self._recast() else None
+        scale = None
         with self._backward_precision() as precision:
-            rel, lw = backward(self.graph, records, {self.start_key: R}, self._bounds_rules(xs), keep=layerwise,
-                               options=options, recast=recast, forward_precision=precision,
-                               wanted=self.graph.inputs)
-        result = [rel[k] if k in rel else ops.zeros(ops.shape(x), R.dtype) for k, x in zip(self.graph.inputs, xs)]
+            begin = None
+            if positions is not None and not layerwise and _dtypes.name(out.dtype) != "float16":
+                # one position explained: a layer that maps positions on its own is explained there only
+                zeros = ops.zeros_like(positions)
+                begin = start_at_position(self.graph, records, rules, self.start_key, positions, options=options,
+                                          start=lambda y: start_relevance(y, targets, None, False, where, zeros,
+                                                                          contrast))
+            if begin is None:
+                R = start_relevance(out, targets, R0, self.layer is not None, where, positions, contrast)
+                if _dtypes.name(R.dtype) == "float16":
+                    R, scale = scale_up(R)
+                begin = {self.start_key: R}
+            dtype = next(iter(begin.values())).dtype
+            rel, lw = backward(self.graph, records, begin, rules, keep=layerwise, options=options, recast=recast,
+                               forward_precision=precision, wanted=self.graph.inputs)
+        result = [rel[k] if k in rel else ops.zeros(ops.shape(x), dtype) for k, x in zip(self.graph.inputs, xs)]
         if layerwise:
             for name, k, x in zip(self.graph.input_names, self.graph.inputs, xs):
-                lw[name] = rel.get(k, ops.zeros(ops.shape(x), R.dtype))
+                lw[name] = rel.get(k, ops.zeros(ops.shape(x), dtype))
         if scale is not None:
             result = [scale_down(r, scale) for r in result]
             lw = tree.map_structure(lambda t: scale_down(t, scale), lw)

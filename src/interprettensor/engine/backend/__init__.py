@@ -26,6 +26,9 @@ every name of :data:`INTERFACE`.
   relevance to its first maximum in row-major order).
 * :func:`conv`: a convolution as ``keras.ops.conv`` computes it (PyTorch: the same values without
   Keras' two layout copies of the input per call).
+* :data:`FREES_UNREAD`: whether a value of the compiled pass is freed once nothing left to run reads it
+  (a graph or XLA program), so that computing a cheap value again in the backward pass, instead of
+  reading the forward pass's, saves memory (eager PyTorch holds what the records reference).
 * :data:`FLOAT64`: whether float64 computes in float64 (Keras promotes it to float32 on JAX and
   PyTorch; the explainer refuses it there).
 """
@@ -43,7 +46,7 @@ Tensor: TypeAlias = Any
 #: the interface: what each backend module defines
 INTERFACE = ("FLOAT64", "vjp", "pullback", "after", "recompute", "stop_gradient", "scan", "distinct", "spec", "compile", "fused",
              "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner", "conv",
-             "FUSED_MIN_ELEMENTS")
+             "FUSED_MIN_ELEMENTS", "FREES_UNREAD")
 #: Keras' backend -> the module that implements the interface on it
 MODULES = {"tensorflow": "._tensorflow", "jax": "._jax", "torch": "._torch"}
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 from .analyses import mark_carried, mark_gates, mark_nonneg, positive_output_steps, relu_denominator_steps
 from .canonical import fuse_batchnorm
 from .checkpoint import plan_segments
-from .interpret import backward, explained_output, forward
+from .interpret import backward, explained_output, forward, start_at_position
 from .model import Graph, Key, Step
 from .statistics import mark_statistics
 from .trace import build_graph, concrete_specs, register_chain
 
 __all__ = ["Key", "Step", "Graph", "build_graph", "register_chain", "concrete_specs", "fuse_batchnorm",
            "mark_statistics", "mark_carried", "mark_nonneg", "mark_gates", "relu_denominator_steps", "positive_output_steps",
-           "explained_output", "forward", "backward", "plan_segments"]
+           "explained_output", "forward", "backward", "start_at_position", "plan_segments"]

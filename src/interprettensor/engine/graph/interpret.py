@@ -123,6 +123,91 @@ def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
             records[j] = new[r.offset]
 
 
+def start_at_position(g: Graph, records: list, rules: Sequence[Rule], key: Any, positions: Tensor,
+                      start: Callable[[Tensor], Tensor], options: PassOptions = DEFAULT_PASS) -> dict | None:
+    """The start of the backward pass for an explanation of one position per sample (``positions``,
+    ``(N,)``) of the sequence output ``key``, where the layer that writes ``key`` maps every position on
+    its own (its handler's ``record_at_position``; a language model's output projection): the layer's
+    relevance computed on the explained positions alone (``start``: the relevance of the layer's output
+    there, ``(N, 1, ...)``, from that output), placed at those positions of its input, zero elsewhere.
+    Equal to starting at ``key`` with a relevance that is zero at every other position, without the
+    layer's ``(N, T, ...)`` ratio and transpose (a vocabulary-sized tensor per position). Returns
+    ``{input key: relevance}`` (the layer's record is then not read again), or None where the layer does
+    not map positions on its own."""
+    step = g.producer().get(key)
+    if step is None or len(step.outputs) != 1 or len(step.inputs) != 1:
+        return None
+    i = g.steps.index(step)
+    if isinstance(records[i], Dropped) or rules[i].bounds() is not None:
+        return None
+    ins, outs, state = records[i]
+    rank = len(ins[0].shape)
+    if rank < 3 or not dtypes.is_floating(ins[0].dtype):
+        return None
+
+    def take(t: Tensor) -> Tensor:
+        return ops.take_along_axis(t, ops.reshape(positions, (-1,) + (1,) * (len(t.shape) - 1)), axis=1)
+
+    at = step.handler.record_at_position(step.layer, ins, outs, state, step, take)
+    if at is None:
+        return None
+    xs_at, ys_at, state_at = at
+    R_at = start(ys_at[0])
+    R_in = materialize(step.handler.relevance(step.layer, xs_at, ys_at, state_at, [R_at], rules[i], step, options)[0])
+    onehot = ops.one_hot(positions, ops.shape(ins[0])[1], dtype=R_in.dtype)
+    return {step.inputs[0]: ops.reshape(onehot, ops.shape(onehot) + (1,) * (rank - 2)) * R_in}
+
+
+class _Remade:
+    """Values written by cheap steps (:meth:`~interprettensor.engine.handlers.Handler.cheap_to_recompute`:
+    an element-wise function of one input, no larger than it), computed again in the backward pass
+    from that input when a step being explained reads them, instead of being kept from the forward
+    pass: the input is usually kept anyway (the scores a scaling multiplies, which the score product's
+    rule divides by; a pre-activation and its activation), so on a backend that frees what nothing reads
+    (:data:`~interprettensor.engine.backend.FREES_UNREAD`) the pair costs one tensor instead of two."""
+
+    def __init__(self, g: Graph, records: list, options: PassOptions, enabled: bool):
+        self.g, self.records, self.options = g, records, options
+        self.producer: dict = {}
+        if enabled:
+            for j, step in enumerate(g.steps):
+                if len(step.outputs) == 1 and step.handler.cheap_to_recompute(step.layer, step):
+                    self.producer[step.outputs[0]] = j
+        self.made: dict = {}
+
+    def _value(self, key: Any, value: Any, deps: list) -> Any:
+        j = self.producer.get(key)
+        if j is None:
+            return value
+        if key not in self.made:
+            rec = self.records[j]
+            if not isinstance(rec, tuple):  # a recomputed segment's, or walked
+                return value
+            ins, outs, _ = rec
+            if (tuple(ins[0].shape) != tuple(outs[0].shape)
+                    or dtypes.itemsize(ins[0].dtype) > dtypes.itemsize(outs[0].dtype)):
+                return value
+            step = self.g.steps[j]
+            self.made[key] = backend.recompute(deps, ins, lambda xs: _run_step(step, xs, self.options)[0][0])
+        return self.made[key]
+
+    def record(self, i: int, record: tuple, Rs: list) -> tuple:
+        """Step ``i``'s record with the values of cheap steps made anew (after ``Rs`` exist)."""
+        if not self.producer:
+            return record
+        step = self.g.steps[i]
+        keys = [k for k in list(step.inputs) + list(step.outputs) if k in self.producer]
+        if not keys:
+            return record
+        deps = [r.g if isinstance(r, Product) else r for r in Rs if r is not None]
+        ins, outs, state = record
+        ins = [self._value(k, v, deps) for k, v in zip(step.inputs, ins)]
+        outs = [self._value(k, v, deps) for k, v in zip(step.outputs, outs)]
+        for k in step.outputs:  # its producer is walked: no later step reads it
+            self.made.pop(k, None)
+        return ins, outs, state
+
+
 def _add(a: Any, b: Any) -> Any:
     """The sum of two relevances of one tensor. Two products with the same input (a tensor read by
     several layers: a transformer block's query, key and value projections and its residual sum) stay
@@ -151,6 +236,7 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
     wanted_keys = None if wanted is None else set(wanted)
     layerwise: dict = {}
     records = list(records)
+    remade = _Remade(g, records, options, backend.FREES_UNREAD and recast is None)
     for i in range(len(g.steps) - 1, -1, -1):
         step, rule = g.steps[i], rules[i]
         Rs = [rel.get(k) for k in step.outputs]
@@ -160,7 +246,7 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
         if isinstance(records[i], Dropped):
             _recompute(records, records[i].segment, rel, options, recast, forward_precision)
             Rs = [rel.get(k) for k in step.outputs]
-        (ins, outs, state), records[i] = records[i], None
+        (ins, outs, state), records[i] = remade.record(i, records[i], Rs), None
         if not any(dtypes.is_floating(o.dtype) for o in outs):
             continue
         dtype = next(r.dtype for r in Rs if r is not None)

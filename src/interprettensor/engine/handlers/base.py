@@ -167,6 +167,22 @@ class Handler:
         routing): z^B's bounds stay valid through it."""
         return False
 
+    def cheap_to_recompute(self, layer: Any, step: Any) -> bool:
+        """Whether the layer's one output is an element-wise function of its one computed input (a
+        scaling by a constant, a cast, an activation), cheap to compute again in the backward pass from
+        that input rather than kept from the forward pass (the graph walk does so where the output is no
+        larger than the input)."""
+        return False
+
+    def record_at_position(self, layer: Any, xs: Sequence[Tensor], ys: Sequence[Tensor], state: dict,
+                           step: Any, take: Callable[[Tensor], Tensor]) -> tuple[list, list, dict] | None:
+        """The forward record ``(inputs, outputs, state)`` of one position of a sequence, each tensor
+        cut by ``take`` (``(N, T, ...)`` to ``(N, 1, ...)``: the explained position of each sample), where
+        the layer maps every position of axis 1 on its own (its output there depends on its input there
+        only: a dense layer on the last axis of a sequence); ``None`` where it does not. An explanation
+        of one position then runs the layer's relevance on that position alone."""
+        return None
+
 
 _NONNEG_ACTIVATIONS = {"relu", "relu6", "sigmoid", "softmax", "softplus", "exponential", "hard_sigmoid",
                        "Relu", "Relu6", "Sigmoid", "Softmax", "Softplus", "Exp"}

@@ -45,6 +45,9 @@ class ElementwiseHandler(Handler):
         self._zero_preserving = zero_preserving
         self._relu_like = relu_like
 
+    def cheap_to_recompute(self, layer, step):
+        return len(step.inputs) == 1
+
     def output_nonneg(self, layer, inputs_nonneg, step):
         if self._nonneg if self._nonneg is not None else _nonneg_layer(layer):
             return True

@@ -68,7 +68,7 @@ class ReversibleEmbeddingHandler(LinearHandler):
     def __init__(self) -> None:
         super().__init__(params=lambda layer: {"kernel": dequantised_reverse_embeddings(layer)},
                          fn=lambda layer, xs, p: ops.matmul(xs[0], p["kernel"]), activation=_soft_cap,
-                         channel_axis=None, kind="dense")
+                         channel_axis=None, kind="dense", per_position=True)
         self._lookup = EmbeddingHandler()
 
     def forward(self, layer, xs, step, options=DEFAULT_PASS):
@@ -80,6 +80,11 @@ class ReversibleEmbeddingHandler(LinearHandler):
         if not step.options.get("reverse", False):
             return self._lookup.relevance(layer, xs, ys, state, Rs, rule, step, options)
         return super().relevance(layer, xs, ys, state, Rs, rule, step, options)
+
+    def record_at_position(self, layer, xs, ys, state, step, take):
+        if not step.options.get("reverse", False):  # a lookup: each position's ids, not a map of positions
+            return None
+        return super().record_at_position(layer, xs, ys, state, step, take)
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return False

@@ -161,7 +161,7 @@ _scale = _ScaleHandler()
 
 register_keras_family([
     # layers with weights
-    (L.Dense, LinearHandler(_dense_params, _dense_fn, kind="dense")),
+    (L.Dense, LinearHandler(_dense_params, _dense_fn, kind="dense", per_position=True)),
     (L.EinsumDense, LinearHandler(_dense_params, _einsum_fn, channel_axis=None, kind="dense")),
     (_conv_base.base_conv.BaseConv, LinearHandler(lambda l: _kernel_params(l, "kernel"), _conv_fn)),
     (_conv_base.base_depthwise_conv.BaseDepthwiseConv, LinearHandler(lambda l: _kernel_params(l, "kernel"),

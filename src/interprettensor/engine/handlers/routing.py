@@ -10,6 +10,7 @@ from keras import ops
 
 from .. import backend
 from ..backend import Tensor
+from ..linear import Product, materialize
 from .attention import factor_relevance
 from .base import DEFAULT_PASS, GATE, ROUTE, Handler
 from .embedding import ConstantHandler
@@ -24,10 +25,16 @@ def route(step: Any, xs: Sequence[Tensor], Rs: Sequence[Tensor]) -> list[Tensor]
 
 
 class RouteHandler(Handler):
-    """Reshape, Flatten, Permute, padding, cropping, Concatenate: relevance follows the values."""
+    """Reshape, Flatten, Permute, padding, cropping, Concatenate: relevance follows the values.
+
+    A relevance ``y ⊙ g`` left unevaluated at each output ``y`` (:class:`Product`) moves as
+    ``x ⊙ route(g)``: every output value is a copy of an input value (or a padding that receives
+    nothing), so moving the products moves the same numbers, and the outputs need not be kept for the
+    backward pass (a key or value projection repeated over a query group's heads, for example)."""
 
     category = ROUTE
     batch_records = True
+    accepts_lazy = True
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return all(inputs_nonneg)
@@ -42,7 +49,9 @@ class RouteHandler(Handler):
         return True
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
-        return route(step, xs, Rs)
+        if all(isinstance(R, Product) and R.x is y for R, y in zip(Rs, ys)):
+            return [None if g is None else Product(x, g) for x, g in zip(xs, route(step, xs, [R.g for R in Rs]))]
+        return route(step, xs, [materialize(R) for R in Rs])
 
 
 class GateHandler(Handler):
@@ -53,6 +62,9 @@ class GateHandler(Handler):
 
     category = GATE
     batch_records = True
+
+    def cheap_to_recompute(self, layer, step):
+        return len(step.inputs) == 1  # a computed tensor times constants
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return all(inputs_nonneg)

@@ -28,6 +28,8 @@ class LinearHandler(Handler):
         channel_axis: axis of the kernel that indexes output channels, for merging a BatchNorm that
             follows (``None``: never merge).
         kind: ``'dense'`` or ``'conv'``, how composites address the layer.
+        per_position: ``fn`` maps the last axis only (a dense layer): on a sequence ``(N, T, ...)`` each
+            position is mapped on its own (see :meth:`record_at_position`).
     """
 
     category = WEIGHTED
@@ -37,10 +39,11 @@ class LinearHandler(Handler):
 
     def __init__(self, params: Callable[[Any], dict], fn: Callable[[Any, Sequence[Tensor], dict], Tensor],
                  activation: Callable[[Any], Callable | None] = lambda layer: getattr(layer, "activation", None),
-                 channel_axis: int | None = -1, kind: str = "conv"):
+                 channel_axis: int | None = -1, kind: str = "conv", per_position: bool = False):
         self._params, self._fn, self._activation = params, fn, activation
         self.channel_axis = channel_axis
         self.kind = kind
+        self.per_position = per_position
 
     def activation_of(self, layer: Any) -> Callable | None:
         """The layer's activation function (``None`` for none)."""
@@ -104,6 +107,12 @@ class LinearHandler(Handler):
                                lambda: self.linear_map(layer, step, xs[0].dtype))
         return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg,
                                 lazy=True, positive_outputs_only=step in options.positive_outputs)
+
+    def record_at_position(self, layer, xs, ys, state, step, take):
+        if not self.per_position or len(xs) != 1 or len(xs[0].shape) < 3:
+            return None
+        return ([take(xs[0])], [take(y) for y in ys],
+                {k: take(v) if k == "z" else v for k, v in state.items()})
 
     def output_nonneg(self, layer, inputs_nonneg, step):
         return not step.strip_activation and is_nonneg_activation(self.activation_of(layer))
