@@ -192,6 +192,14 @@ def check_targets(targets: ArrayLike, shape: Sequence[int], channels: bool, wher
         raise ExplainError(f"target out of range: {where} has {depth} {what}, valid targets are 0..{depth - 1}")
 
 
+def at_positions(t: Tensor, positions: Tensor) -> Tensor:
+    """``t[n, positions[n]]`` for each sample ``n`` of a sequence ``t`` ``(N, T, ...)``, shaped
+    ``(N, 1, ...)``: a gather of rows (``take_along_axis`` would broadcast and transpose all of ``t``, a
+    vocabulary-sized copy per position for a language model's logits)."""
+    rows = ops.arange(ops.shape(t)[0], dtype="int32") * ops.shape(t)[1] + ops.cast(positions, "int32")
+    return ops.expand_dims(ops.take(ops.reshape(t, (-1,) + tuple(t.shape[2:])), rows, axis=0), 1)
+
+
 def start_relevance(out: Tensor, targets: Tensor | None, R0: Tensor | None, channels: bool,
                     where: str, positions: Tensor | None = None, contrast: Tensor | None = None) -> Tensor:
     """The relevance that starts the backward pass, shaped like the explained output ``out``:
@@ -217,8 +225,7 @@ def start_relevance(out: Tensor, targets: Tensor | None, R0: Tensor | None, chan
                 - start_relevance(out, contrast, None, channels, where, positions))
     rank = len(out.shape)
     if positions is not None:
-        index = ops.reshape(positions, (-1,) + (1,) * (rank - 1))
-        at = ops.squeeze(ops.take_along_axis(out, index, axis=1), axis=1)  # (N, ...)
+        at = ops.squeeze(at_positions(out, positions), axis=1)  # (N, ...)
         R_at = start_relevance(at, targets, None, False, f"{where} at the position")
         onehot = ops.one_hot(positions, ops.shape(out)[1], dtype=out.dtype)  # (N, T)
         onehot = ops.reshape(onehot, ops.shape(onehot) + (1,) * (rank - 2))

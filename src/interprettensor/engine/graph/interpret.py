@@ -17,6 +17,7 @@ from ..errors import ExplainError
 from ..handlers import DEFAULT_PASS, ELEMENTWISE, SOFTMAX, PassOptions
 from ..linear import Product, materialize
 from ..rules import Rule
+from ..targets import at_positions
 from .checkpoint import Dropped, Segment, drop_segment
 from .model import Graph, Step
 
@@ -145,10 +146,7 @@ def start_at_position(g: Graph, records: list, rules: Sequence[Rule], key: Any, 
     if rank < 3 or not dtypes.is_floating(ins[0].dtype):
         return None
 
-    def take(t: Tensor) -> Tensor:
-        return ops.take_along_axis(t, ops.reshape(positions, (-1,) + (1,) * (len(t.shape) - 1)), axis=1)
-
-    at = step.handler.record_at_position(step.layer, ins, outs, state, step, take)
+    at = step.handler.record_at_position(step.layer, ins, outs, state, step, lambda t: at_positions(t, positions))
     if at is None:
         return None
     xs_at, ys_at, state_at = at
