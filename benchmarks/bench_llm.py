@@ -240,7 +240,7 @@ def attnlrp(model, checkpoint=None, dtype=None):
     def run(x):
         xs = tuple(tf.convert_to_tensor(x[k]) for k in names)
         explainer._activate_for(list(xs))
-        fn = explainer._function(list(xs), "position", False)
+        fn = explainer._function(list(xs), "position", False, outputs=False)  # as a checked explainer's calls
         n = int(xs[0].shape[0])
         # the relevance of each input, in the order of the sorted names (``keras.tree.flatten`` of the dict)
         return fn(xs, tf.fill((n,), -1), tf.fill((n,), int(xs[0].shape[1]) - 1))[0][names.index("token_ids")]

@@ -130,3 +130,17 @@ def test_values_computed_again_give_the_relevance_of_the_kept_ones(monkeypatch):
     assert not made
     assert np.abs(kept).max() > 0
     np.testing.assert_allclose(again, kept, rtol=RTOL, atol=RTOL * np.abs(kept).max())
+
+
+def test_outputs_are_returned_where_asked_for_and_the_relevance_is_the_same():
+    model = _language_model("dense")
+    x = np.random.default_rng(4).integers(0, 13, (2, T)).astype("int32")
+    explainer = it.Explainer(model, "epsilon", dtype="float64")
+    first = explainer(x, position=-1)  # checks the forward pass: the outputs are returned to it
+    again = explainer(x, position=-1)  # the outputs as shapes only
+    rel, out = explainer(x, position=-1, return_output=True)
+    logits = np.asarray(model.predict(x, verbose=0), np.float64)
+    np.testing.assert_allclose(out, logits, rtol=RTOL, atol=RTOL * np.abs(logits).max())
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(rel, first)
+    assert {key[3] for key in explainer._functions} == {True, False}

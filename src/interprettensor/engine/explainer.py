@@ -295,47 +295,59 @@ class Explainer:
                 needed.update(s.inputs)
         return Graph(self.graph.inputs, list(step.inputs), order[::-1], [], [])
 
-    def _function(self, xs: Sequence[Tensor], mode: str, layerwise: bool):
+    def _function(self, xs: Sequence[Tensor], mode: str, layerwise: bool, outputs: bool = True):
+        """The compiled pass for ``xs``'s shapes: ``(relevances, layerwise, explained output, model
+        outputs)``. ``outputs=False``: the outputs as zero-sample slices (their shapes only), so that the
+        pass need not hold them to its end (a language model's logits: vocabulary-sized per position)."""
         # per input shape (batch size included) where the graph holds only for that shape
         batch = int(xs[0].shape[0]) if self.shape_specific else None
         sig = tuple(backend.spec((batch,) + tuple(x.shape[1:]), x.dtype) for x in xs)
-        key = (mode, layerwise, sig)
+        key = (mode, layerwise, sig, outputs)
         fn = self._functions.get(key)
         if fn is None:
-            ids = backend.spec((None,), "int32")
-            if mode == "contrast":
-                def run(xs, targets, contrast):
-                    with layer_precision(self.graph, self.dtype):
-                        return self._core(xs, targets, None, layerwise, None, contrast)
-
-                spec = (sig, ids, ids)
-            elif mode == "position_contrast":
-                def run(xs, targets, positions, contrast):
-                    with layer_precision(self.graph, self.dtype):
-                        return self._core(xs, targets, None, layerwise, positions, contrast)
-
-                spec = (sig, ids, ids, ids)
-            elif mode == "target":
-                def run(xs, targets):
-                    with layer_precision(self.graph, self.dtype):
-                        return self._core(xs, targets, None, layerwise)
-
-                spec = (sig, backend.spec((None,), "int32"))
-            elif mode == "position":
-                def run(xs, targets, positions):
-                    with layer_precision(self.graph, self.dtype):
-                        return self._core(xs, targets, None, layerwise, positions)
-
-                spec = (sig, backend.spec((None,), "int32"), backend.spec((None,), "int32"))
-            else:
-                def run(xs, R0):
-                    with layer_precision(self.graph, self.dtype):
-                        return self._core(xs, None, R0, layerwise)
-
-                spec = (sig, backend.spec(None, self.dtype))
-            fn = backend.compile(run, spec, jit=self.jit_compile, variables=self.model.variables)
+            fn = self._compile(sig, mode, layerwise, outputs)
             self._functions[key] = fn
         return fn
+
+    def _compile(self, sig: tuple, mode: str, layerwise: bool, outputs: bool):
+        def core(*args):
+            res = self._core(*args)
+            if outputs:
+                return res
+            return res[0], res[1], res[2][:0], [o[:0] for o in res[3]]
+
+        ids = backend.spec((None,), "int32")
+        if mode == "contrast":
+            def run(xs, targets, contrast):
+                with layer_precision(self.graph, self.dtype):
+                    return core(xs, targets, None, layerwise, None, contrast)
+
+            spec = (sig, ids, ids)
+        elif mode == "position_contrast":
+            def run(xs, targets, positions, contrast):
+                with layer_precision(self.graph, self.dtype):
+                    return core(xs, targets, None, layerwise, positions, contrast)
+
+            spec = (sig, ids, ids, ids)
+        elif mode == "target":
+            def run(xs, targets):
+                with layer_precision(self.graph, self.dtype):
+                    return core(xs, targets, None, layerwise)
+
+            spec = (sig, backend.spec((None,), "int32"))
+        elif mode == "position":
+            def run(xs, targets, positions):
+                with layer_precision(self.graph, self.dtype):
+                    return core(xs, targets, None, layerwise, positions)
+
+            spec = (sig, backend.spec((None,), "int32"), backend.spec((None,), "int32"))
+        else:
+            def run(xs, R0):
+                with layer_precision(self.graph, self.dtype):
+                    return core(xs, None, R0, layerwise)
+
+            spec = (sig, backend.spec(None, self.dtype))
+        return backend.compile(run, spec, jit=self.jit_compile, variables=self.model.variables)
 
     def compiled(self, specs: Sequence[Any], layerwise: bool = False):
         """The compiled per-batch function for inputs like ``specs`` (tensors or TensorSpecs, one per
@@ -420,10 +432,11 @@ class Explainer:
             P1 = None if positions is None else ops.zeros((1,), "int32")
             C1 = None if contrasts is None else ops.zeros((1,), "int32")
             chunks = [tree.map_structure(lambda t: t[:0], c)
-                      for c in self._run_batches(xs1, ops.full((1,), -1, dtype="int32"), R1, layerwise, 1, P1, C1)]
+                      for c in self._run_batches(xs1, ops.full((1,), -1, dtype="int32"), R1, layerwise, 1, P1, C1,
+                                                 return_output)]
         else:
             chunks = self._run_batches(xs, targets, R0, layerwise, batch_size or self.batch_size or n, positions,
-                                       contrasts)
+                                       contrasts, return_output)
         rel = [np.concatenate([ops.convert_to_numpy(c[0][i]) for c in chunks]) for i in range(len(xs))]
         result: Any = rel[0] if len(xs) == 1 else rel
         if isinstance(x, dict):
@@ -510,22 +523,26 @@ class Explainer:
         check_targets(t, self.explained_shape(xs), self.layer is not None, where, positions)
 
     def _run_batches(self, xs: list[Tensor], targets: Tensor, R0: Tensor | None, layerwise: bool,
-                     bs: int, positions: Tensor | None = None, contrasts: Tensor | None = None) -> list:
-        """The compiled pass on batches of ``bs``; the first checks the forward pass once."""
+                     bs: int, positions: Tensor | None = None, contrasts: Tensor | None = None,
+                     return_output: bool = False) -> list:
+        """The compiled pass on batches of ``bs``; the first checks the forward pass once. An explanation
+        of one position (a language model's) returns the outputs only where they are asked for or checked:
+        they are a vocabulary-sized tensor per position, held to the end of a pass that returns them."""
         n = int(xs[0].shape[0])
         chunks = []
         for lo in range(0, n, bs):
             part = [t[lo:lo + bs] for t in xs]
+            outputs = return_output or not self._verified
             try:
                 if contrasts is not None and positions is not None:
-                    res = self._function(part, "position_contrast", layerwise)(
+                    res = self._function(part, "position_contrast", layerwise, outputs)(
                         tuple(part), targets[lo:lo + bs], positions[lo:lo + bs], contrasts[lo:lo + bs])
                 elif contrasts is not None:
                     res = self._function(part, "contrast", layerwise)(tuple(part), targets[lo:lo + bs],
                                                                       contrasts[lo:lo + bs])
                 elif positions is not None:
-                    res = self._function(part, "position", layerwise)(tuple(part), targets[lo:lo + bs],
-                                                                      positions[lo:lo + bs])
+                    res = self._function(part, "position", layerwise, outputs)(tuple(part), targets[lo:lo + bs],
+                                                                               positions[lo:lo + bs])
                 elif R0 is None:
                     res = self._function(part, "target", layerwise)(tuple(part), targets[lo:lo + bs])
                 else:

@@ -14,7 +14,8 @@ import jax
 
 from ._concrete import FUSED_MIN_ELEMENTS, conv, error_message, fused, spec, use_fused  # noqa: F401 - the interface
 
-#: whether a compiled pass frees a value once nothing left to run reads it (XLA's buffer assignment frees a value after its last use)
+#: whether a compiled pass frees a value once nothing left to run reads it
+#: (XLA's buffer assignment frees a value after its last use)
 FREES_UNREAD = True
 import keras
 

@@ -16,7 +16,8 @@ FLOAT64 = True
 #: each kernel per shape on its first call, which costs more than the fusion saves on small tensors
 FUSED_MIN_ELEMENTS = 2 ** 19
 
-#: whether a compiled pass frees a value once nothing left to run reads it (a graph's executor frees a tensor once its last reader has run)
+#: whether a compiled pass frees a value once nothing left to run reads it
+#: (a graph's executor frees a tensor once its last reader has run)
 FREES_UNREAD = True
 
 #: what a compiled call raises on bad data (an index beyond a table, a failed runtime check)

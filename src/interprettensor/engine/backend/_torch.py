@@ -60,7 +60,8 @@ def compile(fn: Callable, signature: Sequence[Any], jit: bool = False,  # noqa: 
 #: 1.9x its gradient x input, fused 1.1x (same values, bitwise, on this CPU)
 FUSED_MIN_ELEMENTS = 2 ** 16
 
-#: whether a compiled pass frees a value once nothing left to run reads it (eagerly, the forward pass's records hold their values until walked)
+#: whether a compiled pass frees a value once nothing left to run reads it
+#: (eagerly, the forward pass's records hold their values until walked)
 FREES_UNREAD = False
 
 #: ``False`` once Inductor failed to compile a fused kernel (no C++ compiler, an unsupported platform):

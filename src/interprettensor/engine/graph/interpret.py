@@ -139,8 +139,8 @@ def start_at_position(g: Graph, records: list, rules: Sequence[Rule], key: Any, 
     if step is None or len(step.outputs) != 1 or len(step.inputs) != 1:
         return None
     i = g.steps.index(step)
-    if isinstance(records[i], Dropped) or rules[i].bounds() is not None:
-        return None
+    if isinstance(records[i], Dropped) or rules[i] is None or rules[i].bounds() is not None:
+        return None  # (bounds of z^B are given for the whole input)
     ins, outs, state = records[i]
     rank = len(ins[0].shape)
     if rank < 3 or not dtypes.is_floating(ins[0].dtype):
@@ -179,7 +179,7 @@ class _Remade:
             return value
         if key not in self.made:
             rec = self.records[j]
-            if not isinstance(rec, tuple):  # a recomputed segment's, or walked
+            if not isinstance(rec, tuple):  # walked, or in a dropped segment (its outputs that others read are kept)
                 return value
             ins, outs, _ = rec
             if (tuple(ins[0].shape) != tuple(outs[0].shape)
