@@ -29,8 +29,8 @@ from .handlers import PassOptions
 from .handlers.quantised import weight_only
 from .precision import cast_floats, layer_precision, model_dtype, resolve_dtype, scale_down, scale_up
 from .rules import Rule, constant
-from .targets import (as_inputs, as_positions, as_targets, check_finite, check_targets, input_dtypes, pack_inputs,
-                      start_relevance)
+from .targets import (as_inputs, as_positions, as_targets, at_positions, check_finite, check_targets, input_dtypes,
+                      pack_inputs, start_relevance)
 
 __all__ = ["Explainer", "lrp"]
 
@@ -202,6 +202,7 @@ class Explainer:
                 # one position explained: a layer that maps positions on its own is explained there only
                 zeros = ops.zeros_like(positions)
                 begin = start_at_position(self.graph, records, rules, self.start_key, positions, options=options,
+                                          take=lambda t: at_positions(t, positions),
                                           start=lambda y: start_relevance(y, targets, None, False, where, zeros,
                                                                           contrast))
             if begin is None:

@@ -17,7 +17,6 @@ from ..errors import ExplainError
 from ..handlers import DEFAULT_PASS, ELEMENTWISE, SOFTMAX, PassOptions
 from ..linear import Product, materialize
 from ..rules import Rule
-from ..targets import at_positions
 from .checkpoint import Dropped, Segment, drop_segment
 from .model import Graph, Step
 
@@ -125,11 +124,13 @@ def _recompute(records: list, seg: Segment, rel: dict, options: PassOptions,
 
 
 def start_at_position(g: Graph, records: list, rules: Sequence[Rule], key: Any, positions: Tensor,
-                      start: Callable[[Tensor], Tensor], options: PassOptions = DEFAULT_PASS) -> dict | None:
+                      take: Callable[[Tensor], Tensor], start: Callable[[Tensor], Tensor],
+                      options: PassOptions = DEFAULT_PASS) -> dict | None:
     """The start of the backward pass for an explanation of one position per sample (``positions``,
     ``(N,)``) of the sequence output ``key``, where the layer that writes ``key`` maps every position on
     its own (its handler's ``record_at_position``; a language model's output projection): the layer's
-    relevance computed on the explained positions alone (``start``: the relevance of the layer's output
+    relevance computed on the explained positions alone (``take`` cuts a sequence ``(N, T, ...)`` to
+    them, ``(N, 1, ...)``; ``start``: the relevance of the layer's output
     there, ``(N, 1, ...)``, from that output), placed at those positions of its input, zero elsewhere.
     Equal to starting at ``key`` with a relevance that is zero at every other position, without the
     layer's ``(N, T, ...)`` ratio and transpose (a vocabulary-sized tensor per position). Returns
@@ -146,7 +147,7 @@ def start_at_position(g: Graph, records: list, rules: Sequence[Rule], key: Any, 
     if rank < 3 or not dtypes.is_floating(ins[0].dtype):
         return None
 
-    at = step.handler.record_at_position(step.layer, ins, outs, state, step, lambda t: at_positions(t, positions))
+    at = step.handler.record_at_position(step.layer, ins, outs, state, step, take)
     if at is None:
         return None
     xs_at, ys_at, state_at = at
