@@ -132,6 +132,46 @@ def test_values_computed_again_give_the_relevance_of_the_kept_ones(monkeypatch):
     np.testing.assert_allclose(again, kept, rtol=RTOL, atol=RTOL * np.abs(kept).max())
 
 
+def _residual_model() -> keras.Model:
+    """Four residual blocks ``relu(conv(h) + h)`` on a convolution's output: each sum and ReLU is
+    cheap, and the block input a sum reads is the ReLU of the sum before it, so the values between the
+    convolutions form a chain of cheap steps back to the first convolution."""
+    keras.utils.set_random_seed(11)
+    x = keras.Input((6, 6, 2), dtype="float64")
+    h = L.Conv2D(4, 3, padding="same", dtype="float64")(x)
+    for _ in range(4):
+        h = L.ReLU(dtype="float64")(L.Add(dtype="float64")([L.Conv2D(4, 3, padding="same", dtype="float64")(h), h]))
+    return keras.Model(x, L.Dense(3, dtype="float64")(L.GlobalAveragePooling2D(dtype="float64")(h)))
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "alpha1beta0", "epsilon_gamma_box"])
+@pytest.mark.parametrize("depth", [12, 2])
+def test_chains_of_cheap_steps_made_again_give_the_relevance_of_the_kept_values(monkeypatch, rule, depth):
+    model = _residual_model()
+    x = np.random.default_rng(8).normal(size=(3, 6, 6, 2))
+    levels, outputs = [], []  # of each value made again: how many cheap steps it was made through
+    recompute = backend.recompute
+
+    def counting(deps, inputs, fn):
+        levels.append(1 + max((lv for y, lv in zip(outputs, levels) if any(x is y for x in inputs)),
+                              default=0))
+        outputs.append(recompute(deps, inputs, fn))
+        return outputs[-1]
+
+    monkeypatch.setattr(interpret.backend, "recompute", counting)
+    monkeypatch.setattr(interpret._Remade, "DEPTH", depth)
+    monkeypatch.setattr(interpret.backend, "FREES_UNREAD", True)
+    params = {"low": -3.0, "high": 3.0} if rule == "epsilon_gamma_box" else {}
+    again = it.Explainer(model, rule, dtype="float64", **params)(x)
+    # the last ReLU's output made from the sum, made from the ReLU before it, ...: 4 blocks are 8 cheap
+    # steps back to the first convolution (depth 2: a ReLU of a sum of kept values)
+    assert max(levels) == min(depth, 8)
+    monkeypatch.setattr(interpret.backend, "FREES_UNREAD", False)
+    kept = it.Explainer(model, rule, dtype="float64", **params)(x)
+    assert np.abs(kept).max() > 0
+    np.testing.assert_allclose(again, kept, rtol=RTOL, atol=RTOL * np.abs(kept).max())
+
+
 def test_outputs_are_returned_where_asked_for_and_the_relevance_is_the_same():
     model = _language_model("dense")
     x = np.random.default_rng(4).integers(0, 13, (2, T)).astype("int32")

@@ -159,11 +159,18 @@ def start_at_position(g: Graph, records: list, rules: Sequence[Rule], key: Any, 
 
 class _Remade:
     """Values written by cheap steps (:meth:`~interprettensor.engine.handlers.Handler.cheap_to_recompute`:
-    an element-wise function of one input, no larger than it), computed again in the backward pass
-    from that input when a step being explained reads them, instead of being kept from the forward
-    pass: the input is usually kept anyway (the scores a scaling multiplies, which the score product's
-    rule divides by; a pre-activation and its activation), so on a backend that frees what nothing reads
-    (:data:`~interprettensor.engine.backend.FREES_UNREAD`) the pair costs one tensor instead of two."""
+    an element-wise function of its inputs, each of the output's shape and no larger per element),
+    computed again in the backward pass when a step being explained reads them, instead of being kept
+    from the forward pass. Their inputs are made again too where their producers are cheap (up to
+    :attr:`DEPTH` steps back), so a chain of element-wise steps (a residual sum and the ReLU after it,
+    block after block) keeps only the values at its ends, which other rules read anyway (a convolution's
+    pre-activation, a pre-activation and its activation, the scores a scaling multiplies). On a backend
+    that frees what nothing reads (:data:`~interprettensor.engine.backend.FREES_UNREAD`) the values
+    between are not kept."""
+
+    #: how many cheap steps back a value is made again from (a longer chain reads the value there as
+    #: kept: recomputing a chain of n steps at each of its n reads costs n^2 element-wise steps)
+    DEPTH = 12
 
     def __init__(self, g: Graph, records: list, options: PassOptions, enabled: bool):
         self.g, self.records, self.options = g, records, options
@@ -175,20 +182,34 @@ class _Remade:
         self.made: dict = {}
 
     def _value(self, key: Any, value: Any, deps: list) -> Any:
-        j = self.producer.get(key)
-        if j is None:
+        if key not in self.producer:
             return value
         if key not in self.made:
-            rec = self.records[j]
-            if not isinstance(rec, tuple):  # walked, or in a dropped segment (its outputs that others read are kept)
+            made = self._make(key, deps, self.DEPTH)
+            if made is None:
                 return value
-            ins, outs, _ = rec
-            if (tuple(ins[0].shape) != tuple(outs[0].shape)
-                    or dtypes.itemsize(ins[0].dtype) > dtypes.itemsize(outs[0].dtype)):
-                return value
-            step = self.g.steps[j]
-            self.made[key] = backend.recompute(deps, ins, lambda xs: _run_step(step, xs, self.options)[0][0])
+            self.made[key] = made
         return self.made[key]
+
+    def _make(self, key: Any, deps: list, depth: int) -> Any:
+        """``key``'s value computed again from its producer's inputs (themselves made again while
+        ``depth`` lasts), or None where it cannot be."""
+        j = self.producer[key]
+        rec = self.records[j]
+        if not isinstance(rec, tuple):  # walked, or in a dropped segment (its outputs that others read are kept)
+            return None
+        ins, outs, _ = rec
+        if any(tuple(x.shape) != tuple(outs[0].shape) or dtypes.itemsize(x.dtype) > dtypes.itemsize(outs[0].dtype)
+               for x in ins):
+            return None
+        step = self.g.steps[j]
+        args = []
+        for k, x in zip(step.inputs, ins):
+            made = self.made.get(k)
+            if made is None and depth > 1 and k in self.producer:
+                made = self._make(k, deps, depth - 1)  # not held for later readers: made again there
+            args.append(x if made is None else made)
+        return backend.recompute(deps, args, lambda xs: _run_step(step, xs, self.options)[0][0])
 
     def record(self, i: int, record: tuple, Rs: list) -> tuple:
         """Step ``i``'s record with the values of cheap steps made anew (after ``Rs`` exist)."""

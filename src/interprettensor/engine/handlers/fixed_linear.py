@@ -56,20 +56,23 @@ class FixedLinearHandler(Handler):
     def zero_relevance(self, layer, rule):
         return "proportional" if rule.keeps_zeros() else None
 
+    def cheap_to_recompute(self, layer, step):
+        return True  # the graph walk makes it again only where every input has the output's shape
+
     def forward(self, layer, xs, step, options=DEFAULT_PASS):
         lm = self.linear_map(layer, xs)
-        z = lm(xs)
-        return [z], {"z": z, "map": lm}
+        return [lm(xs)], {"map": lm}
 
     def relevance(self, layer, xs, ys, state, Rs, rule, step, options=DEFAULT_PASS):
         if rule.passes_through:
             return pass_through(xs, Rs, step)
         rule = check_linear_rule(rule, step)
         lm = cached_map(state.get("map"), xs) or self.linear_map(layer, xs)
-        R = shaped_like(Rs[0], state["z"])
+        z = ys[0]  # the output, not a copy in ``state``: the graph walk may make it again from the inputs
+        R = shaped_like(Rs[0], z)
         idx = [i for i, x in enumerate(xs) if dtypes.is_floating(x.dtype)]
         if len(idx) == len(xs):
-            return linear_relevance(lm, xs, R, rule, state["z"], step.nonneg, lazy=True)
+            return linear_relevance(lm, xs, R, rule, z, step.nonneg, lazy=True)
 
         def fn(args, p):  # linear in the float inputs; a mask (e.g. of a masked average) held fixed
             full = list(xs)
@@ -78,7 +81,7 @@ class FixedLinearHandler(Handler):
             return lm.fn(full, p)
 
         nonneg = [step.nonneg[i] for i in idx] if step.nonneg else False
-        part = linear_relevance(LinearMap(fn, lm.params, lm.bias_axis), [xs[i] for i in idx], R, rule, state["z"],
+        part = linear_relevance(LinearMap(fn, lm.params, lm.bias_axis), [xs[i] for i in idx], R, rule, z,
                                 nonneg, lazy=True)
         out: list = [None] * len(xs)
         for i, r in zip(idx, part):
