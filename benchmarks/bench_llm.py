@@ -38,7 +38,11 @@ Rows (batch 1, the next-token logit of the predicted token at the last position 
 
 Memory (MiB; Linux): each child process resets its peak resident set (``/proc/self/clear_refs``) after
 building the model and running it once, then reads its resident set (``VmRSS``: the model's own) and,
-after the measurement, its peak (``VmHWM``); "above the model" is the difference. The parent also reads
+after the measurement, its peak (``VmHWM``); "above the model" is the difference. Row 1 also measures
+each method's live memory, in two more processes with glibc returning freed blocks of 1 MiB or more to
+the system at once (``MALLOC_MMAP_THRESHOLD_=1048576``; by default glibc keeps freed blocks of a few MB
+in its heap depending on the order of allocations, and the peak of the same code moves by tens of
+percent between runs): the peak of a call after the first above what the first left resident. The parent also reads
 each child's lifetime peak from the kernel (``os.wait4``'s ``ru_maxrss``, the building included). Where
 the peak cannot be reset, the child's ``getrusage`` peak is used (building included).
 
@@ -272,22 +276,36 @@ def child(args) -> None:
         fn = attnlrp(model, checkpoint=True if args.method == "attnlrp_checkpoint" else None,
                      dtype=BIG_DTYPES[args.big_dtype] if big else None)
     times = []
-    for _ in range(1 + args.repeats):
+    first_peak = later_base = None
+    for i in range(1 + args.repeats):
         t0 = time.perf_counter()
         out = fn(x)
         r = np.asarray(out)
         times.append(time.perf_counter() - t0)
+        if i == 0 and args.repeats:  # the later calls' peak alone: beyond what the first left resident
+            first_peak = _peak_mib()
+            later_base, _ = _reset_peak()
+    peak = _peak_mib()
     size = {"int8": 1, "uint8": 1, "bfloat16": 2, "float16": 2, "float32": 4, "int32": 4, "float64": 8}
     weights = sum(int(np.prod(v.shape)) * size[str(v.dtype)] for v in model.weights)
-    print(json.dumps({"base_mib": base, "peak_mib": _peak_mib(), "peak_reset": reset, "built_peak_mib": built_peak,
+    print(json.dumps({"base_mib": base, "peak_mib": max(peak, first_peak or 0.0), "peak_reset": reset,
+                      "later_base_mib": later_base, "later_peak_mib": peak if first_peak is not None else None,
+                      "built_peak_mib": built_peak,
                       "weights_mib": weights / 2**20, "time_s": statistics.median(times[1:]),
                       "first_s": times[0], "finite": bool(np.isfinite(r).all()),
                       "nonzero": bool(np.abs(r.astype(np.float32)).sum() > 0), "seq": seq}))
 
 
-def measure(model: str, row: str, method: str, args, repeats: int) -> dict:
-    """One measurement in a fresh process; adds the child's lifetime peak RSS as the kernel reports it
-    for that process alone (``os.wait4``'s ``ru_maxrss``, MiB)."""
+#: ``live`` measurements: glibc's malloc returns a freed block of at least 1 MiB to the system at once
+#: (its default threshold grows with the blocks freed, up to 32 MiB, and the heap keeps the rest, so
+#: the peak resident set of the same code moves with the order of allocations), so that the peak
+#: resident set follows the tensors alive at each moment
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
+def measure(model: str, row: str, method: str, args, repeats: int, live: bool = False) -> dict:
+    """One measurement in a fresh process (``live``: with :data:`LIVE_ENV`); adds the child's lifetime
+    peak RSS as the kernel reports it for that process alone (``os.wait4``'s ``ru_maxrss``, MiB)."""
     import tempfile
 
     cmd = [sys.executable, __file__, "--child", model, row, method, "--repeats", str(repeats),
@@ -296,7 +314,8 @@ def measure(model: str, row: str, method: str, args, repeats: int) -> dict:
     cmd += ["--big-layers", str(args.big_layers)] if args.big_layers else []
     cmd += ["--long-layers", str(args.long_layers)] if args.long_layers else []
     with tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                             env=dict(os.environ, **LIVE_ENV) if live else None)
         stdout = p.stdout.read()
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -356,19 +375,27 @@ def main() -> None:
     small = [m for m in models if m != "llama3_8b"]
     if "time" in rows and small:
         seq = (SEQ_QUICK if args.quick else SEQ)["time"]
-        print("\n| model | seq | gradient x input (s) | AttnLRP (s) | ratio | grad mem | AttnLRP mem | ratio |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("(mem: the peak above the model over all calls, glibc's default allocator; live: a later call's "
+              f"peak above what the first left resident, in another process with "
+              f"MALLOC_MMAP_THRESHOLD_={LIVE_ENV['MALLOC_MMAP_THRESHOLD_']}: freed blocks returned at once)")
+        print("\n| model | seq | gradient x input (s) | AttnLRP (s) | ratio | grad mem | AttnLRP mem | ratio | "
+              "grad live | AttnLRP live | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for m in models:
             if m == "llama3_8b":
                 continue
             g = measure(m, "time", "gradient", args, args.repeats)
             a = measure(m, "time", "attnlrp", args, args.repeats)
-            if "error" in g or "error" in a:
-                print(f"| {m} | {seq} | {g.get('error', '')} | {a.get('error', '')} | | | | |")
+            gl = measure(m, "time", "gradient", args, 1, live=True)
+            al = measure(m, "time", "attnlrp", args, 1, live=True)
+            bad = [r["error"] for r in (g, a, gl, al) if "error" in r]
+            if bad:
+                print(f"| {m} | {seq} | {'; '.join(bad)} | | | | | | | | |")
                 continue
             mg, ma = g["peak_mib"] - g["base_mib"], a["peak_mib"] - a["base_mib"]
+            lg, la = (r["later_peak_mib"] - r["later_base_mib"] for r in (gl, al))
             print(f"| {m} | {seq} | {g['time_s']:.3f} | {a['time_s']:.3f} | {a['time_s'] / g['time_s']:.2f} | "
-                  f"{mg:.0f} | {ma:.0f} | {ma / max(mg, 1.0):.2f} |")
+                  f"{mg:.0f} | {ma:.0f} | {ma / max(mg, 1.0):.2f} | {lg:.0f} | {la:.0f} | {la / max(lg, 1.0):.2f} |")
     if "long" in rows and small:
         seq = (SEQ_QUICK if args.quick else SEQ)["long"]
         print("\n| model | seq | AttnLRP mem | checkpoint=True mem | AttnLRP (s) | checkpointed (s) |")

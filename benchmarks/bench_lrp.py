@@ -5,6 +5,12 @@ tf.function and warmed up), their ratio, and the best of ``--repeats`` runs. Run
 
     python benchmarks/bench_lrp.py            # all rows
     python benchmarks/bench_lrp.py --quick    # MLP and small CNN only
+    python benchmarks/bench_lrp.py --memory-only
+
+Peak memory: each method in a fresh process, beyond the model after one forward pass, and once more
+with glibc returning freed blocks of 1 MiB or more to the system at once (``MALLOC_MMAP_THRESHOLD_``,
+the "live" columns): with the default allocator, which keeps freed blocks of a few MB in its heap
+depending on the order of allocations, the peak of the same code moves by 10-30 % between runs.
 """
 
 from __future__ import annotations
@@ -146,14 +152,22 @@ def memory_child(model_name: str, method: str) -> None:
     print(f"{base:.1f} {max(first, warm):.1f} {warm_base:.1f} {warm:.1f}")
 
 
-def peak_memory(model_name: str, method: str) -> tuple[float, float, float]:
+#: glibc's malloc returns a freed block of at least this many bytes to the system at once (the default
+#: threshold grows with the blocks freed, up to 32 MiB, and the heap keeps the rest): with it, the peak
+#: resident set follows the tensors alive at each moment instead of what the allocator kept
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+
+
+def peak_memory(model_name: str, method: str, live: bool = False) -> tuple[float, float, float]:
     """(peak RSS beyond the RSS after building the model and one forward pass, that peak RSS, the
-    second call's peak beyond the RSS after the first call) in MiB, measured in a fresh process."""
+    second call's peak beyond the RSS after the first call) in MiB, measured in a fresh process;
+    ``live``: with glibc returning freed blocks of 1 MiB or more at once (:data:`LIVE_ENV`)."""
     import subprocess
     import sys
 
+    env = dict(os.environ, **LIVE_ENV) if live else None
     out = subprocess.run([sys.executable, __file__, "--memory-child", model_name, method], capture_output=True,
-                         text=True, check=True).stdout.split()
+                         text=True, check=True, env=env).stdout.split()
     base, peak, warm_base, warm = (float(v) for v in out[-4:])
     return peak - base, peak, warm - warm_base
 
@@ -164,17 +178,24 @@ MEMORY_ROWS = {"mlp": ("epsilon",), "vgg16": ("epsilon", "epsilon_gamma_box", "p
 
 
 def memory_rows(quick: bool) -> None:
-    """Print the peak-memory table: each method in a fresh process."""
+    """Print the peak-memory table: each method in a fresh process, with glibc's default allocator
+    and with freed blocks returned at once (the live column: a later call's peak beyond what the first
+    left resident)."""
     print("| peak memory, MiB (fresh process; beyond the model after one forward pass / absolute; a later "
-          "call beyond what the first left resident) | LRP | gradient x input | ratio |")
-    print("| --- | --- | --- | --- |")
+          "call beyond what the first left resident; live: that of a later call with "
+          f"MALLOC_MMAP_THRESHOLD_={LIVE_ENV['MALLOC_MMAP_THRESHOLD_']}) | LRP | gradient x input | ratio | "
+          "live LRP | live gradient x input | live ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for model_name in ["mlp"] if quick else list(MEMORY_ROWS):
         g_extra, g_abs, g_warm = peak_memory(model_name, "gradient")
+        g_live = peak_memory(model_name, "gradient", live=True)[2]
         for rule in MEMORY_ROWS[model_name]:
             l_extra, l_abs, l_warm = peak_memory(model_name, rule)
+            l_live = peak_memory(model_name, rule, live=True)[2]
             print(f"| {model_name} {rule} | {l_extra:.0f} / {l_abs:.0f}; {l_warm:.0f} | {g_extra:.0f} / {g_abs:.0f}; "
                   f"{g_warm:.0f} | {l_extra / max(g_extra, 1e-9):.2f} / {l_abs / g_abs:.2f}; "
-                  f"{l_warm / max(g_warm, 1e-9):.2f} |", flush=True)
+                  f"{l_warm / max(g_warm, 1e-9):.2f} | {l_live:.0f} | {g_live:.0f} | "
+                  f"{l_live / max(g_live, 1e-9):.2f} |", flush=True)
 
 
 def main() -> None:
