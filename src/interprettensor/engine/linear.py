@@ -311,40 +311,50 @@ def term_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product
                    z: Tensor | None = None, nonneg: Sequence[bool] | bool = False,
                    lazy: bool = False, positive_outputs_only: bool = False) -> list:
     """A linear rule's groups (``rule.groups()``, stabilised by ``rule.stabilize``) evaluated term by
-    term: the equation of :mod:`.rule_algebra`. Arguments as for :func:`linear_relevance`."""
+    term: the equation of :mod:`.rule_algebra`. Arguments as for :func:`linear_relevance`.
+
+    Terms with the same input modifier share the product with the input:
+    ``sum_t m(x) * J_t^T s_t = m(x) * sum_t J_t^T s_t`` (alpha-beta on a non-negative input: one
+    product ``x * (W^+^T s^+ + W^-^T s^-)``, left unevaluated where ``lazy``), so one input-sized
+    tensor per modifier is alive instead of one per term."""
     groups = active_groups(rule, positive_outputs_only)
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
-    result: list[Tensor] | None = None
+    summed: dict = {}  # input modifier -> (modified inputs, the sum of their terms' vector-Jacobian products)
+    last: list | None = None
     for group in groups:
         terms = [t for t in (_simplify(t, all_nonneg) for t in group.terms) if t is not None]
         if not terms:
             continue
-        if lazy and len(groups) == 1 and len(terms) == 1:
-            s = _group_ratio(values, terms, group, rule, R)
-            inputs = [terms[0].input(x) for x in xs]
-            grads = _vjp(linear, inputs, modify_params(linear.params, terms[0], with_bias=False), s)
-            return [Product(x, g) for x, g in zip(inputs, grads)]
 
-        def evaluate(group: Group = group, terms: list = terms) -> list[Tensor]:
+        def evaluate(group: Group = group, terms: list = terms) -> list:
             s = _group_ratio(values, terms, group, rule, R)
-            part = None
+            out: list = []
             for term in terms:
-                def contribution(term: Term = term) -> list[Tensor]:
+                def contribution(term: Term = term) -> tuple:
                     inputs = [term.input(x) for x in xs]
-                    grads = _vjp(linear, inputs, modify_params(linear.params, term, with_bias=False), s)
-                    return [x * g for x, g in zip(inputs, grads)]
+                    return inputs, _vjp(linear, inputs, modify_params(linear.params, term, with_bias=False), s)
 
-                contrib = contribution() if part is None else backend.after(part, contribution)
-                part = contrib if part is None else [a + c for a, c in zip(part, contrib)]
-            return part
+                out.append((term.input,) + (contribution() if not out else backend.after(out[-1][2], contribution)))
+            return out
 
         # one group after the other (alpha-beta's two), and one term after the other: the executor would
         # otherwise run them at once, with all their activation-sized intermediates alive together
-        part = evaluate() if result is None else backend.after(result, evaluate)
-        result = part if result is None else [a + c for a, c in zip(result, part)]
-    if result is None:
+        for modifier, inputs, grads in (evaluate() if last is None else backend.after(last, evaluate)):
+            if modifier in summed:
+                inputs, before = summed[modifier]
+                grads = [a + b for a, b in zip(before, grads)]
+            summed[modifier] = (inputs, grads)
+            last = grads
+    if not summed:
         return [ops.zeros_like(x) for x in xs]
+    if lazy and len(summed) == 1:
+        inputs, grads = next(iter(summed.values()))
+        return [Product(x, g) for x, g in zip(inputs, grads)]
+    result = None
+    for inputs, grads in summed.values():
+        part = [x * g for x, g in zip(inputs, grads)]
+        result = part if result is None else [a + c for a, c in zip(result, part)]
     return result
 
 
