@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 from keras import ops
@@ -197,11 +198,30 @@ def materialize(R: "Tensor | Product") -> Tensor:
     return R.value() if isinstance(R, Product) else R
 
 
-_RATIO_FUNCTIONS: dict = {}
 #: per-sample size from which the stabilised division runs as one fused kernel (the backend's
 #: :data:`~interprettensor.engine.backend.FUSED_MIN_ELEMENTS`: 2^19 for TensorFlow's XLA, compiled per
 #: shape; 2^16 for PyTorch's Inductor, compiled once for all shapes); smaller tensors use plain operations
 XLA_MIN_ELEMENTS = backend.FUSED_MIN_ELEMENTS
+
+
+@functools.cache
+def _ratio_functions(rule: Any, coefficient: float, lazy: bool, select: str | None) -> tuple:
+    """``(xla_function, plain_function)`` computing ``coefficient * R / stabilize(z)`` from ``R`` (or the
+    two factors of a :class:`Product`), ``z`` and, where ``select``, the sign of the forward ``z``."""
+    def ratio(*args: Tensor) -> Tensor:
+        if select is not None:
+            *args, sign = args
+        *r, z = args
+        num = r[0] * r[1] if len(r) == 2 else r[0]
+        s = num / rule.stabilize(z)
+        if coefficient != 1.0:
+            s = s * constant(coefficient, s.dtype)
+        if select is not None:
+            keep = sign >= 0 if select == "positive" else sign < 0
+            s = ops.where(keep, s, ops.zeros_like(s))
+        return s
+
+    return backend.fused(ratio), ratio
 
 
 def _ratio(rule: Any, R: "Tensor | Product", z: Tensor, coefficient: float,
@@ -213,23 +233,7 @@ def _ratio(rule: Any, R: "Tensor | Product", z: Tensor, coefficient: float,
     ``select``: keep only the outputs where ``z_sign >= 0`` (``'positive'``) or ``< 0``
     (``'negative'``), zero elsewhere."""
     lazy = isinstance(R, Product)
-    key = (rule, coefficient, lazy, select)
-    fn = _RATIO_FUNCTIONS.get(key)
-    if fn is None:
-        def ratio(*args: Tensor) -> Tensor:
-            if select is not None:
-                *args, sign = args
-            *r, z = args
-            num = r[0] * r[1] if len(r) == 2 else r[0]
-            s = num / rule.stabilize(z)
-            if coefficient != 1.0:
-                s = s * constant(coefficient, s.dtype)
-            if select is not None:
-                keep = sign >= 0 if select == "positive" else sign < 0
-                s = ops.where(keep, s, ops.zeros_like(s))
-            return s
-
-        fn = _RATIO_FUNCTIONS[key] = (backend.fused(ratio), ratio)
+    fn = _ratio_functions(rule, coefficient, lazy, select)
     args = (R.x, R.g, z) if lazy else (R, z)
     if select is not None:
         args = args + (ops.cast(z_sign, z.dtype),)
@@ -377,20 +381,13 @@ def absolute(t: Tensor) -> Tensor:
     return ops.abs(t)
 
 
-_GAMMA_FUNCTIONS: dict = {}
-
-
+@functools.cache
 def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed: bool, split: bool) -> tuple:
     """``(xla_function, plain_function)`` computing the generalised gamma's ``s = R / stab(d)`` from the
     relevance ``R`` (or the factors of a :class:`Product`), the forward ``z``, the term value ``t`` and
     the broadcast bias ``b`` (see :func:`sign_aware_gamma`; ``term``: ``'P'`` if ``t = f(x; W^+)``,
     ``'Q'`` if ``t = f(|x|; |W|)``, ``None`` if gamma is 0). ``split``: return
     ``((1 + g/2) s, (g/2) e s)`` with ``e = sign0(z)`` (``+1`` everywhere unless ``signed``), else ``s``."""
-    key = (rule, lazy, term, has_bias, signed, split)
-    fns = _GAMMA_FUNCTIONS.get(key)
-    if fns is not None:
-        return fns
-
     def ratio(*args: Tensor) -> "Tensor | tuple[Tensor, Tensor]":
         args = list(args)
         b = args.pop() if has_bias else None
@@ -420,8 +417,7 @@ def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed
         c = s * constant(rule.gamma / 2.0, s.dtype)
         return a, (c * ops.cast(e, c.dtype) if signed else c)
 
-    fns = _GAMMA_FUNCTIONS[key] = (backend.fused(ratio), ratio)
-    return fns
+    return backend.fused(ratio), ratio
 
 
 def _combine(x: Tensor, ax: Tensor, a: Tensor, c: Tensor) -> Tensor:
