@@ -168,10 +168,11 @@ class Handler:
         return False
 
     def cheap_to_recompute(self, layer: Any, step: Any) -> bool:
-        """Whether the layer's one output is an element-wise function of its one computed input (a
-        scaling by a constant, a cast, an activation), cheap to compute again in the backward pass from
-        that input rather than kept from the forward pass (the graph walk does so where the output is no
-        larger than the input)."""
+        """Whether the layer's one output is an element-wise function of its computed inputs (a scaling
+        by a constant, a cast, an activation, a sum), cheap to compute again in the backward pass from
+        them rather than kept from the forward pass (the graph walk does so where every input has the
+        output's shape and no larger elements). Such a handler's :meth:`relevance` reads the output from
+        ``ys``, not from a copy in its state (which would keep the forward value)."""
         return False
 
     def record_at_position(self, layer: Any, xs: Sequence[Tensor], ys: Sequence[Tensor], state: dict,
