@@ -20,6 +20,13 @@ MANIFEST, RELEVANCES, CONCEPTS, SPRAY_DIR, SPRAY_JSON = ("manifest.json", "relev
                                                         "spray.json")
 
 
+#: held while numpy parses an array's header (``ast.literal_eval``): CPython 3.11's AST construction
+#: fails when several threads parse at once and a garbage collection switches between them
+#: (``SystemError: AST constructor recursion depth mismatch``, CPython gh-106905), and the viewer
+#: answers its requests in threads (a page of thumbnails asks for many arrays at once)
+_PARSING = threading.Lock()
+
+
 class RunError(InterpretTensorError, ValueError):
     """A path that holds no run the viewer can show, or a run file that cannot be read."""
 
@@ -68,7 +75,8 @@ def _open_member(path: str, key: str) -> np.ndarray:
                     version = np.lib.format.read_magic(f)
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(f)
+                    with _PARSING:
+                        shape, fortran, dtype = read(f)
                     offset = f.tell()
                 if dtype.hasobject:
                     raise RunError(f"{path!r}: array {key!r} holds Python objects")
@@ -76,7 +84,7 @@ def _open_member(path: str, key: str) -> np.ndarray:
                     return np.zeros(shape, dtype)
                 return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
                                  order="F" if fortran else "C")
-            with zf.open(name) as f:
+            with zf.open(name) as f, _PARSING:
                 return np.lib.format.read_array(f, allow_pickle=False)
     except RunError:
         raise
