@@ -2,12 +2,14 @@
 header with ``ast.literal_eval``, and CPython 3.11's AST construction fails when threads parse at once
 and a garbage collection (running a finaliser) switches between them (``SystemError: AST constructor
 recursion depth mismatch``, CPython gh-106905): a page of thumbnails answered some images with an
-internal error. The reads are serialised; here many threads read arrays while making cyclic garbage
-with finalisers: 24,000 reads, in which the error appeared 3-7 times before."""
+internal error. The reads are serialised; here eight threads read arrays, switching as often as the interpreter
+lets them, while making cyclic garbage with finalisers: without the lock this failed within two
+seconds."""
 
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 
 import numpy as np
@@ -28,7 +30,7 @@ def test_array_headers_read_from_many_threads_at_once(tmp_path):
 
     def read() -> None:
         try:
-            for _ in range(150):
+            for _ in range(40):
                 for name, want in arrays.items():
                     a, b = _Finalised(), _Finalised()
                     a.other, b.other = b, a  # cyclic garbage: freed by the collector
@@ -38,8 +40,9 @@ def test_array_headers_read_from_many_threads_at_once(tmp_path):
         except Exception as e:  # noqa: BLE001 - collected and reported below
             errors.append(repr(e))
 
-    thresholds = gc.get_threshold()
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
     gc.set_threshold(1, 1, 1)
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can
     try:
         threads = [threading.Thread(target=read) for _ in range(8)]
         for t in threads:
@@ -48,4 +51,5 @@ def test_array_headers_read_from_many_threads_at_once(tmp_path):
             t.join()
     finally:
         gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
     assert errors == []
