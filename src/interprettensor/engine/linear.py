@@ -99,54 +99,100 @@ def _simplify(term: Term, nonneg: bool) -> Term | None:
     return term
 
 
+class Sum:
+    """A linear combination ``sum_i c_i t_i`` of tensors (forward passes, the forward's ``z``, broadcast
+    biases) left unevaluated: a denominator such as alpha-beta's ``f(x; W^-) + b^- = z - b - f(x; W^+) + b^-``
+    is summed inside the fused kernel that divides by it, instead of materialising each partial sum
+    (every one activation-sized, all alive while the layer is explained)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: tuple):
+        self.parts = parts  # ((coefficient, tensor), ...)
+
+    @classmethod
+    def of(cls, t: Tensor) -> "Sum":
+        return cls(((1.0, t),))
+
+    def __add__(self, other: "Sum") -> "Sum":
+        return Sum(self.parts + other.parts)
+
+    def scaled(self, c: float) -> "Sum":
+        return Sum(tuple((c * a, t) for a, t in self.parts))
+
+    def merged(self) -> tuple[tuple[float, ...], list]:
+        """(coefficients, tensors): each tensor once, parts that cancel dropped."""
+        coefs: dict = {}
+        tensors: dict = {}
+        for a, t in self.parts:
+            coefs[id(t)] = coefs.get(id(t), 0.0) + a
+            tensors[id(t)] = t
+        keys = [k for k in tensors if coefs[k] != 0.0] or list(tensors)[:1]
+        return tuple(coefs[k] for k in keys), [tensors[k] for k in keys]
+
+    def value(self) -> Tensor:
+        coefs, tensors = self.merged()
+        return combine(coefs, *tensors)
+
+
+def combine(coefs: Sequence[float], *tensors: Tensor) -> Tensor:
+    """``sum_i coefs[i] * tensors[i]`` (broadcasting, in the first tensor's dtype)."""
+    total = None
+    for c, t in zip(coefs, tensors):
+        t = ops.cast(t, tensors[0].dtype)
+        t = t if c == 1.0 else (-t if c == -1.0 else t * constant(c, t.dtype))
+        total = t if total is None else total + t
+    return total
+
+
 class _Values:
-    """Bias-free term values ``f(input(x); kernel(W))``, computed once and derived where linearity
-    allows."""
+    """Bias-free term values ``f(input(x); kernel(W))`` as :class:`Sum` s of forward passes, each
+    computed once, derived where linearity allows."""
 
     def __init__(self, linear: LinearMap, xs: Sequence[Tensor], z: Tensor | None):
         self.linear, self.xs, self.z = linear, xs, z
         self.cache: dict = {}
         self.last: Tensor | None = None  # the last value computed (not derived)
 
-    def with_bias(self, term: Term) -> Tensor:
+    def with_bias(self, term: Term) -> Sum:
         """The term's value including its (modified) bias; the plain term is the forward's ``z``."""
         bias = self.linear.params.get("bias")
         if self.z is not None and term.is_identity:
-            return self.z
+            return Sum.of(self.z)
         v = self.get(term)
         if term.bias is not None and bias is not None:
-            v = v + self.linear.broadcast_bias(term.bias(bias), v)
+            v = v + Sum.of(self.linear.broadcast_bias(term.bias(bias), v.parts[0][1]))
         return v
 
-    def _known(self, inp: object, ker: object) -> Tensor | None:
+    def _known(self, inp: object, ker: object) -> Sum | None:
         """The value of ``f(inp(x); ker(W))`` if it is cached or is the forward's ``z`` (minus the bias)."""
         if (inp, ker) not in self.cache and inp is identity and ker is identity and self.z is not None:
             b = self.linear.params.get("bias")
-            self.cache[(identity, identity)] = self.z if b is None else self.z - self.linear.broadcast_bias(b, self.z)
+            z = Sum.of(self.z)
+            self.cache[(identity, identity)] = z if b is None else z + Sum.of(self.linear.broadcast_bias(b, self.z)).scaled(-1.0)
         return self.cache.get((inp, ker))
 
-    def _derive(self, inp: object, ker: object) -> Tensor | None:
+    def _derive(self, inp: object, ker: object) -> Sum | None:
         """``f(inp(x); ker(W))`` from values already known, by linearity in the weights
         (``f(x; W^+) + f(x; W^-) = f(x; W)``, and sums of weight modifiers) or in the inputs
         (``f(x^+; W) + f(x^-; W) = f(x; W)``); ``None`` if it has to be computed."""
         if isinstance(ker, WeightSum) and all(m in (identity, positive, negative) for _, m in ker.parts):
             value = None
             for c, m in ker.parts:
-                v = self.get(Term(inp, m, None))
-                v = v if c == 1.0 else v * constant(c, v.dtype)
+                v = self.get(Term(inp, m, None)).scaled(float(c))
                 value = v if value is None else value + v
             return value
         if ker in _PARTNER:
             other, whole = self._known(inp, _PARTNER[ker]), self._known(inp, identity)
             if other is not None and whole is not None:
-                return whole - other
+                return whole + other.scaled(-1.0)
         if inp in _PARTNER:
             other, whole = self._known(_PARTNER[inp], ker), self._known(identity, ker)
             if other is not None and whole is not None:
-                return whole - other
+                return whole + other.scaled(-1.0)
         return self._known(inp, ker)
 
-    def get(self, term: Term) -> Tensor:
+    def get(self, term: Term) -> Sum:
         """The bias-free value ``f(input(x); kernel(W))``, derived from known values where linearity
         allows, else computed (one forward pass)."""
         key = (term.input, term.kernel)
@@ -163,8 +209,9 @@ class _Values:
                 return self.linear(inputs, modify_params(self.linear.params, term, with_bias=False))
 
             # one forward pass after the other (their inputs and outputs are activation-sized)
-            value = compute() if self.last is None else backend.after([self.last], compute)
-            self.last = value
+            computed = compute() if self.last is None else backend.after([self.last], compute)
+            self.last = computed
+            value = Sum.of(computed)
         self.cache[key] = value
         return value
 
@@ -205,39 +252,64 @@ XLA_MIN_ELEMENTS = backend.FUSED_MIN_ELEMENTS
 
 
 @functools.cache
-def _ratio_functions(rule: Any, coefficient: float, lazy: bool, select: str | None) -> tuple:
-    """``(xla_function, plain_function)`` computing ``coefficient * R / stabilize(z)`` from ``R`` (or the
-    two factors of a :class:`Product`), ``z`` and, where ``select``, the sign of the forward ``z``."""
-    def ratio(*args: Tensor) -> Tensor:
-        if select is not None:
-            *args, sign = args
-        *r, z = args
-        num = r[0] * r[1] if len(r) == 2 else r[0]
-        s = num / rule.stabilize(z)
-        if coefficient != 1.0:
-            s = s * constant(coefficient, s.dtype)
-        if select is not None:
-            keep = sign >= 0 if select == "positive" else sign < 0
-            s = ops.where(keep, s, ops.zeros_like(s))
-        return s
+def _ratio_functions(rule: Any, lazy: bool, groups: tuple, n_parts: int, signed: bool) -> tuple:
+    """``(xla_function, plain_function)`` computing every group's ``coefficient * R / stabilize(z_g)`` at
+    once from ``R`` (or the two factors of a :class:`Product`), ``n_parts`` tensors, of which each
+    group's denominator ``z_g`` is a sum with coefficients, and, where ``signed``, the forward ``z``.
+    ``groups``: ``((coefficient, select, coefficients over the parts), ...)``; ``select``: keep only the
+    outputs where ``z >= 0`` (``'positive'``) or ``< 0`` (``'negative'``), zero elsewhere."""
+    def ratio(*args: Tensor) -> "Tensor | tuple":
+        args = list(args)
+        sign = args.pop() if signed else None
+        parts = args[len(args) - n_parts:]
+        r = args[:len(args) - n_parts]
+        num = r[0] * r[1] if lazy else r[0]
+        out = []
+        for coefficient, select, coefs in groups:
+            z = ops.cast(combine(coefs, *parts), num.dtype)
+            s = num / rule.stabilize(z)
+            if coefficient != 1.0:
+                s = s * constant(coefficient, s.dtype)
+            if select is not None:
+                keep = sign >= 0 if select == "positive" else sign < 0
+                s = ops.where(keep, s, ops.zeros_like(s))
+            out.append(s)
+        return out[0] if len(out) == 1 else tuple(out)
 
     return backend.fused(ratio), ratio
 
 
-def _ratio(rule: Any, R: "Tensor | Product", z: Tensor, coefficient: float,
-           select: str | None = None, z_sign: Tensor | None = None) -> Tensor:
-    """``coefficient * R / stabilize(z)``, on large activations as one fused XLA kernel: there the
-    stabiliser's element-wise ops are memory-bound, and fusing them (with the product that formed
-    ``R``) keeps LRP-epsilon at the cost of gradient x input. Plain ops on small tensors (see
-    :data:`XLA_MIN_ELEMENTS`) and when running eagerly.
-    ``select``: keep only the outputs where ``z_sign >= 0`` (``'positive'``) or ``< 0``
-    (``'negative'``), zero elsewhere."""
+def _ratios(rule: Any, R: "Tensor | Product", denominators: Sequence[Sum], coefficients: Sequence[float],
+            selects: Sequence[str | None] = (), z_sign: Tensor | None = None) -> list[Tensor]:
+    """``coefficient_g * R / stabilize(z_g)`` for each group ``g`` (``z_g`` a :class:`Sum`), computed
+    together: ``R`` and the forward passes its denominators sum are read once, and die before the
+    transposes that follow (which would otherwise run with them, and each other, alive). On large
+    activations one fused XLA kernel: there the stabiliser's element-wise ops are memory-bound, and
+    fusing them (with the product that formed ``R`` and the sums that form ``z_g``) keeps LRP-epsilon
+    at the cost of gradient x input. Plain ops on small tensors (see :data:`XLA_MIN_ELEMENTS`) and
+    when running eagerly. ``selects[g]``: keep only the outputs where ``z_sign >= 0``
+    (``'positive'``) or ``< 0`` (``'negative'``), zero elsewhere."""
     lazy = isinstance(R, Product)
-    fn = _ratio_functions(rule, coefficient, lazy, select)
-    args = (R.x, R.g, z) if lazy else (R, z)
-    if select is not None:
-        args = args + (ops.cast(z_sign, z.dtype),)
-    return fn[0](*args) if use_fused(z) else fn[1](*args)
+    tensors: dict = {}
+    for d in denominators:
+        for _, t in d.parts:
+            tensors.setdefault(id(t), t)
+    index = {k: i for i, k in enumerate(tensors)}
+    parts = list(tensors.values())
+    groups = []
+    for d, c, sel in zip(denominators, coefficients, list(selects) + [None] * len(denominators)):
+        coefs, ts = d.merged()
+        over = [0.0] * len(parts)
+        for a, t in zip(coefs, ts):
+            over[index[id(t)]] = a
+        groups.append((float(c), sel, tuple(over)))
+    signed = any(sel is not None for _, sel, _ in groups)
+    fn = _ratio_functions(rule, lazy, tuple(groups), len(parts), signed)
+    args = ((R.x, R.g) if lazy else (R,)) + tuple(parts)
+    if signed:
+        args = args + (ops.cast(z_sign, parts[0].dtype),)
+    out = fn[0](*args) if use_fused(parts[0]) else fn[1](*args)
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def use_fused(z: Tensor) -> bool:
@@ -324,34 +396,56 @@ def term_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product
     groups = active_groups(rule, positive_outputs_only)
     all_nonneg = all(nonneg) if isinstance(nonneg, (list, tuple)) else bool(nonneg)
     values = _Values(linear, xs, z)
-    summed: dict = {}  # input modifier -> (modified inputs, the sum of their terms' vector-Jacobian products)
-    last: list | None = None
+    active = []  # (group, its terms on these inputs)
     for group in groups:
         terms = [t for t in (_simplify(t, all_nonneg) for t in group.terms) if t is not None]
-        if not terms:
-            continue
-
-        def evaluate(group: Group = group, terms: list = terms) -> list:
-            s = _group_ratio(values, terms, group, rule, R)
-            out: list = []
-            for term in terms:
-                def contribution(term: Term = term) -> tuple:
-                    inputs = [term.input(x) for x in xs]
-                    return inputs, _vjp(linear, inputs, modify_params(linear.params, term, with_bias=False), s)
-
-                out.append((term.input,) + (contribution() if not out else backend.after(out[-1][2], contribution)))
-            return out
-
-        # one group after the other (alpha-beta's two), and one term after the other: the executor would
-        # otherwise run them at once, with all their activation-sized intermediates alive together
-        for modifier, inputs, grads in (evaluate() if last is None else backend.after(last, evaluate)):
-            if modifier in summed:
-                inputs, before = summed[modifier]
-                grads = [a + b for a, b in zip(before, grads)]
-            summed[modifier] = (inputs, grads)
-            last = grads
-    if not summed:
+        if terms:
+            active.append((group, terms))
+    if not active:
         return [ops.zeros_like(x) for x in xs]
+
+    def denominator(terms: list) -> Sum:
+        zg = values.with_bias(terms[0])
+        for term in terms[1:]:
+            zg = zg + values.with_bias(term)
+        return zg
+
+    def ratios(part: list) -> list[Tensor]:
+        dens = [denominator(terms) for _, terms in part]
+        selects = [g.outputs for g, _ in part]
+        z_sign = values.with_bias(Term()).value() if any(sel is not None for sel in selects) else None
+        out = _ratios(rule, R, dens, [g.coefficient for g, _ in part], selects, z_sign)
+        return [ops.cast(s, dens[0].parts[0][1].dtype) for s in out]
+
+    summed: dict = {}  # input modifier -> (modified inputs, the sum of their terms' vector-Jacobian products)
+    last: list | None = None
+
+    def transposes(terms: list, s: Tensor) -> None:
+        nonlocal last
+        for term in terms:
+            def contribution(term: Term = term) -> tuple:
+                inputs = [term.input(x) for x in xs]
+                return inputs, _vjp(linear, inputs, modify_params(linear.params, term, with_bias=False), s)
+
+            # one transpose after the other: the executor would otherwise run them at once, with all
+            # their activation-sized results and working memory alive together
+            inputs, grads = contribution() if last is None else backend.after(last, contribution)
+            if term.input in summed:
+                grads = [a + b for a, b in zip(summed[term.input][1], grads)]
+            summed[term.input] = (inputs, grads)
+            last = grads
+
+    if all(t.input is identity for _, terms in active for t in terms):
+        # every group's denominator is a sum of the same few forward passes (alpha-beta on a
+        # non-negative input: f(x; W^+) and z): all ratios at once, then the transposes
+        last = ratios(active)
+        for (_, terms), s in zip(active, list(last)):
+            transposes(terms, s)
+    else:
+        # groups with their own modified inputs (x^+, x^-) and forward passes: one group after the other
+        for item in active:
+            s = ratios([item])[0] if last is None else backend.after(last, lambda item=item: ratios([item])[0])
+            transposes(item[1], s)
     if lazy and len(summed) == 1:
         inputs, grads = next(iter(summed.values()))
         return [Product(x, g) for x, g in zip(inputs, grads)]
@@ -360,16 +454,6 @@ def term_relevance(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product
         part = [x * g for x, g in zip(inputs, grads)]
         result = part if result is None else [a + c for a, c in zip(result, part)]
     return result
-
-
-def _group_ratio(values: _Values, terms: list, group: Group, rule: Any, R: "Tensor | Product") -> Tensor:
-    """A group's ``coefficient * R / stabilize(z_group)`` (zero at outputs the group does not explain)."""
-    zg = None
-    for term in terms:
-        v = values.with_bias(term)
-        zg = v if zg is None else zg + v
-    z_sign = values.with_bias(Term()) if group.outputs is not None else None
-    return ops.cast(_ratio(rule, R, ops.cast(zg, R.dtype), float(group.coefficient), group.outputs, z_sign), zg.dtype)
 
 
 #: ``True``: evaluate the generalised gamma rule term by term from its groups, like any other rule (the
@@ -382,13 +466,13 @@ def absolute(t: Tensor) -> Tensor:
 
 
 @functools.cache
-def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed: bool, split: bool) -> tuple:
+def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed: bool) -> tuple:
     """``(xla_function, plain_function)`` computing the generalised gamma's ``s = R / stab(d)`` from the
     relevance ``R`` (or the factors of a :class:`Product`), the forward ``z``, the term value ``t`` and
     the broadcast bias ``b`` (see :func:`sign_aware_gamma`; ``term``: ``'P'`` if ``t = f(x; W^+)``,
-    ``'Q'`` if ``t = f(|x|; |W|)``, ``None`` if gamma is 0). ``split``: return
-    ``((1 + g/2) s, (g/2) e s)`` with ``e = sign0(z)`` (``+1`` everywhere unless ``signed``), else ``s``."""
-    def ratio(*args: Tensor) -> "Tensor | tuple[Tensor, Tensor]":
+    ``'Q'`` if ``t = f(|x|; |W|)``, ``None`` if gamma is 0; ``signed``: outputs of both signs carry
+    relevance)."""
+    def ratio(*args: Tensor) -> Tensor:
         args = list(args)
         b = args.pop() if has_bias else None
         t = args.pop() if term is not None else None
@@ -410,21 +494,30 @@ def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed
             if with_b:
                 part = part + constant(0.5, z.dtype) * (b + e * ops.abs(b) if signed else b + ops.abs(b))
             d = d + constant(rule.gamma, z.dtype) * part
-        s = num / rule.stabilize(ops.cast(d, num.dtype))
-        if not split:
-            return s
-        a = s * constant(1.0 + rule.gamma / 2.0, s.dtype)
-        c = s * constant(rule.gamma / 2.0, s.dtype)
-        return a, (c * ops.cast(e, c.dtype) if signed else c)
+        return num / rule.stabilize(ops.cast(d, num.dtype))
 
     return backend.fused(ratio), ratio
 
 
-def _combine(x: Tensor, ax: Tensor, a: Tensor, c: Tensor) -> Tensor:
-    return x * a + ax * c
+def _signed(s: Tensor, z: Tensor) -> Tensor:
+    """``sign0(z) s``: ``s`` where ``z >= 0``, ``-s`` elsewhere."""
+    return ops.where(z >= 0, s, -s)
 
 
-_COMBINE = backend.fused(_combine)
+@functools.cache
+def _combine_functions(a: float, c: float, with_input: bool) -> tuple:
+    """``(xla_function, plain_function)``: ``a g_W + c g_|W|`` (``with_input``: ``a x g_W + c |x| g_|W|``)."""
+    def combine_grads(*args: Tensor) -> Tensor:
+        *xs, ga, gc = args
+        ka, kc = constant(a, ga.dtype), constant(c, gc.dtype)
+        if with_input:
+            return xs[0] * (ka * ga) + xs[1] * (kc * gc)
+        return ka * ga + kc * gc
+
+    return backend.fused(combine_grads), combine_grads
+
+
+_SIGNED = backend.fused(_signed)
 
 
 def sign_aware_gamma(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product", rule: Any,
@@ -468,21 +561,30 @@ def sign_aware_gamma(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Produ
             args.append(linear(abs_xs, modify_params(params, Term(kernel=absolute), with_bias=False)))
     if bias is not None:
         args.append(linear.broadcast_bias(bias, z))
-    fns = _gamma_ratio(rule, isinstance(R, Product), term, bias is not None, signed, split)
-    out = fns[0](*args) if use_fused(z) else fns[1](*args)
+    fns = _gamma_ratio(rule, isinstance(R, Product), term, bias is not None, signed)
+    s = ops.cast(fns[0](*args) if use_fused(z) else fns[1](*args), z.dtype)
     if not split:
         kernel = WeightSum(((1.0, identity), (gamma, positive))) if gamma != 0 else identity
-        s = ops.cast(out, z.dtype)
         grads = _vjp(linear, xs, modify_params(params, Term(kernel=kernel), with_bias=False), s)
         return [Product(x, g) if lazy else x * g for x, g in zip(xs, grads)]
-    a, c = (ops.cast(v, z.dtype) for v in out)
-    grads_w = _vjp(linear, xs, modify_params(params, Term(), with_bias=False), a)
-    grads_abs = _vjp(linear, xs, modify_params(params, Term(kernel=absolute), with_bias=False), c)
+    # R_in = (1 + g/2) x * J_W^T s + (g/2) |x| * J_|W|^T (e s): one output-sized ratio at a time (``e s``
+    # made from ``s`` after the first transpose, not next to it by the same kernel)
+    grads_w = _vjp(linear, xs, modify_params(params, Term(), with_bias=False), s)
+    fused = use_fused(z)
+
+    def second() -> list:
+        es = (_SIGNED(s, z) if fused else _signed(s, z)) if signed else s
+        return _vjp(linear, xs, modify_params(params, Term(kernel=absolute), with_bias=False), es)
+
+    grads_abs = backend.after(grads_w, second)
+    a, c = 1.0 + gamma / 2.0, gamma / 2.0
     result = []
     for x, ax, nn, ga, gc in zip(xs, abs_xs, flags, grads_w, grads_abs):
+        grads_only = _combine_functions(a, c, False)
         if nn:
-            g = ga + gc
+            g = grads_only[0](ga, gc) if use_fused(x) else grads_only[1](ga, gc)
             result.append(Product(x, g) if lazy else x * g)
         else:
-            result.append(_COMBINE(x, ax, ga, gc) if use_fused(x) else _combine(x, ax, ga, gc))
+            fn = _combine_functions(a, c, True)
+            result.append(fn[0](x, ax, ga, gc) if use_fused(x) else fn[1](x, ax, ga, gc))
     return result
