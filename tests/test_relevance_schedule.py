@@ -232,3 +232,30 @@ def test_signed_gamma_makes_its_second_ratio_after_the_first_transpose():
     readers = [op for op in _ancestors([t.op for t in g.outputs]) if any(t is g.inputs[1] for t in op.inputs)]
     assert readers and all(op in _ancestors([first]) for op in readers)
 
+
+def test_parallel_branches_are_explained_one_after_the_other():
+    """The walk explains the steps one after the other, also where the graph would allow two at once
+    (a residual block's shortcut and its main branch both receive relevance from the sum): every
+    transposed convolution is ordered before or after every other, so no two layers' working sets
+    (ratios, modified forward passes, transposes) are alive together."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, activation="relu")(inp)
+    a = L.Conv2D(4, 3, padding="same")(h)
+    b = L.Conv2D(4, 1)(h)
+    out = L.Dense(3)(L.Flatten()(L.ReLU()(L.Add()([a, b]))))
+    model = keras.Model(inp, out)
+    for rule, params in (("epsilon", {}), ("epsilon_gamma_box", {"low": -1.0, "high": 1.0})):
+        e = it.Explainer(model, rule, **params)
+        x = tf.zeros((2, 8, 8, 3))
+        e._activate_for([x])
+        g = e._function([x], "relevance", False).get_concrete_function().graph
+        after_r0 = _descendants(g, g.inputs[1].op)
+        live = _ancestors([t.op for t in g.outputs])
+        transposed = [op for op in live & after_r0 if op.type == "Conv2DBackpropInput"]
+        assert len(transposed) >= 3, (rule, [op.name for op in transposed])
+        for p in transposed:
+            for q in transposed:
+                assert p is q or p in _ancestors([q]) or q in _ancestors([p]), (rule, p.name, q.name)

@@ -203,13 +203,18 @@ class _Remade:
                for x in ins):
             return None
         step = self.g.steps[j]
-        args = []
+        args, after = [], list(deps)
         for k, x in zip(step.inputs, ins):
             made = self.made.get(k)
             if made is None and depth > 1 and k in self.producer:
                 made = self._make(k, deps, depth - 1)  # not held for later readers: made again there
+                if made is not None:
+                    after.append(made)
             args.append(x if made is None else made)
-        return backend.recompute(deps, args, lambda xs: _run_step(step, xs, self.options)[0][0])
+        # the step runs once the values it reads are made again: its kept inputs (a convolution's
+        # pre-activation beside the residual stream) are not read, and its intermediates not made, at
+        # every level of the chain at once
+        return backend.recompute(after, args, lambda xs: _run_step(step, xs, self.options)[0][0])
 
     def record(self, i: int, record: tuple, Rs: list) -> tuple:
         """Step ``i``'s record with the values of cheap steps made anew (after ``Rs`` exist)."""
@@ -226,6 +231,16 @@ class _Remade:
         for k in step.outputs:  # its producer is walked: no later step reads it
             self.made.pop(k, None)
         return ins, outs, state
+
+
+def _relevance(step: Any, ins: list, outs: list, state: Any, Rs: list, rule: Rule, options: PassOptions,
+               previous: list) -> list:
+    """The step's relevance at its inputs, computed once the step walked before has passed its
+    relevance on: steps on parallel branches (a residual block's shortcut and its last convolution)
+    are explained one after the other, with one working set alive at a time, as the walk orders them."""
+    if not previous:
+        return step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step, options)
+    return backend.after(previous, lambda: step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step, options))
 
 
 def _add(a: Any, b: Any) -> Any:
@@ -257,6 +272,7 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
     layerwise: dict = {}
     records = list(records)
     remade = _Remade(g, records, options, backend.FREES_UNREAD and recast is None)
+    previous: list = []  # the relevance the step walked before passed on
     for i in range(len(g.steps) - 1, -1, -1):
         step, rule = g.steps[i], rules[i]
         Rs = [rel.get(k) for k in step.outputs]
@@ -276,7 +292,8 @@ def backward(g: Graph, records: list, start: dict, rules: Sequence[Rule],
         if keep:
             for n in step.names():
                 layerwise[n] = Rs[0] if len(Rs) == 1 else Rs
-        R_in = step.handler.relevance(step.layer, ins, outs, state, Rs, rule, step, options)
+        R_in = _relevance(step, ins, outs, state, Rs, rule, options, previous)
+        previous = [r.g if isinstance(r, Product) else r for r in R_in if r is not None]
         del Rs
         if wanted_keys is not None:
             for k in step.outputs:
