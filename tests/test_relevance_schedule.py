@@ -212,27 +212,6 @@ def test_alpha_beta_on_nonnegative_inputs_divides_before_any_transpose():
             assert op in _ancestors([t]), (op.name, t.name)
 
 
-def test_signed_gamma_makes_its_second_ratio_after_the_first_transpose():
-    """The generalised gamma rule with relevance at outputs of both signs takes two transposed
-    products, of ``s`` and of ``sign0(z) s``: the second factor is made from ``s`` after the first
-    product, so that one output-sized ratio at a time sits next to a transpose (the relevance and the
-    forward term are read once, before either)."""
-    from interprettensor.engine.rules import Gamma
-
-    g = _matmul_relevance_graph(Gamma(0.25), nonneg=True)
-    after_r = _descendants(g, g.inputs[1].op)
-    transposes = _transposes(g, after_r)
-    assert len(transposes) == 2
-    first, second = transposes
-    if first not in _ancestors([second]):
-        first, second = second, first
-    assert first in _ancestors([second])
-    cotangent = second.inputs[0].op  # s' in s' @ |W|^T
-    assert first in _ancestors([cotangent]), cotangent.name
-    readers = [op for op in _ancestors([t.op for t in g.outputs]) if any(t is g.inputs[1] for t in op.inputs)]
-    assert readers and all(op in _ancestors([first]) for op in readers)
-
-
 def test_parallel_branches_are_explained_one_after_the_other():
     """The walk explains the steps one after the other, also where the graph would allow two at once
     (a residual block's shortcut and its main branch both receive relevance from the sum): every

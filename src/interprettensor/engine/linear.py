@@ -466,13 +466,13 @@ def absolute(t: Tensor) -> Tensor:
 
 
 @functools.cache
-def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed: bool) -> tuple:
+def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed: bool, split: bool) -> tuple:
     """``(xla_function, plain_function)`` computing the generalised gamma's ``s = R / stab(d)`` from the
     relevance ``R`` (or the factors of a :class:`Product`), the forward ``z``, the term value ``t`` and
     the broadcast bias ``b`` (see :func:`sign_aware_gamma`; ``term``: ``'P'`` if ``t = f(x; W^+)``,
-    ``'Q'`` if ``t = f(|x|; |W|)``, ``None`` if gamma is 0; ``signed``: outputs of both signs carry
-    relevance)."""
-    def ratio(*args: Tensor) -> Tensor:
+    ``'Q'`` if ``t = f(|x|; |W|)``, ``None`` if gamma is 0). ``split``: return
+    ``((1 + g/2) s, (g/2) e s)`` with ``e = sign0(z)`` (``+1`` everywhere unless ``signed``), else ``s``."""
+    def ratio(*args: Tensor) -> "Tensor | tuple[Tensor, Tensor]":
         args = list(args)
         b = args.pop() if has_bias else None
         t = args.pop() if term is not None else None
@@ -494,30 +494,21 @@ def _gamma_ratio(rule: Any, lazy: bool, term: str | None, has_bias: bool, signed
             if with_b:
                 part = part + constant(0.5, z.dtype) * (b + e * ops.abs(b) if signed else b + ops.abs(b))
             d = d + constant(rule.gamma, z.dtype) * part
-        return num / rule.stabilize(ops.cast(d, num.dtype))
+        s = num / rule.stabilize(ops.cast(d, num.dtype))
+        if not split:
+            return s
+        a = s * constant(1.0 + rule.gamma / 2.0, s.dtype)
+        c = s * constant(rule.gamma / 2.0, s.dtype)
+        return a, (c * ops.cast(e, c.dtype) if signed else c)
 
     return backend.fused(ratio), ratio
 
 
-def _signed(s: Tensor, z: Tensor) -> Tensor:
-    """``sign0(z) s``: ``s`` where ``z >= 0``, ``-s`` elsewhere."""
-    return ops.where(z >= 0, s, -s)
+def _combine(x: Tensor, ax: Tensor, a: Tensor, c: Tensor) -> Tensor:
+    return x * a + ax * c
 
 
-@functools.cache
-def _combine_functions(a: float, c: float, with_input: bool) -> tuple:
-    """``(xla_function, plain_function)``: ``a g_W + c g_|W|`` (``with_input``: ``a x g_W + c |x| g_|W|``)."""
-    def combine_grads(*args: Tensor) -> Tensor:
-        *xs, ga, gc = args
-        ka, kc = constant(a, ga.dtype), constant(c, gc.dtype)
-        if with_input:
-            return xs[0] * (ka * ga) + xs[1] * (kc * gc)
-        return ka * ga + kc * gc
-
-    return backend.fused(combine_grads), combine_grads
-
-
-_SIGNED = backend.fused(_signed)
+_COMBINE = backend.fused(_combine)
 
 
 def sign_aware_gamma(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Product", rule: Any,
@@ -561,30 +552,24 @@ def sign_aware_gamma(linear: LinearMap, xs: Sequence[Tensor], R: "Tensor | Produ
             args.append(linear(abs_xs, modify_params(params, Term(kernel=absolute), with_bias=False)))
     if bias is not None:
         args.append(linear.broadcast_bias(bias, z))
-    fns = _gamma_ratio(rule, isinstance(R, Product), term, bias is not None, signed)
-    s = ops.cast(fns[0](*args) if use_fused(z) else fns[1](*args), z.dtype)
+    fns = _gamma_ratio(rule, isinstance(R, Product), term, bias is not None, signed, split)
+    out = fns[0](*args) if use_fused(z) else fns[1](*args)
     if not split:
         kernel = WeightSum(((1.0, identity), (gamma, positive))) if gamma != 0 else identity
+        s = ops.cast(out, z.dtype)
         grads = _vjp(linear, xs, modify_params(params, Term(kernel=kernel), with_bias=False), s)
         return [Product(x, g) if lazy else x * g for x, g in zip(xs, grads)]
-    # R_in = (1 + g/2) x * J_W^T s + (g/2) |x| * J_|W|^T (e s): one output-sized ratio at a time (``e s``
-    # made from ``s`` after the first transpose, not next to it by the same kernel)
-    grads_w = _vjp(linear, xs, modify_params(params, Term(), with_bias=False), s)
-    fused = use_fused(z)
-
-    def second() -> list:
-        es = (_SIGNED(s, z) if fused else _signed(s, z)) if signed else s
-        return _vjp(linear, xs, modify_params(params, Term(kernel=absolute), with_bias=False), es)
-
-    grads_abs = backend.after(grads_w, second)
-    a, c = 1.0 + gamma / 2.0, gamma / 2.0
+    a, c = (ops.cast(v, z.dtype) for v in out)
+    grads_w = _vjp(linear, xs, modify_params(params, Term(), with_bias=False), a)
+    # the second transpose after the first (the executor would otherwise run both, with their working
+    # memory, at once)
+    grads_abs = backend.after(grads_w, lambda: _vjp(linear, xs, modify_params(params, Term(kernel=absolute),
+                                                                               with_bias=False), c))
     result = []
     for x, ax, nn, ga, gc in zip(xs, abs_xs, flags, grads_w, grads_abs):
-        grads_only = _combine_functions(a, c, False)
         if nn:
-            g = grads_only[0](ga, gc) if use_fused(x) else grads_only[1](ga, gc)
+            g = ga + gc
             result.append(Product(x, g) if lazy else x * g)
         else:
-            fn = _combine_functions(a, c, True)
-            result.append(fn[0](x, ax, ga, gc) if use_fused(x) else fn[1](x, ax, ga, gc))
+            result.append(_COMBINE(x, ax, ga, gc) if use_fused(x) else _combine(x, ax, ga, gc))
     return result
