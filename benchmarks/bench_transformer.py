@@ -11,7 +11,10 @@ gradient we can write for it (on TensorFlow a tape watching that output in ``tf.
 ``--table-baseline`` also times the gradient taken with respect to the embedding table, which this
 benchmark used before and which is about 1.7x slower; on JAX and PyTorch the engine's backend
 vector-Jacobian product, compiled as the explainer is). LRP is the explainer's compiled per-batch
-function. Both warmed up; best of ``--repeats`` runs taken alternately, in wall-clock time and in the
+function. On TensorFlow each rule is also timed compiled with XLA (``it.Explainer(..., jit_compile=True)``)
+against gradient x input compiled with XLA (``--no-xla`` leaves these rows out): XLA fuses the
+element-wise steps of both passes, and on this CPU its gradient is the faster of the two, so the XLA
+rows' baseline is the fastest gradient of the run. Both warmed up; best of ``--repeats`` runs taken alternately, in wall-clock time and in the
 process's CPU time (all threads; the steadier measure on a shared machine, where other processes
 stretch the wall clock). Peak memory: each method in a fresh process, beyond the model and one forward
 pass.
@@ -71,12 +74,12 @@ def build(sizes: dict, seq: int = 128, batch: int = 8):
     return model, x
 
 
-def gradient_x_input(model):
+def gradient_x_input(model, jit: bool = False):
     """Per-token gradient x input at the token embeddings' output, compiled: the fastest gradient we
     can write for it on the running backend. Nothing but that output is differentiated (no variable,
     so no weight gradient: LRP computes none either); the gradient there times the output, summed over
     the hidden axis, is one value per token, where LRP's token relevance is read. TensorFlow: a tape
-    watching the output, in ``tf.function``; JAX and PyTorch: the engine's backend module's
+    watching the output, in ``tf.function`` (with XLA where ``jit``); JAX and PyTorch: the engine's backend module's
     vector-Jacobian product, compiled as the explainer compiles (``jax.jit``; PyTorch eager)."""
     import keras
 
@@ -96,7 +99,7 @@ def gradient_x_input(model):
     layer = model.backbone.token_embedding
     call = layer.call
 
-    @tf.function(jit_compile=False)
+    @tf.function(jit_compile=jit)
     def run(x):
         seen = []
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -140,14 +143,15 @@ def gradient_x_input_table(model):
     return run
 
 
-def lrp_fn(model, rule: str):
+def lrp_fn(model, rule: str, jit: bool = False):
     """The explainer's compiled per-batch function for the predicted class (what ``Explainer.__call__``
-    runs, without its argument checks); returns the token ids' relevance."""
+    runs, without its argument checks; ``jit``: ``jit_compile=True``, XLA on TensorFlow); returns the
+    token ids' relevance."""
     from keras import ops
 
     import interprettensor as it
 
-    explainer = it.Explainer(model, rule=rule)
+    explainer = it.Explainer(model, rule=rule, jit_compile=jit)
     names = sorted(model.input.keys())
 
     def run(x):
@@ -232,8 +236,11 @@ def lxt_times(py: Path, sizes: dict, seq: int, batch: int, repeats: int) -> dict
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def backend_child(sizes: dict, seq: int, batch: int, repeats: int, table: bool) -> None:
-    """One backend's rows (``KERAS_BACKEND`` set by the parent), printed as one JSON line."""
+def backend_child(sizes: dict, seq: int, batch: int, repeats: int, table: bool, xla: bool = True) -> None:
+    """One backend's rows (``KERAS_BACKEND`` set by the parent), printed as one JSON line. On
+    TensorFlow with ``xla`` also each rule compiled with XLA (``jit_compile=True``) against gradient x
+    input compiled with XLA (on this CPU the faster of the two gradients), after checking that XLA's
+    gradient and relevance equal the plain ones within float32 rounding."""
     import keras
 
     model, x = build(sizes, seq, batch)
@@ -249,13 +256,33 @@ def backend_child(sizes: dict, seq: int, batch: int, repeats: int, table: bool) 
             sys.exit(f"the two gradient x input computations differ by {np.abs(got - ref).max():.3g}")
     else:
         out["version"] = __import__(out["backend"]).__version__
+    plain = {}
     for rule in ("attnlrp", "cp_lrp"):
-        (t_lrp, c_lrp), (t_grad, c_grad) = paired_times(lrp_fn(model, rule), grad, x, repeats)
+        plain[rule] = lrp_fn(model, rule)
+        (t_lrp, c_lrp), (t_grad, c_grad) = paired_times(plain[rule], grad, x, repeats)
         out["rows"].append((rule, t_lrp, t_grad, c_lrp, c_grad))
+    if xla and out["backend"] == "tensorflow":
+        grad_xla = gradient_x_input(model, jit=True)
+        _same("gradient x input with XLA", _numpy(grad_xla(x)), _numpy(grad(x)), layers=sizes["num_layers"])
+        for rule in ("attnlrp", "cp_lrp"):
+            fn = lrp_fn(model, rule, jit=True)
+            _same(f"{rule} with XLA", _numpy(fn(x)), _numpy(plain[rule](x)), layers=sizes["num_layers"])
+            (t_lrp, c_lrp), (t_grad, c_grad) = paired_times(fn, grad_xla, x, repeats)
+            out["rows"].append((f"{rule}, jit_compile=True (XLA; its gradient with XLA)", t_lrp, t_grad, c_lrp, c_grad))
     if table and out["backend"] == "tensorflow":
         (t_table, _), (t_grad, _) = paired_times(gradient_x_input_table(model), grad, x, repeats)
         out["table"] = (t_table, t_grad)
     print(json.dumps(out), flush=True)
+
+
+def _same(what: str, got: np.ndarray, want: np.ndarray, layers: int) -> None:
+    """Exit naming ``what`` unless ``got`` equals ``want`` within float32 rounding: each of the
+    ``layers`` blocks sums at most a few thousand products (hidden 768, intermediate 3072), each
+    float32 sum errs by at most 2^-24 of the magnitude summed, and XLA sums in another order."""
+    tol = 2.0 ** -23 * 4096 * max(layers, 1) * float(np.abs(want).max())
+    err = float(np.abs(got - want).max())
+    if not err <= tol:
+        sys.exit(f"{what}: differs from the plain computation by {err:.3g} (tolerance {tol:.3g})")
 
 
 def memory_child(method: str, sizes: dict) -> None:
@@ -299,6 +326,8 @@ def main() -> None:
                     help="also time gradient x input through the embedding table's gradient (the old baseline)")
     ap.add_argument("--layers", type=int, default=None, help="number of transformer layers (default: 12, or 2 with --small)")
     ap.add_argument("--no-lxt", action="store_true", help="leave LXT's rows out")
+    ap.add_argument("--no-xla", action="store_true",
+                    help="leave out TensorFlow's rows compiled with XLA (jit_compile=True)")
     ap.add_argument("--lxt-venv", default=str(HERE.parent / ".bench-lxt"),
                     help="LXT's virtual environment (created on first use)")
     ap.add_argument("--backend-child", action="store_true", help=argparse.SUPPRESS)
@@ -311,7 +340,7 @@ def main() -> None:
     sizes = json.loads(args.sizes) if args.sizes else model_sizes(args.small, args.layers)
     seq, batch = 128, 8
     if args.backend_child:
-        backend_child(sizes, seq, batch, args.repeats, args.table_baseline)
+        backend_child(sizes, seq, batch, args.repeats, args.table_baseline, xla=not args.no_xla)
         return
     try:
         import keras_hub  # noqa: F401
@@ -325,7 +354,8 @@ def main() -> None:
     for _ in range(args.rounds):  # rounds interleave the processes, so that load changes hit all alike
         for backend in args.backends:
             res = _child(["--backend-child", "--sizes", json.dumps(sizes), "--repeats", str(args.repeats)] +
-                         (["--table-baseline"] if args.table_baseline else []), backend)
+                         (["--table-baseline"] if args.table_baseline else []) +
+                         (["--no-xla"] if args.no_xla else []), backend)
             if res.returncode != 0:
                 sys.exit(f"the {backend} run failed:\n{res.stderr[-3000:]}")
             got = json.loads(res.stdout.strip().splitlines()[-1])
@@ -353,10 +383,13 @@ def main() -> None:
               f"{theirs['threads']} threads) | torch {theirs['torch']} | attnlrp | {t_lxt:.3f} | {t_tg:.3f} | "
               f"{t_lxt / t_tg:.2f} | {c_lxt / c_tg:.2f} |")
         for r in results:
-            rule, t_lrp, t_grad, c_lrp, c_grad = r["rows"][0]
-            print(f"interprettensor's AttnLRP on {r['backend']} / LXT's AttnLRP: {t_lrp / t_lxt:.2f} in wall-clock "
-                  f"time, {c_lrp / c_lxt:.2f} in CPU time ({c_lrp:.2f} s / {c_lxt:.2f} s; gradient x input "
-                  f"{c_grad:.2f} s / {c_tg:.2f} s)")
+            for rule, t_lrp, t_grad, c_lrp, c_grad in r["rows"]:
+                if not rule.startswith("attnlrp"):
+                    continue
+                how = rule[len("attnlrp"):].split(" (")[0]
+                print(f"interprettensor's AttnLRP on {r['backend']}{how} / LXT's AttnLRP: {t_lrp / t_lxt:.2f} in "
+                      f"wall-clock time ({t_lrp:.2f} s / {t_lxt:.2f} s), {c_lrp / c_lxt:.2f} in CPU time "
+                      f"({c_lrp:.2f} s / {c_lxt:.2f} s); gradient x input {t_grad:.2f} s / {t_tg:.2f} s")
         print(f"(each backend and LXT timed in its own process, one after the other, {args.rounds} round(s), "
               "best kept; each method in turns with its own gradient x input)")
     for r in results:

@@ -391,3 +391,20 @@ def test_token_ids_beyond_the_vocabulary_are_named():
         it.lrp(model, np.full((1, 7), 30), rule="attnlrp")
     with pytest.raises(ExplainError, match="index -1"):
         it.lrp(model, np.full((1, 7), -1), rule="attnlrp")
+
+
+@pytest.mark.parametrize("rule", ["attnlrp", "cp_lrp"])
+def test_compiled_with_xla_equals_the_plain_pass(rule):
+    """``jit_compile=True`` (XLA fuses the element-wise steps; benchmarks/bench_transformer.py times it)
+    computes the same relevance: each relevance here passes through about ten steps, each a sum of at
+    most 16 products (hidden 8, feed-forward 16), and each float32 sum XLA makes in another order errs by
+    at most 2^-24 of the magnitude summed."""
+    model = _encoder(causal=True)
+    x = np.random.default_rng(11).integers(0, 30, (4, 7))
+    R, lw = it.Explainer(model, rule)(x, layerwise=True)
+    Rj, lwj = it.Explainer(model, rule, jit_compile=True)(x, layerwise=True)
+    tol = 2.0 ** -23 * 16 * 10
+    np.testing.assert_allclose(Rj, R, rtol=0, atol=tol * np.abs(R).max())
+    for name in ("tokens", "mha", "ln1"):
+        np.testing.assert_allclose(lwj[name], lw[name], rtol=0, atol=tol * np.abs(lw[name]).max())
+    assert np.abs(R[:, -1]).max() > 0 and np.isfinite(R).all()
