@@ -11,13 +11,13 @@ gradient we can write for it (on TensorFlow a tape watching that output in ``tf.
 ``--table-baseline`` also times the gradient taken with respect to the embedding table, which this
 benchmark used before and which is about 1.7x slower; on JAX and PyTorch the engine's backend
 vector-Jacobian product, compiled as the explainer is). LRP is the explainer's compiled per-batch
-function. On TensorFlow each rule is also timed compiled with XLA (``it.Explainer(..., jit_compile=True)``)
-against gradient x input compiled with XLA (``--no-xla`` leaves these rows out): XLA fuses the
-element-wise steps of both passes, and on this CPU its gradient is the faster of the two, so the XLA
-rows' baseline is the fastest gradient of the run. Both warmed up; best of ``--repeats`` runs taken alternately, in wall-clock time and in the
-process's CPU time (all threads; the steadier measure on a shared machine, where other processes
-stretch the wall clock). Peak memory: each method in a fresh process, beyond the model and one forward
-pass.
+function. On TensorFlow each rule is also timed compiled with XLA
+(``it.Explainer(..., jit_compile=True)``) against gradient x input compiled with XLA (``--no-xla``
+leaves these rows out): XLA fuses the element-wise steps of both passes, and on this CPU its gradient
+is the faster of the two, so the XLA rows' baseline is the fastest gradient of the run. Both warmed
+up; best of ``--repeats`` runs taken alternately, in wall-clock time and in the process's CPU time
+(all threads; the steadier measure on a shared machine, where other processes stretch the wall
+clock). Peak memory: each method in a fresh process, beyond the model and one forward pass.
 
 LXT side by side: LXT (PyTorch) cannot share Keras' environment; the benchmark creates its own virtual
 environment (``--lxt-venv``, default ``.bench-lxt/``: ``pip install lxt==2.1 transformers==4.52.4
@@ -79,8 +79,9 @@ def gradient_x_input(model, jit: bool = False):
     can write for it on the running backend. Nothing but that output is differentiated (no variable,
     so no weight gradient: LRP computes none either); the gradient there times the output, summed over
     the hidden axis, is one value per token, where LRP's token relevance is read. TensorFlow: a tape
-    watching the output, in ``tf.function`` (with XLA where ``jit``); JAX and PyTorch: the engine's backend module's
-    vector-Jacobian product, compiled as the explainer compiles (``jax.jit``; PyTorch eager)."""
+    watching the output, in ``tf.function`` (with XLA where ``jit``); JAX and PyTorch: the engine's
+    backend module's vector-Jacobian product, compiled as the explainer compiles (``jax.jit``; PyTorch
+    eager)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
@@ -268,7 +269,8 @@ def backend_child(sizes: dict, seq: int, batch: int, repeats: int, table: bool, 
             fn = lrp_fn(model, rule, jit=True)
             _same(f"{rule} with XLA", _numpy(fn(x)), _numpy(plain[rule](x)), layers=sizes["num_layers"])
             (t_lrp, c_lrp), (t_grad, c_grad) = paired_times(fn, grad_xla, x, repeats)
-            out["rows"].append((f"{rule}, jit_compile=True (XLA; its gradient with XLA)", t_lrp, t_grad, c_lrp, c_grad))
+            label = f"{rule}, jit_compile=True (XLA; its gradient with XLA)"
+            out["rows"].append((label, t_lrp, t_grad, c_lrp, c_grad))
     if table and out["backend"] == "tensorflow":
         (t_table, _), (t_grad, _) = paired_times(gradient_x_input_table(model), grad, x, repeats)
         out["table"] = (t_table, t_grad)
