@@ -26,7 +26,10 @@ CASES: dict[str, list[tuple[str, str, dict]]] = {
             ("hidden_channel", "lrp", {"rule": "epsilon", "layer": "conv2", "target": 1}),
             ("concepts", "conditional", {"layer": "conv2", "channels": [0, 2, [1, 3]]}),
             ("input_x_gradient", "baseline", {"method": "input_x_gradient"}),
-            ("region_perturbation", "evaluate", {"patch": 3, "steps": 5, "perturbation": "mean"})],
+            ("region_perturbation", "evaluate", {"patch": 3, "steps": 5, "perturbation": "mean"}),
+            ("pixel_flipping", "metric", {"metric": "PixelFlipping", "features_in_step": 16}),
+            ("faithfulness_estimate", "metric", {"metric": "FaithfulnessEstimate", "features_in_step": 16,
+                                                 "perturb_baseline": "mean"})],
     "resnet": [("epsilon_plus", "lrp", {"rule": "epsilon_plus"}),
                ("zplus", "lrp", {"rule": "zplus"}),
                ("gamma", "lrp", {"rule": "gamma", "gamma": 0.5}),
@@ -171,6 +174,11 @@ def run(folder: str, out: str) -> None:
                 results[f"{key}/0"] = getattr(attribution, kw["method"])(model, x)
             elif how == "evaluate":  # the scores along a (seeded, random) ordering of the regions
                 results[f"{key}/scores"] = evaluate.region_perturbation(model, x, "random", **kw).scores
+            elif how == "metric":  # a Quantus metric of it.metrics (its perturbed batches, stacked model calls)
+                metric = getattr(it.metrics, kw.pop("metric"))(**kw)
+                a = np.sin(np.arange(x.size)).reshape(x.shape)  # no ties: one order of the features
+                results[f"{key}/scores"] = np.asarray(
+                    metric(model=model, x_batch=x, y_batch=np.arange(len(x)) % 3, a_batch=a, batch_size=16), np.float64)
             elif how == "original":
                 y = keras.ops.convert_to_numpy(model.forward(x))
                 R = np.where(np.arange(y.shape[1]) == np.argmax(y, axis=1)[:, None], y, 0.0)

@@ -341,6 +341,21 @@ def test_mprt_randomises_the_model_in_place_and_restores_it(data):
     for b, w in zip(before, model.get_weights()):
         np.testing.assert_array_equal(b, w)
 
+    # a similarity measured on the worker thread that fails stops the stages with its error; the
+    # weights come back as well
+    compared = []
+
+    def similarity(a, b, batched=True):
+        compared.append(len(a))
+        if len(compared) == 2:
+            raise ValueError("similarity failed")
+        return np.zeros(len(a))
+
+    with pytest.raises(ValueError, match="similarity failed"):
+        M.MPRT(similarity_func=similarity)(model=model, x_batch=x, y_batch=y, explain_func=explain)
+    for b, w in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(b, w)
+
 
 def test_constant_explanations_are_scored_and_named(data):
     """A constant map has no ranking: its Spearman correlation with anything is 0 (scipy and Quantus:
