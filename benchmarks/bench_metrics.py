@@ -207,6 +207,12 @@ def ours(model, x, y, a, patch: int, repeats: int, which: list[str], sampled_flo
     return rows
 
 
+def _sec(seconds: float) -> str:
+    """Seconds to two decimals, or to three significant digits below a second (the small CNN's
+    rows take milliseconds)."""
+    return f"{seconds:.2f}" if seconds >= 1 else f"{seconds:.3g}"
+
+
 def _flat(scores) -> list[float]:
     """Every number of a metric's result (a list of scores or curves, or MPRT's dict of layers)."""
     import numpy as np
@@ -358,9 +364,9 @@ def main() -> None:
         for metric in (LABELS[k] for k in which):
             r = rows.get(metric)
             q = other.get(metric) if other else None
-            ours_s = (f"{r['seconds']:.2f} | {r['floor']:.2f} | {r['seconds'] / r['floor']:.2f}" if r
+            ours_s = (f"{_sec(r['seconds'])} | {_sec(r['floor'])} | {r['seconds'] / r['floor']:.2f}" if r
                       else "- | - | -")
-            qs = f"{q['seconds']:.2f}" if q else "-"
+            qs = _sec(q['seconds']) if q else "-"
             ratio = f"{q['seconds'] / r['seconds']:.1f}x" if q and r else "-"
             cpus = " / ".join([f"{r['cpu']:.3g}", f"{r['floor_cpu']:.3g}"] if r else ["-", "-"])
             cpus += f" / {q['cpu']:.3g}" if q and "cpu" in q else " / -"
