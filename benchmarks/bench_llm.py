@@ -51,8 +51,9 @@ prompt row for the Qwen-shaped model only, the 8B row (built the same way, int8 
 checkpointed only), about two minutes on an idle 2-core CPU: a check that the benchmark runs, not a
 measurement.
 ``--long-layers N``: row 2's models with N of their blocks (the same shapes otherwise), for a machine
-without the time for the full models at 4096 tokens. ``--big-methods``: row 3's plain and / or
-checkpointed run.
+without the time for the full models at 4096 tokens. ``--long-methods`` / ``--big-methods``: row 2's
+/ row 3's plain and / or checkpointed run. A run that the machine cannot hold is reported as killed
+(out of memory) in its cell.
 ``--only``: a comma-separated subset of ``gemma3_1b,qwen3_0.6b,llama3_8b`` (and ``--rows``: of
 ``time,long,big``).
 
@@ -348,6 +349,8 @@ def main() -> None:
                     help="the explainer's dtype for the 8B-shaped model ('model': its own bfloat16)")
     ap.add_argument("--big-layers", type=int, default=None,
                     help="the 8B-shaped model with this many of its blocks (the same code path, less memory)")
+    ap.add_argument("--long-methods", default="attnlrp,attnlrp_checkpoint",
+                    help="row 2's plain and / or checkpointed run (comma-separated)")
     ap.add_argument("--long-layers", type=int, default=None,
                     help="the long-prompt row's models with this many of their blocks (less time and memory)")
     ap.add_argument("--big-methods", default="attnlrp,attnlrp_checkpoint",
@@ -403,8 +406,13 @@ def main() -> None:
         for m in models:
             if m == "llama3_8b" or (args.quick and m != "qwen3_0.6b" and "qwen3_0.6b" in models):
                 continue  # --quick: one model shows the row works
-            a = measure(m, "long", "attnlrp", args, 1)
-            c = measure(m, "long", "attnlrp_checkpoint", args, 1)
+            methods = [x for x in args.long_methods.split(",") if x]
+            bad = set(methods) - {"attnlrp", "attnlrp_checkpoint"}
+            if bad:
+                sys.exit(f"--long-methods: unknown {sorted(bad)}; choose from attnlrp,attnlrp_checkpoint")
+            skipped = {"error": "not run (--long-methods)"}
+            a = measure(m, "long", "attnlrp", args, 1) if "attnlrp" in methods else skipped
+            c = measure(m, "long", "attnlrp_checkpoint", args, 1) if "attnlrp_checkpoint" in methods else skipped
             ta = a.get("time_s", float("nan"))
             tc = c.get("time_s", float("nan"))
             print(f"| {m} | {seq} | {_mib(a) if 'error' not in a else a['error']} | "
