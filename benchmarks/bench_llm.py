@@ -413,10 +413,9 @@ def main() -> None:
             skipped = {"error": "not run (--long-methods)"}
             a = measure(m, "long", "attnlrp", args, 1) if "attnlrp" in methods else skipped
             c = measure(m, "long", "attnlrp_checkpoint", args, 1) if "attnlrp_checkpoint" in methods else skipped
-            ta = a.get("time_s", float("nan"))
-            tc = c.get("time_s", float("nan"))
+            ta, tc = (f"{r['time_s']:.2f}" if "time_s" in r else "-" for r in (a, c))
             print(f"| {m} | {seq} | {_mib(a) if 'error' not in a else a['error']} | "
-                  f"{_mib(c) if 'error' not in c else c['error']} | {ta:.2f} | {tc:.2f} |")
+                  f"{_mib(c) if 'error' not in c else c['error']} | {ta} | {tc} |")
     if "big" in rows and "llama3_8b" in models:
         seq = (SEQ_QUICK if args.quick else SEQ)["big"]
         blocks = args.big_layers or (QUICK if args.quick else SHAPES)["llama3_8b"]["num_layers"]
