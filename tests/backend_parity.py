@@ -29,7 +29,9 @@ CASES: dict[str, list[tuple[str, str, dict]]] = {
             ("region_perturbation", "evaluate", {"patch": 3, "steps": 5, "perturbation": "mean"}),
             ("pixel_flipping", "metric", {"metric": "PixelFlipping", "features_in_step": 16}),
             ("faithfulness_estimate", "metric", {"metric": "FaithfulnessEstimate", "features_in_step": 16,
-                                                 "perturb_baseline": "mean"})],
+                                                 "perturb_baseline": "mean"}),
+            ("mprt", "metric", {"metric": "MPRT", "layer_order": "bottom_up",
+                                "explain_func": "epsilon"})],
     "resnet": [("epsilon_plus", "lrp", {"rule": "epsilon_plus"}),
                ("zplus", "lrp", {"rule": "zplus"}),
                ("gamma", "lrp", {"rule": "gamma", "gamma": 0.5}),
@@ -175,10 +177,14 @@ def run(folder: str, out: str) -> None:
             elif how == "evaluate":  # the scores along a (seeded, random) ordering of the regions
                 results[f"{key}/scores"] = evaluate.region_perturbation(model, x, "random", **kw).scores
             elif how == "metric":  # a Quantus metric of it.metrics (its perturbed batches, stacked model calls)
+                call = {"explain_func": kw.pop("explain_func")} if "explain_func" in kw else {}
                 metric = getattr(it.metrics, kw.pop("metric"))(**kw)
                 a = np.sin(np.arange(x.size)).reshape(x.shape)  # no ties: one order of the features
-                results[f"{key}/scores"] = np.asarray(
-                    metric(model=model, x_batch=x, y_batch=np.arange(len(x)) % 3, a_batch=a, batch_size=16), np.float64)
+                scores = metric(model=model, x_batch=x, y_batch=np.arange(len(x)) % 3, a_batch=a, batch_size=16,
+                                **call)
+                # MPRT: a dict of the stages (its weights permuted in place, read by the compiled explainer)
+                _store(results, f"{key}/scores", {k: np.asarray(v, np.float64) for k, v in scores.items()}
+                       if isinstance(scores, dict) else np.asarray(scores, np.float64))
             elif how == "original":
                 y = keras.ops.convert_to_numpy(model.forward(x))
                 R = np.where(np.arange(y.shape[1]) == np.argmax(y, axis=1)[:, None], y, 0.0)

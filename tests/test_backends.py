@@ -4,8 +4,8 @@
   two-input net, a transformer from keras.layers, a keras_hub BERT, a masked Bidirectional LSTM/GRU, the
   2017 ``Sequential``), saved once as .keras files, explained by every rule family (epsilon, alpha-beta,
   z+, gamma, w², flat, the box rule, presets, AttnLRP, CP-LRP, layer-wise relevances, hidden-channel
-  targets, CRP's conditional heatmaps, a gradient baseline, region perturbation's scores, PixelFlipping's
-  and FaithfulnessEstimate's scores (it.metrics), the 2017
+  targets, CRP's conditional heatmaps, a gradient baseline, region perturbation's scores, PixelFlipping's,
+  FaithfulnessEstimate's and MPRT's scores (it.metrics; MPRT permutes the weights in place), the 2017
   ``net.fit``'s weights), each backend in its own process (TensorFlow's in the test's). JAX's and
   PyTorch's results equal TensorFlow's within float32 rounding: the backends sum in different orders,
   each rounding of a float32 sum errs by at most 2^-24 of the magnitude summed, and a relevance here is
