@@ -333,6 +333,15 @@ def measure(model: str, row: str, method: str, args, repeats: int, live: bool = 
     return out
 
 
+def _methods(value: str, flag: str) -> list[str]:
+    """The comma-separated methods of ``--long-methods`` / ``--big-methods``, checked before anything runs."""
+    methods = [m for m in value.split(",") if m]
+    bad = set(methods) - {"attnlrp", "attnlrp_checkpoint"}
+    if bad:
+        sys.exit(f"{flag}: unknown {sorted(bad)}; choose from attnlrp,attnlrp_checkpoint")
+    return methods
+
+
 def _mib(r: dict) -> str:
     return "-" if "error" in r else f"{r['peak_mib'] - r['base_mib']:.0f}"
 
@@ -368,6 +377,7 @@ def main() -> None:
         sys.exit("this benchmark needs keras_hub: pip install -e '.[hub]'")
     models = [m for m in args.only.split(",") if m]
     rows = set(args.rows.split(","))
+    long_methods, big_methods = _methods(args.long_methods, "--long-methods"), _methods(args.big_methods, "--big-methods")
     print(f"bench_llm{' --quick (tiny shapes: not a measurement)' if args.quick else ''}; batch 1; memory: peak RSS "
           f"above the model's own (MiB), one process per measurement")
     if args.big_layers and "big" in rows and "llama3_8b" in models:
@@ -406,13 +416,9 @@ def main() -> None:
         for m in models:
             if m == "llama3_8b" or (args.quick and m != "qwen3_0.6b" and "qwen3_0.6b" in models):
                 continue  # --quick: one model shows the row works
-            methods = [x for x in args.long_methods.split(",") if x]
-            bad = set(methods) - {"attnlrp", "attnlrp_checkpoint"}
-            if bad:
-                sys.exit(f"--long-methods: unknown {sorted(bad)}; choose from attnlrp,attnlrp_checkpoint")
             skipped = {"error": "not run (--long-methods)"}
-            a = measure(m, "long", "attnlrp", args, 1) if "attnlrp" in methods else skipped
-            c = measure(m, "long", "attnlrp_checkpoint", args, 1) if "attnlrp_checkpoint" in methods else skipped
+            a = measure(m, "long", "attnlrp", args, 1) if "attnlrp" in long_methods else skipped
+            c = measure(m, "long", "attnlrp_checkpoint", args, 1) if "attnlrp_checkpoint" in long_methods else skipped
             ta, tc = (f"{r['time_s']:.2f}" if "time_s" in r else "-" for r in (a, c))
             print(f"| {m} | {seq} | {_mib(a) if 'error' not in a else a['error']} | "
                   f"{_mib(c) if 'error' not in c else c['error']} | {ta} | {tc} |")
@@ -422,11 +428,7 @@ def main() -> None:
         print("\n| model | weights | blocks | explained in | seq | AttnLRP (s) | weights (MiB) | model RSS (MiB) | "
               "peak RSS (MiB) | above the model | process peak (MiB) | finite |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        methods = [m for m in args.big_methods.split(",") if m]
-        bad = set(methods) - {"attnlrp", "attnlrp_checkpoint"}
-        if bad:
-            sys.exit(f"--big-methods: unknown {sorted(bad)}; choose from attnlrp,attnlrp_checkpoint")
-        for method in ("attnlrp_checkpoint",) if args.quick else methods:
+        for method in ("attnlrp_checkpoint",) if args.quick else big_methods:
             r = measure("llama3_8b", "big", method, args, 1)
             label = "llama3_8b" + (" checkpoint=True" if method.endswith("checkpoint") else "")
             head = f"| {label} | {args.big} | {blocks} | {args.big_dtype} | {seq} |"

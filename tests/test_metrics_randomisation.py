@@ -249,6 +249,16 @@ def test_efficient_mprt_against_quantus_and_numpy(data):
     p /= p.sum(1, keepdims=True)
     np.testing.assert_allclose(em.model_scores_by_layer["dense"], -(p * np.log(p)).sum(1), rtol=1e-5)
     np.testing.assert_allclose(em.scores_extra["scores_delta_explanation"], h1 - h0, rtol=0, atol=1e-12)
+    # without a_batch, two explanations per batch: the original and the fully randomised model's
+    # (an a_batch it does not read is not made; Quantus makes it)
+    calls = []
+
+    def counting(model, inputs, targets, **kw):
+        calls.append(len(inputs))
+        return M.explain(model, inputs, targets, **kw)
+
+    M.EfficientMPRT()(model=model, x_batch=x, y_batch=y, explain_func=counting, explain_func_kwargs=IXG)
+    assert calls == [len(x), len(x)]
     # a rule for the number of bins: sqrt of the values per sample (192), clamped to [10, 200]
     rule = M.EfficientMPRT(complexity_func_kwargs={"rule": "Square Root"})
     rule(model=model, x_batch=x[:2], y_batch=y[:2], explain_func=M.explain, explain_func_kwargs=IXG)
