@@ -180,8 +180,13 @@ def run(folder: str, out: str) -> None:
                 call = {"explain_func": kw.pop("explain_func")} if "explain_func" in kw else {}
                 metric = getattr(it.metrics, kw.pop("metric"))(**kw)
                 a = np.sin(np.arange(x.size)).reshape(x.shape)  # no ties: one order of the features
+                before = [np.array(w) for w in model.get_weights()]
                 scores = metric(model=model, x_batch=x, y_batch=np.arange(len(x)) % 3, a_batch=a, batch_size=16,
                                 **call)
+                for w, w0 in zip(model.get_weights(), before):  # MPRT restores the weights it permuted
+                    if not np.array_equal(w, w0):
+                        raise AssertionError(f"{key}: the model's weights changed after the metric on "
+                                             f"{keras.backend.backend()}")
                 # MPRT: a dict of the stages (its weights permuted in place, read by the compiled explainer)
                 _store(results, f"{key}/scores", {k: np.asarray(v, np.float64) for k, v in scores.items()}
                        if isinstance(scores, dict) else np.asarray(scores, np.float64))

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Sequence
 import keras
 import numpy as np
 
+from ...engine import backend
 from ...engine.errors import ExplainError
 from ..perturbation.scoring import _Scorer
 
@@ -201,11 +202,9 @@ class MetricModel:
             raise ExplainError("the model has no layers with weights to randomise")
         if order == "top_down":
             layers = layers[::-1]
-        # a large variable is randomised by gathering its rows in place (exact: a gather copies the
-        # values) and restored by the inverse gather, so its weights never cross to the host and back;
-        # a small one is permuted on the host and assigned, its original kept (an eager gather costs
-        # more than the copy there). Restorations run in the reverse order of the randomisations
-        # (layers that share a variable get each permutation undone in turn).
+        # each variable's rows are gathered on the device (:func:`_permute`: a small one keeps its
+        # original, a large one is restored by the inverse gather). Restorations run in the reverse
+        # order of the randomisations (layers that share a variable get each permutation undone in turn).
         changed: list[list] = []
         try:
             for layer in layers:
@@ -227,30 +226,37 @@ class MetricModel:
         return [la.name for la in self.model.layers if la.weights]
 
 
-#: variables of at least this many values are permuted in place on the device (:func:`_permute`)
+#: variables of at least this many values are permuted in place (:func:`_permute`)
 IN_PLACE_SIZE = 2 ** 18
 
 
 def _permute(layer: keras.layers.Layer, rows: Sequence, undo: list) -> None:
     """Each variable of ``layer`` with its rows (first axis) reordered by its permutation in ``rows``
     (:func:`_permutations`; ``None``: a scalar, left alone); what undoes each reordering is appended to
-    ``undo`` as it is done (:func:`_restore`)."""
+    ``undo`` as it is done (:func:`_restore`).
+
+    A small variable keeps its original value (:func:`backend.snapshot`: no copy on TensorFlow and JAX)
+    and is restored by assigning it; a large one is restored by the inverse reordering, so that a model's
+    large weights are not held twice. Both are exact (a reordering copies the values), and the weights
+    stay on the device: the backend's own ops, each a tenth of ``Variable.assign`` and ``keras.ops.take``
+    on a small variable, where these costs are what a small model's randomisation metrics spend beside
+    the explanations."""
     for variable, p in zip(layer.weights, rows):
         if p is None:
             continue
         if int(np.prod(variable.shape)) >= IN_PLACE_SIZE:
-            variable.assign(keras.ops.take(variable.value, p[1], axis=0))
-            undo.append((variable, p[2], True))
+            backend.assign(variable, backend.take_rows(variable.value, p[0]))
+            undo.append((variable, p[1], True))
         else:
-            original = np.array(variable.numpy())  # a copy: some backends share the memory
-            variable.assign(original[p[0]])
+            original = backend.snapshot(variable)
+            backend.assign(variable, backend.take_rows(original, p[0]))
             undo.append((variable, original, False))
 
 
 def _restore(undo: list) -> None:
     """The reorderings :func:`_permute` recorded in ``undo``, undone in reverse order."""
     for variable, what, in_place in reversed(undo):
-        variable.assign(keras.ops.take(variable.value, what, axis=0) if in_place else what)
+        backend.assign(variable, backend.take_rows(variable.value, what) if in_place else what)
 
 
 #: the row permutations of the layers randomised last, by (seed, first-axis lengths of the arrays)
@@ -259,7 +265,7 @@ _PERMUTATIONS: "OrderedDict[tuple, list]" = OrderedDict()
 
 def _permutations(seed: int, lengths: tuple) -> list:
     """The row orders ``p`` that ``np.random.RandomState(seed).permutation`` gives arrays with these
-    first-axis lengths, drawn in turn, each as ``(p, p, argsort(p))``, the last two as int32 tensors (``None``: a scalar,
+    first-axis lengths, drawn in turn, each as ``(p, argsort(p))``, int32 tensors (``None``: a scalar,
     left as it is): ``w[p]`` equals Quantus' ``permutation(w)`` (a shuffle of the rows draws the same
     numbers as one of their indices) and ``w[p][argsort(p)]`` is ``w``. Kept for the last layers seen:
     drawing them anew cost more than the assignment on small models."""
@@ -272,7 +278,7 @@ def _permutations(seed: int, lengths: tuple) -> list:
     rows = []
     for n in lengths:
         p = None if n is None else rs.permutation(n)
-        rows.append(None if p is None else (p, keras.ops.convert_to_tensor(p.astype(np.int32)),
+        rows.append(None if p is None else (keras.ops.convert_to_tensor(p.astype(np.int32)),
                                             keras.ops.convert_to_tensor(np.argsort(p).astype(np.int32))))
     _PERMUTATIONS[key] = rows
     while len(_PERMUTATIONS) > 64:

@@ -26,6 +26,10 @@ every name of :data:`INTERFACE`.
   relevance to its first maximum in row-major order).
 * :func:`conv`: a convolution as ``keras.ops.conv`` computes it (PyTorch: the same values without
   Keras' two layout copies of the input per call).
+* :func:`snapshot`, :func:`assign` and :func:`take_rows`: a variable's value kept as it is now (later
+  assignments leave it alone), a variable set to a value of its shape and dtype, and a value's rows
+  (first axis) reordered; what the randomisation metrics permute and restore weights with, several
+  times faster than ``Variable.assign`` and ``keras.ops.take`` on small variables.
 * :data:`FREES_UNREAD`: whether a value of the compiled pass is freed once nothing left to run reads it
   (a graph or XLA program), so that computing a cheap value again in the backward pass, instead of
   reading the forward pass's, saves memory (eager PyTorch holds what the records reference).
@@ -46,7 +50,7 @@ Tensor: TypeAlias = Any
 #: the interface: what each backend module defines
 INTERFACE = ("FLOAT64", "vjp", "pullback", "after", "recompute", "stop_gradient", "scan", "distinct", "spec", "compile", "fused",
              "use_fused", "RUNTIME_ERRORS", "error_message", "is_symbolic", "runtime_error", "max_pool_winner", "conv",
-             "FUSED_MIN_ELEMENTS", "FREES_UNREAD")
+             "FUSED_MIN_ELEMENTS", "FREES_UNREAD", "snapshot", "assign", "take_rows")
 #: Keras' backend -> the module that implements the interface on it
 MODULES = {"tensorflow": "._tensorflow", "jax": "._jax", "torch": "._torch"}
 

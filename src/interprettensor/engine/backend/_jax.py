@@ -124,3 +124,18 @@ def is_symbolic(x: Any) -> bool:
 def runtime_error(message: str) -> BaseException:
     """An error of :data:`RUNTIME_ERRORS`' kind for a check made on the host."""
     return jax.errors.JaxRuntimeError(message)
+
+
+def snapshot(variable: Any) -> Any:
+    """``variable``'s value now, unchanged by later assignments to it (a JAX array is immutable)."""
+    return variable.value
+
+
+def assign(variable: Any, value: Any) -> None:
+    """``variable`` set to ``value`` (an array of its shape and dtype)."""
+    variable.assign(value)
+
+
+def take_rows(value: Any, order: Any) -> Any:
+    """``value[order]``: the rows (first axis) of ``value`` in the order of the int32 indices ``order``."""
+    return value[order]

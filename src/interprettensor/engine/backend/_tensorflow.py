@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
+from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
 from ._concrete import conv  # noqa: F401 - the interface: keras.ops.conv, as on JAX
 
@@ -167,3 +168,28 @@ def max_pool_winner(x: tf.Tensor, y: tf.Tensor, R: tf.Tensor, pool_size: Sequenc
     out = tf.raw_ops.MaxPoolGrad(orig_input=x, orig_output=y, grad=R, ksize=[1, *pool_size, 1],
                                  strides=[1, *strides, 1], padding=padding.upper())
     return tf.transpose(out, [0, 3, 1, 2]) if channels_first else out
+
+
+def snapshot(variable: Any) -> tf.Tensor:
+    """``variable``'s value now, unchanged by later assignments to it: a read (no copy; TensorFlow's
+    assignment writes a new buffer while a read of the old one is held)."""
+    v = variable.value
+    if isinstance(v, ResourceVariable):
+        return tf.raw_ops.ReadVariableOp(resource=v.handle, dtype=v.dtype)
+    return tf.identity(v)
+
+
+def assign(variable: Any, value: tf.Tensor) -> None:
+    """``variable`` set to ``value`` (a tensor of its shape and dtype): one assignment op on the
+    variable's handle, without the Python-level checks of ``Variable.assign`` (a tenth of its cost on a
+    small variable)."""
+    v = variable.value
+    if isinstance(v, ResourceVariable):
+        tf.raw_ops.AssignVariableOp(resource=v.handle, value=value)
+    else:
+        variable.assign(value)
+
+
+def take_rows(value: Any, order: tf.Tensor) -> tf.Tensor:
+    """``value[order]``: the rows (first axis) of ``value`` in the order of the int32 indices ``order``."""
+    return tf.raw_ops.GatherV2(params=value, indices=order, axis=0)

@@ -321,3 +321,20 @@ def is_symbolic(x: Any) -> bool:
 def runtime_error(message: str) -> BaseException:
     """An error of :data:`RUNTIME_ERRORS`' kind for a check made on the host."""
     return RuntimeError(message)
+
+
+def snapshot(variable: Any) -> Any:
+    """``variable``'s value now, unchanged by later assignments to it: a copy (an assignment writes
+    into the variable's tensor)."""
+    return variable.value.detach().clone()
+
+
+def assign(variable: Any, value: Any) -> None:
+    """``variable`` set to ``value`` (a tensor of its shape and dtype), copied into its tensor."""
+    variable.assign(value)
+
+
+def take_rows(value: Any, order: Any) -> Any:
+    """``value[order]``: the rows (first axis) of ``value`` in the order of the int32 indices ``order``."""
+    with torch.no_grad():
+        return torch.index_select(value, 0, order)
