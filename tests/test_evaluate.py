@@ -237,6 +237,38 @@ def test_spearman_matches_scipy():
     assert E.spearman(a, -a)[0] == pytest.approx(-1.0)
 
 
+@pytest.mark.parametrize("exact_float32", [True, False])
+def test_ranks_match_scipy_with_ties_signed_zeros_and_infinities(exact_float32):
+    """Average ranks equal scipy's rankdata, on float32 values (sorted as packed 64-bit keys) and on
+    values float32 cannot hold (numpy's argsort): ties, -0.0 equal to 0.0, infinities, one value."""
+    from scipy.stats import rankdata
+
+    from interprettensor.analysis.randomisation import ranks
+
+    rng = np.random.default_rng(11)
+    for m in (1, 2, 7, 64, 301):
+        a = rng.normal(size=(4, m)).astype(np.float32).astype(np.float64)
+        a[:, rng.random(m) < 0.3] = 0.0
+        a[:, rng.random(m) < 0.2] = -0.0
+        a[0, rng.random(m) < 0.2] = 1.5
+        a[1, rng.random(m) < 0.2] = -np.inf
+        a[2, rng.random(m) < 0.2] = np.inf
+        a[3] = rng.integers(-2, 3, size=m)
+        if not exact_float32:
+            a = a + 1e-12
+        assert np.array_equal(a.astype(np.float32), a) == exact_float32 or m == 1
+        np.testing.assert_array_equal(ranks(a), rankdata(a, axis=1))
+        b = np.where(rng.random(a.shape) < 0.3, 0.0, rng.normal(size=a.shape)).astype(np.float32).astype(np.float64)
+        got = E.spearman(a, b)
+        for i in range(4):
+            ra, rb = rankdata(a[i]) - (m + 1) / 2, rankdata(b[i]) - (m + 1) / 2
+            den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+            if den == 0:  # a constant map: no ranking
+                assert np.isnan(got[i])
+            else:
+                assert got[i] == pytest.approx((ra * rb).sum() / den, abs=1e-12)
+
+
 def test_ssim_matches_a_naive_gaussian_window():
     rng = np.random.default_rng(6)
     a = rng.normal(size=(2, 16, 14))
