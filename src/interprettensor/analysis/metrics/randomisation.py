@@ -133,8 +133,11 @@ def _discrete_entropies(a: np.ndarray, n_bins: int) -> np.ndarray:
     edges = np.linspace(lo, hi, n_bins + 1, axis=1)
     idx = (((a - lo[:, None]) / (hi - lo)[:, None]) * n_bins).astype(np.intp)
     idx[idx == n_bins] -= 1
-    idx[a < np.take_along_axis(edges, idx, 1)] -= 1
-    idx[(a >= np.take_along_axis(edges, idx + 1, 1)) & (idx != n_bins - 1)] += 1
+    flat = edges.ravel()  # each row's edges, read by flat index (row i's start at i * (n_bins + 1))
+    at = idx + (np.arange(n) * (n_bins + 1))[:, None]
+    idx[a < flat.take(at)] -= 1
+    at = idx + (np.arange(n) * (n_bins + 1))[:, None] + 1
+    idx[(a >= flat.take(at)) & (idx != n_bins - 1)] += 1
     counts = np.bincount((idx + (np.arange(n) * n_bins)[:, None]).ravel(), minlength=n * n_bins)
     p = counts.reshape(n, n_bins) / counts.reshape(n, n_bins).sum(1, keepdims=True)
     return -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
