@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import tensorflow as tf
-from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
 from ._concrete import conv  # noqa: F401 - the interface: keras.ops.conv, as on JAX
 
@@ -170,21 +169,28 @@ def max_pool_winner(x: tf.Tensor, y: tf.Tensor, R: tf.Tensor, pool_size: Sequenc
     return tf.transpose(out, [0, 3, 1, 2]) if channels_first else out
 
 
+def _plain(variable: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras variable, or None where it is not one plain variable (a
+    distributed variable, whose replicas are assigned through ``Variable.assign``)."""
+    v = variable.value
+    return v if isinstance(v, tf.Variable) and not isinstance(v, tf.distribute.DistributedValues) else None
+
+
 def snapshot(variable: Any) -> tf.Tensor:
     """``variable``'s value now, unchanged by later assignments to it: a read (no copy; TensorFlow's
     assignment writes a new buffer while a read of the old one is held)."""
-    v = variable.value
-    if isinstance(v, ResourceVariable):
+    v = _plain(variable)
+    if v is not None:
         return tf.raw_ops.ReadVariableOp(resource=v.handle, dtype=v.dtype)
-    return tf.identity(v)
+    return tf.identity(variable.value)
 
 
 def assign(variable: Any, value: tf.Tensor) -> None:
     """``variable`` set to ``value`` (a tensor of its shape and dtype): one assignment op on the
     variable's handle, without the Python-level checks of ``Variable.assign`` (a tenth of its cost on a
     small variable)."""
-    v = variable.value
-    if isinstance(v, ResourceVariable):
+    v = _plain(variable)
+    if v is not None:
         tf.raw_ops.AssignVariableOp(resource=v.handle, value=value)
     else:
         variable.assign(value)
