@@ -401,3 +401,28 @@ def test_feature_vectors_from_the_paper():
         np.testing.assert_allclose(pf[i], logits[i, y[i]] - np.cumsum(drops), atol=1e-5)
         an = a[i] / np.abs(a).max()
         np.testing.assert_allclose(fe[i], np.corrcoef(an[order].sum(1), drops)[0, 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_stepped_inputs_are_numpy_where_bit_for_bit(dtype):
+    """The perturbed inputs of a chunk of steps, built as a select on the values' bits, equal
+    np.where's selection bit for bit (NaN, -0.0 and infinities included), cumulative and at one step,
+    with steps compared as int16 and, beyond int16, as int64 (a slice past int16's largest value too)."""
+    rng = np.random.default_rng(4)
+    n, f = 3, 40
+    before = rng.normal(size=(n, f)).astype(dtype)
+    after = np.broadcast_to(rng.normal(size=(n, 1)).astype(dtype), (n, f))  # a view, as a mean baseline
+    before[0, :4] = [np.nan, -0.0, np.inf, -np.inf]
+    after = after.copy()
+    after[1, :3] = [-0.0, np.nan, 0.0]
+    for top in (7, 40_000):  # int16 steps, then int64
+        step_of = rng.integers(0, top, size=(n, f))
+        for cumulative in (True, False):
+            build = F._stepped_inputs(step_of, after=after, before=before, cumulative=cumulative)
+            for sl in (slice(0, 1), slice(2, 6), slice(top - 3, top + 2), slice(32_760, 32_775)):
+                steps = np.arange(sl.start, sl.stop)[:, None, None]
+                ref = np.where(step_of[None] <= steps if cumulative else step_of[None] == steps,
+                               after[None], before[None])
+                got = build(sl)
+                assert got.dtype == dtype and got.shape == ref.shape
+                np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))
