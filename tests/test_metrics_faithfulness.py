@@ -407,7 +407,8 @@ def test_feature_vectors_from_the_paper():
 def test_stepped_inputs_are_numpy_where_bit_for_bit(dtype):
     """The perturbed inputs of a chunk of steps, built as a select on the values' bits, equal
     np.where's selection bit for bit (NaN, -0.0 and infinities included), cumulative and at one step,
-    with steps compared as int16 and, beyond int16, as int64 (a slice past int16's largest value too)."""
+    with steps compared as int16 and, for 40,000 steps, as int64; features whose step is never
+    reached (at or beyond k, up to int64's largest, as RegionPerturbation marks them) stay ``before``."""
     rng = np.random.default_rng(4)
     n, f = 3, 40
     before = rng.normal(size=(n, f)).astype(dtype)
@@ -415,11 +416,16 @@ def test_stepped_inputs_are_numpy_where_bit_for_bit(dtype):
     before[0, :4] = [np.nan, -0.0, np.inf, -np.inf]
     after = after.copy()
     after[1, :3] = [-0.0, np.nan, 0.0]
-    for top in (7, 40_000):  # int16 steps, then int64
-        step_of = rng.integers(0, top, size=(n, f))
+    for k in (7, 40_000):
+        step_of = rng.integers(0, k + 3, size=(n, f))
+        step_of[0, -3:] = [k, np.iinfo(np.int64).max, 2 ** 15]
         for cumulative in (True, False):
-            build = F._stepped_inputs(step_of, after=after, before=before, cumulative=cumulative)
-            for sl in (slice(0, 1), slice(2, 6), slice(top - 3, top + 2), slice(32_760, 32_775)):
+            build = F._stepped_inputs(step_of, k, after=after, before=before, cumulative=cumulative)
+            for sl in (slice(0, 1), slice(2, 6), slice(k - 3, k), slice(32_760, 32_775)):
+                if sl.stop > k:
+                    with pytest.raises(ValueError, match="outside"):
+                        build(sl)
+                    continue
                 steps = np.arange(sl.start, sl.stop)[:, None, None]
                 ref = np.where(step_of[None] <= steps if cumulative else step_of[None] == steps,
                                after[None], before[None])
