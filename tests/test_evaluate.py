@@ -265,7 +265,7 @@ def test_ranks_match_scipy_with_ties_signed_zeros_and_infinities(exact_float32):
             den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
             if den == 0:  # a constant map: no ranking
                 assert np.isnan(got[i])
-            else:
+            else:  # the sums of half-integer ranks are exact; a division and a root: a few float64 ulps
                 assert got[i] == pytest.approx((ra * rb).sum() / den, abs=1e-12)
 
 

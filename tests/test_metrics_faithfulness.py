@@ -10,6 +10,7 @@ largest value; rank correlations are exact in float64 (ranks do not move by 1e-6
 which they do not here).
 """
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -412,23 +413,22 @@ def test_stepped_inputs_are_numpy_where_bit_for_bit(dtype):
     rng = np.random.default_rng(4)
     n, f = 3, 40
     before = rng.normal(size=(n, f)).astype(dtype)
-    after = np.broadcast_to(rng.normal(size=(n, 1)).astype(dtype), (n, f))  # a view, as a mean baseline
     before[0, :4] = [np.nan, -0.0, np.inf, -np.inf]
-    after = after.copy()
-    after[1, :3] = [-0.0, np.nan, 0.0]
-    for k in (7, 40_000):
+    special = rng.normal(size=(n, f)).astype(dtype)
+    special[1, :3] = [-0.0, np.nan, 0.0]
+    mean = np.broadcast_to(before[:, 4:].mean(1, keepdims=True), (n, f))  # a view, as the 'mean' baseline
+    for k, after, cumulative in itertools.product((7, 40_000), (special, mean), (True, False)):
         step_of = rng.integers(0, k + 3, size=(n, f))
         step_of[0, -3:] = [k, np.iinfo(np.int64).max, 2 ** 15]
-        for cumulative in (True, False):
-            build = F._stepped_inputs(step_of, k, after=after, before=before, cumulative=cumulative)
-            for sl in (slice(0, 1), slice(2, 6), slice(k - 3, k), slice(32_760, 32_775)):
-                if sl.stop > k:
-                    with pytest.raises(ValueError, match="outside"):
-                        build(sl)
-                    continue
-                steps = np.arange(sl.start, sl.stop)[:, None, None]
-                ref = np.where(step_of[None] <= steps if cumulative else step_of[None] == steps,
-                               after[None], before[None])
-                got = build(sl)
-                assert got.dtype == dtype and got.shape == ref.shape
-                np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))
+        build = F._stepped_inputs(step_of, k, after=after, before=before, cumulative=cumulative)
+        for sl in (slice(0, 1), slice(2, 6), slice(k - 3, k), slice(32_760, 32_775)):
+            if sl.stop > k:
+                with pytest.raises(ValueError, match="outside"):
+                    build(sl)
+                continue
+            steps = np.arange(sl.start, sl.stop)[:, None, None]
+            ref = np.where(step_of[None] <= steps if cumulative else step_of[None] == steps,
+                           after[None], before[None])
+            got = build(sl)
+            assert got.dtype == dtype and got.shape == ref.shape
+            np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8))
